@@ -1,0 +1,80 @@
+"""What a kernel was granted, as environment variables: written by the launcher, read in the kernel.
+
+One home for the variable names, so the pod builder, the local launcher and the widget agree.
+Pure Python: kernel images import it without any server-side package.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
+
+PREFIX = "ORION_JUPYTER_"
+
+ENV_NAMES = {
+    "cluster": PREFIX + "CLUSTER",  # kubernetes | local
+    "backend": PREFIX + "BACKEND",
+    "vgpus": PREFIX + "VGPUS",
+    "memory_mib": PREFIX + "VGPU_MEMORY_MIB",
+    "compute_percent": PREFIX + "COMPUTE_PERCENT",
+    "kernel_id": PREFIX + "KERNEL_ID",
+    "user": PREFIX + "USER",
+    "memory_cap": PREFIX + "MEMORY_CAP",  # enforced | cooperative | none
+    # Filled in by Kubernetes through the downward API; by the local launcher itself.
+    "pod_name": PREFIX + "POD_NAME",
+    "namespace": PREFIX + "NAMESPACE",
+    "node_name": PREFIX + "NODE_NAME",
+    "pod_ip": PREFIX + "POD_IP",
+}
+_INTEGER_FIELDS = {"vgpus", "memory_mib", "compute_percent"}
+
+
+@dataclass(frozen=True)
+class KernelAllocation:
+    cluster: str = ""
+    backend: str = ""
+    vgpus: int = 0
+    memory_mib: int = 0
+    compute_percent: int | None = None
+    kernel_id: str = ""
+    user: str = ""
+    memory_cap: str = "none"
+    pod_name: str = ""
+    namespace: str = ""
+    node_name: str = ""
+    pod_ip: str = ""
+
+    def to_env(self, *, downward: bool = False) -> dict[str, str]:
+        """The variables to set; with ``downward`` the pod fields are left to the downward API."""
+        env = {}
+        for key, value in asdict(self).items():
+            if downward and key in DOWNWARD_FIELDS:
+                continue
+            if value is None or value == "":
+                continue
+            env[ENV_NAMES[key]] = str(value)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KernelAllocation | None":
+        """This kernel's allocation, or None when it was not started by orion-jupyter."""
+        environ = os.environ if environ is None else environ
+        if ENV_NAMES["cluster"] not in environ:
+            return None
+        values: dict = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_NAMES[f.name])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = int(raw) if f.name in _INTEGER_FIELDS else raw
+        return cls(**values)
+
+
+# Kubernetes fieldRef paths for the fields only the cluster knows.
+DOWNWARD_FIELDS = {
+    "pod_name": "metadata.name",
+    "namespace": "metadata.namespace",
+    "node_name": "spec.nodeName",
+    "pod_ip": "status.podIP",
+}

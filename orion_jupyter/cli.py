@@ -1,0 +1,133 @@
+"""`orion-jupyter`: kernel specs, manifests, cleanup and a local JupyterLab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+import yaml
+
+from . import kernelspecs
+from .vgpu import VGPURequest, VGPURequestError, format_mib
+
+
+def _install(args: argparse.Namespace) -> int:
+    location = {"user": args.user, "prefix": sys.prefix if args.sys_prefix else args.prefix}
+    if args.presets:
+        specs = kernelspecs.load_presets(args.presets)
+    else:
+        if not args.name:
+            raise VGPURequestError("name", None, "kernel spec name is missing; give --name NAME or --presets FILE")
+        options = {"image": args.image} if args.image else {}
+        specs = [
+            kernelspecs.VGPUKernelSpec(
+                name=args.name,
+                request=VGPURequest.parse(args.vgpus, args.memory, args.compute),
+                display_name=args.display_name or "",
+                description=args.description or "",
+                backend=args.backend,
+                options=options,
+            )
+        ]
+    for spec in specs:
+        path = kernelspecs.install(spec, **location)
+        print(f"Installed {spec.name} ({spec.display_name}) in {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    specs = kernelspecs.vgpu_specs()
+    rows = []
+    for name, spec in sorted(specs.items()):
+        config = spec.metadata["kernel_provisioner"].get("config", {})
+        request = kernelspecs.spec_request(spec)
+        rows.append({
+            "name": name,
+            "display_name": spec.display_name,
+            "vgpus": request.count,
+            "memory_mib": request.memory_mib,
+            "backend": config.get("backend", "(default)"),
+            "path": spec.resource_dir,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("No vGPU kernel specs installed; add one with `orion-jupyter kernelspec install`.")
+        return 0
+    header = ("NAME", "VGPU", "MEMORY", "BACKEND", "DISPLAY NAME")
+    table = [header] + [
+        (r["name"], str(r["vgpus"]), format_mib(r["memory_mib"]) if r["vgpus"] else "-", r["backend"], r["display_name"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    for name in args.names:
+        kernelspecs.remove(name)
+        print(f"Removed {name}")
+    return 0
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    from .k8s.rbac import rbac_manifests
+
+    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes)
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orion-jupyter", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    spec = commands.add_parser("kernelspec", help="install, list and remove vGPU kernel specs")
+    spec_commands = spec.add_subparsers(dest="action", required=True)
+    install = spec_commands.add_parser("install", help="install one vGPU kernel spec, or a presets file")
+    install.add_argument("--name", help="kernel spec name (lower-case, digits, '-', '_', '.')")
+    install.add_argument("--display-name", help="launcher title; default says what it gets")
+    install.add_argument("--description", help="one line shown in the vGPU dialog")
+    install.add_argument("--vgpus", default="1", help="number of vGPUs (0 = CPU only); default 1")
+    install.add_argument("--memory", default="4Gi", help="vGPU memory per vGPU: 4096 (MiB), 4Gi, 0.5Gi; default 4Gi")
+    install.add_argument("--compute", help="compute share of one GPU in percent (1-100)")
+    install.add_argument("--backend", help="orion, hami or nvidia; default: the server's configuration")
+    install.add_argument("--image", help="kernel container image; default: the server's configuration")
+    install.add_argument("--presets", help="YAML list of presets (display_name, description, vgpus, memory, image)")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (e.g. a venv)")
+    where.add_argument("--prefix", help="install under this prefix")
+    install.set_defaults(func=_install)
+    listing = spec_commands.add_parser("list", help="list the installed vGPU kernel specs")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_list)
+    remove = spec_commands.add_parser("remove", help="remove vGPU kernel specs")
+    remove.add_argument("names", nargs="+")
+    remove.set_defaults(func=_remove)
+
+    manifests = commands.add_parser("manifests", help="print the RBAC a Jupyter server needs, as YAML")
+    manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
+    manifests.add_argument("--service-account", default="jupyter", help="service account of the Jupyter server")
+    manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
+    manifests.set_defaults(func=_manifests)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VGPURequestError as err:
+        print(f"orion-jupyter: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The Kubernetes driver: kernel pods created, watched and deleted through shared watches.
+
+``KubeCluster`` is one per (API server, namespace) per process. It owns three shared watches
+(this server's kernel pods, their events, and, when RBAC allows, the nodes) and runs blocking
+client calls on its own small thread pool, off the event loop. A launch makes three API
+requests (create Secret, create Pod, make the Secret owned by the Pod) and then only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from ..errors import KernelLaunchError
+from ..pool import PoolSnapshot, pool_from_cluster
+from .manifests import MANAGED_SELECTOR, KernelManifests, secret_owner_patch
+from .watch import SharedWatch
+
+log = logging.getLogger("orion_jupyter.k8s")
+
+# Retry policy for creates: connection errors, 429 and 5xx are retried this many times with
+# doubling backoff; any other refusal fails the launch at once with the API's own message.
+CREATE_RETRIES = 2
+RETRY_BACKOFF_SECONDS = 0.2
+_RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+_IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff"}
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        return json.loads(err.body).get("message") or err.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(err.reason)
+
+
+def container_exit_code(pod: dict) -> int | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return int(terminated.get("exitCode", 1))
+    return None
+
+
+@dataclass
+class LaunchState:
+    """What a pod's status says about a launch: ready, failed (with reason) or still pending."""
+
+    phase: str  # ready | failed | pending
+    reason: str = ""
+    message: str = ""
+    ip: str = ""
+
+
+def launch_state(pod: dict) -> LaunchState:
+    status = pod.get("status") or {}
+    if status.get("reason") == "Evicted":
+        return LaunchState("failed", "evicted", f"the pod was evicted: {status.get('message', '')}".strip())
+    code = container_exit_code(pod)
+    if code is not None or status.get("phase") in ("Succeeded", "Failed"):
+        return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} before it was ready")
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _IMAGE_FAILURES:
+            image = cs.get("image") or ""
+            return LaunchState("failed", "image", f"the kernel image {image} cannot be pulled ({waiting['reason']}): {waiting.get('message', '')}".strip())
+        if waiting.get("reason") in _CONFIG_FAILURES:
+            return LaunchState("failed", "exited", f"the kernel container cannot start ({waiting['reason']}): {waiting.get('message', '')}".strip())
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+            return LaunchState("failed", "unschedulable", condition.get("message", ""))
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if ready and status.get("podIP"):
+        return LaunchState("ready", ip=status["podIP"])
+    return LaunchState("pending")
+
+
+class KubeCluster:
+    """Shared watches and API calls for one namespace of one cluster."""
+
+    _instances: dict[tuple[str, str], "KubeCluster"] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True):
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"orion-k8s-{namespace}")
+        self.pods = SharedWatch(f"pods/{namespace}", self.core.list_namespaced_pod, namespace=namespace,
+                                label_selector=MANAGED_SELECTOR)
+        self.events = SharedWatch(f"events/{namespace}", self.core.list_namespaced_event, namespace=namespace,
+                                  field_selector="involvedObject.kind=Pod")
+        self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True) -> "KubeCluster":
+        key = (api.configuration.host, namespace)
+        with cls._instances_lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls(api, namespace, watch_nodes=watch_nodes)
+            return cls._instances[key]
+
+    @classmethod
+    def close_all(cls) -> None:
+        with cls._instances_lock:
+            instances = list(cls._instances.values())
+            cls._instances.clear()
+        for instance in instances:
+            instance.close()
+
+    def start(self, sync_timeout: float = 10.0) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            for watch in self._watches():
+                watch.start()
+        for watch in self._watches():
+            watch.wait_synced(sync_timeout)
+
+    def close(self) -> None:
+        for watch in self._watches():
+            watch.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _watches(self) -> list[SharedWatch]:
+        return [w for w in (self.pods, self.events, self.nodes) if w is not None]
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A blocking client call on this cluster's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def ensure_started(self) -> None:
+        if not self._started:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.start)
+
+    # -- state from the caches (no API requests) ----------------------------------------------
+    def pool(self) -> PoolSnapshot:
+        nodes_visible = self.nodes is not None and self.nodes.lists > 0
+        return pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items())
+
+    def kernel_pods(self) -> list[dict]:
+        return self.pods.items()
+
+    def pod(self, name: str) -> dict | None:
+        return self.pods.get(self.namespace, name)
+
+    # -- API requests ------------------------------------------------------------------------
+    async def _create(self, fn: Callable[..., Any], body: dict, what: str) -> dict | None:
+        for attempt in range(CREATE_RETRIES + 1):
+            try:
+                return await self.call(fn, self.namespace, body, _preload_content=False)
+            except ApiException as err:
+                if err.status == 409 and attempt > 0:
+                    return None  # our earlier attempt did create it; the name is unique per launch
+                if err.status in _RETRYABLE_STATUS and attempt < CREATE_RETRIES:
+                    log.warning("creating %s: API answered %s; retrying", what, err.status)
+                else:
+                    raise KernelLaunchError("api", f"Kubernetes refused to create the kernel {what}: {_api_message(err)}") from None
+            except HTTPError as err:
+                if attempt == CREATE_RETRIES:
+                    raise KernelLaunchError("api", f"Kubernetes API unreachable while creating the kernel {what}: {err}") from None
+                log.warning("creating %s: %s; retrying", what, err)
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def delete_kernel_objects(self, name: str, grace_seconds: int = 0) -> None:
+        """Delete a kernel's Pod and Secret; one that is already gone is success."""
+        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy="Background")
+        for fn in (self.core.delete_namespaced_pod, self.core.delete_namespaced_secret):
+            try:
+                await self.call(fn, name, self.namespace, body=options, _preload_content=False)
+            except ApiException as err:
+                if err.status != 404:
+                    log.error("deleting %s %s failed: %s", fn.__name__, name, _api_message(err))
+
+    async def delete_pod(self, name: str, grace_seconds: int) -> None:
+        try:
+            await self.call(self.core.delete_namespaced_pod, name, self.namespace,
+                            body=client.V1DeleteOptions(grace_period_seconds=grace_seconds), _preload_content=False)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    async def log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = await self.call(self.core.read_namespaced_pod_log, name, self.namespace, tail_lines=lines)
+        except (ApiException, HTTPError):
+            return ""
+        return str(text or "").strip()
+
+    # -- launch ------------------------------------------------------------------------------
+    async def launch(self, manifests: KernelManifests, *, timeout: float, count_resource: str,
+                     wait_when_unschedulable: bool = False) -> "PodKernel":
+        """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both."""
+        await self.ensure_started()
+        name = manifests.name
+        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable)
+        started = time.monotonic()
+        try:
+            await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
+            response = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
+            pod = json.loads(response.data) if response is not None else None
+            owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
+            try:
+                state = await asyncio.wait_for(waiter.result, timeout)
+            except asyncio.TimeoutError:
+                raise KernelLaunchError(
+                    "timeout", f"the kernel pod {name} did not become ready within {timeout:g} s ({waiter.last_progress or 'no progress reported'})"
+                ) from None
+            if state.phase == "failed":
+                raise await self._explain(name, state, manifests, count_resource)
+            await owner_patch
+            log.info("kernel pod %s ready at %s after %.2f s", name, state.ip, time.monotonic() - started)
+            return PodKernel(self, name, state.ip)
+        except BaseException:
+            await asyncio.shield(self.delete_kernel_objects(name))
+            raise
+        finally:
+            waiter.close()
+
+    async def _own_secret(self, pod: dict | None) -> None:
+        if not pod or not pod.get("metadata", {}).get("uid"):
+            return
+        try:
+            await self.call(self.core.patch_namespaced_secret, pod["metadata"]["name"], self.namespace,
+                            secret_owner_patch(pod), _preload_content=False)
+        except (ApiException, HTTPError) as err:
+            log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s", pod["metadata"]["name"], err)
+
+    async def _explain(self, name: str, state: LaunchState, manifests: KernelManifests, count_resource: str) -> KernelLaunchError:
+        if state.reason == "unschedulable":
+            asked = _requested(manifests.pod, count_resource)
+            pool = self.pool()
+            if asked and f"Insufficient {count_resource}" in state.message:
+                head = f"Not enough vGPUs free: this kernel {pool.shortage_text(count_resource, asked)}"
+                advice = "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later."
+            else:
+                head = "No node can run this kernel"
+                advice = "Check the kernel's node selector and tolerations with your operator."
+            return KernelLaunchError("unschedulable", f"{head}. {advice} (scheduler: {state.message})")
+        if state.reason == "exited":
+            tail = await self.log_tail(name)
+            return KernelLaunchError("exited", state.message + (f"; its last output:\n{tail}" if tail else ""))
+        return KernelLaunchError(state.reason, state.message)
+
+
+def _requested(pod: dict, resource: str) -> int:
+    limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
+    return int(limits.get(resource, 0) or 0)
+
+
+class _LaunchWaiter:
+    """Follows one pod through the shared watches until it is ready or has failed."""
+
+    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool):
+        self.name = name
+        self.result: asyncio.Future[LaunchState] = loop.create_future()
+        self.last_progress = ""
+        self._wait_when_unschedulable = wait_when_unschedulable
+        self._unsubscribe = [
+            cluster.pods.subscribe(self._on_pod, loop),
+            cluster.events.subscribe(self._on_event, loop),
+        ]
+        pod = cluster.pod(name)
+        if pod is not None:
+            self._on_pod("ADDED", pod)
+
+    def _on_pod(self, kind: str, pod: dict) -> None:
+        if pod.get("metadata", {}).get("name") != self.name or self.result.done():
+            return
+        if kind == "DELETED":
+            self.result.set_result(LaunchState("failed", "deleted", f"the kernel pod {self.name} was deleted before it was ready"))
+            return
+        state = launch_state(pod)
+        if state.phase == "failed" and state.reason == "unschedulable" and self._wait_when_unschedulable:
+            self.last_progress = f"waiting for capacity: {state.message}"
+            return
+        if state.phase != "pending":
+            self.result.set_result(state)
+
+    def _on_event(self, kind: str, event: dict) -> None:
+        if kind == "DELETED" or (event.get("involvedObject") or {}).get("name") != self.name:
+            return
+        self.last_progress = f"{event.get('reason', '')}: {event.get('message', '')}"
+        level = logging.WARNING if event.get("type") == "Warning" else logging.INFO
+        log.log(level, "kernel pod %s: %s", self.name, self.last_progress)
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+
+
+class PodKernel:
+    """A running kernel pod, Popen-like; every state question is answered from the watch cache."""
+
+    def __init__(self, cluster: KubeCluster, name: str, ip: str):
+        self.cluster = cluster
+        self.name = name
+        self.ip = ip
+        self._exit_code: int | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.cluster.namespace
+
+    def poll(self) -> int | None:
+        if self._exit_code is not None:
+            return self._exit_code
+        pod = self.cluster.pod(self.name)
+        if pod is None:
+            self._exit_code = 1  # deleted (by us, an operator or the node): the kernel is gone
+        elif (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            code = container_exit_code(pod)
+            self._exit_code = 1 if code is None else code
+        return self._exit_code
+
+    async def wait(self) -> int:
+        if self.poll() is not None:
+            return self._exit_code  # type: ignore[return-value]
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_change(kind: str, pod: dict) -> None:
+            if pod.get("metadata", {}).get("name") == self.name and self.poll() is not None and not done.done():
+                done.set_result(None)
+
+        unsubscribe = self.cluster.pods.subscribe(on_change, loop)
+        try:
+            if self.poll() is None:
+                await done
+        finally:
+            unsubscribe()
+        return self._exit_code  # type: ignore[return-value]
+
+    async def send_signal(self, signum: int) -> None:
+        if signum == 0:
+            if self.poll() is not None:
+                raise ProcessLookupError(f"kernel pod {self.name} is gone")
+        elif signum == signal.SIGKILL:
+            await self.kill()
+        elif signum == signal.SIGTERM:
+            await self.terminate(grace_seconds=5)
+        else:
+            log.warning("signal %s is not delivered to kernel pod %s (interrupts go by message)", signum, self.name)
+
+    async def terminate(self, grace_seconds: int) -> None:
+        await self.cluster.delete_pod(self.name, grace_seconds)
+
+    async def kill(self) -> None:
+        await self.cluster.delete_pod(self.name, 0)
+
+    async def cleanup(self) -> None:
+        await self.cluster.delete_kernel_objects(self.name)
+
+    def info(self) -> dict[str, str]:
+        return {"pod_name": self.name, "namespace": self.namespace, "pod_ip": self.ip}

@@ -1,0 +1,97 @@
+"""Turns a VGPUProvisioner's settings into a kernel pod and launches it on the shared KubeCluster."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client.connect import KernelConnectionInfo, port_names
+
+from .client import api_client, default_namespace
+from .cluster import KubeCluster, PodKernel
+from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests
+
+if TYPE_CHECKING:
+    from ..provisioner import VGPUProvisioner
+
+# Server-side variables a kernel may learn (the rest of the server's environment stays home).
+_FORWARDED_ENV = ("JPY_SESSION_NAME",)
+
+
+def server_pod_owner() -> dict[str, str] | None:
+    """The server's own pod (downward API POD_NAME / POD_UID), so kernel pods go when it goes."""
+    name, uid = os.environ.get("POD_NAME"), os.environ.get("POD_UID")
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid} if name and uid else None
+
+
+class KubernetesDriver:
+    name = "kubernetes"
+
+    def __init__(self, provisioner: "VGPUProvisioner"):
+        self.p = provisioner
+        api = api_client(provisioner.kubeconfig, provisioner.kube_context)
+        namespace = provisioner.namespace or default_namespace(provisioner.kubeconfig, provisioner.kube_context)
+        self.cluster = KubeCluster.shared(api, namespace, watch_nodes=provisioner.watch_nodes)
+        self.manifests: KernelManifests | None = None
+        self._connection: dict[str, Any] = {}
+
+    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        p, km = self.p, self.p.parent
+        self._connection = {
+            "transport": "tcp",
+            "ip": "0.0.0.0",
+            "key": km.session.key.decode(),
+            "signature_scheme": km.session.signature_scheme,
+            "kernel_name": getattr(km, "kernel_name", "") or "",
+            **dict(zip(port_names, p.kernel_ports)),
+        }
+        server_env = kwargs.get("env") or {}
+        spec_env = {k: server_env.get(k, v) for k, v in (p.kernel_spec.env or {}).items()}
+        forwarded = {k: server_env[k] for k in _FORWARDED_ENV if k in server_env}
+        self.manifests = build_kernel_manifests(KernelPodOptions(
+            kernel_id=p.kernel_id,
+            user=p.user,
+            request=p.request,
+            backend=p.backend_model(),
+            image=p.image,
+            namespace=self.cluster.namespace,
+            connection_info=self._connection,
+            name_suffix=secrets.token_hex(3),
+            kernel_spec_name=getattr(km, "kernel_name", "") or "",
+            course=p.course,
+            labels=p.labels,
+            annotations=p.annotations,
+            node_selector=p.node_selector,
+            tolerations=p.tolerations,
+            cpu_request=p.cpu_request,
+            cpu_limit=p.cpu_limit,
+            memory_request=p.memory_request,
+            memory_limit=p.memory_limit,
+            image_pull_policy=p.image_pull_policy,
+            extra_env={**forwarded, **spec_env, **p.extra_env},
+            owner=server_pod_owner(),
+            host_ipc=p.host_ipc,
+            orion_controller=p.orion_controller or None,
+            python=p.kernel_python,
+            run_as_user=p.run_as_user,
+            run_as_group=p.run_as_group,
+            scheduler_name=p.scheduler_name,
+        ))
+        kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
+        return kwargs
+
+    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
+        assert self.manifests is not None, "pre_launch first"
+        kernel = await self.cluster.launch(
+            self.manifests,
+            timeout=self.p.launch_timeout,
+            count_resource=self.p.backend_model().count_resource,
+            wait_when_unschedulable=self.p.wait_for_capacity,
+        )
+        info = dict(self._connection, ip=kernel.ip, key=self._connection["key"].encode())
+        return kernel, info  # type: ignore[return-value]
+
+    async def attach(self, info: dict[str, Any]) -> PodKernel:
+        await self.cluster.ensure_started()
+        return PodKernel(self.cluster, info["pod_name"], info.get("pod_ip", ""))

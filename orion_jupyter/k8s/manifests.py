@@ -1,0 +1,268 @@
+"""Pure builder of a kernel's Pod and Secret, as plain dicts in Kubernetes' own JSON shape.
+
+No I/O and no client: the provisioner, the CLI (``orion-jupyter manifests``) and the tests share it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..allocation import DOWNWARD_FIELDS, ENV_NAMES, KernelAllocation
+from ..backends import Backend
+from ..vgpu import VGPURequest, check_k8s_name
+
+MANAGED_BY = "orion-jupyter"
+DOMAIN = "orion-jupyter.io"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_KERNEL_ID = f"{DOMAIN}/kernel-id"
+LABEL_USER = f"{DOMAIN}/user"
+LABEL_COURSE = f"{DOMAIN}/course"
+ANNOTATION_USER = f"{DOMAIN}/user"
+ANNOTATION_REQUEST = f"{DOMAIN}/vgpu-request"
+ANNOTATION_BACKEND = f"{DOMAIN}/backend"
+ANNOTATION_KERNEL_SPEC = f"{DOMAIN}/kernel-spec"
+ANNOTATION_RESOURCES = f"{DOMAIN}/resources"
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+CONNECTION_DIR = "/etc/orion-jupyter"
+CONNECTION_KEY = "connection.json"
+CONTAINER_NAME = "kernel"
+
+# Runs in the kernel image (any Python 3 with ipykernel, old Orion client images included):
+# ipykernel binds to the connection file's "ip", so copy the Secret's file with the pod IP set.
+KERNEL_ENTRYPOINT = (
+    "import json, os, sys, tempfile\n"
+    "src = os.environ['ORION_JUPYTER_CONNECTION_FILE']\n"
+    "with open(src) as f:\n"
+    "    info = json.load(f)\n"
+    "info['ip'] = os.environ.get('ORION_JUPYTER_POD_IP') or '0.0.0.0'\n"
+    "path = os.path.join(tempfile.gettempdir(), 'orion-kernel-%s.json' % os.environ['ORION_JUPYTER_KERNEL_ID'])\n"
+    "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+    "with os.fdopen(fd, 'w') as f:\n"
+    "    json.dump(info, f)\n"
+    "os.execvp(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', path])\n"
+)
+
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+def slug(text: str, limit: int) -> str:
+    """A DNS-1123 fragment of ``text``; a short hash keeps distinct names distinct after cleaning."""
+    cleaned = _SLUG_RE.sub("-", text.lower()).strip("-")
+    if cleaned == text and 0 < len(cleaned) <= limit:
+        return cleaned
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    head = cleaned[: max(limit - 9, 0)].strip("-")
+    return f"{head}-{digest}" if head else digest
+
+
+def kernel_object_name(user: str, kernel_id: str, suffix: str) -> str:
+    """'orion-alice-3f2a9c1d-x7k2p': readable in kubectl, unique per launch, at most 63 chars."""
+    kernel_part = _SLUG_RE.sub("", kernel_id.lower())[:8] or "kernel"
+    return check_k8s_name("pod name", f"orion-{slug(user, 20)}-{kernel_part}-{slug(suffix, 10)}")
+
+
+@dataclass
+class KernelPodOptions:
+    """Everything that shapes a kernel pod; the provisioner fills it from its traitlets."""
+
+    kernel_id: str
+    user: str
+    request: VGPURequest
+    backend: Backend
+    image: str
+    namespace: str
+    connection_info: Mapping[str, Any]
+    name_suffix: str
+    kernel_spec_name: str = ""
+    course: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    owner: Mapping[str, str] | None = None  # {'apiVersion','kind','name','uid'} of the server pod
+    host_ipc: bool = False
+    orion_controller: str | None = None
+    python: str = "python"
+    run_as_user: int = 1000
+    run_as_group: int = 100
+    scheduler_name: str | None = None
+    working_dir: str | None = None
+
+
+@dataclass
+class KernelManifests:
+    pod: dict
+    secret: dict
+
+    @property
+    def name(self) -> str:
+        return self.pod["metadata"]["name"]
+
+
+def _label_value(text: str) -> str:
+    return slug(text, 63) if text else ""
+
+
+def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
+    check_k8s_name("namespace", opts.namespace)
+    name = kernel_object_name(opts.user, opts.kernel_id, opts.name_suffix)
+    labels = {
+        **opts.labels,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_COMPONENT: "kernel",
+        LABEL_KERNEL_ID: _label_value(opts.kernel_id),
+        LABEL_USER: _label_value(opts.user),
+    }
+    if opts.course:
+        labels[LABEL_COURSE] = _label_value(opts.course)
+    resources = opts.backend.resources(opts.request)
+    annotations = {
+        **opts.annotations,
+        ANNOTATION_USER: opts.user,
+        ANNOTATION_BACKEND: opts.backend.name,
+        ANNOTATION_REQUEST: json.dumps(opts.request.as_dict(), sort_keys=True),
+        ANNOTATION_RESOURCES: json.dumps(resources, sort_keys=True),
+    }
+    if opts.kernel_spec_name:
+        annotations[ANNOTATION_KERNEL_SPEC] = opts.kernel_spec_name
+    metadata: dict[str, Any] = {"name": name, "namespace": opts.namespace, "labels": labels}
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {**metadata, "labels": dict(labels)},
+        "type": "Opaque",
+        "data": {CONNECTION_KEY: base64.b64encode(json.dumps(dict(opts.connection_info)).encode()).decode()},
+    }
+
+    pod_metadata = {**metadata, "annotations": annotations}
+    if opts.owner:
+        pod_metadata["ownerReferences"] = [
+            {
+                "apiVersion": opts.owner.get("apiVersion", "v1"),
+                "kind": opts.owner.get("kind", "Pod"),
+                "name": opts.owner["name"],
+                "uid": opts.owner["uid"],
+                "blockOwnerDeletion": False,
+            }
+        ]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": pod_metadata,
+        "spec": _pod_spec(opts, name, resources),
+    }
+    return KernelManifests(pod=pod, secret=secret)
+
+
+def _env(opts: KernelPodOptions) -> list[dict]:
+    allocation = KernelAllocation(
+        cluster="kubernetes",
+        backend=opts.backend.name,
+        vgpus=opts.request.count,
+        memory_mib=opts.request.memory_mib,
+        compute_percent=opts.request.compute_percent,
+        kernel_id=opts.kernel_id,
+        user=opts.user,
+        memory_cap="enforced" if opts.backend.memory_enforced and opts.request.count else "none",
+    )
+    values = {
+        **opts.extra_env,
+        **opts.backend.env(opts.request, controller=opts.orion_controller),
+        **allocation.to_env(downward=True),
+        "ORION_JUPYTER_CONNECTION_FILE": f"{CONNECTION_DIR}/{CONNECTION_KEY}",
+    }
+    env = [{"name": key, "value": str(value)} for key, value in values.items()]
+    env += [
+        {"name": ENV_NAMES[key], "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+        for key, path in DOWNWARD_FIELDS.items()
+    ]
+    return env
+
+
+def _compute_resources(opts: KernelPodOptions, extended: Mapping[str, int]) -> dict:
+    requests = {k: v for k, v in (("cpu", opts.cpu_request), ("memory", opts.memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", opts.cpu_limit), ("memory", opts.memory_limit)) if v}
+    # Extended resources cannot be overcommitted: the limit is required and requests must equal it.
+    for resource, amount in extended.items():
+        limits[resource] = str(amount)
+        requests[resource] = str(amount)
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _pod_spec(opts: KernelPodOptions, secret_name: str, extended: Mapping[str, int]) -> dict:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": opts.image,
+        "imagePullPolicy": opts.image_pull_policy,
+        "command": [opts.python, "-c", KERNEL_ENTRYPOINT],
+        "env": _env(opts),
+        "resources": _compute_resources(opts, extended),
+        "volumeMounts": [{"name": "connection", "mountPath": CONNECTION_DIR, "readOnly": True}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": opts.run_as_user,
+            "runAsGroup": opts.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if opts.working_dir:
+        container["workingDir"] = opts.working_dir
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": opts.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "connection",
+                "secret": {"secretName": secret_name, "defaultMode": 0o440},
+            }
+        ],
+    }
+    if opts.node_selector:
+        spec["nodeSelector"] = dict(opts.node_selector)
+    if opts.tolerations:
+        spec["tolerations"] = [dict(t) for t in opts.tolerations]
+    if opts.host_ipc and opts.backend.supports_host_ipc:
+        spec["hostIPC"] = True
+    if opts.scheduler_name:
+        spec["schedulerName"] = opts.scheduler_name
+    return spec
+
+
+def secret_owner_patch(pod: Mapping[str, Any]) -> dict:
+    """Makes the Secret go with its Pod (Kubernetes' garbage collector deletes it)."""
+    meta = pod["metadata"]
+    return {
+        "metadata": {
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"], "blockOwnerDeletion": False}
+            ]
+        }
+    }

@@ -1,0 +1,122 @@
+"""The vGPU pool: per node, per extended resource, how much there is and how much is held.
+
+Computed from caches (the shared watches, or the local slot table), never with an API request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass
+class ResourceCount:
+    allocatable: int = 0
+    allocated: int = 0
+
+    @property
+    def free(self) -> int:
+        return max(self.allocatable - self.allocated, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"allocatable": self.allocatable, "allocated": self.allocated, "free": self.free}
+
+
+@dataclass
+class NodePool:
+    name: str
+    resources: dict[str, ResourceCount] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def fits(self, request: Mapping[str, int]) -> bool:
+        return all(self.resources.get(r, ResourceCount()).free >= amount for r, amount in request.items())
+
+
+@dataclass
+class PoolSnapshot:
+    nodes: list[NodePool] = field(default_factory=list)
+    visible: bool = True  # False: the nodes could not be read (no RBAC); only holdings are known
+    source: str = "kubernetes"
+
+    def totals(self) -> dict[str, ResourceCount]:
+        totals: dict[str, ResourceCount] = {}
+        for node in self.nodes:
+            for resource, count in node.resources.items():
+                total = totals.setdefault(resource, ResourceCount())
+                total.allocatable += count.allocatable
+                total.allocated += count.allocated
+        return totals
+
+    def can_serve(self, request: Mapping[str, int]) -> bool | None:
+        """Whether some node could take these resources now (None: the pool is not visible)."""
+        if not request:
+            return True
+        if not self.visible:
+            return None
+        return any(node.fits(request) for node in self.nodes)
+
+    def shortage_text(self, resource: str, asked: int, unit: str = "vGPU") -> str:
+        """'needs 1 vGPU; 0 of 4 are free right now (4 in use)'."""
+        total = self.totals().get(resource)
+        need = f"needs {asked} {unit}{'s' if asked != 1 else ''}"
+        if not self.visible or total is None:
+            return f"{need}; the pool size is not visible to this server"
+        largest = max((n.resources.get(resource, ResourceCount()).free for n in self.nodes), default=0)
+        text = f"{need}; {total.free} of {total.allocatable} are free right now ({total.allocated} in use)"
+        if total.free >= asked > largest:
+            text += f", but at most {largest} on any one node"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "visible": self.visible,
+            "nodes": [
+                {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())}}
+                for n in self.nodes
+            ],
+            "totals": {r: c.as_dict() for r, c in sorted(self.totals().items())},
+        }
+
+
+def _amount(value: object) -> int:
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        return int(parse_quantity(value))
+    except (ValueError, TypeError, ArithmeticError):
+        return 0
+
+
+def extended_limits(pod: Mapping) -> dict[str, int]:
+    """Extended resources (names with a '/') a pod holds, summed over its containers."""
+    held: dict[str, int] = {}
+    for container in pod.get("spec", {}).get("containers", []):
+        limits = (container.get("resources") or {}).get("limits") or {}
+        for resource, value in limits.items():
+            if "/" in resource:
+                held[resource] = held.get(resource, 0) + _amount(value)
+    return held
+
+
+def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping]) -> PoolSnapshot:
+    """The pool from node objects and the pods that hold its resources."""
+    by_node: dict[str, NodePool] = {}
+    for node in nodes or []:
+        meta = node.get("metadata", {})
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        by_node[meta["name"]] = NodePool(
+            name=meta["name"],
+            labels=dict(meta.get("labels") or {}),
+            resources={r: ResourceCount(allocatable=_amount(v)) for r, v in allocatable.items() if "/" in r},
+        )
+    for pod in pods:
+        node_name = pod.get("spec", {}).get("nodeName")
+        if not node_name or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            continue
+        node = by_node.setdefault(node_name, NodePool(name=node_name))
+        for resource, amount in extended_limits(pod).items():
+            node.resources.setdefault(resource, ResourceCount()).allocated += amount
+    return PoolSnapshot(nodes=sorted(by_node.values(), key=lambda n: n.name), visible=nodes is not None)

@@ -1,0 +1,215 @@
+"""VGPUProvisioner: each kernel on its own vGPU slice, as a Kubernetes pod or a local process.
+
+A small Popen-like object in the manner of jupyter_client's LocalProvisioner: it resolves the
+vGPU request (kernel spec config, then start kwargs ``vgpu={...}``), checks it against policy and
+hands the launch to a driver (``k8s.driver.KubernetesDriver`` or ``local.LocalDriver``), whose
+kernel handle answers poll/wait/kill from its own state.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Any, Protocol
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, default
+
+from .backends import Backend, get_backend
+from .config import KernelPolicy
+from .vgpu import VGPURequest, VGPURequestError
+
+
+class KernelHandle(Protocol):
+    """What a driver returns for a launched kernel."""
+
+    ip: str
+
+    def poll(self) -> int | None: ...
+    async def wait(self) -> int | None: ...
+    async def send_signal(self, signum: int) -> None: ...
+    async def terminate(self, grace_seconds: int) -> None: ...
+    async def kill(self) -> None: ...
+    async def cleanup(self) -> None: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+class Driver(Protocol):
+    name: str
+
+    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
+    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[KernelHandle, KernelConnectionInfo]: ...
+    async def attach(self, info: dict[str, Any]) -> KernelHandle: ...
+
+
+class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    # -- what a kernel asks for (per spec in kernel.json's provisioner config) -----------------
+    vgpus = Int(1, config=True, help="vGPUs per kernel (0: a CPU-only kernel).")
+    vgpu_memory = Unicode("4Gi", config=True, help="vGPU memory per vGPU: 4096 (MiB), '4Gi', '0.5Gi'.")
+    compute_percent = Int(None, allow_none=True, config=True, help="Compute share of one GPU per vGPU, 1-100.")
+    backend = Enum(["orion", "hami", "nvidia"], "orion", config=True,
+                   help="vGPU backend: orion (virtaitech.com/gpu + ORION_GMEM), hami (nvidia.com/gpumem), nvidia (whole GPU / MIG).")
+    resource_names = Dict(Unicode(), config=True,
+                          help="Override the backend's resource names: {'count': 'example.com/vgpu', 'memory': ..., 'compute': ...}.")
+    env_names = Dict(Unicode(), config=True,
+                     help="Override the backend's env names: {'count': 'ORION_VGPU', 'memory': 'ORION_GMEM', 'compute': ..., 'controller': ...}.")
+    orion_controller = Unicode("", config=True, help="ORION_CONTROLLER for the Orion client in the kernel (host:port); empty: the image's own.")
+    host_ipc = Bool(False, config=True,
+                    help="Give Orion kernels hostIPC (faster client-server transfer; shares the node's IPC namespace: a security trade-off).")
+    cluster = Enum(["auto", "kubernetes", "local"], "auto", config=True,
+                   help="Where kernels run: kubernetes, local (processes on this machine), or auto (kubernetes when in a pod or a kubeconfig exists).")
+    user = Unicode(config=True, help="User the kernel belongs to (labels, class view); default JUPYTERHUB_USER or the login name.")
+    course = Unicode("", config=True, help="Course or class label put on kernel pods (for the instructor view).")
+
+    # -- Kubernetes ---------------------------------------------------------------------------
+    kubeconfig = Unicode("", config=True, help="kubeconfig file; default: in-cluster config, then KUBECONFIG, then ~/.kube/config.")
+    kube_context = Unicode("", config=True, help="kubeconfig context; default: the current one.")
+    namespace = Unicode("", config=True, help="Namespace of kernel pods; default POD_NAMESPACE, the service account's, or the context's.")
+    image = Unicode("quay.io/jupyter/pytorch-notebook:cuda12-python-3.11", config=True,
+                    help="Kernel image: any image with Python 3 and ipykernel (see the README's kernel image section).")
+    image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True, help="Kernel image pull policy.")
+    kernel_python = Unicode("python", config=True, help="Python executable in the kernel image.")
+    launch_timeout = Float(300.0, config=True,
+                           help="Seconds a kernel pod may take to become ready (image pulls included); known failures end sooner.")
+    wait_for_capacity = Bool(False, config=True,
+                             help="Wait (up to launch_timeout) when no vGPU is free, e.g. with a cluster autoscaler, instead of failing at once.")
+    node_selector = Dict(Unicode(), config=True, help="nodeSelector for kernel pods, e.g. {'gpu': 'a100'}.")
+    tolerations = List(Dict(), config=True, help="Tolerations for kernel pods (Kubernetes' own shape).")
+    cpu_request = Unicode(None, allow_none=True, config=True, help="CPU request of a kernel pod, e.g. '500m'.")
+    cpu_limit = Unicode(None, allow_none=True, config=True, help="CPU limit of a kernel pod, e.g. '4'.")
+    memory_request = Unicode(None, allow_none=True, config=True, help="Memory request of a kernel pod, e.g. '2Gi'.")
+    memory_limit = Unicode(None, allow_none=True, config=True, help="Memory limit of a kernel pod, e.g. '8Gi'.")
+    extra_env = Dict(Unicode(), config=True, help="Extra environment for kernels (never the server's own environment).")
+    labels = Dict(Unicode(), config=True, help="Extra labels on kernel pods.")
+    annotations = Dict(Unicode(), config=True, help="Extra annotations on kernel pods.")
+    scheduler_name = Unicode(None, allow_none=True, config=True, help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
+    run_as_user = Int(1000, config=True, help="UID kernel containers run as (never root).")
+    run_as_group = Int(100, config=True, help="GID and fsGroup of kernel containers.")
+    kernel_ports = List(Int(), [52011, 52012, 52013, 52014, 52015], minlen=5, maxlen=5, config=True,
+                        help="Kernel ports (shell, iopub, stdin, control, hb) inside the pod; each pod has its own IP.")
+    termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
+    watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
+
+    # -- local --------------------------------------------------------------------------------
+    local_state_file = Unicode("", config=True, help="Local vGPU slot table; default in the Jupyter runtime dir.")
+
+    request = Instance(VGPURequest, allow_none=True)
+    driver: Any = None
+    handle: Any = None
+
+    @default("user")
+    def _default_user(self) -> str:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    # -- what to launch -----------------------------------------------------------------------
+    def backend_model(self) -> Backend:
+        return get_backend(self.backend, self.resource_names, self.env_names)
+
+    def resolve_request(self, override: Any = None) -> VGPURequest:
+        """The spec's request, with a caller's ``vgpu={'vgpus':..,'memory':..}`` on top, checked against policy."""
+        spec_default = VGPURequest.parse(self.vgpus, self.vgpu_memory if self.vgpus else None, self.compute_percent)
+        request = VGPURequest.from_mapping(override, spec_default) if override is not None else spec_default
+        KernelPolicy(parent=self).policy().check(request, self.image if self.cluster_kind() == "kubernetes" else None)
+        return request
+
+    def cluster_kind(self) -> str:
+        if self.cluster != "auto":
+            return self.cluster
+        from .k8s.client import cluster_configured
+
+        return "kubernetes" if cluster_configured(self.kubeconfig) else "local"
+
+    def _make_driver(self) -> Driver:
+        if self.cluster_kind() == "kubernetes":
+            from .k8s.driver import KubernetesDriver
+
+            return KubernetesDriver(self)
+        from .local import LocalDriver
+
+        return LocalDriver(self)
+
+    # -- the provisioner API ------------------------------------------------------------------
+    @property
+    def has_process(self) -> bool:
+        return self.handle is not None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        user = kwargs.pop("orion_user", None)
+        if user:
+            self.user = user
+        self.request = self.resolve_request(kwargs.pop("vgpu", None))
+        self.backend_model()  # invalid resource/env overrides fail here, before anything exists
+        self.driver = self._make_driver()
+        kwargs = await super().pre_launch(**kwargs)
+        return await self.driver.pre_launch(kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        self.handle, self.connection_info = await self.driver.launch(cmd, kwargs)
+        return self.connection_info
+
+    async def poll(self) -> int | None:
+        return self.handle.poll() if self.handle else 0
+
+    async def wait(self) -> int | None:
+        return await self.handle.wait() if self.handle else None
+
+    async def send_signal(self, signum: int) -> None:
+        if self.handle:
+            await self.handle.send_signal(signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        if self.handle:
+            await self.handle.kill()
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self.handle:
+            await self.handle.terminate(self.termination_grace_seconds)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self.handle:
+            handle, self.handle = self.handle, None
+            await handle.cleanup()
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 2.0 * self.termination_grace_seconds)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return max(recommended, self.launch_timeout) if self.cluster_kind() == "kubernetes" else recommended
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info["connection_info"] = _json_safe(info.get("connection_info"))
+        info["driver"] = self.driver.name if self.driver else self.cluster_kind()
+        info["vgpu_request"] = self.request.as_dict() if self.request else None
+        info["user"] = self.user
+        info["kernel"] = self.handle.info() if self.handle else None
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        request = provisioner_info.get("vgpu_request")
+        if request:
+            self.request = VGPURequest(request["vgpus"], request["memory_mib"], request.get("compute_percent"))
+        self.user = provisioner_info.get("user") or self.user
+        if provisioner_info.get("driver"):
+            self.cluster = provisioner_info["driver"]
+        self.driver = self._make_driver()
+        if provisioner_info.get("kernel"):
+            self.handle = await self.driver.attach(provisioner_info["kernel"])
+
+    def allocation_summary(self) -> dict[str, Any]:
+        """This kernel's allocation for the server extension's views."""
+        summary: dict[str, Any] = {"user": self.user, "backend": self.backend, "cluster": self.driver.name if self.driver else None}
+        summary.update(self.request.as_dict() if self.request else {"vgpus": None, "memory_mib": None, "compute_percent": None})
+        summary.update(self.handle.info() if self.handle else {})
+        return summary
+
+
+def _json_safe(info: Any) -> Any:
+    if isinstance(info, dict):
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+    return info
+
+
+__all__ = ["VGPUProvisioner", "VGPURequestError"]
