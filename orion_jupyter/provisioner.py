@@ -140,7 +140,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.user = user
         self.request = self.resolve_request(kwargs.pop("vgpu", None))
         self.backend_model()  # invalid resource/env overrides fail here, before anything exists
-        self.driver = self._make_driver()
+        if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
+            self.driver = self._make_driver()
         kwargs = await super().pre_launch(**kwargs)
         return await self.driver.pre_launch(kwargs)
 

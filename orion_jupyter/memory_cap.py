@@ -1,0 +1,90 @@
+"""Caps a kernel's GPU memory at its vGPU memory when PyTorch or TensorFlow is imported.
+
+Cooperative, not a hardware boundary: it sets the frameworks' own per-process limits
+(``torch.cuda.set_per_process_memory_fraction``, TensorFlow's logical device memory limit), which
+code in the kernel could undo. The local backend starts every kernel with ``install()``; the
+widget shows ``STATUS``. Kernel-side: imports nothing from the server.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from typing import Any, Callable
+
+from .allocation import KernelAllocation
+
+MIB = 1024 * 1024
+STATUS: dict[str, str] = {}  # framework -> what was done, for the widget and the user
+
+
+def cap_torch(torch: Any, memory_mib: int) -> str:
+    if not torch.cuda.is_available():
+        return "no GPU present: PyTorch runs on the CPU, nothing to cap"
+    parts = []
+    for index in range(torch.cuda.device_count()):
+        total = torch.cuda.get_device_properties(index).total_memory
+        fraction = min(1.0, memory_mib * MIB / total)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+        parts.append(f"cuda:{index} {fraction:.3f}")
+    return f"capped at {memory_mib} MiB per device ({', '.join(parts)} of device memory)"
+
+
+def cap_tensorflow(tf: Any, memory_mib: int) -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "no GPU present: TensorFlow runs on the CPU, nothing to cap"
+    for gpu in gpus:
+        tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=memory_mib)])
+    return f"capped at {memory_mib} MiB per device ({len(gpus)} GPU(s))"
+
+
+CAPS: dict[str, Callable[[Any, int], str]] = {"torch": cap_torch, "tensorflow": cap_tensorflow}
+
+
+def _apply(name: str, module: Any, memory_mib: int) -> None:
+    try:
+        STATUS[name] = CAPS[name](module, memory_mib)
+    except Exception as err:  # noqa: BLE001 - never break the user's import over the cap
+        STATUS[name] = f"cap not applied: {err}"
+
+
+class _CapOnImport(importlib.abc.MetaPathFinder):
+    """Runs the framework's cap right after the framework module finishes importing."""
+
+    def __init__(self, memory_mib: int):
+        self.memory_mib = memory_mib
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in CAPS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        loader, memory_mib = spec.loader, self.memory_mib
+        original_exec = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original_exec(module)
+            _apply(fullname, module, memory_mib)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def install(environ: dict | None = None) -> str:
+    """Cap frameworks already imported now and the others when they are imported."""
+    allocation = KernelAllocation.from_env(environ)
+    if allocation is None or not allocation.vgpus or not allocation.memory_mib:
+        return "no vGPU memory granted: nothing to cap"
+    for name in CAPS:
+        if name in sys.modules:
+            _apply(name, sys.modules[name], allocation.memory_mib)
+    if not any(isinstance(f, _CapOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CapOnImport(allocation.memory_mib))
+    return f"vGPU memory cap of {allocation.memory_mib} MiB installed (cooperative)"
+
+
+# The ipykernel option that runs install() as the kernel starts.
+KERNEL_ARGUMENT = "--IPKernelApp.exec_lines=['import orion_jupyter.memory_cap as _orion_cap; _orion_cap.install(); del _orion_cap']"
