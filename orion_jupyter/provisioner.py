@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import time
 from typing import Any, Protocol
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -18,6 +19,9 @@ from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, def
 
 from .backends import Backend, get_backend
 from .config import KernelPolicy
+from .errors import KernelLaunchError
+from .metrics import KERNEL_LAUNCH_FAILURES, KERNEL_LAUNCH_SECONDS
+from .progress import PROGRESS
 from .vgpu import VGPURequest, VGPURequestError
 
 
@@ -86,8 +90,9 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     scheduler_name = Unicode(None, allow_none=True, config=True, help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
     run_as_user = Int(1000, config=True, help="UID kernel containers run as (never root).")
     run_as_group = Int(100, config=True, help="GID and fsGroup of kernel containers.")
-    kernel_ports = List(Int(), [52011, 52012, 52013, 52014, 52015], minlen=5, maxlen=5, config=True,
-                        help="Kernel ports (shell, iopub, stdin, control, hb) inside the pod; each pod has its own IP.")
+    kernel_ports = List(Int(), [], config=True,
+                        help="Fixed kernel ports (shell, iopub, stdin, control, hb) inside the pod; default: new random ports per "
+                             "launch, so that jupyter_server notices a restarted kernel (new pod, new IP) and reconnects.")
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
     watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
 
@@ -97,6 +102,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     request = Instance(VGPURequest, allow_none=True)
     driver: Any = None
     handle: Any = None
+    _launch_started = 0.0
 
     @default("user")
     def _default_user(self) -> str:
@@ -142,12 +148,30 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.backend_model()  # invalid resource/env overrides fail here, before anything exists
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
             self.driver = self._make_driver()
+        self._launch_started = time.monotonic()
+        PROGRESS.record(self.kernel_id, f"starting a kernel with {self.request.describe()} ({self.driver.name})")
         kwargs = await super().pre_launch(**kwargs)
-        return await self.driver.pre_launch(kwargs)
+        try:
+            return await self.driver.pre_launch(kwargs)
+        except KernelLaunchError as err:
+            self._launch_failed(err)
+            raise
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        self.handle, self.connection_info = await self.driver.launch(cmd, kwargs)
+        try:
+            self.handle, self.connection_info = await self.driver.launch(cmd, kwargs)
+        except KernelLaunchError as err:
+            self._launch_failed(err)
+            raise
+        seconds = time.monotonic() - self._launch_started
+        KERNEL_LAUNCH_SECONDS.labels("success").observe(seconds)
+        PROGRESS.record(self.kernel_id, f"kernel ready after {seconds:.1f} s", stage="ready")
         return self.connection_info
+
+    def _launch_failed(self, err: KernelLaunchError) -> None:
+        KERNEL_LAUNCH_FAILURES.labels(err.reason).inc()
+        KERNEL_LAUNCH_SECONDS.labels("failure").observe(time.monotonic() - self._launch_started)
+        PROGRESS.record(self.kernel_id, str(err), stage="failed", level="error", reason=err.reason)
 
     async def poll(self) -> int | None:
         return self.handle.poll() if self.handle else 0

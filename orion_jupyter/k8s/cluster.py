@@ -24,7 +24,9 @@ from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
 from ..pool import PoolSnapshot, pool_from_cluster
-from .manifests import MANAGED_SELECTOR, KernelManifests, secret_owner_patch
+from .manifests import LABEL_KERNEL_ID, MANAGED_SELECTOR, KernelManifests, secret_owner_patch
+
+ANNOTATION_STOPPED_BY = "orion-jupyter.io/stopped-by"
 from .watch import SharedWatch
 
 log = logging.getLogger("orion_jupyter.k8s")
@@ -104,6 +106,9 @@ class KubeCluster:
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
         self._started = False
         self._start_lock = threading.Lock()
+        # kernel id -> who stopped it from the class view (so its server does not restart it)
+        self.stopped_by: dict[str, str] = {}
+        self.pods.subscribe(self._remember_stops)
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True) -> "KubeCluster":
@@ -196,6 +201,26 @@ class KubeCluster:
             if err.status != 404:
                 raise
 
+    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> bool:
+        try:
+            await self.call(self.core.patch_namespaced_pod, name, self.namespace,
+                            {"metadata": {"annotations": annotations}}, _preload_content=False)
+            return True
+        except (ApiException, HTTPError) as err:
+            log.warning("could not annotate kernel pod %s: %s", name, err)
+            return False
+
+    async def stop_foreign_pod(self, name: str, stopped_by: str) -> None:
+        """Stop a kernel pod of another server: mark who stopped it, then delete Pod and Secret."""
+        await self.annotate_pod(name, {ANNOTATION_STOPPED_BY: stopped_by})
+        await self.delete_kernel_objects(name, grace_seconds=5)
+
+    def _remember_stops(self, kind: str, pod: dict) -> None:
+        meta = pod.get("metadata", {})
+        who = (meta.get("annotations") or {}).get(ANNOTATION_STOPPED_BY)
+        if who:
+            self.stopped_by[(meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")] = who
+
     async def log_tail(self, name: str, lines: int = 15) -> str:
         try:
             text = await self.call(self.core.read_namespaced_pod_log, name, self.namespace, tail_lines=lines)
@@ -205,11 +230,12 @@ class KubeCluster:
 
     # -- launch ------------------------------------------------------------------------------
     async def launch(self, manifests: KernelManifests, *, timeout: float, count_resource: str,
-                     wait_when_unschedulable: bool = False) -> "PodKernel":
+                     wait_when_unschedulable: bool = False,
+                     progress: Callable[[str], None] | None = None) -> "PodKernel":
         """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both."""
         await self.ensure_started()
         name = manifests.name
-        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable)
+        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable, progress)
         started = time.monotonic()
         try:
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
@@ -267,8 +293,10 @@ def _requested(pod: dict, resource: str) -> int:
 class _LaunchWaiter:
     """Follows one pod through the shared watches until it is ready or has failed."""
 
-    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool):
+    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool,
+                 progress: Callable[[str], None] | None):
         self.name = name
+        self._progress = progress
         self.result: asyncio.Future[LaunchState] = loop.create_future()
         self.last_progress = ""
         self._wait_when_unschedulable = wait_when_unschedulable
@@ -299,6 +327,8 @@ class _LaunchWaiter:
         self.last_progress = f"{event.get('reason', '')}: {event.get('message', '')}"
         level = logging.WARNING if event.get("type") == "Warning" else logging.INFO
         log.log(level, "kernel pod %s: %s", self.name, self.last_progress)
+        if self._progress:
+            self._progress(self.last_progress)
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:

@@ -8,15 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 
+from ..progress import PROGRESS
 from .client import api_client, default_namespace
 from .cluster import KubeCluster, PodKernel
-from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests
+from ..errors import KernelLaunchError
+from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests, slug
 
 if TYPE_CHECKING:
     from ..provisioner import VGPUProvisioner
 
 # Server-side variables a kernel may learn (the rest of the server's environment stays home).
 _FORWARDED_ENV = ("JPY_SESSION_NAME",)
+PORT_RANGE = (40000, 60000)
 
 
 def server_pod_owner() -> dict[str, str] | None:
@@ -38,13 +41,16 @@ class KubernetesDriver:
 
     async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         p, km = self.p, self.p.parent
+        stopped_by = self.cluster.stopped_by.get(slug(p.kernel_id, 63))
+        if stopped_by:
+            raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
         self._connection = {
             "transport": "tcp",
             "ip": "0.0.0.0",
             "key": km.session.key.decode(),
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": getattr(km, "kernel_name", "") or "",
-            **dict(zip(port_names, p.kernel_ports)),
+            **dict(zip(port_names, p.kernel_ports or self._fresh_ports())),
         }
         server_env = kwargs.get("env") or {}
         spec_env = {k: server_env.get(k, v) for k, v in (p.kernel_spec.env or {}).items()}
@@ -81,6 +87,16 @@ class KubernetesDriver:
         kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
         return kwargs
 
+    def _fresh_ports(self) -> list[int]:
+        """Five ports unlike the last launch's: each pod has its own IP, so only change matters."""
+        previous = {self._connection.get(name) for name in port_names}
+        ports: list[int] = []
+        while len(ports) < len(port_names):
+            port = secrets.choice(range(PORT_RANGE[0], PORT_RANGE[1]))
+            if port not in previous and port not in ports:
+                ports.append(port)
+        return ports
+
     async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
         assert self.manifests is not None, "pre_launch first"
         kernel = await self.cluster.launch(
@@ -88,6 +104,7 @@ class KubernetesDriver:
             timeout=self.p.launch_timeout,
             count_resource=self.p.backend_model().count_resource,
             wait_when_unschedulable=self.p.wait_for_capacity,
+            progress=lambda message: PROGRESS.record(self.p.kernel_id, message),
         )
         info = dict(self._connection, ip=kernel.ip, key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]

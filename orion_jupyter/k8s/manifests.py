@@ -217,6 +217,9 @@ def _pod_spec(opts: KernelPodOptions, secret_name: str, extended: Mapping[str, i
         "env": _env(opts),
         "resources": _compute_resources(opts, extended),
         "volumeMounts": [{"name": "connection", "mountPath": CONNECTION_DIR, "readOnly": True}],
+        # Ready means the kernel listens: a kernel that dies while starting fails the launch with its reason.
+        "readinessProbe": {"tcpSocket": {"port": int(opts.connection_info["shell_port"])}, "periodSeconds": 1,
+                           "successThreshold": 1, "failureThreshold": 3},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},

@@ -18,8 +18,8 @@ def rbac_manifests(namespace: str, service_account: str = "jupyter", read_nodes:
             "kind": "Role",
             "metadata": {"name": name, "namespace": namespace},
             "rules": [
-                # Kernel pods: create, watch, stop; read logs to explain a crash.
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+                # Kernel pods: create, watch, stop, annotate (last activity); read logs to explain a crash.
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
                 {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
                 # Connection files: created, owned by their pod, deleted on shutdown. No list/watch.
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete", "patch"]},

@@ -1,0 +1,5 @@
+"""The jupyter_server extension (see app.OrionJupyter)."""
+
+from .app import OrionJupyter
+
+__all__ = ["OrionJupyter"]

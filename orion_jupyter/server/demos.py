@@ -1,0 +1,86 @@
+"""The demo notebooks: placed into the user's directory, and optionally run headless (nbclient)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import nbformat
+
+from ..progress import ProgressLog
+
+log = logging.getLogger("orion_jupyter.demos")
+
+DEMOS = {
+    "mnist": "MNIST: train a small CNN on the vGPU",
+    "facenet": "FaceNet: detect, embed and compare faces on the vGPU",
+}
+
+
+def notebooks_dir() -> Path:
+    """The packaged notebooks (wheel) or the repository's (editable install)."""
+    packaged = Path(__file__).resolve().parent.parent / "notebooks"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
+
+
+class Demos:
+    def __init__(self, progress: ProgressLog, folder: str, default_spec: Callable[[], str], cell_timeout: int):
+        self.progress = progress
+        self.folder = folder.strip("/")
+        self.default_spec = default_spec
+        self.cell_timeout = cell_timeout
+        self._runs: set[asyncio.Task] = set()
+
+    def names(self) -> list[str]:
+        return list(DEMOS)
+
+    def target(self, name: str) -> str:
+        return f"{self.folder}/{name}.ipynb" if self.folder else f"{name}.ipynb"
+
+    def list(self) -> list[dict[str, Any]]:
+        return [{"name": name, "title": title, "path": self.target(name)} for name, title in DEMOS.items()]
+
+    def place(self, name: str, contents_manager: Any) -> str:
+        """Copy the demo notebook to the user's folder, never over a copy they may have edited."""
+        target = self.target(name)
+        if not contents_manager.file_exists(target):
+            if self.folder and not contents_manager.dir_exists(self.folder):
+                contents_manager.save({"type": "directory"}, self.folder)
+            notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+            contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target)
+        return target
+
+    def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
+        task = asyncio.ensure_future(self._run(name, path, kernel_id, contents_manager, kernel_manager))
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _run(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
+        from nbclient import NotebookClient
+
+        record = lambda message, **kw: self.progress.record(kernel_id, message, stage="demo", **kw)  # noqa: E731
+        executed_path = path[: -len(".ipynb")] + ".executed.ipynb"
+        try:
+            model = await _maybe_await(contents_manager.get(path, content=True, type="notebook"))
+            notebook = nbformat.from_dict(model["content"])
+            code_cells = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+            record(f"running {path}: {len(code_cells)} code cells")
+
+            def on_cell_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+                done = code_cells.index(cell_index) + 1 if cell_index in code_cells else 0
+                record(f"cell {done}/{len(code_cells)} done", done=done, total=len(code_cells))
+
+            client = NotebookClient(notebook, km=kernel_manager.get_kernel(kernel_id), timeout=self.cell_timeout,
+                                    on_cell_executed=on_cell_executed)
+            await client.async_execute()
+            await _maybe_await(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, executed_path))
+            record(f"finished: wrote {executed_path}", done=len(code_cells), total=len(code_cells), output=executed_path, finished=True)
+        except Exception as err:  # noqa: BLE001 - report any failure of a headless run to the user
+            log.exception("demo %s failed", name)
+            record(f"demo failed: {err}", level="error", finished=True)
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future) else value

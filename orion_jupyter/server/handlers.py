@@ -1,0 +1,170 @@
+"""REST handlers under {base_url}/orion/api/: allocations, pool, specs, kernels, events, demos, class."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from ..errors import KernelLaunchError
+from ..vgpu import VGPURequestError
+from .state import pod_summary, spec_views, user_label
+
+AUTH_RESOURCE = "orion"
+
+
+class OrionHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def state(self) -> Any:
+        return self.settings["orion_jupyter_state"]
+
+    @property
+    def username(self) -> str:
+        return self.current_user.username
+
+    @property
+    def is_instructor(self) -> bool:
+        return self.state.is_instructor(self.current_user)
+
+    def reply(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, default=str))
+
+    def refuse(self, status: int, message: str, **extra: Any) -> None:
+        self.reply({"message": message, **extra}, status)
+
+    def json_body(self) -> dict[str, Any] | None:
+        """The request's JSON object, or None after answering 400."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            self.refuse(400, "the request body is not JSON; send an object like {\"spec\": \"...\", \"memory\": \"4Gi\"}")
+            return None
+        if not isinstance(body, dict):
+            self.refuse(400, "the request body must be a JSON object")
+            return None
+        return body
+
+    async def start_kernel_or_refuse(self, body: dict[str, Any], path: str | None = None) -> dict[str, Any] | None:
+        try:
+            return await self.state.start_vgpu_kernel(body, self.username, path=path)
+        except VGPURequestError as err:
+            self.refuse(400, str(err), field=err.field)
+        except KernelLaunchError as err:
+            self.refuse(409 if err.reason == "unschedulable" else 503, str(err), reason=err.reason)
+        return None
+
+
+class AllocationsHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernels = await self.state.allocations_for(self.current_user)
+        self.reply({"kernels": kernels, "cluster": self.state.view.kind})
+
+
+class PoolHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        pool = self.state.view.pool()
+        self.reply({**pool.as_dict(), "count_resource": self.state.view.count_resource})
+
+
+class SpecsHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"specs": spec_views(self.state.view)})
+
+
+class KernelsHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        if body is None:
+            return
+        path = body.pop("path", None)
+        model = await self.start_kernel_or_refuse(body, path)
+        if model is not None:
+            self.reply(model, 201)
+
+
+class EventsHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernel_id = self.get_query_argument("kernel", "")
+        if not kernel_id:
+            return self.refuse(400, 'query parameter "kernel" is missing; use events?kernel=KERNEL_ID')
+        if not self.state.may_see_kernel(self.current_user, kernel_id):
+            return self.refuse(404, f'no kernel "{kernel_id}" of yours')
+        try:
+            after = int(self.get_query_argument("after", "0"))
+        except ValueError:
+            return self.refuse(400, 'query parameter "after" must be a whole number')
+        self.reply({"kernel": kernel_id, "events": self.state.progress.events(kernel_id, after)})
+
+
+class DemosHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"demos": self.state.demos.list()})
+
+
+class DemoHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        if name not in self.state.demos.names():
+            return self.refuse(404, f'no demo named "{name}"; use one of {", ".join(self.state.demos.names())}')
+        body = self.json_body()
+        if body is None:
+            return
+        run = bool(body.pop("run", False))
+        path = self.state.demos.place(name, self.contents_manager)
+        body.setdefault("spec", self.state.demos.default_spec())
+        if not body["spec"]:
+            return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to', field="spec")
+        model = await self.start_kernel_or_refuse(body, path)
+        if model is None:
+            return
+        if run:
+            self.state.demos.run_headless(name, path, model["id"], self.contents_manager, self.kernel_manager)
+        self.reply({"path": path, "kernel_id": model["id"], "kernel": model, "running": run}, 201)
+
+
+class ClassHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernels = self.state.view.class_kernels()
+        if not self.is_instructor:
+            mine = user_label(self.username)
+            kernels = [k for k in kernels if user_label(k["user"]) == mine]
+        self.reply({"kernels": kernels, "instructor": self.is_instructor})
+
+
+class ClassPodHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, pod_name: str) -> None:
+        found = self.state.view.find_pod(pod_name)
+        if found is None:
+            return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
+        cluster, pod = found
+        summary = pod_summary(pod)
+        if not self.is_instructor and user_label(summary["user"]) != user_label(self.username):
+            # Another user's pod: as good as not there for this user.
+            return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
+        await self.state.stop_pod(cluster, pod, stopped_by=self.username)
+        self.reply({"stopped": pod_name, "user": summary["user"]})
