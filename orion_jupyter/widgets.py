@@ -189,13 +189,19 @@ ALLOCATION_TITLES = {
 }
 
 
-def describe_devices() -> list[str]:
+def describe_devices(allocation: Optional[KernelAllocation] = None) -> list[str]:
     """One line per device the framework sees, or why there is none."""
     torch = _torch_module(import_it=True)
     if torch is None:
         return ["PyTorch is not installed in this kernel: no framework devices to show"]
     if not torch.cuda.is_available():
-        return [f"no GPU: running on CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"]
+        lines = [f"no GPU: running on CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"]
+        if allocation is not None and allocation.vgpus > 0:
+            lines.append(
+                f"this kernel was granted {allocation.vgpus} vGPU(s) but PyTorch sees no CUDA device:"
+                " check that the image has a CUDA build of PyTorch and that the vGPU runtime is reachable"
+            )
+        return lines
     from .demos.common import cuda_devices
 
     return [str(d) for d in cuda_devices()]
@@ -557,7 +563,7 @@ class VGPUPanel(widgets.VBox):
         )
 
         self.devices_label = widgets.HTML(
-            value="<br>".join(html.escape(line) for line in describe_devices())
+            value="<br>".join(html.escape(line) for line in describe_devices(self.allocation))
         )
         self.memory_bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="memory")
         self.memory_label = widgets.Label(value="")

@@ -3,7 +3,8 @@ import pytest
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
 
-pytest_plugins = ["tests.kubesim.fixtures"] if __import__("importlib").util.find_spec("tests.kubesim.fixtures") else []
+# pytest-jupyter runs async tests on the loop its Jupyter server fixtures use.
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kubesim.fixtures"]
 
 
 @pytest.fixture
@@ -33,7 +34,8 @@ def vgpu_spec(jupyter_dirs):
 
 @pytest.fixture(autouse=True)
 def _close_shared_watches():
-    yield
+    """Close the previous test's shared watches (after its server, whose cleanup may still use them)."""
     from orion_jupyter.k8s.cluster import KubeCluster
 
     KubeCluster.close_all()
+    yield

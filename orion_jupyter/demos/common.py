@@ -33,7 +33,8 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class TrainingProgress:
-    """What a demo tells its ``progress`` callback, after every training step.
+    """What a demo tells its ``progress`` callback after training steps (every step in short
+    epochs, about 50 times an epoch in long ones).
 
     ``epoch`` and ``step`` count from 1; ``fraction`` is the share of the whole run done
     (0..1, exactly 1.0 after the last step); ``images_per_s`` is this epoch's training
@@ -62,6 +63,11 @@ class EpochStats:
     images_per_s: float
     seconds: float
     accuracy: Optional[float] = None
+
+
+def reporting_interval(steps_per_epoch: int, reports_per_epoch: int = 50) -> int:
+    """Report every step in short epochs, about ``reports_per_epoch`` times in long ones."""
+    return max(1, steps_per_epoch // reports_per_epoch)
 
 
 ProgressCallback = Callable[[TrainingProgress], Any]

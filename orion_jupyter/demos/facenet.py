@@ -35,6 +35,7 @@ from .common import (
     TrainingProgress,
     device_name,
     new_figure,
+    reporting_interval,
     resolve_device,
     synchronize,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "plot_detections",
     "plot_faces",
     "compare_folder",
+    "sample_photos",
     "triplet_loss",
     "separation",
     "train_triplet",
@@ -385,13 +387,13 @@ def plot_distances(
     image = ax.imshow(matrix, cmap="viridis_r", vmin=0.0, vmax=max(float(matrix.max()), 1e-6))
     ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=names)
-    if n <= 16:
+    if n <= 8:
         for i in range(n):
             for j in range(n):
                 value = matrix[i, j]
-                dark = value > 0.55 * matrix.max()
+                dark_cell = value > 0.55 * matrix.max()  # viridis_r: large distances are dark
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if dark else "white")
+                        color="white" if dark_cell else "black")
     if threshold is not None:
         from matplotlib.patches import Rectangle
 
@@ -435,6 +437,42 @@ def plot_faces(faces: Any, names: Optional[Sequence[str]] = None) -> "Figure":
             if names:
                 ax.set_title(names[i], fontsize=8)
     return fig
+
+
+def sample_photos(folder: "str | Path", *, mirrored: bool = True) -> list[Path]:
+    """Write public-domain portraits that ship inside installed packages into ``folder``.
+
+    Eileen Collins (NASA, ``skimage.data.astronaut()``, if scikit-image is installed) and
+    Grace Hopper (US Navy, matplotlib's ``grace_hopper.jpg``); with ``mirrored`` also their
+    mirror images: the same person in a different picture. Returns the files written.
+    """
+    from PIL import Image, ImageOps
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    photos: dict[str, Any] = {}
+    try:
+        from skimage import data as skdata
+
+        photos["collins"] = Image.fromarray(skdata.astronaut())
+    except ImportError:
+        pass
+    try:
+        from matplotlib import cbook
+
+        photos["hopper"] = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    except (ImportError, OSError, ValueError):
+        pass
+    if not photos:
+        raise RuntimeError("no sample photos: install scikit-image or matplotlib, or use your own folder")
+    written = []
+    for name, image in photos.items():
+        variants = [(name, image)] + ([(f"{name}-mirrored", ImageOps.mirror(image))] if mirrored else [])
+        for stem, picture in variants:
+            path = folder / f"{stem}.png"
+            picture.save(path)
+            written.append(path)
+    return written
 
 
 @dataclass
@@ -546,23 +584,27 @@ class SyntheticIdentities:
         """
         import torch
 
-        images, labels = [], []
-        s, m = self.image_size, self.max_shift
+        labels = torch.tensor([int(i) for i in identities for _ in range(per_identity)], dtype=torch.long)
+        n, c, s, m = len(labels), self.channels, self.image_size, self.max_shift
+        if n == 0:
+            return torch.zeros((0, c, s, s)), labels
+        bases = torch.stack([self.pattern(int(i)) for i in identities]).repeat_interleave(per_identity, dim=0)
+        # shift: crop an s x s window at a random offset in 0..2m of each (s + 2m) pattern
+        dy, dx = torch.randint(0, 2 * m + 1, (2, n), generator=generator)
+        steps = torch.arange(s)
+        rows = (dy[:, None] + steps)[:, None, :, None]
+        cols = (dx[:, None] + steps)[:, None, None, :]
+        crops = bases[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+        angle = 2 * math.pi * torch.rand(n, generator=generator)
+        strength = self.lighting * torch.rand(n, generator=generator)
         ramp = torch.linspace(-1.0, 1.0, s)
-        for identity in identities:
-            base = self.pattern(int(identity))
-            for _ in range(per_identity):
-                dx, dy = (int(v) for v in torch.randint(0, 2 * m + 1, (2,), generator=generator))
-                crop = base[:, dy : dy + s, dx : dx + s]
-                contrast = 0.8 + 0.4 * torch.rand((), generator=generator)
-                angle = 2 * math.pi * torch.rand((), generator=generator)
-                strength = self.lighting * torch.rand((), generator=generator)
-                gradient = strength * (torch.cos(angle) * ramp[None, :] + torch.sin(angle) * ramp[:, None])
-                cast = self.lighting * 0.5 * torch.randn(self.channels, 1, 1, generator=generator)
-                noise = self.noise * torch.randn(crop.shape, generator=generator)
-                images.append(crop * contrast + gradient + cast + noise)
-                labels.append(int(identity))
-        return torch.stack(images), torch.tensor(labels)
+        gradient = strength[:, None, None] * (
+            torch.cos(angle)[:, None, None] * ramp[None, None, :] + torch.sin(angle)[:, None, None] * ramp[None, :, None]
+        )
+        cast = self.lighting * 0.5 * torch.randn(n, c, 1, 1, generator=generator)
+        noise = self.noise * torch.randn(n, c, s, s, generator=generator)
+        return crops * contrast + gradient[:, None] + cast + noise, labels
 
     def sample_batch(self, identities: int, per_identity: int, generator: "torch.Generator | None" = None):
         """A P x K batch: ``identities`` distinct training identities, ``per_identity`` photos each."""
@@ -883,6 +925,7 @@ def train_triplet(
         result.holdout_before = separation(model, *holdout_set)
 
     total_steps = epochs * steps_per_epoch
+    report_every = reporting_interval(steps_per_epoch)
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=dev)
@@ -903,7 +946,7 @@ def train_triplet(
             with torch.no_grad():  # report the mean over all triplets: it falls as the net learns
                 loss_sum += triplet_loss(embeddings.detach(), labels, margin=margin, mining=mining, reduction="all")
             seen += len(labels)
-            if progress is not None:
+            if progress is not None and (step % report_every == 0 or step == steps_per_epoch):
                 elapsed = max(time.perf_counter() - epoch_start, 1e-9)
                 progress(
                     TrainingProgress(
@@ -949,12 +992,17 @@ def plot_triplet(result: TripletResult) -> "Figure":
     axes = fig.subplots(1, 2 if has_holdout else 1, squeeze=False)[0]
     epochs = [e.epoch for e in result.history]
     axes[0].plot(epochs, result.losses, "o-", color="tab:purple")
-    axes[0].set_title("triplet loss")
+    axes[0].set_title("triplet loss (all triplets)")
     axes[0].set_xlabel("epoch")
+    if result.losses and min(result.losses) > 0:
+        axes[0].set_yscale("log")
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
     axes[0].grid(alpha=0.3)
     if has_holdout:
         sep = result.holdout
+        verdict = "separated" if sep.separated else "not separated"
         plot_distances(sep.distances, sep.names, ax=axes[1],
-                       title=f"unseen people: same < {sep.min_different:.2f}" if sep.separated else "unseen people")
+                       title=f"{len(set(sep.labels))} unseen people: {verdict}\n"
+                             f"same <= {sep.max_same:.2f}, different >= {sep.min_different:.2f}")
     fig.suptitle(f"triplet training on {result.device_name} · {result.images_per_s:,.0f} images/s")
     return fig

@@ -32,6 +32,7 @@ from .common import (
     default_data_dir,
     device_name,
     new_figure,
+    reporting_interval,
     resolve_device,
     synchronize,
 )
@@ -74,19 +75,23 @@ MEAN, STD = 0.1307, 0.3081
 class MNISTDataUnavailable(RuntimeError):
     """The MNIST files are not in the data folder and could not be downloaded."""
 
-    def __init__(self, root: Path, cause: BaseException | None = None):
+    def __init__(self, root: Path, cause: BaseException | None = None, download: bool = True):
         self.root = Path(root)
         self.raw_folder = self.root / "MNIST" / "raw"
         names = ", ".join(IDX_FILES.values())
+        why = (
+            "could not be downloaded (is there no internet access from this kernel?)"
+            if download
+            else "downloading is turned off"
+        )
         message = (
-            f"MNIST is not in {self.raw_folder} and could not be downloaded"
-            " (is there no internet access from this kernel?).\n"
+            f"MNIST is not in {self.raw_folder} and {why}.\n"
             f"Put the four files ({names}, .gz or uncompressed) in that folder, point"
             f" ${DATA_DIR_ENV} at a folder that has MNIST/raw/ in it, or, to work offline,"
             " write scikit-learn's small digits there with"
             " orion_jupyter.demos.mnist.write_digits_dataset(root)."
         )
-        if cause is not None:
+        if cause is not None and download:
             lines = str(cause).strip().splitlines() or [type(cause).__name__]
             message += "\nDownload error: " + " ".join(line.strip() for line in lines[:3])
         super().__init__(message)
@@ -285,7 +290,7 @@ def load_data(
         try:
             dataset = MNIST(str(root), train=train, download=download)
         except (RuntimeError, OSError) as exc:  # "Dataset not found", "Error downloading", socket
-            raise MNISTDataUnavailable(root, exc) from exc
+            raise MNISTDataUnavailable(root, exc, download) from exc
         images, labels = dataset.data, dataset.targets
         limit = limit_train if train else limit_test
         if limit is not None:
@@ -372,8 +377,9 @@ def train(
     """Train the small CNN on MNIST and measure held-out accuracy after every epoch.
 
     ``device``: ``None`` picks ``cuda`` when PyTorch sees a GPU (the vGPU), else ``cpu``.
-    ``progress`` is called with a :class:`TrainingProgress` after every step and at the end of
-    every epoch; ``should_stop`` is polled before every step and, when it returns True, training
+    ``progress`` is called with a :class:`TrainingProgress` after every step (every
+    ``steps // 50`` steps in long epochs, so a GPU is not synchronised every step) and at the end
+    of every epoch; ``should_stop`` is polled before every step and, when it returns True, training
     ends early and the result says ``stopped=True`` (finished epochs are kept). ``data`` skips
     loading (e.g. reuse one :func:`load_data` across runs). Images live on the device as uint8
     (47 MB for all of MNIST) and are normalised per batch.
@@ -409,6 +415,7 @@ def train(
         generator.manual_seed(seed)
     steps = math.ceil(n_train / batch_size)
     total_steps = steps * epochs
+    report_every = reporting_interval(steps)
     result = MNISTResult(
         history=[],
         device=str(dev),
@@ -438,7 +445,7 @@ def train(
             optimiser.step()
             loss_sum += loss.detach() * len(index)
             seen += len(index)
-            if progress is not None:
+            if progress is not None and (step % report_every == 0 or step == steps):
                 mean_loss = float(loss_sum) / seen  # syncs the GPU: honest images/s
                 elapsed = max(time.perf_counter() - epoch_start, 1e-9)
                 progress(

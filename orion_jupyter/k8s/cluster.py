@@ -105,7 +105,12 @@ class KubeCluster:
                                   field_selector="involvedObject.kind=Pod")
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
         self._started = False
+        self._closed = False
         self._start_lock = threading.Lock()
+        # pod name -> progress callback of its launch; kept until the pod is gone, as events may lag
+        self._progress_routes: dict[str, Callable[[str], None]] = {}
+        self.last_event: dict[str, str] = {}
+        self.events.subscribe(self._route_event)
         # kernel id -> who stopped it from the class view (so its server does not restart it)
         self.stopped_by: dict[str, str] = {}
         self.pods.subscribe(self._remember_stops)
@@ -139,6 +144,7 @@ class KubeCluster:
     def close(self) -> None:
         for watch in self._watches():
             watch.stop()
+        self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _watches(self) -> list[SharedWatch]:
@@ -146,6 +152,8 @@ class KubeCluster:
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking client call on this cluster's thread pool."""
+        if self._closed:  # a late cleanup after close(): still delete what it must
+            return await asyncio.to_thread(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
@@ -192,6 +200,8 @@ class KubeCluster:
             except ApiException as err:
                 if err.status != 404:
                     log.error("deleting %s %s failed: %s", fn.__name__, name, _api_message(err))
+            except HTTPError as err:
+                log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s", fn.__name__, name, err)
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
@@ -199,7 +209,9 @@ class KubeCluster:
                             body=client.V1DeleteOptions(grace_period_seconds=grace_seconds), _preload_content=False)
         except ApiException as err:
             if err.status != 404:
-                raise
+                log.error("deleting kernel pod %s failed: %s", name, _api_message(err))
+        except HTTPError as err:
+            log.error("deleting kernel pod %s failed, API unreachable: %s", name, err)
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> bool:
         try:
@@ -215,7 +227,22 @@ class KubeCluster:
         await self.annotate_pod(name, {ANNOTATION_STOPPED_BY: stopped_by})
         await self.delete_kernel_objects(name, grace_seconds=5)
 
+    def _route_event(self, kind: str, event: dict) -> None:
+        name = (event.get("involvedObject") or {}).get("name", "")
+        if kind == "DELETED" or name not in self._progress_routes:
+            return
+        text = f"{event.get('reason', '')}: {event.get('message', '')}"
+        if self.last_event.get(name) == text:
+            return
+        self.last_event[name] = text
+        log.log(logging.WARNING if event.get("type") == "Warning" else logging.INFO, "kernel pod %s: %s", name, text)
+        self._progress_routes[name](text)
+
     def _remember_stops(self, kind: str, pod: dict) -> None:
+        if kind == "DELETED":
+            name = pod.get("metadata", {}).get("name", "")
+            self._progress_routes.pop(name, None)
+            self.last_event.pop(name, None)
         meta = pod.get("metadata", {})
         who = (meta.get("annotations") or {}).get(ANNOTATION_STOPPED_BY)
         if who:
@@ -235,7 +262,9 @@ class KubeCluster:
         """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both."""
         await self.ensure_started()
         name = manifests.name
-        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable, progress)
+        if progress is not None:
+            self._progress_routes[name] = progress
+        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable)
         started = time.monotonic()
         try:
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
@@ -245,8 +274,9 @@ class KubeCluster:
             try:
                 state = await asyncio.wait_for(waiter.result, timeout)
             except asyncio.TimeoutError:
+                last = waiter.waiting_for or self.last_event.get(name) or "no progress reported"
                 raise KernelLaunchError(
-                    "timeout", f"the kernel pod {name} did not become ready within {timeout:g} s ({waiter.last_progress or 'no progress reported'})"
+                    "timeout", f"the kernel pod {name} did not become ready within {timeout:g} s (last: {last})"
                 ) from None
             if state.phase == "failed":
                 raise await self._explain(name, state, manifests, count_resource)
@@ -291,19 +321,14 @@ def _requested(pod: dict, resource: str) -> int:
 
 
 class _LaunchWaiter:
-    """Follows one pod through the shared watches until it is ready or has failed."""
+    """Follows one pod through the shared pod watch until it is ready or has failed."""
 
-    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool,
-                 progress: Callable[[str], None] | None):
+    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool):
         self.name = name
-        self._progress = progress
         self.result: asyncio.Future[LaunchState] = loop.create_future()
-        self.last_progress = ""
+        self.waiting_for = ""
         self._wait_when_unschedulable = wait_when_unschedulable
-        self._unsubscribe = [
-            cluster.pods.subscribe(self._on_pod, loop),
-            cluster.events.subscribe(self._on_event, loop),
-        ]
+        self._unsubscribe = cluster.pods.subscribe(self._on_pod, loop)
         pod = cluster.pod(name)
         if pod is not None:
             self._on_pod("ADDED", pod)
@@ -316,23 +341,13 @@ class _LaunchWaiter:
             return
         state = launch_state(pod)
         if state.phase == "failed" and state.reason == "unschedulable" and self._wait_when_unschedulable:
-            self.last_progress = f"waiting for capacity: {state.message}"
+            self.waiting_for = f"waiting for capacity: {state.message}"
             return
         if state.phase != "pending":
             self.result.set_result(state)
 
-    def _on_event(self, kind: str, event: dict) -> None:
-        if kind == "DELETED" or (event.get("involvedObject") or {}).get("name") != self.name:
-            return
-        self.last_progress = f"{event.get('reason', '')}: {event.get('message', '')}"
-        level = logging.WARNING if event.get("type") == "Warning" else logging.INFO
-        log.log(level, "kernel pod %s: %s", self.name, self.last_progress)
-        if self._progress:
-            self._progress(self.last_progress)
-
     def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
+        self._unsubscribe()
 
 
 class PodKernel:

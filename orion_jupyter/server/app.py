@@ -22,6 +22,8 @@ from . import handlers
 from .demos import Demos
 from .state import ANNOTATION_LAST_ACTIVITY, ClusterView, OrionCollector, user_label
 
+COLLECTOR = OrionCollector()
+
 log = logging.getLogger("orion_jupyter.server")
 
 
@@ -193,11 +195,10 @@ class OrionJupyter(ExtensionApp):
             self.server_owner = self._default_server_owner()
         self.state = OrionState(self)
         self.settings["orion_jupyter_state"] = self.state
-        self._collector = OrionCollector(self.state)
-        try:
-            REGISTRY.register(self._collector)
-        except ValueError:  # a second server in one process (tests): the first one's series stay
-            self._collector = None
+        if COLLECTOR.state is None and not COLLECTOR.registered:
+            REGISTRY.register(COLLECTOR)
+            COLLECTOR.registered = True
+        COLLECTOR.state = self.state  # one server per process reports (the newest)
         self._activity_timer = None
 
     def initialize_handlers(self) -> None:
@@ -223,6 +224,5 @@ class OrionJupyter(ExtensionApp):
     async def stop_extension(self) -> None:
         if self._activity_timer is not None:
             self._activity_timer.stop()
-        if self._collector is not None:
-            REGISTRY.unregister(self._collector)
-            self._collector = None
+        if COLLECTOR.state is self.state:
+            COLLECTOR.state = None

@@ -20,6 +20,10 @@ AUTH_RESOURCE = "orion"
 class OrionHandler(ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        await super().prepare(*args, **kwargs)
+        await self.state.view.start()  # the shared watches, once per process (a no-op after)
+
     @property
     def state(self) -> Any:
         return self.settings["orion_jupyter_state"]

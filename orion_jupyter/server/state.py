@@ -191,13 +191,16 @@ def spec_views(view: ClusterView) -> list[dict[str, Any]]:
 class OrionCollector:
     """orion_jupyter_* gauges, computed from caches when Prometheus scrapes."""
 
-    def __init__(self, state: Any):
-        self.state = state
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.registered = False
 
     def describe(self) -> list:
         return []
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        if self.state is None:
+            return
         allocated = GaugeMetricFamily("orion_jupyter_vgpu_allocated", "vGPUs held by this server's kernels.", labels=["backend"])
         memory = GaugeMetricFamily("orion_jupyter_vgpu_memory_allocated_bytes",
                                    "vGPU memory held by this server's kernels, in bytes.", labels=["backend"])

@@ -1,0 +1,86 @@
+"""Fault switches a test flips to see how clients cope: API errors, dropped watches, lost history,
+slow scheduling, image pull failures, added latency."""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import dataclass
+
+from .store import Store, Watcher
+
+
+@dataclass
+class _Failure:
+    verb: str
+    resource: str
+    status: int
+    times: int
+    message: str
+    namespace: str | None
+    name: str | None
+
+
+class Faults:
+    def __init__(self, store: Store):
+        self._store = store
+        self._lock = threading.Lock()
+        self._failures: list[_Failure] = []
+        self._image_errors: list[tuple[str, str]] = []
+        self.schedule_delay = 0.0  # seconds before the scheduler considers a new pod
+        self.latency = 0.0  # seconds added before answering each non-watch request
+
+    def fail(
+        self, verb: str, resource: str, status: int = 500, times: int = 1, message: str | None = None,
+        namespace: str | None = None, name: str | None = None,
+    ) -> None:
+        """The next ``times`` requests matching verb ('get', 'list', 'watch', 'create', 'update', 'patch',
+        'delete', 'deletecollection' or '*') and resource ('pods', 'secrets', 'events', 'nodes',
+        'pods/log', or '*') answer ``status`` with a Status body. times=-1: until clear()."""
+        with self._lock:
+            self._failures.append(_Failure(
+                verb, resource, status, times, message or f"simulated failure ({status})", namespace, name,
+            ))
+
+    def take_failure(self, verb: str, resource: str, namespace: str | None, name: str | None) -> _Failure | None:
+        with self._lock:
+            for f in self._failures:
+                if f.verb not in ("*", verb) or f.resource not in ("*", resource):
+                    continue
+                if (f.namespace and f.namespace != namespace) or (f.name and f.name != name):
+                    continue
+                if f.times > 0:
+                    f.times -= 1
+                    if f.times == 0:
+                        self._failures.remove(f)
+                return f
+        return None
+
+    def drop_watches(self, abrupt: bool = False) -> int:
+        """Ends every open watch stream now: cleanly (final chunk), or abruptly (socket shut down
+        mid-stream, the client sees a broken connection). Returns how many were open."""
+        return self._store.close_watches(Watcher.ABORT if abrupt else Watcher.DROP)
+
+    def expire_history(self) -> None:
+        """Forgets the event history: resuming a watch from an older resourceVersion gets 410 Gone."""
+        self._store.expire_history()
+
+    def image_pull_error(self, pattern: str, reason: str = "ErrImagePull") -> None:
+        """Images matching ``pattern`` (fnmatch) fail to pull: ErrImagePull then ImagePullBackOff
+        (another reason such as 'InvalidImageName' stays as given)."""
+        with self._lock:
+            self._image_errors.append((pattern, reason))
+
+    def image_fault(self, image: str) -> str | None:
+        with self._lock:
+            for pattern, reason in self._image_errors:
+                if fnmatch.fnmatchcase(image, pattern):
+                    return reason
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            self._image_errors.clear()
+        self.schedule_delay = 0.0
+        self.latency = 0.0
