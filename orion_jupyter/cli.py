@@ -83,6 +83,26 @@ def _manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from .k8s.client import api_client, default_namespace
+    from .k8s.gc import collect_garbage
+
+    namespace = args.namespace or default_namespace(args.kubeconfig)
+    removed = collect_garbage(api_client(args.kubeconfig), namespace, dry_run=args.dry_run)
+    verb = "Would delete" if args.dry_run else "Deleted"
+    for kind, name, why in removed:
+        print(f"{verb} {kind} {namespace}/{name}: {why}")
+    if not removed:
+        print(f"Nothing to collect in namespace {namespace}.")
+    return 0
+
+
+def _lab(args: argparse.Namespace, extra: list[str]) -> int:
+    from .lab import run_lab
+
+    return run_lab(kubernetes=args.kubernetes, presets=args.presets, home=args.home, jupyter_args=extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orion-jupyter", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,14 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--service-account", default="jupyter", help="service account of the Jupyter server")
     manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
     manifests.set_defaults(func=_manifests)
+
+    gc = commands.add_parser("gc", help="delete leftover kernel pods and Secrets (finished pods, Secrets without a pod)")
+    gc.add_argument("--namespace", help="namespace of the kernel pods; default: the current context's")
+    gc.add_argument("--kubeconfig", default="", help="kubeconfig file; default: in-cluster, KUBECONFIG, ~/.kube/config")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    gc.set_defaults(func=_gc)
+
+    lab = commands.add_parser("lab", help="start JupyterLab with vGPU kernels (local backend unless a cluster is configured)")
+    lab.add_argument("--kubernetes", action="store_true", help="launch kernels as pods (default when in a pod or a kubeconfig exists)")
+    lab.add_argument("--presets", help="YAML presets for the launcher (default: 1 vGPU · 2 GiB, 1 vGPU · 4 GiB, 2 vGPUs × 4 GiB)")
+    lab.add_argument("--home", help="where orion-jupyter keeps its kernel specs and config (default ~/.local/share/orion-jupyter)")
+    lab.set_defaults(func=_lab, passes_extra=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "passes_extra", False) else args.func(args)
     except VGPURequestError as err:
         print(f"orion-jupyter: error: {err}", file=sys.stderr)
         return 2

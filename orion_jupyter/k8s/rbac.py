@@ -21,7 +21,7 @@ def rbac_manifests(namespace: str, service_account: str = "jupyter", read_nodes:
                 # Kernel pods: create, watch, stop, annotate (last activity); read logs to explain a crash.
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
                 {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-                # Connection files: created, owned by their pod, deleted on shutdown. No list/watch.
+                # Connection files: created, owned by their pod, deleted on shutdown. Never read or listed.
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete", "patch"]},
                 # Launch progress and scheduling failures.
                 {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
