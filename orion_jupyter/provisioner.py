@@ -96,9 +96,6 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
     watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
 
-    # -- local --------------------------------------------------------------------------------
-    local_state_file = Unicode("", config=True, help="Local vGPU slot table; default in the Jupyter runtime dir.")
-
     request = Instance(VGPURequest, allow_none=True)
     driver: Any = None
     handle: Any = None
