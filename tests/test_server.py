@@ -245,3 +245,47 @@ async def test_allocations_and_pool_make_no_api_requests(api, sim_cluster):
         assert (await api("GET", "specs"))[0] == 200
         assert (await api("GET", "class", user="teacher"))[0] == 200
     assert [r for r in sim_cluster.requests if not r.watch] == []
+
+
+async def test_demo_mnist_runs_headless_on_a_vgpu_kernel(api, jp_root_dir, tmp_path):
+    """POST demos/mnist {"run": true}: notebooks/mnist.ipynb executes on a vGPU pod of the simulated cluster."""
+    from orion_jupyter.demos import mnist
+
+    data = tmp_path / "digits"
+    mnist.write_digits_dataset(data)
+    spec = kernelspecs.VGPUKernelSpec(name="orion-demo", request=VGPURequest.parse(1, "2Gi"), options={"extra_env": {
+        "ORION_DEMO_EPOCHS": "2", "ORION_DEMO_LIMIT": "600", "ORION_JUPYTER_DATA_DIR": str(data),
+        "ORION_DEMO_OFFLINE_FALLBACK": "0"}})
+    kernelspecs.install(spec, user=True)
+
+    code, demos = await api("GET", "demos")
+    assert [d["name"] for d in demos["demos"]] == ["mnist", "facenet"]
+    code, started = await api("POST", "demos/mnist", {"spec": "orion-demo", "run": True})
+    assert code == 201, started
+    assert started["path"] == "orion-demos/mnist.ipynb" and (jp_root_dir / "orion-demos" / "mnist.ipynb").exists()
+    assert started["kernel"]["vgpu"]["memory_mib"] == 2048
+
+    events = []
+    for _ in range(600):
+        code, body = await api("GET", "events", kernel=started["kernel_id"])
+        events = body["events"]
+        if any(e.get("finished") for e in events):
+            break
+        await asyncio.sleep(0.5)
+    final = events[-1]
+    assert final.get("finished") and final["level"] == "info", events[-3:]
+    assert final["message"] == "finished: wrote orion-demos/mnist.executed.ipynb"
+    assert any(e["message"].startswith("cell 1/") for e in events)
+
+    executed = json.loads((jp_root_dir / "orion-demos" / "mnist.executed.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in executed["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []))
+    accuracies = [float(a) for a in re.findall(r"epoch \d/2: loss [\d.]+, test accuracy (\d+\.\d+)%", text)]
+    assert len(accuracies) == 2 and accuracies[-1] > 50, text[-2000:]  # chance is 10%
+    assert "gpu-1" in text  # the allocation summary names the simulated node
+
+    # placing the demo again keeps the user's edited copy
+    edited = jp_root_dir / "orion-demos" / "mnist.ipynb"
+    edited.write_text(edited.read_text().replace("# MNIST on a vGPU", "# my MNIST"))
+    code, again = await api("POST", "demos/mnist", {"spec": "orion-demo"})
+    assert code == 201 and "# my MNIST" in edited.read_text()

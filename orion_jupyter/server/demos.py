@@ -42,14 +42,14 @@ class Demos:
     def list(self) -> list[dict[str, Any]]:
         return [{"name": name, "title": title, "path": self.target(name)} for name, title in DEMOS.items()]
 
-    def place(self, name: str, contents_manager: Any) -> str:
+    async def place(self, name: str, contents_manager: Any) -> str:
         """Copy the demo notebook to the user's folder, never over a copy they may have edited."""
         target = self.target(name)
-        if not contents_manager.file_exists(target):
-            if self.folder and not contents_manager.dir_exists(self.folder):
-                contents_manager.save({"type": "directory"}, self.folder)
+        if not await _maybe_await(contents_manager.file_exists(target)):
+            if self.folder and not await _maybe_await(contents_manager.dir_exists(self.folder)):
+                await _maybe_await(contents_manager.save({"type": "directory"}, self.folder))
             notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
-            contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target)
+            await _maybe_await(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target))
         return target
 
     def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:

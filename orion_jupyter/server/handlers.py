@@ -135,7 +135,7 @@ class DemoHandler(OrionHandler):
         if body is None:
             return
         run = bool(body.pop("run", False))
-        path = self.state.demos.place(name, self.contents_manager)
+        path = await self.state.demos.place(name, self.contents_manager)
         body.setdefault("spec", self.state.demos.default_spec())
         if not body["spec"]:
             return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to', field="spec")
