@@ -1,3 +1,12 @@
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from orion_jupyter import kernelspecs
@@ -39,3 +48,56 @@ def _close_shared_watches():
 
     KubeCluster.close_all()
     yield
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LabServer:
+    base: str
+    token: str
+    root: Path
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"token {self.token}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def lab_server(tmp_path):
+    """The README's run command (`scripts/lab`) on a free loopback port, local backend, own HOME."""
+    port, token = _free_port(), uuid.uuid4().hex
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER") and k != "KUBECONFIG"}
+    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
+    server = subprocess.Popen(
+        [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lab = LabServer(f"http://127.0.0.1:{port}", token, root)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "JupyterLab did not come up in 120 s"
+                time.sleep(0.3)
+        yield lab
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

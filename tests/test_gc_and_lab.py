@@ -2,15 +2,8 @@
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
-import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -18,8 +11,6 @@ from orion_jupyter.backends import get_backend
 from orion_jupyter.cli import main
 from orion_jupyter.k8s.manifests import KernelPodOptions, build_kernel_manifests
 from orion_jupyter.vgpu import VGPURequest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gc_removes_finished_pods_and_orphan_secrets(sim_cluster, capsys):
@@ -48,12 +39,6 @@ def test_gc_removes_finished_pods_and_orphan_secrets(sim_cluster, capsys):
     sim_cluster.delete_object("pods", "lab", alive.name, grace_period_seconds=0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def execute_over_websocket(base: str, token: str, kernel_id: str, code: str) -> str:
     ws = await websocket_connect(HTTPRequest(f"{base.replace('http', 'ws')}/api/kernels/{kernel_id}/channels",
                                              headers={"Authorization": f"token {token}"}))
@@ -78,48 +63,23 @@ async def execute_over_websocket(base: str, token: str, kernel_id: str, code: st
             return output.strip()
 
 
-async def test_readme_run_command_brings_up_jupyterlab(tmp_path):
-    port, token = free_port(), uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER") and k != "KUBECONFIG"}
-    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
-    server = subprocess.Popen(
-        [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", f"--ServerApp.token={token}",
-         f"--ServerApp.root_dir={tmp_path}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+async def test_readme_run_command_brings_up_jupyterlab(lab_server):
+    base, token, headers = lab_server.base, lab_server.token, lab_server.headers
     http = AsyncHTTPClient()
-    headers = {"Authorization": f"token {token}"}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                await http.fetch(f"{base}/api/status", headers=headers)
-                break
-            except (ConnectionError, OSError):
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "JupyterLab did not come up"
-                await asyncio.sleep(0.5)
-        lab = await http.fetch(f"{base}/lab", headers=headers)
-        assert b"JupyterLab" in lab.body
+    lab = await http.fetch(f"{base}/lab", headers=headers)
+    assert b"JupyterLab" in lab.body
 
-        session = json.loads((await http.fetch(f"{base}/api/sessions", method="POST", headers=headers, body=json.dumps(
-            {"path": "demo.ipynb", "type": "notebook", "kernel": {"name": "orion-1x2gi"}}))).body)
-        kernel_id = session["kernel"]["id"]
-        out = await execute_over_websocket(base, token, kernel_id, "import os\nprint(os.environ['ORION_GMEM'], os.environ['ORION_JUPYTER_CLUSTER'])")
-        assert out == "2048 local"
+    session = json.loads((await http.fetch(f"{base}/api/sessions", method="POST", headers=headers, body=json.dumps(
+        {"path": "demo.ipynb", "type": "notebook", "kernel": {"name": "orion-1x2gi"}}))).body)
+    kernel_id = session["kernel"]["id"]
+    out = await execute_over_websocket(base, token, kernel_id, "import os\nprint(os.environ['ORION_GMEM'], os.environ['ORION_JUPYTER_CLUSTER'])")
+    assert out == "2048 local"
 
-        allocations = json.loads((await http.fetch(f"{base}/orion/api/allocations", headers=headers)).body)
-        [kernel] = allocations["kernels"]
-        assert (kernel["kernel_id"], kernel["memory_mib"], kernel["path"]) == (kernel_id, 2048, "demo.ipynb")
-        pool = json.loads((await http.fetch(f"{base}/orion/api/pool", headers=headers)).body)
-        assert pool["source"] == "local" and pool["totals"]["orion-jupyter.io/vgpu"]["allocated"] == 1
-        await http.fetch(f"{base}/api/sessions/{session['id']}", method="DELETE", headers=headers)
-        pool = json.loads((await http.fetch(f"{base}/orion/api/pool", headers=headers)).body)
-        assert pool["totals"]["orion-jupyter.io/vgpu"]["allocated"] == 0
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    allocations = json.loads((await http.fetch(f"{base}/orion/api/allocations", headers=headers)).body)
+    [kernel] = allocations["kernels"]
+    assert (kernel["kernel_id"], kernel["memory_mib"], kernel["path"]) == (kernel_id, 2048, "demo.ipynb")
+    pool = json.loads((await http.fetch(f"{base}/orion/api/pool", headers=headers)).body)
+    assert pool["source"] == "local" and pool["totals"]["orion-jupyter.io/vgpu"]["allocated"] == 1
+    await http.fetch(f"{base}/api/sessions/{session['id']}", method="DELETE", headers=headers)
+    pool = json.loads((await http.fetch(f"{base}/orion/api/pool", headers=headers)).body)
+    assert pool["totals"]["orion-jupyter.io/vgpu"]["allocated"] == 0

@@ -1,0 +1,37 @@
+// Opens a notebook in JupyterLab (Debian's chromium, no browser download), runs all cells and
+// reports what the vGPU widget rendered. Usage: node widget.mjs BASE_URL TOKEN NOTEBOOK SCREENSHOT
+import { chromium } from 'playwright-core';
+
+const [base, token, notebook, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+});
+const result = { ok: false };
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page.setDefaultTimeout(90000);
+  await page.goto(`${base}/lab/tree/${notebook}?token=${token}`);
+  await page.waitForSelector('.jp-NotebookPanel .jp-Cell');
+  // Wait until the kernel is idle, then Run > Run All Cells.
+  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  await page.click('.jp-Cell .jp-InputArea-editor');
+  await page.keyboard.press('Shift+Enter');
+  const widget = page.locator('.jp-OutputArea-output .widget-vbox').first();
+  await widget.waitFor({ state: 'visible' });
+  await page.waitForFunction(() => document.querySelector('.jp-OutputArea-output')?.innerText.includes('memory cap'));
+  result.text = await widget.innerText();
+  result.buttons = await widget.locator('button').allInnerTexts();
+  result.progress_bars = await widget.locator('.widget-hprogress, .widget-progress').count();
+  await page.screenshot({ path: screenshot, fullPage: true });
+  result.ok = true;
+} catch (error) {
+  result.error = String(error);
+  const pages = browser.contexts().flatMap((c) => c.pages());
+  if (pages.length) await pages[0].screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
