@@ -60,7 +60,8 @@ class PoolSnapshot:
     def shortage_text(self, resource: str, asked: int, unit: str = "vGPU") -> str:
         """'needs 1 vGPU; 0 of 4 are free right now (4 in use)'."""
         total = self.totals().get(resource)
-        need = f"needs {asked} {unit}{'s' if asked != 1 else ''}"
+        plural = "s" if asked != 1 and unit == "vGPU" else ""
+        need = f"needs {asked} {unit}{plural}"
         if not self.visible or total is None:
             return f"{need}; the pool size is not visible to this server"
         largest = max((n.resources.get(resource, ResourceCount()).free for n in self.nodes), default=0)

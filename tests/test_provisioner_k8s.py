@@ -276,3 +276,27 @@ def test_server_pod_owns_kernel_pods(monkeypatch):
     monkeypatch.setenv("POD_NAME", "jupyter-alice")
     monkeypatch.setenv("POD_UID", "1234")
     assert server_pod_owner() == {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "1234"}
+
+
+async def test_hami_backend_holds_gpu_memory_in_the_pool(sim_cluster, vgpu_spec):
+    from orion_jupyter.k8s.cluster import KubeCluster
+
+    km = AsyncKernelManager(kernel_name=vgpu_spec("hami-1x4gi", 1, "4Gi", backend="hami"), config=k8s_config())
+    await km.start_kernel()
+    try:
+        limits = kernel_objects(sim_cluster, "pods")[0]["spec"]["containers"][0]["resources"]["limits"]
+        assert {k: v for k, v in limits.items() if "/" in k} == {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096"}
+        totals = km.provisioner.driver.cluster.pool().totals()
+        assert totals["nvidia.com/gpumem"].allocated == 4096 and totals["nvidia.com/gpumem"].free == 81920 - 4096
+        assert isinstance(km.provisioner.driver.cluster, KubeCluster)
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_shortage_names_the_resource_that_is_short(sim_cluster, vgpu_spec):
+    km = AsyncKernelManager(kernel_name=vgpu_spec("hami-big", 1, "100Gi", backend="hami"), config=k8s_config())
+    with pytest.raises(KernelLaunchError) as caught:
+        await km.start_kernel()
+    assert str(caught.value).startswith(
+        "Not enough nvidia.com/gpumem free: this kernel needs 102400 nvidia.com/gpumem; 81920 of 81920 are free right now (0 in use).")
+    assert kernel_objects(sim_cluster, "pods") == []

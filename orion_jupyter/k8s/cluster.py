@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -300,24 +301,27 @@ class KubeCluster:
 
     async def _explain(self, name: str, state: LaunchState, manifests: KernelManifests, count_resource: str) -> KernelLaunchError:
         if state.reason == "unschedulable":
-            asked = _requested(manifests.pod, count_resource)
-            pool = self.pool()
-            if asked and f"Insufficient {count_resource}" in state.message:
-                head = f"Not enough vGPUs free: this kernel {pool.shortage_text(count_resource, asked)}"
-                advice = "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later."
-            else:
-                head = "No node can run this kernel"
-                advice = "Check the kernel's node selector and tolerations with your operator."
-            return KernelLaunchError("unschedulable", f"{head}. {advice} (scheduler: {state.message})")
+            return KernelLaunchError("unschedulable", self._unschedulable_text(state.message, manifests.pod, count_resource))
         if state.reason == "exited":
             tail = await self.log_tail(name)
             return KernelLaunchError("exited", state.message + (f"; its last output:\n{tail}" if tail else ""))
         return KernelLaunchError(state.reason, state.message)
 
-
-def _requested(pod: dict, resource: str) -> int:
-    limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
-    return int(limits.get(resource, 0) or 0)
+    def _unschedulable_text(self, scheduler_message: str, pod: dict, count_resource: str) -> str:
+        """Which of the kernel's extended resources is short, and how much of it the pool has free."""
+        limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
+        short = [r for r in re.findall(r"Insufficient ([\w./-]+?)\.?(?:,|$| )", scheduler_message) if r in limits]
+        if not short:
+            head = "No node can run this kernel"
+            advice = "Check the kernel's node selector and tolerations with your operator."
+        elif short[0] == count_resource:
+            head = f"Not enough vGPUs free: this kernel {self.pool().shortage_text(count_resource, int(limits[count_resource]))}"
+            advice = "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later."
+        else:
+            resource = short[0]
+            head = f"Not enough {resource} free: this kernel {self.pool().shortage_text(resource, int(limits[resource]), unit=resource)}"
+            advice = "Ask for less, stop a kernel you no longer use, or try again later."
+        return f"{head}. {advice} (scheduler: {scheduler_message})"
 
 
 class _LaunchWaiter:
