@@ -79,8 +79,9 @@ async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
     code, pool = await api("GET", "pool")
     assert code == 200 and pool["totals"]["virtaitech.com/gpu"] == {"allocatable": 4, "allocated": 0, "free": 4}
 
-    code, small = await api("POST", "kernels", {"spec": "orion-1x4gi", "memory": "2Gi"})
-    assert code == 201, small
+    chosen_id = "0b6f2f7e-3a51-4c7e-9a55-1d2b3c4d5e6f"  # a UI picks the id to follow events while pending
+    code, small = await api("POST", "kernels", {"spec": "orion-1x4gi", "memory": "2Gi", "kernel_id": chosen_id})
+    assert code == 201 and small["id"] == chosen_id, small
     code, large = await api("POST", "kernels", {"spec": "orion-1x4gi", "memory": "6Gi", "path": "lab1.ipynb"})
     assert code == 201, large
 
@@ -139,7 +140,8 @@ async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
         ({"spec": "orion-1x4gi", "vgpus": 3}, "vgpus", "vGPU count 3 is over this server's limit of 2 per kernel; ask for 2 or fewer"),
         ({"spec": "nope"}, "spec", 'no kernel spec named "nope"; choose one of: orion-1x4gi, orion-2x8gi'),
         ({"spec": "echo"}, "spec", 'kernel spec "echo" is not a vGPU spec; choose one of: orion-1x4gi, orion-2x8gi'),
-        ({"spec": "orion-1x4gi", "gpus": 2}, "gpus", 'field "gpus" is not known; use spec, vgpus, memory, compute, path'),
+        ({"spec": "orion-1x4gi", "gpus": 2}, "gpus", 'field "gpus" is not known; use spec, vgpus, memory, compute, path, kernel_id'),
+        ({"spec": "orion-1x4gi", "kernel_id": "../x"}, "kernel_id", "field \"kernel_id\" '../x' is not a UUID; leave it out or send a new UUID"),
     ],
 )
 async def test_bad_requests_are_400_and_create_nothing(api, sim_cluster, jp_serverapp, body, field, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,15 +47,12 @@ class OrionState:
         groups = set((getattr(user, "hub_user", None) or {}).get("groups") or [])
         return bool(groups & set(self.app.instructor_groups))
 
-    def _owner(self, provisioner: VGPUProvisioner) -> str:
-        return provisioner.user
-
     def owns(self, user: Any, kernel_user: str) -> bool:
         if self.is_instructor(user) or user_label(kernel_user) == user_label(user.username):
             return True
         # Kernels started through Jupyter's own API carry the server owner's name.
         owner = self.app.server_owner
-        return kernel_user == VGPUProvisioner(config=self.serverapp.config).user and owner in ("", user.username)
+        return kernel_user == self.view.settings.user and owner in ("", user.username)
 
     def may_see_kernel(self, user: Any, kernel_id: str) -> bool:
         provisioner = self._provisioner(kernel_id)
@@ -127,9 +125,17 @@ class OrionState:
                 raise VGPURequestError("spec", spec_name, f'kernel spec "{spec_name}" is not a vGPU spec; choose one of: {known}')
             raise VGPURequestError("spec", spec_name, f'no kernel spec named "{spec_name}"; choose one of: {known}')
         spec = specs[spec_name]
-        unknown = sorted(set(body) - {"spec", "vgpus", "memory", "compute"})
+        unknown = sorted(set(body) - {"spec", "vgpus", "memory", "compute", "kernel_id"})
         if unknown:
-            raise VGPURequestError(unknown[0], body[unknown[0]], f'field "{unknown[0]}" is not known; use spec, vgpus, memory, compute, path')
+            raise VGPURequestError(unknown[0], body[unknown[0]], f'field "{unknown[0]}" is not known; use spec, vgpus, memory, compute, path, kernel_id')
+        kernel_id = body.get("kernel_id")
+        if kernel_id is not None:
+            try:
+                kernel_id = str(uuid.UUID(str(kernel_id)))
+            except ValueError:
+                raise VGPURequestError("kernel_id", kernel_id, f'field "kernel_id" {kernel_id!r} is not a UUID; leave it out or send a new UUID') from None
+            if kernel_id in self.kernel_manager:
+                raise VGPURequestError("kernel_id", kernel_id, f'kernel "{kernel_id}" already exists; send a new UUID')
         overrides = {k: body[k] for k in ("vgpus", "memory", "compute") if k in body}
         request = VGPURequest.from_mapping(overrides, spec_request(spec))
         config = spec.metadata["kernel_provisioner"].get("config", {})
@@ -143,7 +149,8 @@ class OrionState:
             )
         vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
                 "compute": request.compute_percent}
-        kernel_id = await self.kernel_manager.start_kernel(kernel_name=spec_name, path=path, vgpu=vgpu, orion_user=username)
+        kernel_id = await self.kernel_manager.start_kernel(
+            kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username)
         model = self.kernel_manager.kernel_model(kernel_id)
         model = await model if asyncio.iscoroutine(model) else model
         provisioner = self._provisioner(kernel_id)
