@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -126,7 +126,7 @@ def vgpu_memory_mib(allocation: Optional[KernelAllocation]) -> Optional[int]:
         return allocation.memory_mib
     torch = _torch_module(import_it=True)
     if torch is not None and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory // MIB)
+        return int(_device_totals(torch)[0] // MIB)
     return None
 
 
@@ -239,6 +239,18 @@ def _process_rss() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+_TOTALS: list[int] = []
+
+
+def _device_totals(torch: Any) -> list[int]:
+    """Total bytes of each CUDA device, read once (reading them creates a CUDA context)."""
+    if not _TOTALS:
+        _TOTALS.extend(
+            int(torch.cuda.get_device_properties(i).total_memory) for i in range(torch.cuda.device_count())
+        )
+    return _TOTALS
+
+
 def read_memory(allocation: Optional[KernelAllocation]) -> MemoryReading:
     """PyTorch's GPU memory of this process against the vGPU memory; on CPU, the process RSS.
 
@@ -253,7 +265,7 @@ def read_memory(allocation: Optional[KernelAllocation]) -> MemoryReading:
             limit = allocation.memory_mib * max(allocation.vgpus, 1) * MIB
             of = "vGPU memory"
         else:
-            limit = sum(int(torch.cuda.get_device_properties(i).total_memory) for i in range(count))
+            limit = sum(_device_totals(torch))
             of = "GPU memory"
         share = max(allocated, reserved) / limit if limit else 0.0
         text = (
@@ -306,7 +318,9 @@ class DemoRunner(widgets.VBox):
     ``runner.wait()`` joins. ``runner.settings`` (a :class:`DemoSettings`) holds the rest.
     """
 
-    def __init__(self, limits: Optional[SliderLimits] = None, settings: Optional[DemoSettings] = None, **kwargs: Any):
+    def __init__(
+        self, limits: Optional[SliderLimits] = None, settings: Optional[DemoSettings] = None, **kwargs: Any
+    ):
         self.limits = limits or slider_limits(None)
         self.settings = settings or DemoSettings()
         self.demo = widgets.Dropdown(options=list(DEMOS), value="MNIST", description="demo")
@@ -317,7 +331,9 @@ class DemoRunner(widgets.VBox):
             options=self.limits.batch_options, value=self.limits.batch_default, description="batch size"
         )
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.stop_button = widgets.Button(
+            description="Stop", button_style="warning", icon="stop", disabled=True
+        )
         self.progress = widgets.IntProgress(value=0, min=0, max=100, description="progress")
         self.status = widgets.Label(value="ready")
         self.throughput = widgets.Label(value="images/s: -")
@@ -359,11 +375,14 @@ class DemoRunner(widgets.VBox):
                 raise RuntimeError("a demo is already running")
             return None
         self._stop_event.clear()
+        self._last_ui = 0.0
         self.result, self.error, self.history = None, None, []
         self._set_running(True)
         self.progress.value, self.progress.bar_style = 0, ""
         self.throughput.value = "images/s: -"
-        self.status.value = f"starting {self.demo.value} ({self.epochs.value} epochs, batch {self.batch_size.value})"
+        self.status.value = (
+            f"starting {self.demo.value} ({self.epochs.value} epochs, batch {self.batch_size.value})"
+        )
         self.plot.outputs = ()
         self._thread = threading.Thread(target=self._work, name=f"orion-demo-{self.demo.value}", daemon=True)
         self._thread.start()
@@ -420,7 +439,9 @@ class DemoRunner(widgets.VBox):
                 self.progress.bar_style = "success"
                 self.status.value = summary
             if self.result.history:
-                self.throughput.value = f"images/s: {self.result.images_per_s:,.0f} on {self.result.device_name}"
+                self.throughput.value = (
+                    f"images/s: {self.result.images_per_s:,.0f} on {self.result.device_name}"
+                )
         except BaseException as exc:  # shown in the panel, re-raised by wait()
             self.error = exc
             self.progress.bar_style = "danger"
@@ -470,9 +491,15 @@ class DemoRunner(widgets.VBox):
             self._report(report)
             if report.epoch_done:
                 partial = mnist.MNISTResult(
-                    history=[EpochStats(r.epoch, r.loss, r.images_per_s, 0.0, r.accuracy) for r in self.history],
-                    device="", device_name=device, train_size=0, test_size=0,
-                    batch_size=self.batch_size.value, epochs_requested=report.epochs,
+                    history=[
+                        EpochStats(r.epoch, r.loss, r.images_per_s, 0.0, r.accuracy) for r in self.history
+                    ],
+                    device="",
+                    device_name=device,
+                    train_size=0,
+                    test_size=0,
+                    batch_size=self.batch_size.value,
+                    epochs_requested=report.epochs,
                 )
                 self._show(mnist.plot_history(partial), f"MNIST after epoch {report.epoch}")
 
@@ -502,7 +529,9 @@ class DemoRunner(widgets.VBox):
             if report.epoch_done:
                 fig = new_figure(4.5, 3.0)
                 ax = fig.subplots()
-                ax.plot([r.epoch for r in self.history], [r.loss for r in self.history], "o-", color="tab:purple")
+                ax.plot(
+                    [r.epoch for r in self.history], [r.loss for r in self.history], "o-", color="tab:purple"
+                )
                 ax.set_title(f"triplet loss · {device}")
                 ax.set_xlabel("epoch")
                 ax.grid(alpha=0.3)

@@ -20,13 +20,14 @@ torch, facenet-pytorch, PIL and matplotlib are imported inside the functions tha
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from .common import (
     EpochStats,
@@ -123,7 +124,9 @@ def torch_home() -> Path:
         return Path(get_torch_home())
     except ImportError:  # same rule, for error messages without facenet-pytorch
         return Path(
-            os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")))
+            os.path.expanduser(
+                os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+            )
         )
 
 
@@ -131,7 +134,9 @@ def _checkpoint_info(pretrained: str) -> tuple[str, str, int]:
     try:
         return CHECKPOINTS[pretrained]
     except KeyError:
-        raise ValueError(f"pretrained must be one of {sorted(CHECKPOINTS)} or None, not {pretrained!r}") from None
+        raise ValueError(
+            f"pretrained must be one of {sorted(CHECKPOINTS)} or None, not {pretrained!r}"
+        ) from None
 
 
 def checkpoint_path(pretrained: str = "vggface2") -> Path:
@@ -355,7 +360,9 @@ def distance_matrix(embeddings: Any) -> "np.ndarray":
     import numpy as np
     import torch
 
-    x = torch.as_tensor(np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings))
+    x = torch.as_tensor(
+        np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings)
+    )
     x = x.double()
     distances = torch.cdist(x, x).numpy()
     np.fill_diagonal(distances, 0.0)
@@ -392,8 +399,15 @@ def plot_distances(
             for j in range(n):
                 value = matrix[i, j]
                 dark_cell = value > 0.55 * matrix.max()  # viridis_r: large distances are dark
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if dark_cell else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark_cell else "black",
+                )
     if threshold is not None:
         from matplotlib.patches import Rectangle
 
@@ -406,7 +420,9 @@ def plot_distances(
     return fig
 
 
-def plot_detections(images: Sequence[Any], detections: Sequence[FaceDetection], names: Optional[Sequence[str]] = None) -> "Figure":
+def plot_detections(
+    images: Sequence[Any], detections: Sequence[FaceDetection], names: Optional[Sequence[str]] = None
+) -> "Figure":
     """The photos with their face boxes and probabilities drawn on."""
     from matplotlib.patches import Rectangle
 
@@ -558,13 +574,18 @@ class SyntheticIdentities:
         self.lighting = lighting
         self.detail = detail
         self.seed = seed
-        self._patterns: dict[int, Any] = {}
+        self._patterns: dict[Any, Any] = {}
 
-    def pattern(self, identity: int) -> "torch.Tensor":
+    def pattern(self, identity: int, device: "str | torch.device | None" = None) -> "torch.Tensor":
         """The identity's base pattern (channels, size + 2*shift, size + 2*shift), mean 0, std 1."""
         import torch
         import torch.nn.functional as F
 
+        if device is not None and torch.device(device).type != "cpu":
+            key = (str(device), identity)
+            if key not in self._patterns:
+                self._patterns[key] = self.pattern(identity).to(device)
+            return self._patterns[key]
         if identity not in self._patterns:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(identity) + 1)
             coarse = torch.randn(1, self.channels, self.detail, self.detail, generator=g)
@@ -574,44 +595,72 @@ class SyntheticIdentities:
             self._patterns[identity] = fine
         return self._patterns[identity]
 
-    def photos(self, identities: Sequence[int], per_identity: int, generator: "torch.Generator | None" = None):
+    def photos(
+        self,
+        identities: Sequence[int],
+        per_identity: int,
+        generator: "torch.Generator | None" = None,
+        device: "str | torch.device | None" = None,
+    ):
         """``per_identity`` photos of each identity: (images (n, c, s, s), labels (n,)).
 
         A photo is the identity's pattern, shifted by up to ``max_shift`` pixels, under random
         "lighting" (a colour cast and a brightness gradient in a random direction, as strong as
         the pattern itself, so raw pixels, or an untrained net, confuse people), scaled in
-        contrast, plus pixel noise.
+        contrast, plus pixel noise. The photos are made on ``device`` (default CPU), so a GPU
+        is not held up by the CPU; ``generator`` (CPU) makes them reproducible.
         """
         import torch
 
+        dev = torch.device(device) if device is not None else torch.device("cpu")
         labels = torch.tensor([int(i) for i in identities for _ in range(per_identity)], dtype=torch.long)
         n, c, s, m = len(labels), self.channels, self.image_size, self.max_shift
         if n == 0:
-            return torch.zeros((0, c, s, s)), labels
-        bases = torch.stack([self.pattern(int(i)) for i in identities]).repeat_interleave(per_identity, dim=0)
+            return torch.zeros((0, c, s, s), device=dev), labels.to(dev)
+        bases = torch.stack([self.pattern(int(i), dev) for i in identities]).repeat_interleave(
+            per_identity, dim=0
+        )
         # shift: crop an s x s window at a random offset in 0..2m of each (s + 2m) pattern
-        dy, dx = torch.randint(0, 2 * m + 1, (2, n), generator=generator)
-        steps = torch.arange(s)
+        dy, dx = torch.randint(0, 2 * m + 1, (2, n), generator=generator).to(dev)
+        steps = torch.arange(s, device=dev)
         rows = (dy[:, None] + steps)[:, None, :, None]
         cols = (dx[:, None] + steps)[:, None, None, :]
-        crops = bases[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-        contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
-        angle = 2 * math.pi * torch.rand(n, generator=generator)
-        strength = self.lighting * torch.rand(n, generator=generator)
-        ramp = torch.linspace(-1.0, 1.0, s)
+        crops = bases[
+            torch.arange(n, device=dev)[:, None, None, None],
+            torch.arange(c, device=dev)[None, :, None, None],
+            rows,
+            cols,
+        ]
+        contrast = (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)).to(dev)
+        angle = (2 * math.pi * torch.rand(n, generator=generator)).to(dev)
+        strength = (self.lighting * torch.rand(n, generator=generator)).to(dev)
+        ramp = torch.linspace(-1.0, 1.0, s, device=dev)
         gradient = strength[:, None, None] * (
-            torch.cos(angle)[:, None, None] * ramp[None, None, :] + torch.sin(angle)[:, None, None] * ramp[None, :, None]
+            torch.cos(angle)[:, None, None] * ramp[None, None, :]
+            + torch.sin(angle)[:, None, None] * ramp[None, :, None]
         )
-        cast = self.lighting * 0.5 * torch.randn(n, c, 1, 1, generator=generator)
-        noise = self.noise * torch.randn(n, c, s, s, generator=generator)
-        return crops * contrast + gradient[:, None] + cast + noise, labels
+        cast = (self.lighting * 0.5 * torch.randn(n, c, 1, 1, generator=generator)).to(dev)
+        if dev.type == "cpu":
+            noise = torch.randn(n, c, s, s, generator=generator)
+        else:  # draw the big tensor where it is used, from a generator seeded by the CPU one
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            noise = torch.randn(
+                n, c, s, s, device=dev, generator=torch.Generator(device=dev).manual_seed(seed)
+            )
+        return crops * contrast + gradient[:, None] + cast + self.noise * noise, labels.to(dev)
 
-    def sample_batch(self, identities: int, per_identity: int, generator: "torch.Generator | None" = None):
+    def sample_batch(
+        self,
+        identities: int,
+        per_identity: int,
+        generator: "torch.Generator | None" = None,
+        device: "str | torch.device | None" = None,
+    ):
         """A P x K batch: ``identities`` distinct training identities, ``per_identity`` photos each."""
         import torch
 
         chosen = torch.randperm(self.n_identities, generator=generator)[:identities]
-        return self.photos(chosen.tolist(), per_identity, generator)
+        return self.photos(chosen.tolist(), per_identity, generator, device)
 
     def unseen(self, count: int, per_identity: int, generator: "torch.Generator | None" = None):
         """Photos of ``count`` identities never used for training."""
@@ -633,11 +682,14 @@ class LabeledImages:
         self.labels = torch.as_tensor(labels).long()
         if self.images.dim() != 4 or len(self.images) != len(self.labels):
             raise ValueError("images must be (n, c, h, w) with one label each")
-        self.by_label = {int(l): torch.nonzero(self.labels == l).flatten() for l in torch.unique(self.labels)}
-        self.usable = [l for l, idx in self.by_label.items() if len(idx) >= 2]
+        self.by_label = {
+            int(label): torch.nonzero(self.labels == label).flatten() for label in torch.unique(self.labels)
+        }
+        self.usable = [label for label, members in self.by_label.items() if len(members) >= 2]
         if len(self.usable) < 2:
             raise ValueError("triplets need at least 2 identities with 2 or more images each")
         self.n_identities = len(self.usable)
+        self._on_device: dict[str, Any] = {}
 
     @classmethod
     def from_dataset(cls, dataset: Any) -> "LabeledImages":
@@ -647,17 +699,29 @@ class LabeledImages:
         images, labels = zip(*(dataset[i] for i in range(len(dataset))))
         return cls(torch.stack([torch.as_tensor(im) for im in images]), torch.as_tensor(labels))
 
-    def sample_batch(self, identities: int, per_identity: int, generator: "torch.Generator | None" = None):
+    def sample_batch(
+        self,
+        identities: int,
+        per_identity: int,
+        generator: "torch.Generator | None" = None,
+        device: "str | torch.device | None" = None,
+    ):
         import torch
 
+        images, labels = self.images, self.labels
+        if device is not None and torch.device(device).type != "cpu":
+            key = str(device)
+            if key not in self._on_device:  # copy once, then index there
+                self._on_device[key] = (self.images.to(device), self.labels.to(device))
+            images, labels = self._on_device[key]
         order = torch.randperm(len(self.usable), generator=generator)[:identities]
         picks = []
         for i in order.tolist():
             members = self.by_label[self.usable[i]]
             chosen = members[torch.randint(len(members), (per_identity,), generator=generator)]
             picks.append(chosen)
-        index = torch.cat(picks)
-        return self.images[index], self.labels[index]
+        index = torch.cat(picks).to(images.device)
+        return images[index], labels[index]
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -673,21 +737,27 @@ def _as_source(data: Any) -> Any:
         return LabeledImages(*data)
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return LabeledImages.from_dataset(data)
-    raise TypeError("data must be a SyntheticIdentities, a LabeledImages, an (images, labels) pair or a dataset")
+    raise TypeError(
+        "data must be a SyntheticIdentities, a LabeledImages, an (images, labels) pair or a dataset"
+    )
 
 
-def EmbeddingNet(in_channels: int = 3, embedding_dim: int = 64, width: int = 16, seed: Optional[int] = 0) -> "torch.nn.Module":
+def EmbeddingNet(
+    in_channels: int = 3, embedding_dim: int = 64, width: int = 16, seed: Optional[int] = 0
+) -> "torch.nn.Module":
     """A small CNN that maps an image to a unit-norm ``embedding_dim`` vector (~25 k weights at width 16)."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class _Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
 
             def block(cin: int, cout: int) -> nn.Sequential:
-                return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+                return nn.Sequential(
+                    nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+                )
 
             self.features = nn.Sequential(
                 block(in_channels, width),
@@ -792,7 +862,7 @@ def separation(model: "torch.nn.Module", images: "torch.Tensor", labels: Any) ->
     with torch.inference_mode():
         embeddings = model(images.to(device)).float().cpu()
     model.train(was_training)
-    labels = [int(l) for l in labels]
+    labels = [int(label) for label in labels]
     d = distance_matrix(embeddings)
     lab = np.asarray(labels)
     same = (lab[:, None] == lab[None, :]) & ~np.eye(len(lab), dtype=bool)
@@ -873,7 +943,7 @@ def train_triplet(
     """Train a small embedding net with a triplet loss and report images/s on the (v)GPU.
 
     ``data``: ``None`` (synthetic identities, :class:`SyntheticIdentities`), a source with
-    ``sample_batch(identities, per_identity, generator)``, an ``(images, labels)`` pair or a
+    ``sample_batch(identities, per_identity, generator[, device=])``, an ``(images, labels)`` pair or a
     dataset of ``(image, label)``. Each step draws ``batch_size // per_identity`` people with
     ``per_identity`` photos each. ``steps_per_epoch`` defaults to 30 for synthetic data, else
     one pass over the images. The loss reported (progress, history) is the mean over all
@@ -894,7 +964,11 @@ def train_triplet(
     identities = min(batch_size // per_identity, source.n_identities)
     real_batch = identities * per_identity
     if steps_per_epoch is None:
-        steps_per_epoch = 30 if isinstance(source, SyntheticIdentities) else max(1, math.ceil(len(source.labels) / real_batch))
+        steps_per_epoch = (
+            30
+            if isinstance(source, SyntheticIdentities)
+            else max(1, math.ceil(len(source.labels) / real_batch))
+        )
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
@@ -903,7 +977,9 @@ def train_triplet(
         model = EmbeddingNet(source.image_shape[0], embedding_dim, width=width, seed=seed)
     model = model.to(dev)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * steps_per_epoch, eta_min=lr / 20)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimiser, T_max=epochs * steps_per_epoch, eta_min=lr / 20
+    )
 
     holdout_set = None
     if isinstance(holdout, int) and holdout >= 2 and hasattr(source, "unseen"):
@@ -925,6 +1001,7 @@ def train_triplet(
         result.holdout_before = separation(model, *holdout_set)
 
     total_steps = epochs * steps_per_epoch
+    takes_device = "device" in inspect.signature(source.sample_batch).parameters
     report_every = reporting_interval(steps_per_epoch)
     for epoch in range(1, epochs + 1):
         model.train()
@@ -935,7 +1012,10 @@ def train_triplet(
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
-            images, labels = source.sample_batch(identities, per_identity, generator)
+            if takes_device:
+                images, labels = source.sample_batch(identities, per_identity, generator, device=dev)
+            else:
+                images, labels = source.sample_batch(identities, per_identity, generator)
             images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
             optimiser.zero_grad(set_to_none=True)
             embeddings = model(images)
@@ -944,7 +1024,9 @@ def train_triplet(
             optimiser.step()
             scheduler.step()
             with torch.no_grad():  # report the mean over all triplets: it falls as the net learns
-                loss_sum += triplet_loss(embeddings.detach(), labels, margin=margin, mining=mining, reduction="all")
+                loss_sum += triplet_loss(
+                    embeddings.detach(), labels, margin=margin, mining=mining, reduction="all"
+                )
             seen += len(labels)
             if progress is not None and (step % report_every == 0 or step == steps_per_epoch):
                 elapsed = max(time.perf_counter() - epoch_start, 1e-9)
@@ -963,7 +1045,12 @@ def train_triplet(
             break
         synchronize(dev)
         seconds = time.perf_counter() - epoch_start
-        stats = EpochStats(epoch=epoch, loss=float(loss_sum) / steps_per_epoch, images_per_s=seen / max(seconds, 1e-9), seconds=seconds)
+        stats = EpochStats(
+            epoch=epoch,
+            loss=float(loss_sum) / steps_per_epoch,
+            images_per_s=seen / max(seconds, 1e-9),
+            seconds=seconds,
+        )
         result.history.append(stats)
         if progress is not None:
             progress(
@@ -1001,8 +1088,12 @@ def plot_triplet(result: TripletResult) -> "Figure":
     if has_holdout:
         sep = result.holdout
         verdict = "separated" if sep.separated else "not separated"
-        plot_distances(sep.distances, sep.names, ax=axes[1],
-                       title=f"{len(set(sep.labels))} unseen people: {verdict}\n"
-                             f"same <= {sep.max_same:.2f}, different >= {sep.min_different:.2f}")
+        plot_distances(
+            sep.distances,
+            sep.names,
+            ax=axes[1],
+            title=f"{len(set(sep.labels))} unseen people: {verdict}\n"
+            f"same <= {sep.max_same:.2f}, different >= {sep.min_different:.2f}",
+        )
     fig.suptitle(f"triplet training on {result.device_name} · {result.images_per_s:,.0f} images/s")
     return fig

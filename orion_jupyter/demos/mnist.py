@@ -170,9 +170,7 @@ def _idx_bytes(array: "np.ndarray") -> bytes:
     import numpy as np
 
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     return header + array.tobytes()
 
 
@@ -258,7 +256,9 @@ def digits_as_mnist(test_fraction: float = 0.25, seed: int = 0):
     return images[train_order], labels[train_order], images[test_order], labels[test_order]
 
 
-def write_digits_dataset(root: "str | Path | None" = None, test_fraction: float = 0.25, seed: int = 0) -> Path:
+def write_digits_dataset(
+    root: "str | Path | None" = None, test_fraction: float = 0.25, seed: int = 0
+) -> Path:
     """Offline stand-in for MNIST: write scikit-learn's digits as MNIST IDX files under ``root``.
 
     About 1,350 training and 450 test images: enough to watch the CNN learn (and for tests),
@@ -266,6 +266,26 @@ def write_digits_dataset(root: "str | Path | None" = None, test_fraction: float 
     """
     root = default_data_dir() if root is None else Path(root)
     return write_idx_dataset(root, *digits_as_mnist(test_fraction=test_fraction, seed=seed))
+
+
+def _unreachable(mirrors: Sequence[str], timeout: float = 5.0) -> Optional[OSError]:
+    """None when some mirror accepts a TCP connection (or a proxy is configured), else the error."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    if any(key in urllib.request.getproxies() for key in ("http", "https", "all")):
+        return None  # the proxy decides; torchvision goes through it
+    error: Optional[OSError] = None
+    for mirror in mirrors:
+        url = urllib.parse.urlsplit(mirror)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            return None
+        except OSError as exc:
+            error = OSError(f"cannot reach {url.hostname}:{port} ({exc})")
+    return error
 
 
 def load_data(
@@ -285,6 +305,22 @@ def load_data(
     from torchvision.datasets import MNIST
 
     root = (default_data_dir() if root is None else Path(root)).expanduser()
+    raw = _raw_folder(root)
+    for name in IDX_FILES.values():  # files put there by hand as .gz: unpack them (any source)
+        packed = raw / f"{name}.gz"
+        if packed.is_file() and not (raw / name).is_file():
+            import gzip
+            import shutil
+
+            tmp = raw / f"{name}.tmp"
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(raw / name)
+    if download and not all((raw / name).is_file() for name in IDX_FILES.values()):
+        # torchvision's download has no timeout: without internet it can hang for minutes
+        problem = _unreachable(MNIST.mirrors)
+        if problem is not None:
+            raise MNISTDataUnavailable(root, problem)
     splits = {}
     for train in (True, False):
         try:
@@ -330,7 +366,9 @@ def _normalise(images_uint8: "torch.Tensor") -> "torch.Tensor":
     return ((images_uint8.float() / 255.0) - MEAN).div_(STD).unsqueeze(1)
 
 
-def evaluate(model: "torch.nn.Module", images: "torch.Tensor", labels: "torch.Tensor", batch_size: int = 1000) -> float:
+def evaluate(
+    model: "torch.nn.Module", images: "torch.Tensor", labels: "torch.Tensor", batch_size: int = 1000
+) -> float:
     """Accuracy (0..1) of ``model`` on uint8 images (N, 28, 28), on the model's device."""
     import torch
 
