@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +11,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from orion_jupyter.demos import common, mnist  # noqa: E402
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to resolve or connect fails at once, and is recorded."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[:2])
-        raise OSError("network access is blocked in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
 
 
 def digits_as_28x28(test_every: int = 4):

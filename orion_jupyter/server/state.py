@@ -20,7 +20,6 @@ from ..k8s.manifests import (
     ANNOTATION_REQUEST,
     ANNOTATION_USER,
     LABEL_KERNEL_ID,
-    LABEL_USER,
     slug,
 )
 from ..kernelspecs import spec_request, vgpu_specs
