@@ -66,14 +66,14 @@ class OrionState:
 
     def kernel_allocations(self) -> list[dict[str, Any]]:
         out = []
-        pods = {p["metadata"]["name"]: p for p in self.view.kernel_pods()}
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             km = self.kernel_manager.get_kernel(kernel_id)
             provisioner = getattr(km, "provisioner", None)
             if not isinstance(provisioner, VGPUProvisioner):
                 continue
             allocation = provisioner.allocation_summary()
-            pod = pods.get(allocation.get("pod_name", ""))
+            found = self.view.find_pod(allocation["pod_name"]) if allocation.get("pod_name") else None
+            pod = found[1] if found else None
             status = (pod or {}).get("status") or {}
             out.append({
                 "kernel_id": kernel_id,
