@@ -173,7 +173,7 @@ class LocalPool(LoggingConfigurable):
             for _ in range(request.count):
                 candidates = [i for i, (s, m) in free.items() if s > 0 and m >= request.memory_mib]
                 if not candidates:
-                    raise KernelLaunchError("unschedulable", self._shortage(devices, table, request))
+                    raise KernelLaunchError("unschedulable", self._shortage_text(devices, table, request))
                 index = max(candidates, key=lambda i: (free[i][1], -i))
                 free[index][0] -= 1
                 free[index][1] -= request.memory_mib
@@ -183,7 +183,12 @@ class LocalPool(LoggingConfigurable):
                                 "owner_pid": me, "owner_start": _process_start(me), "reserved_at": time.time()}
         return slots
 
-    def _shortage(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> str:
+    def shortage(self, request: VGPURequest) -> str:
+        """Why ``request`` cannot be served now, as reserve() would say it."""
+        with self._table() as table:
+            return self._shortage_text(self.devices(), table, request)
+
+    def _shortage_text(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> str:
         largest = max(d.memory_mib for d in devices)
         if request.memory_mib > largest:
             return (f"Not enough vGPU memory: this kernel asks {format_mib(request.memory_mib)} per vGPU, "

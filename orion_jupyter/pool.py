@@ -70,6 +70,21 @@ class PoolSnapshot:
             text += f", but at most {largest} on any one node"
         return text
 
+    def short_resource(self, request: Mapping[str, int]) -> str | None:
+        """The first requested resource no node has enough of (None: each fits somewhere)."""
+        for resource, amount in request.items():
+            if max((n.resources.get(resource, ResourceCount()).free for n in self.nodes), default=0) < amount:
+                return resource
+        return None
+
+    def shortage_message(self, resource: str, asked: int, count_resource: str) -> str:
+        """The sentence a user reads when a kernel cannot get ``asked`` of ``resource``."""
+        if resource == count_resource:
+            return (f"Not enough vGPUs free: this kernel {self.shortage_text(resource, asked)}. "
+                    "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later.")
+        return (f"Not enough {resource} free: this kernel {self.shortage_text(resource, asked, unit=resource)}. "
+                "Ask for less, stop a kernel you no longer use, or try again later.")
+
     def as_dict(self) -> dict:
         return {
             "source": self.source,

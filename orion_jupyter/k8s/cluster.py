@@ -312,16 +312,10 @@ class KubeCluster:
         limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
         short = [r for r in re.findall(r"Insufficient ([\w./-]+?)\.?(?:,|$| )", scheduler_message) if r in limits]
         if not short:
-            head = "No node can run this kernel"
-            advice = "Check the kernel's node selector and tolerations with your operator."
-        elif short[0] == count_resource:
-            head = f"Not enough vGPUs free: this kernel {self.pool().shortage_text(count_resource, int(limits[count_resource]))}"
-            advice = "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later."
+            head = "No node can run this kernel. Check the kernel's node selector and tolerations with your operator."
         else:
-            resource = short[0]
-            head = f"Not enough {resource} free: this kernel {self.pool().shortage_text(resource, int(limits[resource]), unit=resource)}"
-            advice = "Ask for less, stop a kernel you no longer use, or try again later."
-        return f"{head}. {advice} (scheduler: {scheduler_message})"
+            head = self.pool().shortage_message(short[0], int(limits[short[0]]), count_resource)
+        return f"{head} (scheduler: {scheduler_message})"
 
 
 class _LaunchWaiter:

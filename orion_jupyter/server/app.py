@@ -142,11 +142,7 @@ class OrionState:
         image = config.get("image", self.view.settings.image) if self.view.kind == "kubernetes" else None
         KernelPolicy(config=self.serverapp.config).policy().check(request, image)
         if self.view.can_serve(request, config.get("backend")) is False:
-            raise KernelLaunchError(
-                "unschedulable",
-                f"Not enough vGPUs free: this kernel {self.view.shortage(request)}. "
-                "Stop a kernel you no longer use, ask for fewer vGPUs or less memory, or try again later.",
-            )
+            raise KernelLaunchError("unschedulable", self.view.shortage(request, config.get("backend")))
         vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
                 "compute": request.compute_percent}
         kernel_id = await self.kernel_manager.start_kernel(

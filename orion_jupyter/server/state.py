@@ -133,8 +133,15 @@ class ClusterView:
         backend = get_backend(backend_name, self.settings.resource_names, self.settings.env_names) if backend_name else self.backend
         return pool.can_serve(backend.resources(request))
 
-    def shortage(self, request: VGPURequest) -> str:
-        return self.pool().shortage_text(self.count_resource, request.count)
+    def shortage(self, request: VGPURequest, backend_name: str | None = None) -> str:
+        """Why the pool cannot serve ``request`` now, in the words a launch failure would use."""
+        if self.local is not None:
+            return self.local.shortage(request)
+        backend = get_backend(backend_name, self.settings.resource_names, self.settings.env_names) if backend_name else self.backend
+        resources = backend.resources(request)
+        pool = self.pool()
+        resource = pool.short_resource(resources) or backend.count_resource
+        return pool.shortage_message(resource, resources[resource], backend.count_resource)
 
     def kernel_pods(self) -> list[dict]:
         pods: list[dict] = []

@@ -17,10 +17,19 @@ try {
   await page.waitForSelector('.jp-NotebookPanel .jp-Cell');
   // Wait until the kernel is idle, then Run > Run All Cells.
   await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
-  await page.click('.jp-Cell .jp-InputArea-editor');
-  await page.keyboard.press('Shift+Enter');
+  // Run the cell; on a loaded machine the first key press can land before the editor is live.
   const widget = page.locator('.jp-OutputArea-output .widget-vbox').first();
-  await widget.waitFor({ state: 'visible' });
+  for (let attempt = 1; ; attempt++) {
+    await page.click('.jp-Cell .jp-InputArea-editor');
+    await page.keyboard.press('Shift+Enter');
+    try {
+      await widget.waitFor({ state: 'visible', timeout: 30000 });
+      break;
+    } catch (error) {
+      const ran = await page.locator('.jp-Cell .jp-InputPrompt').first().innerText();
+      if (attempt === 3 || /\d/.test(ran)) throw error;  // it ran (a number in [n]:) yet showed no widget
+    }
+  }
   await page.waitForFunction(() => document.querySelector('.jp-OutputArea-output')?.innerText.includes('memory cap'));
   result.text = await widget.innerText();
   result.buttons = await widget.locator('button').allInnerTexts();
