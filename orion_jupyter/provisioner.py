@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -146,6 +147,11 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
             self.driver = self._make_driver()
         self._launch_started = time.monotonic()
+        # jupyter_server lists a kernel as soon as it is ready but stamps its activity a moment later;
+        # when many pods become ready at once GET /api/kernels could meet a kernel without it (a 500).
+        parent = self.parent
+        if parent is not None and parent.has_trait("last_activity") and not parent.trait_has_value("last_activity"):
+            parent.last_activity = datetime.now(timezone.utc)
         PROGRESS.record(self.kernel_id, f"starting a kernel with {self.request.describe()} ({self.driver.name})")
         kwargs = await super().pre_launch(**kwargs)
         try:

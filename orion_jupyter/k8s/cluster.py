@@ -56,6 +56,20 @@ def container_exit_code(pod: dict) -> int | None:
     return None
 
 
+def trim_pod(pod: dict) -> dict:
+    """What this project reads of a pod (about a third of it): the watch cache keeps only this."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "annotations",
+                                          "creationTimestamp", "deletionTimestamp") if k in meta},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}} for c in spec.get("containers") or []],
+        },
+        "status": {k: status[k] for k in ("phase", "reason", "message", "conditions", "podIP", "containerStatuses") if k in status},
+    }
+
+
 @dataclass
 class LaunchState:
     """What a pod's status says about a launch: ready, failed (with reason) or still pending."""
@@ -101,10 +115,12 @@ class KubeCluster:
         self.namespace = namespace
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"orion-k8s-{namespace}")
         self.pods = SharedWatch(f"pods/{namespace}", self.core.list_namespaced_pod, namespace=namespace,
-                                label_selector=MANAGED_SELECTOR)
+                                label_selector=MANAGED_SELECTOR, keep=trim_pod)
+        # Events are only routed to launches in progress, never kept.
         self.events = SharedWatch(f"events/{namespace}", self.core.list_namespaced_event, namespace=namespace,
-                                  field_selector="involvedObject.kind=Pod")
+                                  field_selector="involvedObject.kind=Pod", keep=None)
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
+        self._pool_cache: tuple[tuple[int, int], PoolSnapshot] | None = None
         self._started = False
         self._closed = False
         self._start_lock = threading.Lock()
@@ -158,14 +174,32 @@ class KubeCluster:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    async def request(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
+        """A client call answered as a plain dict (no model building); the connection goes back to the pool."""
+
+        def run() -> dict:
+            response = fn(*args, _preload_content=False, **kwargs)
+            try:
+                return json.loads(response.data or b"{}")
+            finally:
+                response.release_conn()
+
+        return await self.call(run)
+
     async def ensure_started(self) -> None:
         if not self._started:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.start)
 
     # -- state from the caches (no API requests) ----------------------------------------------
     def pool(self) -> PoolSnapshot:
+        """The pool, recomputed only after the pods or nodes changed (callers must not modify it)."""
         nodes_visible = self.nodes is not None and self.nodes.lists > 0
-        return pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items())
+        version = (self.pods.version, self.nodes.version if nodes_visible else -1)
+        cached = self._pool_cache
+        if cached is None or cached[0] != version:
+            snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items())
+            self._pool_cache = cached = (version, snapshot)
+        return cached[1]
 
     def kernel_pods(self) -> list[dict]:
         return self.pods.items()
@@ -177,7 +211,7 @@ class KubeCluster:
     async def _create(self, fn: Callable[..., Any], body: dict, what: str) -> dict | None:
         for attempt in range(CREATE_RETRIES + 1):
             try:
-                return await self.call(fn, self.namespace, body, _preload_content=False)
+                return await self.request(fn, self.namespace, body)
             except ApiException as err:
                 if err.status == 409 and attempt > 0:
                     return None  # our earlier attempt did create it; the name is unique per launch
@@ -197,7 +231,7 @@ class KubeCluster:
         options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy="Background")
         for fn in (self.core.delete_namespaced_pod, self.core.delete_namespaced_secret):
             try:
-                await self.call(fn, name, self.namespace, body=options, _preload_content=False)
+                await self.request(fn, name, self.namespace, body=options)
             except ApiException as err:
                 if err.status != 404:
                     log.error("deleting %s %s failed: %s", fn.__name__, name, _api_message(err))
@@ -206,8 +240,8 @@ class KubeCluster:
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
-            await self.call(self.core.delete_namespaced_pod, name, self.namespace,
-                            body=client.V1DeleteOptions(grace_period_seconds=grace_seconds), _preload_content=False)
+            await self.request(self.core.delete_namespaced_pod, name, self.namespace,
+                               body=client.V1DeleteOptions(grace_period_seconds=grace_seconds))
         except ApiException as err:
             if err.status != 404:
                 log.error("deleting kernel pod %s failed: %s", name, _api_message(err))
@@ -216,8 +250,8 @@ class KubeCluster:
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> bool:
         try:
-            await self.call(self.core.patch_namespaced_pod, name, self.namespace,
-                            {"metadata": {"annotations": annotations}}, _preload_content=False)
+            await self.request(self.core.patch_namespaced_pod, name, self.namespace,
+                               {"metadata": {"annotations": annotations}})
             return True
         except (ApiException, HTTPError) as err:
             log.warning("could not annotate kernel pod %s: %s", name, err)
@@ -269,8 +303,7 @@ class KubeCluster:
         started = time.monotonic()
         try:
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
-            response = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
-            pod = json.loads(response.data) if response is not None else None
+            pod = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
             owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
             try:
                 state = await asyncio.wait_for(waiter.result, timeout)
@@ -294,8 +327,8 @@ class KubeCluster:
         if not pod or not pod.get("metadata", {}).get("uid"):
             return
         try:
-            await self.call(self.core.patch_namespaced_secret, pod["metadata"]["name"], self.namespace,
-                            secret_owner_patch(pod), _preload_content=False)
+            await self.request(self.core.patch_namespaced_secret, pod["metadata"]["name"], self.namespace,
+                               secret_owner_patch(pod))
         except (ApiException, HTTPError) as err:
             log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s", pod["metadata"]["name"], err)
 

@@ -32,8 +32,12 @@ def object_key(obj: dict) -> tuple[str, str]:
 class SharedWatch:
     """list+watch of ``list_fn`` (a CoreV1Api list method) with a cache of its objects."""
 
-    def __init__(self, name: str, list_fn: Callable[..., Any], *, retry_seconds: float = 1.0, **selectors: Any):
+    def __init__(self, name: str, list_fn: Callable[..., Any], *, retry_seconds: float = 1.0,
+                 keep: Callable[[dict], dict] | None = lambda obj: obj, **selectors: Any):
+        """``keep`` maps an object to what the cache holds of it; None: keep nothing, only notify."""
         self.name = name
+        self._keep = keep
+        self.version = 0  # bumped on every change of the cache
         self._list_fn = list_fn
         self._selectors = selectors
         self._retry_seconds = retry_seconds
@@ -122,10 +126,12 @@ class SharedWatch:
         response = self._list_fn(_preload_content=False, _request_timeout=30, **self._selectors)
         self.lists += 1
         body = json.loads(response.data)
-        fresh = {object_key(obj): obj for obj in body.get("items", [])}
+        keep = self._keep or (lambda obj: obj)
+        fresh = {object_key(obj): keep(obj) for obj in body.get("items", [])}
         with self._lock:
             old = self._cache
-            self._cache = fresh
+            self._cache = fresh if self._keep else {}
+            self.version += 1
         # Tell listeners what changed while we were not watching.
         for key, obj in fresh.items():
             if key not in old:
@@ -169,12 +175,15 @@ class SharedWatch:
             self._resource_version = version
         if kind == "BOOKMARK":
             return
-        key = object_key(obj)
-        with self._lock:
-            if kind == "DELETED":
-                self._cache.pop(key, None)
-            else:
-                self._cache[key] = obj
+        if self._keep is not None:
+            obj = self._keep(obj)
+            key = object_key(obj)
+            with self._lock:
+                if kind == "DELETED":
+                    self._cache.pop(key, None)
+                else:
+                    self._cache[key] = obj
+                self.version += 1
         self._notify(kind, obj)
 
     def _notify(self, kind: str, obj: dict) -> None:

@@ -661,8 +661,11 @@ class PodWorker:
         argv = command + args if command else ["sleep", "infinity"]  # no image entrypoint to run
         if argv[0] in ("python", "python3"):
             argv[0] = self.kubelet.python
+        # TMPDIR stands in for a container's private /tmp (files written there go with the pod).
+        tmp = os.path.join(self.dir, "tmp")
+        os.makedirs(tmp, exist_ok=True)
         base = {"PATH": os.pathsep.join([os.path.dirname(self.kubelet.python), "/usr/local/bin", "/usr/bin", "/bin"]),
-                "HOME": self.home}
+                "HOME": self.home, "TMPDIR": tmp}
         pod_env.update({k: v for k, v in base.items() if k not in pod_env})
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         mounts: list[tuple[str, str, bool]] = []
