@@ -1,0 +1,67 @@
+"""`python -m benchmarks --quick` runs every section and writes numbers (no timing is asserted)."""
+
+import json
+import math
+import subprocess
+import sys
+from numbers import Number
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def numbers(value):
+    """Every number in a JSON value."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, Number):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from numbers(item)
+
+
+@pytest.mark.timeout(240)
+def test_quick_run_writes_every_section(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=230, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    report = json.loads(out.read_text())
+    assert set(report["sections"]) == {"launch", "burst", "burst_server", "scale", "demos"}
+    for name, data in report["sections"].items():
+        assert "error" not in data, (name, data.get("traceback"))
+        if name != "demos":
+            assert all(math.isfinite(v) for v in numbers(data)), (name, data)
+
+    launch = report["sections"]["launch"]
+    for key in ("vgpu_ms", "local_ms", "overhead_ms"):
+        assert launch[key]["n"] == 2 and launch[key]["median"] > 0
+    assert launch["ratio_vgpu_over_local"] > 0 and launch["api_requests_per_launch"] > 0
+
+    for name in ("burst", "burst_server"):
+        burst = report["sections"][name]
+        assert burst["created_201"] == burst["kernels"] == 5
+        assert burst["all_ready_s"] > 0 and burst["api_requests_per_launch"] > 0
+        assert burst["status_idle_ms"]["n"] > 0 and burst["status_during_burst_ms"]["n"] > 0
+        assert burst["kernel_pods_left"] == 0 and burst["kernel_secrets_left"] == 0
+
+    scale = report["sections"]["scale"]
+    assert (scale["pods"], scale["nodes"]) == (200, 10) and scale["class_view_pods_seen"] == 200
+    assert scale["api_requests_per_call"] == 0
+    for endpoint in ("allocations", "pool", "specs", "class"):
+        assert scale["latency_ms"][endpoint]["n"] > 0 and scale["latency_ms"][endpoint]["median"] > 0
+    assert scale["watch_cache_deep_size_mb"] > 0 and isinstance(scale["watch_cache_rss_mb"], Number)
+
+    demos = report["sections"]["demos"]
+    assert "skipped" in demos or demos["images_per_s"]["demo_runner"] > 0
+
+    machine = report["machine"]
+    assert machine["cpu_cores"] and machine["python"] and machine["date"]
+    assert report["rows"] and report["wall_s"] > 0
+    assert "targets met:" in run.stdout
