@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -89,7 +90,15 @@ class LocalPool(LoggingConfigurable):
     cpu_slot_memory = Unicode("4Gi", config=True, help="Nominal memory per slot of the CPU-only pool.")
     state_file = Unicode("", config=True, help="The slot table; default orion-vgpu-slots.json in the Jupyter runtime dir.")
 
+    @functools.cached_property
+    def _devices(self) -> list[LocalDevice]:
+        return self._find_devices()
+
     def devices(self) -> list[LocalDevice]:
+        """The GPUs (or the CPU-only pool) this pool hands out; detected once per pool."""
+        return self._devices
+
+    def _find_devices(self) -> list[LocalDevice]:
         detected = detect_gpus() if self.gpus != 0 else []
         if self.gpus > 0 and (self.gpu_memory or len(detected) < self.gpus):
             memory = parse_memory(self.gpu_memory or "16Gi", "LocalPool.gpu_memory", "gpu_memory")

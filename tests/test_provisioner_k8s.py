@@ -300,3 +300,29 @@ async def test_shortage_names_the_resource_that_is_short(sim_cluster, vgpu_spec)
     assert str(caught.value).startswith(
         "Not enough nvidia.com/gpumem free: this kernel needs 102400 nvidia.com/gpumem; 81920 of 81920 are free right now (0 in use).")
     assert kernel_objects(sim_cluster, "pods") == []
+
+
+async def test_launch_timeout_ends_with_the_last_progress_and_cleans_up(sim_cluster, vgpu_spec):
+    sim_cluster.faults.schedule_delay = 30.0
+    km = AsyncKernelManager(kernel_name=vgpu_spec("orion-1x4gi", 1, "4Gi"), config=k8s_config(launch_timeout=1.0))
+    with pytest.raises(KernelLaunchError) as caught:
+        await km.start_kernel()
+    assert caught.value.reason == "timeout"
+    assert "did not become ready within 1 s" in str(caught.value)
+    assert kernel_objects(sim_cluster, "pods") == [] and kernel_objects(sim_cluster, "secrets") == []
+
+
+async def test_wait_for_capacity_starts_when_a_vgpu_frees(sim_cluster, vgpu_spec):
+    spec = vgpu_spec("orion-4x1gi", 4, "1Gi")
+    first = AsyncKernelManager(kernel_name=spec, config=k8s_config())
+    await first.start_kernel()
+    waiting = AsyncKernelManager(kernel_name=spec, config=k8s_config(wait_for_capacity=True))
+    launch = asyncio.ensure_future(waiting.start_kernel())
+    try:
+        await asyncio.sleep(1.0)
+        assert not launch.done()  # unschedulable, but told to wait
+        await first.shutdown_kernel(now=True)
+        await asyncio.wait_for(launch, 30)
+        assert await waiting.is_alive()
+    finally:
+        await waiting.shutdown_kernel(now=True)

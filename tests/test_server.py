@@ -291,3 +291,19 @@ async def test_demo_mnist_runs_headless_on_a_vgpu_kernel(api, jp_root_dir, tmp_p
     edited.write_text(edited.read_text().replace("# MNIST on a vGPU", "# my MNIST"))
     code, again = await api("POST", "demos/mnist", {"spec": "orion-demo"})
     assert code == 201 and "# my MNIST" in edited.read_text()
+
+
+def test_instructors_by_name_or_jupyterhub_group(jp_serverapp, specs):
+    state = jp_serverapp.web_app.settings["orion_jupyter_state"]
+    state.app.instructor_groups = ["instructors"]
+
+    class HubUser(User):
+        pass
+
+    grader = HubUser(username="grader")
+    grader.hub_user = {"name": "grader", "groups": ["instructors", "students"]}
+    student = HubUser(username="sam")
+    student.hub_user = {"name": "sam", "groups": ["students"]}
+    assert state.is_instructor(User(username="teacher"))
+    assert state.is_instructor(grader) and not state.is_instructor(student)
+    assert not state.is_instructor(User(username="alice"))
