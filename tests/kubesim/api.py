@@ -9,6 +9,7 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -129,6 +130,12 @@ class ApiServer(ThreadingHTTPServer):
         self.closing = threading.Event()
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-request (a stopped watch, a closed pool) is normal here."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Cuts every open client connection (idle keep-alive ones included)."""
