@@ -33,6 +33,10 @@ def prepare(home: Path, kubernetes: bool, presets: str | None) -> dict[str, str]
         "VGPUProvisioner": {"cluster": cluster},
     }
     (config / "jupyter_server_config.json").write_text(json.dumps(server_config, indent=1))
+    # Classrooms are often offline: JupyterLab should not ask to fetch news or check for updates.
+    (config / "labconfig").mkdir(exist_ok=True)
+    (config / "labconfig" / "default_setting_overrides.json").write_text(json.dumps(
+        {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}, indent=1))
     return env
 
 

@@ -68,6 +68,10 @@ async def test_readme_run_command_brings_up_jupyterlab(lab_server):
     http = AsyncHTTPClient()
     lab = await http.fetch(f"{base}/lab", headers=headers)
     assert b"JupyterLab" in lab.body
+    news = json.loads((await http.fetch(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+                                        headers=headers)).body)
+    defaults = news["schema"]["properties"]
+    assert defaults["fetchNews"]["default"] == "false" and defaults["checkForUpdates"]["default"] is False  # offline rooms
 
     session = json.loads((await http.fetch(f"{base}/api/sessions", method="POST", headers=headers, body=json.dumps(
         {"path": "demo.ipynb", "type": "notebook", "kernel": {"name": "orion-1x2gi"}}))).body)
