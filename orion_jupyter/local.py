@@ -313,6 +313,10 @@ class LocalDriver:
             raise
         return LocalKernel(self.process, self.pool, self.p.kernel_id, self.slots), info
 
+    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int:
+        return sum(len(entry["slots"]) for kernel_id, entry in self.pool.holders().items()
+                   if entry.get("user") == user and kernel_id != other_than_kernel)
+
     async def attach(self, info: dict[str, Any]) -> LocalKernel:
         process = LocalProvisioner(kernel_id=self.p.kernel_id, kernel_spec=self.p.kernel_spec, parent=self.p.parent)
         process.pid, process.pgid, process.ip = info.get("pid"), info.get("pgid"), "127.0.0.1"

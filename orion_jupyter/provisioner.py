@@ -46,6 +46,7 @@ class Driver(Protocol):
     async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
     async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[KernelHandle, KernelConnectionInfo]: ...
     async def attach(self, info: dict[str, Any]) -> KernelHandle: ...
+    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int: ...
 
 
 class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -146,6 +147,9 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.backend_model()  # invalid resource/env overrides fail here, before anything exists
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
             self.driver = self._make_driver()
+        policy = KernelPolicy(parent=self).policy()
+        if policy.max_vgpus_per_user and self.request.count:
+            policy.check_user_total(self.request, await self.driver.vgpus_held_by(self.user, self.kernel_id))
         self._launch_started = time.monotonic()
         # jupyter_server lists a kernel as soon as it is ready but stamps its activity a moment later;
         # when many pods become ready at once GET /api/kernels could meet a kernel without it (a 500).

@@ -252,6 +252,7 @@ class VGPUPolicy:
     max_vgpus: int = 0
     max_memory_mib: int = 0
     allowed_images: tuple[str, ...] = field(default_factory=tuple)
+    max_vgpus_per_user: int = 0  # across all of one user's kernels at once
 
     def check(self, request: VGPURequest, image: str | None = None) -> None:
         if self.max_vgpus and request.count > self.max_vgpus:
@@ -276,6 +277,19 @@ class VGPUPolicy:
                 "image",
                 image,
                 f'kernel image "{image}" is not allowed on this server; allowed: {", ".join(self.allowed_images)}',
+            )
+
+
+    def check_user_total(self, request: VGPURequest, held_elsewhere: int) -> None:
+        """Per-user quota: vGPUs this user holds in other kernels plus this request."""
+        limit = self.max_vgpus_per_user
+        if limit and request.count and held_elsewhere + request.count > limit:
+            raise VGPURequestError(
+                "vgpus",
+                request.count,
+                f"vGPU count {request.count} would make {held_elsewhere + request.count} vGPUs for you at once "
+                f"({held_elsewhere} in your other kernels); this server allows {limit} per user: "
+                "stop a kernel you no longer use first",
             )
 
 

@@ -165,3 +165,19 @@ def test_memory_cap_sets_the_torch_fraction():
     assert cap_torch(FakeTorch, 2048) == "capped at 2048 MiB per device (cuda:0 0.250 of device memory)"
     assert calls == [(0.25, 0)]
     assert install_cap({}) == "no vGPU memory granted: nothing to cap"
+
+
+async def test_per_user_quota_on_the_local_pool(vgpu_spec):
+    from orion_jupyter.vgpu import VGPURequestError
+
+    config = local_config(4)
+    config.KernelPolicy.max_vgpus_per_user = 1
+    spec = vgpu_spec("local-quota", 1, "1Gi")
+    first = AsyncKernelManager(kernel_name=spec, config=config)
+    await first.start_kernel()
+    try:
+        with pytest.raises(VGPURequestError, match=r"vGPU count 1 would make 2 vGPUs for you at once \(1 in your other kernels\)"):
+            await AsyncKernelManager(kernel_name=spec, config=config).start_kernel()
+        assert free_slots(config) == 3
+    finally:
+        await first.shutdown_kernel(now=True)

@@ -326,3 +326,29 @@ async def test_wait_for_capacity_starts_when_a_vgpu_frees(sim_cluster, vgpu_spec
         assert await waiting.is_alive()
     finally:
         await waiting.shutdown_kernel(now=True)
+
+
+async def test_per_user_quota_across_kernels(sim_cluster, vgpu_spec):
+    from orion_jupyter.vgpu import VGPURequestError
+
+    config = k8s_config(user="alice")
+    config.KernelPolicy.max_vgpus_per_user = 3
+    spec = vgpu_spec("orion-2x1gi", 2, "1Gi")
+    first = AsyncKernelManager(kernel_name=spec, config=config)
+    await first.start_kernel()
+    try:
+        second = AsyncKernelManager(kernel_name=spec, config=config)
+        with pytest.raises(VGPURequestError) as caught:
+            await second.start_kernel()
+        assert str(caught.value) == ("vGPU count 2 would make 4 vGPUs for you at once (2 in your other kernels); "
+                                     "this server allows 3 per user: stop a kernel you no longer use first")
+        assert len(kernel_objects(sim_cluster, "pods")) == 1
+        await first.restart_kernel()  # its own vGPUs do not count against it
+        assert await first.is_alive()
+        bob_config = k8s_config(user="bob")
+        bob_config.KernelPolicy.max_vgpus_per_user = 3
+        bob = AsyncKernelManager(kernel_name=spec, config=bob_config)
+        await bob.start_kernel()
+        await bob.shutdown_kernel(now=True)
+    finally:
+        await first.shutdown_kernel(now=True)

@@ -12,7 +12,8 @@ from ..progress import PROGRESS
 from .client import api_client, default_namespace
 from .cluster import KubeCluster, PodKernel
 from ..errors import KernelLaunchError
-from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests, slug
+from ..pool import TERMINAL_PHASES, extended_limits
+from .manifests import LABEL_KERNEL_ID, LABEL_USER, KernelManifests, KernelPodOptions, build_kernel_manifests, slug
 
 if TYPE_CHECKING:
     from ..provisioner import VGPUProvisioner
@@ -108,6 +109,18 @@ class KubernetesDriver:
         )
         info = dict(self._connection, ip=kernel.ip, key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]
+
+    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int:
+        """vGPUs the user's other kernel pods in this namespace hold, from the watch cache."""
+        await self.cluster.ensure_started()
+        resource, user_label, kernel_label = self.p.backend_model().count_resource, slug(user, 63), slug(other_than_kernel, 63)
+        held = 0
+        for pod in self.cluster.kernel_pods():
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get(LABEL_USER) == user_label and labels.get(LABEL_KERNEL_ID) != kernel_label \
+                    and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+                held += extended_limits(pod).get(resource, 0)
+        return held
 
     async def attach(self, info: dict[str, Any]) -> PodKernel:
         await self.cluster.ensure_started()
