@@ -2,8 +2,9 @@
 
 Cooperative, not a hardware boundary: it sets the frameworks' own per-process limits
 (``torch.cuda.set_per_process_memory_fraction``, TensorFlow's logical device memory limit), which
-code in the kernel could undo. The local backend starts every kernel with ``install()``; the
-widget shows ``STATUS``. Kernel-side: imports nothing from the server.
+code in the kernel could undo. The local backend starts every kernel with ``install()``, and so
+does a kernel pod whose backend does not enforce memory (NVIDIA whole GPUs / time-slicing) when its
+image has orion-jupyter; the widget shows ``STATUS``. Kernel-side: imports nothing from the server.
 """
 
 from __future__ import annotations
@@ -86,5 +87,8 @@ def install(environ: dict | None = None) -> str:
     return f"vGPU memory cap of {allocation.memory_mib} MiB installed (cooperative)"
 
 
-# The ipykernel option that runs install() as the kernel starts.
-KERNEL_ARGUMENT = "--IPKernelApp.exec_lines=['import orion_jupyter.memory_cap as _orion_cap; _orion_cap.install(); del _orion_cap']"
+# The ipykernel option that runs install() as the kernel starts; a no-op in an image without orion-jupyter.
+KERNEL_ARGUMENT = (
+    "--IPKernelApp.exec_lines=[\"__import__('importlib.util').util.find_spec('orion_jupyter') "
+    "and __import__('orion_jupyter.memory_cap', fromlist=['install']).install()\"]"
+)

@@ -352,3 +352,18 @@ async def test_per_user_quota_across_kernels(sim_cluster, vgpu_spec):
         await bob.shutdown_kernel(now=True)
     finally:
         await first.shutdown_kernel(now=True)
+
+
+async def test_nvidia_kernel_gets_the_cooperative_memory_cap(sim_cluster, vgpu_spec):
+    km = AsyncKernelManager(kernel_name=vgpu_spec("nvidia-1x4gi", 1, "4Gi", backend="nvidia"), config=k8s_config())
+    await km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        out = await run_code(client, "import os, sys\nprint(os.environ['ORION_JUPYTER_MEMORY_CAP'], "
+                                     "any(type(f).__name__ == '_CapOnImport' for f in sys.meta_path))")
+        assert out == "cooperative True"
+    finally:
+        client.stop_channels()
+        await km.shutdown_kernel(now=True)

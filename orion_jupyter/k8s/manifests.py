@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from ..allocation import DOWNWARD_FIELDS, ENV_NAMES, KernelAllocation
 from ..backends import Backend
+from ..memory_cap import KERNEL_ARGUMENT
 from ..vgpu import VGPURequest, check_k8s_name
 
 MANAGED_BY = "orion-jupyter"
@@ -46,7 +47,7 @@ KERNEL_ENTRYPOINT = (
     "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
     "with os.fdopen(fd, 'w') as f:\n"
     "    json.dump(info, f)\n"
-    "os.execvp(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', path])\n"
+    "os.execvp(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', path] + sys.argv[1:])\n"
 )
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -168,6 +169,13 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
     return KernelManifests(pod=pod, secret=secret)
 
 
+def _memory_cap(opts: KernelPodOptions) -> str:
+    """enforced by the backend (Orion, HAMi), cooperative (the framework hook), or none (no vGPU)."""
+    if not opts.request.count:
+        return "none"
+    return "enforced" if opts.backend.memory_enforced else "cooperative"
+
+
 def _env(opts: KernelPodOptions) -> list[dict]:
     allocation = KernelAllocation(
         cluster="kubernetes",
@@ -177,7 +185,7 @@ def _env(opts: KernelPodOptions) -> list[dict]:
         compute_percent=opts.request.compute_percent,
         kernel_id=opts.kernel_id,
         user=opts.user,
-        memory_cap="enforced" if opts.backend.memory_enforced and opts.request.count else "none",
+        memory_cap=_memory_cap(opts),
     )
     values = {
         **opts.extra_env,
@@ -213,7 +221,7 @@ def _pod_spec(opts: KernelPodOptions, secret_name: str, extended: Mapping[str, i
         "name": CONTAINER_NAME,
         "image": opts.image,
         "imagePullPolicy": opts.image_pull_policy,
-        "command": [opts.python, "-c", KERNEL_ENTRYPOINT],
+        "command": [opts.python, "-c", KERNEL_ENTRYPOINT, *([KERNEL_ARGUMENT] if _memory_cap(opts) == "cooperative" else [])],
         "env": _env(opts),
         "resources": _compute_resources(opts, extended),
         "volumeMounts": [{"name": "connection", "mountPath": CONNECTION_DIR, "readOnly": True}],
