@@ -10,15 +10,12 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
+from matplotlib import cbook
+from PIL import Image
+from skimage import data as skdata
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("facenet_pytorch")
-
-from matplotlib import cbook  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage import data as skdata  # noqa: E402
-
-from orion_jupyter.demos import facenet  # noqa: E402
+from orion_jupyter.demos import facenet
 
 GRACE_HOPPER = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 # Face regions read off the photos by eye (x1, y1, x2, y2), not from the detector.

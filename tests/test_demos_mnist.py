@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-
-from orion_jupyter.demos import common, mnist  # noqa: E402
+from orion_jupyter.demos import common, mnist
 
 
 def digits_as_28x28(test_every: int = 4):

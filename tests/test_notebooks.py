@@ -14,13 +14,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("nbclient")
-torch = pytest.importorskip("torch")
-
-from nbclient import NotebookClient  # noqa: E402
+import torch
+from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

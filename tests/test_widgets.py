@@ -51,7 +51,6 @@ def no_allocation(monkeypatch):
 
 @pytest.fixture(scope="module")
 def digits_root(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
     from orion_jupyter.demos import mnist
 
     root = tmp_path_factory.mktemp("digits")
