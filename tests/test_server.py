@@ -307,3 +307,22 @@ def test_instructors_by_name_or_jupyterhub_group(jp_serverapp, specs):
     assert state.is_instructor(User(username="teacher"))
     assert state.is_instructor(grader) and not state.is_instructor(student)
     assert not state.is_instructor(User(username="alice"))
+
+
+async def test_last_activity_reaches_the_pod_for_idle_time(api, sim_cluster, jp_serverapp):
+    code, kernel = await api("POST", "kernels", {"spec": "orion-1x4gi"})
+    assert code == 201
+    state = jp_serverapp.web_app.settings["orion_jupyter_state"]
+    await asyncio.sleep(1.0)  # let the new kernel's start-up status messages settle
+    sim_cluster.reset_requests()
+    await state.report_activity()
+    await state.report_activity()  # nothing changed: no second PATCH
+    assert sim_cluster.count_requests(verb="patch", resource="pods") == 1
+    pod = sim_cluster.get("pods", NS, kernel["vgpu"]["pod_name"])
+    stamp = pod["metadata"]["annotations"]["orion-jupyter.io/last-activity"]
+    for _ in range(50):
+        code, view = await api("GET", "class", user="teacher")
+        if view["kernels"][0]["last_activity"] == stamp:
+            break
+        await asyncio.sleep(0.05)
+    assert view["kernels"][0]["last_activity"] == stamp and view["kernels"][0]["idle_seconds"] >= 0

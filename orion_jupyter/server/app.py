@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -24,9 +23,6 @@ from .demos import Demos
 from .state import ANNOTATION_LAST_ACTIVITY, ClusterView, OrionCollector, user_label
 
 COLLECTOR = OrionCollector()
-
-log = logging.getLogger("orion_jupyter.server")
-
 
 class OrionState:
     """Shared by the handlers: the cluster view, the kernel manager, instructors, demos."""
@@ -161,9 +157,13 @@ class OrionState:
 
     # -- last activity on kernel pods, for the class view's idle time ----------------------------
     async def report_activity(self) -> None:
+        """One PATCH per kernel pod whose activity changed since the last report, none otherwise."""
         if self.view.kind != "kubernetes":
             return
-        for kernel in self.kernel_allocations():
+        kernels = self.kernel_allocations()
+        live = {kernel.get("pod") for kernel in kernels}
+        self._reported_activity = {pod: seen for pod, seen in self._reported_activity.items() if pod in live}
+        for kernel in kernels:
             pod, activity = kernel.get("pod"), kernel.get("last_activity")
             if not pod or activity is None or self._reported_activity.get(pod) == activity:
                 continue
