@@ -503,19 +503,8 @@ class DemoRunner(widgets.VBox):
                 )
                 self._show(mnist.plot_history(partial), f"MNIST after epoch {report.epoch}")
 
-        kwargs = dict(lr=s.mnist_lr, data=data, seed=None)
-        kwargs.update(s.mnist_kwargs)
-        result = mnist.train(
-            epochs=self.epochs.value,
-            batch_size=self.batch_size.value,
-            device=s.device,
-            progress=progress,
-            should_stop=self._stop_event.is_set,
-            **kwargs,
-        )
-        if result.history:
-            self._show(mnist.plot_history(result), result.summary())
-        return result
+        return self._train(mnist.train, mnist.plot_history, progress,
+                           **{"lr": s.mnist_lr, "data": data, "seed": None, **s.mnist_kwargs})
 
     def _run_facenet(self) -> Any:
         from .demos import facenet
@@ -537,19 +526,17 @@ class DemoRunner(widgets.VBox):
                 ax.grid(alpha=0.3)
                 self._show(fig, f"triplet loss after epoch {report.epoch}")
 
-        kwargs = dict(steps_per_epoch=s.facenet_steps_per_epoch, holdout=s.facenet_holdout, seed=None)
-        kwargs.update(s.facenet_kwargs)
-        result = facenet.train_triplet(
-            facenet.SyntheticIdentities(s.facenet_identities),
-            epochs=self.epochs.value,
-            batch_size=self.batch_size.value,
-            device=s.device,
-            progress=progress,
-            should_stop=self._stop_event.is_set,
-            **kwargs,
-        )
+        return self._train(facenet.train_triplet, facenet.plot_triplet, progress,
+                           facenet.SyntheticIdentities(s.facenet_identities),
+                           **{"steps_per_epoch": s.facenet_steps_per_epoch, "holdout": s.facenet_holdout,
+                              "seed": None, **s.facenet_kwargs})
+
+    def _train(self, train: Any, plot: Any, progress: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a demo's training with the sliders' settings; plot its result when it has one."""
+        result = train(*args, epochs=self.epochs.value, batch_size=self.batch_size.value, device=self.settings.device,
+                       progress=progress, should_stop=self._stop_event.is_set, **kwargs)
         if result.history:
-            self._show(facenet.plot_triplet(result), result.summary())
+            self._show(plot(result), result.summary())
         return result
 
 

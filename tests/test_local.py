@@ -15,6 +15,7 @@ from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool
 from orion_jupyter.memory_cap import install as install_cap
 from orion_jupyter.vgpu import VGPURequest
+from tests.kernel_io import run_in_kernel
 
 
 def local_config(slots: int = 4) -> Config:
@@ -23,21 +24,6 @@ def local_config(slots: int = 4) -> Config:
     config.LocalPool.gpus = 0  # a CPU-only pool, whatever this machine has
     config.LocalPool.cpu_slots = slots
     return config
-
-
-async def run_code(km: AsyncKernelManager, code: str) -> str:
-    client = km.client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=60)
-        chunks: list[str] = []
-        reply = await client.execute_interactive(
-            code, timeout=60,
-            output_hook=lambda msg: chunks.append(msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        return "".join(chunks).strip()
-    finally:
-        client.stop_channels()
 
 
 def free_slots(config: Config) -> int:
@@ -49,13 +35,13 @@ async def test_kernel_gets_its_allocation_in_env(vgpu_spec):
     km = AsyncKernelManager(kernel_name=vgpu_spec("local-1x2gi", 1, "2Gi"), config=config)
     await km.start_kernel(vgpu={"memory": "3Gi"})
     try:
-        out = await run_code(km, "import os; print(os.environ['ORION_GMEM'], os.environ['ORION_VGPU'], "
+        out = await run_in_kernel(km, "import os; print(os.environ['ORION_GMEM'], os.environ['ORION_VGPU'], "
                                  "repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['ORION_JUPYTER_CLUSTER'])")
         assert out == "3072 1 '' local"
         assert free_slots(config) == 3
         await km.restart_kernel()
         assert free_slots(config) == 3  # a restart keeps its one slot
-        assert await run_code(km, "import os; print(os.environ['ORION_GMEM'])") == "3072"
+        assert await run_in_kernel(km, "import os; print(os.environ['ORION_GMEM'])") == "3072"
     finally:
         await km.shutdown_kernel()
     assert free_slots(config) == 4

@@ -11,6 +11,7 @@ from nbclient import NotebookClient
 from traitlets.config import Config
 
 from orion_jupyter.errors import KernelLaunchError
+from tests.kernel_io import run_code
 
 NS = "class-ai101"
 
@@ -23,15 +24,6 @@ def k8s_config(**provisioner) -> Config:
     for key, value in provisioner.items():
         setattr(config.VGPUProvisioner, key, value)
     return config
-
-
-async def run_code(client, code: str) -> str:
-    chunks: list[str] = []
-    reply = await client.execute_interactive(
-        code, timeout=60,
-        output_hook=lambda msg: chunks.append(msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return "".join(chunks).strip()
 
 
 def kernel_objects(cluster, kind: str) -> list[dict]:

@@ -53,6 +53,13 @@ class TrainingProgress:
     epoch_done: bool = False
     accuracy: Optional[float] = None
 
+    @classmethod
+    def epoch_end(cls, stats: "EpochStats", epochs: int, steps: int) -> "TrainingProgress":
+        """The report that closes an epoch, from its statistics."""
+        return cls(epoch=stats.epoch, epochs=epochs, step=steps, steps=steps, loss=stats.loss,
+                   fraction=stats.epoch / epochs, images_per_s=stats.images_per_s, epoch_done=True,
+                   accuracy=stats.accuracy)
+
 
 @dataclass(frozen=True)
 class EpochStats:

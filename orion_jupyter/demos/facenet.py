@@ -1053,18 +1053,7 @@ def train_triplet(
         )
         result.history.append(stats)
         if progress is not None:
-            progress(
-                TrainingProgress(
-                    epoch=epoch,
-                    epochs=epochs,
-                    step=steps_per_epoch,
-                    steps=steps_per_epoch,
-                    loss=stats.loss,
-                    fraction=epoch / epochs,
-                    images_per_s=stats.images_per_s,
-                    epoch_done=True,
-                )
-            )
+            progress(TrainingProgress.epoch_end(stats, epochs, steps_per_epoch))
     model.eval()
     if holdout_set is not None:
         result.holdout = separation(model, *holdout_set)

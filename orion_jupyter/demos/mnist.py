@@ -511,19 +511,7 @@ def train(
         )
         result.history.append(stats)
         if progress is not None:
-            progress(
-                TrainingProgress(
-                    epoch=epoch,
-                    epochs=epochs,
-                    step=steps,
-                    steps=steps,
-                    loss=stats.loss,
-                    fraction=epoch / epochs,
-                    images_per_s=stats.images_per_s,
-                    epoch_done=True,
-                    accuracy=accuracy,
-                )
-            )
+            progress(TrainingProgress.epoch_end(stats, epochs, steps))
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
