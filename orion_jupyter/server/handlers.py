@@ -151,11 +151,9 @@ class ClassHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        kernels = self.state.view.class_kernels()
-        if not self.is_instructor:
-            mine = user_label(self.username)
-            kernels = [k for k in kernels if user_label(k["user"]) == mine]
-        self.reply({"kernels": kernels, "instructor": self.is_instructor})
+        instructor = self.is_instructor
+        kernels = self.state.view.class_kernels(None if instructor else self.username)
+        self.reply({"kernels": kernels, "instructor": instructor})
 
 
 class ClassPodHandler(OrionHandler):

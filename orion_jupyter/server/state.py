@@ -20,6 +20,7 @@ from ..k8s.manifests import (
     ANNOTATION_REQUEST,
     ANNOTATION_USER,
     LABEL_KERNEL_ID,
+    LABEL_USER,
     slug,
 )
 from ..kernelspecs import spec_request, vgpu_specs
@@ -149,17 +150,22 @@ class ClusterView:
             pods.extend(cluster.kernel_pods())
         return pods
 
-    def class_kernels(self) -> list[dict[str, Any]]:
-        """Every orion-jupyter kernel in the class namespace(s) (or, locally, in the slot table)."""
+    def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Every orion-jupyter kernel in the class namespace(s) (or, locally, in the slot table);
+        only ``user``'s when given (filtered before summarising: a student's view stays cheap)."""
         if self.local is not None:
-            return [
+            kernels = [
                 {"pod": None, "namespace": None, "user": entry.get("user", ""), "kernel_id": kernel_id,
                  "node": "local", "phase": "Running" if entry.get("pid") else "Pending", "reason": "",
                  "backend": self.settings.backend, **(entry.get("request") or {}),
                  "started": None, "last_activity": None, "idle_seconds": None, "pid": entry.get("pid")}
                 for kernel_id, entry in self.local.holders().items()
             ]
-        return [pod_summary(pod) for pod in self.kernel_pods()]
+            return [k for k in kernels if user is None or user_label(k["user"]) == user_label(user)]
+        pods = self.kernel_pods()
+        if user is not None:
+            pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_USER) == user_label(user)]
+        return [pod_summary(pod) for pod in pods]
 
     def find_pod(self, name: str) -> tuple[Any, dict] | None:
         for cluster in self.clusters:
