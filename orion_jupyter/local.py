@@ -176,20 +176,32 @@ class LocalPool(LoggingConfigurable):
         devices = self.devices()
         with self._table() as table:
             table.pop(kernel_id, None)  # a restart gives back what it held
-            used = self._usage(table)
-            free = {d.index: [d.slices - used.get(d.index, (0, 0))[0], d.memory_mib - used.get(d.index, (0, 0))[1]] for d in devices}
-            slots: list[tuple[int, int]] = []
-            for _ in range(request.count):
-                candidates = [i for i, (s, m) in free.items() if s > 0 and m >= request.memory_mib]
-                if not candidates:
-                    raise KernelLaunchError("unschedulable", self._shortage_text(devices, table, request))
-                index = max(candidates, key=lambda i: (free[i][1], -i))
-                free[index][0] -= 1
-                free[index][1] -= request.memory_mib
-                slots.append((index, request.memory_mib))
+            slots = self._fit(devices, table, request)
+            if slots is None:
+                raise KernelLaunchError("unschedulable", self._shortage_text(devices, table, request))
             me = os.getpid()
             table[kernel_id] = {"user": user, "slots": slots, "request": request.as_dict(), "pid": None,
                                 "owner_pid": me, "owner_start": _process_start(me), "reserved_at": time.time()}
+        return slots
+
+    def can_serve(self, request: VGPURequest) -> bool:
+        """Whether reserve() would succeed now (nothing is taken)."""
+        with self._table() as table:
+            return request.count == 0 or self._fit(self.devices(), table, request) is not None
+
+    def _fit(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> list[tuple[int, int]] | None:
+        """Slots for ``request`` (one GPU each, most free memory first), or None when they do not fit."""
+        used = self._usage(table)
+        free = {d.index: [d.slices - used.get(d.index, (0, 0))[0], d.memory_mib - used.get(d.index, (0, 0))[1]] for d in devices}
+        slots: list[tuple[int, int]] = []
+        for _ in range(request.count):
+            candidates = [i for i, (s, m) in free.items() if s > 0 and m >= request.memory_mib]
+            if not candidates:
+                return None
+            index = max(candidates, key=lambda i: (free[i][1], -i))
+            free[index][0] -= 1
+            free[index][1] -= request.memory_mib
+            slots.append((index, request.memory_mib))
         return slots
 
     def shortage(self, request: VGPURequest) -> str:

@@ -10,6 +10,7 @@ import base64
 import io
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -54,11 +55,36 @@ class TrainingProgress:
     accuracy: Optional[float] = None
 
     @classmethod
+    def mid_epoch(cls, epoch: int, epochs: int, step: int, steps: int, loss: float, seen: int,
+                  epoch_start: float) -> "TrainingProgress":
+        """A report during an epoch: ``seen`` images since ``epoch_start`` (a perf_counter time)."""
+        elapsed = max(time.perf_counter() - epoch_start, 1e-9)
+        return cls(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=loss,
+                   fraction=((epoch - 1) * steps + step) / (epochs * steps), images_per_s=seen / elapsed)
+
+    @classmethod
     def epoch_end(cls, stats: "EpochStats", epochs: int, steps: int) -> "TrainingProgress":
         """The report that closes an epoch, from its statistics."""
         return cls(epoch=stats.epoch, epochs=epochs, step=steps, steps=steps, loss=stats.loss,
                    fraction=stats.epoch / epochs, images_per_s=stats.images_per_s, epoch_done=True,
                    accuracy=stats.accuracy)
+
+
+class EpochHistory:
+    """What every demo result derives from its ``history`` of :class:`EpochStats`."""
+
+    history: list
+
+    @property
+    def losses(self) -> list[float]:
+        return [e.loss for e in self.history]
+
+    @property
+    def images_per_s(self) -> float:
+        """Mean training throughput over the finished epochs."""
+        if not self.history:
+            return 0.0
+        return sum(e.images_per_s for e in self.history) / len(self.history)
 
 
 @dataclass(frozen=True)

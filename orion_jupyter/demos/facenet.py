@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from .common import (
+    EpochHistory,
     EpochStats,
     ProgressCallback,
     StopCheck,
@@ -876,7 +877,7 @@ def separation(model: "torch.nn.Module", images: "torch.Tensor", labels: Any) ->
 
 
 @dataclass
-class TripletResult:
+class TripletResult(EpochHistory):
     """What :func:`train_triplet` did: per-epoch loss and images/s, and how well it separates
     people it never saw (``holdout``), before and after training."""
 
@@ -892,16 +893,6 @@ class TripletResult:
     holdout: Optional[Separation] = None
     holdout_before: Optional[Separation] = None
     model: Any = field(default=None, repr=False)
-
-    @property
-    def losses(self) -> list[float]:
-        return [e.loss for e in self.history]
-
-    @property
-    def images_per_s(self) -> float:
-        if not self.history:
-            return 0.0
-        return sum(e.images_per_s for e in self.history) / len(self.history)
 
     def summary(self) -> str:
         if not self.history:
@@ -1000,7 +991,6 @@ def train_triplet(
     if holdout_set is not None:
         result.holdout_before = separation(model, *holdout_set)
 
-    total_steps = epochs * steps_per_epoch
     takes_device = "device" in inspect.signature(source.sample_batch).parameters
     report_every = reporting_interval(steps_per_epoch)
     for epoch in range(1, epochs + 1):
@@ -1029,18 +1019,8 @@ def train_triplet(
                 )
             seen += len(labels)
             if progress is not None and (step % report_every == 0 or step == steps_per_epoch):
-                elapsed = max(time.perf_counter() - epoch_start, 1e-9)
-                progress(
-                    TrainingProgress(
-                        epoch=epoch,
-                        epochs=epochs,
-                        step=step,
-                        steps=steps_per_epoch,
-                        loss=float(loss_sum) / step,
-                        fraction=((epoch - 1) * steps_per_epoch + step) / total_steps,
-                        images_per_s=seen / elapsed,
-                    )
-                )
+                progress(TrainingProgress.mid_epoch(epoch, epochs, step, steps_per_epoch, float(loss_sum) / step,
+                                                    seen, epoch_start))
         if result.stopped:
             break
         synchronize(dev)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .common import (
     DATA_DIR_ENV,
+    EpochHistory,
     EpochStats,
     ProgressCallback,
     StopCheck,
@@ -113,7 +114,7 @@ class MNISTData:
 
 
 @dataclass
-class MNISTResult:
+class MNISTResult(EpochHistory):
     """What :func:`train` did: per-epoch loss, held-out accuracy and throughput."""
 
     history: list[EpochStats]
@@ -128,23 +129,12 @@ class MNISTResult:
     model: Any = field(default=None, repr=False)
 
     @property
-    def losses(self) -> list[float]:
-        return [e.loss for e in self.history]
-
-    @property
     def accuracies(self) -> list[float]:
         return [e.accuracy for e in self.history if e.accuracy is not None]
 
     @property
     def final_accuracy(self) -> Optional[float]:
         return self.accuracies[-1] if self.accuracies else None
-
-    @property
-    def images_per_s(self) -> float:
-        """Mean training throughput over the finished epochs."""
-        if not self.history:
-            return 0.0
-        return sum(e.images_per_s for e in self.history) / len(self.history)
 
     def summary(self) -> str:
         if not self.history:
@@ -452,7 +442,6 @@ def train(
     if seed is not None:
         generator.manual_seed(seed)
     steps = math.ceil(n_train / batch_size)
-    total_steps = steps * epochs
     report_every = reporting_interval(steps)
     result = MNISTResult(
         history=[],
@@ -485,18 +474,7 @@ def train(
             seen += len(index)
             if progress is not None and (step % report_every == 0 or step == steps):
                 mean_loss = float(loss_sum) / seen  # syncs the GPU: honest images/s
-                elapsed = max(time.perf_counter() - epoch_start, 1e-9)
-                progress(
-                    TrainingProgress(
-                        epoch=epoch,
-                        epochs=epochs,
-                        step=step,
-                        steps=steps,
-                        loss=mean_loss,
-                        fraction=((epoch - 1) * steps + step) / total_steps,
-                        images_per_s=seen / elapsed,
-                    )
-                )
+                progress(TrainingProgress.mid_epoch(epoch, epochs, step, steps, mean_loss, seen, epoch_start))
         if result.stopped:
             break
         synchronize(dev)

@@ -24,7 +24,7 @@ from ..k8s.manifests import (
     slug,
 )
 from ..kernelspecs import spec_request, vgpu_specs
-from ..local import MEMORY_RESOURCE, VGPU_RESOURCE, LocalPool
+from ..local import VGPU_RESOURCE, LocalPool
 from ..pool import PoolSnapshot
 from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest
@@ -120,25 +120,23 @@ class ClusterView:
     def count_resource(self) -> str:
         return VGPU_RESOURCE if self.local is not None else self.backend.count_resource
 
+    def _backend(self, name: str | None) -> Any:
+        """A spec's backend (with this server's resource and env overrides), or the default one."""
+        return get_backend(name, self.settings.resource_names, self.settings.env_names) if name else self.backend
+
     def can_serve(self, request: VGPURequest, backend_name: str | None = None) -> bool | None:
         if request.count == 0:
             return True
-        pool = self.pool()
         if self.local is not None:
-            per_vgpu = {VGPU_RESOURCE: 1, MEMORY_RESOURCE: request.memory_mib}
-            fitting = sum(
-                min(n.resources[VGPU_RESOURCE].free, n.resources[MEMORY_RESOURCE].free // max(request.memory_mib, 1))
-                for n in pool.nodes if n.fits(per_vgpu)
-            )
-            return fitting >= request.count
-        backend = get_backend(backend_name, self.settings.resource_names, self.settings.env_names) if backend_name else self.backend
-        return pool.can_serve(backend.resources(request))
+            return self.local.can_serve(request)
+        backend = self._backend(backend_name)
+        return self.pool().can_serve(backend.resources(request))
 
     def shortage(self, request: VGPURequest, backend_name: str | None = None) -> str:
         """Why the pool cannot serve ``request`` now, in the words a launch failure would use."""
         if self.local is not None:
             return self.local.shortage(request)
-        backend = get_backend(backend_name, self.settings.resource_names, self.settings.env_names) if backend_name else self.backend
+        backend = self._backend(backend_name)
         resources = backend.resources(request)
         pool = self.pool()
         resource = pool.short_resource(resources) or backend.count_resource
