@@ -7,6 +7,6 @@ Run ``python -m benchmarks`` from the repository root (``--help`` for the option
 * ``scale``: the server extension's views with thousands of kernel pods and a hundred nodes.
 * ``demos``: MNIST images/s through the widget's runner against a plain loop (needs CUDA).
 
-The simulated cluster is ``tests.kubesim``; it runs inside the benchmark process, so the
+The simulated cluster is ``kubesim``; it runs inside the benchmark process, so the
 benchmarks can timestamp what happens in it without any hook in the product code.
 """

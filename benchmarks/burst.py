@@ -162,7 +162,7 @@ def _shutdown(server: JupyterServer, cluster: Any, section: Section) -> None:
 
 
 def _run(name: str, kubelet: str, n: int, extra_config: dict | None = None) -> Section:
-    from tests.kubesim import SimNode
+    from kubesim import SimNode
 
     section = Section(name)
     section.data["kubelet"] = kubelet

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # tests.kubesim, also when run from elsewhere
-    sys.path.insert(0, str(ROOT))
 
 NAMESPACE = "bench"
 LOG_DIR: str | None = None  # where the Jupyter servers' logs are kept (set by __main__)
@@ -190,7 +188,7 @@ def stop_process(proc: subprocess.Popen, grace: float = 20.0, sig: int = signal.
 class ConnectionCounter:
     """Counts the TCP connections the simulated API server accepts, and the ones clients reset.
 
-    Wraps the server object's own methods at run time (nothing in tests/kubesim changes). A reset
+    Wraps the server object's own methods at run time (nothing in kubesim changes). A reset
     is a client closing a connection with a response it never read; socketserver would print a
     traceback for each, which only clutters the table.
     """
@@ -217,7 +215,7 @@ class ConnectionCounter:
 @contextlib.contextmanager
 def sim_cluster(nodes: list, **kwargs: Any) -> Iterator[Any]:
     """A started kubesim cluster, stopped (pod processes killed) however the block ends."""
-    from tests.kubesim import SimCluster
+    from kubesim import SimCluster
 
     cluster = SimCluster(nodes=nodes, python=sys.executable, **kwargs).start()
     ConnectionCounter(cluster)

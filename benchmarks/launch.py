@@ -213,7 +213,7 @@ async def _run(n: int, cluster: Any, section: Section) -> None:
 
 
 def run(quick: bool = False) -> Section:
-    from tests.kubesim import SimNode
+    from kubesim import SimNode
 
     section = Section("launch")
     n = 2 if quick else 15

@@ -48,7 +48,7 @@ MEMORIES = ("2Gi", "4Gi", "4Gi", "8Gi")
 
 
 def _nodes(count: int) -> list[Any]:
-    from tests.kubesim import SimNode
+    from kubesim import SimNode
 
     return [SimNode(f"gpu-{i:03d}", kubelet="fake", labels={"gpu": "a100"}, allocatable={
         VGPU: 64, "nvidia.com/gpu": 8, "nvidia.com/gpumem": 81920, "cpu": "128", "memory": "1024Gi", "pods": 110,

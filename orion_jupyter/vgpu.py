@@ -228,17 +228,24 @@ class VGPURequest:
 
     def describe(self) -> str:
         """'1 vGPU · 4 GiB', '2 vGPUs × 8 GiB', 'CPU only'."""
-        if self.count == 0:
-            return "CPU only"
-        text = f"1 vGPU · {format_mib(self.memory_mib)}" if self.count == 1 else (
-            f"{self.count} vGPUs × {format_mib(self.memory_mib)}"
-        )
-        if self.compute_percent is not None:
-            text += f" · {self.compute_percent}% compute"
-        return text
+        return format_allocation(self.count, self.memory_mib, self.compute_percent)
 
     def as_dict(self) -> dict[str, Any]:
         return {"vgpus": self.count, "memory_mib": self.memory_mib, "compute_percent": self.compute_percent}
+
+
+def format_allocation(vgpus: int | None, memory_mib: int | None, compute_percent: int | None = None) -> str:
+    """The one way an allocation is written for people: '1 vGPU · 4 GiB', '2 vGPUs × 8 GiB', 'CPU only'.
+
+    The CLI, the widget and the server's ``label`` fields (shown as is by the labextension) use it.
+    """
+    if not vgpus:
+        return "CPU only"
+    memory = format_mib(memory_mib or 0)
+    text = f"1 vGPU · {memory}" if vgpus == 1 else f"{vgpus} vGPUs × {memory}"
+    if compute_percent is not None:
+        text += f" · {compute_percent}% compute"
+    return text
 
 
 def plural_vgpus(count: int) -> str:

@@ -13,7 +13,7 @@ from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
 
 # pytest-jupyter runs async tests on the loop its Jupyter server fixtures use.
-pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kubesim.fixtures"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "kubesim.fixtures"]
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.kubesim import SimCluster, SimNode
+from kubesim import SimCluster, SimNode
 
-# The sim_cluster fixture comes from tests.kubesim.fixtures, loaded by tests/conftest.py.
+# The sim_cluster fixture comes from kubesim.fixtures, loaded by tests/conftest.py.
 
 NS = "default"
 GPU = "virtaitech.com/gpu"

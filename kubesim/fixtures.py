@@ -1,4 +1,4 @@
-"""pytest fixtures; load with ``pytest_plugins = ["tests.kubesim.fixtures"]``."""
+"""pytest fixtures; load with ``pytest_plugins = ["kubesim.fixtures"]``."""
 
 from __future__ import annotations
 

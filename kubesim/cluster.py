@@ -80,7 +80,7 @@ def _taint(taint) -> dict:
 
 
 class SimCluster:
-    """A Kubernetes API server on 127.0.0.1 with a scheduler and kubelets; see tests/kubesim/README.md."""
+    """A Kubernetes API server on 127.0.0.1 with a scheduler and kubelets; see kubesim/README.md."""
 
     def __init__(
         self, nodes: list[SimNode] | None = None, python: str = sys.executable,
