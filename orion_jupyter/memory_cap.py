@@ -4,7 +4,12 @@ Cooperative, not a hardware boundary: it sets the frameworks' own per-process li
 (``torch.cuda.set_per_process_memory_fraction``, TensorFlow's logical device memory limit), which
 code in the kernel could undo. The local backend starts every kernel with ``install()``, and so
 does a kernel pod whose backend does not enforce memory (NVIDIA whole GPUs / time-slicing) when its
-image has orion-jupyter; the widget shows ``STATUS``. Kernel-side: imports nothing from the server.
+image has orion-jupyter. ``STATUS`` says what was done per framework, for the user to read (the
+widget shows the allocation's ``memory_cap`` mode from the environment, not ``STATUS``).
+
+``install()`` is also the kernel's start hook: it makes the kernel's control-channel ``usage_reply``
+report its vGPU memory in use (``usage.install_reply_hook``), with or without a cap to apply.
+Kernel-side: imports nothing from the server.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .allocation import KernelAllocation
+from .usage import HOOK, install_reply_hook
 
 MIB = 1024 * 1024
-STATUS: dict[str, str] = {}  # framework -> what was done, for the widget and the user
+STATUS: dict[str, str] = {}  # framework -> what was done, for the user (print it in the kernel)
 
 
 def cap_torch(torch: Any, memory_mib: int) -> str:
@@ -75,10 +82,21 @@ class _CapOnImport(importlib.abc.MetaPathFinder):
 
 
 def install(environ: dict | None = None) -> str:
-    """Cap frameworks already imported now and the others when they are imported."""
+    """Cap frameworks already imported now and the others when they are imported.
+
+    Also hooks the running kernel's ``usage_reply`` (a no-op outside a kernel). A backend that
+    enforces memory itself (``memory_cap=enforced``) gets the hook and no framework cap.
+    """
+    try:
+        install_reply_hook()
+    except Exception as err:  # noqa: BLE001 - never break the kernel's start over the report
+        HOOK["usage_reply"] = f"usage_reply hook not installed: {err}"
     allocation = KernelAllocation.from_env(environ)
     if allocation is None or not allocation.vgpus or not allocation.memory_mib:
         return "no vGPU memory granted: nothing to cap"
+    if allocation.memory_cap == "enforced":
+        backend = allocation.backend or "vGPU"
+        return f"vGPU memory of {allocation.memory_mib} MiB enforced by the {backend} backend: no framework cap"
     for name in CAPS:
         if name in sys.modules:
             _apply(name, sys.modules[name], allocation.memory_mib)
@@ -87,7 +105,8 @@ def install(environ: dict | None = None) -> str:
     return f"vGPU memory cap of {allocation.memory_mib} MiB installed (cooperative)"
 
 
-# The ipykernel option that runs install() as the kernel starts; a no-op in an image without orion-jupyter.
+# The ipykernel option that runs install() as the kernel starts (cap + usage_reply hook); a no-op in an
+# image without orion-jupyter.
 KERNEL_ARGUMENT = (
     "--IPKernelApp.exec_lines=[\"__import__('importlib.util').util.find_spec('orion_jupyter') "
     "and __import__('orion_jupyter.memory_cap', fromlist=['install']).install()\"]"

@@ -1,0 +1,335 @@
+"""The local backend: vGPU slots on this machine, kernels as local processes.
+
+A pool of GPUs (found with nvidia-smi, or declared), each cut into slices; a vGPU takes one
+slice and its memory from one GPU. With no GPU the pool is CPU-only, so vGPU kernel specs, the
+panel and the widget still work. The slot table is a small JSON file under a file lock, so
+concurrent launches (and several servers) never hand out one slot twice; entries whose process
+is gone are reclaimed whenever the table is read. The process itself is started by jupyter_client's
+own LocalProvisioner, with the allocation in its environment and the memory cap hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from jupyter_core.paths import jupyter_runtime_dir
+from traitlets import Int, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .allocation import KernelAllocation
+from .errors import KernelLaunchError
+from .memory_cap import KERNEL_ARGUMENT
+from .pool import NodePool, PoolSnapshot, ResourceCount
+from .vgpu import VGPURequest, format_mib, parse_memory
+
+if TYPE_CHECKING:
+    from .provisioner import VGPUProvisioner
+
+VGPU_RESOURCE = "orion-jupyter.io/vgpu"
+MEMORY_RESOURCE = "orion-jupyter.io/vgpu-memory-mib"
+
+
+@dataclass(frozen=True)
+class LocalDevice:
+    index: int  # CUDA index; -1 for the CPU-only pool
+    name: str
+    memory_mib: int
+    slices: int
+
+
+def detect_gpus() -> list[tuple[int, str, int]]:
+    """(index, name, MiB) of the NVIDIA GPUs nvidia-smi reports; none when there is no driver."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        index, name, memory = (part.strip() for part in line.split(","))
+        gpus.append((int(index), name, int(float(memory))))
+    return gpus
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time (from /proc), so a recycled pid is not mistaken for our kernel."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, start: str | None) -> bool:
+    return bool(pid) and _process_start(pid) == start  # type: ignore[arg-type]
+
+
+class LocalPool(LoggingConfigurable):
+    """``c.LocalPool.gpus = 1; c.LocalPool.slices_per_gpu = 4``: the vGPU slots of this machine."""
+
+    gpus = Int(-1, config=True, help="GPUs to offer; -1: every GPU nvidia-smi finds; 0: a CPU-only pool.")
+    gpu_memory = Unicode("", config=True, help="Memory per GPU when declared (e.g. '24Gi'); default: as detected.")
+    slices_per_gpu = Int(4, config=True, help="vGPUs each GPU is cut into.")
+    cpu_slots = Int(4, config=True, help="vGPU slots of the CPU-only pool (no GPU): kernels run on the CPU.")
+    cpu_slot_memory = Unicode("4Gi", config=True, help="Nominal memory per slot of the CPU-only pool.")
+    state_file = Unicode("", config=True, help="The slot table; default orion-vgpu-slots.json in the Jupyter runtime dir.")
+
+    @functools.cached_property
+    def _devices(self) -> list[LocalDevice]:
+        return self._find_devices()
+
+    def devices(self) -> list[LocalDevice]:
+        """The GPUs (or the CPU-only pool) this pool hands out; detected once per pool."""
+        return self._devices
+
+    def _find_devices(self) -> list[LocalDevice]:
+        detected = detect_gpus() if self.gpus != 0 else []
+        if self.gpus > 0 and (self.gpu_memory or len(detected) < self.gpus):
+            memory = parse_memory(self.gpu_memory or "16Gi", "LocalPool.gpu_memory", "gpu_memory")
+            detected = [(i, f"GPU {i} (declared)", memory) for i in range(self.gpus)]
+        elif self.gpus > 0:
+            detected = detected[: self.gpus]
+        if detected:
+            return [LocalDevice(i, name, mib, self.slices_per_gpu) for i, name, mib in detected]
+        slot_mib = parse_memory(self.cpu_slot_memory, "LocalPool.cpu_slot_memory", "cpu_slot_memory")
+        return [LocalDevice(-1, "CPU (no GPU)", slot_mib * self.cpu_slots, self.cpu_slots)]
+
+    def path(self) -> Path:
+        return Path(self.state_file or Path(jupyter_runtime_dir()) / "orion-vgpu-slots.json")
+
+    @contextlib.contextmanager
+    def _table(self) -> Iterator[dict[str, Any]]:
+        """The slot table, locked for the duration, with dead holders already removed."""
+        path = self.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                table = json.loads(path.read_text()) if path.exists() else {}
+            except ValueError:
+                table = {}
+            for kernel_id in [k for k, entry in table.items() if not self._held(entry)]:
+                self.log.info("reclaiming the vGPU slot of kernel %s (its process is gone)", kernel_id)
+                del table[kernel_id]
+            yield table
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, path)
+
+    @staticmethod
+    def _held(entry: dict[str, Any]) -> bool:
+        if entry.get("pid"):
+            return _alive(entry["pid"], entry.get("pid_start"))
+        # Reserved, not yet started: held while the reserving server lives (and not forever).
+        return _alive(entry.get("owner_pid"), entry.get("owner_start")) and time.time() - entry.get("reserved_at", 0) < 600
+
+    def _usage(self, table: dict[str, Any]) -> dict[int, tuple[int, int]]:
+        used: dict[int, tuple[int, int]] = {}
+        for entry in table.values():
+            for index, memory in entry["slots"]:
+                slices, mib = used.get(index, (0, 0))
+                used[index] = (slices + 1, mib + memory)
+        return used
+
+    def snapshot(self) -> PoolSnapshot:
+        with self._table() as table:
+            used = self._usage(table)
+        host = socket.gethostname()
+        nodes = []
+        for device in self.devices():
+            slices, mib = used.get(device.index, (0, 0))
+            label = "cpu" if device.index < 0 else f"gpu{device.index}"
+            nodes.append(NodePool(
+                name=f"{host}/{label}",
+                labels={"name": device.name},
+                resources={
+                    VGPU_RESOURCE: ResourceCount(device.slices, slices),
+                    MEMORY_RESOURCE: ResourceCount(device.memory_mib, mib),
+                },
+            ))
+        return PoolSnapshot(nodes=nodes, source="local")
+
+    def holders(self) -> dict[str, dict[str, Any]]:
+        with self._table() as table:
+            return dict(table)
+
+    def reserve(self, kernel_id: str, user: str, request: VGPURequest) -> list[tuple[int, int]]:
+        """Take ``request.count`` slots (one GPU each, most free memory first) or fail at once."""
+        if request.count == 0:
+            return []
+        devices = self.devices()
+        with self._table() as table:
+            table.pop(kernel_id, None)  # a restart gives back what it held
+            slots = self._fit(devices, table, request)
+            if slots is None:
+                raise KernelLaunchError("unschedulable", self._shortage_text(devices, table, request))
+            me = os.getpid()
+            table[kernel_id] = {"user": user, "slots": slots, "request": request.as_dict(), "pid": None,
+                                "owner_pid": me, "owner_start": _process_start(me), "reserved_at": time.time()}
+        return slots
+
+    def can_serve(self, request: VGPURequest) -> bool:
+        """Whether reserve() would succeed now (nothing is taken)."""
+        with self._table() as table:
+            return request.count == 0 or self._fit(self.devices(), table, request) is not None
+
+    def _fit(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> list[tuple[int, int]] | None:
+        """Slots for ``request`` (one GPU each, most free memory first), or None when they do not fit."""
+        used = self._usage(table)
+        free = {d.index: [d.slices - used.get(d.index, (0, 0))[0], d.memory_mib - used.get(d.index, (0, 0))[1]] for d in devices}
+        slots: list[tuple[int, int]] = []
+        for _ in range(request.count):
+            candidates = [i for i, (s, m) in free.items() if s > 0 and m >= request.memory_mib]
+            if not candidates:
+                return None
+            index = max(candidates, key=lambda i: (free[i][1], -i))
+            free[index][0] -= 1
+            free[index][1] -= request.memory_mib
+            slots.append((index, request.memory_mib))
+        return slots
+
+    def shortage(self, request: VGPURequest) -> str:
+        """Why ``request`` cannot be served now, as reserve() would say it."""
+        with self._table() as table:
+            return self._shortage_text(self.devices(), table, request)
+
+    def _shortage_text(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> str:
+        largest = max(d.memory_mib for d in devices)
+        if request.memory_mib > largest:
+            return (f"Not enough vGPU memory: this kernel asks {format_mib(request.memory_mib)} per vGPU, "
+                    f"and the largest device here has {format_mib(largest)}. Ask for less vGPU memory.")
+        total = sum(d.slices for d in devices)
+        in_use = sum(len(e["slots"]) for e in table.values())
+        need = f"needs {request.count} vGPU{'s' if request.count != 1 else ''}"
+        return (f"Not enough vGPUs free: this kernel {need}; {max(total - in_use, 0)} of {total} are free right now "
+                f"({in_use} in use). Stop a kernel you no longer use, ask for fewer vGPUs or less memory, or try again later.")
+
+    def started(self, kernel_id: str, pid: int) -> None:
+        with self._table() as table:
+            if kernel_id in table:
+                table[kernel_id].update(pid=pid, pid_start=_process_start(pid))
+
+    def release(self, kernel_id: str) -> None:
+        with self._table() as table:
+            table.pop(kernel_id, None)
+
+
+class LocalKernel:
+    """A kernel process holding local slots; the process is jupyter_client's LocalProvisioner's."""
+
+    def __init__(self, process: LocalProvisioner, pool: LocalPool, kernel_id: str, slots: list[tuple[int, int]]):
+        self.process = process
+        self.pool = pool
+        self.kernel_id = kernel_id
+        self.slots = slots
+        self._exit_code: int | None = None
+        self.ip = process.connection_info.get("ip", "127.0.0.1") if process.connection_info else "127.0.0.1"
+
+    def poll(self) -> int | None:
+        popen = self.process.process
+        if popen is not None:
+            return popen.poll()
+        if self._exit_code is None and not self.process.pid:
+            return 0
+        if self._exit_code is None and _process_start(self.process.pid) is None:
+            self._exit_code = 0  # an attached kernel whose process is gone
+        return self._exit_code
+
+    async def wait(self) -> int | None:
+        if self.process.process is not None:
+            self._exit_code = await self.process.wait()
+        return self.poll()
+
+    async def send_signal(self, signum: int) -> None:
+        await self.process.send_signal(signum)
+
+    async def terminate(self, grace_seconds: int) -> None:
+        await self.process.terminate()
+
+    async def kill(self) -> None:
+        await self.process.kill()
+
+    async def cleanup(self) -> None:
+        try:
+            await self.process.cleanup()
+        finally:
+            self.pool.release(self.kernel_id)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": self.process.pid, "pgid": self.process.pgid, "node_name": socket.gethostname(),
+                "gpus": sorted({index for index, _ in self.slots if index >= 0}), "slots": self.slots}
+
+
+class LocalDriver:
+    name = "local"
+
+    def __init__(self, provisioner: "VGPUProvisioner"):
+        self.p = provisioner
+        self.pool = LocalPool(parent=provisioner)
+        self.process: LocalProvisioner | None = None
+        self.slots: list[tuple[int, int]] = []
+
+    def _environment(self, slots: list[tuple[int, int]]) -> dict[str, str]:
+        p, request = self.p, self.p.request
+        allocation = KernelAllocation(
+            cluster="local", backend=p.backend, vgpus=request.count, memory_mib=request.memory_mib,
+            compute_percent=request.compute_percent, kernel_id=p.kernel_id, user=p.user,
+            memory_cap="cooperative" if request.count else "none", node_name=socket.gethostname(),
+            namespace="", pod_ip="127.0.0.1",
+        )
+        gpus = sorted({index for index, _ in slots if index >= 0})
+        return {
+            **p.extra_env,
+            **p.backend_model().env(request, controller=p.orion_controller or None),
+            **allocation.to_env(),
+            # No GPU granted (CPU pool or CPU-only kernel): hide every GPU from the kernel.
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+        }
+
+    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        p = self.p
+        self.slots = self.pool.reserve(p.kernel_id, p.user, p.request)
+        try:
+            kwargs["env"] = {**kwargs["env"], **self._environment(self.slots)}
+            kwargs["extra_arguments"] = [*(kwargs.get("extra_arguments") or []), KERNEL_ARGUMENT]
+            if self.process is None:
+                self.process = LocalProvisioner(kernel_id=p.kernel_id, kernel_spec=p.kernel_spec, parent=p.parent)
+            return await self.process.pre_launch(**kwargs)
+        except BaseException:
+            self.pool.release(p.kernel_id)
+            raise
+
+    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[LocalKernel, KernelConnectionInfo]:
+        assert self.process is not None, "pre_launch first"
+        try:
+            info = await self.process.launch_kernel(cmd, **kwargs)
+            self.pool.started(self.p.kernel_id, self.process.pid)
+        except BaseException:
+            self.pool.release(self.p.kernel_id)
+            raise
+        return LocalKernel(self.process, self.pool, self.p.kernel_id, self.slots), info
+
+    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int:
+        return sum(len(entry["slots"]) for kernel_id, entry in self.pool.holders().items()
+                   if entry.get("user") == user and kernel_id != other_than_kernel)
+
+    async def attach(self, info: dict[str, Any]) -> LocalKernel:
+        process = LocalProvisioner(kernel_id=self.p.kernel_id, kernel_spec=self.p.kernel_spec, parent=self.p.parent)
+        process.pid, process.pgid, process.ip = info.get("pid"), info.get("pgid"), "127.0.0.1"
+        return LocalKernel(process, self.pool, self.p.kernel_id, [tuple(s) for s in info.get("slots", [])])
