@@ -85,13 +85,16 @@ def _show(path: Path, markdown: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section (about a minute)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: a smoke run of every section (about a minute)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results (default: {DEFAULT_JSON.relative_to(ROOT)})")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"where to write the results (default: {DEFAULT_JSON.relative_to(ROOT)})")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--show", type=Path, metavar="PATH",
-                        help="run nothing: print the table of an earlier run's JSON file (with --markdown: for the README)")
+                        help="run nothing: print the table of an earlier run's JSON file "
+                             "(with --markdown: for the README)")
     parser.add_argument("--demos-device", default=None,
                         help="run the demos section on this device even without CUDA (e.g. cpu, to check it works)")
     args = parser.parse_args(argv)
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                     section = runner()
                 except Exception as err:  # noqa: BLE001 - report it, run the other sections
                     failed = True
-                    section = Section(key, {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+                    section = Section(key, {"error": f"{type(err).__name__}: {err}",
+                                            "traceback": traceback.format_exc()})
                     section.row("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                     traceback.print_exc()
                 section.data["wall_s"] = round(time.perf_counter() - section_started, 1)

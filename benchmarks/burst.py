@@ -139,7 +139,8 @@ def _shutdown(server: JupyterServer, cluster: Any, section: Section) -> None:
     mark = len(cluster.requests)
     started = time.perf_counter()
     if kernel_ids:
-        codes = concurrently(len(kernel_ids), lambda i: server.client.request("DELETE", f"/api/kernels/{kernel_ids[i]}")[0])
+        codes = concurrently(len(kernel_ids),
+                             lambda i: server.client.request("DELETE", f"/api/kernels/{kernel_ids[i]}")[0])
     else:
         codes = []
     requests = [r for r in cluster.requests[mark:] if not r.watch]

@@ -85,7 +85,8 @@ def _version(package: str) -> str | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -106,7 +107,8 @@ def machine_info() -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "packages": {name: _version(name) for name in (
-            "orion-jupyter", "jupyter_client", "jupyter_server", "ipykernel", "kubernetes", "tornado", "pyzmq", "torch")},
+            "orion-jupyter", "jupyter_client", "jupyter_server", "ipykernel", "kubernetes", "tornado", "pyzmq",
+            "torch")},
     }
 
 

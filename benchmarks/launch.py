@@ -171,7 +171,7 @@ async def _run(n: int, cluster: Any, section: Section) -> None:
     vgpu, local = ms("vgpu", "total"), ms("local", "total")
     overhead = ms("vgpu", "overhead")
     ratio = vgpu["median"] / local["median"]
-    pairwise = sorted(a["total"] / b["total"] for a, b in zip(runs["vgpu"], runs["local"]))
+    pairwise = sorted(a["total"] / b["total"] for a, b in zip(runs["vgpu"], runs["local"], strict=True))
     requests = sorted({r["api_requests"] for r in runs["vgpu"]})
     section.data.update({
         "launches_each": n,

@@ -61,8 +61,8 @@ def main() -> int:
             stop.wait(pause)
         else:
             next_at = time.perf_counter()
-    print(json.dumps({"latencies": latencies, "errors": errors, "first_error": first_error[0] if first_error else None}),
-          flush=True)
+    print(json.dumps({"latencies": latencies, "errors": errors,
+                      "first_error": first_error[0] if first_error else None}), flush=True)
     return 0
 
 

@@ -238,7 +238,7 @@ def run(quick: bool = False) -> Section:
         "watch_cache_kb_per_pod": round(cache_size["bytes"] / 1e3 / max(n_pods, 1), 1),
     })
     lat = section.data["latency_ms"]
-    for endpoint, user in ENDPOINTS:
+    for endpoint, _user in ENDPOINTS:
         stats = lat[endpoint]
         target, passed = "", None
         if endpoint in ("allocations", "pool"):

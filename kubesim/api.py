@@ -86,11 +86,13 @@ def json_patch(doc: dict, ops: list) -> dict:
                 doc = _add(_remove(doc, parts), parts, copy.deepcopy(op["value"]))
             elif kind == "test":
                 if _walk(doc, parts) != op["value"]:
-                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: test failed at {op['path']}")
+                    raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request: "
+                                                   f"test failed at {op['path']}")
             else:
                 raise ApiError(422, "Invalid", f"unexpected op {kind!r}")
         except (KeyError, IndexError, ValueError, TypeError) as exc:
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {op} ({exc!r})")
+            raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request: "
+                                           f"{op} ({exc!r})") from exc
     return doc
 
 
@@ -124,7 +126,7 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, cluster: "SimCluster"):
+    def __init__(self, cluster: SimCluster):
         super().__init__(("127.0.0.1", 0), Handler)
         self.cluster = cluster
         self.closing = threading.Event()
@@ -228,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise ApiError(400, "BadRequest", f"couldn't get version/kind; json parse error: {exc}")
+            raise ApiError(400, "BadRequest", f"couldn't get version/kind; json parse error: {exc}") from exc
 
     def _handle(self, method: str) -> None:
         self.status_sent = 0
@@ -290,7 +292,8 @@ class Handler(BaseHTTPRequestHandler):
             if method == "POST":
                 return "create", plural, namespace, None, False, lambda body: self._create(plural, namespace, body)
             if method == "DELETE":
-                return "deletecollection", plural, namespace, None, False, lambda body: self._delete_collection(plural, namespace)
+                return ("deletecollection", plural, namespace, None, False,
+                        lambda body: self._delete_collection(plural, namespace))
         elif len(rest) == 2:
             name = rest[1]
             actions = {
@@ -372,7 +375,8 @@ class Handler(BaseHTTPRequestHandler):
             def create_namespace(body):
                 name = ((body or {}).get("metadata") or {}).get("name")
                 if not name:
-                    raise ApiError(422, "Invalid", 'Namespace "" is invalid: metadata.name: Required value: name or generateName is required')
+                    raise ApiError(422, "Invalid", 'Namespace "" is invalid: metadata.name: Required value: '
+                                                   'name or generateName is required')
                 self.server.cluster.namespaces.add(name)
                 self._send(201, self._namespace_object(name))
             return "create", "namespaces", None, None, False, create_namespace
@@ -392,7 +396,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 after = tuple(json.loads(base64.urlsafe_b64decode(start.encode())))
             except ValueError:
-                raise ApiError(400, "BadRequest", "continue key is not valid")
+                raise ApiError(400, "BadRequest", "continue key is not valid") from None
             items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
         limit = int(self.query.get("limit") or 0)
         if limit and len(items) > limit:
@@ -407,7 +411,8 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         if body.get("kind") not in (None, KINDS[plural]):
-            raise ApiError(400, "BadRequest", f"the body kind {body.get('kind')!r} does not match the URL ({KINDS[plural]})")
+            raise ApiError(400, "BadRequest",
+                           f"the body kind {body.get('kind')!r} does not match the URL ({KINDS[plural]})")
         if self.query.get("dryRun") == "All":
             raise ApiError(400, "BadRequest", "dryRun is not supported by kubesim")
         self._send(201, self.store.create(plural, namespace, body))
@@ -448,14 +453,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             return None if grace in (None, "") else int(grace)
         except ValueError:
-            raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds {grace!r}")
+            raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds {grace!r}") from None
 
     def _delete(self, plural: str, namespace: str | None, name: str, body: object) -> None:
         if isinstance(body, dict):
             uid = (body.get("preconditions") or {}).get("uid")
             current = self.store.require(plural, namespace, name)
             if uid and uid != current["metadata"]["uid"]:
-                raise ApiError(409, "Conflict", f'Precondition failed: UID in precondition: {uid}, UID in object meta: {current["metadata"]["uid"]}')
+                raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, "
+                                                f'UID in object meta: {current["metadata"]["uid"]}')
         obj = self.store.delete(plural, namespace, name, self._grace(body))
         if plural == "pods":
             self._send(200, obj)

@@ -12,8 +12,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .api import ApiServer
 from .faults import Faults
@@ -60,7 +60,8 @@ class SimNode:
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                 "message": "kubelet is posting ready status", "lastHeartbeatTime": stamp,
                                 "lastTransitionTime": stamp}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                              {"type": "Hostname", "address": self.name}],
                 "nodeInfo": {
                     "architecture": "amd64", "bootID": "kubesim", "containerRuntimeVersion": "kubesim://1.0",
                     "kernelVersion": os.uname().release, "kubeProxyVersion": "v1.31.0", "kubeletVersion": "v1.31.0",
@@ -108,7 +109,7 @@ class SimCluster:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "SimCluster":
+    def start(self) -> SimCluster:
         self.store.start()
         self.scheduler.start()
         self.kubelets.start()
@@ -123,7 +124,8 @@ class SimCluster:
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": "kubesim", "cluster": {"server": self.url}}],
             "users": [{"name": "kubesim", "user": {"token": "kubesim"}}],
-            "contexts": [{"name": "kubesim", "context": {"cluster": "kubesim", "user": "kubesim", "namespace": "default"}}],
+            "contexts": [{"name": "kubesim",
+                          "context": {"cluster": "kubesim", "user": "kubesim", "namespace": "default"}}],
             "current-context": "kubesim",
         }
         with open(self.kubeconfig_path, "w") as f:
@@ -147,7 +149,7 @@ class SimCluster:
             self._server.close_connections()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> "SimCluster":
+    def __enter__(self) -> SimCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -179,7 +181,8 @@ class SimCluster:
     def create_object(self, plural: str, namespace: str | None, body: dict) -> dict:
         return copy.deepcopy(self.store.create(plural, namespace, body))
 
-    def delete_object(self, plural: str, namespace: str | None, name: str, grace_period_seconds: int | None = None) -> dict:
+    def delete_object(self, plural: str, namespace: str | None, name: str,
+                      grace_period_seconds: int | None = None) -> dict:
         return copy.deepcopy(self.store.delete(plural, namespace, name, grace_period_seconds))
 
     def wait_for(
@@ -245,7 +248,8 @@ class SimCluster:
 
     # ------------------------------------------------------------ request log
 
-    def _record(self, verb: str, resource: str, namespace: str | None, name: str | None, watch: bool, status: int) -> None:
+    def _record(self, verb: str, resource: str, namespace: str | None, name: str | None, watch: bool,
+                status: int) -> None:
         with self._requests_lock:
             self.requests.append(RequestRecord(verb, resource, namespace, name, watch, status))
 

@@ -14,9 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import tempfile
 import threading
+import time
 import traceback
 
 from .scheduler import set_condition
@@ -27,7 +27,7 @@ COMPONENT = "kubelet"
 UNSHARE = shutil.which("unshare")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mount_namespaces_work() -> bool:
     """True when we may bind-mount inside `unshare -m` (root, unshare and mount present)."""
     if os.geteuid() != 0 or not UNSHARE or not shutil.which("mount"):
@@ -189,7 +189,8 @@ class Kubelets:
             self._seen.add(uid)
             self._queue.put(("start", obj))
         if etype == "MODIFIED" and obj["metadata"].get("deletionTimestamp") and (
-            obj["metadata"].get("deletionGracePeriodSeconds") != (old or {}).get("metadata", {}).get("deletionGracePeriodSeconds")
+            obj["metadata"].get("deletionGracePeriodSeconds")
+            != (old or {}).get("metadata", {}).get("deletionGracePeriodSeconds")
             or not (old or {}).get("metadata", {}).get("deletionTimestamp")
         ):
             self._queue.put(("terminate", obj))
@@ -259,7 +260,8 @@ class Kubelets:
         worker = self.worker(namespace, name)
         if worker is not None and worker.evict(message):
             return True
-        self.store.update("pods", namespace, name, lambda p: _mark_evicted(p, message, None), uid=pod["metadata"]["uid"])
+        self.store.update("pods", namespace, name, lambda p: _mark_evicted(p, message, None),
+                          uid=pod["metadata"]["uid"])
         return True
 
     def live_process_groups(self) -> list[int]:
@@ -542,7 +544,9 @@ class PodWorker:
             started = now_iso()
             container_id = f"sim://{self.uid[:8]}-{restarts}"
             probe = (self.container.get("readinessProbe") or {}).get("tcpSocket")
-            self._update(lambda p: self._running(p, started, restarts, container_id, ready=not probe))
+            # partial, not a lambda: the mutation binds this iteration's values (_update runs it at once anyway)
+            self._update(functools.partial(self._running, started=started, restarts=restarts,
+                                           container_id=container_id, ready=not probe))
             self._event("Normal", "Started", f"Started container {self.container['name']}")
             if probe:
                 threading.Thread(target=self._probe_tcp, args=(self.proc, int(probe["port"])), daemon=True).start()
@@ -552,11 +556,11 @@ class PodWorker:
                           "startedAt": started, "finishedAt": now_iso(), "containerID": container_id}
             again = policy == "Always" or (policy == "OnFailure" and code != 0)
             if not again or self.deleting or self.evicted or self._stopped():
-                self._update(lambda p: self._terminated(p, terminated))
+                self._update(functools.partial(self._terminated, terminated=terminated))
                 return
             restarts += 1
             backoff = min(10.0, 0.5 * 2 ** (restarts - 1))
-            self._update(lambda p: self._crash_loop(p, terminated, restarts))
+            self._update(functools.partial(self._crash_loop, terminated=terminated, restarts=restarts))
             self._event("Warning", "BackOff", f"Back-off restarting failed container {self.container['name']} "
                                               f"in pod {self.name}_{self.namespace}({self.uid})")
             if self.cancelled.wait(backoff) or self._pod() is None:
@@ -568,7 +572,8 @@ class PodWorker:
             secret = volume.get("secret")
             if secret and not secret.get("optional") and \
                     self.store.get("secrets", self.namespace, secret.get("secretName", "")) is None:
-                message = f'MountVolume.SetUp failed for volume "{volume["name"]}" : secret "{secret.get("secretName")}" not found'
+                message = (f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                           f'secret "{secret.get("secretName")}" not found')
                 self._event("Warning", "FailedMount", message, container=False)
                 return message
         return None
@@ -587,7 +592,8 @@ class PodWorker:
                                              f'failed to pull and unpack image "{image}": failed to resolve reference '
                                              f'"{image}": {image}: not found')
             self._event("Warning", "Failed", f"Error: {reason}")
-            self._waiting(reason, f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found')
+            self._waiting(reason, "rpc error: code = NotFound desc = "
+                                  f'failed to pull and unpack image "{image}": not found')
             if reason == "ErrImagePull":
                 if self.cancelled.wait(0.1) or self._stopped():
                     return False
@@ -683,7 +689,7 @@ class PodWorker:
             if not os.path.isdir(workdir):
                 self._dirs.append(self.kubelet.acquire_dir(workdir))
             return argv, workdir
-        for src, target, _ in mounts:
+        for _src, target, _ in mounts:
             self._dirs.append(self.kubelet.acquire_dir(target))
         if not self.kubelet.use_namespaces:  # fallback: the files lie at the real path on the host
             for src, target, _ in mounts:
@@ -739,12 +745,14 @@ class PodWorker:
                 time.sleep(0.05)
                 continue
             if proc.poll() is None:
-                self._update(lambda p: self._ready(p) if "running" in p["status"]["containerStatuses"][0]["state"] else None)
+                self._update(lambda p: self._ready(p) if "running" in p["status"]["containerStatuses"][0]["state"]
+                             else None)
             return
 
     def _crash_loop(self, pod: dict, terminated: dict, restarts: int) -> None:
         pod["status"]["containerStatuses"] = [_container_status(
-            self.container, {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off restarting failed container {self.container['name']}"}},
+            self.container, {"waiting": {"reason": "CrashLoopBackOff",
+                                         "message": f"back-off restarting failed container {self.container['name']}"}},
             False, restarts, {"terminated": terminated}, terminated["containerID"],
         )]
         for ctype in ("ContainersReady", "Ready"):
@@ -763,4 +771,5 @@ class PodWorker:
             terminated["containerID"],
         )]
         for ctype in ("ContainersReady", "Ready"):
-            set_condition(pod, {"type": ctype, "status": "False", "reason": "PodCompleted" if succeeded else "PodFailed"})
+            set_condition(pod, {"type": ctype, "status": "False",
+                                "reason": "PodCompleted" if succeeded else "PodFailed"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import Iterable
 
 from .selectors import parse_quantity
 from .store import Store, is_terminal, now_iso

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 from .errors import ApiError
 
@@ -59,7 +59,8 @@ def _label_requirement(m: re.Match, text: str) -> Callable[[dict], bool]:
     try:
         bound = int(value)
     except ValueError:
-        raise ApiError(400, "BadRequest", f"unable to parse requirement: {value!r} is not an integer in {text!r}")
+        raise ApiError(400, "BadRequest",
+                       f"unable to parse requirement: {value!r} is not an integer in {text!r}") from None
 
     def compare(labels: dict) -> bool:
         try:

@@ -13,8 +13,8 @@ import random
 import secrets as _secrets
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 
 from .errors import ApiError, not_found
 from .selectors import Predicate
@@ -27,7 +27,7 @@ Key = tuple  # (plural, namespace or "", name)
 
 
 def now_iso(offset: float = 0.0) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) + timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_terminal(pod: dict) -> bool:
@@ -166,7 +166,8 @@ class Store:
         if not meta.get("name"):
             if not meta.get("generateName"):
                 raise ApiError(
-                    422, "Invalid", f"{KINDS[plural]} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                    422, "Invalid",
+                    f'{KINDS[plural]} "" is invalid: metadata.name: Required value: name or generateName is required',
                 )
             meta["name"] = meta["generateName"] + "".join(random.choice(_GENERATE_ALPHABET) for _ in range(5))
         obj["kind"], obj["apiVersion"] = KINDS[plural], "v1"
@@ -228,7 +229,8 @@ class Store:
                     {"name": name, "kind": plural},
                 )
             if meta.get("name", name) != name:
-                raise ApiError(400, "BadRequest", f'the name of the object ({meta.get("name")}) does not match the name on the URL ({name})')
+                raise ApiError(400, "BadRequest", f'the name of the object ({meta.get("name")}) '
+                                                  f"does not match the name on the URL ({name})")
             for field in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp",
                           "deletionGracePeriodSeconds", "generateName"):
                 if field in old_meta:
@@ -303,7 +305,7 @@ class Store:
                 try:
                     start = int(since)
                 except ValueError:
-                    raise ApiError(400, "BadRequest", f"invalid resource version: {since!r}")
+                    raise ApiError(400, "BadRequest", f"invalid resource version: {since!r}") from None
                 if start < self.compacted_rv:
                     raise ApiError(410, "Expired", f"too old resource version: {start} ({self.compacted_rv + 1})")
                 initial = []

@@ -172,7 +172,8 @@ def validate_pod(pod: dict) -> None:
                 causes.append((f"{path}.image", "FieldValueRequired", "Required value"))
             for j, mount in enumerate(c.get("volumeMounts") or []):
                 if mount.get("name") not in volume_names:
-                    causes.append((f"{path}.volumeMounts[{j}].name", "FieldValueNotFound", f'Not found: "{mount.get("name")}"'))
+                    causes.append((f"{path}.volumeMounts[{j}].name", "FieldValueNotFound",
+                                   f'Not found: "{mount.get("name")}"'))
                 if not str(mount.get("mountPath") or "").startswith("/"):
                     causes.append((f"{path}.volumeMounts[{j}].mountPath", "FieldValueRequired", "Required value"))
             causes += _resource_causes(f"{path}.resources", c.get("resources") or {})
@@ -192,7 +193,8 @@ def _resource_causes(path: str, resources: dict) -> list[tuple[str, str, str]]:
                 causes.append((fld, "FieldValueInvalid", f'Invalid value: "{amount}": {exc}'))
                 continue
             if value < 0:
-                causes.append((fld, "FieldValueInvalid", f'Invalid value: "{amount}": must be greater than or equal to 0'))
+                causes.append((fld, "FieldValueInvalid",
+                               f'Invalid value: "{amount}": must be greater than or equal to 0'))
             elif is_extended_resource(resource) and value.denominator != 1:
                 causes.append((fld, "FieldValueInvalid", f'Invalid value: "{amount}": must be an integer'))
             parsed[section][resource] = (value, amount)
@@ -211,11 +213,17 @@ def _resource_causes(path: str, resources: dict) -> list[tuple[str, str, str]]:
                     f'Invalid value: "{amount}": must be less than or equal to {resource} limit of {lim_amount}',
                 ))
         elif is_extended_resource(resource):
-            causes.append((f"{path}.limits", "FieldValueRequired", "Required value: Limit must be set for non overcommitable resources"))
+            causes.append((f"{path}.limits", "FieldValueRequired",
+                           "Required value: Limit must be set for non overcommitable resources"))
     return causes
 
 
-_MUTABLE_POD_SPEC = "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"
+_MUTABLE_POD_SPEC = (
+    "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
+    "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
+    "(allow it to be set to 1 if it was previously negative)"
+)
 
 
 def check_pod_update(old: dict, new: dict) -> None:
@@ -244,14 +252,16 @@ def default_and_validate_secret(secret: dict) -> None:
     data = secret.get("data") or {}
     for key, value in data.items():
         if not isinstance(value, str):
-            raise ApiError(400, "BadRequest", f"Secret in version \"v1\" cannot be handled as a Secret: data[{key}] must be a base64 string")
+            raise ApiError(400, "BadRequest",
+                           f'Secret in version "v1" cannot be handled as a Secret: data[{key}] must be a base64 string')
         try:
             base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(
                 400, "BadRequest",
-                f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte 0 (data[{key}])',
-            )
+                'Secret in version "v1" cannot be handled as a Secret: '
+                f"illegal base64 data at input byte 0 (data[{key}])",
+            ) from None
     for key, value in (secret.pop("stringData", None) or {}).items():
         data[key] = base64.b64encode(str(value).encode()).decode()
     if data:
@@ -261,7 +271,8 @@ def default_and_validate_secret(secret: dict) -> None:
         if not _CONFIG_KEY.match(key) or len(key) > 253:
             causes.append((
                 f"data[{key}]", "FieldValueInvalid",
-                f"Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                f'Invalid value: "{key}": '
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
             ))
     if causes:
         raise invalid("Secret", name, causes)

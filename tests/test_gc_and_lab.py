@@ -47,7 +47,8 @@ async def execute_over_websocket(base: str, token: str, kernel_id: str, code: st
         "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": uuid.uuid4().hex,
                    "username": "test", "version": "5.3", "date": ""},
         "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False},
     }))
     output = ""
     while True:
@@ -71,12 +72,14 @@ async def test_readme_run_command_brings_up_jupyterlab(lab_server):
     news = json.loads((await http.fetch(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification",
                                         headers=headers)).body)
     defaults = news["schema"]["properties"]
-    assert defaults["fetchNews"]["default"] == "false" and defaults["checkForUpdates"]["default"] is False  # offline rooms
+    # offline rooms
+    assert defaults["fetchNews"]["default"] == "false" and defaults["checkForUpdates"]["default"] is False
 
     session = json.loads((await http.fetch(f"{base}/api/sessions", method="POST", headers=headers, body=json.dumps(
         {"path": "demo.ipynb", "type": "notebook", "kernel": {"name": "orion-1x2gi"}}))).body)
     kernel_id = session["kernel"]["id"]
-    out = await execute_over_websocket(base, token, kernel_id, "import os\nprint(os.environ['ORION_GMEM'], os.environ['ORION_JUPYTER_CLUSTER'])")
+    out = await execute_over_websocket(
+        base, token, kernel_id, "import os\nprint(os.environ['ORION_GMEM'], os.environ['ORION_JUPYTER_CLUSTER'])")
     assert out == "2048 local"
 
     allocations = json.loads((await http.fetch(f"{base}/orion/api/allocations", headers=headers)).body)

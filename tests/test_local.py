@@ -56,8 +56,9 @@ async def test_six_launches_on_four_slots(vgpu_spec):
     assert len(failures) == 2, results
     for failure in failures:
         assert isinstance(failure, KernelLaunchError) and failure.reason == "unschedulable"
-        assert str(failure).startswith("Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use).")
-    started = [km for km, r in zip(managers, results) if not isinstance(r, BaseException)]
+        assert str(failure).startswith(
+            "Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use).")
+    started = [km for km, r in zip(managers, results, strict=True) if not isinstance(r, BaseException)]
     assert free_slots(config) == 0
     await asyncio.gather(*(km.shutdown_kernel(now=True) for km in started))
     assert free_slots(config) == 4
@@ -162,7 +163,8 @@ async def test_per_user_quota_on_the_local_pool(vgpu_spec):
     first = AsyncKernelManager(kernel_name=spec, config=config)
     await first.start_kernel()
     try:
-        with pytest.raises(VGPURequestError, match=r"vGPU count 1 would make 2 vGPUs for you at once \(1 in your other kernels\)"):
+        with pytest.raises(VGPURequestError,
+                           match=r"vGPU count 1 would make 2 vGPUs for you at once \(1 in your other kernels\)"):
             await AsyncKernelManager(kernel_name=spec, config=config).start_kernel()
         assert free_slots(config) == 3
     finally:

@@ -55,7 +55,8 @@ def test_pod_matches_golden_manifest(backend, vgpus, memory):
     manifests = build_kernel_manifests(options(backend, vgpus, memory))
     golden = GOLDEN / f"{backend}-{vgpus}x{memory}.json"
     if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(json.dumps({"pod": manifests.pod, "secret": manifests.secret}, indent=1, sort_keys=True) + "\n")
+        golden.write_text(
+            json.dumps({"pod": manifests.pod, "secret": manifests.secret}, indent=1, sort_keys=True) + "\n")
     expected = json.loads(golden.read_text())
     assert manifests.pod == expected["pod"]
     assert manifests.secret == expected["secret"]
@@ -64,7 +65,8 @@ def test_pod_matches_golden_manifest(backend, vgpus, memory):
 @pytest.mark.parametrize("backend, vgpus, memory", CASES)
 def test_manifests_round_trip_through_client_models(backend, vgpus, memory):
     api = ApiClient()
-    manifests = build_kernel_manifests(options(backend, vgpus, memory, host_ipc=True, orion_controller="orion-controller:9123"))
+    manifests = build_kernel_manifests(
+        options(backend, vgpus, memory, host_ipc=True, orion_controller="orion-controller:9123"))
     for manifest, model in ((manifests.pod, "V1Pod"), (manifests.secret, "V1Secret")):
         deserialised = api._ApiClient__deserialize(json.loads(json.dumps(manifest)), model)
         assert api.sanitize_for_serialization(deserialised) == manifest

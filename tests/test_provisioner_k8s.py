@@ -134,12 +134,13 @@ async def test_six_kernels_on_four_vgpus_fail_fast_with_the_reason(sim_cluster, 
         for failure in failures:
             assert isinstance(failure, KernelLaunchError) and failure.reason == "unschedulable", failure
             text = str(failure)
-            assert text.startswith("Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use)."), text
+            assert text.startswith(
+                "Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use)."), text
             assert "Insufficient virtaitech.com/gpu" in text
         assert elapsed < 30, "failures should come from the scheduler's reason, well before the 60 s launch timeout"
         assert len(kernel_objects(sim_cluster, "pods")) == 4 and len(kernel_objects(sim_cluster, "secrets")) == 4
     finally:
-        await asyncio.gather(*(km.shutdown_kernel(now=True) for km, r in zip(managers, results)
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km, r in zip(managers, results, strict=True)
                                if not isinstance(r, BaseException)))
     assert kernel_objects(sim_cluster, "pods") == [] and kernel_objects(sim_cluster, "secrets") == []
 
@@ -159,7 +160,8 @@ async def test_crashing_kernel_command_fails_fast_with_its_output(sim_cluster, v
     fake_python = tmp_path / "python-without-ipykernel"
     fake_python.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'ipykernel'\" >&2\nexit 1\n")
     fake_python.chmod(0o755)
-    km = AsyncKernelManager(kernel_name=vgpu_spec("orion-crash", 1, "4Gi"), config=k8s_config(kernel_python=str(fake_python)))
+    km = AsyncKernelManager(kernel_name=vgpu_spec("orion-crash", 1, "4Gi"),
+                            config=k8s_config(kernel_python=str(fake_python)))
     with pytest.raises(KernelLaunchError) as caught:
         await km.start_kernel()
     assert caught.value.reason == "exited"
@@ -290,7 +292,8 @@ async def test_shortage_names_the_resource_that_is_short(sim_cluster, vgpu_spec)
     with pytest.raises(KernelLaunchError) as caught:
         await km.start_kernel()
     assert str(caught.value).startswith(
-        "Not enough nvidia.com/gpumem free: this kernel needs 102400 nvidia.com/gpumem; 81920 of 81920 are free right now (0 in use).")
+        "Not enough nvidia.com/gpumem free: this kernel needs 102400 nvidia.com/gpumem; "
+        "81920 of 81920 are free right now (0 in use).")
     assert kernel_objects(sim_cluster, "pods") == []
 
 

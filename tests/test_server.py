@@ -72,7 +72,8 @@ def api(jp_fetch, jp_serverapp, specs, sim_cluster, jp_asyncio_loop):
 
 
 def kernel_pods(cluster):
-    return [p for p in cluster.objects("pods", NS) if p["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]
+    return [p for p in cluster.objects("pods", NS)
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]
 
 
 async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
@@ -107,7 +108,8 @@ async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
     assert {s["name"]: s["can_start"] for s in body["specs"]} == {"orion-1x4gi": False, "orion-2x8gi": False}
     code, refused = await api("POST", "kernels", {"spec": "orion-1x4gi"})
     assert code == 409
-    assert refused["message"].startswith("Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use).")
+    assert refused["message"].startswith(
+        "Not enough vGPUs free: this kernel needs 1 vGPU; 0 of 4 are free right now (4 in use).")
     assert len(kernel_pods(sim_cluster)) == 3
 
     # launch progress of a kernel (events may still trickle in after it is ready)
@@ -135,13 +137,17 @@ async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
     "body, field, message",
     [
         ({}, "spec", 'field "spec" is missing; name a vGPU kernel spec (see GET specs)'),
-        ({"spec": "orion-1x4gi", "memory": "lots"}, "memory", 'vGPU memory "lots" is not a size; use a number of MiB or a value like 4Gi'),
+        ({"spec": "orion-1x4gi", "memory": "lots"}, "memory",
+         'vGPU memory "lots" is not a size; use a number of MiB or a value like 4Gi'),
         ({"spec": "orion-1x4gi", "vgpus": -1}, "vgpus", "vGPU count -1 is negative; use 0 for CPU only, or 1, 2, ..."),
-        ({"spec": "orion-1x4gi", "vgpus": 3}, "vgpus", "vGPU count 3 is over this server's limit of 2 per kernel; ask for 2 or fewer"),
+        ({"spec": "orion-1x4gi", "vgpus": 3}, "vgpus",
+         "vGPU count 3 is over this server's limit of 2 per kernel; ask for 2 or fewer"),
         ({"spec": "nope"}, "spec", 'no kernel spec named "nope"; choose one of: orion-1x4gi, orion-2x8gi'),
         ({"spec": "echo"}, "spec", 'kernel spec "echo" is not a vGPU spec; choose one of: orion-1x4gi, orion-2x8gi'),
-        ({"spec": "orion-1x4gi", "gpus": 2}, "gpus", 'field "gpus" is not known; use spec, vgpus, memory, compute, path, kernel_id'),
-        ({"spec": "orion-1x4gi", "kernel_id": "../x"}, "kernel_id", "field \"kernel_id\" '../x' is not a UUID; leave it out or send a new UUID"),
+        ({"spec": "orion-1x4gi", "gpus": 2}, "gpus",
+         'field "gpus" is not known; use spec, vgpus, memory, compute, path, kernel_id'),
+        ({"spec": "orion-1x4gi", "kernel_id": "../x"}, "kernel_id",
+         "field \"kernel_id\" '../x' is not a UUID; leave it out or send a new UUID"),
     ],
 )
 async def test_bad_requests_are_400_and_create_nothing(api, sim_cluster, jp_serverapp, body, field, message):
@@ -195,12 +201,13 @@ async def test_authentication_and_who_sees_what(api, jp_fetch, sim_cluster):
 
 async def test_instructor_stops_a_kernel_of_another_server(api, sim_cluster, jp_serverapp):
     """A pod of another student's server (same namespace): marked, deleted, never restarted."""
-    from orion_jupyter.k8s.manifests import KernelPodOptions, build_kernel_manifests
     from orion_jupyter.backends import get_backend
+    from orion_jupyter.k8s.manifests import KernelPodOptions, build_kernel_manifests
 
     manifests = build_kernel_manifests(KernelPodOptions(
-        kernel_id="other-server-kernel", user="carol", request=VGPURequest.parse(1, "4Gi"), backend=get_backend("orion"),
-        image="img", namespace=NS, connection_info={"key": "k", "shell_port": 1}, name_suffix="x1"))
+        kernel_id="other-server-kernel", user="carol", request=VGPURequest.parse(1, "4Gi"),
+        backend=get_backend("orion"), image="img", namespace=NS, connection_info={"key": "k", "shell_port": 1},
+        name_suffix="x1"))
     sim_cluster.create_object("secrets", NS, manifests.secret)
     sim_cluster.create_object("pods", NS, {**manifests.pod, "spec": {**manifests.pod["spec"], "containers": [
         {**manifests.pod["spec"]["containers"][0], "command": ["sleep", "60"], "readinessProbe": None}]}})
@@ -212,7 +219,8 @@ async def test_instructor_stops_a_kernel_of_another_server(api, sim_cluster, jp_
         if sim_cluster.get("pods", NS, manifests.name) is None:
             break
         await asyncio.sleep(0.05)
-    assert sim_cluster.get("pods", NS, manifests.name) is None and sim_cluster.get("secrets", NS, manifests.name) is None
+    assert sim_cluster.get("pods", NS, manifests.name) is None
+    assert sim_cluster.get("secrets", NS, manifests.name) is None
     # the watch saw who stopped it: a server owning that kernel would refuse to restart it
     [cluster] = jp_serverapp.web_app.settings["orion_jupyter_state"].view.clusters
     for _ in range(100):

@@ -34,18 +34,23 @@ BAD_REQUESTS = [
     ((1, float("nan"), None), "vGPU memory nan is not a size; use a number of MiB or a value like 4Gi"),
     ((1, "inf", None), 'vGPU memory "inf" is not a size; use a number of MiB or a value like 4Gi'),
     ((1, "9999Ti", None), 'vGPU memory "9999Ti" is more than any GPU has (the most is 1024 GiB); use a value like 4Gi'),
-    ((1, "4 parsecs", None), 'vGPU memory "4 parsecs" has an unknown unit "parsecs"; use Mi, Gi, Ti, M, G or T (a plain number is MiB)'),
+    ((1, "4 parsecs", None),
+     'vGPU memory "4 parsecs" has an unknown unit "parsecs"; use Mi, Gi, Ti, M, G or T (a plain number is MiB)'),
     ((1, "4Kb", None), 'vGPU memory "4Kb" has an unknown unit "Kb"; use Mi, Gi, Ti, M, G or T (a plain number is MiB)'),
     ((1, [4], None), "vGPU memory [4] is a list; use a number of MiB or a value like 4Gi"),
     ((1, True, None), "vGPU memory True is a bool; use a number of MiB or a value like 4Gi"),
     ((1, {"gi": 4}, None), "vGPU memory {'gi': 4} is a dict; use a number of MiB or a value like 4Gi"),
     ((1, "0.0001Mi", None), 'vGPU memory "0.0001Mi" is less than 1 MiB; use a value like 512Mi or 4Gi'),
-    ((1, "0", None), 'vGPU memory "0" is zero, but 1 vGPU was asked for; give each vGPU some memory, like 4Gi (or ask for 0 vGPUs for CPU only)'),
-    ((2, 0, None), "vGPU memory 0 is zero, but 2 vGPUs were asked for; give each vGPU some memory, like 4Gi (or ask for 0 vGPUs for CPU only)"),
+    ((1, "0", None), 'vGPU memory "0" is zero, but 1 vGPU was asked for; '
+                     "give each vGPU some memory, like 4Gi (or ask for 0 vGPUs for CPU only)"),
+    ((2, 0, None), "vGPU memory 0 is zero, but 2 vGPUs were asked for; "
+                   "give each vGPU some memory, like 4Gi (or ask for 0 vGPUs for CPU only)"),
     ((1, None, None), "vGPU memory is missing for 1 vGPU(s); use a number of MiB or a value like 4Gi"),
     ((-1, "4Gi", None), "vGPU count -1 is negative; use 0 for CPU only, or 1, 2, ..."),
-    ((0.5, "4Gi", None), "vGPU count 0.5 is a fraction; vGPUs come whole (1, 2, ...): for a smaller slice ask for less vGPU memory"),
-    (("1.5", "4Gi", None), 'vGPU count "1.5" is a fraction; vGPUs come whole (1, 2, ...): for a smaller slice ask for less vGPU memory'),
+    ((0.5, "4Gi", None),
+     "vGPU count 0.5 is a fraction; vGPUs come whole (1, 2, ...): for a smaller slice ask for less vGPU memory"),
+    (("1.5", "4Gi", None),
+     'vGPU count "1.5" is a fraction; vGPUs come whole (1, 2, ...): for a smaller slice ask for less vGPU memory'),
     (("two", "4Gi", None), 'vGPU count "two" is not a number; use 0 for CPU only, or 1, 2, ...'),
     ((None, "4Gi", None), "vGPU count None is not a number; use 0 for CPU only, or 1, 2, ..."),
     ((True, "4Gi", None), "vGPU count True is not a number; use 0 for CPU only, or 1, 2, ..."),
@@ -69,13 +74,16 @@ def test_enough_bad_inputs_are_covered():
     assert len(BAD_REQUESTS) >= 15
 
 
+NAME_RULE = "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("My_Class", "namespace \"My_Class\" is not a valid Kubernetes name; use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"),
-        ("-class", "namespace \"-class\" is not a valid Kubernetes name; use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"),
-        ("a" * 64, f"namespace \"{'a' * 64}\" is not a valid Kubernetes name; use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"),
-        ("", "namespace \"\" is not a valid Kubernetes name; use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"),
+        ("My_Class", f'namespace "My_Class" is not a valid Kubernetes name; {NAME_RULE}'),
+        ("-class", f'namespace "-class" is not a valid Kubernetes name; {NAME_RULE}'),
+        ("a" * 64, f'namespace "{"a" * 64}" is not a valid Kubernetes name; {NAME_RULE}'),
+        ("", f'namespace "" is not a valid Kubernetes name; {NAME_RULE}'),
     ],
 )
 def test_invalid_kubernetes_names(name, message):
@@ -113,10 +121,12 @@ def test_policy_limits():
     assert str(caught.value) == "vGPU count 3 is over this server's limit of 2 per kernel; ask for 2 or fewer"
     with pytest.raises(VGPURequestError) as caught:
         policy.check(VGPURequest.parse(2, "8Gi"))
-    assert str(caught.value) == "vGPU memory 2 × 8 GiB = 16 GiB is over this server's limit of 12 GiB per kernel; ask for less"
+    assert str(caught.value) == ("vGPU memory 2 × 8 GiB = 16 GiB is over this server's limit of 12 GiB per kernel; "
+                                 "ask for less")
     with pytest.raises(VGPURequestError) as caught:
         policy.check(VGPURequest.parse(1, "1Gi"), "docker.io/evil/miner")
-    assert str(caught.value) == 'kernel image "docker.io/evil/miner" is not allowed on this server; allowed: quay.io/jupyter/*'
+    assert str(caught.value) == ('kernel image "docker.io/evil/miner" is not allowed on this server; '
+                                 "allowed: quay.io/jupyter/*")
 
 
 def test_policy_from_configuration():
