@@ -27,6 +27,8 @@ ENV_NAMES = {
     "node_name": PREFIX + "NODE_NAME",
     "pod_ip": PREFIX + "POD_IP",
 }
+# Where a kernel pod finds the connection file mounted from its Secret (not part of the allocation).
+CONNECTION_FILE_ENV = PREFIX + "CONNECTION_FILE"
 _INTEGER_FIELDS = {"vgpus", "memory_mib", "compute_percent"}
 
 

@@ -1,11 +1,47 @@
-"""Server-wide limits on what one kernel may ask for (``c.KernelPolicy.max_vgpus = 2``)."""
+"""Server-wide limits on what kernels may ask for (``c.KernelPolicy.max_vgpus = 2``), and the one
+pre-check every launch passes (the provisioner's, and the REST path's before anything starts)."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 from traitlets import Int, List, Unicode
 from traitlets.config import Configurable
 
-from .vgpu import VGPUPolicy, parse_memory
+from .errors import KernelLaunchError
+from .vgpu import VGPUPolicy, VGPURequest, parse_memory
+
+
+class PendingLaunches:
+    """vGPUs of launches that passed the quota check but hold nothing the view can count yet.
+
+    Checked and taken in one step under one lock, so concurrent launches of one user cannot all
+    pass a quota that only one of them fits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._launches: dict[str, tuple[str, int]] = {}  # kernel id -> (user, vGPUs)
+
+    def take(self, kernel_id: str, user: str, vgpus: int, held: dict[str, int], check: Any) -> None:
+        """Run ``check(total held elsewhere)`` and, when it passes, hold ``vgpus`` for ``kernel_id``."""
+        with self._lock:
+            others = dict(held)
+            others.update({k: n for k, (u, n) in self._launches.items() if u == user})
+            others.pop(kernel_id, None)
+            check(sum(others.values()))
+            self._launches[kernel_id] = (user, vgpus)
+
+    def release(self, kernel_id: str) -> None:
+        with self._lock:
+            self._launches.pop(kernel_id, None)
+
+    def __contains__(self, kernel_id: str) -> bool:
+        return kernel_id in self._launches
+
+
+PENDING = PendingLaunches()
 
 
 class KernelPolicy(Configurable):
@@ -30,3 +66,16 @@ class KernelPolicy(Configurable):
             allowed_images=tuple(self.allowed_images),
             max_vgpus_per_user=self.max_vgpus_per_user,
         )
+
+    def check(self, request: VGPURequest, *, image: str, view: Any, backend: Any = None,
+              capacity: bool = False) -> None:
+        """Per-kernel limits, the image allow-list and (``capacity``) whether the pool can serve it now."""
+        self.policy().check(request, image if view.uses_images else None)
+        if capacity and request.count and view.can_serve(request, backend or view.backend) is False:
+            raise KernelLaunchError("unschedulable", view.shortage(request, backend or view.backend))
+
+    def take_quota(self, request: VGPURequest, *, user: str, kernel_id: str, view: Any) -> None:
+        """Hold this launch's vGPUs against the per-user quota (release with ``PENDING.release``)."""
+        policy = self.policy()
+        held = view.vgpus_by_kernel(user) if policy.max_vgpus_per_user and request.count else {}
+        PENDING.take(kernel_id, user, request.count, held, lambda elsewhere: policy.check_user_total(request, elsewhere))

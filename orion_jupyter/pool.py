@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+from .names import TERMINAL_PHASES
+from .vgpu import format_mib
 
 
 @dataclass
@@ -84,6 +85,14 @@ class PoolSnapshot:
                     "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later.")
         return (f"Not enough {resource} free: this kernel {self.shortage_text(resource, asked, unit=resource)}. "
                 "Ask for less, stop a kernel you no longer use, or try again later.")
+
+    def oversize_message(self, memory_resource: str, asked_mib: int) -> str | None:
+        """The sentence for a slice larger than any device of the pool; None when one is large enough."""
+        largest = max((n.resources.get(memory_resource, ResourceCount()).allocatable for n in self.nodes), default=0)
+        if not self.visible or not largest or asked_mib <= largest:
+            return None
+        return (f"Not enough vGPU memory: this kernel asks {format_mib(asked_mib)} per vGPU, "
+                f"and the largest device here has {format_mib(largest)}. Ask for less vGPU memory.")
 
     def as_dict(self) -> dict:
         return {

@@ -1,8 +1,9 @@
 """VGPUProvisioner: each kernel on its own vGPU slice, as a Kubernetes pod or a local process.
 
-A small Popen-like object in the manner of jupyter_client's LocalProvisioner: it resolves the
-vGPU request (kernel spec config, then start kwargs ``vgpu={...}``), checks it against policy and
-hands the launch to a driver (``k8s.driver.KubernetesDriver`` or ``local.LocalDriver``), whose
+A small Popen-like object in the manner of jupyter_client's LocalProvisioner: ``pre_launch``
+resolves the vGPU request (kernel spec config, then start kwargs ``vgpu={...}``), checks it
+against policy and fixes one :class:`~orion_jupyter.launch.KernelLaunch`; a driver (see
+:mod:`orion_jupyter.protocols`, picked by :mod:`orion_jupyter.clusters`) launches it, and its
 kernel handle answers poll/wait/kill from its own state.
 """
 
@@ -12,47 +13,30 @@ import getpass
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
 from .backends import Backend, get_backend
-from .config import KernelPolicy
+from .clusters import cluster_kind, make_driver
+from .config import PENDING, KernelPolicy
 from .errors import KernelLaunchError
+from .launch import KernelLaunch, PodSettings
 from .metrics import KERNEL_LAUNCH_FAILURES, KERNEL_LAUNCH_SECONDS
 from .progress import PROGRESS
-from .vgpu import VGPURequest, VGPURequestError
+from .protocols import Driver, KernelHandle
+from .vgpu import DEFAULT_MEMORY, DEFAULT_VGPUS, VGPURequest, VGPURequestError
 
-
-class KernelHandle(Protocol):
-    """What a driver returns for a launched kernel."""
-
-    ip: str
-
-    def poll(self) -> int | None: ...
-    async def wait(self) -> int | None: ...
-    async def send_signal(self, signum: int) -> None: ...
-    async def terminate(self, grace_seconds: int) -> None: ...
-    async def kill(self) -> None: ...
-    async def cleanup(self) -> None: ...
-    def info(self) -> dict[str, Any]: ...
-
-
-class Driver(Protocol):
-    name: str
-
-    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
-    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[KernelHandle, KernelConnectionInfo]: ...
-    async def attach(self, info: dict[str, Any]) -> KernelHandle: ...
-    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int: ...
+# Server-side variables a kernel may learn (the rest of the server's environment stays home).
+FORWARDED_ENV = ("JPY_SESSION_NAME",)
 
 
 class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- what a kernel asks for (per spec in kernel.json's provisioner config) -----------------
-    vgpus = Int(1, config=True, help="vGPUs per kernel (0: a CPU-only kernel).")
-    vgpu_memory = Unicode("4Gi", config=True, help="vGPU memory per vGPU: 4096 (MiB), '4Gi', '0.5Gi'.")
+    vgpus = Int(DEFAULT_VGPUS, config=True, help="vGPUs per kernel (0: a CPU-only kernel).")
+    vgpu_memory = Unicode(DEFAULT_MEMORY, config=True, help="vGPU memory per vGPU: 4096 (MiB), '4Gi', '0.5Gi'.")
     compute_percent = Int(None, allow_none=True, config=True, help="Compute share of one GPU per vGPU, 1-100.")
     backend = Enum(["orion", "hami", "nvidia"], "orion", config=True,
                    help="vGPU backend: orion (virtaitech.com/gpu + ORION_GMEM), hami (nvidia.com/gpumem), nvidia (whole GPU / MIG).")
@@ -98,9 +82,10 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
     watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
 
-    request = Instance(VGPURequest, allow_none=True)
-    driver: Any = None
-    handle: Any = None
+    request: VGPURequest | None = None
+    launch: KernelLaunch | None = None
+    driver: Driver | None = None
+    handle: KernelHandle | None = None
     _launch_started = 0.0
 
     @default("user")
@@ -111,28 +96,55 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def backend_model(self) -> Backend:
         return get_backend(self.backend, self.resource_names, self.env_names)
 
-    def resolve_request(self, override: Any = None) -> VGPURequest:
-        """The spec's request, with a caller's ``vgpu={'vgpus':..,'memory':..}`` on top, checked against policy."""
-        spec_default = VGPURequest.parse(self.vgpus, self.vgpu_memory if self.vgpus else None, self.compute_percent)
-        request = VGPURequest.from_mapping(override, spec_default) if override is not None else spec_default
-        KernelPolicy(parent=self).policy().check(request, self.image if self.cluster_kind() == "kubernetes" else None)
-        return request
-
     def cluster_kind(self) -> str:
-        if self.cluster != "auto":
-            return self.cluster
-        from .k8s.client import cluster_configured
+        return cluster_kind(self)
 
-        return "kubernetes" if cluster_configured(self.kubeconfig) else "local"
+    def resolve_request(self, override: Any = None) -> VGPURequest:
+        """The spec's request, with a caller's ``vgpu={'vgpus':..,'memory':..}`` on top."""
+        spec_default = VGPURequest.parse(self.vgpus, self.vgpu_memory if self.vgpus else None, self.compute_percent)
+        return VGPURequest.from_mapping(override, spec_default) if override is not None else spec_default
 
-    def _make_driver(self) -> Driver:
-        if self.cluster_kind() == "kubernetes":
-            from .k8s.driver import KubernetesDriver
+    def _kernel_env(self, launch_env: dict[str, str]) -> dict[str, str]:
+        """What the kernel's environment gains: the spec's env, forwarded server variables, extra_env."""
+        spec_env = {k: launch_env.get(k, v) for k, v in (self.kernel_spec.env or {}).items()}
+        forwarded = {k: launch_env[k] for k in FORWARDED_ENV if k in launch_env}
+        return {**forwarded, **spec_env, **self.extra_env}
 
-            return KubernetesDriver(self)
-        from .local import LocalDriver
-
-        return LocalDriver(self)
+    def _launch_description(self, request: VGPURequest, launch_env: dict[str, str]) -> KernelLaunch:
+        km = self.parent
+        session = getattr(km, "session", None)
+        return KernelLaunch(
+            kernel_id=self.kernel_id,
+            user=self.user,
+            request=request,
+            backend=self.backend_model(),
+            pod=PodSettings(
+                image=self.image,
+                image_pull_policy=self.image_pull_policy,
+                python=self.kernel_python,
+                labels=dict(self.labels),
+                annotations=dict(self.annotations),
+                node_selector=dict(self.node_selector),
+                tolerations=tuple(dict(t) for t in self.tolerations),
+                cpu_request=self.cpu_request,
+                cpu_limit=self.cpu_limit,
+                memory_request=self.memory_request,
+                memory_limit=self.memory_limit,
+                host_ipc=self.host_ipc,
+                run_as_user=self.run_as_user,
+                run_as_group=self.run_as_group,
+                scheduler_name=self.scheduler_name,
+            ),
+            kernel_spec_name=getattr(km, "kernel_name", "") or "",
+            course=self.course,
+            env=self._kernel_env(launch_env),
+            key=session.key.decode() if session is not None else "",
+            signature_scheme=session.signature_scheme if session is not None else "hmac-sha256",
+            ports=tuple(self.kernel_ports),
+            timeout=self.launch_timeout,
+            wait_for_capacity=self.wait_for_capacity,
+            orion_controller=self.orion_controller or None,
+        )
 
     # -- the provisioner API ------------------------------------------------------------------
     @property
@@ -143,33 +155,43 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         user = kwargs.pop("orion_user", None)
         if user:
             self.user = user
-        self.request = self.resolve_request(kwargs.pop("vgpu", None))
-        self.backend_model()  # invalid resource/env overrides fail here, before anything exists
+        request = self.resolve_request(kwargs.pop("vgpu", None))
+        backend = self.backend_model()  # invalid resource/env overrides fail here, before anything exists
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
-            self.driver = self._make_driver()
-        policy = KernelPolicy(parent=self).policy()
-        if policy.max_vgpus_per_user and self.request.count:
-            policy.check_user_total(self.request, await self.driver.vgpus_held_by(self.user, self.kernel_id))
+            self.driver = make_driver(self, self.parent, self.kernel_spec)
+        await self.driver.view.start()
+        policy = KernelPolicy(parent=self)
+        policy.check(request, image=self.image, view=self.driver.view, backend=backend)
+        policy.take_quota(request, user=self.user, kernel_id=self.kernel_id, view=self.driver.view)
+        self.request = request
         self._launch_started = time.monotonic()
         # jupyter_server lists a kernel as soon as it is ready but stamps its activity a moment later;
         # when many pods become ready at once GET /api/kernels could meet a kernel without it (a 500).
         parent = self.parent
         if parent is not None and parent.has_trait("last_activity") and not parent.trait_has_value("last_activity"):
             parent.last_activity = datetime.now(timezone.utc)
-        PROGRESS.record(self.kernel_id, f"starting a kernel with {self.request.describe()} ({self.driver.name})")
-        kwargs = await super().pre_launch(**kwargs)
+        PROGRESS.record(self.kernel_id, f"starting a kernel with {request.describe()} ({self.driver.name})")
         try:
-            return await self.driver.pre_launch(kwargs)
+            kwargs = await super().pre_launch(**kwargs)
+            self.launch = self._launch_description(request, kwargs.get("env") or {})
+            return await self.driver.pre_launch(self.launch, kwargs)
         except KernelLaunchError as err:
+            PENDING.release(self.kernel_id)
             self._launch_failed(err)
+            raise
+        except BaseException:
+            PENDING.release(self.kernel_id)
             raise
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        assert self.driver is not None and self.launch is not None, "pre_launch first"
         try:
-            self.handle, self.connection_info = await self.driver.launch(cmd, kwargs)
+            self.handle, self.connection_info = await self.driver.launch(self.launch, cmd, kwargs)
         except KernelLaunchError as err:
             self._launch_failed(err)
             raise
+        finally:
+            PENDING.release(self.kernel_id)  # from here on the view counts what the kernel holds
         seconds = time.monotonic() - self._launch_started
         KERNEL_LAUNCH_SECONDS.labels("success").observe(seconds)
         PROGRESS.record(self.kernel_id, f"kernel ready after {seconds:.1f} s", stage="ready")
@@ -226,14 +248,16 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.user = provisioner_info.get("user") or self.user
         if provisioner_info.get("driver"):
             self.cluster = provisioner_info["driver"]
-        self.driver = self._make_driver()
+        self.driver = make_driver(self, self.parent, self.kernel_spec)
         if provisioner_info.get("kernel"):
-            self.handle = await self.driver.attach(provisioner_info["kernel"])
+            self.launch = self._launch_description(self.request or VGPURequest(), {})
+            self.handle = await self.driver.attach(self.launch, provisioner_info["kernel"])
 
     def allocation_summary(self) -> dict[str, Any]:
         """This kernel's allocation for the server extension's views."""
         summary: dict[str, Any] = {"user": self.user, "backend": self.backend, "cluster": self.driver.name if self.driver else None}
         summary.update(self.request.as_dict() if self.request else {"vgpus": None, "memory_mib": None, "compute_percent": None})
+        summary["label"] = self.request.describe() if self.request else ""
         summary.update(self.handle.info() if self.handle else {})
         return summary
 

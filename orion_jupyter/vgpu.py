@@ -16,6 +16,10 @@ MIB = 1024 * 1024
 # No GPU has a terabyte of memory per slice; anything larger is a typo.
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_VGPUS = 64
+# What a kernel asks for when its spec says nothing (the provisioner's and the request's defaults).
+DEFAULT_VGPUS = 1
+DEFAULT_MEMORY = "4Gi"
+DEFAULT_MEMORY_MIB = 4096
 
 _UNITS_TO_BYTES = {
     "": MIB,  # a plain number is MiB, as ORION_GMEM is
@@ -178,8 +182,8 @@ def check_k8s_name(field_name: str, value: Any) -> str:
 class VGPURequest:
     """vGPUs for one kernel; memory is per vGPU, in whole MiB."""
 
-    count: int = 1
-    memory_mib: int = 4096
+    count: int = DEFAULT_VGPUS
+    memory_mib: int = DEFAULT_MEMORY_MIB
     compute_percent: int | None = None
 
     @classmethod

@@ -25,9 +25,8 @@ from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
 from ..pool import PoolSnapshot, pool_from_cluster
-from .manifests import LABEL_KERNEL_ID, MANAGED_SELECTOR, KernelManifests, secret_owner_patch
-
-ANNOTATION_STOPPED_BY = "orion-jupyter.io/stopped-by"
+from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR, TERMINAL_PHASES
+from .manifests import KernelManifests, secret_owner_patch
 from .watch import SharedWatch
 
 log = logging.getLogger("orion_jupyter.k8s")
@@ -85,7 +84,7 @@ def launch_state(pod: dict) -> LaunchState:
     if status.get("reason") == "Evicted":
         return LaunchState("failed", "evicted", f"the pod was evicted: {status.get('message', '')}".strip())
     code = container_exit_code(pod)
-    if code is not None or status.get("phase") in ("Succeeded", "Failed"):
+    if code is not None or status.get("phase") in TERMINAL_PHASES:
         return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} before it was ready")
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -400,7 +399,7 @@ class PodKernel:
         pod = self.cluster.pod(self.name)
         if pod is None:
             self._exit_code = 1  # deleted (by us, an operator or the node): the kernel is gone
-        elif (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        elif (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             code = container_exit_code(pod)
             self._exit_code = 1 if code is None else code
         return self._exit_code

@@ -1,25 +1,20 @@
-"""Turns a VGPUProvisioner's settings into a kernel pod and launches it on the shared KubeCluster."""
+"""The Kubernetes driver: a KernelLaunch becomes a kernel pod on the shared KubeCluster."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 
-from ..progress import PROGRESS
-from .client import api_client, default_namespace
-from .cluster import KubeCluster, PodKernel
 from ..errors import KernelLaunchError
-from ..pool import TERMINAL_PHASES, extended_limits
-from .manifests import LABEL_KERNEL_ID, LABEL_USER, KernelManifests, KernelPodOptions, build_kernel_manifests, slug
+from ..launch import KernelLaunch
+from ..progress import PROGRESS
+from .cluster import KubeCluster, PodKernel
+from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests, slug
+from .view import KubernetesView
 
-if TYPE_CHECKING:
-    from ..provisioner import VGPUProvisioner
-
-# Server-side variables a kernel may learn (the rest of the server's environment stays home).
-_FORWARDED_ENV = ("JPY_SESSION_NAME",)
 PORT_RANGE = (40000, 60000)
 
 
@@ -29,62 +24,62 @@ def server_pod_owner() -> dict[str, str] | None:
     return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid} if name and uid else None
 
 
+def pod_options(launch: KernelLaunch, namespace: str, connection: dict[str, Any], suffix: str) -> KernelPodOptions:
+    pod = launch.pod
+    return KernelPodOptions(
+        kernel_id=launch.kernel_id,
+        user=launch.user,
+        request=launch.request,
+        backend=launch.backend,
+        image=pod.image,
+        namespace=namespace,
+        connection_info=connection,
+        name_suffix=suffix,
+        kernel_spec_name=launch.kernel_spec_name,
+        course=launch.course,
+        labels=pod.labels,
+        annotations=pod.annotations,
+        node_selector=pod.node_selector,
+        tolerations=[dict(t) for t in pod.tolerations],
+        cpu_request=pod.cpu_request,
+        cpu_limit=pod.cpu_limit,
+        memory_request=pod.memory_request,
+        memory_limit=pod.memory_limit,
+        image_pull_policy=pod.image_pull_policy,
+        extra_env=launch.env,
+        owner=server_pod_owner(),
+        host_ipc=pod.host_ipc,
+        orion_controller=launch.orion_controller,
+        python=pod.python,
+        run_as_user=pod.run_as_user,
+        run_as_group=pod.run_as_group,
+        scheduler_name=pod.scheduler_name,
+    )
+
+
 class KubernetesDriver:
     name = "kubernetes"
 
-    def __init__(self, provisioner: "VGPUProvisioner"):
-        self.p = provisioner
-        api = api_client(provisioner.kubeconfig, provisioner.kube_context)
-        namespace = provisioner.namespace or default_namespace(provisioner.kubeconfig, provisioner.kube_context)
-        self.cluster = KubeCluster.shared(api, namespace, watch_nodes=provisioner.watch_nodes)
+    def __init__(self, cluster: KubeCluster, view: KubernetesView):
+        self.cluster = cluster
+        self.view = view
         self.manifests: KernelManifests | None = None
         self._connection: dict[str, Any] = {}
 
-    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        p, km = self.p, self.p.parent
-        stopped_by = self.cluster.stopped_by.get(slug(p.kernel_id, 63))
+    async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
+        stopped_by = self.cluster.stopped_by.get(slug(launch.kernel_id, 63))
         if stopped_by:
             raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
         self._connection = {
             "transport": "tcp",
             "ip": "0.0.0.0",
-            "key": km.session.key.decode(),
-            "signature_scheme": km.session.signature_scheme,
-            "kernel_name": getattr(km, "kernel_name", "") or "",
-            **dict(zip(port_names, p.kernel_ports or self._fresh_ports())),
+            "key": launch.key,
+            "signature_scheme": launch.signature_scheme,
+            "kernel_name": launch.kernel_spec_name,
+            **dict(zip(port_names, launch.ports or self._fresh_ports())),
         }
-        server_env = kwargs.get("env") or {}
-        spec_env = {k: server_env.get(k, v) for k, v in (p.kernel_spec.env or {}).items()}
-        forwarded = {k: server_env[k] for k in _FORWARDED_ENV if k in server_env}
-        self.manifests = build_kernel_manifests(KernelPodOptions(
-            kernel_id=p.kernel_id,
-            user=p.user,
-            request=p.request,
-            backend=p.backend_model(),
-            image=p.image,
-            namespace=self.cluster.namespace,
-            connection_info=self._connection,
-            name_suffix=secrets.token_hex(3),
-            kernel_spec_name=getattr(km, "kernel_name", "") or "",
-            course=p.course,
-            labels=p.labels,
-            annotations=p.annotations,
-            node_selector=p.node_selector,
-            tolerations=p.tolerations,
-            cpu_request=p.cpu_request,
-            cpu_limit=p.cpu_limit,
-            memory_request=p.memory_request,
-            memory_limit=p.memory_limit,
-            image_pull_policy=p.image_pull_policy,
-            extra_env={**forwarded, **spec_env, **p.extra_env},
-            owner=server_pod_owner(),
-            host_ipc=p.host_ipc,
-            orion_controller=p.orion_controller or None,
-            python=p.kernel_python,
-            run_as_user=p.run_as_user,
-            run_as_group=p.run_as_group,
-            scheduler_name=p.scheduler_name,
-        ))
+        self.manifests = build_kernel_manifests(
+            pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
         kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
         return kwargs
 
@@ -98,30 +93,19 @@ class KubernetesDriver:
                 ports.append(port)
         return ports
 
-    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
+    async def launch(self, launch: KernelLaunch, cmd: list[str],
+                     kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
         assert self.manifests is not None, "pre_launch first"
         kernel = await self.cluster.launch(
             self.manifests,
-            timeout=self.p.launch_timeout,
-            count_resource=self.p.backend_model().count_resource,
-            wait_when_unschedulable=self.p.wait_for_capacity,
-            progress=lambda message: PROGRESS.record(self.p.kernel_id, message),
+            timeout=launch.timeout,
+            count_resource=launch.backend.count_resource,
+            wait_when_unschedulable=launch.wait_for_capacity,
+            progress=lambda message: PROGRESS.record(launch.kernel_id, message),
         )
         info = dict(self._connection, ip=kernel.ip, key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]
 
-    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int:
-        """vGPUs the user's other kernel pods in this namespace hold, from the watch cache."""
-        await self.cluster.ensure_started()
-        resource, user_label, kernel_label = self.p.backend_model().count_resource, slug(user, 63), slug(other_than_kernel, 63)
-        held = 0
-        for pod in self.cluster.kernel_pods():
-            labels = pod["metadata"].get("labels") or {}
-            if labels.get(LABEL_USER) == user_label and labels.get(LABEL_KERNEL_ID) != kernel_label \
-                    and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-                held += extended_limits(pod).get(resource, 0)
-        return held
-
-    async def attach(self, info: dict[str, Any]) -> PodKernel:
+    async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> PodKernel:
         await self.cluster.ensure_started()
         return PodKernel(self.cluster, info["pod_name"], info.get("pod_ip", ""))

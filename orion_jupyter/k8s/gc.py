@@ -6,7 +6,7 @@ import json
 
 from kubernetes import client
 
-from .manifests import MANAGED_SELECTOR
+from ..names import MANAGED_SELECTOR
 
 
 def collect_garbage(api: client.ApiClient, namespace: str, dry_run: bool = False) -> list[tuple[str, str, str]]:

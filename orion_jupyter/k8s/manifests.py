@@ -12,24 +12,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..allocation import DOWNWARD_FIELDS, ENV_NAMES, KernelAllocation
+from ..allocation import CONNECTION_FILE_ENV, DOWNWARD_FIELDS, ENV_NAMES, KernelAllocation
 from ..backends import Backend
 from ..memory_cap import KERNEL_ARGUMENT
+from ..names import (
+    ANNOTATION_BACKEND,
+    ANNOTATION_KERNEL_SPEC,
+    ANNOTATION_REQUEST,
+    ANNOTATION_RESOURCES,
+    ANNOTATION_USER,
+    LABEL_COMPONENT,
+    LABEL_COURSE,
+    LABEL_KERNEL_ID,
+    LABEL_MANAGED_BY,
+    LABEL_USER,
+    MANAGED_BY,
+)
 from ..vgpu import VGPURequest, check_k8s_name
-
-MANAGED_BY = "orion-jupyter"
-DOMAIN = "orion-jupyter.io"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_KERNEL_ID = f"{DOMAIN}/kernel-id"
-LABEL_USER = f"{DOMAIN}/user"
-LABEL_COURSE = f"{DOMAIN}/course"
-ANNOTATION_USER = f"{DOMAIN}/user"
-ANNOTATION_REQUEST = f"{DOMAIN}/vgpu-request"
-ANNOTATION_BACKEND = f"{DOMAIN}/backend"
-ANNOTATION_KERNEL_SPEC = f"{DOMAIN}/kernel-spec"
-ANNOTATION_RESOURCES = f"{DOMAIN}/resources"
-MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 CONNECTION_DIR = "/etc/orion-jupyter"
 CONNECTION_KEY = "connection.json"
@@ -39,11 +38,11 @@ CONTAINER_NAME = "kernel"
 # ipykernel binds to the connection file's "ip", so copy the Secret's file with the pod IP set.
 KERNEL_ENTRYPOINT = (
     "import json, os, sys, tempfile\n"
-    "src = os.environ['ORION_JUPYTER_CONNECTION_FILE']\n"
+    f"src = os.environ['{CONNECTION_FILE_ENV}']\n"
     "with open(src) as f:\n"
     "    info = json.load(f)\n"
-    "info['ip'] = os.environ.get('ORION_JUPYTER_POD_IP') or '0.0.0.0'\n"
-    "path = os.path.join(tempfile.gettempdir(), 'orion-kernel-%s.json' % os.environ['ORION_JUPYTER_KERNEL_ID'])\n"
+    f"info['ip'] = os.environ.get('{ENV_NAMES['pod_ip']}') or '0.0.0.0'\n"
+    f"path = os.path.join(tempfile.gettempdir(), 'orion-kernel-%s.json' % os.environ['{ENV_NAMES['kernel_id']}'])\n"
     "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
     "with os.fdopen(fd, 'w') as f:\n"
     "    json.dump(info, f)\n"
@@ -191,7 +190,7 @@ def _env(opts: KernelPodOptions) -> list[dict]:
         **opts.extra_env,
         **opts.backend.env(opts.request, controller=opts.orion_controller),
         **allocation.to_env(downward=True),
-        "ORION_JUPYTER_CONNECTION_FILE": f"{CONNECTION_DIR}/{CONNECTION_KEY}",
+        CONNECTION_FILE_ENV: f"{CONNECTION_DIR}/{CONNECTION_KEY}",
     }
     env = [{"name": key, "value": str(value)} for key, value in values.items()]
     env += [

@@ -1,3 +1,24 @@
+"""The local driver: a KernelLaunch becomes a local process holding slots of the local pool.
+
+The process is started by jupyter_client's own LocalProvisioner, with the allocation in its
+environment and the memory cap hook.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+
+from ..allocation import KernelAllocation
+from ..launch import KernelLaunch
+from ..memory_cap import KERNEL_ARGUMENT
+from .pool import LocalPool, _process_start
+from .view import LocalView
+
+
 class LocalKernel:
     """A kernel process holding local slots; the process is jupyter_client's LocalProvisioner's."""
 
@@ -47,57 +68,60 @@ class LocalKernel:
 class LocalDriver:
     name = "local"
 
-    def __init__(self, provisioner: "VGPUProvisioner"):
-        self.p = provisioner
-        self.pool = LocalPool(parent=provisioner)
+    def __init__(self, view: LocalView, kernel_manager: Any, kernel_spec: Any):
+        """``kernel_manager`` and ``kernel_spec`` are what jupyter_client's LocalProvisioner needs."""
+        self.view = view
+        self.pool = view.local_pool
+        self._kernel_manager = kernel_manager
+        self._kernel_spec = kernel_spec
         self.process: LocalProvisioner | None = None
         self.slots: list[tuple[int, int]] = []
 
-    def _environment(self, slots: list[tuple[int, int]]) -> dict[str, str]:
-        p, request = self.p, self.p.request
+    @staticmethod
+    def environment(launch: KernelLaunch, slots: list[tuple[int, int]]) -> dict[str, str]:
+        request = launch.request
         allocation = KernelAllocation(
-            cluster="local", backend=p.backend, vgpus=request.count, memory_mib=request.memory_mib,
-            compute_percent=request.compute_percent, kernel_id=p.kernel_id, user=p.user,
+            cluster="local", backend=launch.backend.name, vgpus=request.count, memory_mib=request.memory_mib,
+            compute_percent=request.compute_percent, kernel_id=launch.kernel_id, user=launch.user,
             memory_cap="cooperative" if request.count else "none", node_name=socket.gethostname(),
             namespace="", pod_ip="127.0.0.1",
         )
         gpus = sorted({index for index, _ in slots if index >= 0})
         return {
-            **p.extra_env,
-            **p.backend_model().env(request, controller=p.orion_controller or None),
+            **launch.env,
+            **launch.backend.env(request, controller=launch.orion_controller),
             **allocation.to_env(),
             # No GPU granted (CPU pool or CPU-only kernel): hide every GPU from the kernel.
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
         }
 
-    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        p = self.p
-        self.slots = self.pool.reserve(p.kernel_id, p.user, p.request)
+    def _process(self, kernel_id: str) -> LocalProvisioner:
+        return LocalProvisioner(kernel_id=kernel_id, kernel_spec=self._kernel_spec, parent=self._kernel_manager)
+
+    async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.slots = self.pool.reserve(launch.kernel_id, launch.user, launch.request)
         try:
-            kwargs["env"] = {**kwargs["env"], **self._environment(self.slots)}
+            kwargs["env"] = {**kwargs["env"], **self.environment(launch, self.slots)}
             kwargs["extra_arguments"] = [*(kwargs.get("extra_arguments") or []), KERNEL_ARGUMENT]
-            if self.process is None:
-                self.process = LocalProvisioner(kernel_id=p.kernel_id, kernel_spec=p.kernel_spec, parent=p.parent)
+            if self.process is None:  # reused across restarts, so the ports stay the same
+                self.process = self._process(launch.kernel_id)
             return await self.process.pre_launch(**kwargs)
         except BaseException:
-            self.pool.release(p.kernel_id)
+            self.pool.release(launch.kernel_id)
             raise
 
-    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[LocalKernel, KernelConnectionInfo]:
+    async def launch(self, launch: KernelLaunch, cmd: list[str],
+                     kwargs: dict[str, Any]) -> tuple[LocalKernel, KernelConnectionInfo]:
         assert self.process is not None, "pre_launch first"
         try:
             info = await self.process.launch_kernel(cmd, **kwargs)
-            self.pool.started(self.p.kernel_id, self.process.pid)
+            self.pool.started(launch.kernel_id, self.process.pid)
         except BaseException:
-            self.pool.release(self.p.kernel_id)
+            self.pool.release(launch.kernel_id)
             raise
-        return LocalKernel(self.process, self.pool, self.p.kernel_id, self.slots), info
+        return LocalKernel(self.process, self.pool, launch.kernel_id, self.slots), info
 
-    async def vgpus_held_by(self, user: str, other_than_kernel: str) -> int:
-        return sum(len(entry["slots"]) for kernel_id, entry in self.pool.holders().items()
-                   if entry.get("user") == user and kernel_id != other_than_kernel)
-
-    async def attach(self, info: dict[str, Any]) -> LocalKernel:
-        process = LocalProvisioner(kernel_id=self.p.kernel_id, kernel_spec=self.p.kernel_spec, parent=self.p.parent)
+    async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> LocalKernel:
+        process = self._process(launch.kernel_id)
         process.pid, process.pgid, process.ip = info.get("pid"), info.get("pgid"), "127.0.0.1"
-        return LocalKernel(process, self.pool, self.p.kernel_id, [tuple(s) for s in info.get("slots", [])])
+        return LocalKernel(process, self.pool, launch.kernel_id, [tuple(s) for s in info.get("slots", [])])

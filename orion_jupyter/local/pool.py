@@ -1,12 +1,4 @@
-"""The local vGPU pool: slots on this machine's GPUs (or a CPU-only pool), in a locked slot table.
-
-A pool of GPUs (found with nvidia-smi, or declared), each cut into slices; a vGPU takes one
-slice and its memory from one GPU. With no GPU the pool is CPU-only, so vGPU kernel specs, the
-panel and the widget still work. The slot table is a small JSON file under a file lock, so
-concurrent launches (and several servers) never hand out one slot twice; entries whose process
-is gone are reclaimed whenever the table is read. The process itself is started by jupyter_client's
-own LocalProvisioner, with the allocation in its environment and the memory cap hook.
-"""
+"""The local vGPU pool: slots on this machine's GPUs (or a CPU-only pool), in a locked slot table."""
 
 from __future__ import annotations
 
@@ -142,7 +134,10 @@ class LocalPool(LoggingConfigurable):
 
     def snapshot(self) -> PoolSnapshot:
         with self._table() as table:
-            used = self._usage(table)
+            return self._snapshot(table)
+
+    def _snapshot(self, table: dict[str, Any]) -> PoolSnapshot:
+        used = self._usage(table)
         host = socket.gethostname()
         nodes = []
         for device in self.devices():
@@ -171,7 +166,7 @@ class LocalPool(LoggingConfigurable):
             table.pop(kernel_id, None)  # a restart gives back what it held
             slots = self._fit(devices, table, request)
             if slots is None:
-                raise KernelLaunchError("unschedulable", self._shortage_text(devices, table, request))
+                raise KernelLaunchError("unschedulable", self._shortage_text(table, request))
             me = os.getpid()
             table[kernel_id] = {"user": user, "slots": slots, "request": request.as_dict(), "pid": None,
                                 "owner_pid": me, "owner_start": _process_start(me), "reserved_at": time.time()}
@@ -200,18 +195,12 @@ class LocalPool(LoggingConfigurable):
     def shortage(self, request: VGPURequest) -> str:
         """Why ``request`` cannot be served now, as reserve() would say it."""
         with self._table() as table:
-            return self._shortage_text(self.devices(), table, request)
+            return self._shortage_text(table, request)
 
-    def _shortage_text(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> str:
-        largest = max(d.memory_mib for d in devices)
-        if request.memory_mib > largest:
-            return (f"Not enough vGPU memory: this kernel asks {format_mib(request.memory_mib)} per vGPU, "
-                    f"and the largest device here has {format_mib(largest)}. Ask for less vGPU memory.")
-        total = sum(d.slices for d in devices)
-        in_use = sum(len(e["slots"]) for e in table.values())
-        need = f"needs {request.count} vGPU{'s' if request.count != 1 else ''}"
-        return (f"Not enough vGPUs free: this kernel {need}; {max(total - in_use, 0)} of {total} are free right now "
-                f"({in_use} in use). Stop a kernel you no longer use, ask for fewer vGPUs or less memory, or try again later.")
+    def _shortage_text(self, table: dict[str, Any], request: VGPURequest) -> str:
+        pool = self._snapshot(table)
+        return pool.oversize_message(MEMORY_RESOURCE, request.memory_mib) or \
+            pool.shortage_message(VGPU_RESOURCE, request.count, VGPU_RESOURCE)
 
     def started(self, kernel_id: str, pid: int) -> None:
         with self._table() as table:

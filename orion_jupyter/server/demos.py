@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import nbformat
+from jupyter_server.utils import ensure_async
 
 from ..progress import ProgressLog
 
@@ -45,11 +46,11 @@ class Demos:
     async def place(self, name: str, contents_manager: Any) -> str:
         """Copy the demo notebook to the user's folder, never over a copy they may have edited."""
         target = self.target(name)
-        if not await _maybe_await(contents_manager.file_exists(target)):
-            if self.folder and not await _maybe_await(contents_manager.dir_exists(self.folder)):
-                await _maybe_await(contents_manager.save({"type": "directory"}, self.folder))
+        if not await ensure_async(contents_manager.file_exists(target)):
+            if self.folder and not await ensure_async(contents_manager.dir_exists(self.folder)):
+                await ensure_async(contents_manager.save({"type": "directory"}, self.folder))
             notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
-            await _maybe_await(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target))
+            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target))
         return target
 
     def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
@@ -63,7 +64,7 @@ class Demos:
         record = lambda message, **kw: self.progress.record(kernel_id, message, stage="demo", **kw)  # noqa: E731
         executed_path = path[: -len(".ipynb")] + ".executed.ipynb"
         try:
-            model = await _maybe_await(contents_manager.get(path, content=True, type="notebook"))
+            model = await ensure_async(contents_manager.get(path, content=True, type="notebook"))
             notebook = nbformat.from_dict(model["content"])
             code_cells = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
             record(f"running {path}: {len(code_cells)} code cells")
@@ -75,12 +76,8 @@ class Demos:
             client = NotebookClient(notebook, km=kernel_manager.get_kernel(kernel_id), timeout=self.cell_timeout,
                                     on_cell_executed=on_cell_executed)
             await client.async_execute()
-            await _maybe_await(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, executed_path))
+            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, executed_path))
             record(f"finished: wrote {executed_path}", done=len(code_cells), total=len(code_cells), output=executed_path, finished=True)
         except Exception as err:  # noqa: BLE001 - report any failure of a headless run to the user
             log.exception("demo %s failed", name)
             record(f"demo failed: {err}", level="error", finished=True)
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future) else value

@@ -12,7 +12,7 @@ from tornado import web
 
 from ..errors import KernelLaunchError
 from ..vgpu import VGPURequestError
-from .state import pod_summary, spec_views, user_label
+from .kernels import KernelIdTaken, spec_views
 
 AUTH_RESOURCE = "orion"
 
@@ -30,7 +30,8 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def username(self) -> str:
-        return self.current_user.username
+        """The name this request acts as (the server's user on a one-person server)."""
+        return self.state.access.kernel_user(self.current_user)
 
     @property
     def is_instructor(self) -> bool:
@@ -58,9 +59,9 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
 
     async def start_kernel_or_refuse(self, body: dict[str, Any], path: str | None = None) -> dict[str, Any] | None:
         try:
-            return await self.state.start_vgpu_kernel(body, self.username, path=path)
+            return await self.state.kernels.start(body, self.username, path=path)
         except VGPURequestError as err:
-            self.refuse(400, str(err), field=err.field)
+            self.refuse(409 if isinstance(err, KernelIdTaken) else 400, str(err), field=err.field)
         except KernelLaunchError as err:
             self.refuse(409 if err.reason == "unschedulable" else 503, str(err), reason=err.reason)
         return None
@@ -70,7 +71,7 @@ class AllocationsHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        kernels = await self.state.allocations_for(self.current_user)
+        kernels = await self.state.kernels.allocations_for(self.current_user, self.state.access)
         self.reply({"kernels": kernels, "cluster": self.state.view.kind})
 
 
@@ -86,7 +87,7 @@ class SpecsHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"specs": spec_views(self.state.view)})
+        self.reply({"specs": spec_views(self.state.settings, self.state.view)})
 
 
 class KernelsHandler(OrionHandler):
@@ -160,13 +161,9 @@ class ClassPodHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def delete(self, pod_name: str) -> None:
-        found = self.state.view.find_pod(pod_name)
-        if found is None:
+        kernel = self.state.view.find_kernel(pod_name)
+        if kernel is None or not (self.is_instructor or kernel["user"] == self.username):
+            # Another user's pod is as good as not there for this user.
             return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
-        cluster, pod = found
-        summary = pod_summary(pod)
-        if not self.is_instructor and user_label(summary["user"]) != user_label(self.username):
-            # Another user's pod: as good as not there for this user.
-            return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
-        await self.state.stop_pod(cluster, pod, stopped_by=self.username)
-        self.reply({"stopped": pod_name, "user": summary["user"]})
+        await self.state.kernels.stop(kernel, stopped_by=self.username)
+        self.reply({"stopped": pod_name, "user": kernel["user"]})

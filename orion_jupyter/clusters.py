@@ -1,0 +1,52 @@
+"""Where kernels run: the one place that picks a backend (local processes or Kubernetes).
+
+``settings`` is a :class:`~orion_jupyter.provisioner.VGPUProvisioner` (its traitlets are the
+configuration); everything else talks to the :mod:`~orion_jupyter.protocols` it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .protocols import BackendView, Driver
+
+
+def cluster_kind(settings: Any) -> str:
+    if settings.cluster != "auto":
+        return settings.cluster
+    from .k8s.client import cluster_configured
+
+    return "kubernetes" if cluster_configured(settings.kubeconfig) else "local"
+
+
+def _kube_clusters(settings: Any, extra_namespaces: Iterable[str] = ()) -> list[Any]:
+    from .k8s.client import api_client, default_namespace
+    from .k8s.cluster import KubeCluster
+
+    api = api_client(settings.kubeconfig, settings.kube_context)
+    primary = settings.namespace or default_namespace(settings.kubeconfig, settings.kube_context)
+    namespaces = [primary] + [n for n in extra_namespaces if n != primary]
+    return [KubeCluster.shared(api, ns, watch_nodes=settings.watch_nodes and ns == primary) for ns in namespaces]
+
+
+def make_view(settings: Any, class_namespaces: Iterable[str] = ()) -> BackendView:
+    """The read side for the server extension (and a driver's quota checks)."""
+    if cluster_kind(settings) == "kubernetes":
+        from .k8s.view import KubernetesView
+
+        return KubernetesView(_kube_clusters(settings, class_namespaces), settings.backend_model())
+    from .local import LocalPool, LocalView
+
+    return LocalView(LocalPool(parent=settings), settings.backend_model())
+
+
+def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
+    """The launch side for one provisioner."""
+    view = make_view(settings)
+    if view.kind == "kubernetes":
+        from .k8s.driver import KubernetesDriver
+
+        return KubernetesDriver(view.clusters[0], view)  # type: ignore[attr-defined]
+    from .local import LocalDriver
+
+    return LocalDriver(view, kernel_manager, kernel_spec)  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""The read side of the Kubernetes backend: pool, kernel pods and class view from the watch caches."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from ..backends import Backend
+from ..names import (
+    ANNOTATION_BACKEND,
+    ANNOTATION_LAST_ACTIVITY,
+    ANNOTATION_REQUEST,
+    ANNOTATION_USER,
+    LABEL_KERNEL_ID,
+    LABEL_USER,
+    TERMINAL_PHASES,
+)
+from ..pool import PoolSnapshot, extended_limits
+from ..vgpu import VGPURequest
+from .cluster import KubeCluster
+from .manifests import slug
+
+
+def seconds_since(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max((datetime.now(timezone.utc) - then).total_seconds(), 0.0)
+
+
+def pod_user(pod: dict) -> str:
+    """The exact user a kernel pod belongs to (the annotation; the label is only a slug for selecting)."""
+    return (pod["metadata"].get("annotations") or {}).get(ANNOTATION_USER, "")
+
+
+def pod_request(pod: dict) -> dict[str, Any]:
+    try:
+        return json.loads((pod["metadata"].get("annotations") or {}).get(ANNOTATION_REQUEST, "{}"))
+    except ValueError:
+        return {}
+
+
+def pod_summary(pod: dict) -> dict[str, Any]:
+    """An orion-jupyter kernel pod as the class view shows it."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    reason = status.get("reason") or ""
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason"):
+            reason = reason or condition["reason"]
+    started = meta.get("creationTimestamp")
+    last_activity = annotations.get(ANNOTATION_LAST_ACTIVITY) or started
+    return {
+        "pod": meta["name"],
+        "namespace": meta.get("namespace"),
+        "user": pod_user(pod),
+        "kernel_id": (meta.get("labels") or {}).get(LABEL_KERNEL_ID, ""),
+        "node": (pod.get("spec") or {}).get("nodeName"),
+        "phase": status.get("phase", "Pending"),
+        "reason": reason,
+        "backend": annotations.get(ANNOTATION_BACKEND, ""),
+        **pod_request(pod),
+        "started": started,
+        "last_activity": last_activity,
+        "idle_seconds": seconds_since(last_activity),
+    }
+
+
+class KubernetesView:
+    """The pool and the kernel pods of one or more namespaces (the first is the kernels' own)."""
+
+    kind = "kubernetes"
+    uses_images = True
+
+    def __init__(self, clusters: list[KubeCluster], backend: Backend):
+        self.clusters = clusters
+        self.backend = backend
+        self.count_resource = backend.count_resource
+
+    @property
+    def namespace(self) -> str:
+        return self.clusters[0].namespace
+
+    async def start(self) -> None:
+        for cluster in self.clusters:
+            await cluster.ensure_started()
+
+    def pool(self) -> PoolSnapshot:
+        return self.clusters[0].pool()
+
+    def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
+        return True if request.count == 0 else self.pool().can_serve(backend.resources(request))
+
+    def shortage(self, request: VGPURequest, backend: Backend) -> str:
+        resources = backend.resources(request)
+        pool = self.pool()
+        resource = pool.short_resource(resources) or backend.count_resource
+        return pool.shortage_message(resource, resources[resource], backend.count_resource)
+
+    def kernel_pods(self) -> list[dict]:
+        return [pod for cluster in self.clusters for pod in cluster.kernel_pods()]
+
+    def vgpus_by_kernel(self, user: str) -> dict[str, int]:
+        """vGPUs of the user's live kernel pods in the kernels' namespace, by kernel id."""
+        label, held = slug(user, 63), {}
+        for pod in self.clusters[0].kernel_pods():
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get(LABEL_USER) != label or pod_user(pod) != user:
+                continue
+            if (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+                kernel_id = labels.get(LABEL_KERNEL_ID, "")
+                held[kernel_id] = held.get(kernel_id, 0) + extended_limits(pod).get(self.count_resource, 0)
+        return held
+
+    def kernel_state(self, handle_info: dict[str, Any]) -> dict[str, Any]:
+        pod = self.clusters[0].pod(handle_info["pod_name"]) if handle_info.get("pod_name") else None
+        if pod is None:
+            return {}
+        status = pod.get("status") or {}
+        return {"node": (pod.get("spec") or {}).get("nodeName"), "phase": status.get("phase"),
+                "reason": status.get("reason", ""), "started": pod["metadata"].get("creationTimestamp")}
+
+    def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
+        pods = self.kernel_pods()
+        if user is not None:  # select by label (cheap), decide by the exact name
+            label = slug(user, 63)
+            pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_USER) == label and pod_user(p) == user]
+        return [pod_summary(pod) for pod in pods]
+
+    def _find(self, name: str) -> tuple[KubeCluster, dict] | None:
+        for cluster in self.clusters:
+            pod = cluster.pod(name)
+            if pod is not None:
+                return cluster, pod
+        return None
+
+    def find_kernel(self, name: str) -> dict[str, Any] | None:
+        found = self._find(name)
+        return pod_summary(found[1]) if found else None
+
+    async def stop_kernel(self, name: str, stopped_by: str) -> None:
+        found = self._find(name)
+        if found is not None:
+            await found[0].stop_foreign_pod(name, stopped_by)
+
+    async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
+        return await self.clusters[0].annotate_pod(name, annotations)

@@ -1,0 +1,58 @@
+"""The read side of the local backend: pool and kernels from the slot table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backends import Backend
+from ..pool import PoolSnapshot
+from ..vgpu import VGPURequest
+from .pool import VGPU_RESOURCE, LocalPool
+
+
+class LocalView:
+    kind = "local"
+    count_resource = VGPU_RESOURCE
+    uses_images = False
+
+    def __init__(self, pool: LocalPool, backend: Backend):
+        self.local_pool = pool
+        self.backend = backend
+
+    async def start(self) -> None:
+        return None
+
+    def pool(self) -> PoolSnapshot:
+        return self.local_pool.snapshot()
+
+    def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
+        return self.local_pool.can_serve(request)
+
+    def shortage(self, request: VGPURequest, backend: Backend) -> str:
+        return self.local_pool.shortage(request)
+
+    def vgpus_by_kernel(self, user: str) -> dict[str, int]:
+        return {kernel_id: len(entry["slots"]) for kernel_id, entry in self.local_pool.holders().items()
+                if entry.get("user") == user}
+
+    def kernel_state(self, handle_info: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
+        kernels = [
+            {"pod": None, "namespace": None, "user": entry.get("user", ""), "kernel_id": kernel_id,
+             "node": "local", "phase": "Running" if entry.get("pid") else "Pending", "reason": "",
+             "backend": self.backend.name, **(entry.get("request") or {}),
+             "started": None, "last_activity": None, "idle_seconds": None, "pid": entry.get("pid")}
+            for kernel_id, entry in self.local_pool.holders().items()
+        ]
+        return [k for k in kernels if user is None or k["user"] == user]
+
+    def find_kernel(self, name: str) -> dict[str, Any] | None:
+        return None  # local kernels have no pod to stop from the class view
+
+    async def stop_kernel(self, name: str, stopped_by: str) -> None:
+        return None
+
+    async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
+        return False

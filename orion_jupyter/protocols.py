@@ -1,0 +1,84 @@
+"""The contracts between the provisioner, the server extension and the backends.
+
+A backend (local processes, a Kubernetes namespace, next a broker) provides two objects:
+
+- a :class:`Driver`, the launch side, one per provisioner (so a restart keeps its state), and
+- a :class:`BackendView`, the read side: what the server extension shows and checks.
+
+The provisioner and ``server/`` know only these protocols; ``clusters.py`` picks the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from jupyter_client.connect import KernelConnectionInfo
+
+from .backends import Backend
+from .launch import KernelLaunch
+from .pool import PoolSnapshot
+from .vgpu import VGPURequest
+
+
+class KernelHandle(Protocol):
+    """A launched kernel, Popen-like (as jupyter_client's LocalProvisioner uses ``Popen``).
+
+    ``poll`` answers from local state (no I/O): None while the kernel runs, else its exit code.
+    ``terminate`` / ``kill`` ask the kernel to go; ``cleanup`` releases everything it held (pod,
+    Secret, slot) and must succeed when the kernel is already gone. ``info`` is JSON-safe and is
+    what ``Driver.attach`` gets back after a server restart.
+    """
+
+    ip: str
+
+    def poll(self) -> int | None: ...
+    async def wait(self) -> int | None: ...
+    async def send_signal(self, signum: int) -> None: ...
+    async def terminate(self, grace_seconds: int) -> None: ...
+    async def kill(self) -> None: ...
+    async def cleanup(self) -> None: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+class Driver(Protocol):
+    """Starts kernels of one backend.
+
+    ``pre_launch`` reserves or prepares what the launch needs and returns jupyter_client's launch
+    kwargs (``cmd`` among them); ``launch`` starts the kernel and returns once it accepts
+    connections, or raises :class:`~orion_jupyter.errors.KernelLaunchError` with the reason after
+    undoing everything it created. Both read only the :class:`KernelLaunch`.
+    """
+
+    name: str
+    view: "BackendView"
+
+    async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]: ...
+    async def launch(self, launch: KernelLaunch, cmd: list[str],
+                     kwargs: dict[str, Any]) -> tuple[KernelHandle, KernelConnectionInfo]: ...
+    async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> KernelHandle: ...
+
+
+class BackendView(Protocol):
+    """What a backend holds, from caches only: no method makes a request to the cluster except
+    ``start``, ``stop_kernel`` and ``annotate``.
+
+    Kernel summaries are dicts with at least ``pod``, ``user`` (the exact user name), ``kernel_id``,
+    ``node``, ``phase``, ``reason``, ``backend``, the request fields, ``started``,
+    ``last_activity`` and ``idle_seconds``.
+    """
+
+    kind: str  # "kubernetes" | "local"
+    backend: Backend  # the configured backend (a spec may name another)
+    count_resource: str  # the pool resource that counts vGPUs
+    uses_images: bool  # whether a kernel's image matters (the image allow-list applies)
+
+    async def start(self) -> None: ...
+    def pool(self) -> PoolSnapshot: ...
+    def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None: ...
+    def shortage(self, request: VGPURequest, backend: Backend) -> str: ...
+    def vgpus_by_kernel(self, user: str) -> dict[str, int]: ...  # kernel id -> vGPUs, live kernels of exactly ``user``
+    def kernel_state(self, handle_info: dict[str, Any]) -> dict[str, Any]: ...
+    def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]: ...
+    def find_kernel(self, name: str) -> dict[str, Any] | None: ...
+    async def stop_kernel(self, name: str, stopped_by: str) -> None: ...
+    async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
