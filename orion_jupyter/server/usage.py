@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,9 +172,19 @@ class UsageSampler:
 
         if self._context is None:
             self._context = zmq.asyncio.Context()
-        client = km.client(context=self._context)
+        # A session id of its own: every km.client() clones the manager's session, whose id is the ZMQ
+        # identity of its sockets; two clients with one identity steal each other's replies (the
+        # kernel's ROUTER drops ours once the other one disconnects).
+        session = km.session.clone()
+        session.session = str(uuid.uuid4())
+        client = km.client(context=self._context, session=session)
         if not isinstance(client, AsyncKernelClient):  # a blocking manager: never block the loop
-            client = AsyncKernelClient(**km.get_connection_info(session=True), context=self._context)
+            info = {**km.get_connection_info(), "session": session}
+            info.pop("key", None), info.pop("signature_scheme", None)
+            for name in ("curve_publickey", "curve_secretkey"):
+                if isinstance(info.get(name), str):
+                    info[name] = info[name].encode("ascii")
+            client = AsyncKernelClient(**info, context=self._context)
         return client
 
     async def _ask(self, client: Any) -> dict[str, Any] | None:
