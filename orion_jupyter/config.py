@@ -67,15 +67,15 @@ class KernelPolicy(Configurable):
             max_vgpus_per_user=self.max_vgpus_per_user,
         )
 
-    def check(self, request: VGPURequest, *, image: str, view: Any, backend: Any = None,
-              capacity: bool = False) -> None:
+    async def check(self, request: VGPURequest, *, image: str, view: Any, backend: Any = None,
+                    capacity: bool = False) -> None:
         """Per-kernel limits, the image allow-list and (``capacity``) whether the pool can serve it now."""
         self.policy().check(request, image if view.uses_images else None)
-        if capacity and request.count and view.can_serve(request, backend or view.backend) is False:
-            raise KernelLaunchError("unschedulable", view.shortage(request, backend or view.backend))
+        if capacity and request.count and await view.can_serve(request, backend or view.backend) is False:
+            raise KernelLaunchError("unschedulable", await view.shortage(request, backend or view.backend))
 
-    def take_quota(self, request: VGPURequest, *, user: str, kernel_id: str, view: Any) -> None:
+    async def take_quota(self, request: VGPURequest, *, user: str, kernel_id: str, view: Any) -> None:
         """Hold this launch's vGPUs against the per-user quota (release with ``PENDING.release``)."""
         policy = self.policy()
-        held = view.vgpus_by_kernel(user) if policy.max_vgpus_per_user and request.count else {}
+        held = await view.vgpus_by_kernel(user) if policy.max_vgpus_per_user and request.count else {}
         PENDING.take(kernel_id, user, request.count, held, lambda elsewhere: policy.check_user_total(request, elsewhere))

@@ -8,12 +8,19 @@ class KernelLaunchError(RuntimeError):
 
     ``reason`` is a short code for metrics and HTTP mapping: unschedulable (not enough vGPUs),
     image (the image cannot be pulled), exited (the kernel died before it was ready), deleted,
-    evicted, timeout, api (Kubernetes refused a request).
+    evicted, timeout, api (Kubernetes refused a request), busy (the local slot table is unusable).
     """
 
-    REASONS = ("unschedulable", "image", "exited", "deleted", "evicted", "timeout", "api")
+    REASONS = ("unschedulable", "image", "exited", "deleted", "evicted", "timeout", "api", "busy")
 
     def __init__(self, reason: str, message: str):
         assert reason in self.REASONS, reason
         super().__init__(message)
         self.reason = reason
+
+
+class SlotTableUnavailable(KernelLaunchError):
+    """The local slot table cannot be used right now (locked too long, unreadable, unsafe folder)."""
+
+    def __init__(self, message: str):
+        super().__init__("busy", message)

@@ -161,8 +161,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.driver = make_driver(self, self.parent, self.kernel_spec)
         await self.driver.view.start()
         policy = KernelPolicy(parent=self)
-        policy.check(request, image=self.image, view=self.driver.view, backend=backend)
-        policy.take_quota(request, user=self.user, kernel_id=self.kernel_id, view=self.driver.view)
+        await policy.check(request, image=self.image, view=self.driver.view, backend=backend)
+        await policy.take_quota(request, user=self.user, kernel_id=self.kernel_id, view=self.driver.view)
         self.request = request
         self._launch_started = time.monotonic()
         # jupyter_server lists a kernel as soon as it is ready but stamps its activity a moment later;

@@ -89,22 +89,25 @@ class KubernetesView:
         for cluster in self.clusters:
             await cluster.ensure_started()
 
-    def pool(self) -> PoolSnapshot:
+    async def pool(self) -> PoolSnapshot:
         return self.clusters[0].pool()
 
-    def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
-        return True if request.count == 0 else self.pool().can_serve(backend.resources(request))
+    def last_pool(self) -> PoolSnapshot:
+        return self.clusters[0].pool()
 
-    def shortage(self, request: VGPURequest, backend: Backend) -> str:
+    async def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
+        return True if request.count == 0 else self.last_pool().can_serve(backend.resources(request))
+
+    async def shortage(self, request: VGPURequest, backend: Backend) -> str:
         resources = backend.resources(request)
-        pool = self.pool()
+        pool = self.last_pool()
         resource = pool.short_resource(resources) or backend.count_resource
         return pool.shortage_message(resource, resources[resource], backend.count_resource)
 
     def kernel_pods(self) -> list[dict]:
         return [pod for cluster in self.clusters for pod in cluster.kernel_pods()]
 
-    def vgpus_by_kernel(self, user: str) -> dict[str, int]:
+    async def vgpus_by_kernel(self, user: str) -> dict[str, int]:
         """vGPUs of the user's live kernel pods in the kernels' namespace, by kernel id."""
         label, held = slug(user, 63), {}
         for pod in self.clusters[0].kernel_pods():
@@ -124,7 +127,7 @@ class KubernetesView:
         return {"node": (pod.get("spec") or {}).get("nodeName"), "phase": status.get("phase"),
                 "reason": status.get("reason", ""), "started": pod["metadata"].get("creationTimestamp")}
 
-    def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
+    async def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
         pods = self.kernel_pods()
         if user is not None:  # select by label (cheap), decide by the exact name
             label = slug(user, 63)

@@ -50,7 +50,6 @@ class SharedWatch:
         self._resource_version: str | None = None
         self.error: Exception | None = None  # the last error; cleared by a successful list
         self.lists = 0
-        self.watches = 0
         self._thread = threading.Thread(target=self._run, name=f"orion-watch-{name}", daemon=True)
 
     # -- reading -----------------------------------------------------------------------------
@@ -155,7 +154,6 @@ class SharedWatch:
             _request_timeout=(10, WATCH_SECONDS + 30),
             **self._selectors,
         )
-        self.watches += 1
         self._response = response
         try:
             for line in iter_resp_lines(response):

@@ -6,6 +6,7 @@ environment and the memory cap hook.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -58,7 +59,7 @@ class LocalKernel:
         try:
             await self.process.cleanup()
         finally:
-            self.pool.release(self.kernel_id)
+            await asyncio.to_thread(self.pool.release, self.kernel_id)
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.process.pid, "pgid": self.process.pgid, "node_name": socket.gethostname(),
@@ -99,7 +100,7 @@ class LocalDriver:
         return LocalProvisioner(kernel_id=kernel_id, kernel_spec=self._kernel_spec, parent=self._kernel_manager)
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self.slots = self.pool.reserve(launch.kernel_id, launch.user, launch.request)
+        self.slots = await asyncio.to_thread(self.pool.reserve, launch.kernel_id, launch.user, launch.request)
         try:
             kwargs["env"] = {**kwargs["env"], **self.environment(launch, self.slots)}
             kwargs["extra_arguments"] = [*(kwargs.get("extra_arguments") or []), KERNEL_ARGUMENT]
@@ -107,7 +108,7 @@ class LocalDriver:
                 self.process = self._process(launch.kernel_id)
             return await self.process.pre_launch(**kwargs)
         except BaseException:
-            self.pool.release(launch.kernel_id)
+            await asyncio.to_thread(self.pool.release, launch.kernel_id)
             raise
 
     async def launch(self, launch: KernelLaunch, cmd: list[str],
@@ -115,9 +116,9 @@ class LocalDriver:
         assert self.process is not None, "pre_launch first"
         try:
             info = await self.process.launch_kernel(cmd, **kwargs)
-            self.pool.started(launch.kernel_id, self.process.pid)
+            await asyncio.to_thread(self.pool.started, launch.kernel_id, self.process.pid)
         except BaseException:
-            self.pool.release(launch.kernel_id)
+            await asyncio.to_thread(self.pool.release, launch.kernel_id)
             raise
         return LocalKernel(self.process, self.pool, launch.kernel_id, self.slots), info
 

@@ -9,20 +9,23 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from jupyter_core.paths import jupyter_runtime_dir
-from traitlets import Int, Unicode
+from traitlets import Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
-from ..errors import KernelLaunchError
+from ..errors import KernelLaunchError, SlotTableUnavailable
 from ..pool import NodePool, PoolSnapshot, ResourceCount
 from ..vgpu import VGPURequest, parse_memory
 
+MAX_TABLE_BYTES = 4 * 1024 * 1024  # a table of thousands of kernels is far smaller
 VGPU_RESOURCE = "orion-jupyter.io/vgpu"
 MEMORY_RESOURCE = "orion-jupyter.io/vgpu-memory-mib"
 
@@ -61,6 +64,13 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _valid_entry(entry: Any) -> bool:
+    slots = entry.get("slots") if isinstance(entry, dict) else None
+    numbers = (entry.get("pid"), entry.get("owner_pid"), entry.get("reserved_at", 0)) if isinstance(entry, dict) else ()
+    return isinstance(slots, list) and all(v is None or type(v) in (int, float) for v in numbers) and all(
+        isinstance(slot, list) and len(slot) == 2 and all(type(v) is int for v in slot) for slot in slots)
+
+
 def _alive(pid: int | None, start: str | None) -> bool:
     return bool(pid) and _process_start(pid) == start  # type: ignore[arg-type]
 
@@ -74,6 +84,7 @@ class LocalPool(LoggingConfigurable):
     cpu_slots = Int(4, config=True, help="vGPU slots of the CPU-only pool (no GPU): kernels run on the CPU.")
     cpu_slot_memory = Unicode("4Gi", config=True, help="Nominal memory per slot of the CPU-only pool.")
     state_file = Unicode("", config=True, help="The slot table; default orion-vgpu-slots.json in the Jupyter runtime dir.")
+    lock_timeout = Float(10.0, config=True, help="Seconds to wait for the slot table's lock before a clear error.")
 
     @functools.cached_property
     def _devices(self) -> list[LocalDevice]:
@@ -98,24 +109,84 @@ class LocalPool(LoggingConfigurable):
     def path(self) -> Path:
         return Path(self.state_file or Path(jupyter_runtime_dir()) / "orion-vgpu-slots.json")
 
-    @contextlib.contextmanager
-    def _table(self) -> Iterator[dict[str, Any]]:
-        """The slot table, locked for the duration, with dead holders already removed."""
-        path = self.path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def _folder(self, path: Path) -> None:
+        """The table's folder must be this user's alone: nobody else may plant files or links in it."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.parent.stat()
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SlotTableUnavailable(f"the vGPU slot table's folder {path.parent} is writable by other users; "
+                                       "make it yours alone (chmod go-w) or set c.LocalPool.state_file elsewhere")
+
+    def _lock(self, path: Path) -> int:
+        """The table's lock file, held exclusively; waits at most ``lock_timeout`` seconds."""
+        try:
+            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise SlotTableUnavailable(f"the vGPU slot table's lock {path.with_suffix('.lock')} cannot be opened "
+                                       f"({err.strerror}); remove it if it is a link") from None
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
             try:
-                table = json.loads(path.read_text()) if path.exists() else {}
-            except ValueError:
-                table = {}
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SlotTableUnavailable(
+                        f"the vGPU slot table {path} is locked by another process for over {self.lock_timeout:g} s; "
+                        "try again, or look for a hung orion-jupyter process") from None
+                time.sleep(0.02)
+
+    def _read(self, path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """(valid entries, entries kept but not understood, why the whole table is unreadable or '')."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}, {}, ""
+        except OSError as err:
+            return {}, {}, f"it cannot be opened ({err.strerror}; a link is never followed)"
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_TABLE_BYTES + 1)
+        try:
+            table = json.loads(raw) if len(raw) <= MAX_TABLE_BYTES else None
+        except (ValueError, RecursionError):
+            table = None
+        if not isinstance(table, dict):
+            return {}, {}, "it is not a JSON object of kernel entries"
+        valid = {k: v for k, v in table.items() if _valid_entry(v)}
+        return valid, {k: v for k, v in table.items() if k not in valid}, ""
+
+    @contextlib.contextmanager
+    def _table(self, *, writing: bool = True) -> Iterator[dict[str, Any]]:
+        """The slot table, locked for the duration, with dead holders already removed.
+
+        A table that cannot be read is never overwritten (the slots it records may be held):
+        readers see it as empty, and a launch is refused with what to do.
+        """
+        path = self.path()
+        self._folder(path)
+        lock = self._lock(path)
+        try:
+            table, unknown, damaged = self._read(path)
+            if damaged:
+                self.log.error("the vGPU slot table %s is kept as it is: %s", path, damaged)
+                if writing:
+                    raise SlotTableUnavailable(
+                        f"the vGPU slot table {path} cannot be read: {damaged}. It is kept as it is, as it may record "
+                        "held vGPUs; stop this machine's vGPU kernels and delete it to start afresh")
+            for kernel_id in unknown:
+                self.log.warning("the vGPU slot table %s holds an entry %r it cannot read; it is kept", path, kernel_id)
             for kernel_id in [k for k, entry in table.items() if not self._held(entry)]:
                 self.log.info("reclaiming the vGPU slot of kernel %s (its process is gone)", kernel_id)
                 del table[kernel_id]
             yield table
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(table, indent=1))
-            os.replace(tmp, path)
+            if not damaged:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                with os.fdopen(fd, "w") as handle:
+                    json.dump({**unknown, **table}, handle, indent=1)
+                os.replace(tmp, path)
+        finally:
+            os.close(lock)
 
     @staticmethod
     def _held(entry: dict[str, Any]) -> bool:
@@ -133,7 +204,7 @@ class LocalPool(LoggingConfigurable):
         return used
 
     def snapshot(self) -> PoolSnapshot:
-        with self._table() as table:
+        with self._table(writing=False) as table:
             return self._snapshot(table)
 
     def _snapshot(self, table: dict[str, Any]) -> PoolSnapshot:
@@ -154,7 +225,7 @@ class LocalPool(LoggingConfigurable):
         return PoolSnapshot(nodes=nodes, source="local")
 
     def holders(self) -> dict[str, dict[str, Any]]:
-        with self._table() as table:
+        with self._table(writing=False) as table:
             return dict(table)
 
     def reserve(self, kernel_id: str, user: str, request: VGPURequest) -> list[tuple[int, int]]:
@@ -174,7 +245,7 @@ class LocalPool(LoggingConfigurable):
 
     def can_serve(self, request: VGPURequest) -> bool:
         """Whether reserve() would succeed now (nothing is taken)."""
-        with self._table() as table:
+        with self._table(writing=False) as table:
             return request.count == 0 or self._fit(self.devices(), table, request) is not None
 
     def _fit(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> list[tuple[int, int]] | None:
@@ -194,7 +265,7 @@ class LocalPool(LoggingConfigurable):
 
     def shortage(self, request: VGPURequest) -> str:
         """Why ``request`` cannot be served now, as reserve() would say it."""
-        with self._table() as table:
+        with self._table(writing=False) as table:
             return self._shortage_text(table, request)
 
     def _shortage_text(self, table: dict[str, Any], request: VGPURequest) -> str:

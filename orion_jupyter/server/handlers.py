@@ -37,6 +37,14 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
     def is_instructor(self) -> bool:
         return self.state.is_instructor(self.current_user)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A backend that cannot answer now (e.g. the local slot table locked too long) is a 503 with its reason."""
+        error = (kwargs.get("exc_info") or (None, None, None))[1]
+        if isinstance(error, KernelLaunchError):
+            self.clear()
+            return self.refuse(503, str(error), reason=error.reason)
+        super().write_error(status_code, **kwargs)
+
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -79,7 +87,7 @@ class PoolHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        pool = self.state.view.pool()
+        pool = await self.state.view.pool()
         self.reply({**pool.as_dict(), "count_resource": self.state.view.count_resource})
 
 
@@ -87,7 +95,7 @@ class SpecsHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"specs": spec_views(self.state.settings, self.state.view)})
+        self.reply({"specs": await spec_views(self.state.settings, self.state.view)})
 
 
 class KernelsHandler(OrionHandler):
@@ -153,7 +161,7 @@ class ClassHandler(OrionHandler):
     @authorized
     async def get(self) -> None:
         instructor = self.is_instructor
-        kernels = self.state.view.class_kernels(None if instructor else self.username)
+        kernels = await self.state.view.class_kernels(None if instructor else self.username)
         self.reply({"kernels": kernels, "instructor": instructor})
 
 

@@ -128,7 +128,7 @@ class VGPUKernels:
         overrides = {k: body[k] for k in ("vgpus", "memory", "compute") if k in body}
         request = VGPURequest.from_mapping(overrides, spec_request(spec))
         image = spec_config(spec).get("image", self.settings.image)
-        KernelPolicy(config=self.serverapp.config).check(
+        await KernelPolicy(config=self.serverapp.config).check(
             request, image=image, view=self.view, backend=spec_backend(self.settings, self.view, spec), capacity=True)
         vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
                 "compute": request.compute_percent}
@@ -151,7 +151,7 @@ class VGPUKernels:
         await self.view.stop_kernel(kernel["pod"], stopped_by)
 
 
-def spec_views(settings: VGPUProvisioner, view: BackendView) -> list[dict[str, Any]]:
+async def spec_views(settings: VGPUProvisioner, view: BackendView) -> list[dict[str, Any]]:
     out = []
     for name, spec in sorted(vgpu_specs().items()):
         try:
@@ -167,6 +167,6 @@ def spec_views(settings: VGPUProvisioner, view: BackendView) -> list[dict[str, A
             "backend": backend.name,
             **request.as_dict(),
             "label": request.describe(),
-            "can_start": view.can_serve(request, backend),
+            "can_start": await view.can_serve(request, backend),
         })
     return out

@@ -34,8 +34,9 @@ class OrionCollector:
             allocated.add_metric([backend], count)
             memory.add_metric([backend], nbytes)
         view = self.state.view
-        total = view.pool().totals().get(view.count_resource)
-        if view.pool().visible and total is not None:
+        pool = view.last_pool()
+        total = pool.totals().get(view.count_resource)
+        if pool.visible and total is not None:
             free.add_metric([view.count_resource], total.free)
         yield allocated
         yield memory
