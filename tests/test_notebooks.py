@@ -150,7 +150,7 @@ def test_quickstart_notebook(monkeypatch):
         NOTEBOOKS / "quickstart.ipynb", env=kernel_env(ORION_DEMO_REFRESH_S="0.5", **fake)
     )
     text = output_text(notebook)
-    assert "local · local · 1 vGPU × 2.0 GiB" in text
+    assert "local · local · 1 vGPU · 2 GiB" in text
     assert "cooperative: the framework was asked" in text
     assert ("no GPU: running on CPU" in text) or ("cuda:0" in text)
     assert "2048 x 2048 matrix product on" in text

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orion_jupyter import widgets as w
+from orion_jupyter.widgets import allocation as widget_allocation
 from orion_jupyter.allocation import ENV_NAMES, KernelAllocation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_panel_shows_the_allocation(panel):
     assert labels["pod"] == "class-a/kernel-k-1234"
     assert labels["memory_cap"].startswith("enforced")
     assert "k-1234" in labels["kernel"] and "ada" in labels["kernel"]
-    assert panel.summary.value.startswith("kubernetes · orion · 1 vGPU × 4.0 GiB · 50% compute")
+    assert panel.summary.value.startswith("kubernetes · orion · 1 vGPU · 4 GiB · 50% compute")
 
     # sliders follow the rule for 4096 MiB per vGPU
     runner = panel.runner
@@ -255,7 +256,7 @@ def test_gpu_memory_reading_against_the_vgpu(monkeypatch, fake_allocation):
         get_device_properties=lambda i: types.SimpleNamespace(total_memory=80 * gib, name="Fake GPU"),
     )
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
-    monkeypatch.setattr(w, "_TOTALS", [])  # device totals are cached per process
+    monkeypatch.setattr(widget_allocation, "_TOTALS", [])  # device totals are cached per process
 
     reading = w.read_memory(fake_allocation)
     assert reading.on_gpu and reading.limit == 4 * gib and reading.fraction == 0.5
