@@ -3,9 +3,10 @@
 ``sample()`` reads the memory this kernel holds, from the best source it has:
 
 - ``torch``: PyTorch's caching allocator (``memory_reserved``, with ``memory_allocated`` beside it),
-  summed over the visible CUDA devices, when the user's code has imported torch and CUDA works;
+  summed over the visible CUDA devices, when the user's code has imported torch and it has
+  initialised CUDA (also, at 0 bytes, when CUDA works but NVML cannot be read);
 - ``nvml``: this process's used memory on each visible device from NVML (nvidia-ml-py), where a
-  device is visible and torch is not in use;
+  device is visible and torch is not using it (any framework's memory, CUDA contexts included);
 - ``rss``: the resident memory of the kernel process, on the CPU (no GPU visible), and it says so.
 
 ``install_reply_hook()`` (run at kernel start by ``memory_cap.install()``) makes the kernel's
@@ -49,12 +50,15 @@ def process_rss(pid: int | None = None) -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _torch_sample() -> dict[str, Any] | None:
+def _torch_sample(*, initialized_only: bool) -> dict[str, Any] | None:
     """PyTorch's view, only when the user's code imported torch (never imported here)."""
     torch = sys.modules.get("torch")
     cuda = getattr(torch, "cuda", None)
     if cuda is None or not cuda.is_available():
         return None
+    initialized = bool(getattr(cuda, "is_initialized", lambda: True)())
+    if initialized_only and not initialized:
+        return None  # torch holds no GPU memory yet: another framework may, which NVML would show
     devices = []
     # Before CUDA is initialised memory_stats() is empty (0 bytes): reading creates no CUDA context.
     for index in range(cuda.device_count()):
@@ -65,7 +69,8 @@ def _torch_sample() -> dict[str, Any] | None:
         "memory_allocated": sum(d["memory_allocated"] for d in devices),
         "source": "torch",
         "devices": devices,
-        "note": "PyTorch's caching allocator, reserved bytes (the CUDA context itself is not counted)",
+        "note": "PyTorch's caching allocator, reserved bytes (the CUDA context itself is not counted)"
+                if initialized else "PyTorch has not initialised CUDA yet: it holds no GPU memory",
     }
 
 
@@ -156,7 +161,10 @@ def _nvml_sample() -> dict[str, Any] | None:
 
 def sample() -> dict[str, Any]:
     """This kernel's memory in use: ``memory_used`` (bytes), ``source``, ``devices``, ``note``. Never raises."""
-    for reader in (_torch_sample, _nvml_sample):
+    # torch once it uses CUDA; else NVML (any framework); else torch's 0 bytes; else the CPU's RSS.
+    readers = (lambda: _torch_sample(initialized_only=True), _nvml_sample,
+               lambda: _torch_sample(initialized_only=False))
+    for reader in readers:
         try:
             result = reader()
         except Exception:  # noqa: BLE001 - a broken framework must not break the reply

@@ -33,7 +33,7 @@ def test_rss_sample_grows_with_a_512_mib_tensor(monkeypatch):
 def test_torch_sample_sums_reserved_over_devices(monkeypatch):
     """The summing, with a stand-in torch.cuda (the real one is exercised by the GPU test below)."""
     reserved, allocated = {0: 3 * MIB, 1: 5 * MIB}, {0: 1 * MIB, 1: 2 * MIB}
-    cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+    cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 2,
                                  memory_reserved=reserved.__getitem__, memory_allocated=allocated.__getitem__)
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
     result = usage.sample()
@@ -41,6 +41,11 @@ def test_torch_sample_sums_reserved_over_devices(monkeypatch):
     assert (result["memory_used"], result["memory_allocated"]) == (8 * MIB, 3 * MIB)
     assert result["devices"] == [{"index": 0, "memory_reserved": 3 * MIB, "memory_allocated": MIB},
                                  {"index": 1, "memory_reserved": 5 * MIB, "memory_allocated": 2 * MIB}]
+    # Not initialised and no NVML to ask: torch's own 0 bytes, not the CPU's RSS.
+    cuda.is_initialized, reserved[0], reserved[1] = (lambda: False), 0, 0
+    monkeypatch.setitem(usage._NVML, "state", "unavailable")
+    result = usage.sample()
+    assert (result["source"], result["memory_used"]) == ("torch", 0) and "not initialised" in result["note"]
 
 
 def test_nvml_sample_counts_this_process_on_visible_devices(monkeypatch):
@@ -55,7 +60,9 @@ def test_nvml_sample_counts_this_process_on_visible_devices(monkeypatch):
         nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 2,
         nvmlDeviceGetHandleByIndex=lambda i: str(i), nvmlDeviceGetHandleByUUID=lambda u: u,
         nvmlDeviceGetComputeRunningProcesses=by_key.__getitem__)
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace())  # torch without CUDA
+    # torch imported with CUDA but not initialised (another framework may hold memory): NVML is asked.
+    idle_cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: False)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=idle_cuda))
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setitem(usage._NVML, "state", "unknown")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,GPU-b")
@@ -71,6 +78,7 @@ def test_nvml_sample_counts_this_process_on_visible_devices(monkeypatch):
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False here)")
 def test_torch_sample_on_a_gpu():
+    torch.cuda.init()  # before it, torch holds nothing and NVML (when installed) is the source
     before = usage.sample()
     assert before["source"] == "torch"
     tensor = torch.empty(512 * MIB, dtype=torch.uint8, device="cuda")
@@ -79,6 +87,17 @@ def test_torch_sample_on_a_gpu():
     assert after["memory_used"] - before["memory_used"] >= 512 * MIB
     assert after["memory_allocated"] >= 512 * MIB
     assert len(after["devices"]) == torch.cuda.device_count()
+    del tensor
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False here)")
+def test_nvml_sample_on_a_gpu():
+    """NVML's per-process count of this process, read directly (torch, when in use, is preferred)."""
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    tensor = torch.empty(512 * MIB, dtype=torch.uint8, device="cuda")
+    result = usage._nvml_sample()
+    assert result is not None and result["source"] == "nvml"
+    assert result["memory_used"] >= 512 * MIB  # the tensor and the CUDA context
     del tensor
 
 
