@@ -1,7 +1,6 @@
 import os
 import socket
 import subprocess
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -11,9 +10,30 @@ import pytest
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
+from tests.helpers import eventually
 
 # pytest-jupyter runs async tests on the loop its Jupyter server fixtures use.
 pytest_plugins = ["pytest_jupyter.jupyter_server", "kubesim.fixtures"]
+
+# Markers (declared in pyproject.toml) by test module; a test using `lab_server` is slow as well.
+MODULE_MARKERS = {
+    "test_browser.py": ("browser", "slow"),
+    "test_labextension.py": ("browser", "slow"),
+    "test_demos_facenet.py": ("torch", "slow"),
+    "test_demos_mnist.py": ("torch", "slow"),
+    "test_notebooks.py": ("torch", "slow"),
+    "test_widgets.py": ("torch",),
+    "test_usage.py": ("torch",),
+    "test_benchmarks_smoke.py": ("slow",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in MODULE_MARKERS.get(item.path.name, ()):
+            item.add_marker(marker)
+        if "lab_server" in getattr(item, "fixturenames", ()):
+            item.add_marker("slow")
 
 
 @pytest.fixture
@@ -83,16 +103,17 @@ def lab_server(tmp_path):
          f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lab = LabServer(f"http://127.0.0.1:{port}", token, root)
-    deadline = time.monotonic() + 120
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
+            return True
+        except OSError:
+            assert server.poll() is None, server.stdout.read()
+            return False
+
     try:
-        while True:
-            try:
-                urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "JupyterLab did not come up in 120 s"
-                time.sleep(0.3)
+        eventually(up, timeout=120, interval=0.3, message="JupyterLab did not come up in 120 s")
         yield lab
     finally:
         server.terminate()

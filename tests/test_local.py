@@ -117,6 +117,7 @@ def test_declared_gpus_and_memory_shortage(jupyter_dirs):
         pool.reserve("k3", "bob", VGPURequest(1, 16384))
 
 
+@pytest.mark.torch
 def test_memory_cap_hook_applies_when_torch_is_imported(monkeypatch):
     from orion_jupyter.allocation import KernelAllocation
 

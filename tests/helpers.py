@@ -1,0 +1,57 @@
+"""Waiting in tests: one polling helper instead of hand-written loops and sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def eventually(probe: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *,
+               until: Callable[[Any], Any] = bool, retry_on: tuple[type[BaseException], ...] = (),
+               message: str | Callable[[], str] = "") -> Any:
+    """Calls ``probe()`` every ``interval`` seconds until ``until(value)`` is true; returns that value.
+
+    An exception in ``retry_on`` counts as a value that is not there yet; any other exception (an
+    ``assert`` inside the probe included) fails at once. After ``timeout`` seconds: AssertionError with
+    ``message`` (a string, or a callable for details read then) and the last value.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except retry_on as exc:
+            value = exc
+        else:
+            if until(value):
+                return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(timeout, value, message))
+        time.sleep(interval)
+
+
+async def eventually_async(probe: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *,
+                           until: Callable[[Any], Any] = bool, retry_on: tuple[type[BaseException], ...] = (),
+                           message: str | Callable[[], str] = "") -> Any:
+    """``eventually`` on the event loop: ``probe`` may be a coroutine function (or return an awaitable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+            if inspect.isawaitable(value):
+                value = await value
+        except retry_on as exc:
+            value = exc
+        else:
+            if until(value):
+                return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(timeout, value, message))
+        await asyncio.sleep(interval)
+
+
+def _timed_out(timeout: float, value: Any, message: str | Callable[[], str]) -> str:
+    text = message() if callable(message) else message
+    return f"{text + ': ' if text else ''}timed out after {timeout:g} s; last value: {value!r}"
