@@ -19,6 +19,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from kubesim import SimCluster, SimNode
+from tests.helpers import eventually
 
 # The sim_cluster fixture comes from kubesim.fixtures, loaded by tests/conftest.py.
 
@@ -235,9 +236,7 @@ def test_watch_resumes_after_dropped_stream(sim_cluster, v1):
     thread = threading.Thread(target=consume)
     thread.start()
     v1.create_namespaced_secret(NS, {"metadata": {"name": "one"}})
-    deadline = time.monotonic() + 10
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: seen, timeout=10, interval=0.01)
     assert sim_cluster.faults.drop_watches() == 1
     v1.create_namespaced_secret(NS, {"metadata": {"name": "two"}})
     thread.join(10)
@@ -442,9 +441,7 @@ def test_grace_period_ends_with_sigkill(sim_cluster, v1):
               "time.sleep(60)\n")
     v1.create_namespaced_pod(NS, pod_body("stubborn", ["python", "-c", script]))
     sim_cluster.wait_for("pods", NS, "stubborn", phase_in("Running"))
-    deadline = time.monotonic() + 10
-    while "ready" not in sim_cluster.pod_log(NS, "stubborn") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: sim_cluster.pod_log(NS, "stubborn"), timeout=10, interval=0.02, until=lambda log: "ready" in log)
     start = time.monotonic()
     v1.delete_namespaced_pod("stubborn", NS, body=client.V1DeleteOptions(grace_period_seconds=1))
     sim_cluster.wait_for("pods", NS, "stubborn", gone, timeout=5)
@@ -520,16 +517,17 @@ def test_kernel_manifest_pod_runs(sim_cluster, v1):
     v1.patch_namespaced_secret(manifests.name, NS, secret_owner_patch(v1.api_client.sanitize_for_serialization(pod)))
     running = sim_cluster.wait_for("pods", NS, manifests.name, phase_in("Running", "Failed"))
     ip = running["status"]["podIP"]
-    deadline = time.monotonic() + 30
-    while True:
+
+    def heartbeat_accepts() -> bool:
         try:
             socket.create_connection((ip, connection["hb_port"]), timeout=1).close()
-            break
+            return True
         except OSError:
             assert sim_cluster.get("pods", NS, manifests.name)["status"]["phase"] == "Running", \
                 sim_cluster.pod_log(NS, manifests.name)
-            assert time.monotonic() < deadline, sim_cluster.pod_log(NS, manifests.name)
-            time.sleep(0.1)
+            return False
+
+    eventually(heartbeat_accepts, timeout=30, interval=0.1, message=lambda: sim_cluster.pod_log(NS, manifests.name))
     v1.delete_namespaced_pod(manifests.name, NS, grace_period_seconds=5)
     sim_cluster.wait_for("pods", NS, manifests.name, gone, timeout=10)
     sim_cluster.wait_for("secrets", NS, manifests.name, gone, timeout=5)

@@ -11,6 +11,7 @@ from nbclient import NotebookClient
 from traitlets.config import Config
 
 from orion_jupyter.errors import KernelLaunchError
+from tests.helpers import eventually_async
 from tests.kernel_io import run_code
 
 NS = "class-ai101"
@@ -177,10 +178,7 @@ async def test_pod_deleted_behind_the_servers_back_is_dead(sim_cluster, vgpu_spe
         assert await km.is_alive()
         pod = kernel_objects(sim_cluster, "pods")[0]["metadata"]["name"]
         sim_cluster.delete_object("pods", NS, pod, grace_period_seconds=0)
-        for _ in range(100):
-            if await km.provisioner.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
+        await eventually_async(km.provisioner.poll, timeout=5, until=lambda code: code is not None)
         assert await km.provisioner.poll() is not None and not await km.is_alive()
     finally:
         await km.shutdown_kernel(now=True)

@@ -11,6 +11,7 @@ from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
+from tests.helpers import eventually_async
 
 NS = "class-ai101"
 TOKENS = {"alice-token": "alice", "bob-token": "bob", "teacher-token": "teacher"}
@@ -113,12 +114,10 @@ async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
     assert len(kernel_pods(sim_cluster)) == 3
 
     # launch progress of a kernel (events may still trickle in after it is ready)
-    for _ in range(50):
-        code, events = await api("GET", "events", kernel=small["id"])
-        messages = [e["message"] for e in events["events"]]
-        if any(m.startswith("Started: ") for m in messages):
-            break
-        await asyncio.sleep(0.1)
+    code, events = await eventually_async(
+        lambda: api("GET", "events", kernel=small["id"]), timeout=5, interval=0.1,
+        until=lambda reply: any(e["message"].startswith("Started: ") for e in reply[1]["events"]))
+    messages = [e["message"] for e in events["events"]]
     assert messages[0] == "starting a kernel with 1 vGPU · 2 GiB (kubernetes)"
     assert any(m.startswith("Scheduled: Successfully assigned") for m in messages)
     assert any(m.startswith("kernel ready after") for m in messages)
@@ -215,18 +214,14 @@ async def test_instructor_stops_a_kernel_of_another_server(api, sim_cluster, jp_
     assert "orion-carol-" in view["kernels"][0]["pod"]
     code, _ = await api("DELETE", f"class/{manifests.name}", user="teacher")
     assert code == 200
-    for _ in range(100):  # graceful deletion: SIGTERM, then the pod goes
-        if sim_cluster.get("pods", NS, manifests.name) is None:
-            break
-        await asyncio.sleep(0.05)
+    # graceful deletion: SIGTERM, then the pod goes
+    await eventually_async(lambda: sim_cluster.get("pods", NS, manifests.name), timeout=5,
+                           until=lambda pod: pod is None)
     assert sim_cluster.get("pods", NS, manifests.name) is None
     assert sim_cluster.get("secrets", NS, manifests.name) is None
     # the watch saw who stopped it: a server owning that kernel would refuse to restart it
     [cluster] = jp_serverapp.web_app.settings["orion_jupyter_state"].view.clusters
-    for _ in range(100):
-        if "other-server-kernel" in cluster.stopped_by:
-            break
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: cluster.stopped_by, timeout=5, until=lambda seen: "other-server-kernel" in seen)
     assert cluster.stopped_by["other-server-kernel"] == "teacher"
 
 
@@ -257,6 +252,8 @@ async def test_allocations_and_pool_make_no_api_requests(api, sim_cluster):
     assert [r for r in sim_cluster.requests if not r.watch] == []
 
 
+@pytest.mark.torch
+@pytest.mark.slow
 async def test_demo_mnist_runs_headless_on_a_vgpu_kernel(api, jp_root_dir, tmp_path):
     """POST demos/mnist {"run": true}: notebooks/mnist.ipynb executes on a vGPU pod of the simulated cluster."""
     from orion_jupyter.demos import mnist
@@ -275,13 +272,10 @@ async def test_demo_mnist_runs_headless_on_a_vgpu_kernel(api, jp_root_dir, tmp_p
     assert started["path"] == "orion-demos/mnist.ipynb" and (jp_root_dir / "orion-demos" / "mnist.ipynb").exists()
     assert started["kernel"]["vgpu"]["memory_mib"] == 2048
 
-    events = []
-    for _ in range(600):
-        code, body = await api("GET", "events", kernel=started["kernel_id"])
-        events = body["events"]
-        if any(e.get("finished") for e in events):
-            break
-        await asyncio.sleep(0.5)
+    code, body = await eventually_async(
+        lambda: api("GET", "events", kernel=started["kernel_id"]), timeout=300, interval=0.5,
+        until=lambda reply: any(e.get("finished") for e in reply[1]["events"]))
+    events = body["events"]
     final = events[-1]
     assert final.get("finished") and final["level"] == "info", events[-3:]
     assert final["message"] == "finished: wrote orion-demos/mnist.executed.ipynb"
@@ -328,9 +322,6 @@ async def test_last_activity_reaches_the_pod_for_idle_time(api, sim_cluster, jp_
     assert sim_cluster.count_requests(verb="patch", resource="pods") == 1
     pod = sim_cluster.get("pods", NS, kernel["vgpu"]["pod_name"])
     stamp = pod["metadata"]["annotations"]["orion-jupyter.io/last-activity"]
-    for _ in range(50):
-        code, view = await api("GET", "class", user="teacher")
-        if view["kernels"][0]["last_activity"] == stamp:
-            break
-        await asyncio.sleep(0.05)
+    code, view = await eventually_async(lambda: api("GET", "class", user="teacher"), timeout=5,
+                                        until=lambda reply: reply[1]["kernels"][0]["last_activity"] == stamp)
     assert view["kernels"][0]["last_activity"] == stamp and view["kernels"][0]["idle_seconds"] >= 0
