@@ -2,17 +2,150 @@
 
 A site whose device plugin advertises another resource name overrides it in configuration
 (``resource_names`` / ``env_names``); no backend is a fork of another.
+
+Two backends ask for GPUs without extended resources: ``dra`` (Dynamic Resource Allocation: a
+ResourceClaimTemplate per flavor, see ``k8s/dra.py``) and ``kai`` (KAI Scheduler: pod annotations
+and a queue label, see ``k8s/kai.py``). Their ``resources()`` is empty; their settings
+(``dra_flavors``, ``kai``) are data here too, overridden with ``with_overrides(dra=..., kai=...)``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
 from .vgpu import VGPURequest, VGPURequestError
 
 _RESOURCE_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class DraFlavor:
+    """One way to get a GPU through Dynamic Resource Allocation: a device class, capacity, selectors.
+
+    ``capacity`` maps request fields (``memory`` in MiB per vGPU, ``compute`` in percent) to the
+    device's capacity names (HAMi: memory, cores); they become ``capacity.requests``. ``selectors``
+    are CEL expressions; ``{memory}`` (a quantity such as 4Gi), ``{memory_mib}`` and ``{compute}``
+    in them are replaced by the request's values. ``memory_enforced``: the device (a HAMi slice, a
+    MIG instance) caps the kernel's memory; False for a whole GPU, where the memory is informative.
+    """
+
+    name: str  # a DNS label: the subrequest name when several flavors make a firstAvailable list
+    device_class: str
+    capacity: Mapping[str, str] = field(default_factory=dict, hash=False)
+    selectors: tuple[str, ...] = ()
+    memory_enforced: bool = True
+
+    @classmethod
+    def from_config(cls, value: "str | Mapping[str, Any] | DraFlavor") -> "DraFlavor":
+        """A built-in name ('hami', 'mig', 'gpu'), 'mig:<profile>' (e.g. 'mig:1g.10gb'), or a mapping."""
+        if isinstance(value, DraFlavor):
+            return value
+        if isinstance(value, str):
+            if value in DRA_FLAVORS:
+                return DRA_FLAVORS[value]
+            kind, _, profile = value.partition(":")
+            if kind == "mig" and profile:
+                return mig_profile_flavor(profile)
+            raise VGPURequestError(
+                "dra", value,
+                f'DRA flavor "{value}" is not known; use {", ".join(DRA_FLAVORS)}, mig:<profile> or a mapping',
+            )
+        if not isinstance(value, Mapping):
+            raise VGPURequestError("dra", value, f"DRA flavor {value!r} is not a name or a mapping")
+        known = {"name", "device_class", "capacity", "selectors", "memory_enforced"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise VGPURequestError(
+                "dra", unknown[0], f'DRA flavor field "{unknown[0]}" is not known; use {", ".join(sorted(known))}'
+            )
+        base = DRA_FLAVORS.get(str(value.get("name", "")))
+        flavor = cls(
+            name=str(value.get("name") or (base.name if base else "")),
+            device_class=str(value.get("device_class") or (base.device_class if base else "")),
+            capacity=dict(value["capacity"]) if "capacity" in value else dict(base.capacity if base else {}),
+            selectors=tuple(value["selectors"]) if "selectors" in value else (base.selectors if base else ()),
+            memory_enforced=bool(value.get("memory_enforced", base.memory_enforced if base else True)),
+        )
+        return flavor.checked()
+
+    def checked(self) -> "DraFlavor":
+        if not _DNS_LABEL_RE.match(self.name) or len(self.name) > 63:
+            raise VGPURequestError("dra", self.name, f'DRA flavor name "{self.name}" is not a DNS label, like hami or mig')
+        if not _DNS_SUBDOMAIN_RE.match(self.device_class) or len(self.device_class) > 253:
+            raise VGPURequestError(
+                "dra", self.device_class,
+                f'device class "{self.device_class}" is not a valid DeviceClass name, like gpu.nvidia.com',
+            )
+        for key, capacity in self.capacity.items():
+            if key not in ("memory", "compute") or not capacity:
+                raise VGPURequestError(
+                    "dra", key, f'DRA capacity key "{key}" is not known; map memory and compute to capacity names'
+                )
+        return self
+
+
+def mig_profile_flavor(profile: str) -> DraFlavor:
+    """A MIG instance of one profile (NVIDIA DRA driver), e.g. '1g.10gb'."""
+    name = re.sub(r"[^a-z0-9]+", "-", f"mig-{profile.lower()}").strip("-")[:63]
+    return DraFlavor(
+        name=name, device_class="mig.nvidia.com",
+        selectors=(f"device.attributes['gpu.nvidia.com'].profile == '{profile}'",),
+    ).checked()
+
+
+DRA_FLAVORS: dict[str, DraFlavor] = {
+    # HAMi's DRA driver: a share of one GPU with consumable memory and cores.
+    "hami": DraFlavor("hami", "hami-core-gpu.project-hami.io", capacity={"memory": "memory", "compute": "cores"}),
+    # NVIDIA's DRA driver: a MIG instance with at least the memory asked for.
+    "mig": DraFlavor("mig", "mig.nvidia.com",
+                     selectors=("device.capacity['gpu.nvidia.com'].memory.compareTo(quantity('{memory}')) >= 0",)),
+    # NVIDIA's DRA driver: a whole GPU with at least that memory (not capped: memory is informative).
+    "gpu": DraFlavor("gpu", "gpu.nvidia.com", memory_enforced=False,
+                     selectors=("device.capacity['gpu.nvidia.com'].memory.compareTo(quantity('{memory}')) >= 0",)),
+}
+
+
+@dataclass(frozen=True)
+class KaiSettings:
+    """KAI Scheduler: which annotation carries the share, the queue label, and memory isolation.
+
+    ``request``: ``gpu-memory`` (MiB per vGPU) or ``gpu-fraction`` (memory / ``device_memory_mib``,
+    or the compute share when one is asked for). ``hami_core``: KAI's HAMi-core binder plugin
+    isolates memory (KAI >= 0.17); otherwise KAI enforces no memory limit.
+    """
+
+    queue_label: str = "kai.scheduler/queue"
+    default_queue: str = ""  # the queue of a kernel without a course ("" -> KAI's own default)
+    request: str = "gpu-memory"
+    device_memory_mib: int | None = None
+    priority_class: str | None = None  # e.g. "build": interactive, non-preemptible, in quota only
+    hami_core: bool = False
+
+    @classmethod
+    def from_config(cls, value: "Mapping[str, Any] | KaiSettings", base: "KaiSettings | None" = None) -> "KaiSettings":
+        if isinstance(value, KaiSettings):
+            return value
+        known = {"queue_label", "default_queue", "request", "device_memory_mib", "priority_class", "hami_core"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise VGPURequestError(
+                "kai", unknown[0], f'KAI setting "{unknown[0]}" is not known; use {", ".join(sorted(known))}'
+            )
+        values = dict(value)
+        if values.get("device_memory_mib") is not None:
+            values["device_memory_mib"] = int(values["device_memory_mib"])
+        if "hami_core" in values:
+            values["hami_core"] = bool(values["hami_core"])
+        settings = replace(base or cls(), **values)
+        if settings.request not in ("gpu-memory", "gpu-fraction"):
+            raise VGPURequestError(
+                "kai", settings.request, f'KAI request "{settings.request}" is not known; use gpu-memory or gpu-fraction'
+            )
+        return settings
 
 
 @dataclass(frozen=True)
@@ -28,10 +161,19 @@ class Backend:
     controller_env: str | None = None
     memory_enforced: bool = True  # False: the memory is informative (whole GPUs, MIG, time-slicing)
     supports_host_ipc: bool = False
+    dra_flavors: tuple[DraFlavor, ...] = ()  # dra: ResourceClaimTemplates instead of extended resources
+    kai: KaiSettings | None = None  # kai: KAI Scheduler annotations and queue label instead
+    scheduler_name: str | None = None  # the pod's schedulerName the backend needs (kai-scheduler)
+
+    @property
+    def uses_claims(self) -> bool:
+        """The GPU comes from a ResourceClaim (k8s/dra.py), not from extended resources."""
+        return bool(self.dra_flavors)
 
     def resources(self, request: VGPURequest) -> dict[str, int]:
-        """Extended-resource limits (requests must equal them); empty for a CPU-only kernel."""
-        if request.count == 0:
+        """Extended-resource limits (requests must equal them); empty for a CPU-only kernel,
+        and for the dra and kai backends (a claim, or annotations, carry the request)."""
+        if request.count == 0 or self.dra_flavors or self.kai is not None:
             return {}
         limits = {self.count_resource: request.count}
         if self.memory_resource:
@@ -55,9 +197,32 @@ class Backend:
         return env
 
     def with_overrides(
-        self, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None
+        self, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None,
+        *, dra: Mapping[str, Any] | None = None, kai: Mapping[str, Any] | None = None,
     ) -> "Backend":
-        changes: dict[str, str | None] = {}
+        """Site configuration: resource and env names; ``dra={'flavors': ['mig', 'hami', {...}]}``
+        (in order of preference: several make a firstAvailable list); ``kai={...}`` (KaiSettings)."""
+        changes: dict[str, Any] = {}
+        if dra:
+            if not self.dra_flavors:
+                raise VGPURequestError("dra", self.name, f'backend "{self.name}" takes no DRA settings; use backend dra')
+            unknown = sorted(set(dra) - {"flavors"})
+            if unknown:
+                raise VGPURequestError("dra", unknown[0], f'DRA setting "{unknown[0]}" is not known; use flavors')
+            raw = dra.get("flavors") or []
+            flavors = tuple(DraFlavor.from_config(f) for f in ([raw] if isinstance(raw, (str, Mapping)) else raw))
+            if not flavors:
+                raise VGPURequestError("dra", raw, "DRA flavors cannot be empty; use e.g. ['hami'] or ['mig', 'hami']")
+            if len({f.name for f in flavors}) != len(flavors):
+                raise VGPURequestError("dra", raw, "DRA flavor names must be distinct")
+            changes["dra_flavors"] = flavors
+            changes["memory_enforced"] = all(f.memory_enforced for f in flavors)
+        if kai:
+            if self.kai is None:
+                raise VGPURequestError("kai", self.name, f'backend "{self.name}" takes no KAI settings; use backend kai')
+            settings = KaiSettings.from_config(kai, self.kai)
+            changes["kai"] = settings
+            changes["memory_enforced"] = settings.hami_core
         for key, value in (resource_names or {}).items():
             if key not in ("count", "memory", "compute"):
                 raise VGPURequestError(
@@ -79,6 +244,22 @@ class Backend:
         if changes.get("count_resource", self.count_resource) is None:
             raise VGPURequestError("resource_names", None, "resource_names count cannot be empty")
         return replace(self, **changes)
+
+    def pod_annotations(self, request: VGPURequest) -> dict[str, str]:
+        """Annotations the backend itself needs on the pod (kai: gpu-memory / gpu-fraction)."""
+        if self.kai is None or request.count == 0:
+            return {}
+        from .k8s.kai import kai_annotations
+
+        return kai_annotations(request, self.kai)
+
+    def pod_labels(self, course: str = "") -> dict[str, str]:
+        """Labels the backend itself needs on the pod (kai: the queue, from the course)."""
+        if self.kai is None:
+            return {}
+        from .k8s.kai import queue_labels
+
+        return queue_labels(course, self.kai)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -105,11 +286,29 @@ BACKENDS: dict[str, Backend] = {
         count_resource="nvidia.com/gpu",
         memory_enforced=False,
     ),
+    "dra": Backend(
+        name="dra",
+        description="Dynamic Resource Allocation (resource.k8s.io/v1): a ResourceClaimTemplate per flavor "
+                    "(HAMi slice, MIG, whole GPU, or a firstAvailable list of them)",
+        count_resource="dra/devices",  # pool-only names (k8s/dra.py dra_pool); pods get claims
+        memory_resource=None,
+        dra_flavors=(DRA_FLAVORS["hami"],),
+    ),
+    "kai": Backend(
+        name="kai",
+        description="KAI Scheduler: gpu-memory (MiB) or gpu-fraction annotations, a queue per course; "
+                    "memory cap: not enforced (unless HAMi-core isolation is configured)",
+        count_resource="nvidia.com/gpu",
+        memory_enforced=False,
+        kai=KaiSettings(),
+        scheduler_name="kai-scheduler",
+    ),
 }
 
 
 def get_backend(
-    name: str, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None
+    name: str, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None,
+    *, dra: Mapping[str, Any] | None = None, kai: Mapping[str, Any] | None = None,
 ) -> Backend:
     try:
         backend = BACKENDS[name]
@@ -117,4 +316,6 @@ def get_backend(
         raise VGPURequestError(
             "backend", name, f'vGPU backend "{name}" is not known; use one of {", ".join(BACKENDS)}'
         ) from None
-    return backend.with_overrides(resource_names, env_names) if (resource_names or env_names) else backend
+    if resource_names or env_names or dra or kai:
+        return backend.with_overrides(resource_names, env_names, dra=dra, kai=kai)
+    return backend

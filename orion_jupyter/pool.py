@@ -26,10 +26,35 @@ class ResourceCount:
 
 
 @dataclass
+class DevicePool:
+    """One Dynamic Resource Allocation device (a GPU, a MIG instance) and what claims hold of it."""
+
+    name: str
+    driver: str
+    pool: str
+    shared: bool = False  # allowMultipleAllocations: claims get shares of its capacity
+    memory_mib: int = 0
+    memory_free_mib: int = 0
+    cores: int | None = None
+    cores_free: int | None = None
+    allocations: int = 0
+    attributes: dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "driver": self.driver, "pool": self.pool, "shared": self.shared,
+            "memory_mib": self.memory_mib, "memory_free_mib": self.memory_free_mib,
+            "cores": self.cores, "cores_free": self.cores_free, "allocations": self.allocations,
+            "attributes": dict(self.attributes),
+        }
+
+
+@dataclass
 class NodePool:
     name: str
     resources: dict[str, ResourceCount] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    devices: list[DevicePool] = field(default_factory=list)  # DRA devices (k8s/dra.py dra_pool); else empty
 
     def fits(self, request: Mapping[str, int]) -> bool:
         return all(self.resources.get(r, ResourceCount()).free >= amount for r, amount in request.items())
@@ -99,7 +124,8 @@ class PoolSnapshot:
             "source": self.source,
             "visible": self.visible,
             "nodes": [
-                {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())}}
+                {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())},
+                 **({"devices": [d.as_dict() for d in n.devices]} if n.devices else {})}
                 for n in self.nodes
             ],
             "totals": {r: c.as_dict() for r, c in sorted(self.totals().items())},
