@@ -78,9 +78,36 @@ def _remove(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .k8s.rbac import rbac_manifests
 
-    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes)
+    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes, backend=args.backend)
+    if args.backend == "dra":
+        docs += _claim_templates(args)
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     return 0
+
+
+def _claim_templates(args: argparse.Namespace) -> list[dict]:
+    """The presets' ResourceClaimTemplates (a presets file, else the installed vGPU kernel specs,
+    else the lab's default presets), one per distinct request; specs of another backend are skipped."""
+    from .backends import get_backend
+    from .k8s.dra import claim_template
+
+    backend = get_backend("dra", dra={"flavors": args.dra_flavor} if args.dra_flavor else None)
+    if args.presets:
+        requests = [(s.backend, s.request) for s in kernelspecs.load_presets(args.presets)]
+    else:
+        installed = kernelspecs.vgpu_specs()
+        requests = [((s.metadata["kernel_provisioner"].get("config") or {}).get("backend"), kernelspecs.spec_request(s))
+                    for s in installed.values()]
+        if not installed:
+            from .lab import DEFAULT_PRESETS
+
+            requests = [(s.backend, s.request) for s in DEFAULT_PRESETS]
+    templates: dict[str, dict] = {}
+    for spec_backend, request in requests:
+        if request.count and spec_backend in (None, "dra"):
+            template = claim_template(backend, request, args.namespace)
+            templates.setdefault(template["metadata"]["name"], template)
+    return list(templates.values())
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -135,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
     manifests.add_argument("--service-account", default="jupyter", help="service account of the Jupyter server")
     manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
+    manifests.add_argument("--backend", choices=["orion", "hami", "nvidia", "dra", "kai"],
+                           help="dra: also DRA RBAC (claims, claim templates, ResourceSlices, DeviceClasses) "
+                                "and the presets' ResourceClaimTemplates")
+    manifests.add_argument("--presets", help="with --backend dra: YAML presets to render claim templates for "
+                                             "(default: the installed vGPU kernel specs)")
+    manifests.add_argument("--dra-flavor", action="append", metavar="FLAVOR",
+                           help="with --backend dra: hami, mig, gpu or mig:<profile>, repeated in order of "
+                                "preference (several make a firstAvailable list); default hami")
     manifests.set_defaults(func=_manifests)
 
     gc = commands.add_parser("gc", help="delete leftover kernel pods and Secrets (finished pods, Secrets without a pod)")
