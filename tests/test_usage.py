@@ -217,6 +217,22 @@ async def test_sampler_reads_a_real_kernel_without_user_activity(vgpu_spec, tmp_
         await _readings(sampler, kernel_id, first, 3, timeout=5)
         await asyncio.sleep(0.5)  # the last probe's busy/idle status has reached the activity watch
         assert (kernel.last_activity, kernel.execution_state) == (activity, state)  # four probes, no activity
+
+        # While a cell runs (a training loop), the control channel still answers.
+        client = kernel.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            client.execute("import time\ny = torch.ones(64 * 1024 * 1024 // 4)\ntime.sleep(2)")
+            for _ in range(100):
+                if kernel.execution_state == "busy":
+                    break
+                await asyncio.sleep(0.02)
+            busy = sampler.latest(kernel_id)
+            [during] = await _readings(sampler, kernel_id, busy, 1, timeout=1.5)
+            assert kernel.execution_state == "busy" and during["memory_used"] >= first["memory_used"] + 60 * MIB
+        finally:
+            client.stop_channels()
     finally:
         sampler.stop()
         await mkm.shutdown_kernel(kernel_id, now=True)
