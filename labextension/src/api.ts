@@ -1,4 +1,5 @@
-// The orion-jupyter REST API ({base_url}/orion/api/...) and how its values are shown.
+// The orion-jupyter REST API ({base_url}/orion/api/...): its answers' shapes and one call each.
+// Fields marked "newer servers" may be absent: the views show what is there.
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
@@ -21,6 +22,12 @@ export interface IAllocation {
   started: string | null;
   last_activity: string | null;
   execution_state: string | null;
+  /** The allocation as people read it, "1 vGPU · 4 GiB" (vgpu.format_allocation; newer servers). */
+  label?: string;
+  /** vGPU memory in use, in bytes, or null when not measured (newer servers). */
+  memory_used?: number | null;
+  /** When memory_used was measured (newer servers). */
+  memory_sampled_at?: string | null;
 }
 
 export interface IResourceCount {
@@ -63,6 +70,9 @@ export interface IClassKernel {
   vgpus: number | null;
   memory_mib: number | null;
   idle_seconds: number | null;
+  label?: string;
+  memory_used?: number | null;
+  memory_sampled_at?: string | null;
 }
 
 export interface IClass {
@@ -79,11 +89,29 @@ export interface IEvent {
   message: string;
 }
 
+/** The body of POST kernels; `path` is the folder (or notebook) the kernel starts in. */
 export interface IKernelRequest {
   spec: string;
   vgpus: number;
-  memory: string;
+  memory?: string;
+  compute?: number;
+  path?: string;
+  kernel_id?: string;
+}
+
+/** A demo notebook (GET demos). */
+export interface IDemo {
+  name: string;
+  title: string;
+  path: string;
+}
+
+/** What POST demos/{name} answers: the notebook placed for the user and the kernel started for it. */
+export interface IStartedDemo {
+  path: string;
   kernel_id: string;
+  kernel: IStartedKernel;
+  running: boolean;
 }
 
 /** The kernel model POST kernels answers with. */
@@ -97,7 +125,8 @@ export interface IStartedKernel {
 export class APIError extends Error {
   constructor(
     message: string,
-    readonly field?: string
+    readonly field?: string,
+    readonly status?: number
   ) {
     super(message);
   }
@@ -130,7 +159,7 @@ export async function requestAPI<T>(
     const message =
       body?.message ??
       `${endpoint}: ${response.status} ${response.statusText}`.trim();
-    throw new APIError(message, body?.field);
+    throw new APIError(message, body?.field, response.status);
   }
   return body as T;
 }
@@ -163,71 +192,23 @@ export const startKernel = (request: IKernelRequest): Promise<IStartedKernel> =>
     body: JSON.stringify(request)
   });
 
+export const getDemos = async (): Promise<IDemo[]> =>
+  (await requestAPI<{ demos: IDemo[] }>('demos')).demos;
+
+/** Places the demo notebook (never over the user's copy) and starts a kernel for it. */
+export const startDemo = (
+  name: string,
+  request: { spec?: string; kernel_id?: string } = {}
+): Promise<IStartedDemo> =>
+  requestAPI<IStartedDemo>(`demos/${encodeURIComponent(name)}`, {
+    method: 'POST',
+    body: JSON.stringify(request)
+  });
+
 export const stopClassPod = (pod: string): Promise<unknown> =>
   requestAPI(`class/${encodeURIComponent(pod)}`, { method: 'DELETE' });
 
 /** The text of any error, for showing it where the data would be. */
 export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-/** 3072 → "3 GiB", 1536 → "1.5 GiB", 512 → "512 MiB". */
-export function formatMemory(mib: number | null | undefined): string {
-  if (mib === null || mib === undefined) {
-    return '—';
-  }
-  if (mib < 1024) {
-    return `${mib} MiB`;
-  }
-  const gib = mib / 1024;
-  return `${Number.isInteger(gib) ? gib : gib.toFixed(1)} GiB`;
-}
-
-/** 3072 → "3Gi", 1536 → "1536Mi": the form the server accepts for `memory`. */
-export function memoryQuantity(mib: number): string {
-  return mib % 1024 === 0 ? `${mib / 1024}Gi` : `${mib}Mi`;
-}
-
-/** "3Gi", "3 GiB", "3072", "512Mi" → MiB; null when it is not a size. */
-export function parseMemory(text: string): number | null {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(gi|gib|g|mi|mib|m)?\s*$/i.exec(text);
-  if (!match) {
-    return null;
-  }
-  const value = parseFloat(match[1]);
-  return (match[2] ?? 'm').toLowerCase().startsWith('g')
-    ? Math.round(value * 1024)
-    : Math.round(value);
-}
-
-/** "1 × 3 GiB", or "CPU only" for a kernel without vGPUs. */
-export function formatVGPUs(
-  vgpus: number | null,
-  memoryMib: number | null
-): string {
-  return vgpus ? `${vgpus} × ${formatMemory(memoryMib)}` : 'CPU only';
-}
-
-/** 42 → "42 s", 390 → "6 min", 7200 → "2 h". */
-export function formatDuration(seconds: number | null | undefined): string {
-  if (seconds === null || seconds === undefined || !isFinite(seconds)) {
-    return '—';
-  }
-  if (seconds < 60) {
-    return `${Math.max(0, Math.round(seconds))} s`;
-  }
-  if (seconds < 3600) {
-    return `${Math.round(seconds / 60)} min`;
-  }
-  return `${(seconds / 3600).toFixed(seconds < 36000 ? 1 : 0)} h`;
-}
-
-/** Seconds since a server timestamp ("2026-01-02 03:04:05.678901+00:00" or ISO 8601). */
-export function secondsSince(stamp: string | null): number | null {
-  if (!stamp) {
-    return null;
-  }
-  const iso = stamp.replace(' ', 'T').replace(/(\.\d{3})\d+/, '$1');
-  const time = Date.parse(iso);
-  return isNaN(time) ? null : (Date.now() - time) / 1000;
 }

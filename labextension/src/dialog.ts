@@ -1,163 +1,123 @@
-// "New vGPU notebook…": choose a vGPU kernel spec, memory and vGPUs; start the kernel while
-// showing its launch progress, then open a new notebook on it.
+// "New vGPU notebook…": a JupyterLab dialog whose body (getValue) holds the kernel spec, the memory
+// and the vGPUs; Start checks the values as the server does, starts the kernel in the file browser's
+// folder (its progress in a notification), then opens a new notebook there on that kernel. A value
+// the server (or the check) refuses brings the dialog back with the values and the reason.
 import { Dialog, showErrorMessage } from '@jupyterlab/apputils';
-import { JupyterFrontEnd } from '@jupyterlab/application';
-import { UUID } from '@lumino/coreutils';
-import { Poll } from '@lumino/polling';
+import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
-import {
-  APIError,
-  IEvent,
-  IKernelRequest,
-  ISpec,
-  IStartedKernel,
-  errorText,
-  formatMemory,
-  getEvents,
-  getSpecs,
-  memoryQuantity,
-  parseMemory,
-  startKernel
-} from './api';
+import { APIError, ISpec, errorText, getSpecs, startKernel } from './api';
 import { h } from './dom';
+import { formatAllocation, formatMib, memoryQuantity, parseMemory } from './format';
+import { ILaunchContext, currentFolder, openOnKernel, serverPath, withProgress } from './launch';
+import { ILaunchValues, checkLaunch } from './validate';
 
-const EVENTS_MS = 500;
-const SLIDER_MAX_MIB = 32 * 1024;
 const SLIDER_STEP_MIB = 256;
-const START = 1; // the index of the dialog's "Start" button
 
-/** Runs the whole flow: the dialog, then the new notebook on the started kernel. */
-export async function newVGPUNotebook(app: JupyterFrontEnd): Promise<void> {
+/** A refusal to show in the dialog: the message and the field it names. */
+interface IRefusal {
+  message: string;
+  field?: string;
+}
+
+/** Runs the whole flow: the dialog (again after a refusal), the kernel, the new notebook. */
+export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
+  const { trans } = ctx;
   let specs: ISpec[];
   try {
     specs = await getSpecs();
   } catch (error) {
-    await showErrorMessage(
-      'Could not list the vGPU kernel specs',
-      errorText(error)
-    );
+    await showErrorMessage(trans.__('Could not list the vGPU kernel specs'), errorText(error));
     return;
   }
   if (!specs.length) {
     await showErrorMessage(
-      'No vGPU kernel specs',
-      'No vGPU kernel spec is installed on this server; ask your administrator.'
+      trans.__('No vGPU kernel specs'),
+      trans.__('No vGPU kernel spec is installed on this server; ask your administrator.')
     );
     return;
   }
-  const result = await new LaunchDialog(new LaunchForm(specs)).launch();
-  const kernel = result.value;
-  if (!result.button.accept || !kernel) {
+  let values: ILaunchValues | null = null;
+  let refusal: IRefusal | null = null;
+  for (;;) {
+    const form: LaunchForm = new LaunchForm(specs, trans, ctx.model.sliderMaxMib, values, refusal);
+    const dialog: Dialog<ILaunchValues> = new Dialog<ILaunchValues>({
+      title: trans.__('New vGPU notebook'),
+      body: form,
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: trans.__('Start') })],
+      focusNodeSelector: refusal?.field
+        ? 'input.orion-mod-refused'
+        : 'input[name="orion-spec"]:checked'
+    });
+    dialog.addClass('orion-LaunchDialog');
+    const result: Dialog.IResult<ILaunchValues> = await dialog.launch();
+    if (!result.button.accept || !result.value) {
+      return;
+    }
+    const typed: ILaunchValues = result.value;
+    values = typed;
+    const check = checkLaunch(typed, trans);
+    if (check.request === undefined) {
+      refusal = { message: check.message, field: check.field };
+      continue;
+    }
+    const folder = currentFolder(ctx);
+    const request = check.request;
+    const title = trans.__(
+      'Starting a vGPU kernel: %1',
+      formatAllocation(request.vgpus, parseMemory(request.memory ?? '0'), null, trans)
+    );
+    let kernel;
+    try {
+      kernel = await withProgress(trans, title, kernelId =>
+        startKernel({ ...request, path: serverPath(ctx, folder), kernel_id: kernelId })
+      );
+    } catch (error) {
+      // 400 names the field, 409 the short resource: nothing was created; the dialog says why.
+      refusal = {
+        message: errorText(error),
+        field: error instanceof APIError ? error.field : undefined
+      };
+      continue;
+    }
+    void ctx.model.refresh();
+    try {
+      const notebook = await (ctx.docManager
+        ? ctx.docManager.newUntitled({ path: folder, type: 'notebook' })
+        : ctx.app.serviceManager.contents.newUntitled({ path: folder, type: 'notebook' }));
+      await openOnKernel(ctx, notebook.path, kernel);
+    } catch (error) {
+      await showErrorMessage(
+        trans.__('The vGPU kernel runs, but its notebook could not be opened'),
+        errorText(error)
+      );
+    }
     return;
   }
-  const notebook = await app.serviceManager.contents.newUntitled({
-    type: 'notebook',
-    path: ''
-  });
-  // The notebook's session attaches to the kernel just started (its id is the kernel preference).
-  await app.commands.execute('docmanager:open', {
-    path: notebook.path,
-    factory: 'Notebook',
-    kernel: { id: kernel.id, name: kernel.name }
-  });
 }
 
-/** A dialog whose "Start" stays open until the kernel runs, and shows the server's refusal. */
-class LaunchDialog extends Dialog<IStartedKernel | null> {
-  private starting = false;
-
-  constructor(private readonly form: LaunchForm) {
-    super({
-      title: 'New vGPU notebook',
-      body: form,
-      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Start' })],
-      focusNodeSelector: 'input[name="orion-spec"]:checked'
-    });
-    this.addClass('orion-LaunchDialog');
-  }
-
-  resolve(index?: number): void {
-    const accept = (index ?? START) === START;
-    if (this.starting) {
-      return; // the kernel is on its way; the dialog closes when it runs (or says why not)
-    }
-    if (!accept || this.form.kernel) {
-      super.resolve(index);
-      return;
-    }
-    void this.start();
-  }
-
-  reject(): void {
-    if (!this.starting) {
-      super.reject();
-    }
-  }
-
-  private async start(): Promise<void> {
-    const request = this.form.request();
-    if (!request) {
-      return;
-    }
-    this.setStarting(true);
-    const events = new Poll({
-      factory: () => this.form.followEvents(request.kernel_id),
-      frequency: { interval: EVENTS_MS, backoff: false }
-    });
-    let refusal: unknown = null;
-    try {
-      this.form.kernel = await startKernel(request);
-    } catch (error) {
-      refusal = error; // 400 names the field, 409 the vGPU shortage: nothing was created
-    }
-    events.dispose();
-    this.setStarting(false);
-    if (this.form.kernel) {
-      this.resolve(START);
-    } else {
-      const field = refusal instanceof APIError ? refusal.field : undefined;
-      this.form.showError(errorText(refusal), field);
-    }
-  }
-
-  private setStarting(starting: boolean): void {
-    this.starting = starting;
-    this.form.setBusy(starting);
-    const buttons = this.node.querySelectorAll<HTMLButtonElement>('.jp-Dialog-button');
-    for (const button of buttons) {
-      button.disabled = starting;
-    }
-  }
-}
-
-/** The dialog's body: spec list, memory, vGPUs, launch progress and errors. */
-class LaunchForm extends Widget {
-  /** Set once the server has started the kernel: the dialog's value. */
-  kernel: IStartedKernel | null = null;
-
+/** The dialog's body: spec list, memory (text and slider), vGPUs, and a refusal. */
+export class LaunchForm extends Widget {
   private readonly memory = h('input', { type: 'text', name: 'memory' });
   private readonly memoryHint = h('span', { class: 'orion-LaunchForm-hint' });
-  private readonly slider = h('input', {
-    type: 'range',
-    'aria-label': 'vGPU memory'
-  });
+  private readonly slider = h('input', { type: 'range' });
   private readonly vgpus = h('input', { type: 'number', name: 'vgpus', min: '0' });
-  private readonly progress = h('ul', { class: 'orion-LaunchForm-progress' });
-  private readonly busy = h('li', {}, 'Starting the kernel…');
-  private readonly error = h('div', {
-    class: 'orion-LaunchForm-error',
-    role: 'alert'
-  });
-  private lastEvent = 0;
+  private readonly error = h('div', { class: 'orion-LaunchForm-error', role: 'alert' });
 
-  constructor(specs: ISpec[]) {
+  constructor(
+    specs: ISpec[],
+    private readonly trans: TranslationBundle,
+    private readonly sliderMaxMib: number,
+    values: ILaunchValues | null = null,
+    refusal: IRefusal | null = null
+  ) {
     super();
     this.addClass('orion-LaunchForm');
-    this.memory.placeholder = 'e.g. 4Gi or 4096 (MiB)';
+    this.memory.placeholder = trans.__('e.g. 4Gi or 4096 (MiB)');
+    this.slider.setAttribute('aria-label', trans.__('vGPU memory'));
     this.slider.min = String(SLIDER_STEP_MIB);
-    this.slider.max = String(SLIDER_MAX_MIB);
     this.slider.step = String(SLIDER_STEP_MIB);
+    this.slider.max = String(sliderMaxMib);
     this.memory.oninput = () => this.syncSlider();
     this.slider.oninput = () => {
       this.memory.value = memoryQuantity(Number(this.slider.value));
@@ -167,104 +127,59 @@ class LaunchForm extends Widget {
       h(
         'fieldset',
         { class: 'orion-LaunchForm-specs' },
-        h('legend', {}, 'Kernel spec'),
+        h('legend', {}, trans.__('Kernel spec')),
         ...specs.map(s => this.specOption(s))
       ),
       h(
         'label',
         { class: 'orion-LaunchForm-field' },
-        'vGPU memory (per vGPU) ',
+        trans.__('vGPU memory (per vGPU)') + ' ',
         this.memory,
         this.memoryHint
       ),
       this.slider,
-      h('label', { class: 'orion-LaunchForm-field' }, 'vGPUs ', this.vgpus),
-      this.progress,
+      h('label', { class: 'orion-LaunchForm-field' }, trans.__('vGPUs') + ' ', this.vgpus),
       this.error
     );
-    this.showError('');
-    const first = specs.find(s => s.can_start !== false && !s.error);
-    if (first) {
-      this.choose(first);
+    const chosen =
+      specs.find(s => s.name === values?.spec) ??
+      specs.find(s => s.can_start !== false && !s.error);
+    if (chosen) {
+      this.choose(chosen);
     }
+    if (values) {
+      this.memory.value = values.memory;
+      this.vgpus.value = values.vgpus;
+      this.syncSlider();
+    }
+    this.showError(refusal?.message ?? '', refusal?.field);
   }
 
-  getValue(): IStartedKernel | null {
-    return this.kernel;
+  /** The values as typed; the dialog's result. */
+  getValue(): ILaunchValues {
+    const spec = this.node.querySelector<HTMLInputElement>('input[name="orion-spec"]:checked');
+    return { spec: spec?.value ?? null, memory: this.memory.value, vgpus: this.vgpus.value };
   }
 
-  /** What to POST, or null (with the reason shown) when the form is not complete. */
-  request(): IKernelRequest | null {
-    this.showError('');
-    this.progress.replaceChildren();
-    const spec = this.node.querySelector<HTMLInputElement>(
-      'input[name="orion-spec"]:checked'
-    );
-    if (!spec) {
-      this.showError('Choose a kernel spec.');
-      return null;
-    }
-    // The server checks the values and names the field it refuses.
-    return {
-      spec: spec.value,
-      memory: this.memory.value.trim(),
-      vgpus: Number(this.vgpus.value),
-      kernel_id: UUID.uuid4()
-    };
-  }
-
-  /** Shows the launch messages that arrived since the last call. */
-  async followEvents(kernelId: string): Promise<void> {
-    let events: IEvent[];
-    try {
-      events = await getEvents(kernelId, this.lastEvent);
-    } catch {
-      return; // not known to the server yet: the kernel is still being checked
-    }
-    for (const event of events) {
-      this.lastEvent = Math.max(this.lastEvent, event.seq);
-      const level = `orion-Event orion-Event-${event.level}`;
-      this.busy.before(h('li', { class: level }, event.message));
-    }
-  }
-
-  setBusy(busy: boolean): void {
-    for (const input of this.node.querySelectorAll('input')) {
-      input.disabled = busy || input.dataset.unavailable === 'true';
-    }
-    if (busy) {
-      this.lastEvent = 0;
-      this.progress.append(this.busy);
-    } else {
-      this.busy.remove();
-    }
-  }
-
-  /** The server's message; the field it names (memory, vgpus, spec) is marked. */
-  showError(message: string, field?: string): void {
+  /** The message; the field it names (memory, vgpus, spec) is marked. */
+  private showError(message: string, field?: string): void {
     this.error.textContent = message;
     this.error.hidden = !message;
     for (const input of this.node.querySelectorAll('input')) {
-      const named =
-        !!field && (input.name === field || input.name === `orion-${field}`);
+      const named = !!field && (input.name === field || input.name === `orion-${field}`);
       input.classList.toggle('orion-mod-refused', named);
     }
-    this.node.querySelector<HTMLInputElement>('input.orion-mod-refused')?.focus();
   }
 
   private specOption(spec: ISpec): HTMLElement {
+    const trans = this.trans;
     const unavailable = spec.error
       ? spec.error
       : spec.can_start === false
-        ? 'not enough vGPUs free right now'
+        ? trans.__('not enough vGPUs free right now')
         : '';
-    const radio = h('input', {
-      type: 'radio',
-      name: 'orion-spec',
-      value: spec.name
-    });
+    const radio = h('input', { type: 'radio', name: 'orion-spec', value: spec.name });
     radio.disabled = !!unavailable;
-    radio.dataset.unavailable = String(!!unavailable);
     radio.onchange = () => this.choose(spec);
     return h(
       'label',
@@ -277,7 +192,7 @@ class LaunchForm extends Widget {
       h(
         'span',
         { class: 'orion-SpecOption-detail' },
-        [spec.description, unavailable && `unavailable: ${unavailable}`]
+        [spec.description, unavailable && trans.__('unavailable: %1', unavailable)]
           .filter(Boolean)
           .join(' · ')
       )
@@ -286,7 +201,7 @@ class LaunchForm extends Widget {
 
   private choose(spec: ISpec): void {
     const radio = this.node.querySelector<HTMLInputElement>(
-      `input[name="orion-spec"][value="${spec.name}"]`
+      `input[name="orion-spec"][value="${CSS.escape(spec.name)}"]`
     );
     if (radio) {
       radio.checked = true;
@@ -299,8 +214,10 @@ class LaunchForm extends Widget {
   private syncSlider(): void {
     const mib = parseMemory(this.memory.value);
     if (mib !== null) {
+      // A spec (or a typed value) above the setting's maximum still fits on the slider.
+      this.slider.max = String(Math.max(this.sliderMaxMib, mib));
       this.slider.value = String(mib);
     }
-    this.memoryHint.textContent = mib === null ? '' : `= ${formatMemory(mib)}`;
+    this.memoryHint.textContent = mib === null ? '' : `= ${formatMib(mib)}`;
   }
 }

@@ -1,16 +1,32 @@
-// orion-jupyter in JupyterLab: the vGPU status bar item, the vGPU sidebar and "New vGPU notebook…".
+// orion-jupyter in JupyterLab and Notebook 7: one vGPU model (polled once, with its settings), the
+// status bar item, the vGPU sidebar, "New vGPU notebook…" and the MNIST / FaceNet launcher cards.
+// Only the model is required by the others; every JupyterLab token is optional, so a page without
+// a status bar, a launcher or a file browser (Notebook 7's) loads it too.
 import {
   ILayoutRestorer,
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDocumentManager } from '@jupyterlab/docmanager';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
+import { getAllocations, getClass, getPool } from './api';
 import { newVGPUNotebook } from './dialog';
+import { DOMAIN } from './format';
 import { vgpuIcon, vgpuIconUrl } from './icon';
+import { DEMOS, ILaunchContext, openDemo } from './launch';
+import {
+  DEFAULT_REFRESH_MS,
+  DEFAULT_SLIDER_MAX_MIB,
+  IVGPUModel,
+  VGPUModel
+} from './model';
 import { VGPUPanel } from './panel';
 import { VGPUStatus } from './statusbar';
 
@@ -18,55 +34,128 @@ const PLUGIN = '@orion-jupyter/labextension';
 
 namespace CommandIDs {
   export const newNotebook = 'orion-jupyter:new-vgpu-notebook';
+  export const openDemo = 'orion-jupyter:open-demo';
   export const showPanel = 'orion-jupyter:show-vgpu-panel';
 }
+
+/** The shared model and its settings (schema/model.json). */
+const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
+  id: `${PLUGIN}:model`,
+  description: 'The vGPU allocations, pool and class, polled once for the whole page.',
+  autoStart: true,
+  provides: IVGPUModel,
+  optional: [ISettingRegistry],
+  activate: (app: JupyterFrontEnd, settings: ISettingRegistry | null): IVGPUModel => {
+    const model = new VGPUModel(
+      { allocations: getAllocations, pool: getPool, classKernels: getClass },
+      { kernels: app.serviceManager.kernels }
+    );
+    if (settings) {
+      void settings
+        .load(modelPlugin.id)
+        .then(loaded => {
+          const apply = () => {
+            const seconds = Number(loaded.get('refreshInterval').composite);
+            const gib = Number(loaded.get('sliderMaxMemory').composite);
+            model.refreshInterval = seconds > 0 ? seconds * 1000 : DEFAULT_REFRESH_MS;
+            model.sliderMaxMib = gib > 0 ? gib * 1024 : DEFAULT_SLIDER_MAX_MIB;
+          };
+          apply();
+          loaded.changed.connect(apply);
+        })
+        .catch(error => console.warn('orion-jupyter: the vGPU settings could not be loaded', error));
+    }
+    return model;
+  }
+};
 
 const panelPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:panel`,
   description: 'The vGPU sidebar: my vGPU kernels, the pool and the class.',
   autoStart: true,
-  optional: [ILayoutRestorer, ICommandPalette],
+  requires: [IVGPUModel],
+  optional: [ITranslator, ILayoutRestorer, ICommandPalette],
   activate: (
     app: JupyterFrontEnd,
+    model: IVGPUModel,
+    translator: ITranslator | null,
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null
   ) => {
-    const panel = new VGPUPanel(app.serviceManager.kernels);
+    const trans = (translator ?? nullTranslator).load(DOMAIN);
+    const panel = new VGPUPanel(model, app.serviceManager.kernels, trans);
     app.shell.add(panel, 'left', { rank: 600 });
     restorer?.add(panel, panel.id);
     app.commands.addCommand(CommandIDs.showPanel, {
-      label: 'Show the vGPU panel',
+      label: trans.__('Show the vGPU panel'),
       icon: vgpuIcon,
       execute: () => app.shell.activateById(panel.id)
     });
-    palette?.addItem({ command: CommandIDs.showPanel, category: 'vGPU' });
+    palette?.addItem({ command: CommandIDs.showPanel, category: trans.__('vGPU') });
   }
 };
 
 const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:new-notebook`,
-  description: 'New vGPU notebook…: a vGPU kernel with the memory you choose, and a notebook on it.',
+  description:
+    'New vGPU notebook…: a vGPU kernel with the memory you choose, and a notebook on it; the demos.',
   autoStart: true,
-  optional: [ICommandPalette, ILauncher],
+  requires: [IVGPUModel],
+  optional: [ITranslator, ICommandPalette, ILauncher, IDocumentManager, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
+    model: IVGPUModel,
+    translator: ITranslator | null,
     palette: ICommandPalette | null,
-    launcher: ILauncher | null
+    launcher: ILauncher | null,
+    docManager: IDocumentManager | null,
+    defaultBrowser: IDefaultFileBrowser | null
   ) => {
+    const trans = (translator ?? nullTranslator).load(DOMAIN);
+    const ctx: ILaunchContext = { app, model, trans, docManager, defaultBrowser };
+    const category = trans.__('vGPU');
     app.commands.addCommand(CommandIDs.newNotebook, {
-      label: 'New vGPU notebook…',
-      caption: 'Start a vGPU kernel with the memory you choose and open a new notebook on it',
+      // File > New lists kinds ("Notebook", "Console"): there it is "vGPU Notebook…".
+      label: args => (args.isMenu ? trans.__('vGPU Notebook…') : trans.__('New vGPU notebook…')),
+      caption: trans.__(
+        'Start a vGPU kernel with the memory you choose and open a new notebook on it, in the file browser\'s folder'
+      ),
       icon: vgpuIcon,
-      execute: () => newVGPUNotebook(app)
+      execute: () => newVGPUNotebook(ctx)
     });
-    palette?.addItem({ command: CommandIDs.newNotebook, category: 'vGPU' });
-    // Next to the default kernel's card, before the vGPU kernel specs' own cards.
+    app.commands.addCommand(CommandIDs.openDemo, {
+      label: args => DEMOS.find(d => d.name === args.name)?.label(trans) ?? String(args.name),
+      caption: trans.__('Start a vGPU kernel for this demo notebook and open it'),
+      icon: vgpuIcon,
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: { name: { type: 'string', enum: DEMOS.map(d => d.name) } },
+          required: ['name']
+        }
+      },
+      execute: args => openDemo(ctx, String(args.name))
+    });
+    palette?.addItem({ command: CommandIDs.newNotebook, category });
+    for (const demo of DEMOS) {
+      palette?.addItem({ command: CommandIDs.openDemo, category, args: { name: demo.name } });
+    }
+    // Next to the default kernel's card, after the kernel specs' own cards.
     launcher?.add({
       command: CommandIDs.newNotebook,
       category: 'Notebook',
       rank: Infinity,
       kernelIconUrl: vgpuIconUrl
     });
+    for (const demo of DEMOS) {
+      launcher?.add({
+        command: CommandIDs.openDemo,
+        args: { name: demo.name },
+        category: 'Notebook',
+        rank: Infinity,
+        kernelIconUrl: vgpuIconUrl
+      });
+    }
   }
 };
 
@@ -74,9 +163,19 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:status`,
   description: "The status bar item with the current notebook kernel's vGPU allocation.",
   autoStart: true,
-  requires: [IStatusBar, INotebookTracker],
-  activate: (app: JupyterFrontEnd, statusBar: IStatusBar, tracker: INotebookTracker) => {
-    const item = new VGPUStatus(tracker);
+  requires: [IVGPUModel],
+  optional: [IStatusBar, INotebookTracker, ITranslator],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IVGPUModel,
+    statusBar: IStatusBar | null,
+    tracker: INotebookTracker | null,
+    translator: ITranslator | null
+  ) => {
+    if (!statusBar || !tracker) {
+      return; // Notebook 7 has no status bar
+    }
+    const item = new VGPUStatus(model, tracker, (translator ?? nullTranslator).load(DOMAIN));
     item.node.onclick = () => {
       if (app.commands.hasCommand(CommandIDs.showPanel)) {
         void app.commands.execute(CommandIDs.showPanel);
@@ -92,4 +191,4 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [panelPlugin, newNotebookPlugin, statusPlugin];
+export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin];

@@ -1,7 +1,8 @@
-// The "vGPU" sidebar: my vGPU kernels, the pool, and (for instructors) the class.
+// The "vGPU" sidebar: my vGPU kernels (with the memory they use), the pool, and for instructors
+// the class, sortable by waste. It shows the shared model, which polls while the panel is shown.
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Kernel } from '@jupyterlab/services';
-import { Poll } from '@lumino/polling';
+import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
 import {
@@ -11,82 +12,100 @@ import {
   IPool,
   IResourceCount,
   errorText,
-  formatDuration,
-  formatMemory,
-  formatVGPUs,
-  getAllocations,
-  getClass,
-  getPool,
-  secondsSince,
   stopClassPod
 } from './api';
 import { Child, actionButton, h } from './dom';
+import {
+  byWaste,
+  formatAllocation,
+  formatBytes,
+  formatDuration,
+  formatMib,
+  formatShort,
+  grantedBytes,
+  secondsSince,
+  wasteBytes
+} from './format';
 import { vgpuIcon } from './icon';
+import { IVGPUModel, Part } from './model';
 
-const REFRESH_MS = 5_000;
+type ClassOrder = 'user' | 'waste';
 
-/** The sidebar; it refreshes every 5 s while it is shown. */
+/** The sidebar; it re-renders whenever the model changes. */
 export class VGPUPanel extends Widget {
   private readonly mine = h('div', { class: 'orion-Panel-mine' });
   private readonly pool = h('div', { class: 'orion-Panel-pool' });
   private readonly classBody = h('div', { class: 'orion-Panel-class' });
-  private readonly classSection = section('Class', this.classBody);
-  private readonly poll: Poll;
+  private readonly classOrder = h('select', {
+    class: 'jp-mod-styled orion-Panel-classOrder',
+    name: 'orion-class-order'
+  });
+  private readonly classSection: HTMLElement;
+  private readonly toDispose: { dispose(): void }[] = [];
 
-  constructor(private readonly kernels: Kernel.IManager) {
+  constructor(
+    private readonly model: IVGPUModel,
+    private readonly kernels: Kernel.IManager,
+    private readonly trans: TranslationBundle
+  ) {
     super();
     this.id = 'orion-vgpu-panel';
     this.addClass('orion-Panel');
     this.title.icon = vgpuIcon;
-    this.title.caption = 'vGPU: my kernels, the pool, the class';
+    this.title.caption = trans.__('vGPU: my kernels, the pool, the class');
+    this.classOrder.setAttribute('aria-label', trans.__('Order of the class'));
+    this.classOrder.append(
+      h('option', { value: 'user' }, trans.__('by user')),
+      h('option', { value: 'waste' }, trans.__('by waste (unused memory, then idle)'))
+    );
+    this.classOrder.onchange = () => this.render();
+    this.classSection = section(trans.__('Class'), this.classBody, this.classOrder);
     this.node.append(
-      h('h2', { class: 'orion-Panel-title' }, 'vGPU'),
-      section('My vGPU kernels', this.mine),
-      section('Pool', this.pool),
+      h('h2', { class: 'orion-Panel-title' }, trans.__('vGPU')),
+      section(trans.__('My vGPU kernels'), this.mine),
+      section(trans.__('Pool'), this.pool),
       this.classSection
     );
     this.classSection.hidden = true;
-    this.poll = new Poll({
-      factory: () => this.refresh(),
-      frequency: { interval: REFRESH_MS, backoff: false },
-      // Only while the panel is shown and the browser tab is visible.
-      standby: () => !this.isVisible || document.hidden
-    });
+    model.changed.connect(this.render, this);
+    // The pool and the class are fetched only while the panel is shown.
+    this.toDispose.push(model.addInterest(() => (this.isVisible ? 'all' : 'none')));
+    this.render();
   }
 
   dispose(): void {
-    this.poll.dispose();
+    if (this.isDisposed) {
+      return;
+    }
+    this.model.changed.disconnect(this.render, this);
+    this.toDispose.forEach(d => d.dispose());
     super.dispose();
   }
 
-  /** Fetch and render now (after a stop, or when the panel is shown). */
-  async refresh(): Promise<void> {
-    const [mine, pool, klass] = await Promise.allSettled([
-      getAllocations(),
-      getPool(),
-      getClass()
-    ]);
-    render(this.mine, mine, kernels => this.renderMine(kernels));
-    render(this.pool, pool, renderPool);
-    if (klass.status === 'fulfilled' && !klass.value.instructor) {
-      this.classSection.hidden = true;
-    } else {
-      this.classSection.hidden = false;
-      render(this.classBody, klass, c => this.renderClass(c));
-    }
+  protected onAfterShow(): void {
+    void this.model.refresh();
   }
 
-  protected onAfterShow(): void {
-    void this.refresh();
+  private render(): void {
+    const { model, trans } = this;
+    fill(this.mine, model.allocations, trans, kernels => this.renderMine(kernels));
+    fill(this.pool, model.pool, trans, pool => renderPool(pool, trans));
+    const klass = model.classKernels;
+    const shown = klass?.status === 'fulfilled' ? klass.value : null;
+    // Students see no class section; an error in it is shown (it may be the instructor's).
+    this.classSection.hidden = klass?.status !== 'rejected' && !shown?.instructor;
+    fill(this.classBody, klass, trans, c => this.renderClass(c));
+    this.classOrder.hidden = !shown?.kernels.length;
   }
 
   private renderMine(kernels: IAllocation[]): Child[] {
+    const trans = this.trans;
     if (!kernels.length) {
       return [
         h(
           'p',
           { class: 'orion-Panel-empty' },
-          'No vGPU kernels. Start one with "New vGPU notebook…".'
+          trans.__('No vGPU kernels. Start one with "New vGPU notebook…".')
         )
       ];
     }
@@ -94,42 +113,59 @@ export class VGPUPanel extends Widget {
       const idle = secondsSince(k.last_activity);
       const state =
         k.execution_state === 'idle' && idle !== null
-          ? `idle ${formatDuration(idle)}`
+          ? trans.__('idle %1', formatDuration(idle, trans))
           : (k.execution_state ?? '');
-      const stop = actionButton('Stop', `Shut down kernel ${k.kernel_id}`, () =>
-        this.stopKernel(k.kernel_id)
+      const stop = actionButton(
+        trans.__('Stop'),
+        trans.__('Shut down kernel %1', k.kernel_id),
+        () => this.stopKernel(k.kernel_id)
       );
-      return card(k.kernel_id, k.kernel_spec, stop, [
-        k.path ?? 'no notebook',
+      const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, k.compute_percent, trans);
+      return card(k.kernel_id, k.kernel_spec, label, stop, [
+        k.path ?? trans.__('no notebook'),
         details(
-          formatVGPUs(k.vgpus, k.memory_mib),
+          formatShort(k.vgpus, k.memory_mib, trans),
           k.node ?? k.cluster,
-          k.reason ? `${k.phase} (${k.reason})` : k.phase,
+          phase(k),
           state
-        )
+        ),
+        usage(k, trans)
       ]);
     });
   }
 
-  /** Every kernel of the class: user, pod, node, vGPUs and memory, idle time. */
+  /** Every kernel of the class: user, pod, node, vGPUs and memory (used), idle time. */
   private renderClass(klass: IClass): Child[] {
+    const trans = this.trans;
     if (!klass.kernels.length) {
-      return [h('p', { class: 'orion-Panel-empty' }, 'No kernels in the class.')];
+      return [h('p', { class: 'orion-Panel-empty' }, trans.__('No kernels in the class.'))];
     }
-    return klass.kernels.map(k => {
+    const order = this.classOrder.value as ClassOrder;
+    const kernels = [...klass.kernels].sort(
+      order === 'waste'
+        ? byWaste
+        : (a, b) => a.user.localeCompare(b.user) || a.kernel_id.localeCompare(b.kernel_id)
+    );
+    return kernels.map(k => {
       const stop =
         k.pod &&
-        actionButton('Stop', `Stop ${k.user}'s kernel pod ${k.pod}`, () =>
-          this.stopPod(k)
+        actionButton(
+          trans.__('Stop'),
+          trans.__("Stop %1's kernel pod %2", k.user, k.pod),
+          () => this.stopPod(k)
         );
-      return card(k.kernel_id, k.user || '(no user)', stop, [
-        k.pod ?? `kernel ${k.kernel_id}`,
+      const waste = wasteBytes(k);
+      const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, null, trans);
+      return card(k.kernel_id, k.user || trans.__('(no user)'), label, stop, [
+        k.pod ?? trans.__('kernel %1', k.kernel_id),
         details(
-          formatVGPUs(k.vgpus, k.memory_mib),
+          formatShort(k.vgpus, k.memory_mib, trans),
           k.node,
-          k.reason ? `${k.phase} (${k.reason})` : k.phase,
-          k.idle_seconds !== null && `idle ${formatDuration(k.idle_seconds)}`
-        )
+          phase(k),
+          k.idle_seconds !== null && trans.__('idle %1', formatDuration(k.idle_seconds, trans)),
+          waste !== null && grantedBytes(k) > 0 && trans.__('%1 unused', formatBytes(waste))
+        ),
+        usage(k, trans)
       ]);
     });
   }
@@ -138,16 +174,21 @@ export class VGPUPanel extends Widget {
     try {
       await this.kernels.shutdown(id);
     } catch (error) {
-      await showErrorMessage('Could not stop the kernel', errorText(error));
+      await showErrorMessage(this.trans.__('Could not stop the kernel'), errorText(error));
     }
-    await this.refresh();
+    await this.model.refresh();
   }
 
   private async stopPod(kernel: IClassKernel): Promise<void> {
+    const trans = this.trans;
     const answer = await showDialog({
-      title: 'Stop kernel',
-      body: `Stop ${kernel.user}'s kernel pod ${kernel.pod}? Unsaved work in it is lost.`,
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop' })]
+      title: trans.__('Stop kernel'),
+      body: trans.__(
+        "Stop %1's kernel pod %2? Unsaved work in it is lost.",
+        kernel.user,
+        kernel.pod ?? ''
+      ),
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Stop') })]
     });
     if (!answer.button.accept || !kernel.pod) {
       return;
@@ -155,29 +196,36 @@ export class VGPUPanel extends Widget {
     try {
       await stopClassPod(kernel.pod);
     } catch (error) {
-      await showErrorMessage('Could not stop the kernel pod', errorText(error));
+      await showErrorMessage(trans.__('Could not stop the kernel pod'), errorText(error));
     }
-    await this.refresh();
+    await this.model.refresh();
   }
 }
 
-/** A kernel: its name and Stop button, then a line or two about it. */
+function phase(k: { phase: string; reason: string }): string {
+  return k.reason ? `${k.phase} (${k.reason})` : k.phase;
+}
+
+/** A kernel: its name and Stop button, then a line or two about it; its allocation on hover. */
 function card(
   kernelId: string,
   name: string,
+  label: string,
   stop: HTMLElement | null | '',
-  lines: string[]
+  lines: (string | HTMLElement | null)[]
 ): HTMLElement {
   return h(
     'div',
-    { class: 'orion-Kernel', 'data-kernel-id': kernelId },
+    { class: 'orion-Kernel', 'data-kernel-id': kernelId, title: label },
     h(
       'div',
       { class: 'orion-Kernel-head' },
       h('span', { class: 'orion-Kernel-name' }, name),
       stop
     ),
-    ...lines.map(line => h('div', { class: 'orion-Kernel-line' }, line))
+    ...lines.map(line =>
+      typeof line === 'string' ? h('div', { class: 'orion-Kernel-line' }, line) : line
+    )
   );
 }
 
@@ -186,30 +234,81 @@ function details(...parts: (string | null | false)[]): string {
   return parts.filter(Boolean).join(' · ');
 }
 
-function section(title: string, body: HTMLElement): HTMLElement {
-  return h('section', {}, h('h3', {}, title), body);
+function section(title: string, body: HTMLElement, tool?: HTMLElement): HTMLElement {
+  return h('section', {}, h('div', { class: 'orion-Panel-heading' }, h('h3', {}, title), tool), body);
 }
 
-/** Replace a section's content with the rendered value, or with the error's text. */
-function render<T>(
+/** Replace a section's content with the rendered value, the error's text, or "Loading…". */
+function fill<T>(
   into: HTMLElement,
-  result: PromiseSettledResult<T>,
+  part: Part<T>,
+  trans: TranslationBundle,
   view: (value: T) => Child[]
 ): void {
   const children =
-    result.status === 'fulfilled'
-      ? view(result.value)
-      : [h('p', { class: 'orion-Panel-error' }, errorText(result.reason))];
+    part === null
+      ? [h('p', { class: 'orion-Panel-empty' }, trans.__('Loading…'))]
+      : part.status === 'fulfilled'
+        ? view(part.value)
+        : [h('p', { class: 'orion-Panel-error' }, errorText(part.reason))];
   into.replaceChildren(...children.filter((c): c is Node | string => !!c));
 }
 
-function renderPool(pool: IPool): Child[] {
+/**
+ * Memory used of memory granted, as a bar: "1.2 GiB of 3 GiB used". Nothing from a server that
+ * does not measure it; a note when this kernel's use is not known.
+ */
+function usage(
+  k: {
+    vgpus: number | null;
+    memory_mib: number | null;
+    memory_used?: number | null;
+    memory_sampled_at?: string | null;
+  },
+  trans: TranslationBundle
+): HTMLElement | null {
+  const granted = grantedBytes(k);
+  if (k.memory_used === undefined || !granted) {
+    return null;
+  }
+  if (k.memory_used === null) {
+    return h(
+      'div',
+      { class: 'orion-Kernel-line orion-Usage orion-mod-unknown' },
+      trans.__('vGPU memory in use: not measured')
+    );
+  }
+  const share = Math.min(100, (100 * k.memory_used) / granted);
+  const age = secondsSince(k.memory_sampled_at);
+  return h(
+    'div',
+    {
+      class: 'orion-Bar orion-Usage',
+      title:
+        age === null
+          ? trans.__('vGPU memory in use')
+          : trans.__('vGPU memory in use, measured %1 ago', formatDuration(age, trans))
+    },
+    h(
+      'div',
+      { class: 'orion-Bar-track' },
+      h('div', { class: 'orion-Usage-used', style: `width: ${share}%` })
+    ),
+    h(
+      'span',
+      { class: 'orion-Bar-text' },
+      trans.__('%1 of %2 used', formatBytes(k.memory_used), formatMib(granted / (1024 * 1024)))
+    )
+  );
+}
+
+function renderPool(pool: IPool, trans: TranslationBundle): Child[] {
   if (!pool.visible) {
     return [
       h(
         'p',
         { class: 'orion-Panel-empty' },
-        'The pool size is not visible to this server (no permission to read nodes).'
+        trans.__('The pool size is not visible to this server (no permission to read nodes).')
       )
     ];
   }
@@ -221,35 +320,41 @@ function renderPool(pool: IPool): Child[] {
         'div',
         { class: 'orion-Node' },
         h('div', { class: 'orion-Node-name' }, n.name),
-        bar(n.resources[count]),
+        bar(n.resources[count], trans),
         ...Object.entries(n.resources)
           .filter(([name]) => name !== count)
-          .map(([name, c]) =>
-            h('div', { class: 'orion-Node-other' }, other(name, c))
-          )
+          .map(([name, c]) => h('div', { class: 'orion-Node-other' }, other(name, c, trans)))
       )
     );
   const total = pool.totals[count];
   return [
     ...(nodes.length
       ? nodes
-      : [h('p', { class: 'orion-Panel-empty' }, `No node offers ${count}.`)]),
+      : [h('p', { class: 'orion-Panel-empty' }, trans.__('No node offers %1.', count))]),
     total &&
       h(
         'div',
         { class: 'orion-Pool-total' },
-        `Total: ${total.free} of ${total.allocatable} vGPUs free ` +
-          `(${total.allocated} in use) · ${pool.source}`
+        trans.__(
+          'Total: %1 of %2 vGPUs free (%3 in use) · %4',
+          total.free,
+          total.allocatable,
+          total.allocated,
+          pool.source
+        )
       )
   ];
 }
 
 /** free / allocatable as a bar, with the numbers. */
-function bar(c: IResourceCount): HTMLElement {
+function bar(c: IResourceCount, trans: TranslationBundle): HTMLElement {
   const share = c.allocatable ? (100 * c.free) / c.allocatable : 0;
   return h(
     'div',
-    { class: 'orion-Bar', title: `${c.allocated} of ${c.allocatable} in use` },
+    {
+      class: 'orion-Bar',
+      title: trans.__('%1 of %2 in use', c.allocated, c.allocatable)
+    },
     h(
       'div',
       { class: 'orion-Bar-track' },
@@ -258,15 +363,15 @@ function bar(c: IResourceCount): HTMLElement {
     h(
       'span',
       { class: 'orion-Bar-text' },
-      `${c.free} of ${c.allocatable} vGPUs free`
+      trans.__('%1 of %2 vGPUs free', c.free, c.allocatable)
     )
   );
 }
 
 /** Another resource of a node: "memory: 13 GiB of 16 GiB free" (memory resources count MiB). */
-function other(name: string, c: IResourceCount): string {
+function other(name: string, c: IResourceCount, trans: TranslationBundle): string {
   const memory = /mem/i.test(name);
-  const label = memory ? 'memory' : (name.split('/').pop() ?? name);
-  const show = memory ? formatMemory : String;
-  return `${label}: ${show(c.free)} of ${show(c.allocatable)} free`;
+  const label = memory ? trans.__('memory') : (name.split('/').pop() ?? name);
+  const show = memory ? formatMib : String;
+  return trans.__('%1: %2 of %3 free', label, show(c.free), show(c.allocatable));
 }

@@ -1,37 +1,43 @@
-// Status bar item: the vGPU allocation of the current notebook's kernel.
+// Status bar item: the vGPU allocation of the current notebook's kernel, from the shared model.
 import { ISessionContext } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
-import { Poll } from '@lumino/polling';
+import { TranslationBundle } from '@jupyterlab/translation';
+import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { IAllocation, errorText } from './api';
 import {
-  IAllocation,
-  errorText,
-  formatMemory,
-  formatVGPUs,
-  getAllocations
-} from './api';
+  formatAllocation,
+  formatBytes,
+  formatDuration,
+  formatMib,
+  formatShort,
+  secondsSince
+} from './format';
+import { IVGPUModel } from './model';
 
-const REFRESH_MS = 10_000;
-
-/** "vGPU: 1 × 4 GiB · gpu-1", "CPU only", or nothing for a kernel that is not a vGPU kernel. */
+/**
+ * "vGPU: 1 × 4 GiB · 1.2 GiB used · gpu-1", "CPU only", or nothing for a kernel that is not a
+ * vGPU kernel (the item then hides).
+ */
 export class VGPUStatus extends Widget {
-  private readonly poll: Poll;
   private allocation: IAllocation | null = null;
   private watched: ISessionContext | null = null;
+  private readonly interest: IDisposable;
   private readonly _activeStateChanged = new Signal<this, void>(this);
 
-  constructor(private readonly tracker: INotebookTracker) {
+  constructor(
+    private readonly model: IVGPUModel,
+    private readonly tracker: INotebookTracker,
+    private readonly trans: TranslationBundle
+  ) {
     super();
     this.addClass('jp-StatusBar-TextItem');
     this.addClass('orion-StatusItem');
-    this.poll = new Poll({
-      factory: () => this.refresh(),
-      frequency: { interval: REFRESH_MS, backoff: true, max: 6 * REFRESH_MS },
-      // No requests while the browser tab is hidden or no notebook has a kernel.
-      standby: () => document.hidden || !this.kernelId()
-    });
+    // The model polls this server's allocations while the current notebook has a kernel.
+    this.interest = model.addInterest(() => (this.kernelId() ? 'allocations' : 'none'));
+    model.changed.connect(this.showCurrent, this);
     tracker.currentChanged.connect(this.watchCurrent, this);
     this.watchCurrent();
   }
@@ -46,7 +52,12 @@ export class VGPUStatus extends Widget {
   }
 
   dispose(): void {
-    this.poll.dispose();
+    if (this.isDisposed) {
+      return;
+    }
+    this.interest.dispose();
+    this.model.changed.disconnect(this.showCurrent, this);
+    this.tracker.currentChanged.disconnect(this.watchCurrent, this);
     super.dispose();
   }
 
@@ -55,55 +66,62 @@ export class VGPUStatus extends Widget {
   }
 
   private watchCurrent(): void {
-    const context = this.tracker.currentWidget?.sessionContext;
-    if (context && context !== this.watched) {
+    const context = this.tracker.currentWidget?.sessionContext ?? null;
+    if (context !== this.watched) {
       this.watched?.kernelChanged.disconnect(this.kernelChanged, this);
       this.watched?.statusChanged.disconnect(this.statusChanged, this);
-      context.kernelChanged.connect(this.kernelChanged, this);
-      context.statusChanged.connect(this.statusChanged, this);
+      context?.kernelChanged.connect(this.kernelChanged, this);
+      context?.statusChanged.connect(this.statusChanged, this);
       this.watched = context;
     }
     this.kernelChanged();
   }
 
   private kernelChanged(): void {
-    this.render(null);
-    void this.poll.refresh();
+    this.showCurrent();
+    const id = this.kernelId();
+    if (id && !this.model.allocation(id)) {
+      void this.model.refresh(); // a kernel the model has not seen yet
+    }
   }
 
   /** A kernel that died or was shut down (by the vGPU panel, say) no longer holds its vGPU. */
   private statusChanged(_: ISessionContext, status: string): void {
     if (status === 'dead' || status === 'unknown') {
-      void this.poll.refresh();
+      void this.model.refresh();
     }
   }
 
-  private async refresh(): Promise<void> {
-    const kernelId = this.kernelId();
-    if (!kernelId) {
-      this.render(null);
+  /** Shows the current notebook kernel's allocation, as the model last saw it. */
+  private showCurrent(): void {
+    const id = this.kernelId();
+    const part = this.model.allocations;
+    if (id && part?.status === 'rejected' && this.allocation?.kernel_id === id) {
+      // Keep showing what was known; say why it may be stale.
+      this.node.title = this.trans.__('vGPU allocation unknown: %1', errorText(part.reason));
       return;
     }
-    try {
-      const allocations = await getAllocations();
-      if (kernelId === this.kernelId()) {
-        this.render(allocations.find(a => a.kernel_id === kernelId) ?? null);
-      }
-    } catch (error) {
-      this.node.title = `vGPU allocation unknown: ${errorText(error)}`;
-      throw error; // the poll backs off
-    }
+    this.render(id ? this.model.allocation(id) : null);
   }
 
   private render(allocation: IAllocation | null): void {
+    const trans = this.trans;
     const wasActive = this.isActive;
     this.allocation = allocation;
     if (allocation) {
-      const where = allocation.node ? ` · ${allocation.node}` : '';
-      this.node.textContent = allocation.vgpus
-        ? `vGPU: ${formatVGPUs(allocation.vgpus, allocation.memory_mib)}${where}`
-        : 'CPU only';
-      this.node.title = tooltip(allocation);
+      const parts = [
+        allocation.vgpus
+          ? trans.__('vGPU: %1', formatShort(allocation.vgpus, allocation.memory_mib, trans))
+          : trans.__('CPU only')
+      ];
+      if (allocation.vgpus && typeof allocation.memory_used === 'number') {
+        parts.push(trans.__('%1 used', formatBytes(allocation.memory_used)));
+      }
+      if (allocation.vgpus && allocation.node) {
+        parts.push(allocation.node);
+      }
+      this.node.textContent = parts.join(' · ');
+      this.node.title = tooltip(allocation, trans);
     } else {
       this.node.textContent = '';
       this.node.title = '';
@@ -114,18 +132,36 @@ export class VGPUStatus extends Widget {
   }
 }
 
-function tooltip(a: IAllocation): string {
+function tooltip(a: IAllocation, trans: TranslationBundle): string {
   const where = a.pod
-    ? `pod ${a.pod}`
+    ? trans.__('pod %1', a.pod)
     : a.pid
-      ? `local process ${a.pid}`
-      : 'no pod';
-  return [
-    `vGPU kernel ${a.kernel_spec} (${where})`,
-    `backend: ${a.backend}${a.cluster ? ` on ${a.cluster}` : ''}`,
-    `vGPUs: ${a.vgpus ?? 0}, memory cap ${formatMemory(a.memory_mib)} per vGPU` +
-      (a.compute_percent ? `, ${a.compute_percent}% compute` : ''),
-    `node: ${a.node ?? '—'} · ${a.phase}`,
-    'Click to open the vGPU panel'
-  ].join('\n');
+      ? trans.__('local process %1', a.pid)
+      : trans.__('no pod');
+  const lines = [
+    trans.__('vGPU kernel %1 (%2)', a.kernel_spec, where),
+    a.label ?? formatAllocation(a.vgpus, a.memory_mib, a.compute_percent, trans),
+    a.cluster
+      ? trans.__('backend: %1 on %2', a.backend, a.cluster)
+      : trans.__('backend: %1', a.backend),
+    trans.__('vGPUs: %1, memory cap %2 per vGPU', a.vgpus ?? 0, formatMib(a.memory_mib)) +
+      (a.compute_percent ? trans.__(', %1% compute', a.compute_percent) : '')
+  ];
+  if (typeof a.memory_used === 'number') {
+    const age = secondsSince(a.memory_sampled_at);
+    lines.push(
+      age === null
+        ? trans.__('vGPU memory in use: %1', formatBytes(a.memory_used))
+        : trans.__(
+            'vGPU memory in use: %1 (measured %2 ago)',
+            formatBytes(a.memory_used),
+            formatDuration(age, trans)
+          )
+    );
+  }
+  lines.push(
+    trans.__('node: %1 · %2', a.node ?? '—', a.phase),
+    trans.__('Click to open the vGPU panel')
+  );
+  return lines.join('\n');
 }

@@ -1,0 +1,250 @@
+// How values are read and written for people: the same rules as the server's orion_jupyter.vgpu
+// (parse_memory, format_mib, format_allocation). Pure functions, no DOM: the unit tests run them,
+// against the table tests/memory_cases.json that the Python tests read too.
+import { TranslationBundle, nullTranslator } from '@jupyterlab/translation';
+
+export const MIB = 1024 * 1024;
+export const GIB = 1024 * MIB;
+/** No GPU has a terabyte of memory per slice; anything larger is a typo (vgpu.MAX_MEMORY_MIB). */
+export const MAX_MEMORY_MIB = 1024 * 1024;
+export const MAX_VGPUS = 64;
+
+/** The translation domain of this extension's strings. */
+export const DOMAIN = 'orion_jupyter';
+
+const plain: TranslationBundle = nullTranslator.load(DOMAIN);
+
+const UNITS_TO_BYTES: Record<string, number> = {
+  '': MIB, // a plain number is MiB, as ORION_GMEM is
+  mi: MIB,
+  mib: MIB,
+  gi: 1024 * MIB,
+  gib: 1024 * MIB,
+  ti: 1024 * 1024 * MIB,
+  tib: 1024 * 1024 * MIB,
+  m: 1000 ** 2,
+  mb: 1000 ** 2,
+  g: 1000 ** 3,
+  gb: 1000 ** 3,
+  t: 1000 ** 4,
+  tb: 1000 ** 4
+};
+const SIZE_RE =
+  /^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$/;
+
+/** A memory size read as whole MiB, or why it is not one (in the server's words). */
+export type MemoryReading =
+  | { mib: number; error?: undefined }
+  | { mib?: undefined; error: string };
+
+/**
+ * "4Gi" → 4096, "4G" → 3814 (4·10⁹ bytes), "4096" → 4096 (a plain number is MiB), "0.5Gi" → 512;
+ * units Mi, Gi, Ti (binary), M, G, T (decimal), with an optional B or iB; whole MiB, rounded down.
+ */
+export function readMemory(
+  value: string | number,
+  trans: TranslationBundle = plain,
+  label = trans.__('vGPU memory')
+): MemoryReading {
+  const hint = trans.__('use a number of MiB or a value like 4Gi');
+  const shown = typeof value === 'string' ? `"${value}"` : String(value);
+  let number: number;
+  let bytesPerUnit: number;
+  if (typeof value === 'string') {
+    if (!value.trim()) {
+      return { error: trans.__('%1 %2 is empty; %3', label, shown, hint) };
+    }
+    const match = SIZE_RE.exec(value);
+    if (!match) {
+      return { error: trans.__('%1 %2 is not a size; %3', label, shown, hint) };
+    }
+    const unit = match[2];
+    if (!(unit.toLowerCase() in UNITS_TO_BYTES)) {
+      return {
+        error: trans.__(
+          '%1 %2 has an unknown unit "%3"; use Mi, Gi, Ti, M, G or T (a plain number is MiB)',
+          label,
+          shown,
+          unit
+        )
+      };
+    }
+    number = Number(match[1]);
+    bytesPerUnit = UNITS_TO_BYTES[unit.toLowerCase()];
+  } else {
+    number = value;
+    bytesPerUnit = MIB;
+  }
+  if (!isFinite(number)) {
+    return { error: trans.__('%1 %2 is not a size; %3', label, shown, hint) };
+  }
+  if (number < 0) {
+    return {
+      error: trans.__(
+        '%1 %2 is negative; use a positive size like 4Gi',
+        label,
+        shown
+      )
+    };
+  }
+  const bytes = number * bytesPerUnit;
+  if (bytes > MAX_MEMORY_MIB * MIB) {
+    return {
+      error: trans.__(
+        '%1 %2 is more than any GPU has (the most is %3); use a value like 4Gi',
+        label,
+        shown,
+        formatMib(MAX_MEMORY_MIB)
+      )
+    };
+  }
+  // Python's float floor division: never one more than the exact quotient.
+  let mib = Math.floor(bytes / MIB);
+  if (mib * MIB > bytes) {
+    mib -= 1;
+  }
+  if (bytes > 0 && mib === 0) {
+    return {
+      error: trans.__(
+        '%1 %2 is less than 1 MiB; use a value like 512Mi or 4Gi',
+        label,
+        shown
+      )
+    };
+  }
+  return { mib: mib || 0 }; // never -0
+}
+
+/** MiB, or null when the text is not a size (see readMemory for why). */
+export function parseMemory(value: string | number): number | null {
+  return readMemory(value).mib ?? null;
+}
+
+/** 3072 → "3Gi", 1536 → "1536Mi": the form the server accepts for `memory`. */
+export function memoryQuantity(mib: number): string {
+  return mib % 1024 === 0 ? `${mib / 1024}Gi` : `${mib}Mi`;
+}
+
+/** 4096 → "4 GiB", 1536 → "1.5 GiB", 512 → "512 MiB", 3814 → "3814 MiB" (as vgpu.format_mib). */
+export function formatMib(mib: number | null | undefined): string {
+  if (mib === null || mib === undefined) {
+    return '—';
+  }
+  // GiB when that is exact to two decimals: a whole multiple of 256 MiB.
+  if (mib >= 1024 && Number.isInteger(mib) && (mib * 100) % 1024 === 0) {
+    return `${mib / 1024} GiB`;
+  }
+  return `${mib} MiB`;
+}
+
+/**
+ * "1 vGPU · 4 GiB", "2 vGPUs × 8 GiB", "CPU only", "1 vGPU · 4 GiB · 50% compute": the one way an
+ * allocation is written for people (vgpu.format_allocation; the server sends it as `label`).
+ */
+export function formatAllocation(
+  vgpus: number | null | undefined,
+  memoryMib: number | null | undefined,
+  computePercent: number | null = null,
+  trans: TranslationBundle = plain
+): string {
+  if (!vgpus) {
+    return trans.__('CPU only');
+  }
+  const memory = formatMib(memoryMib ?? 0);
+  const text = trans._n('%1 vGPU · %2', '%1 vGPUs × %2', vgpus, memory);
+  return computePercent !== null && computePercent !== undefined
+    ? trans.__('%1 · %2% compute', text, computePercent)
+    : text;
+}
+
+/** The status bar's short form: "1 × 4 GiB", or "CPU only". */
+export function formatShort(
+  vgpus: number | null | undefined,
+  memoryMib: number | null | undefined,
+  trans: TranslationBundle = plain
+): string {
+  return vgpus
+    ? trans.__('%1 × %2', vgpus, formatMib(memoryMib))
+    : trans.__('CPU only');
+}
+
+/** Memory in use (bytes), to one decimal: 1288490189 → "1.2 GiB", 52428800 → "50 MiB". */
+export function formatBytes(bytes: number): string {
+  if (bytes < GIB) {
+    return `${Math.round(bytes / MIB)} MiB`;
+  }
+  const gib = bytes / GIB;
+  return `${gib >= 100 ? Math.round(gib) : Number(gib.toFixed(1))} GiB`;
+}
+
+/** What a kernel was granted in bytes: vGPUs × memory per vGPU (0 for CPU only). */
+export function grantedBytes(k: {
+  vgpus: number | null;
+  memory_mib: number | null;
+}): number {
+  return (k.vgpus ?? 0) * (k.memory_mib ?? 0) * MIB;
+}
+
+/** The memory a kernel holds without using it, in bytes; null when its use is not known. */
+export function wasteBytes(k: {
+  vgpus: number | null;
+  memory_mib: number | null;
+  memory_used?: number | null;
+}): number | null {
+  if (k.memory_used === null || k.memory_used === undefined) {
+    return null;
+  }
+  return Math.max(0, grantedBytes(k) - k.memory_used);
+}
+
+/**
+ * The class table by waste: granted minus used, most first; kernels whose use is not known after
+ * those whose use is (by what they hold); equal ones by idle time, longest first.
+ */
+export function byWaste<
+  T extends {
+    vgpus: number | null;
+    memory_mib: number | null;
+    memory_used?: number | null;
+    idle_seconds: number | null;
+  }
+>(a: T, b: T): number {
+  const wa = wasteBytes(a);
+  const wb = wasteBytes(b);
+  if ((wa === null) !== (wb === null)) {
+    return wa === null ? 1 : -1;
+  }
+  const primary =
+    wa === null || wb === null ? grantedBytes(b) - grantedBytes(a) : wb - wa;
+  return primary || (b.idle_seconds ?? -1) - (a.idle_seconds ?? -1);
+}
+
+/** 42 → "42 s", 390 → "7 min", 7200 → "2.0 h". */
+export function formatDuration(
+  seconds: number | null | undefined,
+  trans: TranslationBundle = plain
+): string {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) {
+    return '—';
+  }
+  if (seconds < 60) {
+    return trans.__('%1 s', Math.max(0, Math.round(seconds)));
+  }
+  if (seconds < 3600) {
+    return trans.__('%1 min', Math.round(seconds / 60));
+  }
+  return trans.__('%1 h', (seconds / 3600).toFixed(seconds < 36000 ? 1 : 0));
+}
+
+/** Seconds since a server timestamp ("2026-01-02 03:04:05.678901+00:00" or ISO 8601). */
+export function secondsSince(
+  stamp: string | null | undefined,
+  now: number = Date.now()
+): number | null {
+  if (!stamp) {
+    return null;
+  }
+  const iso = stamp.replace(' ', 'T').replace(/(\.\d{3})\d+/, '$1');
+  const time = Date.parse(iso);
+  return isNaN(time) ? null : (now - time) / 1000;
+}

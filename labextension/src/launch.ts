@@ -1,0 +1,182 @@
+// Starting a vGPU kernel and opening a notebook on it: the launch progress as a notification, the
+// notebook's session created on the started kernel (so any page that opens the notebook, JupyterLab
+// or Notebook 7, attaches to it), and the MNIST / FaceNet demos.
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { Notification, showErrorMessage } from '@jupyterlab/apputils';
+import { PathExt } from '@jupyterlab/coreutils';
+import { IDocumentManager } from '@jupyterlab/docmanager';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { Kernel } from '@jupyterlab/services';
+import { TranslationBundle } from '@jupyterlab/translation';
+import { UUID } from '@lumino/coreutils';
+import { Poll } from '@lumino/polling';
+
+import {
+  IEvent,
+  IStartedKernel,
+  errorText,
+  getDemos,
+  getEvents,
+  startDemo
+} from './api';
+import { IVGPUModel } from './model';
+
+const EVENTS_MS = 500;
+/** A launch that takes longer than this shows its progress (a quick one just opens). */
+const NOTIFY_AFTER_MS = 800;
+
+/** What the launch flows use; all but the app, the model and the bundle may be missing. */
+export interface ILaunchContext {
+  app: JupyterFrontEnd;
+  model: IVGPUModel;
+  trans: TranslationBundle;
+  docManager: IDocumentManager | null;
+  defaultBrowser: IDefaultFileBrowser | null;
+}
+
+/** The file browser's current folder (with its drive, as the document manager takes paths). */
+export function currentFolder(ctx: ILaunchContext): string {
+  return ctx.defaultBrowser?.model.path ?? '';
+}
+
+/** The same folder as the server names it (no drive prefix). */
+export function serverPath(ctx: ILaunchContext, path: string): string {
+  return ctx.app.serviceManager.contents.localPath(path);
+}
+
+/**
+ * Runs `start(kernelId)` (a POST that answers once the kernel runs) while the server's launch
+ * messages for that kernel id are shown in a notification; a refusal throws, with no notification
+ * left (the caller shows the server's message where it belongs).
+ */
+export async function withProgress<T>(
+  trans: TranslationBundle,
+  title: string,
+  start: (kernelId: string) => Promise<T>
+): Promise<T> {
+  const kernelId = UUID.uuid4();
+  let id: string | null = null;
+  let latest = '';
+  let after = 0;
+  const message = () => (latest ? `${title}\n${latest}` : title);
+  const timer = setTimeout(() => {
+    id = Notification.emit(message(), 'in-progress', { autoClose: false });
+  }, NOTIFY_AFTER_MS);
+  const events = new Poll({
+    factory: async () => {
+      let found: IEvent[];
+      try {
+        found = await getEvents(kernelId, after);
+      } catch {
+        return; // not known to the server yet: the request is still being checked
+      }
+      for (const event of found) {
+        after = Math.max(after, event.seq);
+        latest = event.message;
+      }
+      if (id && found.length) {
+        Notification.update({ id, message: message(), type: 'in-progress' });
+      }
+    },
+    frequency: { interval: EVENTS_MS, backoff: false },
+    name: 'orion-jupyter:launch-events'
+  });
+  try {
+    const result = await start(kernelId);
+    if (id) {
+      Notification.update({
+        id,
+        message: trans.__('%1\nThe kernel is running.', title),
+        type: 'success',
+        autoClose: 3000
+      });
+    }
+    return result;
+  } catch (error) {
+    if (id) {
+      Notification.dismiss(id);
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    events.dispose();
+  }
+}
+
+/**
+ * Opens `path` on the kernel just started: its session is created (or moved) onto that kernel
+ * first, so the notebook attaches to it wherever it is opened, then the document is opened.
+ */
+export async function openOnKernel(
+  ctx: ILaunchContext,
+  path: string,
+  kernel: Pick<IStartedKernel, 'id' | 'name'>
+): Promise<void> {
+  const sessions = ctx.app.serviceManager.sessions;
+  const local = serverPath(ctx, path);
+  const existing = await sessions.findByPath(local);
+  if (!existing) {
+    const session = await sessions.startNew({
+      path: local,
+      type: 'notebook',
+      name: PathExt.basename(local),
+      // The sessions API takes a running kernel's id (JupyterLab's SessionContext sends it too).
+      kernel: { id: kernel.id } as Partial<Pick<Kernel.IModel, 'name'>>
+    });
+    session.dispose(); // this connection only; the session stays
+  } else if (existing.kernel?.id !== kernel.id) {
+    const session = sessions.connectTo({ model: existing });
+    await session.changeKernel({ id: kernel.id });
+    session.dispose();
+  }
+  const preference = { id: kernel.id, name: kernel.name };
+  if (ctx.docManager) {
+    ctx.docManager.open(path, 'default', preference);
+  } else {
+    await ctx.app.commands.execute('docmanager:open', {
+      path,
+      factory: 'Notebook',
+      kernel: preference
+    });
+  }
+}
+
+/** The launcher's demo cards: name, title. */
+export const DEMOS: { name: string; label: (trans: TranslationBundle) => string }[] = [
+  { name: 'mnist', label: trans => trans.__('MNIST on vGPU') },
+  { name: 'facenet', label: trans => trans.__('FaceNet on vGPU') }
+];
+
+/**
+ * "MNIST on vGPU": the server places the demo notebook (never over the user's copy) and starts a
+ * vGPU kernel for it; the notebook opens on that kernel. A demo notebook whose session still runs
+ * is opened as it is: a second click does not start (and strand) a second kernel.
+ */
+export async function openDemo(ctx: ILaunchContext, name: string): Promise<void> {
+  const { trans } = ctx;
+  const title = DEMOS.find(d => d.name === name)?.label(trans) ?? name;
+  try {
+    const demo = (await getDemos()).find(d => d.name === name);
+    const running = demo && (await ctx.app.serviceManager.sessions.findByPath(demo.path));
+    if (demo && running?.kernel) {
+      await openOnKernel(ctx, demo.path, running.kernel);
+      return;
+    }
+  } catch {
+    // an older server without GET demos: start it
+  }
+  let started;
+  try {
+    started = await withProgress(trans, trans.__('Starting %1…', title), kernelId =>
+      startDemo(name, { kernel_id: kernelId })
+    );
+  } catch (error) {
+    await showErrorMessage(trans.__('Could not start %1', title), errorText(error));
+    return;
+  }
+  void ctx.model.refresh();
+  await openOnKernel(ctx, started.path, {
+    id: started.kernel_id,
+    name: started.kernel?.name ?? ''
+  });
+}
