@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -89,7 +89,7 @@ def test_mtcnn_finds_exactly_the_faces_in_packaged_photos():
     found = facenet.detect_faces(photos, device="cpu")
 
     assert len(found) == 4
-    for result, region in zip(found, expected):
+    for result, region in zip(found, expected, strict=True):
         boxes, probs, faces = result  # unpacks as a tuple
         if region is None:
             assert len(boxes) == len(probs) == len(faces) == 0

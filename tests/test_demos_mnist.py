@@ -45,7 +45,7 @@ def test_training_on_planted_digits_reaches_high_accuracy_without_downloading(di
     assert len(result.history) == 3 and not result.stopped
     # accuracy on held-out digits, and a loss that falls every epoch
     assert result.final_accuracy > 0.8, result.summary()
-    assert all(b < a for a, b in zip(result.losses, result.losses[1:])), result.losses
+    assert all(b < a for a, b in zip(result.losses, result.losses[1:], strict=False)), result.losses
     assert all(e.images_per_s > 0 for e in result.history)
 
     steps = reports[0].steps
@@ -187,3 +187,60 @@ def test_gzipped_files_put_there_by_hand_are_used(tmp_path, no_network):
     data = mnist.load_data(tmp_path)
     assert data.sizes == (50, 50) and no_network == []
     assert {name: (raw / name).read_bytes() for name in expected} == expected
+
+
+def test_offline_fallback_writes_digits_beside_mnist_and_says_why(tmp_path, no_network):
+    root = tmp_path / "data"
+    data = mnist.load_data_or_digits(root, limit_test=100)
+    assert data.stand_in and data.source == mnist.DIGITS_SOURCE and data.sizes == (1347, 100)
+    assert data.root == root / "sklearn-digits"
+    assert data.notice.startswith(f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded")
+    assert "Continuing OFFLINE with scikit-learn's digits (not MNIST)" in data.notice
+    assert mnist.MIRROR_ENV in data.advice and common.DATA_DIR_ENV in data.advice
+    assert not any((root / "MNIST" / "raw" / name).exists() for name in mnist.IDX_FILES.values())
+    result = mnist.train(epochs=1, batch_size=64, data=data, device="cpu", limit_train=200)
+    assert result.dataset == mnist.DIGITS_SOURCE and result.summary().startswith(mnist.DIGITS_SOURCE)
+
+    with pytest.raises(mnist.MNISTDataUnavailable):
+        mnist.load_data_or_digits(root, fallback=False)
+    with pytest.raises(mnist.MNISTDataUnavailable, match="downloading is turned off"):
+        mnist.load_data_or_digits(root, download=False)  # the files were meant to be there
+
+    planted = mnist.load_data_or_digits(root / "sklearn-digits")  # real files (here the digits): read as is
+    assert not planted.stand_in and planted.source == "MNIST" and planted.notice == ""
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_mnist_downloads_from_the_mirror_setting(tmp_path, monkeypatch, how):
+    import http.server
+    import threading
+
+    requested = []
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    url = f"http://127.0.0.1:{server.server_address[1]}/mnist"  # no trailing slash: added
+    if how == "environment":
+        monkeypatch.setenv(mnist.MIRROR_ENV, url)
+        mirror = None
+    else:
+        monkeypatch.delenv(mnist.MIRROR_ENV, raising=False)
+        mirror = url
+    try:
+        assert mnist.mnist_mirrors(mirror) == [url + "/"]
+        with pytest.raises(mnist.MNISTDataUnavailable, match="could not be downloaded"):
+            mnist.load_data(tmp_path, mirror=mirror)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requested and requested[0] == "/mnist/train-images-idx3-ubyte.gz"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 
 import nbformat
 import pytest
@@ -30,7 +30,7 @@ NO_INTERNET = {
 }
 
 
-def kernel_env(**overrides: Optional[str]) -> dict[str, str]:
+def kernel_env(**overrides: str | None) -> dict[str, str]:
     """This process's environment for a kernel: the repo importable, no internet, ``overrides``
     applied (None removes a variable)."""
     env = dict(os.environ)
@@ -50,10 +50,10 @@ def execute_notebook(
     path: Path,
     *,
     kernel_name: str = KERNEL_NAME,
-    env: Optional[Mapping[str, str]] = None,
+    env: Mapping[str, str] | None = None,
     timeout: int = 300,
     startup_timeout: int = 120,
-    cwd: Optional[Path] = None,
+    cwd: Path | None = None,
 ):
     """Run every cell of ``path`` in a fresh ``kernel_name`` kernel; return the executed notebook.
 

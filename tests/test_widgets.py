@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from orion_jupyter import widgets as w
-from orion_jupyter.widgets import allocation as widget_allocation
 from orion_jupyter.allocation import ENV_NAMES, KernelAllocation
+from orion_jupyter.widgets import allocation as widget_allocation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,8 @@ def test_kernel_side_modules_import_without_torch_or_server_packages():
     code = (
         "import sys\n"
         "import orion_jupyter.widgets, orion_jupyter.demos, orion_jupyter.demos.mnist, orion_jupyter.demos.facenet\n"
-        "heavy = {'torch', 'torchvision', 'facenet_pytorch', 'matplotlib', 'kubernetes', 'jupyter_server', 'tornado.web'}\n"
+        "heavy = {'torch', 'torchvision', 'facenet_pytorch', 'matplotlib', 'kubernetes', 'jupyter_server',"
+        " 'tornado.web'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -264,3 +265,93 @@ def test_gpu_memory_reading_against_the_vgpu(monkeypatch, fake_allocation):
     bare = w.read_memory(None)
     assert bare.limit == 80 * gib and "of 80.0 GiB GPU memory" in bare.text
     assert w.vgpu_memory_mib(None) == 80 * 1024 and w.vgpu_memory_mib(fake_allocation) == 4096
+
+
+def test_mnist_without_files_or_network_trains_on_digits_and_says_so(fake_allocation, tmp_path, no_network):
+    from orion_jupyter.demos import mnist
+
+    root = tmp_path / "no-mnist-here"
+    panel = w.VGPUPanel(settings=w.DemoSettings(data_root=root, device="cpu"), monitor=False)
+    runner = panel.runner
+    statuses = []
+    runner.status.observe(lambda change: statuses.append(change["new"]), names="value")
+    runner.epochs.value = 2
+    runner.batch_size.value = 64
+    try:
+        result = runner.run(wait=True, timeout=120)
+    finally:
+        panel.close()
+
+    assert no_network, "the download should have been tried"
+    assert not result.stopped and len(result.history) == 2 and result.final_accuracy > 0.5
+    assert result.dataset == mnist.DIGITS_SOURCE == "scikit-learn digits (MNIST not available offline)"
+    assert result.test_size == 450
+    # the progress text and the final line say what it trained on
+    assert any(s.startswith(f"{mnist.DIGITS_SOURCE} · epoch 2/2 · step") for s in statuses), statuses
+    assert runner.status.value.startswith(f"{mnist.DIGITS_SOURCE} done")
+    assert "final test accuracy" in runner.status.value
+    assert runner.progress.bar_style == "success"
+    # the plot (titled so) and how to get real MNIST
+    figure, notes = runner.plot.outputs
+    assert base64.b64decode(figure["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure["data"]["text/plain"].startswith(mnist.DIGITS_SOURCE)
+    assert mnist.plot_history(result)._suptitle.get_text().startswith(f"{mnist.DIGITS_SOURCE} on CPU")
+    assert notes["output_type"] == "stream"
+    for hint in (str(root / "MNIST" / "raw"), "ORION_JUPYTER_DATA_DIR", "ORION_JUPYTER_MNIST_MIRROR", "mnist_mirror"):
+        assert hint in notes["text"]
+    # the stand-in lives beside MNIST's folder, never in it
+    assert sorted(p.name for p in (root / "sklearn-digits" / "MNIST" / "raw").iterdir()) == sorted(
+        mnist.IDX_FILES.values()
+    )
+    assert not any((root / "MNIST" / "raw" / name).exists() for name in mnist.IDX_FILES.values())
+
+
+def test_runner_demos_come_from_the_registry(monkeypatch, no_allocation):
+    from orion_jupyter.demos import registry
+    from orion_jupyter.demos.common import EpochHistory, EpochStats, TrainingProgress
+
+    assert registry.names()[:2] == ["MNIST", "FaceNet"]
+    monkeypatch.setattr(registry, "_DEMOS", dict(registry._DEMOS))
+    seen = {}
+
+    class Result(EpochHistory):
+        def __init__(self, history):
+            self.history, self.stopped, self.device_name = history, False, "nowhere"
+
+        def summary(self):
+            return f"toy done: {len(self.history)} epochs"
+
+    def toy(job):
+        seen.update(epochs=job.epochs, batch_size=job.batch_size, settings=job.settings)
+        history = []
+        for epoch in range(1, job.epochs + 1):
+            history.append(EpochStats(epoch, 1.0 / epoch, 100.0, 0.1))
+            job.progress(TrainingProgress.epoch_end(history[-1], job.epochs, 1))
+        return Result(history)
+
+    registry.register("Toy", toy, "a demo without torch")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("Toy", toy)
+    runner = w.DemoRunner(w.slider_limits(None), w.DemoSettings(device="cpu"))
+    try:
+        assert list(runner.demo.options) == ["MNIST", "FaceNet", "Toy"]
+        runner.demo.value = "Toy"
+        runner.epochs.value = 3
+        result = runner.run(wait=True, timeout=30)
+    finally:
+        runner.close()
+    assert seen == {"epochs": 3, "batch_size": runner.batch_size.value, "settings": runner.settings}
+    assert len(result.history) == 3 and len(runner.history) == 3
+    assert runner.status.value == "toy done: 3 epochs" and runner.progress.value == 100
+    assert runner.throughput.value == "images/s: 100 on nowhere"
+
+
+def test_listing_the_demos_imports_no_demo_and_no_torch():
+    code = (
+        "import sys\n"
+        "from orion_jupyter.demos import registry\n"
+        "print(registry.names(), sorted(m for m in sys.modules if m.startswith(('torch', 'orion_jupyter.demos.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['MNIST', 'FaceNet'] ['orion_jupyter.demos.common', 'orion_jupyter.demos.registry']"
