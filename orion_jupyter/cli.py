@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from pathlib import Path
+
 import yaml
 
 from . import kernelspecs
@@ -111,11 +113,21 @@ def _claim_templates(args: argparse.Namespace) -> list[dict]:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .k8s.client import api_client, default_namespace
+    from .k8s.client import api_client, cluster_configured, default_namespace
     from .k8s.gc import collect_garbage
 
+    if args.kubeconfig and not Path(args.kubeconfig).expanduser().is_file():
+        raise VGPURequestError("kubeconfig", args.kubeconfig, f"--kubeconfig {args.kubeconfig} is not a file")
+    if not cluster_configured(args.kubeconfig):
+        raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
+                                                   "no ~/.kube/config); give --kubeconfig FILE")
+    if args.min_age < 0:
+        raise VGPURequestError("min_age", args.min_age, "--min-age must be 0 or more seconds")
     namespace = args.namespace or default_namespace(args.kubeconfig)
-    removed = collect_garbage(api_client(args.kubeconfig), namespace, dry_run=args.dry_run)
+    try:
+        removed = collect_garbage(api_client(args.kubeconfig), namespace, dry_run=args.dry_run, min_age=args.min_age)
+    except Exception as err:  # noqa: BLE001 - the API's refusal or an unreachable server, said in one line
+        raise VGPURequestError("cluster", namespace, f"cannot collect garbage in namespace {namespace}: {err}") from None
     verb = "Would delete" if args.dry_run else "Deleted"
     for kind, name, why in removed:
         print(f"{verb} {kind} {namespace}/{name}: {why}")
@@ -176,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--namespace", help="namespace of the kernel pods; default: the current context's")
     gc.add_argument("--kubeconfig", default="", help="kubeconfig file; default: in-cluster, KUBECONFIG, ~/.kube/config")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    gc.add_argument("--min-age", type=float, default=600.0,
+                    help="seconds an object must exist before it is collected (a launch in progress is never touched); default 600")
     gc.set_defaults(func=_gc)
 
     lab = commands.add_parser("lab", help="start JupyterLab with vGPU kernels (local backend unless a cluster is configured)")

@@ -71,6 +71,9 @@ class KernelPolicy(Configurable):
                     capacity: bool = False) -> None:
         """Per-kernel limits, the image allow-list and (``capacity``) whether the pool can serve it now."""
         self.policy().check(request, image if view.uses_images else None)
+        oversize = (await view.pool()).oversize_message(request.memory_mib) if request.count else None
+        if oversize:  # no device anywhere is this large: waiting or retrying cannot help
+            raise KernelLaunchError("unschedulable", oversize)
         if capacity and request.count and await view.can_serve(request, backend or view.backend) is False:
             raise KernelLaunchError("unschedulable", await view.shortage(request, backend or view.backend))
 

@@ -40,6 +40,16 @@ class DevicePool:
     allocations: int = 0
     attributes: dict[str, object] = field(default_factory=dict)
 
+    def memory_shortage_message(self, memory_resource: str, asked_mib: int, count: int) -> str:
+        """The sentence when vGPUs are free but no device has ``asked_mib`` of memory left."""
+        largest = max((n.resources.get(memory_resource, ResourceCount()).free for n in self.nodes), default=0)
+        total = self.totals().get(memory_resource, ResourceCount())
+        each = f" on each of {count} GPUs" if count > 1 else ""
+        return (f"Not enough vGPU memory free: this kernel needs {format_mib(asked_mib)}{each}; at most "
+                f"{format_mib(largest)} is free on any one device ({format_mib(total.allocated)} of "
+                f"{format_mib(total.allocatable)} in use). Stop a kernel you no longer use, ask for less vGPU memory, "
+                "or try again later.")
+
     def as_dict(self) -> dict:
         return {
             "name": self.name, "driver": self.driver, "pool": self.pool, "shared": self.shared,
@@ -49,11 +59,16 @@ class DevicePool:
         }
 
 
+# GPU feature discovery's label: memory of each GPU of a node, in MiB.
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+
+
 @dataclass
 class NodePool:
     name: str
     resources: dict[str, ResourceCount] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    device_memory_mib: int | None = None  # memory of one device (GPU) of this node, when known
     devices: list[DevicePool] = field(default_factory=list)  # DRA devices (k8s/dra.py dra_pool); else empty
 
     def fits(self, request: Mapping[str, int]) -> bool:
@@ -111,13 +126,24 @@ class PoolSnapshot:
         return (f"Not enough {resource} free: this kernel {self.shortage_text(resource, asked, unit=resource)}. "
                 "Ask for less, stop a kernel you no longer use, or try again later.")
 
-    def oversize_message(self, memory_resource: str, asked_mib: int) -> str | None:
-        """The sentence for a slice larger than any device of the pool; None when one is large enough."""
-        largest = max((n.resources.get(memory_resource, ResourceCount()).allocatable for n in self.nodes), default=0)
+    def oversize_message(self, asked_mib: int) -> str | None:
+        """The sentence for a slice larger than any device of the pool; None when one is large enough
+        (or no device reports its memory)."""
+        largest = max((n.device_memory_mib or 0 for n in self.nodes), default=0)
         if not self.visible or not largest or asked_mib <= largest:
             return None
         return (f"Not enough vGPU memory: this kernel asks {format_mib(asked_mib)} per vGPU, "
                 f"and the largest device here has {format_mib(largest)}. Ask for less vGPU memory.")
+
+    def memory_shortage_message(self, memory_resource: str, asked_mib: int, count: int) -> str:
+        """The sentence when vGPUs are free but no device has ``asked_mib`` of memory left."""
+        largest = max((n.resources.get(memory_resource, ResourceCount()).free for n in self.nodes), default=0)
+        total = self.totals().get(memory_resource, ResourceCount())
+        each = f" on each of {count} GPUs" if count > 1 else ""
+        return (f"Not enough vGPU memory free: this kernel needs {format_mib(asked_mib)}{each}; at most "
+                f"{format_mib(largest)} is free on any one device ({format_mib(total.allocated)} of "
+                f"{format_mib(total.allocatable)} in use). Stop a kernel you no longer use, ask for less vGPU memory, "
+                "or try again later.")
 
     def as_dict(self) -> dict:
         return {
@@ -158,10 +184,12 @@ def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping]) 
     for node in nodes or []:
         meta = node.get("metadata", {})
         allocatable = (node.get("status") or {}).get("allocatable") or {}
+        labels = dict(meta.get("labels") or {})
         by_node[meta["name"]] = NodePool(
             name=meta["name"],
-            labels=dict(meta.get("labels") or {}),
+            labels=labels,
             resources={r: ResourceCount(allocatable=_amount(v)) for r, v in allocatable.items() if "/" in r},
+            device_memory_mib=_amount(labels.get(GPU_MEMORY_LABEL)) or None,
         )
     for pod in pods:
         node_name = pod.get("spec", {}).get("nodeName")

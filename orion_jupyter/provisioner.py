@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from jupyter_core.paths import ENV_JUPYTER_PATH, SYSTEM_JUPYTER_PATH
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
 
 from .backends import Backend, get_backend
 from .clusters import cluster_kind, make_driver
@@ -31,6 +33,24 @@ from .vgpu import DEFAULT_MEMORY, DEFAULT_VGPUS, VGPURequest, VGPURequestError
 
 # Server-side variables a kernel may learn (the rest of the server's environment stays home).
 FORWARDED_ENV = ("JPY_SESSION_NAME",)
+# What a kernel spec may ask for; every other option (identity, security context, placement, env,
+# namespace...) is the server's own configuration unless the spec is trusted.
+SPEC_OPTIONS = frozenset({
+    "vgpus", "vgpu_memory", "compute_percent", "backend", "image", "image_pull_policy", "cluster", "kernel_python",
+    "cpu_request", "cpu_limit", "memory_request", "memory_limit", "launch_timeout", "wait_for_capacity",
+})
+_TEMPLATE_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def system_kernel_spec_dirs() -> list[str]:
+    """Where only an administrator installs kernel specs: the system and sys-prefix Jupyter paths."""
+    return [os.path.join(path, "kernels") for path in (*ENV_JUPYTER_PATH, *SYSTEM_JUPYTER_PATH)]
+
+
+def _inside(path: str, folders: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, os.path.realpath(folder)]) == os.path.realpath(folder)
+               for folder in folders if folder)
 
 
 class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -82,15 +102,60 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
     watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
 
+    trusted_kernel_spec_dirs = List(Unicode(), config=True,
+                                    help="Folders whose kernel specs may set any provisioner option (identity, security "
+                                         "context, placement, env); default: the system and sys-prefix kernel folders. "
+                                         "Specs elsewhere may set only what a kernel asks for (vgpus, vgpu_memory, image...).")
+    trust_user_kernel_specs = Bool(config=True,
+                                   help="Trust kernel specs in the user's own folders too; default: only when not under "
+                                        "JupyterHub (a server of one person, who configures it anyway).")
+
     request: VGPURequest | None = None
     launch: KernelLaunch | None = None
+    spec_problem: VGPURequestError | None = None  # a kernel spec option that is refused, raised in pre_launch
     driver: Driver | None = None
     handle: KernelHandle | None = None
     _launch_started = 0.0
 
+    def __init__(self, **kwargs: Any):
+        """jupyter_client passes the kernel spec's provisioner config as keyword arguments: each is
+        checked here (known, well typed, allowed for a spec from where this one lies)."""
+        spec_options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")}
+        super().__init__(**kwargs)
+        for name, value in spec_options.items():
+            try:
+                self._apply_spec_option(name, value)
+            except VGPURequestError as err:
+                self.spec_problem = self.spec_problem or err
+
     @default("user")
     def _default_user(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @default("trusted_kernel_spec_dirs")
+    def _default_trusted_dirs(self) -> list[str]:
+        return system_kernel_spec_dirs()
+
+    @default("trust_user_kernel_specs")
+    def _default_trust_user_specs(self) -> bool:
+        return not os.environ.get("JUPYTERHUB_API_TOKEN")
+
+    def spec_trusted(self) -> bool:
+        resource_dir = getattr(self.kernel_spec, "resource_dir", "") if self.kernel_spec is not None else ""
+        return self.trust_user_kernel_specs or not resource_dir or _inside(resource_dir, self.trusted_kernel_spec_dirs)
+
+    def _apply_spec_option(self, name: str, value: Any) -> None:
+        where = getattr(self.kernel_spec, "resource_dir", "") or "this kernel spec"
+        if not self.has_trait(name) or not self.trait_metadata(name, "config"):
+            raise VGPURequestError(name, value, f'kernel spec option "{name}" is not a VGPUProvisioner option ({where})')
+        if name not in SPEC_OPTIONS and not self.spec_trusted():
+            allowed = ", ".join(sorted(SPEC_OPTIONS))
+            raise VGPURequestError(name, value, f'kernel spec option "{name}" may only be set by the server\'s own '
+                                                f'configuration, not by a kernel spec in {where}; a spec may set {allowed}')
+        try:
+            setattr(self, name, value)
+        except TraitError as err:
+            raise VGPURequestError(name, value, f'kernel spec option "{name}" has a wrong type ({where}): {err}') from None
 
     # -- what to launch -----------------------------------------------------------------------
     def backend_model(self) -> Backend:
@@ -105,9 +170,25 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return VGPURequest.from_mapping(override, spec_default) if override is not None else spec_default
 
     def _kernel_env(self, launch_env: dict[str, str]) -> dict[str, str]:
-        """What the kernel's environment gains: the spec's env, forwarded server variables, extra_env."""
-        spec_env = {k: launch_env.get(k, v) for k, v in (self.kernel_spec.env or {}).items()}
+        """What the kernel's environment gains: the spec's env, forwarded server variables, extra_env.
+
+        A pod spec is readable by anyone who may list pods, so a spec's ``${VAR}`` may name only the
+        forwarded variables, never the server's own (its tokens); a local kernel inherits the
+        server's environment anyway.
+        """
         forwarded = {k: launch_env[k] for k in FORWARDED_ENV if k in launch_env}
+        spec_env = dict((self.kernel_spec.env if self.kernel_spec is not None else None) or {})
+        if self.cluster_kind() == "kubernetes":
+            for key, value in spec_env.items():
+                for match in _TEMPLATE_RE.finditer(str(value)):
+                    variable = match.group(1) or match.group(2)
+                    if variable not in FORWARDED_ENV:
+                        raise VGPURequestError("env", key, f'kernel spec env "{key}" refers to the server variable '
+                                               f'{variable}; kernel pods get only {", ".join(FORWARDED_ENV)} from the server')
+            spec_env = {k: _TEMPLATE_RE.sub(lambda m: forwarded.get(m.group(1) or m.group(2), ""), str(v))
+                        for k, v in spec_env.items()}
+        else:
+            spec_env = {k: launch_env.get(k, v) for k, v in spec_env.items()}
         return {**forwarded, **spec_env, **self.extra_env}
 
     def _launch_description(self, request: VGPURequest, launch_env: dict[str, str]) -> KernelLaunch:
@@ -152,6 +233,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return self.handle is not None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        if self.spec_problem is not None:
+            raise self.spec_problem
         user = kwargs.pop("orion_user", None)
         if user:
             self.user = user

@@ -50,6 +50,14 @@ class VGPURequestError(ValueError):
         self.value = value
 
 
+def _short(value: Any) -> Any:
+    """A value fit to quote back: huge numbers and texts are cut."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18 else None
+    if text is not None:
+        return f"{text[:12]}... ({len(text)} digits)"
+    return value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
+
+
 def _shown(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
@@ -123,8 +131,19 @@ def parse_count(value: Any) -> int:
                 "vgpus", value, f'{what} "{value}" is not a number; use 0 for CPU only, or 1, 2, ...'
             ) from None
     else:
-        number = float(value)
-    if math.isnan(number) or math.isinf(number):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+    if math.isnan(number):
+        raise VGPURequestError(
+            "vgpus", value, f"{what} {_shown(value)} is not a number; use 0 for CPU only, or 1, 2, ..."
+        )
+    if math.isinf(number) and number > 0:
+        raise VGPURequestError(
+            "vgpus", _short(value), f"{what} {_shown(_short(value))} is more than any node has; use at most {MAX_VGPUS}"
+        )
+    if math.isinf(number):
         raise VGPURequestError(
             "vgpus", value, f"{what} {_shown(value)} is not a number; use 0 for CPU only, or 1, 2, ..."
         )
@@ -154,14 +173,14 @@ def parse_compute(value: Any) -> int | None:
     try:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
-        number = float(str(value).strip().rstrip("%"))
+        number = float(str(value).strip().rstrip("%")) if not isinstance(value, int) or abs(value) < 10**6 else 1e9
     except ValueError:
         raise VGPURequestError(
             "compute", value, f"{what} {_shown(value)} is not a number; use a percent from 1 to 100"
         ) from None
-    if math.isnan(number) or number != int(number) or not 1 <= number <= 100:
+    if math.isnan(number) or math.isinf(number) or number != int(number) or not 1 <= number <= 100:
         raise VGPURequestError(
-            "compute", value, f"{what} {_shown(value)} is out of range; use a whole percent from 1 to 100"
+            "compute", _short(value), f"{what} {_shown(_short(value))} is out of range; use a whole percent from 1 to 100"
         )
     return int(number)
 

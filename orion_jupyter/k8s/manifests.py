@@ -220,7 +220,8 @@ def _pod_spec(opts: KernelPodOptions, secret_name: str, extended: Mapping[str, i
         "name": CONTAINER_NAME,
         "image": opts.image,
         "imagePullPolicy": opts.image_pull_policy,
-        "command": [opts.python, "-c", KERNEL_ENTRYPOINT, *([KERNEL_ARGUMENT] if _memory_cap(opts) == "cooperative" else [])],
+        # The start hook caps memory where the backend does not (cooperative) and reports memory in use.
+        "command": [opts.python, "-c", KERNEL_ENTRYPOINT, *([KERNEL_ARGUMENT] if opts.request.count else [])],
         "env": _env(opts),
         "resources": _compute_resources(opts, extended),
         "volumeMounts": [{"name": "connection", "mountPath": CONNECTION_DIR, "readOnly": True}],

@@ -11,6 +11,7 @@ from ..names import (
     ANNOTATION_BACKEND,
     ANNOTATION_LAST_ACTIVITY,
     ANNOTATION_REQUEST,
+    ANNOTATION_USAGE,
     ANNOTATION_USER,
     LABEL_KERNEL_ID,
     LABEL_USER,
@@ -44,6 +45,14 @@ def pod_request(pod: dict) -> dict[str, Any]:
         return {}
 
 
+def pod_usage(pod: dict) -> dict[str, Any]:
+    try:
+        usage = json.loads((pod["metadata"].get("annotations") or {}).get(ANNOTATION_USAGE, "{}"))
+    except ValueError:
+        usage = {}
+    return usage if isinstance(usage, dict) else {}
+
+
 def pod_summary(pod: dict) -> dict[str, Any]:
     """An orion-jupyter kernel pod as the class view shows it."""
     meta, status = pod["metadata"], pod.get("status") or {}
@@ -54,6 +63,9 @@ def pod_summary(pod: dict) -> dict[str, Any]:
             reason = reason or condition["reason"]
     started = meta.get("creationTimestamp")
     last_activity = annotations.get(ANNOTATION_LAST_ACTIVITY) or started
+    request, usage = pod_request(pod), pod_usage(pod)
+    granted = (request.get("vgpus") or 0) * (request.get("memory_mib") or 0) * 1024 * 1024
+    used = usage.get("memory_used") if isinstance(usage.get("memory_used"), int) else None
     return {
         "pod": meta["name"],
         "namespace": meta.get("namespace"),
@@ -63,10 +75,15 @@ def pod_summary(pod: dict) -> dict[str, Any]:
         "phase": status.get("phase", "Pending"),
         "reason": reason,
         "backend": annotations.get(ANNOTATION_BACKEND, ""),
-        **pod_request(pod),
+        **request,
         "started": started,
         "last_activity": last_activity,
         "idle_seconds": seconds_since(last_activity),
+        "memory_used": used,
+        "memory_source": usage.get("memory_source"),
+        "memory_sampled_at": usage.get("memory_sampled_at"),
+        "memory_granted": granted,
+        "waste_bytes": max(granted - used, 0) if used is not None else None,
     }
 
 
@@ -96,11 +113,17 @@ class KubernetesView:
         return self.clusters[0].pool()
 
     async def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
-        return True if request.count == 0 else self.last_pool().can_serve(backend.resources(request))
+        if request.count == 0:
+            return True
+        pool = self.last_pool()
+        return False if pool.oversize_message(request.memory_mib) else pool.can_serve(backend.resources(request))
 
     async def shortage(self, request: VGPURequest, backend: Backend) -> str:
         resources = backend.resources(request)
         pool = self.last_pool()
+        oversize = pool.oversize_message(request.memory_mib)
+        if oversize:
+            return oversize
         resource = pool.short_resource(resources) or backend.count_resource
         return pool.shortage_message(resource, resources[resource], backend.count_resource)
 

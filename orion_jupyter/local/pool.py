@@ -221,6 +221,7 @@ class LocalPool(LoggingConfigurable):
                     VGPU_RESOURCE: ResourceCount(device.slices, slices),
                     MEMORY_RESOURCE: ResourceCount(device.memory_mib, mib),
                 },
+                device_memory_mib=device.memory_mib,
             ))
         return PoolSnapshot(nodes=nodes, source="local")
 
@@ -270,8 +271,12 @@ class LocalPool(LoggingConfigurable):
 
     def _shortage_text(self, table: dict[str, Any], request: VGPURequest) -> str:
         pool = self._snapshot(table)
-        return pool.oversize_message(MEMORY_RESOURCE, request.memory_mib) or \
-            pool.shortage_message(VGPU_RESOURCE, request.count, VGPU_RESOURCE)
+        oversize = pool.oversize_message(request.memory_mib)
+        if oversize:
+            return oversize
+        if pool.totals()[VGPU_RESOURCE].free >= request.count:  # slots are free: memory is what is short
+            return pool.memory_shortage_message(MEMORY_RESOURCE, request.memory_mib, request.count)
+        return pool.shortage_message(VGPU_RESOURCE, request.count, VGPU_RESOURCE)
 
     def started(self, kernel_id: str, pid: int) -> None:
         with self._table() as table:

@@ -13,6 +13,7 @@ from traitlets import Float, Int, List, Unicode
 from . import handlers
 from .metrics import COLLECTOR
 from .state import OrionState
+from .usage import UsageSampler
 
 
 class OrionJupyter(ExtensionApp):
@@ -28,13 +29,17 @@ class OrionJupyter(ExtensionApp):
     demo_folder = Unicode("orion-demos", config=True, help="Folder (relative to the server root) the demo notebooks are copied to.")
     demo_spec = Unicode("", config=True, help="Kernel spec demos start on; default the smallest installed vGPU spec.")
     demo_cell_timeout = Int(1800, config=True, help="Seconds one cell of a headless demo run may take.")
+    usage_sample_interval = Float(15.0, config=True,
+                                  help="Seconds between samples of each vGPU kernel's memory in use (a usage_request on its "
+                                       "control channel: no execute request, not user activity); 0: never.")
     activity_report_interval = Float(60.0, config=True,
                                      help="Seconds between writes of kernels' last activity onto their pods (for idle time in the class view); 0: never.")
 
     def initialize_settings(self) -> None:
         if not self.server_owner:
             self.server_owner = os.environ.get("JUPYTERHUB_USER", "")
-        self.state = OrionState(self)
+        self.usage = UsageSampler(self.serverapp.kernel_manager, self.usage_sample_interval, self.log)
+        self.state = OrionState(self, self.usage)
         self.settings["orion_jupyter_state"] = self.state
         if COLLECTOR.state is None and not COLLECTOR.registered:
             REGISTRY.register(COLLECTOR)
@@ -58,6 +63,7 @@ class OrionJupyter(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.state.view.start()
+        self.usage.start()
         if self.activity_report_interval > 0:
             self._activity_timer = PeriodicCallback(self.state.report_activity, self.activity_report_interval * 1000)
             self._activity_timer.start()
@@ -65,5 +71,6 @@ class OrionJupyter(ExtensionApp):
     async def stop_extension(self) -> None:
         if self._activity_timer is not None:
             self._activity_timer.stop()
+        self.usage.stop()
         if COLLECTOR.state is self.state:
             COLLECTOR.state = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Awaitable
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -15,6 +15,8 @@ from ..vgpu import VGPURequestError
 from .kernels import KernelIdTaken, spec_views
 
 AUTH_RESOURCE = "orion"
+DEMO_FIELDS = ("spec", "vgpus", "memory", "compute", "kernel_id", "run")
+USAGE_FIELDS = ("memory_used", "memory_source", "memory_sampled_at", "memory_granted", "waste_bytes")
 
 
 class OrionHandler(ExtensionHandlerMixin, APIHandler):
@@ -57,7 +59,7 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
         """The request's JSON object, or None after answering 400."""
         try:
             body = json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             self.refuse(400, "the request body is not JSON; send an object like {\"spec\": \"...\", \"memory\": \"4Gi\"}")
             return None
         if not isinstance(body, dict):
@@ -65,9 +67,10 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
             return None
         return body
 
-    async def start_kernel_or_refuse(self, body: dict[str, Any], path: str | None = None) -> dict[str, Any] | None:
+    async def or_refuse(self, work: Awaitable[Any]) -> Any:
+        """``work``'s result, or None after answering the refusal it raised (400, 409 or 503)."""
         try:
-            return await self.state.kernels.start(body, self.username, path=path)
+            return await work
         except VGPURequestError as err:
             self.refuse(409 if isinstance(err, KernelIdTaken) else 400, str(err), field=err.field)
         except KernelLaunchError as err:
@@ -106,7 +109,7 @@ class KernelsHandler(OrionHandler):
         if body is None:
             return
         path = body.pop("path", None)
-        model = await self.start_kernel_or_refuse(body, path)
+        model = await self.or_refuse(self.state.kernels.start(body, self.username, path=path))
         if model is not None:
             self.reply(model, 201)
 
@@ -143,12 +146,17 @@ class DemoHandler(OrionHandler):
         body = self.json_body()
         if body is None:
             return
-        run = bool(body.pop("run", False))
-        path = await self.state.demos.place(name, self.contents_manager)
+        run = body.pop("run", False)
+        if not isinstance(run, bool):
+            return self.refuse(400, f'field "run" must be true or false, not {json.dumps(run)}', field="run")
         body.setdefault("spec", self.state.demos.default_spec())
         if not body["spec"]:
             return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to', field="spec")
-        model = await self.start_kernel_or_refuse(body, path)
+        plan = await self.or_refuse(self.state.kernels.plan(body, self.username, DEMO_FIELDS))
+        if plan is None:
+            return  # refused before anything was copied or started
+        path = await self.state.demos.place(name, self.contents_manager)
+        model = await self.or_refuse(self.state.kernels.start(body, self.username, path=path, plan=plan))
         if model is None:
             return
         if run:
@@ -161,7 +169,16 @@ class ClassHandler(OrionHandler):
     @authorized
     async def get(self) -> None:
         instructor = self.is_instructor
+        sort = self.get_query_argument("sort", "")
+        if sort not in ("", "waste"):
+            return self.refuse(400, f'query parameter "sort" {sort!r} is not known; use sort=waste or leave it out')
         kernels = await self.state.view.class_kernels(None if instructor else self.username)
+        fresh = {k["kernel_id"]: k for k in self.state.kernels.allocations() if k.get("memory_used") is not None}
+        for kernel in kernels:  # this server's own kernels: the latest sample, not the pod's annotation
+            if kernel.get("kernel_id") in fresh:
+                kernel.update({k: fresh[kernel["kernel_id"]][k] for k in USAGE_FIELDS})
+        if sort == "waste":  # most granted-and-unused memory first, then the longest idle
+            kernels.sort(key=lambda k: (-(k.get("waste_bytes") or -1), -(k.get("idle_seconds") or 0)))
         self.reply({"kernels": kernels, "instructor": instructor})
 
 

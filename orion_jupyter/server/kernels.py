@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_server.utils import ensure_async
@@ -15,10 +17,44 @@ from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest, VGPURequestError
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
+MAX_PATH_CHARS = 1024
+
+
+def checked_path(value: Any) -> str | None:
+    """A notebook path inside the server's root ('' or None: the root itself), or a clear refusal."""
+    if value is None or value == "":
+        return value
+    if not isinstance(value, str):
+        raise VGPURequestError("path", type(value).__name__, 'field "path" must be a text like "work/lab1.ipynb"')
+    if len(value) > MAX_PATH_CHARS or "\0" in value:
+        raise VGPURequestError("path", value[:40] + "...", f'field "path" is longer than {MAX_PATH_CHARS} characters')
+    normal = posixpath.normpath("/" + value.lstrip("/")).lstrip("/")
+    if value.startswith("/") or ".." in value.split("/"):
+        raise VGPURequestError("path", value, f'field "path" {value!r} leaves the server\'s folder; '
+                                              'give a path relative to it, like "work/lab1.ipynb"')
+    return normal
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """A start request that passed every check; nothing exists yet."""
+
+    spec_name: str
+    request: VGPURequest
+    kernel_id: str | None
 
 
 class KernelIdTaken(VGPURequestError):
     """A kernel id that names a kernel which exists or is starting (a double click, or a guess)."""
+
+
+def usage_fields(allocation: dict[str, Any], reading: dict[str, Any] | None) -> dict[str, Any]:
+    """Memory in use against memory granted; ``waste_bytes`` is what is granted and unused."""
+    granted = (allocation.get("vgpus") or 0) * (allocation.get("memory_mib") or 0) * 1024 * 1024
+    used = reading.get("memory_used") if reading else None
+    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
+            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
+            "waste_bytes": max(granted - used, 0) if used is not None else None}
 
 
 def spec_config(spec: Any) -> dict[str, Any]:
@@ -32,8 +68,9 @@ def spec_backend(settings: VGPUProvisioner, view: BackendView, spec: Any) -> Bac
 
 
 class VGPUKernels:
-    def __init__(self, serverapp: Any, settings: VGPUProvisioner, view: BackendView):
+    def __init__(self, serverapp: Any, settings: VGPUProvisioner, view: BackendView, usage: Any = None):
         self.serverapp = serverapp
+        self.usage = usage  # a UsageSampler: the kernels' memory in use
         self.kernel_manager = serverapp.kernel_manager
         self.settings = settings
         self.view = view
@@ -72,6 +109,7 @@ class VGPUKernels:
                 "started": live.get("started"),
                 "last_activity": getattr(km, "last_activity", None),
                 "execution_state": getattr(km, "execution_state", None),
+                **usage_fields(allocation, self.usage.latest(kernel_id) if self.usage else None),
             })
         return out
 
@@ -108,11 +146,17 @@ class VGPUKernels:
             raise KernelIdTaken("kernel_id", kernel_id, f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
         return kernel_id
 
-    async def start(self, body: dict[str, Any], username: str, path: str | None = None) -> dict[str, Any]:
-        """Validate, check policy and capacity, then start; nothing is created when a check fails."""
+    async def plan(self, body: dict[str, Any], username: str, fields: tuple[str, ...] = START_FIELDS) -> StartPlan:
+        """Every check of a start request (fields, spec, request, policy, quota, capacity); creates nothing."""
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise VGPURequestError(unknown[0], body[unknown[0]],
+                                   f'field "{unknown[0]}" is not known; use {", ".join(fields)}')
         spec_name = body.get("spec")
         if not spec_name:
             raise VGPURequestError("spec", spec_name, 'field "spec" is missing; name a vGPU kernel spec (see GET specs)')
+        if not isinstance(spec_name, str):
+            raise VGPURequestError("spec", type(spec_name).__name__, 'field "spec" must be the name of a vGPU kernel spec (a text)')
         specs = vgpu_specs()
         if spec_name not in specs:
             known = ", ".join(sorted(specs)) or "none installed"
@@ -120,19 +164,30 @@ class VGPUKernels:
                 raise VGPURequestError("spec", spec_name, f'kernel spec "{spec_name}" is not a vGPU spec; choose one of: {known}')
             raise VGPURequestError("spec", spec_name, f'no kernel spec named "{spec_name}"; choose one of: {known}')
         spec = specs[spec_name]
-        unknown = sorted(set(body) - set(START_FIELDS) - {"path"})
-        if unknown:
-            raise VGPURequestError(unknown[0], body[unknown[0]],
-                                   f'field "{unknown[0]}" is not known; use {", ".join(START_FIELDS)}')
         kernel_id = self._checked_kernel_id(body.get("kernel_id"))
         overrides = {k: body[k] for k in ("vgpus", "memory", "compute") if k in body}
         request = VGPURequest.from_mapping(overrides, spec_request(spec))
-        image = spec_config(spec).get("image", self.settings.image)
-        await KernelPolicy(config=self.serverapp.config).check(
-            request, image=image, view=self.view, backend=spec_backend(self.settings, self.view, spec), capacity=True)
+        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
+        if probe.spec_problem is not None:
+            raise probe.spec_problem
+        policy = KernelPolicy(config=self.serverapp.config)
+        await policy.check(request, image=probe.image, view=self.view,
+                           backend=spec_backend(self.settings, self.view, spec), capacity=True)
+        policy.policy().check_user_total(request, sum((await self.view.vgpus_by_kernel(username)).values()))
+        return StartPlan(spec_name, request, kernel_id)
+
+    async def start(self, body: dict[str, Any], username: str, path: str | None = None,
+                    plan: StartPlan | None = None) -> dict[str, Any]:
+        """Check (unless ``plan`` already did), then start; nothing is created when a check fails."""
+        path = checked_path(path)
+        plan = plan or await self.plan(body, username)
+        request = plan.request
         vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
                 "compute": request.compute_percent}
-        kernel_id = kernel_id or str(uuid.uuid4())
+        kernel_id = plan.kernel_id or str(uuid.uuid4())
+        if kernel_id in self.starting or kernel_id in self.kernel_manager:
+            raise KernelIdTaken("kernel_id", kernel_id, f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
+        spec_name = plan.spec_name
         self.starting[kernel_id] = username
         try:
             await ensure_async(self.kernel_manager.start_kernel(

@@ -24,8 +24,16 @@ class OrionCollector:
         memory = GaugeMetricFamily("orion_jupyter_vgpu_memory_allocated_bytes",
                                    "vGPU memory held by this server's kernels, in bytes.", labels=["backend"])
         free = GaugeMetricFamily("orion_jupyter_pool_vgpu_free", "vGPUs free in the pool.", labels=["resource"])
+        used = GaugeMetricFamily("orion_jupyter_vgpu_memory_used_bytes",
+                                 "Memory in use by this server's vGPU kernels at their last sample, in bytes "
+                                 "(source: torch or nvml on a GPU; rss is the kernel's CPU memory).",
+                                 labels=["backend", "source"])
+        used_totals: dict[tuple[str, str], int] = {}
         by_backend: dict[str, list[int]] = {}
         for kernel in self.state.kernels.allocations():
+            if kernel.get("vgpus") and kernel.get("memory_used") is not None:
+                key = (kernel.get("backend") or "", kernel.get("memory_source") or "unknown")
+                used_totals[key] = used_totals.get(key, 0) + kernel["memory_used"]
             if kernel.get("vgpus"):
                 totals = by_backend.setdefault(kernel.get("backend") or "", [0, 0])
                 totals[0] += kernel["vgpus"]
@@ -38,8 +46,11 @@ class OrionCollector:
         total = pool.totals().get(view.count_resource)
         if pool.visible and total is not None:
             free.add_metric([view.count_resource], total.free)
+        for labels, nbytes in sorted(used_totals.items()):
+            used.add_metric(list(labels), nbytes)
         yield allocated
         yield memory
+        yield used
         yield free
 
 

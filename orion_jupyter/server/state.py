@@ -18,14 +18,14 @@ from .kernels import VGPUKernels
 
 
 class OrionState:
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, usage: Any = None):
         self.app = app
         serverapp = app.serverapp
         self.settings = VGPUProvisioner(config=serverapp.config)  # the provisioner's configuration
         self.view = make_view(self.settings, app.class_namespaces)
         self.access = Access(app, server_user=self.settings.user,
                              one_person=not names_are_people(serverapp.identity_provider))
-        self.kernels = VGPUKernels(serverapp, self.settings, self.view)
+        self.kernels = VGPUKernels(serverapp, self.settings, self.view, usage)
         self.activity = ActivityReporter(self.kernels, self.view)
         self.progress = PROGRESS
         self.demos = Demos(PROGRESS, app.demo_folder, lambda: self.kernels.default_spec(app.demo_spec),
