@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from . import dra
 from .errors import ApiError, status_object
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Watcher
@@ -266,19 +267,21 @@ class Handler(BaseHTTPRequestHandler):
         """-> (verb, resource, namespace, name, watch, action(body))."""
         q = self.query
         watching = q.get("watch", "").lower() in ("true", "1")
-        if method == "GET" and (parts in (["version"], ["api"], ["apis"], ["api", "v1"])
+        group = parts[:3] == ["apis", dra.GROUP, dra.VERSION]  # resource.k8s.io/v1 (kubesim/dra.py)
+        discovery = (["version"], ["api"], ["apis"], ["api", "v1"], ["apis", dra.GROUP, dra.VERSION])
+        if method == "GET" and (parts in discovery
                                 or parts[:1] in (["healthz"], ["livez"], ["readyz"])):
             return "get", "/" + "/".join(parts), None, None, False, lambda _: self._non_resource(parts)
-        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+        if (parts[:2] != ["api", "v1"] and not group) or len(parts) < 3 + group:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        rest = parts[2:]
+        rest = parts[2 + group:]
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
             if rest[0] not in NAMESPACED:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
         plural = rest[0]
-        if plural not in RESOURCES:
+        if plural not in (dra.KINDS if group else RESOURCES):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if plural == "namespaces":
             return self._namespace_route(method, rest)
@@ -331,7 +334,9 @@ class Handler(BaseHTTPRequestHandler):
         elif parts == ["api", "v1"]:
             self._send(200, self._resource_list())
         elif parts == ["apis"]:
-            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [dra.api_group()]})
+        elif parts == ["apis", dra.GROUP, dra.VERSION]:
+            self._send(200, dra.api_resource_list())
         elif parts and parts[0] in ("healthz", "livez", "readyz"):
             self._send(200, "ok", "text/plain")
         else:
@@ -405,7 +410,8 @@ class Handler(BaseHTTPRequestHandler):
             meta["continue"] = base64.urlsafe_b64encode(token).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        self._send(200, {"kind": KINDS[plural] + "List", "apiVersion": "v1", "metadata": meta, "items": items})
+        self._send(200, {"kind": KINDS[plural] + "List", "apiVersion": dra.api_version(plural), "metadata": meta,
+                         "items": items})
 
     def _create(self, plural: str, namespace: str | None, body: object) -> None:
         if not isinstance(body, dict):
@@ -548,7 +554,7 @@ class Handler(BaseHTTPRequestHandler):
             if not watcher.queue.empty():
                 return
             rv = str(self.store.rv)
-        self._chunk(self._line("BOOKMARK", {"kind": KINDS[plural], "apiVersion": "v1",
+        self._chunk(self._line("BOOKMARK", {"kind": KINDS[plural], "apiVersion": dra.api_version(plural),
                                             "metadata": {"resourceVersion": rv}}))
 
     # ------------------------------------------------------------ logs

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
 
+from .dra import DraPlugin
 from .selectors import parse_quantity
 from .store import Store, is_terminal, now_iso
 
@@ -98,6 +99,7 @@ class Scheduler:
         self._unschedulable: dict[str, str] = {}  # pod uid -> its last FailedScheduling message
         self._requests: dict[str, dict[str, Fraction]] = {}  # pod uid -> pod_requests (specs are immutable)
         self._thread: threading.Thread | None = None
+        self.dra = DraPlugin(store)  # resource claims: made from templates, allocated before binding
         store.subscribers.append(self._on_change)
 
     def start(self) -> None:
@@ -119,7 +121,7 @@ class Scheduler:
 
     def _on_change(self, plural: str, etype: str, obj: dict, old: dict | None) -> None:
         """Store hook (runs under the store lock): only records and wakes."""
-        if plural == "nodes":
+        if plural == "nodes" or self.dra.wakes(plural):
             self._wake(retry=True)
             return
         if plural != "pods":
@@ -190,19 +192,23 @@ class Scheduler:
                 continue
             if uid in self._unschedulable and not retry:
                 continue
+            claims = self.dra.claims_for(pod)
+            if claims is None:  # a claim is not made yet (its template is missing): wait
+                continue
             requests = self._pod_requests(pod)
             reasons: list[str] = []
             feasible = []
             for node in nodes:
                 why = self._filter(pod, node, requests, used[node["metadata"]["name"]],
-                                   allocatable[node["metadata"]["name"]])
+                                   allocatable[node["metadata"]["name"]]) or self.dra.filter(pod, node, claims)
                 if why:
                     reasons.extend(why)
                 else:
                     feasible.append(node)
             if feasible:
                 node = min(feasible, key=lambda n: (used[n["metadata"]["name"]].get("pods", 0), n["metadata"]["name"]))
-                if self._bind(pod, node["metadata"]["name"]):
+                name = node["metadata"]["name"]
+                if self.dra.reserve(pod, name, claims) and self._bind(pod, name):
                     usage = used[node["metadata"]["name"]]
                     usage["pods"] = usage.get("pods", Fraction(0)) + 1
                     for name, amount in requests.items():

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
+from . import dra
 from .errors import ApiError, not_found
 from .selectors import Predicate
 from .validation import KINDS, NAMESPACED, PLURALS, check_pod_update, prepare
@@ -170,10 +171,11 @@ class Store:
                     f'{KINDS[plural]} "" is invalid: metadata.name: Required value: name or generateName is required',
                 )
             meta["name"] = meta["generateName"] + "".join(random.choice(_GENERATE_ALPHABET) for _ in range(5))
-        obj["kind"], obj["apiVersion"] = KINDS[plural], "v1"
+        obj["kind"], obj["apiVersion"] = KINDS[plural], dra.api_version(plural)
         for field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         prepare(plural, obj, creating=True)
+        dra.prepare(plural, obj, None)
         with self.lock:
             key = self.key(plural, namespace, meta["name"])
             if key in self.objects:
@@ -237,7 +239,7 @@ class Store:
                     meta[field] = old_meta[field]
                 else:
                     meta.pop(field, None)
-            new["kind"], new["apiVersion"] = KINDS[plural], "v1"
+            new["kind"], new["apiVersion"] = KINDS[plural], dra.api_version(plural)
             if plural == "pods":
                 check_pod_update(old, new)
                 new["status"] = copy.deepcopy(old.get("status") or {})
@@ -246,6 +248,7 @@ class Store:
             elif plural == "nodes":
                 new["status"] = copy.deepcopy(old.get("status") or {})
             prepare(plural, new, creating=False)
+            dra.prepare(plural, new, old)
             meta["resourceVersion"] = old_meta["resourceVersion"]
             if new == old:
                 return old
