@@ -1,5 +1,8 @@
 """Demos that run in a vGPU kernel: MNIST (small CNN) and FaceNet (detection, embeddings, triplets).
 
+``mnist`` and ``facenet`` are packages (one module per step); ``registry`` lists the demos the
+vGPU panel's runner offers and what each runs; ``common`` holds what they share.
+
 Importing this package is cheap: torch, torchvision, facenet-pytorch and matplotlib are
 imported by the functions that need them, so a kernel image without them can still import
 ``orion_jupyter.widgets``.
