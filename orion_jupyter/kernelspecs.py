@@ -20,6 +20,9 @@ from .backends import get_backend
 from .vgpu import VGPURequest, VGPURequestError
 
 PROVISIONER_NAME = "orion-vgpu-provisioner"
+MAX_NAME_CHARS = 64
+MAX_TEXT_CHARS = 200
+MAX_PRESETS_BYTES = 256 * 1024
 _SPEC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Preset keys that are provisioner traitlets passed through kernel.json as they are.
 _PASS_THROUGH = ("image", "namespace", "image_pull_policy", "node_selector", "tolerations", "cluster",
@@ -39,12 +42,17 @@ class VGPUKernelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _SPEC_NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _SPEC_NAME_RE.match(self.name) or len(self.name) > MAX_NAME_CHARS:
             raise VGPURequestError(
                 "name",
                 self.name,
-                f'kernel spec name "{self.name}" is not valid; use lower-case letters, digits, ".", "_" and "-"',
+                f'kernel spec name "{str(self.name)[:80]}" is not valid; use at most {MAX_NAME_CHARS} lower-case '
+                'letters, digits, ".", "_" and "-"',
             )
+        for label, text in (("display_name", self.display_name), ("description", self.description)):
+            if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
+                raise VGPURequestError(label, str(text)[:80], f'kernel spec {label} must be a text of at most '
+                                                              f'{MAX_TEXT_CHARS} characters, not {str(text)[:80]!r}')
         if self.backend is not None:
             get_backend(self.backend)
         unknown = sorted(set(self.options) - set(_PASS_THROUGH))
@@ -53,6 +61,14 @@ class VGPUKernelSpec:
                 unknown[0], self.options[unknown[0]],
                 f'kernel spec option "{unknown[0]}" is not known; use {", ".join(_PASS_THROUGH)}',
             )
+        if self.options:  # well typed, as the provisioner will read them
+            from traitlets.config import Config
+
+            from .provisioner import VGPUProvisioner
+
+            probe = VGPUProvisioner(config=Config({"VGPUProvisioner": {"trust_user_kernel_specs": True}}), **self.options)
+            if probe.spec_problem is not None:
+                raise probe.spec_problem
         if not self.display_name:
             self.display_name = f"{self.language_name} · {self.request.describe()}"
 
@@ -86,6 +102,9 @@ class VGPUKernelSpec:
             raise VGPURequestError("presets", entry, f"preset #{index + 1} is not a mapping of display_name, vgpus, memory, ...")
         entry = dict(entry)
         display_name = entry.pop("display_name", "")
+        if not isinstance(display_name, str):
+            raise VGPURequestError("display_name", display_name,
+                                   f"preset #{index + 1}: display_name must be a text, not {display_name!r}")
         name = entry.pop("name", None) or _name_from(display_name, index)
         request = VGPURequest.parse(entry.pop("vgpus", 1), entry.pop("memory", None), entry.pop("compute", None))
         return cls(
@@ -103,9 +122,28 @@ def _name_from(display_name: str, index: int) -> str:
     return f"orion-{cleaned}"[:60].strip("-") if cleaned else f"orion-preset-{index + 1}"
 
 
-def load_presets(path: str | Path) -> list[VGPUKernelSpec]:
+def _read_presets_text(path: Path) -> str:
+    if not path.is_file():
+        why = "is a folder" if path.is_dir() else "does not exist"
+        raise VGPURequestError("presets", str(path), f"presets file {path} {why}; give a YAML file")
+    if path.stat().st_size > MAX_PRESETS_BYTES:
+        raise VGPURequestError("presets", str(path), f"presets file {path} is over {MAX_PRESETS_BYTES // 1024} KiB")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise VGPURequestError("presets", str(path), f"presets file {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise VGPURequestError("presets", str(path), f"presets file {path} cannot be read: {err.strerror}") from None
+
+
+def load_presets(path: str | Path) -> list[VGPUKernelSpec]:
+    text = _read_presets_text(Path(path))
+    try:
+        # Aliases (&a / *a) could expand a small file into a huge kernel.json: presets are plain data.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise VGPURequestError("presets", str(path), f"presets file {path} uses YAML aliases (*name); write each "
+                                                         "preset out in full")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise VGPURequestError("presets", str(path), f"presets file {path} is not valid YAML: {err}") from None
     if not isinstance(data, list) or not data:

@@ -47,12 +47,27 @@ def _api_message(err: ApiException) -> str:
         return str(err.reason)
 
 
-def container_exit_code(pod: dict) -> int | None:
+def _terminated(pod: dict) -> dict | None:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (status.get("state") or {}).get("terminated")
         if terminated:
-            return int(terminated.get("exitCode", 1))
+            return terminated
     return None
+
+
+def container_exit_code(pod: dict) -> int | None:
+    terminated = _terminated(pod)
+    return int(terminated.get("exitCode", 1)) if terminated else None
+
+
+def container_end_reason(pod: dict) -> str:
+    """The runtime's own words for why the container ended, e.g. 'StartError: exec: "python": executable
+    file not found in $PATH'; '' for a plain exit."""
+    terminated = _terminated(pod) or {}
+    reason, message = terminated.get("reason") or "", (terminated.get("message") or "").strip()
+    if reason in ("", "Error", "Completed") and not message:
+        return ""
+    return f"{reason}: {message}" if reason and message else reason or message
 
 
 def trim_pod(pod: dict) -> dict:
@@ -85,7 +100,9 @@ def launch_state(pod: dict) -> LaunchState:
         return LaunchState("failed", "evicted", f"the pod was evicted: {status.get('message', '')}".strip())
     code = container_exit_code(pod)
     if code is not None or status.get("phase") in TERMINAL_PHASES:
-        return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} before it was ready")
+        why = container_end_reason(pod)
+        return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} "
+                                               f"before it was ready{f' ({why})' if why else ''}")
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in _IMAGE_FAILURES:

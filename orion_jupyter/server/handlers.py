@@ -12,7 +12,7 @@ from tornado import web
 
 from ..errors import KernelLaunchError
 from ..vgpu import VGPURequestError
-from .kernels import KernelIdTaken, spec_views
+from .kernels import KernelIdTaken
 
 AUTH_RESOURCE = "orion"
 DEMO_FIELDS = ("spec", "vgpus", "memory", "compute", "kernel_id", "run")
@@ -98,7 +98,7 @@ class SpecsHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"specs": await spec_views(self.state.settings, self.state.view)})
+        self.reply({"specs": await self.state.kernels.spec_views(self.username)})
 
 
 class KernelsHandler(OrionHandler):

@@ -11,6 +11,7 @@ from jupyter_server.utils import ensure_async
 
 from ..backends import Backend, get_backend
 from ..config import KernelPolicy
+from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
@@ -198,30 +199,35 @@ class VGPUKernels:
         provisioner = self.provisioner(kernel_id)
         return {**model, "vgpu": provisioner.allocation_summary() if provisioner else None}
 
+    async def spec_views(self, username: str) -> list[dict[str, Any]]:
+        """The vGPU specs with whether ``username`` could start each now, and why not."""
+        out = []
+        for name, spec in sorted(vgpu_specs().items()):
+            try:
+                request = spec_request(spec)
+            except ValueError as err:
+                out.append({"name": name, "display_name": spec.display_name, "error": str(err), "can_start": False})
+                continue
+            backend = spec_backend(self.settings, self.view, spec)
+            view = {
+                "name": name,
+                "display_name": spec.display_name,
+                "description": (spec.metadata.get("orion_jupyter") or {}).get("description", ""),
+                "backend": backend.name,
+                **request.as_dict(),
+                "label": request.describe(),
+            }
+            try:  # the same checks a start runs: policy, image allow-list, this user's quota, capacity
+                await self.plan({"spec": name}, username)
+                view["can_start"] = await self.view.can_serve(request, backend)
+            except (VGPURequestError, KernelLaunchError) as err:
+                view.update(can_start=False, why_not=str(err))
+            out.append(view)
+        return out
+
     async def stop(self, kernel: dict[str, Any], stopped_by: str) -> None:
         """Stop a kernel from the class view: this server's through its kernel manager, others' pods directly."""
         if kernel.get("kernel_id") in self.kernel_manager:
             await ensure_async(self.kernel_manager.shutdown_kernel(kernel["kernel_id"]))
             return
         await self.view.stop_kernel(kernel["pod"], stopped_by)
-
-
-async def spec_views(settings: VGPUProvisioner, view: BackendView) -> list[dict[str, Any]]:
-    out = []
-    for name, spec in sorted(vgpu_specs().items()):
-        try:
-            request = spec_request(spec)
-        except ValueError as err:
-            out.append({"name": name, "display_name": spec.display_name, "error": str(err), "can_start": False})
-            continue
-        backend = spec_backend(settings, view, spec)
-        out.append({
-            "name": name,
-            "display_name": spec.display_name,
-            "description": (spec.metadata.get("orion_jupyter") or {}).get("description", ""),
-            "backend": backend.name,
-            **request.as_dict(),
-            "label": request.describe(),
-            "can_start": await view.can_serve(request, backend),
-        })
-    return out
