@@ -11,9 +11,10 @@ import io
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -52,18 +53,18 @@ class TrainingProgress:
     fraction: float
     images_per_s: float
     epoch_done: bool = False
-    accuracy: Optional[float] = None
+    accuracy: float | None = None
 
     @classmethod
     def mid_epoch(cls, epoch: int, epochs: int, step: int, steps: int, loss: float, seen: int,
-                  epoch_start: float) -> "TrainingProgress":
+                  epoch_start: float) -> TrainingProgress:
         """A report during an epoch: ``seen`` images since ``epoch_start`` (a perf_counter time)."""
         elapsed = max(time.perf_counter() - epoch_start, 1e-9)
         return cls(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=loss,
                    fraction=((epoch - 1) * steps + step) / (epochs * steps), images_per_s=seen / elapsed)
 
     @classmethod
-    def epoch_end(cls, stats: "EpochStats", epochs: int, steps: int) -> "TrainingProgress":
+    def epoch_end(cls, stats: EpochStats, epochs: int, steps: int) -> TrainingProgress:
         """The report that closes an epoch, from its statistics."""
         return cls(epoch=stats.epoch, epochs=epochs, step=steps, steps=steps, loss=stats.loss,
                    fraction=stats.epoch / epochs, images_per_s=stats.images_per_s, epoch_done=True,
@@ -95,7 +96,7 @@ class EpochStats:
     loss: float
     images_per_s: float
     seconds: float
-    accuracy: Optional[float] = None
+    accuracy: float | None = None
 
 
 def reporting_interval(steps_per_epoch: int, reports_per_epoch: int = 50) -> int:
@@ -107,7 +108,7 @@ ProgressCallback = Callable[[TrainingProgress], Any]
 StopCheck = Callable[[], bool]
 
 
-def resolve_device(device: "str | torch.device | None" = None) -> "torch.device":
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The given device, or ``cuda`` when PyTorch sees a GPU, else ``cpu``."""
     import torch
 
@@ -119,7 +120,7 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
     return device
 
 
-def device_name(device: "str | torch.device") -> str:
+def device_name(device: str | torch.device) -> str:
     """A person's name for a device: the GPU's model, or the CPU with its thread count."""
     import torch
 
@@ -168,7 +169,7 @@ def cuda_devices() -> list[DeviceInfo]:
     return found
 
 
-def synchronize(device: "torch.device") -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so timings are honest; no-op on CPU."""
     import torch
 
@@ -176,7 +177,7 @@ def synchronize(device: "torch.device") -> None:
         torch.cuda.synchronize(device)
 
 
-def figure_png(fig: "Figure", dpi: int = 90) -> bytes:
+def figure_png(fig: Figure, dpi: int = 90) -> bytes:
     """PNG bytes of a matplotlib figure (no pyplot, safe from any thread)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
@@ -192,7 +193,7 @@ def png_display_output(png: bytes, text: str = "<Figure>") -> dict:
     }
 
 
-def new_figure(width: float, height: float) -> "Figure":
+def new_figure(width: float, height: float) -> Figure:
     """A matplotlib Figure that belongs to no pyplot state (usable in background threads).
 
     In a notebook it still displays inline: IPython's inline backend formats any Figure.
