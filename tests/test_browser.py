@@ -23,7 +23,7 @@ def test_widget_renders_in_jupyterlab(lab_server, tmp_path):
     assert result["ok"], result
     text = result["text"]
     assert "vGPU kernel" in text
-    assert "local · orion · 1 vGPU × 2" in text and "memory cap cooperative" in text
+    assert "local · orion · 1 vGPU · 2 GiB" in text and "memory cap cooperative" in text  # vgpu.format_allocation
     assert "no GPU: running on CPU" in text
     assert any("Run" in b for b in result["buttons"]) and result["progress_bars"] >= 1
     assert screenshot.stat().st_size > 10_000
