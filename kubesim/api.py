@@ -268,7 +268,8 @@ class Handler(BaseHTTPRequestHandler):
         q = self.query
         watching = q.get("watch", "").lower() in ("true", "1")
         group = parts[:3] == ["apis", dra.GROUP, dra.VERSION]  # resource.k8s.io/v1 (kubesim/dra.py)
-        discovery = (["version"], ["api"], ["apis"], ["api", "v1"], ["apis", dra.GROUP, dra.VERSION])
+        discovery = (["version"], ["api"], ["apis"], ["api", "v1"],
+                     ["apis", dra.GROUP], ["apis", dra.GROUP, dra.VERSION])
         if method == "GET" and (parts in discovery
                                 or parts[:1] in (["healthz"], ["livez"], ["readyz"])):
             return "get", "/" + "/".join(parts), None, None, False, lambda _: self._non_resource(parts)
@@ -335,6 +336,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, self._resource_list())
         elif parts == ["apis"]:
             self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [dra.api_group()]})
+        elif parts == ["apis", dra.GROUP]:
+            self._send(200, {"kind": "APIGroup", "apiVersion": "v1", **dra.api_group()})
         elif parts == ["apis", dra.GROUP, dra.VERSION]:
             self._send(200, dra.api_resource_list())
         elif parts and parts[0] in ("healthz", "livez", "readyz"):
