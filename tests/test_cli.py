@@ -77,7 +77,7 @@ def test_presets_define_the_class_menu(data_dir, tmp_path, capsys):
          'vGPU memory "lots" is not a size; use a number of MiB or a value like 4Gi'),
         (["--name", "x", "--vgpus", "-2"], 'vGPU count "-2" is negative; use 0 for CPU only, or 1, 2, ...'),
         (["--name", "Bad Name"],
-         'kernel spec name "Bad Name" is not valid; use lower-case letters, digits, ".", "_" and "-"'),
+         'kernel spec name "Bad Name" is not valid; use at most 64 lower-case letters, digits, ".", "_" and "-"'),
         (["--name", "x", "--backend", "gaudi"],
          'vGPU backend "gaudi" is not known; use one of orion, hami, nvidia, dra, kai'),
         ([], "kernel spec name is missing; give --name NAME or --presets FILE"),
