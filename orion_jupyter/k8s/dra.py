@@ -252,7 +252,7 @@ def describe_granted(granted: Iterable[Mapping]) -> str:
     for g in granted:
         text = f"{g['pool']}/{g['device']} ({g['driver']})"
         amounts = [format_mib(g["memory_mib"])] if g.get("memory_mib") else []
-        if g.get("cores") is not None:
+        if g.get("cores"):  # 0: no compute share asked (HAMi: no limit)
             amounts.append(f"{g['cores']} cores")
         parts.append(text + (": " + ", ".join(amounts) if amounts else ": whole device"))
     return "; ".join(parts)
