@@ -151,7 +151,8 @@ class PoolSnapshot:
             "visible": self.visible,
             "nodes": [
                 {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())},
-                 **({"devices": [d.as_dict() for d in n.devices]} if n.devices else {})}
+                 **({"devices": [d.as_dict() for d in n.devices]} if n.devices else {}),
+                 **({"device_memory_mib": n.device_memory_mib} if n.device_memory_mib else {})}
                 for n in self.nodes
             ],
             "totals": {r: c.as_dict() for r, c in sorted(self.totals().items())},

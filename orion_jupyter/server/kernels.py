@@ -78,10 +78,9 @@ class VGPUKernels:
         self.starting: dict[str, str] = {}  # kernel id -> user, for launches through this API
 
     def provisioner(self, kernel_id: str) -> VGPUProvisioner | None:
-        try:
-            km = self.kernel_manager.get_kernel(kernel_id)
-        except KeyError:
+        if kernel_id not in self.kernel_manager:  # get_kernel answers 404 itself for unknown ids
             return None
+        km = self.kernel_manager.get_kernel(kernel_id)
         provisioner = getattr(km, "provisioner", None)
         return provisioner if isinstance(provisioner, VGPUProvisioner) else None
 
@@ -193,6 +192,11 @@ class VGPUKernels:
         try:
             await ensure_async(self.kernel_manager.start_kernel(
                 kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username))
+        except BaseException:
+            # jupyter_client keeps a kernel whose start failed among its pending ones (shutdown_all then
+            # trips over it at server exit); nothing of it exists, so forget it.
+            getattr(self.kernel_manager, "_pending_kernels", {}).pop(kernel_id, None)
+            raise
         finally:
             self.starting.pop(kernel_id, None)
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
