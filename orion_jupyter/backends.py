@@ -12,8 +12,9 @@ and a queue label, see ``k8s/kai.py``). Their ``resources()`` is empty; their se
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .vgpu import VGPURequest, VGPURequestError
 
@@ -40,7 +41,7 @@ class DraFlavor:
     memory_enforced: bool = True
 
     @classmethod
-    def from_config(cls, value: "str | Mapping[str, Any] | DraFlavor") -> "DraFlavor":
+    def from_config(cls, value: str | Mapping[str, Any] | DraFlavor) -> DraFlavor:
         """A built-in name ('hami', 'mig', 'gpu'), 'mig:<profile>' (e.g. 'mig:1g.10gb'), or a mapping."""
         if isinstance(value, DraFlavor):
             return value
@@ -72,9 +73,10 @@ class DraFlavor:
         )
         return flavor.checked()
 
-    def checked(self) -> "DraFlavor":
+    def checked(self) -> DraFlavor:
         if not _DNS_LABEL_RE.match(self.name) or len(self.name) > 63:
-            raise VGPURequestError("dra", self.name, f'DRA flavor name "{self.name}" is not a DNS label, like hami or mig')
+            raise VGPURequestError(
+                "dra", self.name, f'DRA flavor name "{self.name}" is not a DNS label, like hami or mig')
         if not _DNS_SUBDOMAIN_RE.match(self.device_class) or len(self.device_class) > 253:
             raise VGPURequestError(
                 "dra", self.device_class,
@@ -126,7 +128,7 @@ class KaiSettings:
     hami_core: bool = False
 
     @classmethod
-    def from_config(cls, value: "Mapping[str, Any] | KaiSettings", base: "KaiSettings | None" = None) -> "KaiSettings":
+    def from_config(cls, value: Mapping[str, Any] | KaiSettings, base: KaiSettings | None = None) -> KaiSettings:
         if isinstance(value, KaiSettings):
             return value
         known = {"queue_label", "default_queue", "request", "device_memory_mib", "priority_class", "hami_core"}
@@ -143,7 +145,8 @@ class KaiSettings:
         settings = replace(base or cls(), **values)
         if settings.request not in ("gpu-memory", "gpu-fraction"):
             raise VGPURequestError(
-                "kai", settings.request, f'KAI request "{settings.request}" is not known; use gpu-memory or gpu-fraction'
+                "kai", settings.request,
+                f'KAI request "{settings.request}" is not known; use gpu-memory or gpu-fraction',
             )
         return settings
 
@@ -199,13 +202,14 @@ class Backend:
     def with_overrides(
         self, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None,
         *, dra: Mapping[str, Any] | None = None, kai: Mapping[str, Any] | None = None,
-    ) -> "Backend":
+    ) -> Backend:
         """Site configuration: resource and env names; ``dra={'flavors': ['mig', 'hami', {...}]}``
         (in order of preference: several make a firstAvailable list); ``kai={...}`` (KaiSettings)."""
         changes: dict[str, Any] = {}
         if dra:
             if not self.dra_flavors:
-                raise VGPURequestError("dra", self.name, f'backend "{self.name}" takes no DRA settings; use backend dra')
+                raise VGPURequestError(
+                    "dra", self.name, f'backend "{self.name}" takes no DRA settings; use backend dra')
             unknown = sorted(set(dra) - {"flavors"})
             if unknown:
                 raise VGPURequestError("dra", unknown[0], f'DRA setting "{unknown[0]}" is not known; use flavors')
@@ -219,7 +223,8 @@ class Backend:
             changes["memory_enforced"] = all(f.memory_enforced for f in flavors)
         if kai:
             if self.kai is None:
-                raise VGPURequestError("kai", self.name, f'backend "{self.name}" takes no KAI settings; use backend kai')
+                raise VGPURequestError(
+                    "kai", self.name, f'backend "{self.name}" takes no KAI settings; use backend kai')
             settings = KaiSettings.from_config(kai, self.kai)
             changes["kai"] = settings
             changes["memory_enforced"] = settings.hami_core

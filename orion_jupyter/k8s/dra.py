@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..pool import DevicePool, NodePool, PoolSnapshot, ResourceCount
 from ..vgpu import VGPURequest, format_mib
@@ -325,7 +326,8 @@ def _what_is_short(alt: Mapping, asked: VGPURequest | None, pool: PoolSnapshot |
         text = (f"{what}: the most free on one GPU is {format_mib(best.memory_free_mib)} "
                 f"({best.pool}/{best.name})")
         if fitting and fitting < count:
-            text += f", and only {fitting} GPU{'s' if fitting != 1 else ''} {'have' if fitting != 1 else 'has'} that much"
+            gpus = "1 GPU has" if fitting == 1 else f"{fitting} GPUs have"
+            text += f", and only {gpus} that much"
         if "cores" in alt["capacity"] and best.cores_free is not None:
             text += f", with {best.cores_free} cores free"
         return text

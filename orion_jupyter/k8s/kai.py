@@ -14,7 +14,8 @@ reads either and :func:`shortage_sentence` turns KAI's message into one sentence
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..vgpu import VGPURequest, format_mib
 
@@ -110,16 +111,19 @@ def requested_share(pod: Mapping) -> dict[str, Any]:
 _NUM = r"([0-9][0-9.]*)"
 _PREFIX = r"(?:Node-Pool '[^']*': )?"
 _OVER_LIMIT = re.compile(
-    _PREFIX + r"OverLimit: (?P<queue>\S+) quota has reached the allowable limit of (?P<resource>GPUs|CPU cores|memory)\. "
+    _PREFIX + r"OverLimit: (?P<queue>\S+) quota has reached the allowable limit of "
+    r"(?P<resource>GPUs|CPU cores|memory)\. "
     rf"Limit is {_NUM} \S+, currently {_NUM} \S+ allocated and workload requested {_NUM}"
 )
 _OVER_QUOTA = re.compile(
     _PREFIX + rf"NonPreemptibleOverQuota: Non-preemptible workload is over quota\. Workload requested {_NUM} "
-    rf"(?P<unit>GPUs|CPU cores|GB memory), but (?P<queue>\S+) quota is {_NUM} \S+, while {_NUM} \S+ are already allocated"
+    rf"(?P<unit>GPUs|CPU cores|GB memory), but (?P<queue>\S+) quota is {_NUM} \S+, "
+    rf"while {_NUM} \S+ are already allocated"
 )
 _NO_QUEUE = re.compile(r"Queue '(?P<queue>[^']*)' does not exist")
 _GPU_MEMORY_CAPACITY = re.compile(
-    r"Each gpu on the node has a gpu memory capacity of (?P<capacity>\d+) Mib\. (?P<asked>\d+) Mib of gpu memory has been requested"
+    r"Each gpu on the node has a gpu memory capacity of (?P<capacity>\d+) Mib\. "
+    r"(?P<asked>\d+) Mib of gpu memory has been requested"
 )
 _NO_NODES = "no nodes with enough resources were found"
 
@@ -154,10 +158,10 @@ def shortage_sentence(message: str, memory_mib: int | None = None) -> str:
         queue, resource, limit, used, asked = m.group("queue"), m.group("resource"), m.group(3), m.group(4), m.group(5)
         if resource == "GPUs":
             return (f'The queue "{queue}" has reached its GPU limit: {_gpus(limit)} allowed, {float(used):g} in use, '
-                    f"and this kernel asks for {float(asked):g} more. Stop a kernel you no longer use, ask for a smaller "
-                    f"share, or try again later.{quoted}")
-        return (f'The queue "{queue}" has reached its {resource} limit: {limit} allowed, {used} in use, this kernel asks '
-                f"for {asked} more.{quoted}")
+                    f"and this kernel asks for {float(asked):g} more. Stop a kernel you no longer use, "
+                    f"ask for a smaller share, or try again later.{quoted}")
+        return (f'The queue "{queue}" has reached its {resource} limit: {limit} allowed, {used} in use, '
+                f"this kernel asks for {asked} more.{quoted}")
     m = _OVER_QUOTA.search(raw)
     if m:
         asked, unit, queue, quota, used = m.group(1), m.group("unit"), m.group("queue"), m.group(4), m.group(5)
@@ -168,14 +172,15 @@ def shortage_sentence(message: str, memory_mib: int | None = None) -> str:
                 f"longer use, or try again later.{quoted}")
     m = _NO_QUEUE.search(raw)
     if m:
-        return (f'The KAI queue "{m.group("queue")}" for this kernel does not exist; ask the cluster operator to create it '
-                f"(a scheduling.run.ai/v2 Queue), or use a course that has one.{quoted}")
+        return (f'The KAI queue "{m.group("queue")}" for this kernel does not exist; ask the cluster operator '
+                f"to create it (a scheduling.run.ai/v2 Queue), or use a course that has one.{quoted}")
     reason = shortage_reason(raw)
     if reason == "InsufficientGPUMemory":
         m = _GPU_MEMORY_CAPACITY.search(raw)
         if m:
-            return (f"No GPU is large enough: this kernel asks {format_mib(int(m.group('asked')))} of GPU memory and each "
-                    f"GPU has {format_mib(int(m.group('capacity')))}. Ask for less vGPU memory.{quoted}")
+            asked, capacity = format_mib(int(m.group("asked"))), format_mib(int(m.group("capacity")))
+            return (f"No GPU is large enough: this kernel asks {asked} of GPU memory and each GPU has {capacity}. "
+                    f"Ask for less vGPU memory.{quoted}")
         asked = f" {format_mib(memory_mib)}" if memory_mib else ""
         return (f"Not enough GPU memory free: no GPU has{asked} free for this kernel right now. Stop a kernel you no "
                 f"longer use, ask for less, or try again later.{quoted}")

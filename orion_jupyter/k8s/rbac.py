@@ -14,7 +14,8 @@ DRA_NAMESPACED_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get", "list", "watch"]},
 ]
 DRA_CLUSTER_RULES = [
-    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "deviceclasses"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "deviceclasses"],
+     "verbs": ["get", "list", "watch"]},
 ]
 
 
@@ -60,7 +61,9 @@ def rbac_manifests(namespace: str, service_account: str = "jupyter", read_nodes:
             "subjects": [subject],
         },
     ]
-    cluster_rules = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}] if read_nodes else []
+    cluster_rules = []
+    if read_nodes:
+        cluster_rules.append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]})
     if dra:
         cluster_rules += copy.deepcopy(DRA_CLUSTER_RULES)
     if cluster_rules:
