@@ -530,6 +530,13 @@ class PodWorker:
         if not self._wait_for(env_problem):
             return
         argv, cwd = self._prepare_process(env)
+        missing = self._missing_executable(env)
+        if missing:  # as containerd reports it: the container ends at once, exit code 128
+            self._event("Warning", "Failed", f"Error: {missing}")
+            self._update(functools.partial(self._terminated, terminated={
+                "exitCode": 128, "reason": "StartError", "message": missing, "startedAt": now_iso(),
+                "finishedAt": now_iso(), "containerID": f"sim://{self.uid[:8]}-0"}))
+            return
         restarts, policy = 0, (self._pod() or {}).get("spec", {}).get("restartPolicy", "Always")
         while True:
             self._event("Normal", "Created", f"Created container: {self.container['name']}")
@@ -658,6 +665,18 @@ class PodWorker:
                 if not any((source.get(k) or {}).get("optional") for k in source):
                     return {}, "configmaps are not served by this simulator"
         return env, None
+
+    def _missing_executable(self, env: dict[str, str]) -> str:
+        """containerd's words when the container's command is not in the image ('' when it is)."""
+        command = self.container.get("command") or self.container.get("args") or []
+        if not command or command[0] in ("python", "python3"):
+            return ""
+        exe = expand(command[0], env)
+        found = os.access(exe, os.X_OK) if "/" in exe else shutil.which(exe, path=env.get("PATH", ""))
+        if found:
+            return ""
+        return ("failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create "
+                f'failed: unable to start container process: exec: "{exe}": executable file not found in $PATH: unknown')
 
     def _prepare_process(self, pod_env: dict[str, str]) -> tuple[list[str], str]:
         """Writes volumes; returns argv (wrapped in unshare for mounts) and the working directory."""

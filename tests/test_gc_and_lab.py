@@ -27,11 +27,11 @@ def test_gc_removes_finished_pods_and_orphan_secrets(sim_cluster, capsys):
     sim_cluster.create_object("secrets", "lab", orphan.secret)
     sim_cluster.wait_for("pods", "lab", finished.name, lambda p: p and p["status"].get("phase") == "Succeeded")
 
-    assert main(["gc", "--namespace", "lab", "--dry-run"]) == 0
+    assert main(["gc", "--namespace", "lab", "--dry-run", "--min-age", "0"]) == 0
     assert sim_cluster.get("secrets", "lab", orphan.name) is not None
     out = capsys.readouterr().out
     assert f"Would delete Pod lab/{finished.name}: the kernel has ended (Succeeded)" in out
-    assert main(["gc", "--namespace", "lab"]) == 0
+    assert main(["gc", "--namespace", "lab", "--min-age", "0"]) == 0
     assert sim_cluster.get("pods", "lab", finished.name) is None
     assert sim_cluster.get("secrets", "lab", finished.name) is None
     assert sim_cluster.get("secrets", "lab", orphan.name) is None

@@ -250,3 +250,19 @@ def test_gc_leaves_a_launch_in_progress_alone(sim_cluster, capsys):
     assert "Nothing to collect" in capsys.readouterr().out
     assert cli(["gc", "--namespace", "lab", "--min-age", "0"]) == 0
     assert sim_cluster.get("secrets", "lab", launching.name) is None
+
+
+async def test_a_container_that_cannot_start_says_why(sim_cluster, vgpu_spec):
+    from jupyter_client.manager import AsyncKernelManager
+
+    from orion_jupyter.errors import KernelLaunchError
+
+    config = Config({"VGPUProvisioner": {"cluster": "kubernetes", "namespace": NS, "kernel_python": "python-not-here",
+                                         "launch_timeout": 30.0}})
+    km = AsyncKernelManager(kernel_name=vgpu_spec("orion-nopython", 1, "1Gi"), config=config)
+    with pytest.raises(KernelLaunchError) as caught:
+        await km.start_kernel()
+    assert caught.value.reason == "exited"
+    assert str(caught.value).startswith("the kernel exited with code 128 before it was ready (StartError: ")
+    assert 'exec: "python-not-here": executable file not found in $PATH' in str(caught.value)
+    assert kernel_objects(sim_cluster) == ([], [])

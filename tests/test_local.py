@@ -111,7 +111,9 @@ def test_declared_gpus_and_memory_shortage(jupyter_dirs):
     assert [n.name.split("/")[1] for n in pool.snapshot().nodes] == ["gpu0", "gpu1"]
     slots = pool.reserve("k1", "alice", VGPURequest(2, 6144))
     assert sorted(index for index, _ in slots) == [0, 1]  # one vGPU per GPU: 6 GiB each does not fit twice
-    with pytest.raises(KernelLaunchError, match=r"needs 1 vGPU; 2 of 4 are free right now \(2 in use\)"):
+    # 2 of 4 vGPUs are free, but only 2 GiB on each GPU: memory is what is short, and it is said so
+    with pytest.raises(KernelLaunchError, match=r"^Not enough vGPU memory free: this kernel needs 4 GiB; at most 2 GiB "
+                                                r"is free on any one device \(12 GiB of 16 GiB in use\)"):
         pool.reserve("k2", "bob", VGPURequest(1, 4096))
     with pytest.raises(KernelLaunchError, match="asks 16 GiB per vGPU, and the largest device here has 8 GiB"):
         pool.reserve("k3", "bob", VGPURequest(1, 16384))
