@@ -7,8 +7,8 @@ Pure Python: kernel images import it without any server-side package.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
 
 PREFIX = "ORION_JUPYTER_"
 
@@ -59,7 +59,7 @@ class KernelAllocation:
         return env
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KernelAllocation | None":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KernelAllocation | None:
         """This kernel's allocation, or None when it was not started by orion-jupyter."""
         environ = os.environ if environ is None else environ
         if ENV_NAMES["cluster"] not in environ:
