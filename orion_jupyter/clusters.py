@@ -6,7 +6,8 @@ configuration); everything else talks to the :mod:`~orion_jupyter.protocols` it 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .protocols import BackendView, Driver
 
