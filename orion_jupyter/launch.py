@@ -6,8 +6,9 @@ The provisioner resolves its traitlets, the kernel spec and the start kwargs int
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .backends import Backend
 from .vgpu import VGPURequest
