@@ -5,8 +5,8 @@ Computed from caches (the shared watches, or the local slot table), never with a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from .names import TERMINAL_PHASES
 from .vgpu import format_mib
