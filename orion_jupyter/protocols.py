@@ -50,7 +50,7 @@ class Driver(Protocol):
     """
 
     name: str
-    view: "BackendView"
+    view: BackendView
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]: ...
     async def launch(self, launch: KernelLaunch, cmd: list[str],
