@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
-
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -61,12 +60,13 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     header = ("NAME", "VGPU", "MEMORY", "BACKEND", "DISPLAY NAME")
     table = [header] + [
-        (r["name"], str(r["vgpus"]), format_mib(r["memory_mib"]) if r["vgpus"] else "-", r["backend"], r["display_name"])
+        (r["name"], str(r["vgpus"]), format_mib(r["memory_mib"]) if r["vgpus"] else "-", r["backend"],
+         r["display_name"])
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     return 0
 
 
@@ -127,7 +127,8 @@ def _gc(args: argparse.Namespace) -> int:
     try:
         removed = collect_garbage(api_client(args.kubeconfig), namespace, dry_run=args.dry_run, min_age=args.min_age)
     except Exception as err:  # noqa: BLE001 - the API's refusal or an unreachable server, said in one line
-        raise VGPURequestError("cluster", namespace, f"cannot collect garbage in namespace {namespace}: {err}") from None
+        raise VGPURequestError("cluster", namespace,
+                               f"cannot collect garbage in namespace {namespace}: {err}") from None
     verb = "Would delete" if args.dry_run else "Deleted"
     for kind, name, why in removed:
         print(f"{verb} {kind} {namespace}/{name}: {why}")
@@ -184,18 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
                                 "preference (several make a firstAvailable list); default hami")
     manifests.set_defaults(func=_manifests)
 
-    gc = commands.add_parser("gc", help="delete leftover kernel pods and Secrets (finished pods, Secrets without a pod)")
+    gc = commands.add_parser("gc",
+                             help="delete leftover kernel pods and Secrets (finished pods, Secrets without a pod)")
     gc.add_argument("--namespace", help="namespace of the kernel pods; default: the current context's")
     gc.add_argument("--kubeconfig", default="", help="kubeconfig file; default: in-cluster, KUBECONFIG, ~/.kube/config")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     gc.add_argument("--min-age", type=float, default=600.0,
-                    help="seconds an object must exist before it is collected (a launch in progress is never touched); default 600")
+                    help="seconds an object must exist before it is collected "
+                         "(a launch in progress is never touched); default 600")
     gc.set_defaults(func=_gc)
 
-    lab = commands.add_parser("lab", help="start JupyterLab with vGPU kernels (local backend unless a cluster is configured)")
-    lab.add_argument("--kubernetes", action="store_true", help="launch kernels as pods (default when in a pod or a kubeconfig exists)")
-    lab.add_argument("--presets", help="YAML presets for the launcher (default: 1 vGPU · 2 GiB, 1 vGPU · 4 GiB, 2 vGPUs × 4 GiB)")
-    lab.add_argument("--home", help="where orion-jupyter keeps its kernel specs and config (default ~/.local/share/orion-jupyter)")
+    lab = commands.add_parser("lab",
+                              help="start JupyterLab with vGPU kernels (local backend unless a cluster is configured)")
+    lab.add_argument("--kubernetes", action="store_true",
+                     help="launch kernels as pods (default when in a pod or a kubeconfig exists)")
+    lab.add_argument("--presets",
+                     help="YAML presets for the launcher (default: 1 vGPU · 2 GiB, 1 vGPU · 4 GiB, 2 vGPUs × 4 GiB)")
+    lab.add_argument("--home",
+                     help="where orion-jupyter keeps its kernel specs and config "
+                          "(default ~/.local/share/orion-jupyter)")
     lab.set_defaults(func=_lab, passes_extra=True)
     return parser
 
