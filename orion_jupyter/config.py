@@ -62,7 +62,8 @@ class KernelPolicy(Configurable):
     def policy(self) -> VGPUPolicy:
         return VGPUPolicy(
             max_vgpus=self.max_vgpus,
-            max_memory_mib=parse_memory(self.max_memory, "KernelPolicy.max_memory", "max_memory") if self.max_memory else 0,
+            max_memory_mib=(parse_memory(self.max_memory, "KernelPolicy.max_memory", "max_memory")
+                            if self.max_memory else 0),
             allowed_images=tuple(self.allowed_images),
             max_vgpus_per_user=self.max_vgpus_per_user,
         )
@@ -81,4 +82,5 @@ class KernelPolicy(Configurable):
         """Hold this launch's vGPUs against the per-user quota (release with ``PENDING.release``)."""
         policy = self.policy()
         held = await view.vgpus_by_kernel(user) if policy.max_vgpus_per_user and request.count else {}
-        PENDING.take(kernel_id, user, request.count, held, lambda elsewhere: policy.check_user_total(request, elsewhere))
+        PENDING.take(kernel_id, user, request.count, held,
+                     lambda elsewhere: policy.check_user_total(request, elsewhere))
