@@ -2,15 +2,26 @@
 
 The README's run command starts JupyterLab (local backend, CPU-only pool of 4 slots); the browser
 opens the vGPU sidebar, starts a kernel with "New vGPU notebook…" (2 GiB spec, 3 GiB asked for),
-reads the status bar, stops the kernel from the sidebar and asks for more memory than the pool has.
+reads the status bar (and, from a mocked allocations answer, the memory used), stops the kernel from
+the sidebar, asks for more memory than the pool has, starts one in the file browser's folder and
+opens the MNIST demo from its launcher card. Notebook 7 (`jupyter notebook`) loads the extension too.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
+import uuid
 from pathlib import Path
+
+import nbformat
+import pytest
+
+from orion_jupyter.lab import prepare
+from tests.conftest import LabServer, _free_port
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 NAME = "@orion-jupyter/labextension"
@@ -39,14 +50,20 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert NAME in [e["name"] for e in config["federated_extensions"]]
     assert not any(d.startswith(NAME) for d in config["disabledExtensions"])
     assert json.loads(_get(lab_server, "/api/kernels")) == []
+    # Its settings (refresh interval, the dialog's slider maximum) are in the settings editor.
+    settings = json.loads(_get(lab_server, f"/lab/api/settings/{NAME}:model"))
+    assert settings["schema"]["jupyter.lab.setting-icon"] == "orion-jupyter:vgpu"
+    assert {"refreshInterval", "sliderMaxMemory"} <= set(settings["schema"]["properties"])
+    (lab_server.root / "labs").mkdir()
 
-    run = subprocess.run(["node", str(BROWSER_DIR / "labextension.mjs"), lab_server.base, lab_server.token, str(tmp_path)],
-                         capture_output=True, text=True, timeout=150, cwd=BROWSER_DIR)
+    run = subprocess.run(["node", str(BROWSER_DIR / "labextension.mjs"), lab_server.base, lab_server.token,
+                          str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["ok"], result
+    assert result["ok"], (result["step"], result.get("error"), result)
 
     assert result["launcher_items"] == 1
+    assert sorted(result["demo_cards"]) == ["FaceNet on vGPU", "MNIST on vGPU"], result["demo_cards"]
 
     # The sidebar shows the CPU-only local pool: 4 slots, all free.
     assert "4 of 4 vGPUs free" in result["pool_text"], result["pool_text"]
@@ -56,6 +73,10 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert [s.splitlines()[0] for s in result["specs"]] == [
         "Python 3 · 1 vGPU · 2 GiB", "Python 3 · 1 vGPU · 4 GiB", "Python 3 · 2 vGPUs × 4 GiB"]
     assert result["memory_hint"] == "= 3 GiB"
+    # "4G" is 4·10⁹ bytes, as the server reads it (tests/memory_cases.json); the slider's maximum
+    # is the sliderMaxMemory setting's default, 32 GiB.
+    assert result["memory_hint_4g"] == "= 3814 MiB"
+    assert result["slider_max"] == str(32 * 1024)
 
     # A new notebook opened on the kernel the dialog started: the 2 GiB spec, 3 GiB asked for.
     assert result["kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
@@ -64,10 +85,24 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert session["kernel"]["name"] == "orion-1x2gi"
     kernel_id = session["kernel"]["id"]
     assert result["kernel_card_id"] == kernel_id
-    assert result["status_text"] == "vGPU: 1 × 3 GiB · vm", result["status_text"]
+    # (" · 45 MiB used" when the server has measured the kernel's memory by then)
+    assert re.fullmatch(r"vGPU: 1 × 3 GiB( · [\d.]+ [MG]iB used)? · vm", result["status_text"]), result["status_text"]
     assert "memory cap 3 GiB per vGPU" in result["status_tooltip"] and "backend: orion" in result["status_tooltip"]
     card = result["kernel_card"]
     assert "orion-1x2gi" in card and session["path"] in card and "1 × 3 GiB" in card, card
+
+    # Memory used (allocations mocked in the browser with memory_used = 1.2 GiB): the status bar and
+    # a bar of used / granted on the kernel's card.
+    assert result["status_text_used"] == "vGPU: 1 × 3 GiB · 1.2 GiB used · vm", result["status_text_used"]
+    assert "vGPU memory in use: 1.2 GiB" in result["status_tooltip_used"], result["status_tooltip_used"]
+    assert result["kernel_usage"] == "1.2 GiB of 3 GiB used", result["kernel_usage"]
+
+    # The class (mocked for an instructor) by waste: bob holds 15.5 GiB unused (2 × 8 GiB granted),
+    # ada and di 0.5 GiB each (di idle longer), cy's use is not known.
+    assert result["class_by_user"] == ["ada", "bob", "cy", "di"]
+    assert result["class_by_waste"] == ["bob", "di", "ada", "cy"], result["class_by_waste"]
+    assert "15.5 GiB unused" in result["class_first_card"], result["class_first_card"]
+    assert "512 MiB of 16 GiB used" in result["class_first_card"], result["class_first_card"]
 
     # Stop in the sidebar shut the kernel down.
     assert result["kernels_after_stop"] == []
@@ -76,9 +111,108 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     # 64Gi: the dialog stays open with the server's own message, and no kernel was created.
     assert result["dialog_open_after_refusal"]
     assert result["refused_text"].startswith(
-        "Not enough vGPU memory: this kernel asks 64 GiB per vGPU, and the largest device here has 16 GiB."), result["refused_text"]
+        "Not enough vGPU memory: this kernel asks 64 GiB per vGPU, and the largest device here has 16 GiB."
+    ), result["refused_text"]
     assert result["kernels_after_refusal"] == []
-    assert json.loads(_get(lab_server, "/api/kernels")) == []
 
-    for shot in ("panel", "dialog", "notebook", "refused"):
+    # In the file browser's folder "labs": the kernel starts there and the notebook is created there.
+    assert result["folder_request"]["path"] == "labs", result["folder_request"]
+    assert result["folder_request"]["spec"] == "orion-1x2gi" and result["folder_request"]["memory"] == "2Gi"
+    [in_labs] = [s for s in result["folder_sessions"] if s["path"].startswith("labs/")]
+    assert re.fullmatch(r"labs/Untitled\d*\.ipynb", in_labs["path"]), in_labs
+    assert (lab_server.root / in_labs["path"]).is_file()
+
+    # "MNIST on vGPU": the demo notebook, opened on the kernel the server started for it (the
+    # smallest vGPU spec), and no other kernel started for it.
+    assert result["demo_status"] == 201, result["demo"]
+    demo = result["demo"]
+    assert demo["path"] == "orion-demos/mnist.ipynb" and (lab_server.root / demo["path"]).is_file()
+    [demo_session] = [s for s in result["demo_sessions"] if s["path"] == demo["path"]]
+    assert demo_session["kernel"] == demo["kernel_id"] and demo_session["name"] == "orion-1x2gi"
+    assert sorted(result["demo_kernels"]) == sorted([in_labs["kernel"], demo["kernel_id"]])
+    assert result["demo_kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
+    assert result["demo_status_text"].startswith("vGPU: 1 × 2 GiB"), result["demo_status_text"]
+
+    for shot in ("panel", "dialog", "notebook", "memory-used", "class", "refused", "demo"):
+        assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+@pytest.fixture
+def notebook7_server(tmp_path, monkeypatch):
+    """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
+    backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
+    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
+                   capture_output=True)
+    for name in [n for n in os.environ if n.startswith("JUPYTER")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    env = prepare(tmp_path / "orion-jupyter", kubernetes=False, presets=None)
+    port, token = _free_port(), uuid.uuid4().hex
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    argv = [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            # window.jupyterapp, for the browser to ask which plugins activated
+            "--JupyterNotebookApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--allow-root")
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    notebook = LabServer(f"http://127.0.0.1:{port}", token, root)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                _get(notebook, "/api/status")
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "Notebook 7 did not come up in 120 s"
+                time.sleep(0.3)
+        yield notebook
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_labextension_in_notebook7(notebook7_server, tmp_path):
+    server = notebook7_server
+    config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
+                                  _get(server, "/tree"), re.S).group(1))
+    assert NAME in [e["name"] for e in config["federated_extensions"]]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
+                                       "language": "python"}
+    nbformat.write(notebook, server.root / "vgpu.ipynb")
+
+    run = subprocess.run(["node", str(BROWSER_DIR / "notebook7.mjs"), server.base, server.token, "vgpu.ipynb",
+                          str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], (result["step"], result.get("error"), result)
+    # No console error comes from the extension (Notebook 7 has its own; they are in result["errors"]).
+    assert result["extension_errors"] == [], result["extension_errors"]
+
+    # Every plugin activates on both pages (the status bar plugin finds no status bar and stands aside).
+    plugins = [f"{NAME}:{p}" for p in ("model", "panel", "new-notebook", "status")]
+    assert result["tree"]["activated"] == plugins and result["notebook"]["activated"] == plugins
+    assert len(result["tree"]["commands"]) == 3
+    assert "vGPU Notebook…" in result["file_new_items"], result["file_new_items"]
+    assert result["status_items"] == 0
+
+    # The sidebar: the notebook's vGPU kernel and the pool with one slot held.
+    assert "orion-1x2gi" in result["panel_mine"] and "vgpu.ipynb" in result["panel_mine"], result["panel_mine"]
+    assert "3 of 4 vGPUs free" in result["panel_pool"], result["panel_pool"]
+
+    # "New vGPU notebook…": a new tab with the new notebook, on the kernel the dialog started.
+    assert re.fullmatch(r"/notebooks/Untitled\d*\.ipynb", result["new_tab"]), result["new_tab"]
+    assert result["new_tab_kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
+    [new] = [s for s in result["sessions"] if s["path"] != "vgpu.ipynb"]
+    assert result["new_tab"].endswith(new["path"]) and new["name"] == "orion-1x2gi"
+    assert result["kernels"] == 2
+    for shot in ("nb7-tree", "nb7-notebook", "nb7-new"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot

@@ -28,6 +28,11 @@ export interface IAllocation {
   memory_used?: number | null;
   /** When memory_used was measured (newer servers). */
   memory_sampled_at?: string | null;
+  /** How: "torch", "nvml" or "rss" (a CPU-only kernel's resident memory; newer servers). */
+  memory_source?: string | null;
+  /** vGPUs × memory per vGPU, in bytes, and what of it is unused (null: use not known). */
+  memory_granted?: number;
+  waste_bytes?: number | null;
 }
 
 export interface IResourceCount {
@@ -73,6 +78,9 @@ export interface IClassKernel {
   label?: string;
   memory_used?: number | null;
   memory_sampled_at?: string | null;
+  memory_source?: string | null;
+  memory_granted?: number;
+  waste_bytes?: number | null;
 }
 
 export interface IClass {

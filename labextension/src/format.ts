@@ -177,20 +177,24 @@ export function formatBytes(bytes: number): string {
   return `${gib >= 100 ? Math.round(gib) : Number(gib.toFixed(1))} GiB`;
 }
 
-/** What a kernel was granted in bytes: vGPUs × memory per vGPU (0 for CPU only). */
-export function grantedBytes(k: {
-  vgpus: number | null;
-  memory_mib: number | null;
-}): number {
-  return (k.vgpus ?? 0) * (k.memory_mib ?? 0) * MIB;
-}
-
-/** The memory a kernel holds without using it, in bytes; null when its use is not known. */
-export function wasteBytes(k: {
+interface IUsage {
   vgpus: number | null;
   memory_mib: number | null;
   memory_used?: number | null;
-}): number | null {
+  memory_granted?: number;
+  waste_bytes?: number | null;
+}
+
+/** What a kernel was granted in bytes: vGPUs × memory per vGPU (0 for CPU only). */
+export function grantedBytes(k: IUsage): number {
+  return k.memory_granted ?? (k.vgpus ?? 0) * (k.memory_mib ?? 0) * MIB;
+}
+
+/** The memory a kernel holds without using it, in bytes; null when its use is not known. */
+export function wasteBytes(k: IUsage): number | null {
+  if (k.waste_bytes !== undefined) {
+    return k.waste_bytes; // the server's own
+  }
   if (k.memory_used === null || k.memory_used === undefined) {
     return null;
   }
@@ -198,25 +202,12 @@ export function wasteBytes(k: {
 }
 
 /**
- * The class table by waste: granted minus used, most first; kernels whose use is not known after
- * those whose use is (by what they hold); equal ones by idle time, longest first.
+ * The class table by waste, as the server sorts GET class?sort=waste: the most granted-and-unused
+ * memory first, then the longest idle; kernels that waste nothing or whose use is not known last.
  */
-export function byWaste<
-  T extends {
-    vgpus: number | null;
-    memory_mib: number | null;
-    memory_used?: number | null;
-    idle_seconds: number | null;
-  }
->(a: T, b: T): number {
-  const wa = wasteBytes(a);
-  const wb = wasteBytes(b);
-  if ((wa === null) !== (wb === null)) {
-    return wa === null ? 1 : -1;
-  }
-  const primary =
-    wa === null || wb === null ? grantedBytes(b) - grantedBytes(a) : wb - wa;
-  return primary || (b.idle_seconds ?? -1) - (a.idle_seconds ?? -1);
+export function byWaste<T extends IUsage & { idle_seconds: number | null }>(a: T, b: T): number {
+  const key = (k: T) => -(wasteBytes(k) || -1);
+  return key(a) - key(b) || (b.idle_seconds || 0) - (a.idle_seconds || 0);
 }
 
 /** 42 → "42 s", 390 → "7 min", 7200 → "2.0 h". */

@@ -59,28 +59,31 @@ export async function withProgress<T>(
   let latest = '';
   let after = 0;
   const message = () => (latest ? `${title}\n${latest}` : title);
+  let events: Poll | null = null;
+  // Progress (and the events it shows) only for a launch that takes a while: the server knows the
+  // kernel id once the request passed its checks, and a quick launch needs no progress.
   const timer = setTimeout(() => {
     id = Notification.emit(message(), 'in-progress', { autoClose: false });
+    events = new Poll({
+      factory: async () => {
+        let found: IEvent[];
+        try {
+          found = await getEvents(kernelId, after);
+        } catch {
+          return; // not known to the server yet: the request is still being checked
+        }
+        for (const event of found) {
+          after = Math.max(after, event.seq);
+          latest = event.message;
+        }
+        if (id && found.length) {
+          Notification.update({ id, message: message(), type: 'in-progress' });
+        }
+      },
+      frequency: { interval: EVENTS_MS, backoff: false },
+      name: 'orion-jupyter:launch-events'
+    });
   }, NOTIFY_AFTER_MS);
-  const events = new Poll({
-    factory: async () => {
-      let found: IEvent[];
-      try {
-        found = await getEvents(kernelId, after);
-      } catch {
-        return; // not known to the server yet: the request is still being checked
-      }
-      for (const event of found) {
-        after = Math.max(after, event.seq);
-        latest = event.message;
-      }
-      if (id && found.length) {
-        Notification.update({ id, message: message(), type: 'in-progress' });
-      }
-    },
-    frequency: { interval: EVENTS_MS, backoff: false },
-    name: 'orion-jupyter:launch-events'
-  });
   try {
     const result = await start(kernelId);
     if (id) {
@@ -99,7 +102,7 @@ export async function withProgress<T>(
     throw error;
   } finally {
     clearTimeout(timer);
-    events.dispose();
+    (events as Poll | null)?.dispose();
   }
 }
 

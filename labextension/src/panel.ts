@@ -56,7 +56,10 @@ export class VGPUPanel extends Widget {
     this.classOrder.setAttribute('aria-label', trans.__('Order of the class'));
     this.classOrder.append(
       h('option', { value: 'user' }, trans.__('by user')),
-      h('option', { value: 'waste' }, trans.__('by waste (unused memory, then idle)'))
+      h('option', { value: 'waste' }, trans.__('by waste'))
+    );
+    this.classOrder.title = trans.__(
+      'By waste: the most vGPU memory granted and not used first, then the longest idle'
     );
     this.classOrder.onchange = () => this.render();
     this.classSection = section(trans.__('Class'), this.classBody, this.classOrder);

@@ -149,14 +149,14 @@ function tooltip(a: IAllocation, trans: TranslationBundle): string {
   ];
   if (typeof a.memory_used === 'number') {
     const age = secondsSince(a.memory_sampled_at);
+    const how = [
+      a.memory_source,
+      age !== null && trans.__('measured %1 ago', formatDuration(age, trans))
+    ].filter(Boolean);
     lines.push(
-      age === null
-        ? trans.__('vGPU memory in use: %1', formatBytes(a.memory_used))
-        : trans.__(
-            'vGPU memory in use: %1 (measured %2 ago)',
-            formatBytes(a.memory_used),
-            formatDuration(age, trans)
-          )
+      how.length
+        ? trans.__('vGPU memory in use: %1 (%2)', formatBytes(a.memory_used), how.join(', '))
+        : trans.__('vGPU memory in use: %1', formatBytes(a.memory_used))
     );
   }
   lines.push(

@@ -1,6 +1,8 @@
 // Drives the orion-jupyter JupyterLab extension in Debian's chromium (no browser download): the vGPU
-// sidebar, "New vGPU notebook…" (launcher card, command palette), the status bar item, Stop, and a
-// refused launch. Prints one JSON line with what it saw. Usage: node labextension.mjs BASE_URL TOKEN SCREENSHOT_DIR
+// sidebar, "New vGPU notebook…" (launcher card, command palette), the status bar item (with memory
+// used, from a mocked allocations answer), Stop, a refused launch, a launch in the file browser's
+// folder and the launcher's "MNIST on vGPU" card. Prints one JSON line with what it saw.
+// Usage: node labextension.mjs BASE_URL TOKEN SCREENSHOT_DIR
 import { chromium } from 'playwright-core';
 
 const [base, token, shots] = process.argv.slice(2);
@@ -36,6 +38,7 @@ try {
 
   await page.locator('.jp-LauncherCard').first().waitFor();
   result.launcher_items = await page.locator('.jp-LauncherCard', { hasText: 'New vGPU notebook' }).count();
+  result.demo_cards = await page.locator('.jp-LauncherCard', { hasText: /on vGPU$/ }).allInnerTexts();
 
   result.step = 'panel';
   await page.locator('.jp-SideBar .lm-TabBar-tab[data-id="orion-vgpu-panel"]').click();
@@ -50,6 +53,11 @@ try {
   result.specs = await page.locator('.orion-SpecOption').allInnerTexts();
   await page.locator('.orion-LaunchDialog input[name="memory"]').fill('3Gi');
   result.memory_hint = await page.locator('.orion-LaunchForm-hint').innerText();
+  result.slider_max = await page.locator('.orion-LaunchDialog input[type="range"]').getAttribute('max');
+  // "4G" is decimal, as the server reads it: 4·10⁹ bytes.
+  await page.locator('.orion-LaunchDialog input[name="memory"]').fill('4G');
+  result.memory_hint_4g = await page.locator('.orion-LaunchForm-hint').innerText();
+  await page.locator('.orion-LaunchDialog input[name="memory"]').fill('3Gi');
   await page.screenshot({ path: `${shots}/dialog.png` });
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
 
@@ -74,6 +82,48 @@ try {
   result.kernel_card_id = await card.first().getAttribute('data-kernel-id');
   await page.screenshot({ path: `${shots}/notebook.png` });
 
+  // Memory used: a server that measures it says so in allocations (mocked here, so the numbers are
+  // known); the status bar and the card show it at the next poll.
+  result.step = 'memory used';
+  const used = 1288490189; // 1.2 GiB
+  const allocations = '**/orion/api/allocations*';
+  await page.route(allocations, async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    for (const k of body.kernels) {
+      Object.assign(k, { memory_used: used, memory_source: 'torch', memory_sampled_at: new Date().toISOString() });
+      if (typeof k.memory_granted === 'number') k.waste_bytes = Math.max(k.memory_granted - used, 0);
+    }
+    await route.fulfill({ response, json: body });
+  });
+  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes(' used'));
+  result.status_text_used = await status.innerText();
+  result.status_tooltip_used = await status.getAttribute('title');
+  const usage = panel.locator('.orion-Panel-mine .orion-Usage');
+  await usage.filter({ hasText: '1.2 GiB' }).first().waitFor();
+  result.kernel_usage = await usage.first().innerText();
+  await page.screenshot({ path: `${shots}/memory-used.png` });
+  await page.unroute(allocations);
+
+  // The instructor's class (mocked: this server's owner is no instructor), by waste: granted minus
+  // used, most first, then the longest idle; those whose use is not known last.
+  result.step = 'class by waste';
+  const GiB = 1024 ** 3;
+  const pupil = (user, vgpus, memory_mib, memory_used, idle_seconds) => ({
+    pod: `jupyter-${user}-k`, namespace: 'class', user, kernel_id: `k-${user}`, node: 'gpu-1', phase: 'Running',
+    reason: '', vgpus, memory_mib, idle_seconds, memory_used, memory_sampled_at: new Date().toISOString() });
+  await page.route('**/orion/api/class*', (route) => route.fulfill({ json: { instructor: true, kernels: [
+    pupil('ada', 1, 4096, 3.5 * GiB, 30), pupil('bob', 2, 8192, 0.5 * GiB, 60),
+    pupil('cy', 1, 4096, null, 9000), pupil('di', 1, 4096, 3.5 * GiB, 600)] } }));
+  const order = panel.locator('select[name="orion-class-order"]');
+  await order.waitFor();
+  result.class_by_user = await panel.locator('.orion-Panel-class .orion-Kernel-name').allInnerTexts();
+  await order.selectOption('waste');
+  result.class_by_waste = await panel.locator('.orion-Panel-class .orion-Kernel-name').allInnerTexts();
+  result.class_first_card = await panel.locator('.orion-Panel-class .orion-Kernel').first().innerText();
+  await page.screenshot({ path: `${shots}/class.png` });
+  await page.unroute('**/orion/api/class*');
+
   result.step = 'stop';
   await card.first().locator('button', { hasText: 'Stop' }).click();
   await card.first().waitFor({ state: 'detached' });
@@ -92,6 +142,40 @@ try {
   await page.screenshot({ path: `${shots}/refused.png` });
   result.kernels_after_refusal = await api('/api/kernels');
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-reject').click();
+  await page.locator('.orion-LaunchDialog').waitFor({ state: 'detached' });
+
+  // The new notebook goes to the file browser's folder, and the kernel starts there.
+  result.step = 'folder';
+  await page.locator('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]').click();
+  await page.locator('.jp-DirListing-item', { hasText: 'labs' }).dblclick();
+  await page.locator('.jp-BreadCrumbs', { hasText: 'labs' }).waitFor();
+  const posted = page.waitForRequest((r) => new URL(r.url()).pathname.endsWith('/orion/api/kernels') && r.method() === 'POST');
+  await openLaunchDialog('palette');
+  await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
+  result.folder_request = (await posted).postDataJSON();
+  await page.locator('.jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.folder_sessions = (await api('/api/sessions')).map((s) => ({ path: s.path, kernel: s.kernel.id }));
+
+  // The launcher's "MNIST on vGPU": the server places the notebook and starts its kernel; the
+  // notebook opens on that kernel (no second kernel).
+  result.step = 'demo';
+  await page.locator('.jp-FileBrowser .jp-ToolbarButtonComponent[data-command="launcher:create"]').click();
+  const demoAnswer = page.waitForResponse((r) => r.url().includes('/orion/api/demos/mnist') && r.request().method() === 'POST');
+  await page.locator('.jp-LauncherCard:visible', { hasText: 'MNIST on vGPU' }).click();
+  const demoResponse = await demoAnswer;
+  result.demo_status = demoResponse.status();
+  result.demo = await demoResponse.json();
+  await page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current', { hasText: 'mnist.ipynb' }).waitFor();
+  const demoNotebook = page.locator('.jp-NotebookPanel:visible');
+  await demoNotebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  const demoKernelName = demoNotebook.locator('.jp-KernelName').first();
+  await page.waitForFunction((node) => !node.textContent.includes('No Kernel'), await demoKernelName.elementHandle());
+  result.demo_kernel_name = await demoKernelName.innerText();
+  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('2 GiB'));
+  result.demo_status_text = await status.innerText();
+  result.demo_sessions = (await api('/api/sessions')).map((s) => ({ path: s.path, kernel: s.kernel.id, name: s.kernel.name }));
+  result.demo_kernels = (await api('/api/kernels')).map((k) => k.id);
+  await page.screenshot({ path: `${shots}/demo.png` });
   result.ok = true;
 } catch (error) {
   result.error = String(error);
