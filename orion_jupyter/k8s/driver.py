@@ -69,14 +69,15 @@ class KubernetesDriver:
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
         stopped_by = self.cluster.stopped_by.get(slug(launch.kernel_id, 63))
         if stopped_by:
-            raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
+            raise KernelLaunchError("deleted",
+                                    f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
         self._connection = {
             "transport": "tcp",
             "ip": "0.0.0.0",
             "key": launch.key,
             "signature_scheme": launch.signature_scheme,
             "kernel_name": launch.kernel_spec_name,
-            **dict(zip(port_names, launch.ports or self._fresh_ports())),
+            **dict(zip(port_names, launch.ports or self._fresh_ports(), strict=False)),
         }
         self.manifests = build_kernel_manifests(
             pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
