@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kubernetes import client
 
@@ -26,9 +26,11 @@ def collect_garbage(api: client.ApiClient, namespace: str, dry_run: bool = False
     Pod, so a young Secret without a Pod is a launch in progress, not garbage.
     """
     core = client.CoreV1Api(api)
-    pods = json.loads(core.list_namespaced_pod(namespace, label_selector=MANAGED_SELECTOR, _preload_content=False).data)["items"]
-    secrets = json.loads(core.list_namespaced_secret(namespace, label_selector=MANAGED_SELECTOR, _preload_content=False).data)["items"]
-    now = datetime.now(timezone.utc)
+    pods = json.loads(core.list_namespaced_pod(namespace, label_selector=MANAGED_SELECTOR,
+                                               _preload_content=False).data)["items"]
+    secrets = json.loads(core.list_namespaced_secret(namespace, label_selector=MANAGED_SELECTOR,
+                                                     _preload_content=False).data)["items"]
+    now = datetime.now(UTC)
     live_pods = set()
     doomed: list[tuple[str, str, str]] = []
     for pod in pods:
