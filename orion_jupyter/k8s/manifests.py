@@ -9,8 +9,9 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..allocation import CONNECTION_FILE_ENV, DOWNWARD_FIELDS, ENV_NAMES, KernelAllocation
 from ..backends import Backend
@@ -273,7 +274,8 @@ def secret_owner_patch(pod: Mapping[str, Any]) -> dict:
     return {
         "metadata": {
             "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"], "blockOwnerDeletion": False}
+                {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"],
+                 "blockOwnerDeletion": False}
             ]
         }
     }
