@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..backends import Backend
@@ -30,7 +30,7 @@ def seconds_since(stamp: str | None) -> float | None:
         then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return max((datetime.now(timezone.utc) - then).total_seconds(), 0.0)
+    return max((datetime.now(UTC) - then).total_seconds(), 0.0)
 
 
 def pod_user(pod: dict) -> str:
@@ -154,7 +154,8 @@ class KubernetesView:
         pods = self.kernel_pods()
         if user is not None:  # select by label (cheap), decide by the exact name
             label = slug(user, 63)
-            pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_USER) == label and pod_user(p) == user]
+            pods = [p for p in pods
+                    if (p["metadata"].get("labels") or {}).get(LABEL_USER) == label and pod_user(p) == user]
         return [pod_summary(pod) for pod in pods]
 
     def _find(self, name: str) -> tuple[KubeCluster, dict] | None:
