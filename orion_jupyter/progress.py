@@ -27,7 +27,8 @@ class ProgressLog:
                 events = self._events[key] = deque(maxlen=MAX_EVENTS_PER_KEY)
                 while len(self._events) > MAX_KEYS:
                     self._events.popitem(last=False)
-            events.append({"seq": self._seq, "time": time.time(), "stage": stage, "level": level, "message": message, **extra})
+            events.append({"seq": self._seq, "time": time.time(), "stage": stage, "level": level, "message": message,
+                           **extra})
 
     def events(self, key: str, after: int = 0) -> list[dict[str, Any]]:
         with self._lock:
