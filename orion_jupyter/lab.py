@@ -24,8 +24,10 @@ def prepare(home: Path, kubernetes: bool, presets: str | None) -> dict[str, str]
     (data / "kernels").mkdir(parents=True, exist_ok=True)
     config.mkdir(parents=True, exist_ok=True)
     specs = load_presets(presets) if presets else DEFAULT_PRESETS
-    env = {**os.environ, "JUPYTER_PATH": os.pathsep.join(filter(None, [str(data), os.environ.get("JUPYTER_PATH", "")])),
-           "JUPYTER_CONFIG_PATH": os.pathsep.join(filter(None, [str(config), os.environ.get("JUPYTER_CONFIG_PATH", "")]))}
+    env = {**os.environ,
+           "JUPYTER_PATH": os.pathsep.join(filter(None, [str(data), os.environ.get("JUPYTER_PATH", "")])),
+           "JUPYTER_CONFIG_PATH": os.pathsep.join(filter(None, [str(config),
+                                                                os.environ.get("JUPYTER_CONFIG_PATH", "")]))}
     install_all(specs, user=True, manager=_manager(data))
     cluster = "kubernetes" if kubernetes or cluster_configured() else "local"
     server_config = {
