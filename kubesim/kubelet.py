@@ -556,7 +556,9 @@ class PodWorker:
                                            container_id=container_id, ready=not probe))
             self._event("Normal", "Started", f"Started container {self.container['name']}")
             if probe:
-                threading.Thread(target=self._probe_tcp, args=(self.proc, int(probe["port"])), daemon=True).start()
+                period = max(1.0, float((self.container.get("readinessProbe") or {}).get("periodSeconds", 10)))
+                threading.Thread(target=self._probe_tcp, args=(self.proc, int(probe["port"]), period),
+                                 daemon=True).start()
             code = self.proc.wait()
             code = code if code >= 0 else 128 - code
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
@@ -754,14 +756,16 @@ class PodWorker:
         for ctype in ("ContainersReady", "Ready"):
             set_condition(pod, {"type": ctype, "status": "True"})
 
-    def _probe_tcp(self, proc: subprocess.Popen, port: int) -> None:
-        """readinessProbe.tcpSocket: Ready once the port accepts (probed every 50 ms, faster than periodSeconds)."""
+    def _probe_tcp(self, proc: subprocess.Popen, port: int, period: float) -> None:
+        """readinessProbe.tcpSocket as a kubelet runs it: the first probe at container start, then one per
+        ``periodSeconds`` (at least 1 s); Ready after the first success."""
         while proc.poll() is None and not self._stopped():
             try:
-                with socket.create_connection((self.ip, port), timeout=0.5):
+                with socket.create_connection((self.ip, port), timeout=min(period, 1.0)):
                     pass
             except OSError:
-                time.sleep(0.05)
+                if self.cancelled.wait(period):
+                    return
                 continue
             if proc.poll() is None:
                 self._update(lambda p: self._ready(p) if "running" in p["status"]["containerStatuses"][0]["state"]

@@ -36,6 +36,9 @@ log = logging.getLogger("orion_jupyter.k8s")
 CREATE_RETRIES = 2
 RETRY_BACKOFF_SECONDS = 0.2
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+# The launch's own readiness check: a TCP connect to the kernel's shell port this often.
+KNOCK_INTERVAL_SECONDS = 0.005
+KNOCK_TIMEOUT_SECONDS = 0.5
 _IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _CONFIG_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff"}
 
@@ -315,7 +318,8 @@ class KubeCluster:
         name = manifests.name
         if progress is not None:
             self._progress_routes[name] = progress
-        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable)
+        probe = (manifests.pod["spec"]["containers"][0].get("readinessProbe") or {}).get("tcpSocket") or {}
+        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable, probe.get("port"))
         started = time.monotonic()
         try:
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
@@ -368,13 +372,22 @@ class KubeCluster:
 
 
 class _LaunchWaiter:
-    """Follows one pod through the shared pod watch until it is ready or has failed."""
+    """Follows one pod through the shared pod watch until it is ready or has failed.
 
-    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool):
+    A kubelet probes readiness at most once a second, so as soon as the pod runs with an IP the
+    waiter also connects to the kernel's shell port itself, every few milliseconds, and calls the
+    kernel ready on the first connection; the watch still ends the launch on exit, eviction or
+    deletion.
+    """
+
+    def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool,
+                 shell_port: int | None = None):
         self.name = name
         self.result: asyncio.Future[LaunchState] = loop.create_future()
         self.waiting_for = ""
         self._wait_when_unschedulable = wait_when_unschedulable
+        self._shell_port = shell_port
+        self._knocking: asyncio.Task | None = None
         self._unsubscribe = cluster.pods.subscribe(self._on_pod, loop)
         pod = cluster.pod(name)
         if pod is not None:
@@ -392,9 +405,31 @@ class _LaunchWaiter:
             return
         if state.phase != "pending":
             self.result.set_result(state)
+        elif self._shell_port and self._knocking is None and _running_with_ip(pod):
+            self._knocking = asyncio.ensure_future(self._knock(pod["status"]["podIP"], int(self._shell_port)))
+
+    async def _knock(self, ip: str, port: int) -> None:
+        while not self.result.done():
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), KNOCK_TIMEOUT_SECONDS)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(KNOCK_INTERVAL_SECONDS)
+                continue
+            writer.close()
+            if not self.result.done():
+                self.result.set_result(LaunchState("ready", ip=ip))
+            return
 
     def close(self) -> None:
         self._unsubscribe()
+        if self._knocking is not None:
+            self._knocking.cancel()
+
+
+def _running_with_ip(pod: dict) -> bool:
+    status = pod.get("status") or {}
+    running = any("running" in (cs.get("state") or {}) for cs in status.get("containerStatuses") or [])
+    return bool(status.get("podIP")) and running
 
 
 class PodKernel:
