@@ -13,9 +13,10 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Int, Unicode
@@ -83,7 +84,8 @@ class LocalPool(LoggingConfigurable):
     slices_per_gpu = Int(4, config=True, help="vGPUs each GPU is cut into.")
     cpu_slots = Int(4, config=True, help="vGPU slots of the CPU-only pool (no GPU): kernels run on the CPU.")
     cpu_slot_memory = Unicode("4Gi", config=True, help="Nominal memory per slot of the CPU-only pool.")
-    state_file = Unicode("", config=True, help="The slot table; default orion-vgpu-slots.json in the Jupyter runtime dir.")
+    state_file = Unicode("", config=True,
+                         help="The slot table; default orion-vgpu-slots.json in the Jupyter runtime dir.")
     lock_timeout = Float(10.0, config=True, help="Seconds to wait for the slot table's lock before a clear error.")
 
     @functools.cached_property
@@ -193,7 +195,8 @@ class LocalPool(LoggingConfigurable):
         if entry.get("pid"):
             return _alive(entry["pid"], entry.get("pid_start"))
         # Reserved, not yet started: held while the reserving server lives (and not forever).
-        return _alive(entry.get("owner_pid"), entry.get("owner_start")) and time.time() - entry.get("reserved_at", 0) < 600
+        return (_alive(entry.get("owner_pid"), entry.get("owner_start"))
+                and time.time() - entry.get("reserved_at", 0) < 600)
 
     def _usage(self, table: dict[str, Any]) -> dict[int, tuple[int, int]]:
         used: dict[int, tuple[int, int]] = {}
@@ -249,10 +252,12 @@ class LocalPool(LoggingConfigurable):
         with self._table(writing=False) as table:
             return request.count == 0 or self._fit(self.devices(), table, request) is not None
 
-    def _fit(self, devices: list[LocalDevice], table: dict[str, Any], request: VGPURequest) -> list[tuple[int, int]] | None:
+    def _fit(self, devices: list[LocalDevice], table: dict[str, Any],
+             request: VGPURequest) -> list[tuple[int, int]] | None:
         """Slots for ``request`` (one GPU each, most free memory first), or None when they do not fit."""
         used = self._usage(table)
-        free = {d.index: [d.slices - used.get(d.index, (0, 0))[0], d.memory_mib - used.get(d.index, (0, 0))[1]] for d in devices}
+        free = {d.index: [d.slices - used.get(d.index, (0, 0))[0], d.memory_mib - used.get(d.index, (0, 0))[1]]
+                for d in devices}
         slots: list[tuple[int, int]] = []
         for _ in range(request.count):
             candidates = [i for i, (s, m) in free.items() if s > 0 and m >= request.memory_mib]
