@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -66,7 +67,8 @@ class VGPUKernelSpec:
 
             from .provisioner import VGPUProvisioner
 
-            probe = VGPUProvisioner(config=Config({"VGPUProvisioner": {"trust_user_kernel_specs": True}}), **self.options)
+            probe = VGPUProvisioner(config=Config({"VGPUProvisioner": {"trust_user_kernel_specs": True}}),
+                                    **self.options)
             if probe.spec_problem is not None:
                 raise probe.spec_problem
         if not self.display_name:
@@ -97,9 +99,10 @@ class VGPUKernelSpec:
         }
 
     @classmethod
-    def from_preset(cls, entry: Any, index: int = 0) -> "VGPUKernelSpec":
+    def from_preset(cls, entry: Any, index: int = 0) -> VGPUKernelSpec:
         if not isinstance(entry, dict):
-            raise VGPURequestError("presets", entry, f"preset #{index + 1} is not a mapping of display_name, vgpus, memory, ...")
+            raise VGPURequestError("presets", entry,
+                                   f"preset #{index + 1} is not a mapping of display_name, vgpus, memory, ...")
         entry = dict(entry)
         display_name = entry.pop("display_name", "")
         if not isinstance(display_name, str):
@@ -198,7 +201,10 @@ def remove(name: str, manager: KernelSpecManager | None = None) -> str:
     try:
         spec = manager.get_kernel_spec(name)
     except NoSuchKernel:
-        raise VGPURequestError("name", name, f'no kernel spec named "{name}"; see `orion-jupyter kernelspec list`') from None
+        raise VGPURequestError("name", name,
+                               f'no kernel spec named "{name}"; see `orion-jupyter kernelspec list`') from None
     if not is_vgpu_spec(spec):
-        raise VGPURequestError("name", name, f'kernel spec "{name}" is not an orion-jupyter vGPU spec; use `jupyter kernelspec remove`')
+        raise VGPURequestError("name", name,
+                               f'kernel spec "{name}" is not an orion-jupyter vGPU spec; '
+                               "use `jupyter kernelspec remove`")
     return manager.remove_kernel_spec(name)
