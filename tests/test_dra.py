@@ -274,6 +274,7 @@ def test_hami_slices_share_a_gpu_where_they_fit_and_a_slice_that_fits_nowhere_fa
     assert pool.totals()[dra.DRA_DEVICES].free == 0
     assert pool.as_dict()["nodes"][0]["devices"][1]["memory_free_mib"] == 4 * GIB
     assert dra.can_fit(pool, request(4), backend) and not dra.can_fit(pool, request(8), backend)
+    assert dra.request_shortage(pool, request(8), backend) == message.split(" (scheduler:")[0]
 
     # claims are named after the pod and owned by it; deleting the pods deletes them, templates stay
     core, resource = apis(hami)

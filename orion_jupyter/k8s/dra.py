@@ -347,6 +347,12 @@ def shortage_text(claim: Mapping, pool: PoolSnapshot | None = None) -> str:
     return head + ". Stop a kernel you no longer use, ask for less, or try again later."
 
 
+def request_shortage(pool: PoolSnapshot | None, request: VGPURequest, flavors: Backend | Iterable[DraFlavor]) -> str:
+    """:func:`shortage_text` before any claim exists (a pre-check against the pool, e.g. with :func:`can_fit`)."""
+    spec = claim_template(flavors, request, "default")["spec"]
+    return shortage_text({"metadata": spec["metadata"], "spec": spec["spec"]}, pool)
+
+
 def _unschedulable(pod: Mapping) -> str | None:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
