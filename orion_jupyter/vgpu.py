@@ -9,8 +9,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 MIB = 1024 * 1024
 # No GPU has a terabyte of memory per slice; anything larger is a typo.
@@ -180,7 +181,8 @@ def parse_compute(value: Any) -> int | None:
         ) from None
     if math.isnan(number) or math.isinf(number) or number != int(number) or not 1 <= number <= 100:
         raise VGPURequestError(
-            "compute", _short(value), f"{what} {_shown(_short(value))} is out of range; use a whole percent from 1 to 100"
+            "compute", _short(value),
+            f"{what} {_shown(_short(value))} is out of range; use a whole percent from 1 to 100",
         )
     return int(number)
 
@@ -206,7 +208,7 @@ class VGPURequest:
     compute_percent: int | None = None
 
     @classmethod
-    def parse(cls, count: Any = 1, memory: Any = None, compute: Any = None) -> "VGPURequest":
+    def parse(cls, count: Any = 1, memory: Any = None, compute: Any = None) -> VGPURequest:
         vgpus = parse_count(count)
         compute_percent = parse_compute(compute)
         if vgpus == 0:
@@ -221,13 +223,14 @@ class VGPURequest:
             raise VGPURequestError(
                 "memory",
                 memory,
-                f"vGPU memory {_shown(memory)} is zero, but {plural_vgpus(vgpus)} {'was' if vgpus == 1 else 'were'} asked for; "
+                f"vGPU memory {_shown(memory)} is zero, but {plural_vgpus(vgpus)} "
+                f"{'was' if vgpus == 1 else 'were'} asked for; "
                 "give each vGPU some memory, like 4Gi (or ask for 0 vGPUs for CPU only)",
             )
         return cls(vgpus, memory_mib, compute_percent)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], default: "VGPURequest | None" = None) -> "VGPURequest":
+    def from_mapping(cls, data: Mapping[str, Any], default: VGPURequest | None = None) -> VGPURequest:
         """From {'count'|'vgpus', 'memory', 'compute'}; missing keys come from ``default``."""
         if not isinstance(data, Mapping):
             raise VGPURequestError(
@@ -237,7 +240,8 @@ class VGPURequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise VGPURequestError(
-                unknown[0], data[unknown[0]], f'vGPU request field "{unknown[0]}" is not known; use vgpus, memory, compute'
+                unknown[0], data[unknown[0]],
+                f'vGPU request field "{unknown[0]}" is not known; use vgpus, memory, compute',
             )
         base = default or cls()
         count = data.get("vgpus", data.get("count", base.count))
