@@ -4,13 +4,12 @@ can show idle time and waste."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE
 from ..protocols import BackendView
 from .kernels import VGPUKernels
-
 
 USAGE_STEP_BYTES = 64 * 1024 * 1024  # smaller changes of memory in use are not worth a write
 
@@ -32,7 +31,7 @@ class ActivityReporter:
             seen = (activity, None if used is None else used // USAGE_STEP_BYTES)
             if not pod or activity is None or self._reported.get(pod) == seen:
                 continue
-            stamp = activity.astimezone(timezone.utc).isoformat() if isinstance(activity, datetime) else str(activity)
+            stamp = activity.astimezone(UTC).isoformat() if isinstance(activity, datetime) else str(activity)
             annotations = {ANNOTATION_LAST_ACTIVITY: stamp}
             if used is not None:
                 annotations[ANNOTATION_USAGE] = json.dumps(
