@@ -12,6 +12,7 @@ import {
   formatDuration,
   formatMib,
   formatShort,
+  grantedBytes,
   memoryQuantity,
   parseMemory,
   readMemory,
@@ -172,22 +173,30 @@ describe('the class table by waste', () => {
     expect(wasteBytes(row('a', 1, 4096, undefined))).toBeNull();
   });
 
-  it('sorts most waste first, then the longest idle, then the unknown', () => {
+  it('sorts most waste first, then the longest idle; nothing or unknown wasted last', () => {
     const rows = [
       row('busy', 1, 4096, 3.5 * GiB, 10),
       row('unknown-small', 1, 2048, null, 9000),
       row('idle-big', 2, 8192, 0.5 * GiB, 60),
       row('same-waste-long-idle', 1, 4096, 3.5 * GiB, 600),
       row('unknown-big', 2, 4096, undefined, 5),
+      row('full', 1, 1024, 2 * GiB, 100),
       row('cpu', 0, 0, 0, 0)
     ];
     expect(rows.sort(byWaste).map(r => r.user)).toEqual([
       'idle-big',
       'same-waste-long-idle',
       'busy',
-      'cpu',
+      'unknown-small',
+      'full',
       'unknown-big',
-      'unknown-small'
+      'cpu'
     ]);
+  });
+
+  it("takes the server's waste_bytes and memory_granted when it sends them", () => {
+    expect(wasteBytes({ vgpus: 1, memory_mib: 4096, memory_used: 0, waste_bytes: 5 })).toBe(5);
+    expect(wasteBytes({ vgpus: 1, memory_mib: 4096, memory_used: 0, waste_bytes: null })).toBeNull();
+    expect(grantedBytes({ vgpus: 1, memory_mib: 4096, memory_granted: 7 })).toBe(7);
   });
 });
