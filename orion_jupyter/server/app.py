@@ -23,17 +23,22 @@ class OrionJupyter(ExtensionApp):
     instructors = List(Unicode(), config=True, help="User names that see and may stop every kernel of the class.")
     instructor_groups = List(Unicode(), config=True, help="JupyterHub groups whose members are instructors.")
     class_namespaces = List(Unicode(), config=True,
-                            help="Extra namespaces whose kernel pods the class view shows (the kernel namespace is always shown).")
+                            help="Extra namespaces whose kernel pods the class view shows "
+                                 "(the kernel namespace is always shown).")
     server_owner = Unicode(config=True,
-                           help="Owner of kernels started through Jupyter's own API; default JUPYTERHUB_USER, or any user of this server.")
-    demo_folder = Unicode("orion-demos", config=True, help="Folder (relative to the server root) the demo notebooks are copied to.")
+                           help="Owner of kernels started through Jupyter's own API; default JUPYTERHUB_USER, "
+                                "or any user of this server.")
+    demo_folder = Unicode("orion-demos", config=True,
+                          help="Folder (relative to the server root) the demo notebooks are copied to.")
     demo_spec = Unicode("", config=True, help="Kernel spec demos start on; default the smallest installed vGPU spec.")
     demo_cell_timeout = Int(1800, config=True, help="Seconds one cell of a headless demo run may take.")
     usage_sample_interval = Float(15.0, config=True,
-                                  help="Seconds between samples of each vGPU kernel's memory in use (a usage_request on its "
+                                  help="Seconds between samples of each vGPU kernel's memory in use "
+                                       "(a usage_request on its "
                                        "control channel: no execute request, not user activity); 0: never.")
     activity_report_interval = Float(60.0, config=True,
-                                     help="Seconds between writes of kernels' last activity onto their pods (for idle time in the class view); 0: never.")
+                                     help="Seconds between writes of kernels' last activity onto their pods "
+                                          "(for idle time in the class view); 0: never.")
 
     def initialize_settings(self) -> None:
         if not self.server_owner:
