@@ -34,8 +34,8 @@ class OrionJupyter(ExtensionApp):
     demo_cell_timeout = Int(1800, config=True, help="Seconds one cell of a headless demo run may take.")
     usage_sample_interval = Float(15.0, config=True,
                                   help="Seconds between samples of each vGPU kernel's memory in use "
-                                       "(a usage_request on its "
-                                       "control channel: no execute request, not user activity); 0: never.")
+                                       "(a usage_request on its control channel: no execute request, "
+                                       "not user activity); 0: never.")
     activity_report_interval = Float(60.0, config=True,
                                      help="Seconds between writes of kernels' last activity onto their pods "
                                           "(for idle time in the class view); 0: never.")
