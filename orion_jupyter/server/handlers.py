@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -60,7 +61,8 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
         try:
             body = json.loads(self.request.body or b"{}")
         except (ValueError, RecursionError):
-            self.refuse(400, "the request body is not JSON; send an object like {\"spec\": \"...\", \"memory\": \"4Gi\"}")
+            self.refuse(400,
+                        "the request body is not JSON; send an object like {\"spec\": \"...\", \"memory\": \"4Gi\"}")
             return None
         if not isinstance(body, dict):
             self.refuse(400, "the request body must be a JSON object")
@@ -151,7 +153,8 @@ class DemoHandler(OrionHandler):
             return self.refuse(400, f'field "run" must be true or false, not {json.dumps(run)}', field="run")
         body.setdefault("spec", self.state.demos.default_spec())
         if not body["spec"]:
-            return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to', field="spec")
+            return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to',
+                               field="spec")
         plan = await self.or_refuse(self.state.kernels.plan(body, self.username, DEMO_FIELDS))
         if plan is None:
             return  # refused before anything was copied or started
