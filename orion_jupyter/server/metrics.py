@@ -20,7 +20,8 @@ class OrionCollector:
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
         if self.state is None:
             return
-        allocated = GaugeMetricFamily("orion_jupyter_vgpu_allocated", "vGPUs held by this server's kernels.", labels=["backend"])
+        allocated = GaugeMetricFamily("orion_jupyter_vgpu_allocated", "vGPUs held by this server's kernels.",
+                                      labels=["backend"])
         memory = GaugeMetricFamily("orion_jupyter_vgpu_memory_allocated_bytes",
                                    "vGPU memory held by this server's kernels, in bytes.", labels=["backend"])
         free = GaugeMetricFamily("orion_jupyter_pool_vgpu_free", "vGPUs free in the pool.", labels=["resource"])
