@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nbformat
 from jupyter_server.utils import ensure_async
@@ -50,7 +51,8 @@ class Demos:
             if self.folder and not await ensure_async(contents_manager.dir_exists(self.folder)):
                 await ensure_async(contents_manager.save({"type": "directory"}, self.folder))
             notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
-            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target))
+            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook},
+                                                     target))
         return target
 
     def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
@@ -76,8 +78,10 @@ class Demos:
             client = NotebookClient(notebook, km=kernel_manager.get_kernel(kernel_id), timeout=self.cell_timeout,
                                     on_cell_executed=on_cell_executed)
             await client.async_execute()
-            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, executed_path))
-            record(f"finished: wrote {executed_path}", done=len(code_cells), total=len(code_cells), output=executed_path, finished=True)
+            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook},
+                                                     executed_path))
+            record(f"finished: wrote {executed_path}", done=len(code_cells), total=len(code_cells),
+                   output=executed_path, finished=True)
         except Exception as err:  # noqa: BLE001 - report any failure of a headless run to the user
             log.exception("demo %s failed", name)
             record(f"demo failed: {err}", level="error", finished=True)
