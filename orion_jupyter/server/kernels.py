@@ -141,12 +141,15 @@ class VGPUKernels:
             kernel_id = str(uuid.UUID(str(value)))
         except ValueError:
             raise VGPURequestError("kernel_id", value,
-                                   f'field "kernel_id" {value!r} is not a UUID; leave it out or send a new UUID') from None
+                                   f'field "kernel_id" {value!r} is not a UUID; '
+                                   "leave it out or send a new UUID") from None
         if kernel_id in self.kernel_manager or kernel_id in self.starting:
-            raise KernelIdTaken("kernel_id", kernel_id, f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
+            raise KernelIdTaken("kernel_id", kernel_id,
+                                f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
         return kernel_id
 
-    async def plan(self, body: dict[str, Any], username: str, fields: tuple[str, ...] = START_FIELDS) -> StartPlan:
+    async def plan(self, body: dict[str, Any], username: str,
+                   fields: tuple[str, ...] = START_FIELDS) -> StartPlan:
         """Every check of a start request (fields, spec, request, policy, quota, capacity); creates nothing."""
         unknown = sorted(set(body) - set(fields))
         if unknown:
@@ -154,14 +157,17 @@ class VGPUKernels:
                                    f'field "{unknown[0]}" is not known; use {", ".join(fields)}')
         spec_name = body.get("spec")
         if not spec_name:
-            raise VGPURequestError("spec", spec_name, 'field "spec" is missing; name a vGPU kernel spec (see GET specs)')
+            raise VGPURequestError("spec", spec_name,
+                                   'field "spec" is missing; name a vGPU kernel spec (see GET specs)')
         if not isinstance(spec_name, str):
-            raise VGPURequestError("spec", type(spec_name).__name__, 'field "spec" must be the name of a vGPU kernel spec (a text)')
+            raise VGPURequestError("spec", type(spec_name).__name__,
+                                   'field "spec" must be the name of a vGPU kernel spec (a text)')
         specs = vgpu_specs()
         if spec_name not in specs:
             known = ", ".join(sorted(specs)) or "none installed"
             if spec_name in self.kernel_manager.kernel_spec_manager.find_kernel_specs():
-                raise VGPURequestError("spec", spec_name, f'kernel spec "{spec_name}" is not a vGPU spec; choose one of: {known}')
+                raise VGPURequestError("spec", spec_name,
+                                       f'kernel spec "{spec_name}" is not a vGPU spec; choose one of: {known}')
             raise VGPURequestError("spec", spec_name, f'no kernel spec named "{spec_name}"; choose one of: {known}')
         spec = specs[spec_name]
         kernel_id = self._checked_kernel_id(body.get("kernel_id"))
@@ -186,7 +192,8 @@ class VGPUKernels:
                 "compute": request.compute_percent}
         kernel_id = plan.kernel_id or str(uuid.uuid4())
         if kernel_id in self.starting or kernel_id in self.kernel_manager:
-            raise KernelIdTaken("kernel_id", kernel_id, f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
+            raise KernelIdTaken("kernel_id", kernel_id,
+                                f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
         spec_name = plan.spec_name
         self.starting[kernel_id] = username
         try:
