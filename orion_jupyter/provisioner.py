@@ -13,7 +13,7 @@ import getpass
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -59,31 +59,45 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     vgpu_memory = Unicode(DEFAULT_MEMORY, config=True, help="vGPU memory per vGPU: 4096 (MiB), '4Gi', '0.5Gi'.")
     compute_percent = Int(None, allow_none=True, config=True, help="Compute share of one GPU per vGPU, 1-100.")
     backend = Enum(["orion", "hami", "nvidia"], "orion", config=True,
-                   help="vGPU backend: orion (virtaitech.com/gpu + ORION_GMEM), hami (nvidia.com/gpumem), nvidia (whole GPU / MIG).")
+                   help="vGPU backend: orion (virtaitech.com/gpu + ORION_GMEM), hami (nvidia.com/gpumem), "
+                        "nvidia (whole GPU / MIG).")
     resource_names = Dict(Unicode(), config=True,
-                          help="Override the backend's resource names: {'count': 'example.com/vgpu', 'memory': ..., 'compute': ...}.")
+                          help="Override the backend's resource names: {'count': 'example.com/vgpu', 'memory': ..., "
+                               "'compute': ...}.")
     env_names = Dict(Unicode(), config=True,
-                     help="Override the backend's env names: {'count': 'ORION_VGPU', 'memory': 'ORION_GMEM', 'compute': ..., 'controller': ...}.")
-    orion_controller = Unicode("", config=True, help="ORION_CONTROLLER for the Orion client in the kernel (host:port); empty: the image's own.")
+                     help="Override the backend's env names: {'count': 'ORION_VGPU', 'memory': 'ORION_GMEM', "
+                          "'compute': ..., 'controller': ...}.")
+    orion_controller = Unicode("", config=True,
+                               help="ORION_CONTROLLER for the Orion client in the kernel (host:port); "
+                                    "empty: the image's own.")
     host_ipc = Bool(False, config=True,
-                    help="Give Orion kernels hostIPC (faster client-server transfer; shares the node's IPC namespace: a security trade-off).")
+                    help="Give Orion kernels hostIPC (faster client-server transfer; "
+                         "shares the node's IPC namespace: a security trade-off).")
     cluster = Enum(["auto", "kubernetes", "local"], "auto", config=True,
-                   help="Where kernels run: kubernetes, local (processes on this machine), or auto (kubernetes when in a pod or a kubeconfig exists).")
-    user = Unicode(config=True, help="User the kernel belongs to (labels, class view); default JUPYTERHUB_USER or the login name.")
+                   help="Where kernels run: kubernetes, local (processes on this machine), "
+                        "or auto (kubernetes when in a pod or a kubeconfig exists).")
+    user = Unicode(config=True,
+                   help="User the kernel belongs to (labels, class view); default JUPYTERHUB_USER or the login name.")
     course = Unicode("", config=True, help="Course or class label put on kernel pods (for the instructor view).")
 
     # -- Kubernetes ---------------------------------------------------------------------------
-    kubeconfig = Unicode("", config=True, help="kubeconfig file; default: in-cluster config, then KUBECONFIG, then ~/.kube/config.")
+    kubeconfig = Unicode("", config=True,
+                         help="kubeconfig file; default: in-cluster config, then KUBECONFIG, then ~/.kube/config.")
     kube_context = Unicode("", config=True, help="kubeconfig context; default: the current one.")
-    namespace = Unicode("", config=True, help="Namespace of kernel pods; default POD_NAMESPACE, the service account's, or the context's.")
+    namespace = Unicode("", config=True,
+                        help="Namespace of kernel pods; "
+                             "default POD_NAMESPACE, the service account's, or the context's.")
     image = Unicode("quay.io/jupyter/pytorch-notebook:cuda12-python-3.11", config=True,
                     help="Kernel image: any image with Python 3 and ipykernel (see the README's kernel image section).")
-    image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True, help="Kernel image pull policy.")
+    image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True,
+                             help="Kernel image pull policy.")
     kernel_python = Unicode("python", config=True, help="Python executable in the kernel image.")
     launch_timeout = Float(300.0, config=True,
-                           help="Seconds a kernel pod may take to become ready (image pulls included); known failures end sooner.")
+                           help="Seconds a kernel pod may take to become ready (image pulls included); "
+                                "known failures end sooner.")
     wait_for_capacity = Bool(False, config=True,
-                             help="Wait (up to launch_timeout) when no vGPU is free, e.g. with a cluster autoscaler, instead of failing at once.")
+                             help="Wait (up to launch_timeout) when no vGPU is free, e.g. with a cluster autoscaler, "
+                                  "instead of failing at once.")
     node_selector = Dict(Unicode(), config=True, help="nodeSelector for kernel pods, e.g. {'gpu': 'a100'}.")
     tolerations = List(Dict(), config=True, help="Tolerations for kernel pods (Kubernetes' own shape).")
     cpu_request = Unicode(None, allow_none=True, config=True, help="CPU request of a kernel pod, e.g. '500m'.")
@@ -93,22 +107,26 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     extra_env = Dict(Unicode(), config=True, help="Extra environment for kernels (never the server's own environment).")
     labels = Dict(Unicode(), config=True, help="Extra labels on kernel pods.")
     annotations = Dict(Unicode(), config=True, help="Extra annotations on kernel pods.")
-    scheduler_name = Unicode(None, allow_none=True, config=True, help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
+    scheduler_name = Unicode(None, allow_none=True, config=True,
+                             help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
     run_as_user = Int(1000, config=True, help="UID kernel containers run as (never root).")
     run_as_group = Int(100, config=True, help="GID and fsGroup of kernel containers.")
     kernel_ports = List(Int(), [], config=True,
-                        help="Fixed kernel ports (shell, iopub, stdin, control, hb) inside the pod; default: new random ports per "
-                             "launch, so that jupyter_server notices a restarted kernel (new pod, new IP) and reconnects.")
+                        help="Fixed kernel ports (shell, iopub, stdin, control, hb) inside the pod; default: new "
+                             "random ports per launch, so that jupyter_server notices a restarted kernel (new pod, "
+                             "new IP) and reconnects.")
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
-    watch_nodes = Bool(True, config=True, help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
+    watch_nodes = Bool(True, config=True,
+                       help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
 
     trusted_kernel_spec_dirs = List(Unicode(), config=True,
-                                    help="Folders whose kernel specs may set any provisioner option (identity, security "
-                                         "context, placement, env); default: the system and sys-prefix kernel folders. "
-                                         "Specs elsewhere may set only what a kernel asks for (vgpus, vgpu_memory, image...).")
+                                    help="Folders whose kernel specs may set any provisioner option (identity, "
+                                         "security context, placement, env); default: the system and sys-prefix "
+                                         "kernel folders. Specs elsewhere may set only what a kernel asks for "
+                                         "(vgpus, vgpu_memory, image...).")
     trust_user_kernel_specs = Bool(config=True,
-                                   help="Trust kernel specs in the user's own folders too; default: only when not under "
-                                        "JupyterHub (a server of one person, who configures it anyway).")
+                                   help="Trust kernel specs in the user's own folders too; default: only when not "
+                                        "under JupyterHub (a server of one person, who configures it anyway).")
 
     request: VGPURequest | None = None
     launch: KernelLaunch | None = None
@@ -120,7 +138,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def __init__(self, **kwargs: Any):
         """jupyter_client passes the kernel spec's provisioner config as keyword arguments: each is
         checked here (known, well typed, allowed for a spec from where this one lies)."""
-        spec_options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")}
+        spec_options = {k: kwargs.pop(k) for k in list(kwargs)
+                        if k not in ("kernel_id", "kernel_spec", "parent", "config", "log")}
         super().__init__(**kwargs)
         for name, value in spec_options.items():
             try:
@@ -147,15 +166,18 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def _apply_spec_option(self, name: str, value: Any) -> None:
         where = getattr(self.kernel_spec, "resource_dir", "") or "this kernel spec"
         if not self.has_trait(name) or not self.trait_metadata(name, "config"):
-            raise VGPURequestError(name, value, f'kernel spec option "{name}" is not a VGPUProvisioner option ({where})')
+            raise VGPURequestError(name, value,
+                                   f'kernel spec option "{name}" is not a VGPUProvisioner option ({where})')
         if name not in SPEC_OPTIONS and not self.spec_trusted():
             allowed = ", ".join(sorted(SPEC_OPTIONS))
             raise VGPURequestError(name, value, f'kernel spec option "{name}" may only be set by the server\'s own '
-                                                f'configuration, not by a kernel spec in {where}; a spec may set {allowed}')
+                                                f'configuration, not by a kernel spec in {where}; '
+                                                f'a spec may set {allowed}')
         try:
             setattr(self, name, value)
         except TraitError as err:
-            raise VGPURequestError(name, value, f'kernel spec option "{name}" has a wrong type ({where}): {err}') from None
+            raise VGPURequestError(name, value,
+                                   f'kernel spec option "{name}" has a wrong type ({where}): {err}') from None
 
     # -- what to launch -----------------------------------------------------------------------
     def backend_model(self) -> Backend:
@@ -184,7 +206,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     variable = match.group(1) or match.group(2)
                     if variable not in FORWARDED_ENV:
                         raise VGPURequestError("env", key, f'kernel spec env "{key}" refers to the server variable '
-                                               f'{variable}; kernel pods get only {", ".join(FORWARDED_ENV)} from the server')
+                                               f'{variable}; kernel pods get only {", ".join(FORWARDED_ENV)} '
+                                               "from the server")
             spec_env = {k: _TEMPLATE_RE.sub(lambda m: forwarded.get(m.group(1) or m.group(2), ""), str(v))
                         for k, v in spec_env.items()}
         else:
@@ -252,7 +275,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         # when many pods become ready at once GET /api/kernels could meet a kernel without it (a 500).
         parent = self.parent
         if parent is not None and parent.has_trait("last_activity") and not parent.trait_has_value("last_activity"):
-            parent.last_activity = datetime.now(timezone.utc)
+            parent.last_activity = datetime.now(UTC)
         PROGRESS.record(self.kernel_id, f"starting a kernel with {request.describe()} ({self.driver.name})")
         try:
             kwargs = await super().pre_launch(**kwargs)
@@ -338,8 +361,10 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     def allocation_summary(self) -> dict[str, Any]:
         """This kernel's allocation for the server extension's views."""
-        summary: dict[str, Any] = {"user": self.user, "backend": self.backend, "cluster": self.driver.name if self.driver else None}
-        summary.update(self.request.as_dict() if self.request else {"vgpus": None, "memory_mib": None, "compute_percent": None})
+        summary: dict[str, Any] = {"user": self.user, "backend": self.backend,
+                                   "cluster": self.driver.name if self.driver else None}
+        summary.update(self.request.as_dict() if self.request
+                       else {"vgpus": None, "memory_mib": None, "compute_percent": None})
         summary["label"] = self.request.describe() if self.request else ""
         summary.update(self.handle.info() if self.handle else {})
         return summary
