@@ -27,7 +27,9 @@ def _kube_clusters(settings: Any, extra_namespaces: Iterable[str] = ()) -> list[
     api = api_client(settings.kubeconfig, settings.kube_context)
     primary = settings.namespace or default_namespace(settings.kubeconfig, settings.kube_context)
     namespaces = [primary] + [n for n in extra_namespaces if n != primary]
-    return [KubeCluster.shared(api, ns, watch_nodes=settings.watch_nodes and ns == primary) for ns in namespaces]
+    return [KubeCluster.shared(api, ns, watch_nodes=settings.watch_nodes and ns == primary,
+                               watch_others=settings.count_other_workloads and ns == primary)
+            for ns in namespaces]
 
 
 def make_view(settings: Any, class_namespaces: Iterable[str] = ()) -> BackendView:

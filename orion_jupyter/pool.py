@@ -15,14 +15,16 @@ from .vgpu import format_mib
 @dataclass
 class ResourceCount:
     allocatable: int = 0
-    allocated: int = 0
+    allocated: int = 0  # by every pod that holds it (this project's kernels and, when visible, others)
+    others: int | None = None  # of ``allocated``, what other workloads hold; None: not visible
 
     @property
     def free(self) -> int:
         return max(self.allocatable - self.allocated, 0)
 
     def as_dict(self) -> dict[str, int]:
-        return {"allocatable": self.allocatable, "allocated": self.allocated, "free": self.free}
+        counts = {"allocatable": self.allocatable, "allocated": self.allocated, "free": self.free}
+        return counts if self.others is None else {**counts, "others": self.others}
 
 
 @dataclass
@@ -79,15 +81,18 @@ class NodePool:
 class PoolSnapshot:
     nodes: list[NodePool] = field(default_factory=list)
     visible: bool = True  # False: the nodes could not be read (no RBAC); only holdings are known
+    others_visible: bool = False  # True: other workloads' pods are counted too (cluster-wide pod read)
     source: str = "kubernetes"
 
     def totals(self) -> dict[str, ResourceCount]:
         totals: dict[str, ResourceCount] = {}
         for node in self.nodes:
             for resource, count in node.resources.items():
-                total = totals.setdefault(resource, ResourceCount())
+                total = totals.setdefault(resource, ResourceCount(others=0 if self.others_visible else None))
                 total.allocatable += count.allocatable
                 total.allocated += count.allocated
+                if total.others is not None:
+                    total.others += count.others or 0
         return totals
 
     def can_serve(self, request: Mapping[str, int]) -> bool | None:
@@ -126,6 +131,16 @@ class PoolSnapshot:
         return (f"Not enough {resource} free: this kernel {self.shortage_text(resource, asked, unit=resource)}. "
                 "Ask for less, stop a kernel you no longer use, or try again later.")
 
+    def hidden_shortage_message(self, resource: str, asked: int, count_resource: str) -> str:
+        """The sentence when the scheduler found too little although this project's kernels leave
+        some free: other workloads hold the rest, and this server cannot see them."""
+        total = self.totals().get(resource, ResourceCount())
+        what = "vGPUs" if resource == count_resource else resource
+        unit = ("vGPU" + ("s" if asked != 1 else "")) if resource == count_resource else resource
+        return (f"Not enough {what} free: this kernel needs {asked} {unit}, and the scheduler found too few free; "
+                f"this project's kernels hold {total.allocated} of {total.allocatable}, and other workloads on these "
+                "nodes (not visible to this server) hold the rest. Stop a kernel you no longer use, or try again later.")
+
     def oversize_message(self, asked_mib: int) -> str | None:
         """The sentence for a slice larger than any device of the pool; None when one is large enough
         (or no device reports its memory)."""
@@ -149,6 +164,7 @@ class PoolSnapshot:
         return {
             "source": self.source,
             "visible": self.visible,
+            "others_visible": self.others_visible,
             "nodes": [
                 {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())},
                  **({"devices": [d.as_dict() for d in n.devices]} if n.devices else {}),
@@ -179,8 +195,10 @@ def extended_limits(pod: Mapping) -> dict[str, int]:
     return held
 
 
-def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping]) -> PoolSnapshot:
-    """The pool from node objects and the pods that hold its resources."""
+def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping],
+                      foreign: Iterable[Mapping] | None = None) -> PoolSnapshot:
+    """The pool from node objects, this project's kernel pods and (when visible) every other pod
+    bound to a node that holds extended resources."""
     by_node: dict[str, NodePool] = {}
     for node in nodes or []:
         meta = node.get("metadata", {})
@@ -199,4 +217,19 @@ def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping]) 
         node = by_node.setdefault(node_name, NodePool(name=node_name))
         for resource, amount in extended_limits(pod).items():
             node.resources.setdefault(resource, ResourceCount()).allocated += amount
-    return PoolSnapshot(nodes=sorted(by_node.values(), key=lambda n: n.name), visible=nodes is not None)
+    if foreign is not None:
+        ours = {(p.get("metadata") or {}).get("uid") for p in pods}
+        for node in by_node.values():
+            for count in node.resources.values():
+                count.others = 0
+        for pod in foreign:
+            node = by_node.get(pod.get("spec", {}).get("nodeName") or "")
+            if node is None or (pod.get("metadata") or {}).get("uid") in ours \
+                    or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                continue
+            for resource, amount in extended_limits(pod).items():
+                count = node.resources.setdefault(resource, ResourceCount(others=0))
+                count.allocated += amount
+                count.others = (count.others or 0) + amount
+    return PoolSnapshot(nodes=sorted(by_node.values(), key=lambda n: n.name), visible=nodes is not None,
+                        others_visible=foreign is not None)

@@ -118,6 +118,10 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     termination_grace_seconds = Int(5, config=True, help="Grace period when a kernel pod is terminated.")
     watch_nodes = Bool(True, config=True,
                        help="Watch nodes for the pool view and shortage messages (needs read access to nodes).")
+    count_other_workloads = Bool(True, config=True,
+                                 help="Count what other workloads hold on the pool's nodes (one cluster-wide, trimmed "
+                                      "watch of pods; needs `orion-jupyter manifests --read-all-pods`). Without that "
+                                      "read, shortage messages say what this project holds and quote the scheduler.")
 
     trusted_kernel_spec_dirs = List(Unicode(), config=True,
                                     help="Folders whose kernel specs may set any provisioner option (identity, "

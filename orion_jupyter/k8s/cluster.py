@@ -73,6 +73,19 @@ def container_end_reason(pod: dict) -> str:
     return f"{reason}: {message}" if reason and message else reason or message
 
 
+def trim_foreign_pod(pod: dict) -> dict | None:
+    """Of any pod in the cluster, only what the pool counts: bound, holding extended resources."""
+    spec = pod.get("spec") or {}
+    containers = [{"resources": {"limits": {r: v for r, v in ((c.get("resources") or {}).get("limits") or {}).items()
+                                            if "/" in r}}} for c in spec.get("containers") or []]
+    if not spec.get("nodeName") or not any(c["resources"]["limits"] for c in containers):
+        return None
+    meta = pod.get("metadata") or {}
+    return {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
+            "spec": {"nodeName": spec["nodeName"], "containers": containers},
+            "status": {"phase": (pod.get("status") or {}).get("phase")}}
+
+
 def trim_pod(pod: dict) -> dict:
     """What this project reads of a pod (about a third of it): the watch cache keeps only this."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
@@ -128,7 +141,7 @@ class KubeCluster:
     _instances: dict[tuple[str, str], "KubeCluster"] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True):
+    def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True, watch_others: bool = False):
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
@@ -139,7 +152,10 @@ class KubeCluster:
         self.events = SharedWatch(f"events/{namespace}", self.core.list_namespaced_event, namespace=namespace,
                                   field_selector="involvedObject.kind=Pod", keep=None)
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
-        self._pool_cache: tuple[tuple[int, int], PoolSnapshot] | None = None
+        # Every other pod that holds extended resources on a node (needs a cluster-wide read of pods).
+        self.others = SharedWatch("pods/*", self.core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
+                                  field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
+        self._pool_cache: tuple[tuple[int, int, int], PoolSnapshot] | None = None
         self._started = False
         self._closed = False
         self._start_lock = threading.Lock()
@@ -152,11 +168,12 @@ class KubeCluster:
         self.pods.subscribe(self._remember_stops)
 
     @classmethod
-    def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True) -> "KubeCluster":
+    def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
+               watch_others: bool = False) -> "KubeCluster":
         key = (api.configuration.host, namespace)
         with cls._instances_lock:
             if key not in cls._instances:
-                cls._instances[key] = cls(api, namespace, watch_nodes=watch_nodes)
+                cls._instances[key] = cls(api, namespace, watch_nodes=watch_nodes, watch_others=watch_others)
             return cls._instances[key]
 
     @classmethod
@@ -184,7 +201,7 @@ class KubeCluster:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _watches(self) -> list[SharedWatch]:
-        return [w for w in (self.pods, self.events, self.nodes) if w is not None]
+        return [w for w in (self.pods, self.events, self.nodes, self.others) if w is not None]
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking client call on this cluster's thread pool."""
@@ -213,10 +230,13 @@ class KubeCluster:
     def pool(self) -> PoolSnapshot:
         """The pool, recomputed only after the pods or nodes changed (callers must not modify it)."""
         nodes_visible = self.nodes is not None and self.nodes.lists > 0
-        version = (self.pods.version, self.nodes.version if nodes_visible else -1)
+        others_visible = self.others is not None and self.others.lists > 0
+        version = (self.pods.version, self.nodes.version if nodes_visible else -1,
+                   self.others.version if others_visible else -1)
         cached = self._pool_cache
         if cached is None or cached[0] != version:
-            snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items())
+            snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items(),
+                                         self.others.items() if others_visible else None)
             self._pool_cache = cached = (version, snapshot)
         return cached[1]
 
@@ -364,10 +384,13 @@ class KubeCluster:
         """Which of the kernel's extended resources is short, and how much of it the pool has free."""
         limits = (pod["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
         short = [r for r in re.findall(r"Insufficient ([\w./-]+?)\.?(?:,|$| )", scheduler_message) if r in limits]
+        pool = self.pool()
         if not short:
             head = "No node can run this kernel. Check the kernel's node selector and tolerations with your operator."
-        else:
-            head = self.pool().shortage_message(short[0], int(limits[short[0]]), count_resource)
+        elif pool.others_visible or not pool.can_serve({short[0]: int(limits[short[0]])}):
+            head = pool.shortage_message(short[0], int(limits[short[0]]), count_resource)
+        else:  # the pool looks free only because other workloads are not visible: never claim it is
+            head = pool.hidden_shortage_message(short[0], int(limits[short[0]]), count_resource)
         return f"{head} (scheduler: {scheduler_message})"
 
 

@@ -34,7 +34,8 @@ class SharedWatch:
 
     def __init__(self, name: str, list_fn: Callable[..., Any], *, retry_seconds: float = 1.0,
                  keep: Callable[[dict], dict] | None = lambda obj: obj, **selectors: Any):
-        """``keep`` maps an object to what the cache holds of it; None: keep nothing, only notify."""
+        """``keep`` maps an object to what the cache holds of it (an object it maps to None is not
+        kept); ``keep=None``: keep nothing, only notify."""
         self.name = name
         self._keep = keep
         self.version = 0  # bumped on every change of the cache
@@ -126,7 +127,7 @@ class SharedWatch:
         self.lists += 1
         body = json.loads(response.data)
         keep = self._keep or (lambda obj: obj)
-        fresh = {object_key(obj): keep(obj) for obj in body.get("items", [])}
+        fresh = {object_key(obj): kept for obj in body.get("items", []) if (kept := keep(obj)) is not None}
         with self._lock:
             old = self._cache
             self._cache = fresh if self._keep else {}
@@ -174,14 +175,18 @@ class SharedWatch:
         if kind == "BOOKMARK":
             return
         if self._keep is not None:
-            obj = self._keep(obj)
+            kept = self._keep(obj)
             key = object_key(obj)
             with self._lock:
-                if kind == "DELETED":
-                    self._cache.pop(key, None)
+                if kind == "DELETED" or kept is None:
+                    changed = self._cache.pop(key, None) is not None or kept is not None
                 else:
-                    self._cache[key] = obj
-                self.version += 1
+                    self._cache[key], changed = kept, True
+                if changed:
+                    self.version += 1
+            if kept is None:
+                return
+            obj = kept
         self._notify(kind, obj)
 
     def _notify(self, kind: str, obj: dict) -> None:
