@@ -80,7 +80,8 @@ def _remove(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .k8s.rbac import rbac_manifests
 
-    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes, backend=args.backend)
+    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes, backend=args.backend,
+                          read_all_pods=args.read_all_pods)
     if args.backend == "dra":
         docs += _claim_templates(args)
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
     manifests.add_argument("--service-account", default="jupyter", help="service account of the Jupyter server")
     manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
+    manifests.add_argument("--read-all-pods", action="store_true",
+                           help="read pods cluster-wide, so the pool counts what other workloads hold on GPU nodes")
     manifests.add_argument("--backend", choices=["orion", "hami", "nvidia", "dra", "kai"],
                            help="dra: also DRA RBAC (claims, claim templates, ResourceSlices, DeviceClasses) "
                                 "and the presets' ResourceClaimTemplates")

@@ -24,12 +24,14 @@ def _backend_name(backend: Any) -> str | None:
 
 
 def rbac_manifests(namespace: str, service_account: str = "jupyter", read_nodes: bool = True,
-                   backend: Any = None) -> list[dict]:
+                   backend: Any = None, read_all_pods: bool = False) -> list[dict]:
     """ServiceAccount, Role and RoleBinding (and, for the pool view, read-only access to nodes).
 
     ``backend`` (a name or a Backend): ``dra`` adds resourceclaimtemplates create/get and
     resourceclaims get/list/watch to the Role, and resourceslices and deviceclasses get/list/watch
-    to the cluster-wide reader (which then exists even with ``read_nodes=False``).
+    to the cluster-wide reader (which then exists even with ``read_nodes=False``). ``read_all_pods``
+    lets the pool count what other workloads hold on GPU nodes (get/list/watch of pods cluster-wide:
+    their names and resources, never their Secrets).
     """
     check_k8s_name("namespace", namespace)
     dra = _backend_name(backend) == "dra" or bool(getattr(backend, "dra_flavors", ()))
@@ -64,6 +66,8 @@ def rbac_manifests(namespace: str, service_account: str = "jupyter", read_nodes:
     cluster_rules = []
     if read_nodes:
         cluster_rules.append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]})
+    if read_all_pods:
+        cluster_rules.append({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]})
     if dra:
         cluster_rules += copy.deepcopy(DRA_CLUSTER_RULES)
     if cluster_rules:
