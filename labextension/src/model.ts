@@ -59,6 +59,7 @@ export class VGPUModel implements IVGPUModel {
   private _refreshInterval: number;
   private _disposed = false;
   private readonly kernels?: { runningChanged: ISignal<unknown, unknown> };
+  private kernelIds: string | null = null;
   sliderMaxMib = DEFAULT_SLIDER_MAX_MIB;
 
   constructor(
@@ -171,7 +172,15 @@ export class VGPUModel implements IVGPUModel {
     return { interval, backoff: true, max: 6 * interval };
   }
 
-  private kernelsChanged(): void {
+  /** A kernel started or stopped (not one that merely ran a cell): refresh if a view is shown. */
+  private kernelsChanged(_: unknown, models: unknown): void {
+    const ids = Array.isArray(models)
+      ? models.map(m => String((m as { id?: unknown }).id)).sort().join(' ')
+      : null;
+    if (ids !== null && ids === this.kernelIds) {
+      return;
+    }
+    this.kernelIds = ids;
     if (this.interest() !== 'none') {
       void this.refresh();
     }

@@ -25,7 +25,25 @@ export type LaunchCheck =
   | { request?: undefined; field: 'spec' | 'memory' | 'vgpus'; message: string };
 
 const plain = nullTranslator.load(DOMAIN);
-const NUMBER_RE = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
+const DECIMAL_RE = /^[+-]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?$/;
+const SPECIAL_RE = /^([+-]?)(inf|infinity|nan)$/i;
+
+/** Python's float() of a text: decimals (with _ between digits), inf, infinity, nan; else NaN. */
+function pythonFloat(text: string): number {
+  const special = SPECIAL_RE.exec(text);
+  if (special) {
+    return special[2].toLowerCase() === 'nan' ? NaN : special[1] === '-' ? -Infinity : Infinity;
+  }
+  return DECIMAL_RE.test(text) ? Number(text.replace(/_/g, '')) : NaN;
+}
+
+/** A value fit to quote back: a long text is cut (vgpu._short). */
+function short(value: string | number): string | number {
+  return typeof value === 'string' && value.length > 80 ? value.slice(0, 77) + '...' : value;
+}
+
+const quoted = (value: string | number) =>
+  typeof value === 'string' ? `"${value}"` : String(value);
 
 /** A whole number of vGPUs from 0 to 64, or why not (vgpu.parse_count). */
 export function readCount(
@@ -33,12 +51,16 @@ export function readCount(
   trans: TranslationBundle = plain
 ): { count: number; error?: undefined } | { count?: undefined; error: string } {
   const what = trans.__('vGPU count');
-  const shown = typeof value === 'string' ? `"${value}"` : String(value);
+  const shown = quoted(value);
   const use = trans.__('use 0 for CPU only, or 1, 2, ...');
-  const text = typeof value === 'string' ? value.trim() : String(value);
-  const number = NUMBER_RE.test(text) ? Number(text) : NaN;
-  if (!isFinite(number)) {
+  const number = typeof value === 'string' ? pythonFloat(value.trim()) : value;
+  const tooMany = (quote: string) =>
+    trans.__('%1 %2 is more than any node has; use at most %3', what, quote, MAX_VGPUS);
+  if (isNaN(number) || number === -Infinity) {
     return { error: trans.__('%1 %2 is not a number; %3', what, shown, use) };
+  }
+  if (number === Infinity) {
+    return { error: tooMany(quoted(short(value))) };
   }
   if (number < 0) {
     return { error: trans.__('%1 %2 is negative; %3', what, shown, use) };
@@ -53,16 +75,9 @@ export function readCount(
     };
   }
   if (number > MAX_VGPUS) {
-    return {
-      error: trans.__(
-        '%1 %2 is more than any node has; use at most %3',
-        what,
-        shown,
-        MAX_VGPUS
-      )
-    };
+    return { error: tooMany(shown) };
   }
-  return { count: number };
+  return { count: number || 0 }; // never -0
 }
 
 /** The form's values checked as the server checks them; memory goes as typed. */

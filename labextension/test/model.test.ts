@@ -130,7 +130,13 @@ describe('VGPUModel', () => {
     model = new VGPUModel(source, { refreshInterval: 60_000, kernels });
     model.addInterest(() => 'allocations');
     await model.refresh();
-    kernels.runningChanged.emit([]);
+    kernels.runningChanged.emit([{ id: 'k1', execution_state: 'idle' }]);
     await vi.waitFor(() => expect(source.calls.allocations).toBe(2));
+    // the same kernels, one of them busy now: nothing to fetch
+    kernels.runningChanged.emit([{ id: 'k1', execution_state: 'busy' }]);
+    await new Promise(resolve => setTimeout(resolve, 30));
+    expect(source.calls.allocations).toBe(2);
+    kernels.runningChanged.emit([]);
+    await vi.waitFor(() => expect(source.calls.allocations).toBe(3));
   });
 });
