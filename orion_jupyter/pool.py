@@ -139,7 +139,8 @@ class PoolSnapshot:
         unit = ("vGPU" + ("s" if asked != 1 else "")) if resource == count_resource else resource
         return (f"Not enough {what} free: this kernel needs {asked} {unit}, and the scheduler found too few free; "
                 f"this project's kernels hold {total.allocated} of {total.allocatable}, and other workloads on these "
-                "nodes (not visible to this server) hold the rest. Stop a kernel you no longer use, or try again later.")
+                "nodes (not visible to this server) hold the rest. "
+                "Stop a kernel you no longer use, or try again later.")
 
     def oversize_message(self, asked_mib: int) -> str | None:
         """The sentence for a slice larger than any device of the pool; None when one is large enough
