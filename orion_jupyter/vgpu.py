@@ -51,7 +51,7 @@ class VGPURequestError(ValueError):
         self.value = value
 
 
-def _short(value: Any) -> Any:
+def short(value: Any) -> Any:
     """A value fit to quote back: huge numbers and texts are cut."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18 else None
     if text is not None:
@@ -92,6 +92,9 @@ def parse_memory(value: Any, label: str = "vGPU memory", field_name: str = "memo
             )
         number = float(number_text)
         bytes_per_unit = _UNITS_TO_BYTES[unit.lower()]
+    elif isinstance(value, int) and abs(value) > 10**18:  # beyond any float's precision, and any GPU
+        raise VGPURequestError(field_name, short(value), f"{label} {_shown(short(value))} is more than any GPU has; "
+                                                          "use a value like 4Gi")
     else:
         number, bytes_per_unit = float(value), MIB
     if math.isnan(number) or math.isinf(number):
@@ -135,14 +138,14 @@ def parse_count(value: Any) -> int:
         try:
             number = float(value)
         except OverflowError:  # an integer beyond any float
-            number = math.inf
+            number = math.inf if value > 0 else -math.inf
     if math.isnan(number):
         raise VGPURequestError(
             "vgpus", value, f"{what} {_shown(value)} is not a number; use 0 for CPU only, or 1, 2, ..."
         )
     if math.isinf(number) and number > 0:
         raise VGPURequestError(
-            "vgpus", _short(value), f"{what} {_shown(_short(value))} is more than any node has; use at most {MAX_VGPUS}"
+            "vgpus", short(value), f"{what} {_shown(short(value))} is more than any node has; use at most {MAX_VGPUS}"
         )
     if math.isinf(number):
         raise VGPURequestError(
@@ -181,8 +184,8 @@ def parse_compute(value: Any) -> int | None:
         ) from None
     if math.isnan(number) or math.isinf(number) or number != int(number) or not 1 <= number <= 100:
         raise VGPURequestError(
-            "compute", _short(value),
-            f"{what} {_shown(_short(value))} is out of range; use a whole percent from 1 to 100",
+            "compute", short(value),
+            f"{what} {_shown(short(value))} is out of range; use a whole percent from 1 to 100",
         )
     return int(number)
 

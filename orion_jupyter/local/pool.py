@@ -73,7 +73,7 @@ def _valid_entry(entry: Any) -> bool:
 
 
 def _alive(pid: int | None, start: str | None) -> bool:
-    return bool(pid) and _process_start(pid) == start  # type: ignore[arg-type]
+    return bool(pid) and start is not None and _process_start(pid) == start  # type: ignore[arg-type]
 
 
 class LocalPool(LoggingConfigurable):

@@ -44,16 +44,21 @@ class Demos:
     def list(self) -> list[dict[str, Any]]:
         return [{"name": name, "title": title, "path": self.target(name)} for name, title in DEMOS.items()]
 
-    async def place(self, name: str, contents_manager: Any) -> str:
-        """Copy the demo notebook to the user's folder, never over a copy they may have edited."""
+    async def place(self, name: str, contents_manager: Any) -> tuple[str, bool]:
+        """Copy the demo notebook to the user's folder, never over a copy they may have edited;
+        returns its path and whether it was copied now."""
         target = self.target(name)
-        if not await ensure_async(contents_manager.file_exists(target)):
-            if self.folder and not await ensure_async(contents_manager.dir_exists(self.folder)):
-                await ensure_async(contents_manager.save({"type": "directory"}, self.folder))
-            notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
-            await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook},
-                                                     target))
-        return target
+        if await ensure_async(contents_manager.file_exists(target)):
+            return target, False
+        if self.folder and not await ensure_async(contents_manager.dir_exists(self.folder)):
+            await ensure_async(contents_manager.save({"type": "directory"}, self.folder))
+        notebook = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook}, target))
+        return target, True
+
+    async def unplace(self, path: str, contents_manager: Any) -> None:
+        """Take back a copy made for a launch that then failed."""
+        await ensure_async(contents_manager.delete_file(path))
 
     def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
         task = asyncio.ensure_future(self._run(name, path, kernel_id, contents_manager, kernel_manager))

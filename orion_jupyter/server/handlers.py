@@ -158,9 +158,11 @@ class DemoHandler(OrionHandler):
         plan = await self.or_refuse(self.state.kernels.plan(body, self.username, DEMO_FIELDS))
         if plan is None:
             return  # refused before anything was copied or started
-        path = await self.state.demos.place(name, self.contents_manager)
+        path, copied = await self.state.demos.place(name, self.contents_manager)
         model = await self.or_refuse(self.state.kernels.start(body, self.username, path=path, plan=plan))
         if model is None:
+            if copied:  # the launch failed after all: leave the folder as it was
+                await self.state.demos.unplace(path, self.contents_manager)
             return
         if run:
             self.state.demos.run_headless(name, path, model["id"], self.contents_manager, self.kernel_manager)

@@ -15,7 +15,7 @@ from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
-from ..vgpu import VGPURequest, VGPURequestError
+from ..vgpu import VGPURequest, VGPURequestError, short
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
 MAX_PATH_CHARS = 1024
@@ -140,8 +140,8 @@ class VGPUKernels:
         try:
             kernel_id = str(uuid.UUID(str(value)))
         except ValueError:
-            raise VGPURequestError("kernel_id", value,
-                                   f'field "kernel_id" {value!r} is not a UUID; '
+            raise VGPURequestError("kernel_id", short(value),
+                                   f'field "kernel_id" {short(value)!r} is not a UUID; '
                                    "leave it out or send a new UUID") from None
         if kernel_id in self.kernel_manager or kernel_id in self.starting:
             raise KernelIdTaken("kernel_id", kernel_id,
@@ -153,8 +153,8 @@ class VGPUKernels:
         """Every check of a start request (fields, spec, request, policy, quota, capacity); creates nothing."""
         unknown = sorted(set(body) - set(fields))
         if unknown:
-            raise VGPURequestError(unknown[0], body[unknown[0]],
-                                   f'field "{unknown[0]}" is not known; use {", ".join(fields)}')
+            raise VGPURequestError(short(unknown[0]), short(body[unknown[0]]),
+                                   f'field "{short(unknown[0])}" is not known; use {", ".join(fields)}')
         spec_name = body.get("spec")
         if not spec_name:
             raise VGPURequestError("spec", spec_name,
@@ -164,6 +164,7 @@ class VGPUKernels:
                                    'field "spec" must be the name of a vGPU kernel spec (a text)')
         specs = vgpu_specs()
         if spec_name not in specs:
+            spec_name = short(spec_name)
             known = ", ".join(sorted(specs)) or "none installed"
             if spec_name in self.kernel_manager.kernel_spec_manager.find_kernel_specs():
                 raise VGPURequestError("spec", spec_name,
