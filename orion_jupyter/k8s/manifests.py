@@ -1,6 +1,9 @@
 """Pure builder of a kernel's Pod and Secret, as plain dicts in Kubernetes' own JSON shape.
 
 No I/O and no client: the provisioner, the CLI (``orion-jupyter manifests``) and the tests share it.
+The backend shapes the pod: extended resources (orion, hami, nvidia), a ResourceClaim from a
+ResourceClaimTemplate (dra: the template comes back in :class:`KernelManifests` for the launch to
+create once), or KAI Scheduler's annotations, queue label and schedulerName (kai).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from ..names import (
     LABEL_USER,
     MANAGED_BY,
 )
-from ..vgpu import VGPURequest, check_k8s_name
+from ..vgpu import VGPURequest, VGPURequestError, check_k8s_name
+from .dra import add_claim_to_pod, claim_template
+from .kai import pod_fields
 
 CONNECTION_DIR = "/etc/orion-jupyter"
 CONNECTION_KEY = "connection.json"
@@ -99,7 +104,11 @@ class KernelPodOptions:
     python: str = "python"
     run_as_user: int = 1000
     run_as_group: int = 100
-    scheduler_name: str | None = None
+    scheduler_name: str | None = None  # default: the backend's (kai-scheduler for kai)
+    priority_class_name: str | None = None  # default: the backend's (kai: its priority_class)
+    # dra: the pod asks its GPU through a claim made from a ResourceClaimTemplate (returned in
+    # KernelManifests.claim_template for the launch to create); off, the caller adds the claim itself.
+    dra_claim: bool = False
     working_dir: str | None = None
 
 
@@ -107,6 +116,11 @@ class KernelPodOptions:
 class KernelManifests:
     pod: dict
     secret: dict
+    claim_template: dict | None = None  # dra: the ResourceClaimTemplate the pod's claim is made from
+
+    @property
+    def uses_claims(self) -> bool:
+        return self.claim_template is not None
 
     @property
     def name(self) -> str:
@@ -120,6 +134,7 @@ def _label_value(text: str) -> str:
 def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
     check_k8s_name("namespace", opts.namespace)
     name = kernel_object_name(opts.user, opts.kernel_id, opts.name_suffix)
+    backend_fields = _backend_fields(opts)
     labels = {
         **opts.labels,
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -131,6 +146,7 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
         labels[LABEL_COURSE] = _label_value(opts.course)
     resources = opts.backend.resources(opts.request)
     annotations = {
+        **backend_fields["annotations"],
         **opts.annotations,
         ANNOTATION_USER: opts.user,
         ANNOTATION_BACKEND: opts.backend.name,
@@ -149,7 +165,7 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
         "data": {CONNECTION_KEY: base64.b64encode(json.dumps(dict(opts.connection_info)).encode()).decode()},
     }
 
-    pod_metadata = {**metadata, "annotations": annotations}
+    pod_metadata = {**metadata, "labels": {**backend_fields["labels"], **labels}, "annotations": annotations}
     if opts.owner:
         pod_metadata["ownerReferences"] = [
             {
@@ -160,13 +176,26 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
                 "blockOwnerDeletion": False,
             }
         ]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": pod_metadata,
-        "spec": _pod_spec(opts, name, resources),
-    }
-    return KernelManifests(pod=pod, secret=secret)
+    spec = _pod_spec(opts, name, resources)
+    for key, value in backend_fields["spec"].items():
+        spec.setdefault(key, value)  # the operator's scheduler_name / priority_class_name come first
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": spec}
+    template = None
+    if opts.dra_claim and opts.backend.uses_claims and opts.request.count:
+        template = claim_template(opts.backend, opts.request, opts.namespace)
+        pod = add_claim_to_pod(pod, template["metadata"]["name"], container=CONTAINER_NAME)
+    return KernelManifests(pod=pod, secret=secret, claim_template=template)
+
+
+def _backend_fields(opts: KernelPodOptions) -> dict[str, dict]:
+    """What the backend itself puts on the pod: kai's queue label, annotations and scheduler."""
+    if opts.backend.kai is None:
+        spec = {"schedulerName": opts.backend.scheduler_name} if opts.backend.scheduler_name else {}
+        return {"labels": {}, "annotations": {}, "spec": spec}
+    try:
+        return pod_fields(opts.request, opts.course, opts.backend.kai, container=CONTAINER_NAME)
+    except ValueError as err:  # gpu-fraction without device_memory_mib
+        raise VGPURequestError("kai", opts.backend.kai.request, f"KAI settings: {err}") from None
 
 
 def _memory_cap(opts: KernelPodOptions) -> str:
@@ -265,6 +294,8 @@ def _pod_spec(opts: KernelPodOptions, secret_name: str, extended: Mapping[str, i
         spec["hostIPC"] = True
     if opts.scheduler_name:
         spec["schedulerName"] = opts.scheduler_name
+    if opts.priority_class_name:
+        spec["priorityClassName"] = opts.priority_class_name
     return spec
 
 
