@@ -248,6 +248,9 @@ class Handler(BaseHTTPRequestHandler):
             failure = cluster.faults.take_failure(verb, resource, namespace, name)
             if failure is not None:
                 raise ApiError(failure.status, None, failure.message)
+            refusal = cluster.faults.forbidden(verb, resource, namespace)
+            if refusal is not None:
+                raise ApiError(403, "Forbidden", refusal, {"kind": resource.split("/")[0]})
             if cluster.faults.latency and not watch:
                 time.sleep(cluster.faults.latency)
             action(self._body(raw))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .api import ApiServer
 from .faults import Faults
 from .kubelet import Kubelets, mount_namespaces_work
+from .nodes import NodeController
 from .scheduler import Scheduler
 from .store import Store
 
@@ -96,6 +97,7 @@ class SimCluster:
         self.mount_namespaces = mount_namespaces_work() if mount_namespaces is None else mount_namespaces
         self.kubelets = Kubelets(self.store, self.faults, os.path.abspath(python),
                                  os.path.join(self.tmpdir, "pods"), self.mount_namespaces)
+        self.node_controller = NodeController(self.store, self.kubelets)
         self.bookmark_interval = bookmark_interval
         self.namespaces: set[str] = set()
         self.requests: list[RequestRecord] = []
@@ -113,6 +115,7 @@ class SimCluster:
         self.store.start()
         self.scheduler.start()
         self.kubelets.start()
+        self.node_controller.start()
         for node in self._nodes:
             self.add_node(node)
         self._server = ApiServer(self)
@@ -139,6 +142,7 @@ class SimCluster:
         self._stopped = True
         atexit.unregister(self.stop)
         self.scheduler.stop()
+        self.node_controller.stop()
         self.kubelets.stop()
         if self._server is not None:
             self._server.closing.set()
@@ -171,6 +175,16 @@ class SimCluster:
         if node not in self._nodes:
             self._nodes.append(node)
         return copy.deepcopy(self.store.create("nodes", None, node.to_object()))
+
+    def delete_node(self, name: str) -> dict:
+        """Deletes a node (as ``kubectl delete node`` does); the pod GC then deletes its pods."""
+        self._nodes = [n for n in self._nodes if n.name != name]
+        return self.delete_object("nodes", None, name)
+
+    def set_node_ready(self, name: str, ready: bool, *, unreachable: bool = True, message: str = "") -> None:
+        """A node's kubelet stops posting (``unreachable``) or posts NotReady, or is back; see kubesim/nodes.py.
+        The node and its pods are marked ``node_controller.monitor_grace`` seconds (0.5) later."""
+        self.node_controller.set_ready(name, ready, unreachable, message)
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict]:
         return copy.deepcopy(self.store.list(plural, namespace)[0])
@@ -238,6 +252,11 @@ class SimCluster:
     def kill_pod_process(self, namespace: str, name: str, sig: int = signal.SIGKILL) -> bool:
         worker = self.kubelets.worker(namespace, name)
         return worker is not None and worker.kill(sig)
+
+    def oom_kill(self, namespace: str, name: str) -> bool:
+        """Kills a running pod's process as the kernel's OOM killer would (terminated: OOMKilled, 137)."""
+        worker = self.kubelets.worker(namespace, name)
+        return worker is not None and worker.oom_kill()
 
     def evict(self, namespace: str, name: str, message: str = "The node was low on resource: memory.") -> bool:
         return self.kubelets.evict(namespace, name, message)

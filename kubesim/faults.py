@@ -1,5 +1,5 @@
-"""Fault switches a test flips to see how clients cope: API errors, dropped watches, lost history,
-slow scheduling, image pull failures, added latency."""
+"""Fault switches a test flips to see how clients cope: API errors, RBAC refusals, dropped watches,
+lost history, slow scheduling, image pull failures, out-of-memory kills, added latency."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class Faults:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._image_errors: list[tuple[str, str]] = []
+        self._forbidden: list[tuple[str, str, bool]] = []  # (verb, resource, cluster scope only)
+        self._oom: list[tuple[str, float]] = []  # (pod name pattern, seconds after the container starts)
         self.schedule_delay = 0.0  # seconds before the scheduler considers a new pod
         self.latency = 0.0  # seconds added before answering each non-watch request
 
@@ -56,6 +58,44 @@ class Faults:
                 return f
         return None
 
+    def forbid(self, verb: str = "*", resource: str = "pods", cluster_scope: bool = True) -> None:
+        """Answer 403 Forbidden, worded as RBAC words it, to matching requests until clear(): with
+        ``cluster_scope`` only those across all namespaces (``GET /api/v1/pods``), as for a Role that
+        grants pods in its own namespace but no ClusterRole; else namespaced requests too."""
+        with self._lock:
+            self._forbidden.append((verb, resource, cluster_scope))
+
+    def forbidden(self, verb: str, resource: str, namespace: str | None) -> str | None:
+        """The RBAC refusal for this request, or None when it is allowed."""
+        from .validation import NAMESPACED
+
+        with self._lock:
+            rules = list(self._forbidden)
+        base = resource.split("/")[0]
+        for f_verb, f_resource, cluster_scope in rules:
+            if f_verb not in ("*", verb) or f_resource not in ("*", resource, base):
+                continue
+            if cluster_scope and (namespace is not None or base not in NAMESPACED):
+                continue
+            scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+            return (f'{base} is forbidden: User "system:serviceaccount:default:kubesim" cannot {verb} resource '
+                    f'"{base}" in API group "" {scope}')
+        return None
+
+    def oom_kill_pods(self, pattern: str, after: float = 0.0) -> None:
+        """Pods whose name matches ``pattern`` (fnmatch) are killed for exceeding their memory limit
+        ``after`` seconds after their container starts: SIGKILL, terminated reason OOMKilled, exit code
+        137 (``SimCluster.oom_kill`` does it to one running pod now)."""
+        with self._lock:
+            self._oom.append((pattern, after))
+
+    def oom_fault(self, pod_name: str) -> float | None:
+        with self._lock:
+            for pattern, after in self._oom:
+                if fnmatch.fnmatchcase(pod_name, pattern):
+                    return after
+        return None
+
     def drop_watches(self, abrupt: bool = False) -> int:
         """Ends every open watch stream now: cleanly (final chunk), or abruptly (socket shut down
         mid-stream, the client sees a broken connection). Returns how many were open."""
@@ -82,5 +122,7 @@ class Faults:
         with self._lock:
             self._failures.clear()
             self._image_errors.clear()
+            self._forbidden.clear()
+            self._oom.clear()
         self.schedule_delay = 0.0
         self.latency = 0.0

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import traceback
 
 from .scheduler import set_condition
@@ -114,6 +113,7 @@ class Kubelets:
         self.store, self.faults, self.python, self.workdir = store, faults, python, workdir
         self.use_namespaces = use_namespaces
         self.modes: dict[str, str] = {}  # node name -> "process" | "fake"
+        self.down: set[str] = set()  # nodes whose kubelet cannot reach the API (kubesim/nodes.py)
         self.ips = POD_IPS
         self.workers: dict[str, PodWorker] = {}
         self.logs: dict[str, str] = {}  # pod uid -> log file
@@ -153,6 +153,34 @@ class Kubelets:
             raise ValueError(f"kubelet must be 'process' or 'fake', not {mode!r}")
         self.modes[name] = mode
 
+    def remove_node(self, name: str) -> None:
+        self.modes.pop(name, None)
+        self.down.discard(name)
+
+    def set_down(self, name: str, down: bool) -> None:
+        """An unreachable kubelet: it starts and stops nothing it has not been told, and its status
+        writes wait until it is back (``resume``)."""
+        if down:
+            self.down.add(name)
+        else:
+            self.down.discard(name)
+
+    def resume(self, node: str) -> None:
+        self._queue.put(("resume", node))
+
+    def _do_resume(self, node: str) -> None:
+        with self._lock:
+            workers = [w for w in self.workers.values() if w.node == node]
+        for worker in workers:
+            worker.flush()
+        for pod in self.store.list("pods")[0]:
+            if pod["spec"].get("nodeName") != node:
+                continue
+            if pod["metadata"].get("deletionTimestamp"):
+                self._do_terminate(pod)
+            else:
+                self._on_change("pods", "MODIFIED", pod, pod)
+
     def poke(self) -> None:
         """Wakes pod workers waiting for Secrets (a Secret changed, or a worker was cancelled)."""
         with self._secrets:
@@ -182,7 +210,9 @@ class Kubelets:
             return
         uid = obj["metadata"]["uid"]
         if etype == "DELETED":
-            self._queue.put(("gone", obj))
+            self._queue.put(("gone", obj))  # even from a down node: the simulation leaves no process behind
+            return
+        if obj["spec"].get("nodeName") in self.down:
             return
         if obj["spec"].get("nodeName") in self.modes and uid not in self._seen and not is_terminal(obj) \
                 and not obj["metadata"].get("deletionTimestamp"):
@@ -390,9 +420,11 @@ class PodWorker:
         self.deleting = False
         self.finished = False
         self.evicted: str | None = None
+        self.oom = False  # killed for exceeding its memory limit: reported as OOMKilled, exit code 137
         self.ip: str | None = None
         self._kill_timer: threading.Timer | None = None
         self._dirs: list[list[str]] = []
+        self._held: list = []  # status writes made while the node was down
         self.thread = threading.Thread(target=self._main, name=f"kubesim-pod-{self.name}", daemon=True)
 
     # ------------------------------------------------------------ control (other threads)
@@ -435,6 +467,15 @@ class PodWorker:
             self._signal(signal.SIGKILL)
             return True
 
+    def oom_kill(self) -> bool:
+        """What the kernel's OOM killer does to a container over its memory limit."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            self.oom = True
+            self._signal(signal.SIGKILL)
+            return True
+
     def kill(self, sig: int) -> bool:
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
@@ -457,11 +498,29 @@ class PodWorker:
         return pod if pod is not None and pod["metadata"]["uid"] == self.uid else None
 
     def _update(self, mutate) -> dict | None:
+        if self.node in self.kubelet.down:  # the node cannot reach the API: the write waits for flush()
+            with self.lock:
+                self._held.append(mutate)
+            return self._pod()
         return self.store.update("pods", self.namespace, self.name, mutate, uid=self.uid)
+
+    def flush(self) -> None:
+        """The node is back: the status writes held meanwhile, then Ready again if the container is."""
+        with self.lock:
+            held, self._held = self._held, []
+        for mutate in held:
+            self.store.update("pods", self.namespace, self.name, mutate, uid=self.uid)
+
+        def ready_again(p: dict) -> None:
+            statuses = p["status"].get("containerStatuses") or [{}]
+            if statuses[0].get("ready") and "running" in (statuses[0].get("state") or {}):
+                self._ready(p)
+
+        self.store.update("pods", self.namespace, self.name, ready_again, uid=self.uid)
 
     def _event(self, etype: str, reason: str, message: str, container: bool = True) -> None:
         pod = self._pod()
-        if pod is not None:
+        if pod is not None and self.node not in self.kubelet.down:
             field = f"spec.containers{{{self.container['name']}}}" if container else None
             self.store.record_event(pod, etype, reason, message, COMPONENT, self.node, field)
 
@@ -555,13 +614,21 @@ class PodWorker:
             self._update(functools.partial(self._running, started=started, restarts=restarts,
                                            container_id=container_id, ready=not probe))
             self._event("Normal", "Started", f"Started container {self.container['name']}")
+            oom_after = self.kubelet.faults.oom_fault(self.name)
+            if oom_after is not None:
+                timer = threading.Timer(oom_after, self.oom_kill)
+                timer.daemon = True
+                timer.start()
             if probe:
                 period = max(1.0, float((self.container.get("readinessProbe") or {}).get("periodSeconds", 10)))
                 threading.Thread(target=self._probe_tcp, args=(self.proc, int(probe["port"]), period),
                                  daemon=True).start()
             code = self.proc.wait()
             code = code if code >= 0 else 128 - code
-            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+            reason = "Completed" if code == 0 else "Error"
+            if self.oom:
+                code, reason, self.oom = 137, "OOMKilled", False
+            terminated = {"exitCode": code, "reason": reason,
                           "startedAt": started, "finishedAt": now_iso(), "containerID": container_id}
             again = policy == "Always" or (policy == "OnFailure" and code != 0)
             if not again or self.deleting or self.evicted or self._stopped():
@@ -677,8 +744,9 @@ class PodWorker:
         found = os.access(exe, os.X_OK) if "/" in exe else shutil.which(exe, path=env.get("PATH", ""))
         if found:
             return ""
-        return ("failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create "
-                f'failed: unable to start container process: exec: "{exe}": executable file not found in $PATH: unknown')
+        return ("failed to create containerd task: failed to create shim task: OCI runtime create failed: runc "
+                f'create failed: unable to start container process: exec: "{exe}": executable file not found in $PATH: '
+                "unknown")
 
     def _prepare_process(self, pod_env: dict[str, str]) -> tuple[list[str], str]:
         """Writes volumes; returns argv (wrapped in unshare for mounts) and the working directory."""

@@ -573,3 +573,134 @@ def test_stop_leaves_no_process():
         urllib.request.urlopen(cluster.url + "/version", timeout=2)
     with pytest.raises(urllib3.exceptions.HTTPError):  # refused: MaxRetryError (or ProtocolError)
         core.list_node(_request_timeout=2)
+
+
+# ---------------------------------------------------------------- shared clusters and node faults
+
+
+def _condition(obj: dict, kind: str) -> dict:
+    return next((c for c in (obj or {}).get("status", {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def test_pods_of_other_namespaces_count_for_scheduling(sim_cluster, v1):
+    v1.create_namespaced_pod("other-team", pod_body("trainer", gpus=3))
+    sim_cluster.wait_for("pods", "other-team", "trainer", phase_in("Running"))
+    v1.create_namespaced_pod(NS, pod_body("wants-two", gpus=2))
+    pod = sim_cluster.wait_for("pods", NS, "wants-two", lambda p: _condition(p, "PodScheduled").get("reason"))
+    assert _condition(pod, "PodScheduled")["message"] == "0/1 nodes are available: 1 Insufficient virtaitech.com/gpu."
+
+
+def test_forbidden_cluster_wide_reads(sim_cluster, v1):
+    sim_cluster.faults.forbid("*", "pods", cluster_scope=True)
+    for call in (v1.list_pod_for_all_namespaces, lambda: v1.list_pod_for_all_namespaces(watch=True, timeout_seconds=1,
+                                                                                         _preload_content=False)):
+        with pytest.raises(ApiException) as err:
+            call()
+        assert err.value.status == 403 and status_body(err.value)["reason"] == "Forbidden"
+    assert status_body(err.value)["message"] == ('pods is forbidden: User "system:serviceaccount:default:kubesim" '
+                                                 'cannot watch resource "pods" in API group "" at the cluster scope')
+    assert v1.list_namespaced_pod(NS).items == []  # the namespace's own pods stay readable
+    assert v1.list_node().items
+    sim_cluster.faults.clear()
+    assert v1.list_pod_for_all_namespaces().items == []
+
+
+def test_deleting_a_node_collects_its_pods(sim_cluster, v1):
+    v1.create_namespaced_pod(NS, pod_body("on-node", gpus=1))
+    sim_cluster.wait_for("pods", NS, "on-node", phase_in("Running"))
+    rv = v1.list_namespaced_pod(NS).metadata.resource_version
+    v1.delete_node("gpu-1")
+    sim_cluster.wait_for("pods", NS, "on-node", gone, timeout=5)
+    events = [(e["type"], e["raw_object"]) for e in watch.Watch().stream(
+        v1.list_namespaced_pod, NS, resource_version=rv, timeout_seconds=1)]
+    assert [t for t, _ in events] == ["MODIFIED", "DELETED"]
+    final = events[-1][1]
+    assert final["status"]["phase"] == "Failed"
+    assert _condition(final, "DisruptionTarget") | {"lastTransitionTime": None, "lastProbeTime": None} == {
+        "type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+        "message": "PodGC: node no longer exists", "lastTransitionTime": None, "lastProbeTime": None}
+    eventually(lambda: sim_cluster.running_processes() == [], timeout=5)
+    v1.create_namespaced_pod(NS, pod_body("no-node"))
+    pod = sim_cluster.wait_for("pods", NS, "no-node", lambda p: _condition(p, "PodScheduled").get("reason"))
+    assert _condition(pod, "PodScheduled")["message"] == "no nodes available to schedule pods"
+
+
+def test_not_ready_node_marks_taints_and_evicts_after_the_toleration(sim_cluster, v1):
+    quick = [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+              "tolerationSeconds": 1}]
+    v1.create_namespaced_pod(NS, pod_body("quick", tolerations=quick))
+    v1.create_namespaced_pod(NS, pod_body("patient"))  # the default toleration: 300 s
+    for name in ("quick", "patient"):
+        sim_cluster.wait_for("pods", NS, name, lambda p: _condition(p, "Ready").get("status") == "True")
+    sim_cluster.set_node_ready("gpu-1", False)
+    node = sim_cluster.wait_for("nodes", None, "gpu-1", lambda n: _condition(n, "Ready").get("status") == "Unknown")
+    assert _condition(node, "Ready")["reason"] == "NodeStatusUnknown"
+    assert {(t["key"], t["effect"]) for t in node["spec"]["taints"]} == {
+        ("node.kubernetes.io/unreachable", "NoSchedule"), ("node.kubernetes.io/unreachable", "NoExecute")}
+    for name in ("quick", "patient"):
+        pod = sim_cluster.wait_for("pods", NS, name, lambda p: _condition(p, "Ready").get("status") == "False")
+        assert pod["status"]["phase"] == "Running"
+        assert [e["message"] for e in sim_cluster.events(NS, name, "NodeNotReady")] == ["Node is not ready"]
+    # after its 1 s toleration the taint manager evicts "quick"; the unreachable kubelet cannot finish it
+    quick_pod = sim_cluster.wait_for("pods", NS, "quick", lambda p: p["metadata"].get("deletionTimestamp"), timeout=5)
+    assert _condition(quick_pod, "DisruptionTarget")["reason"] == "DeletionByTaintManager"
+    assert sim_cluster.events(NS, "quick", "TaintManagerEviction")
+    time.sleep(0.5)
+    assert sim_cluster.get("pods", NS, "quick") is not None and not sim_cluster.get("pods", NS, "patient")[
+        "metadata"].get("deletionTimestamp")
+    v1.create_namespaced_pod(NS, pod_body("newcomer"))
+    pod = sim_cluster.wait_for("pods", NS, "newcomer", lambda p: _condition(p, "PodScheduled").get("reason"))
+    assert "untolerated taint {node.kubernetes.io/unreachable: }" in _condition(pod, "PodScheduled")["message"]
+    # the node is back: the pending deletion is carried out, the other pod is Ready again, the newcomer runs
+    sim_cluster.set_node_ready("gpu-1", True)
+    sim_cluster.wait_for("pods", NS, "quick", gone, timeout=10)
+    sim_cluster.wait_for("pods", NS, "patient", lambda p: _condition(p, "Ready").get("status") == "True")
+    sim_cluster.wait_for("pods", NS, "newcomer", phase_in("Running"))
+    assert not sim_cluster.get("nodes", None, "gpu-1")["spec"].get("taints")
+
+
+def test_oom_killed_container(sim_cluster, v1):
+    v1.create_namespaced_pod(NS, pod_body("hungry"))
+    sim_cluster.wait_for("pods", NS, "hungry", phase_in("Running"))
+    assert sim_cluster.oom_kill(NS, "hungry")
+    pod = sim_cluster.wait_for("pods", NS, "hungry", phase_in("Failed"))
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
+    sim_cluster.faults.oom_kill_pods("hog-*", after=0.2)
+    v1.create_namespaced_pod(NS, pod_body("hog-1"))
+    pod = sim_cluster.wait_for("pods", NS, "hog-1", phase_in("Failed"), timeout=5)
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
+    assert sim_cluster.running_processes() == []
+
+
+def test_owner_deletion_collects_dependents_in_the_background(sim_cluster, v1):
+    """A server pod owns a kernel pod, which owns its Secret: deleting the server takes both, owner first."""
+    server = v1.create_namespaced_pod(NS, pod_body("server"))
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": "server", "uid": server.metadata.uid}
+    kernel = v1.create_namespaced_pod(NS, {**pod_body("kernel"), "metadata": {"name": "kernel",
+                                                                            "ownerReferences": [owner]}})
+    kernel_owner = {"apiVersion": "v1", "kind": "Pod", "name": "kernel", "uid": kernel.metadata.uid}
+    v1.create_namespaced_secret(NS, {"metadata": {"name": "kernel", "ownerReferences": [kernel_owner]}})
+    for name in ("server", "kernel"):
+        sim_cluster.wait_for("pods", NS, name, phase_in("Running"))
+    v1.delete_namespaced_pod("server", NS, body=client.V1DeleteOptions(grace_period_seconds=0,
+                                                                      propagation_policy="Background"))
+    assert sim_cluster.get("pods", NS, "server") is None  # the owner goes first
+    sim_cluster.wait_for("pods", NS, "kernel", gone, timeout=10)
+    sim_cluster.wait_for("secrets", NS, "kernel", gone, timeout=5)
+    eventually(lambda: sim_cluster.running_processes() == [], timeout=5)
+
+
+def test_readiness_probe_honours_its_period(sim_cluster, v1):
+    """The first probe at container start, then one per periodSeconds: a port that opens 0.3 s in is seen at 1 s."""
+    script = ("import socket, time\ntime.sleep(0.3)\ns = socket.socket()\ns.bind(('0.0.0.0', 47311))\ns.listen()\n"
+              "time.sleep(60)\n")
+    body = pod_body("probed", ["python", "-c", script])
+    body["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 47311}, "periodSeconds": 1}
+    v1.create_namespaced_pod(NS, body)
+    running = sim_cluster.wait_for("pods", NS, "probed", phase_in("Running"))
+    started = time.monotonic()
+    assert _condition(running, "Ready").get("status") != "True"
+    sim_cluster.wait_for("pods", NS, "probed", lambda p: _condition(p, "Ready").get("status") == "True", timeout=5)
+    assert 0.7 < time.monotonic() - started < 1.6
