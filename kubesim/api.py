@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from . import dra
+from . import groups
 from .errors import ApiError, status_object
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Watcher
@@ -270,22 +270,22 @@ class Handler(BaseHTTPRequestHandler):
         """-> (verb, resource, namespace, name, watch, action(body))."""
         q = self.query
         watching = q.get("watch", "").lower() in ("true", "1")
-        group = parts[:3] == ["apis", dra.GROUP, dra.VERSION]  # resource.k8s.io/v1 (kubesim/dra.py)
-        discovery = (["version"], ["api"], ["apis"], ["api", "v1"],
-                     ["apis", dra.GROUP], ["apis", dra.GROUP, dra.VERSION])
-        if method == "GET" and (parts in discovery
+        group = groups.group_of(parts)  # resource.k8s.io, networking.k8s.io, coordination.k8s.io (groups.py)
+        discovery = (["version"], ["api"], ["apis"], ["api", "v1"])
+        if method == "GET" and (parts in discovery or (len(parts) == 2 and parts[0] == "apis")
+                                or (group is not None and len(parts) == 3)
                                 or parts[:1] in (["healthz"], ["livez"], ["readyz"])):
             return "get", "/" + "/".join(parts), None, None, False, lambda _: self._non_resource(parts)
-        if (parts[:2] != ["api", "v1"] and not group) or len(parts) < 3 + group:
+        if (parts[:2] != ["api", "v1"] and not group) or len(parts) < 3 + bool(group):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        rest = parts[2 + group:]
+        rest = parts[2 + bool(group):]
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
             if rest[0] not in NAMESPACED:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
         plural = rest[0]
-        if plural not in (dra.KINDS if group else RESOURCES):
+        if plural not in (groups.kinds(group) if group else RESOURCES):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if plural == "namespaces":
             return self._namespace_route(method, rest)
@@ -338,11 +338,11 @@ class Handler(BaseHTTPRequestHandler):
         elif parts == ["api", "v1"]:
             self._send(200, self._resource_list())
         elif parts == ["apis"]:
-            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [dra.api_group()]})
-        elif parts == ["apis", dra.GROUP]:
-            self._send(200, {"kind": "APIGroup", "apiVersion": "v1", **dra.api_group()})
-        elif parts == ["apis", dra.GROUP, dra.VERSION]:
-            self._send(200, dra.api_resource_list())
+            self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.api_group_list()})
+        elif len(parts) == 2 and parts[0] == "apis" and any(g == parts[1] for g, _ in groups.GROUPS):
+            self._send(200, {"kind": "APIGroup", "apiVersion": "v1", **groups.api_group(parts[1])})
+        elif groups.group_of(parts) is not None and len(parts) == 3:
+            self._send(200, groups.api_resource_list(groups.group_of(parts)))
         elif parts and parts[0] in ("healthz", "livez", "readyz"):
             self._send(200, "ok", "text/plain")
         else:
@@ -416,7 +416,7 @@ class Handler(BaseHTTPRequestHandler):
             meta["continue"] = base64.urlsafe_b64encode(token).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        self._send(200, {"kind": KINDS[plural] + "List", "apiVersion": dra.api_version(plural), "metadata": meta,
+        self._send(200, {"kind": KINDS[plural] + "List", "apiVersion": groups.api_version(plural), "metadata": meta,
                          "items": items})
 
     def _create(self, plural: str, namespace: str | None, body: object) -> None:
@@ -560,7 +560,7 @@ class Handler(BaseHTTPRequestHandler):
             if not watcher.queue.empty():
                 return
             rv = str(self.store.rv)
-        self._chunk(self._line("BOOKMARK", {"kind": KINDS[plural], "apiVersion": dra.api_version(plural),
+        self._chunk(self._line("BOOKMARK", {"kind": KINDS[plural], "apiVersion": groups.api_version(plural),
                                             "metadata": {"resourceVersion": rv}}))
 
     # ------------------------------------------------------------ logs

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from . import dra
+from . import dra, groups
 from .errors import ApiError, not_found
 from .selectors import Predicate
 from .validation import KINDS, NAMESPACED, PLURALS, check_pod_update, prepare
@@ -171,7 +171,7 @@ class Store:
                     f'{KINDS[plural]} "" is invalid: metadata.name: Required value: name or generateName is required',
                 )
             meta["name"] = meta["generateName"] + "".join(random.choice(_GENERATE_ALPHABET) for _ in range(5))
-        obj["kind"], obj["apiVersion"] = KINDS[plural], dra.api_version(plural)
+        obj["kind"], obj["apiVersion"] = KINDS[plural], groups.api_version(plural)
         for field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         prepare(plural, obj, creating=True)
@@ -239,7 +239,7 @@ class Store:
                     meta[field] = old_meta[field]
                 else:
                     meta.pop(field, None)
-            new["kind"], new["apiVersion"] = KINDS[plural], dra.api_version(plural)
+            new["kind"], new["apiVersion"] = KINDS[plural], groups.api_version(plural)
             if plural == "pods":
                 check_pod_update(old, new)
                 new["status"] = copy.deepcopy(old.get("status") or {})
