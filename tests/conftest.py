@@ -13,9 +13,10 @@ from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually
 
 # pytest-jupyter runs async tests on the loop its Jupyter server fixtures use.
-pytest_plugins = ["pytest_jupyter.jupyter_server", "kubesim.fixtures"]
+# tests.hub: `hub_factory`, a real JupyterHub.
+pytest_plugins = ["pytest_jupyter.jupyter_server", "kubesim.fixtures", "tests.hub"]
 
-# Markers (declared in pyproject.toml) by test module; a test using `lab_server` is slow as well.
+# Markers (declared in pyproject.toml) by test module; a test using `lab_server` or `hub_factory` is slow as well.
 MODULE_MARKERS = {
     "test_browser.py": ("browser", "slow"),
     "test_labextension.py": ("browser", "slow"),
@@ -25,6 +26,7 @@ MODULE_MARKERS = {
     "test_widgets.py": ("torch",),
     "test_usage.py": ("torch",),
     "test_benchmarks_smoke.py": ("slow",),
+    "test_hub_fixture.py": ("slow",),
 }
 
 
@@ -32,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in MODULE_MARKERS.get(item.path.name, ()):
             item.add_marker(marker)
-        if "lab_server" in getattr(item, "fixturenames", ()):
+        if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
 
 
