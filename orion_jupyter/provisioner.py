@@ -58,9 +58,20 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     vgpus = Int(DEFAULT_VGPUS, config=True, help="vGPUs per kernel (0: a CPU-only kernel).")
     vgpu_memory = Unicode(DEFAULT_MEMORY, config=True, help="vGPU memory per vGPU: 4096 (MiB), '4Gi', '0.5Gi'.")
     compute_percent = Int(None, allow_none=True, config=True, help="Compute share of one GPU per vGPU, 1-100.")
-    backend = Enum(["orion", "hami", "nvidia"], "orion", config=True,
+    backend = Enum(["orion", "hami", "nvidia", "dra", "kai"], "orion", config=True,
                    help="vGPU backend: orion (virtaitech.com/gpu + ORION_GMEM), hami (nvidia.com/gpumem), "
-                        "nvidia (whole GPU / MIG).")
+                        "nvidia (whole GPU / MIG), dra (a ResourceClaim per kernel: HAMi slice, MIG or whole GPU; "
+                        "see dra), kai (KAI Scheduler gpu-memory / gpu-fraction, a queue per course; see kai).")
+    dra = Dict(config=True,
+               help="Settings of the dra backend: {'flavors': ['hami']} (default), or several in order of preference, "
+                    "which make a firstAvailable list, e.g. ['mig', 'hami']; a flavor is hami, mig, gpu, "
+                    "mig:<profile> (e.g. 'mig:1g.10gb') or a mapping {'name', 'device_class', 'capacity', 'selectors', "
+                    "'memory_enforced'}. Needs `orion-jupyter manifests --backend dra` RBAC.")
+    kai = Dict(config=True,
+               help="Settings of the kai backend: {'queue_label': 'kai.scheduler/queue', 'default_queue': '' "
+                    "(the queue of a kernel without a course; the course is the queue), 'request': 'gpu-memory' or "
+                    "'gpu-fraction', 'device_memory_mib' (for gpu-fraction), 'priority_class' (e.g. 'build'), "
+                    "'hami_core' (True: KAI's HAMi-core isolation caps memory)}.")
     resource_names = Dict(Unicode(), config=True,
                           help="Override the backend's resource names: {'count': 'example.com/vgpu', 'memory': ..., "
                                "'compute': ...}.")
@@ -185,7 +196,10 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     # -- what to launch -----------------------------------------------------------------------
     def backend_model(self) -> Backend:
-        return get_backend(self.backend, self.resource_names, self.env_names)
+        """The backend with this server's overrides (the dra / kai settings only for their own backend)."""
+        return get_backend(self.backend, self.resource_names, self.env_names,
+                           dra=self.dra if self.backend == "dra" else None,
+                           kai=self.kai if self.backend == "kai" else None)
 
     def cluster_kind(self) -> str:
         return cluster_kind(self)
@@ -218,6 +232,26 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             spec_env = {k: launch_env.get(k, v) for k, v in spec_env.items()}
         return {**forwarded, **spec_env, **self.extra_env}
 
+    def pod_settings(self, image: str | None = None) -> PodSettings:
+        """How this configuration shapes a kernel pod (also the broker's, from its own config)."""
+        return PodSettings(
+            image=image or self.image,
+            image_pull_policy=self.image_pull_policy,
+            python=self.kernel_python,
+            labels=dict(self.labels),
+            annotations=dict(self.annotations),
+            node_selector=dict(self.node_selector),
+            tolerations=tuple(dict(t) for t in self.tolerations),
+            cpu_request=self.cpu_request,
+            cpu_limit=self.cpu_limit,
+            memory_request=self.memory_request,
+            memory_limit=self.memory_limit,
+            host_ipc=self.host_ipc,
+            run_as_user=self.run_as_user,
+            run_as_group=self.run_as_group,
+            scheduler_name=self.scheduler_name,
+        )
+
     def _launch_description(self, request: VGPURequest, launch_env: dict[str, str]) -> KernelLaunch:
         km = self.parent
         session = getattr(km, "session", None)
@@ -226,23 +260,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             user=self.user,
             request=request,
             backend=self.backend_model(),
-            pod=PodSettings(
-                image=self.image,
-                image_pull_policy=self.image_pull_policy,
-                python=self.kernel_python,
-                labels=dict(self.labels),
-                annotations=dict(self.annotations),
-                node_selector=dict(self.node_selector),
-                tolerations=tuple(dict(t) for t in self.tolerations),
-                cpu_request=self.cpu_request,
-                cpu_limit=self.cpu_limit,
-                memory_request=self.memory_request,
-                memory_limit=self.memory_limit,
-                host_ipc=self.host_ipc,
-                run_as_user=self.run_as_user,
-                run_as_group=self.run_as_group,
-                scheduler_name=self.scheduler_name,
-            ),
+            pod=self.pod_settings(),
             kernel_spec_name=getattr(km, "kernel_name", "") or "",
             course=self.course,
             env=self._kernel_env(launch_env),
