@@ -83,6 +83,7 @@ class PoolSnapshot:
     visible: bool = True  # False: the nodes could not be read (no RBAC); only holdings are known
     others_visible: bool = False  # True: other workloads' pods are counted too (cluster-wide pod read)
     source: str = "kubernetes"
+    warnings: list[str] = field(default_factory=list)  # e.g. a watch failing for a while: the counts may be stale
 
     def totals(self) -> dict[str, ResourceCount]:
         totals: dict[str, ResourceCount] = {}
@@ -166,6 +167,7 @@ class PoolSnapshot:
             "source": self.source,
             "visible": self.visible,
             "others_visible": self.others_visible,
+            "warnings": list(self.warnings),
             "nodes": [
                 {"name": n.name, "resources": {r: c.as_dict() for r, c in sorted(n.resources.items())},
                  **({"devices": [d.as_dict() for d in n.devices]} if n.devices else {}),

@@ -73,6 +73,83 @@ def container_end_reason(pod: dict) -> str:
     return f"{reason}: {message}" if reason and message else reason or message
 
 
+def _memory_limit(pod: dict) -> str:
+    """The kernel container's memory limit as people read it ('8 GiB'); '' when it has none."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    from ..vgpu import format_mib
+
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
+    try:
+        mib = int(parse_quantity(limit) / (1024 * 1024)) if limit else 0
+    except (ValueError, TypeError, ArithmeticError):
+        return str(limit)
+    return format_mib(mib) if mib else ""
+
+
+def oom_text(pod: dict) -> str:
+    """'the kernel exceeded its 8 GiB memory limit' for a container ended OOMKilled ('' for another end)."""
+    if (_terminated(pod) or {}).get("reason") != "OOMKilled":
+        return ""
+    limit = _memory_limit(pod)
+    return (f"the kernel exceeded its {limit} memory limit" if limit
+            else "the kernel was killed for using more memory than its node had free")
+
+
+def _disruption(pod: dict) -> dict | None:
+    """The DisruptionTarget condition of a pod Kubernetes is taking away (PodGC, taint manager, eviction)."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _node_trouble(node: dict | None) -> str:
+    """'its node gpu-1 is not ready (NodeStatusUnknown: Kubelet stopped posting node status.)'; '' when Ready."""
+    if node is None:
+        return ""
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            if condition.get("status") == "True":
+                return ""
+            why = ": ".join(x for x in (condition.get("reason"), condition.get("message")) if x)
+            name = (node.get("metadata") or {}).get("name", "")
+            return f"its node {name} is not ready" + (f" ({why})" if why else "")
+    return ""
+
+
+def end_reason(pod: dict | None, node: dict | None = None) -> str:
+    """Why a kernel pod ended (or is ending) in one sentence: out of memory, node deleted or not ready,
+    evicted, exit code; ``pod`` None: it was deleted and its last state is not known."""
+    if pod is None:
+        return "the kernel pod was deleted"
+    status = pod.get("status") or {}
+    oom = oom_text(pod)
+    if oom:
+        return f"{oom} (OOMKilled, exit code {container_exit_code(pod)})"
+    disruption = _disruption(pod)
+    if disruption is not None and disruption.get("reason") == "DeletionByPodGC":
+        node_name = (pod.get("spec") or {}).get("nodeName") or "?"
+        return f"its node {node_name} was removed from the cluster ({disruption.get('message', '')})".replace(" ()", "")
+    if status.get("reason") == "Evicted":
+        return f"the kernel pod was evicted: {status.get('message', '')}".strip()
+    trouble = _node_trouble(node)
+    if trouble:
+        return trouble
+    if disruption is not None:
+        return f"the kernel pod is being deleted ({disruption.get('reason')}: {disruption.get('message', '')})"
+    code = container_exit_code(pod)
+    if code is not None:
+        why = container_end_reason(pod)
+        return f"the kernel exited with code {code}" + (f" ({why})" if why else "")
+    if status.get("phase") in TERMINAL_PHASES:
+        return f"the kernel pod {status['phase'].lower()}"
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return "the kernel pod was deleted"
+    return ""
+
+
 def trim_foreign_pod(pod: dict) -> dict | None:
     """Of any pod in the cluster, only what the pool counts: bound, holding extended resources."""
     spec = pod.get("spec") or {}
@@ -115,19 +192,28 @@ def launch_state(pod: dict) -> LaunchState:
     if status.get("reason") == "Evicted":
         return LaunchState("failed", "evicted", f"the pod was evicted: {status.get('message', '')}".strip())
     code = container_exit_code(pod)
+    oom = oom_text(pod)
+    if oom:
+        return LaunchState("failed", "oom", f"{oom} before it was ready (OOMKilled, exit code {code})")
     if code is not None or status.get("phase") in TERMINAL_PHASES:
         why = container_end_reason(pod)
         return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} "
                                                f"before it was ready{f' ({why})' if why else ''}")
+    disruption = _disruption(pod)
+    if disruption is not None:
+        return LaunchState("failed", "deleted", f"{end_reason(pod)} before it was ready")
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in _IMAGE_FAILURES:
             image = cs.get("image") or ""
-            return LaunchState("failed", "image", f"the kernel image {image} cannot be pulled ({waiting['reason']}): {waiting.get('message', '')}".strip())
+            return LaunchState("failed", "image", f"the kernel image {image} cannot be pulled ({waiting['reason']}): "
+                                                  f"{waiting.get('message', '')}".strip())
         if waiting.get("reason") in _CONFIG_FAILURES:
-            return LaunchState("failed", "exited", f"the kernel container cannot start ({waiting['reason']}): {waiting.get('message', '')}".strip())
+            return LaunchState("failed", "exited", f"the kernel container cannot start ({waiting['reason']}): "
+                                                   f"{waiting.get('message', '')}".strip())
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+                "PodScheduled", "False", "Unschedulable"):
             return LaunchState("failed", "unschedulable", condition.get("message", ""))
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     if ready and status.get("podIP"):
@@ -233,10 +319,13 @@ class KubeCluster:
         others_visible = self.others is not None and self.others.lists > 0
         version = (self.pods.version, self.nodes.version if nodes_visible else -1,
                    self.others.version if others_visible else -1)
+        warnings = tuple(w for w in (watch.warning() for watch in self._watches()) if w)
+        version = (*version, warnings)
         cached = self._pool_cache
         if cached is None or cached[0] != version:
             snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items(),
                                          self.others.items() if others_visible else None)
+            snapshot.warnings = list(warnings)  # a watch failing for a while: what the pool shows may be stale
             self._pool_cache = cached = (version, snapshot)
         return cached[1]
 
@@ -463,21 +552,47 @@ class PodKernel:
         self.name = name
         self.ip = ip
         self._exit_code: int | None = None
+        self.reason = ""  # why the kernel ended, when it did so without being stopped (end_reason)
+        self._stopping = False
 
     @property
     def namespace(self) -> str:
         return self.cluster.namespace
 
+    def _node(self, pod: dict) -> dict | None:
+        nodes = self.cluster.nodes
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        return nodes.get("", node_name) if nodes is not None and node_name and nodes.lists else None
+
     def poll(self) -> int | None:
         if self._exit_code is not None:
             return self._exit_code
         pod = self.cluster.pod(self.name)
-        if pod is None:
-            self._exit_code = 1  # deleted (by us, an operator or the node): the kernel is gone
+        if pod is None:  # deleted (by us, an operator, the pod GC): the kernel is gone
+            last = self.cluster.pods.last_state(self.namespace, self.name)
+            code = container_exit_code(last) if last is not None else None
+            self._ended(1 if code is None else code, end_reason(last, None))
         elif (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             code = container_exit_code(pod)
-            self._exit_code = 1 if code is None else code
+            self._ended(1 if code is None else code, end_reason(pod, self._node(pod)))
+        else:  # still there, but Kubernetes is taking it away, or its node stopped answering
+            node = self._node(pod)
+            if _disruption(pod) is not None or _node_trouble(node):
+                self._ended(1, end_reason(pod, node))
         return self._exit_code
+
+    def _ended(self, code: int, reason: str) -> None:
+        self._exit_code = code
+        if self._stopping or code == 0:  # stopped by us, or a kernel that was asked to shut down
+            return
+        self.reason = reason
+        log.warning("kernel pod %s ended: %s", self.name, reason)
+        pod = self.cluster.pod(self.name) or self.cluster.pods.last_state(self.namespace, self.name) or {}
+        kernel_id = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_KERNEL_ID)
+        if kernel_id:
+            from ..progress import PROGRESS
+
+            PROGRESS.record(kernel_id, f"the kernel died: {reason}", stage="ended", level="error")
 
     async def wait(self) -> int:
         if self.poll() is not None:
@@ -485,16 +600,19 @@ class PodKernel:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
-        def on_change(kind: str, pod: dict) -> None:
-            if pod.get("metadata", {}).get("name") == self.name and self.poll() is not None and not done.done():
+        def on_change(kind: str, obj: dict) -> None:
+            if not done.done() and self.poll() is not None:
                 done.set_result(None)
 
-        unsubscribe = self.cluster.pods.subscribe(on_change, loop)
+        unsubscribe = [self.cluster.pods.subscribe(on_change, loop)]
+        if self.cluster.nodes is not None:  # a node that stops being Ready ends its kernels
+            unsubscribe.append(self.cluster.nodes.subscribe(on_change, loop))
         try:
             if self.poll() is None:
                 await done
         finally:
-            unsubscribe()
+            for stop in unsubscribe:
+                stop()
         return self._exit_code  # type: ignore[return-value]
 
     async def send_signal(self, signum: int) -> None:
@@ -509,9 +627,11 @@ class PodKernel:
             log.warning("signal %s is not delivered to kernel pod %s (interrupts go by message)", signum, self.name)
 
     async def terminate(self, grace_seconds: int) -> None:
+        self._stopping = True
         await self.cluster.delete_pod(self.name, grace_seconds)
 
     async def kill(self) -> None:
+        self._stopping = True
         await self.cluster.delete_pod(self.name, 0)
 
     async def cleanup(self) -> None:

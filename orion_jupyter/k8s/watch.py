@@ -5,6 +5,11 @@ the list's resourceVersion, resumes after disconnects from the last version it s
 again only on 410 Gone. Readers get the cache without any API request; subscribers get every
 change on their own event loop. Objects stay plain dicts (no model deserialisation): cheap to
 keep thousands.
+
+Failures are retried with capped exponential backoff and jitter (0.2 s doubling to 30 s, reset by a
+list or a stream that delivered something); a watch that has failed ``FAILURES_TO_REPORT`` times in
+a row is logged once as an error and reports itself in ``warning()`` (the pool view shows it) until
+it recovers.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import threading
-from typing import Any, Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
@@ -22,6 +32,29 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict], None]
 WATCH_SECONDS = 300  # the server ends each watch after this; we resume from the last version
+BACKOFF_INITIAL_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 30.0
+BACKOFF_JITTER = 0.2  # each delay is its nominal value times a random factor in [0.8, 1.2], then capped
+FAILURES_TO_REPORT = 5  # consecutive failures that make a lasting failure (logged once, shown in the pool)
+STREAM_SUCCESS_SECONDS = 10.0  # a watch stream that lived this long counts as a success even if it was quiet
+TOMBSTONES = 256  # the last state of this many deleted objects is kept (why a kernel pod went)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: ``next()`` is the next delay, ``reset()`` after a success."""
+
+    def __init__(self, initial: float = BACKOFF_INITIAL_SECONDS, cap: float = BACKOFF_MAX_SECONDS,
+                 jitter: float = BACKOFF_JITTER, rng: Callable[[], float] = random.random):
+        self.initial, self.cap, self.jitter, self._rng = initial, cap, jitter, rng
+        self.attempts = 0
+
+    def next(self) -> float:
+        nominal = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return min(self.cap, nominal * (1.0 - self.jitter + 2.0 * self.jitter * self._rng()))
+
+    def reset(self) -> None:
+        self.attempts = 0
 
 
 def object_key(obj: dict) -> tuple[str, str]:
@@ -32,7 +65,7 @@ def object_key(obj: dict) -> tuple[str, str]:
 class SharedWatch:
     """list+watch of ``list_fn`` (a CoreV1Api list method) with a cache of its objects."""
 
-    def __init__(self, name: str, list_fn: Callable[..., Any], *, retry_seconds: float = 1.0,
+    def __init__(self, name: str, list_fn: Callable[..., Any], *, backoff: Backoff | None = None,
                  keep: Callable[[dict], dict] | None = lambda obj: obj, **selectors: Any):
         """``keep`` maps an object to what the cache holds of it (an object it maps to None is not
         kept); ``keep=None``: keep nothing, only notify."""
@@ -41,8 +74,13 @@ class SharedWatch:
         self.version = 0  # bumped on every change of the cache
         self._list_fn = list_fn
         self._selectors = selectors
-        self._retry_seconds = retry_seconds
+        self.backoff = backoff or Backoff()
+        self.failures = 0  # consecutive failures (lists or streams); 0 once one succeeds
+        self.failing_since: float | None = None  # time.time() of the first of those failures
+        self.forbidden = False  # 401/403: not retried, the view stays empty
+        self._reported = False
         self._cache: dict[tuple[str, str], dict] = {}
+        self._gone: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[tuple[asyncio.AbstractEventLoop | None, Listener]] = []
         self._synced = threading.Event()
@@ -54,7 +92,7 @@ class SharedWatch:
         self._thread = threading.Thread(target=self._run, name=f"orion-watch-{name}", daemon=True)
 
     # -- reading -----------------------------------------------------------------------------
-    def start(self) -> "SharedWatch":
+    def start(self) -> SharedWatch:
         self._thread.start()
         return self
 
@@ -68,6 +106,27 @@ class SharedWatch:
     def items(self) -> list[dict]:
         with self._lock:
             return list(self._cache.values())
+
+    def last_state(self, namespace: str, name: str) -> dict | None:
+        """What the cache held of a recently deleted object when it went (the DELETED event's state);
+        None when it was not deleted recently, or its deletion was missed (seen only by a relist)."""
+        with self._lock:
+            return self._gone.get((namespace, name))
+
+    @property
+    def failing(self) -> bool:
+        """A lasting failure: ``FAILURES_TO_REPORT`` or more failures in a row."""
+        return self.failures >= FAILURES_TO_REPORT
+
+    def warning(self) -> str | None:
+        """One sentence for the pool view while the watch is failing; None while it works."""
+        since, error = self.failing_since, self.error
+        if not self.failing or since is None:
+            return None
+        stamp = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        what = _short(error) if error is not None else "unknown error"
+        return (f"{self.name} watch failing since {stamp} ({self.failures} attempts; last error: {what}); "
+                "what this server shows may be out of date")
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -107,7 +166,7 @@ class SharedWatch:
                     self._resource_version = None
                     continue
                 if err.status in (401, 403):
-                    self.error = err
+                    self.error, self.forbidden = err, True
                     log.error("%s cannot be watched (%s %s); this view stays empty", self.name, err.status, err.reason)
                     self._synced.set()
                     return
@@ -117,10 +176,28 @@ class SharedWatch:
                     break
                 self._failed(err)
 
+    def _succeeded(self) -> None:
+        if self.failures and self._reported:
+            log.warning("%s watch works again after %d failed attempts", self.name, self.failures)
+        self.failures, self.failing_since, self._reported = 0, None, False
+        self.backoff.reset()
+
     def _failed(self, err: Exception) -> None:
         self.error = err
-        log.warning("%s watch interrupted (%s); resuming in %.0f s", self.name, err, self._retry_seconds)
-        self._stopped.wait(self._retry_seconds)
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        delay = self.backoff.next()
+        if self.failing and not self._reported:
+            self._reported = True
+            log.error("%s watch failing since %s (%d attempts; last error: %s); retrying, at most every %.0f s",
+                      self.name, datetime.fromtimestamp(self.failing_since, UTC).strftime("%H:%M:%S UTC"),
+                      self.failures, _short(err), self.backoff.cap)
+        elif not self._reported:
+            log.warning("%s watch interrupted (%s); resuming in %.1f s", self.name, _short(err), delay)
+        else:
+            log.debug("%s watch still failing (%s); next attempt in %.1f s", self.name, _short(err), delay)
+        self._stopped.wait(delay)
 
     def _relist(self) -> None:
         response = self._list_fn(_preload_content=False, _request_timeout=30, **self._selectors)
@@ -143,6 +220,7 @@ class SharedWatch:
                 self._notify("DELETED", obj)
         self._resource_version = body.get("metadata", {}).get("resourceVersion")
         self.error = None
+        self._succeeded()
         self._synced.set()
 
     def _follow(self) -> None:
@@ -156,14 +234,20 @@ class SharedWatch:
             **self._selectors,
         )
         self._response = response
+        opened, delivered = time.monotonic(), False
         try:
             for line in iter_resp_lines(response):
                 if self._stopped.is_set():
                     return
                 self._apply(json.loads(line))
+                if not delivered:
+                    delivered = True
+                    self._succeeded()
         finally:
             self._response = None
             response.release_conn()
+            if not delivered and time.monotonic() - opened >= STREAM_SUCCESS_SECONDS:
+                self._succeeded()
 
     def _apply(self, event: dict) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -180,6 +264,8 @@ class SharedWatch:
             with self._lock:
                 if kind == "DELETED" or kept is None:
                     changed = self._cache.pop(key, None) is not None or kept is not None
+                    if kind == "DELETED" and kept is not None:
+                        self._bury(key, kept)
                 else:
                     self._cache[key], changed = kept, True
                 if changed:
@@ -189,6 +275,13 @@ class SharedWatch:
             obj = kept
         self._notify(kind, obj)
 
+    def _bury(self, key: tuple[str, str], obj: dict) -> None:
+        """Remember a deleted object's last state (under the lock)."""
+        self._gone[key] = obj
+        self._gone.move_to_end(key)
+        while len(self._gone) > TOMBSTONES:
+            self._gone.popitem(last=False)
+
     def _notify(self, kind: str, obj: dict) -> None:
         with self._lock:
             listeners = list(self._listeners)
@@ -197,3 +290,18 @@ class SharedWatch:
                 listener(kind, obj)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(listener, kind, obj)
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    """An error in one line: '500 Internal Server Error: simulated failure (500)'."""
+    if isinstance(err, ApiException):
+        message = ""
+        try:
+            message = json.loads(err.body or "{}").get("message", "") if err.body else ""
+        except (ValueError, AttributeError):
+            message = ""
+        text = f"{err.status} {err.reason or ''}".strip() + (f": {message}" if message else "")
+    else:
+        text = f"{type(err).__name__}: {err}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
