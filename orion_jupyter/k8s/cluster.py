@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from ..errors import KernelLaunchError
 from ..pool import PoolSnapshot, pool_from_cluster
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR, TERMINAL_PHASES
+from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .watch import SharedWatch
 
@@ -227,7 +228,8 @@ class KubeCluster:
     _instances: dict[tuple[str, str], "KubeCluster"] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True, watch_others: bool = False):
+    def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True, watch_others: bool = False,
+                 watch_dra: bool = False):
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
@@ -241,6 +243,8 @@ class KubeCluster:
         # Every other pod that holds extended resources on a node (needs a cluster-wide read of pods).
         self.others = SharedWatch("pods/*", self.core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
                                   field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
+        # dra backend: this project's ResourceClaims and the ResourceSlices (k8s/claims.py); see enable_dra
+        self.dra: DraWatches | None = DraWatches(api, namespace) if watch_dra else None
         self._pool_cache: tuple[tuple[int, int, int], PoolSnapshot] | None = None
         self._started = False
         self._closed = False
@@ -255,12 +259,16 @@ class KubeCluster:
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
-               watch_others: bool = False) -> "KubeCluster":
+               watch_others: bool = False, watch_dra: bool = False) -> "KubeCluster":
         key = (api.configuration.host, namespace)
         with cls._instances_lock:
             if key not in cls._instances:
-                cls._instances[key] = cls(api, namespace, watch_nodes=watch_nodes, watch_others=watch_others)
-            return cls._instances[key]
+                cls._instances[key] = cls(api, namespace, watch_nodes=watch_nodes, watch_others=watch_others,
+                                          watch_dra=watch_dra)
+            instance = cls._instances[key]
+        if watch_dra:
+            instance.enable_dra()
+        return instance
 
     @classmethod
     def close_all(cls) -> None:
@@ -287,7 +295,18 @@ class KubeCluster:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _watches(self) -> list[SharedWatch]:
-        return [w for w in (self.pods, self.events, self.nodes, self.others) if w is not None]
+        dra = self.dra.watches if self.dra is not None else ()
+        return [w for w in (self.pods, self.events, self.nodes, self.others, *dra) if w is not None]
+
+    def enable_dra(self) -> DraWatches:
+        """The DRA watches (claims, slices), added to a cluster made without them; started if it runs."""
+        with self._start_lock:
+            if self.dra is None:
+                self.dra = DraWatches(self.api, self.namespace)
+                if self._started:
+                    for watch in self.dra.watches:
+                        watch.start()
+            return self.dra
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking client call on this cluster's thread pool."""
@@ -428,9 +447,12 @@ class KubeCluster:
         if progress is not None:
             self._progress_routes[name] = progress
         probe = (manifests.pod["spec"]["containers"][0].get("readinessProbe") or {}).get("tcpSocket") or {}
-        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable, probe.get("port"))
+        waiter = _LaunchWaiter(self, name, asyncio.get_running_loop(), wait_when_unschedulable, probe.get("port"),
+                               manifests=manifests, progress=progress)
         started = time.monotonic()
         try:
+            if manifests.claim_template is not None:  # dra: made once per process, reused by every launch
+                await ensure_claim_template(self, manifests.claim_template)
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
             pod = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
             owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
@@ -442,7 +464,7 @@ class KubeCluster:
                     "timeout", f"the kernel pod {name} did not become ready within {timeout:g} s (last: {last})"
                 ) from None
             if state.phase == "failed":
-                raise await self._explain(name, state, manifests, count_resource)
+                raise waiter.error(state) or await self._explain(name, state, manifests, count_resource)
             await owner_patch
             log.info("kernel pod %s ready at %s after %.2f s", name, state.ip, time.monotonic() - started)
             return PodKernel(self, name, state.ip)
@@ -489,17 +511,21 @@ class _LaunchWaiter:
     A kubelet probes readiness at most once a second, so as soon as the pod runs with an IP the
     waiter also connects to the kernel's shell port itself, every few milliseconds, and calls the
     kernel ready on the first connection; the watch still ends the launch on exit, eviction or
-    deletion.
+    deletion. A pod with a ResourceClaim or one KAI Scheduler places has a judge (k8s/claims.py)
+    that also follows its claims or events and says when its pending state is final.
     """
 
     def __init__(self, cluster: KubeCluster, name: str, loop: asyncio.AbstractEventLoop, wait_when_unschedulable: bool,
-                 shell_port: int | None = None):
+                 shell_port: int | None = None, *, manifests: KernelManifests | None = None,
+                 progress: Callable[[str], None] | None = None):
         self.name = name
+        self._cluster = cluster
         self.result: asyncio.Future[LaunchState] = loop.create_future()
         self.waiting_for = ""
         self._wait_when_unschedulable = wait_when_unschedulable
         self._shell_port = shell_port
         self._knocking: asyncio.Task | None = None
+        self._judge = launch_judge(cluster, manifests, loop, self._recheck, progress) if manifests else None
         self._unsubscribe = cluster.pods.subscribe(self._on_pod, loop)
         pod = cluster.pod(name)
         if pod is not None:
@@ -512,6 +538,8 @@ class _LaunchWaiter:
             self.result.set_result(LaunchState("failed", "deleted", f"the kernel pod {self.name} was deleted before it was ready"))
             return
         state = launch_state(pod)
+        if self._judge is not None:
+            state = self._judge.judge(pod, state)
         if state.phase == "failed" and state.reason == "unschedulable" and self._wait_when_unschedulable:
             self.waiting_for = f"waiting for capacity: {state.message}"
             return
@@ -532,8 +560,19 @@ class _LaunchWaiter:
                 self.result.set_result(LaunchState("ready", ip=ip))
             return
 
+    def _recheck(self) -> None:
+        pod = self._cluster.pod(self.name)
+        if pod is not None:
+            self._on_pod("MODIFIED", pod)
+
+    def error(self, state: LaunchState) -> KernelLaunchError | None:
+        """The judge's own error for a state it decided (its sentence is final), else None."""
+        return self._judge.error(state) if self._judge is not None else None
+
     def close(self) -> None:
         self._unsubscribe()
+        if self._judge is not None:
+            self._judge.close()
         if self._knocking is not None:
             self._knocking.cancel()
 

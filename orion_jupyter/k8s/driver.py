@@ -54,6 +54,7 @@ def pod_options(launch: KernelLaunch, namespace: str, connection: dict[str, Any]
         run_as_user=pod.run_as_user,
         run_as_group=pod.run_as_group,
         scheduler_name=pod.scheduler_name,
+        dra_claim=True,  # dra: the pod's claim from a template the launch creates once (KubeCluster.launch)
     )
 
 
