@@ -28,7 +28,8 @@ def _kube_clusters(settings: Any, extra_namespaces: Iterable[str] = ()) -> list[
     primary = settings.namespace or default_namespace(settings.kubeconfig, settings.kube_context)
     namespaces = [primary] + [n for n in extra_namespaces if n != primary]
     return [KubeCluster.shared(api, ns, watch_nodes=settings.watch_nodes and ns == primary,
-                               watch_others=settings.count_other_workloads and ns == primary)
+                               watch_others=settings.count_other_workloads and ns == primary,
+                               watch_dra=settings.backend == "dra" and ns == primary)
             for ns in namespaces]
 
 

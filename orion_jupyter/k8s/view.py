@@ -1,4 +1,11 @@
-"""The read side of the Kubernetes backend: pool, kernel pods and class view from the watch caches."""
+"""The read side of the Kubernetes backend: pool, kernel pods and class view from the watch caches.
+
+Extended-resource backends (orion, hami, nvidia) count what pods hold on each node. The dra
+backend's pool is its devices (ResourceSlices) less what this namespace's claims hold, and a
+kernel's row names the device and slice its claim got; the kai backend leaves placement to KAI
+Scheduler (the pool cannot say whether a share fits: only a share larger than any GPU is refused
+before a pod exists).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from ..names import (
     TERMINAL_PHASES,
 )
 from ..pool import PoolSnapshot, extended_limits
-from ..vgpu import VGPURequest
+from ..vgpu import VGPURequest, format_mib
+from . import claims, dra
 from .cluster import KubeCluster
 from .manifests import slug
 
@@ -87,6 +95,14 @@ def pod_summary(pod: dict) -> dict[str, Any]:
     }
 
 
+def pod_vgpus(pod: dict, count_resource: str) -> int:
+    """vGPUs a kernel pod holds: its count resource, or (dra, kai: no extended resources) its request."""
+    limits = extended_limits(pod)
+    if limits:
+        return limits.get(count_resource, 0)
+    return int(pod_request(pod).get("vgpus") or 0)
+
+
 class KubernetesView:
     """The pool and the kernel pods of one or more namespaces (the first is the kernels' own)."""
 
@@ -105,25 +121,43 @@ class KubernetesView:
     async def start(self) -> None:
         for cluster in self.clusters:
             await cluster.ensure_started()
+        if self.backend.uses_claims:
+            await claims.dra_synced(self.clusters[0])
 
     async def pool(self) -> PoolSnapshot:
-        return self.clusters[0].pool()
+        return self.last_pool()
 
     def last_pool(self) -> PoolSnapshot:
-        return self.clusters[0].pool()
+        return self._pool_for(self.backend)
+
+    def _pool_for(self, backend: Backend) -> PoolSnapshot:
+        """dra: devices from the ResourceSlices; else extended resources per node."""
+        return claims.dra_pool_of(self.clusters[0]) if backend.uses_claims else self.clusters[0].pool()
 
     async def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
         if request.count == 0:
             return True
-        pool = self.last_pool()
-        return False if pool.oversize_message(request.memory_mib) else pool.can_serve(backend.resources(request))
+        pool = self._pool_for(backend)
+        if pool.oversize_message(request.memory_mib):
+            return False
+        if backend.uses_claims:
+            return dra.can_fit(pool, request, backend)
+        if backend.kai is not None:  # KAI places shares itself; the pool cannot tell
+            return None
+        return pool.can_serve(backend.resources(request))
 
     async def shortage(self, request: VGPURequest, backend: Backend) -> str:
-        resources = backend.resources(request)
-        pool = self.last_pool()
+        pool = self._pool_for(backend)
         oversize = pool.oversize_message(request.memory_mib)
         if oversize:
             return oversize
+        if backend.uses_claims:
+            return dra.request_shortage(pool, request, backend)
+        resources = backend.resources(request)
+        if not resources:  # kai: no extended resources to count
+            return (f"KAI Scheduler has no room for this kernel ({request.count} × "
+                    f"{format_mib(request.memory_mib)}) right now. Stop a kernel you no longer use, ask for less, "
+                    "or try again later.")
         resource = pool.short_resource(resources) or backend.count_resource
         return pool.shortage_message(resource, resources[resource], backend.count_resource)
 
@@ -139,7 +173,7 @@ class KubernetesView:
                 continue
             if (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
                 kernel_id = labels.get(LABEL_KERNEL_ID, "")
-                held[kernel_id] = held.get(kernel_id, 0) + extended_limits(pod).get(self.count_resource, 0)
+                held[kernel_id] = held.get(kernel_id, 0) + pod_vgpus(pod, self.count_resource)
         return held
 
     def kernel_state(self, handle_info: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +182,8 @@ class KubernetesView:
             return {}
         status = pod.get("status") or {}
         return {"node": (pod.get("spec") or {}).get("nodeName"), "phase": status.get("phase"),
-                "reason": status.get("reason", ""), "started": pod["metadata"].get("creationTimestamp")}
+                "reason": status.get("reason", ""), "started": pod["metadata"].get("creationTimestamp"),
+                **claims.pod_devices(self.clusters[0], pod)}
 
     async def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
         pods = self.kernel_pods()
@@ -156,7 +191,13 @@ class KubernetesView:
             label = slug(user, 63)
             pods = [p for p in pods
                     if (p["metadata"].get("labels") or {}).get(LABEL_USER) == label and pod_user(p) == user]
-        return [pod_summary(pod) for pod in pods]
+        return [self._summary(pod) for pod in pods]
+
+    def _summary(self, pod: dict, cluster: KubeCluster | None = None) -> dict[str, Any]:
+        """The class row, with the device and slice a dra kernel's claim got."""
+        cluster = cluster or next((c for c in self.clusters if c.namespace == pod["metadata"].get("namespace")),
+                                  self.clusters[0])
+        return {**pod_summary(pod), **claims.pod_devices(cluster, pod)}
 
     def _find(self, name: str) -> tuple[KubeCluster, dict] | None:
         for cluster in self.clusters:
@@ -167,7 +208,7 @@ class KubernetesView:
 
     def find_kernel(self, name: str) -> dict[str, Any] | None:
         found = self._find(name)
-        return pod_summary(found[1]) if found else None
+        return self._summary(found[1], found[0]) if found else None
 
     async def stop_kernel(self, name: str, stopped_by: str) -> None:
         found = self._find(name)
