@@ -80,11 +80,46 @@ def _remove(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .k8s.rbac import rbac_manifests
 
-    docs = rbac_manifests(args.namespace, args.service_account, read_nodes=not args.no_nodes, backend=args.backend,
-                          read_all_pods=args.read_all_pods)
+    if not args.hub:
+        for flag in ("values", "hub_service_account", "broker_image"):
+            if getattr(args, flag):
+                return _usage_error(f"--{flag.replace('_', '-')} is for hub mode: add --hub")
+        docs = rbac_manifests(args.namespace, args.service_account or "jupyter", read_nodes=not args.no_nodes,
+                              backend=args.backend, read_all_pods=args.read_all_pods)
+    elif args.values:
+        return _hub_values(args)
+    else:
+        from .k8s.hub_manifests import BROKER_SERVICE, broker_manifests
+
+        if args.service_account and args.hub_service_account:
+            return _usage_error("--service-account (a new account) or --hub-service-account (an existing one), "
+                                "not both")
+        docs = broker_manifests(args.namespace, args.hub_service_account or args.service_account or BROKER_SERVICE,
+                                read_nodes=not args.no_nodes, read_all_pods=args.read_all_pods, backend=args.backend,
+                                create_service_account=not args.hub_service_account)
     if args.backend == "dra":
         docs += _claim_templates(args)
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+def _usage_error(message: str) -> int:
+    print(f"orion-jupyter manifests: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _hub_values(args: argparse.Namespace) -> int:
+    """The zero-to-jupyterhub values snippet of hub mode (alone: it goes to helm, the RBAC to kubectl)."""
+    from .k8s.hub_manifests import z2jh_values, z2jh_values_yaml
+
+    if not args.broker_image:
+        return _usage_error("--values needs --broker-image NAME:TAG, a hub image with orion-jupyter installed "
+                            "(the broker runs in the hub pod)")
+    try:
+        values = z2jh_values(args.broker_image, args.namespace, args.presets)
+    except ValueError as err:
+        return _usage_error(str(err))
+    print(z2jh_values_yaml(values, args.namespace), end="")
     return 0
 
 
@@ -172,9 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("names", nargs="+")
     remove.set_defaults(func=_remove)
 
-    manifests = commands.add_parser("manifests", help="print the RBAC a Jupyter server needs, as YAML")
+    manifests = commands.add_parser("manifests", help="print the RBAC a Jupyter server (or, with --hub, the broker) "
+                                                      "needs, as YAML")
     manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
-    manifests.add_argument("--service-account", default="jupyter", help="service account of the Jupyter server")
+    manifests.add_argument("--service-account",
+                           help="service account to create and bind: the Jupyter server's (default jupyter) or, "
+                                "with --hub, the broker's (default orion-broker)")
+    manifests.add_argument("--hub", action="store_true",
+                           help="hub mode: the RBAC of `orion-jupyter broker`, the JupyterHub service that alone "
+                                "holds the Role (single-user servers hold no cluster credentials)")
+    manifests.add_argument("--hub-service-account", metavar="NAME",
+                           help="with --hub: bind the broker Role to this existing service account instead of "
+                                "creating one; 'hub' (z2jh's hub) when the broker runs in the hub pod")
+    manifests.add_argument("--values", action="store_true",
+                           help="with --hub: print instead the zero-to-jupyterhub Helm values snippet (needs "
+                                "--broker-image; with --presets, embeds them and installs their kernel specs)")
+    manifests.add_argument("--broker-image", metavar="NAME:TAG",
+                           help="with --hub --values: the hub image, with orion-jupyter installed")
     manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
     manifests.add_argument("--read-all-pods", action="store_true",
                            help="read pods cluster-wide, so the pool counts what other workloads hold on GPU nodes")
@@ -182,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="dra: also DRA RBAC (claims, claim templates, ResourceSlices, DeviceClasses) "
                                 "and the presets' ResourceClaimTemplates")
     manifests.add_argument("--presets", help="with --backend dra: YAML presets to render claim templates for "
-                                             "(default: the installed vGPU kernel specs)")
+                                             "(default: the installed vGPU kernel specs); with --hub --values: "
+                                             "presets to install as kernel specs in every single-user server")
     manifests.add_argument("--dra-flavor", action="append", metavar="FLAVOR",
                            help="with --backend dra: hami, mig, gpu or mig:<profile>, repeated in order of "
                                 "preference (several make a firstAvailable list); default hami")
