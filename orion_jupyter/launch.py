@@ -6,7 +6,8 @@ The provisioner resolves its traitlets, the kernel spec and the start kwargs int
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,3 +55,19 @@ class KernelLaunch:
     timeout: float = 300.0
     wait_for_capacity: bool = False
     orion_controller: str | None = None
+    cwd: str = ""  # the notebook's folder, relative to the server's root ('' = the root)
+
+
+PORT_RANGE = (40000, 60000)
+
+
+def fresh_ports(previous: Iterable[Any] = ()) -> list[int]:
+    """Five kernel ports unlike the last launch's: each pod has its own IP, so only change matters
+    (jupyter_server notices a restarted kernel by its ports)."""
+    old = set(previous)
+    ports: list[int] = []
+    while len(ports) < 5:
+        port = secrets.choice(range(*PORT_RANGE))
+        if port not in old and port not in ports:
+            ports.append(port)
+    return ports

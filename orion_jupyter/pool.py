@@ -42,16 +42,6 @@ class DevicePool:
     allocations: int = 0
     attributes: dict[str, object] = field(default_factory=dict)
 
-    def memory_shortage_message(self, memory_resource: str, asked_mib: int, count: int) -> str:
-        """The sentence when vGPUs are free but no device has ``asked_mib`` of memory left."""
-        largest = max((n.resources.get(memory_resource, ResourceCount()).free for n in self.nodes), default=0)
-        total = self.totals().get(memory_resource, ResourceCount())
-        each = f" on each of {count} GPUs" if count > 1 else ""
-        return (f"Not enough vGPU memory free: this kernel needs {format_mib(asked_mib)}{each}; at most "
-                f"{format_mib(largest)} is free on any one device ({format_mib(total.allocated)} of "
-                f"{format_mib(total.allocatable)} in use). Stop a kernel you no longer use, ask for less vGPU memory, "
-                "or try again later.")
-
     def as_dict(self) -> dict:
         return {
             "name": self.name, "driver": self.driver, "pool": self.pool, "shared": self.shared,
@@ -131,6 +121,18 @@ class PoolSnapshot:
                     "Stop a kernel you no longer use, ask for fewer vGPUs, or try again later.")
         return (f"Not enough {resource} free: this kernel {self.shortage_text(resource, asked, unit=resource)}. "
                 "Ask for less, stop a kernel you no longer use, or try again later.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PoolSnapshot:
+        """The snapshot ``as_dict`` wrote (what the broker's pool endpoint answers)."""
+        def counts(resources: Mapping) -> dict[str, ResourceCount]:
+            return {r: ResourceCount(int(c.get("allocatable", 0)), int(c.get("allocated", 0)), c.get("others"))
+                    for r, c in (resources or {}).items()}
+
+        nodes = [NodePool(name=n.get("name", ""), resources=counts(n.get("resources")),
+                          device_memory_mib=n.get("device_memory_mib")) for n in data.get("nodes") or []]
+        return cls(nodes=nodes, visible=bool(data.get("visible", True)),
+                   others_visible=bool(data.get("others_visible")), source=str(data.get("source", "kubernetes")))
 
     def hidden_shortage_message(self, resource: str, asked: int, count_resource: str) -> str:
         """The sentence when the scheduler found too little although this project's kernels leave
