@@ -195,7 +195,7 @@ def launch_state(pod: dict) -> LaunchState:
     code = container_exit_code(pod)
     oom = oom_text(pod)
     if oom:
-        return LaunchState("failed", "oom", f"{oom} before it was ready (OOMKilled, exit code {code})")
+        return LaunchState("failed", "exited", f"{oom} before it was ready (OOMKilled, exit code {code})")
     if code is not None or status.get("phase") in TERMINAL_PHASES:
         why = container_end_reason(pod)
         return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} "

@@ -43,9 +43,13 @@ TOMBSTONES = 256  # the last state of this many deleted objects is kept (why a k
 class Backoff:
     """Capped exponential backoff with jitter: ``next()`` is the next delay, ``reset()`` after a success."""
 
-    def __init__(self, initial: float = BACKOFF_INITIAL_SECONDS, cap: float = BACKOFF_MAX_SECONDS,
-                 jitter: float = BACKOFF_JITTER, rng: Callable[[], float] = random.random):
-        self.initial, self.cap, self.jitter, self._rng = initial, cap, jitter, rng
+    def __init__(self, initial: float | None = None, cap: float | None = None, jitter: float | None = None,
+                 rng: Callable[[], float] = random.random):
+        """Defaults: the module's BACKOFF_* settings at the time the backoff is made."""
+        self.initial = BACKOFF_INITIAL_SECONDS if initial is None else initial
+        self.cap = BACKOFF_MAX_SECONDS if cap is None else cap
+        self.jitter = BACKOFF_JITTER if jitter is None else jitter
+        self._rng = rng
         self.attempts = 0
 
     def next(self) -> float:
