@@ -191,6 +191,23 @@ async def test_a_claim_template_the_server_may_not_create_says_which_rbac_is_mis
     assert ours(hami, "pods") == [] and ours(hami, "secrets") == []
 
 
+async def test_a_template_deleted_behind_the_servers_back_is_made_again(hami, vgpu_spec):
+    spec = vgpu_spec("dra-1x4gi", 1, "4Gi", backend="dra")
+    first = await started(spec, k8s_config())
+    second = None
+    try:
+        (template,) = hami.objects("resourceclaimtemplates", NS)
+        hami.delete_object("resourceclaimtemplates", NS, template["metadata"]["name"])
+        second = await started(spec, k8s_config())  # FailedResourceClaimCreation: the launch creates it again
+        assert granted(hami, second)["memory_mib"] == 4 * GIB
+        assert [t["metadata"]["name"] for t in hami.objects("resourceclaimtemplates", NS)] == [
+            template["metadata"]["name"]]
+    finally:
+        await first.shutdown_kernel(now=True)
+        if second is not None:
+            await second.shutdown_kernel(now=True)
+
+
 async def test_a_kernel_waits_for_a_gpu_with_wait_for_capacity(hami, vgpu_spec):
     spec = vgpu_spec("dra-1x24gi", 1, "24Gi", backend="dra")
     first = await started(spec, k8s_config())

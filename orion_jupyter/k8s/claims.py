@@ -88,7 +88,8 @@ class DraWatches:
 async def dra_synced(cluster: KubeCluster, timeout: float = 10.0) -> None:
     """The cluster's DRA watches, started and listed once (off the event loop)."""
     watches = cluster.enable_dra()
-    await asyncio.to_thread(watches.wait_synced, timeout)
+    if not all(watch.wait_synced(0) for watch in watches.watches):
+        await asyncio.to_thread(watches.wait_synced, timeout)
 
 
 def dra_pool_of(cluster: KubeCluster) -> PoolSnapshot:
@@ -137,10 +138,13 @@ async def ensure_claim_template(cluster: KubeCluster, template: Mapping[str, Any
         _created.add(key)
 
 
-def forget_templates() -> None:
-    """Forget which templates this process made (tests: a new cluster has none)."""
+def forget_templates(cluster: KubeCluster | None = None, name: str | None = None) -> None:
+    """Forget that this process made a template (one deleted behind its back), or all of them (tests)."""
     with _created_lock:
-        _created.clear()
+        if cluster is None:
+            _created.clear()
+        else:
+            _created.discard((cluster.api.configuration.host, cluster.namespace, name or ""))
 
 
 def _api_message(err: ApiException) -> str:
@@ -210,11 +214,41 @@ class ClaimJudge(LaunchJudge):
     def __init__(self, cluster: KubeCluster, manifests: KernelManifests, loop: asyncio.AbstractEventLoop,
                  recheck: Callable[[], None], progress: Callable[[str], None] | None):
         super().__init__(recheck, progress)
+        self._cluster, self._manifests = cluster, manifests
         self._watches = cluster.enable_dra()
         self._pod_claims = list(manifests.pod["spec"].get("resourceClaims") or [])
+        self._remade: asyncio.Future | None = None
         self._unsubscribe.append(self._watches.claims.subscribe(lambda kind, claim: self._recheck(), loop))
+        self._unsubscribe.append(cluster.events.subscribe(self._on_event, loop))
+
+    def _on_event(self, kind: str, event: dict) -> None:
+        """A template deleted behind this process's back (Kubernetes cannot make the claim): make it again."""
+        template = self._manifests.claim_template
+        if (kind == "DELETED" or template is None or self._remade is not None
+                or (event.get("involvedObject") or {}).get("name") != self._manifests.name
+                or event.get("reason") != "FailedResourceClaimCreation"
+                or "not found" not in (event.get("message") or "")):
+            return
+        log.warning("ResourceClaimTemplate %s is gone; creating it again", template["metadata"]["name"])
+        forget_templates(self._cluster, template["metadata"]["name"])
+        self._remade = asyncio.ensure_future(ensure_claim_template(self._cluster, template))
+        self._remade.add_done_callback(self._remade_done)
+
+    def _remade_done(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._failure = future.exception()
+            self._recheck()
+
+    _failure: BaseException | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self._remade is not None and not self._remade.done():
+            self._remade.cancel()
 
     def _decide(self, pod: dict, state: LaunchState) -> LaunchState:
+        if isinstance(self._failure, KernelLaunchError):  # the template could not be made again
+            return _state("failed", self._failure.reason, str(self._failure))
         if not self._watches.claims_visible:  # the claims cannot be read: the scheduler's words alone
             if state.phase == "failed" and _WAITING_FOR_CONTROLLER not in state.message:
                 return _state("failed", "unschedulable",
