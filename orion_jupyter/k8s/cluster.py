@@ -15,17 +15,18 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
-from ..pool import PoolSnapshot, pool_from_cluster
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR, TERMINAL_PHASES
+from ..pool import PoolSnapshot, pool_from_cluster
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .watch import SharedWatch
@@ -172,9 +173,11 @@ def trim_pod(pod: dict) -> dict:
                                           "creationTimestamp", "deletionTimestamp") if k in meta},
         "spec": {
             "nodeName": spec.get("nodeName"),
-            "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}} for c in spec.get("containers") or []],
+            "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
+                           for c in spec.get("containers") or []],
         },
-        "status": {k: status[k] for k in ("phase", "reason", "message", "conditions", "podIP", "containerStatuses") if k in status},
+        "status": {k: status[k] for k in ("phase", "reason", "message", "conditions", "podIP", "containerStatuses")
+                   if k in status},
     }
 
 
@@ -225,7 +228,7 @@ def launch_state(pod: dict) -> LaunchState:
 class KubeCluster:
     """Shared watches and API calls for one namespace of one cluster."""
 
-    _instances: dict[tuple[str, str], "KubeCluster"] = {}
+    _instances: dict[tuple[str, str], KubeCluster] = {}
     _instances_lock = threading.Lock()
 
     def __init__(self, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True, watch_others: bool = False,
@@ -241,8 +244,9 @@ class KubeCluster:
                                   field_selector="involvedObject.kind=Pod", keep=None)
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
         # Every other pod that holds extended resources on a node (needs a cluster-wide read of pods).
-        self.others = SharedWatch("pods/*", self.core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
-                                  field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
+        self.others = SharedWatch(
+            "pods/*", self.core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
+            field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
         # dra backend: this project's ResourceClaims and the ResourceSlices (k8s/claims.py); see enable_dra
         self.dra: DraWatches | None = DraWatches(api, namespace) if watch_dra else None
         self._pool_cache: tuple[tuple[int, int, int], PoolSnapshot] | None = None
@@ -259,7 +263,7 @@ class KubeCluster:
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
-               watch_others: bool = False, watch_dra: bool = False) -> "KubeCluster":
+               watch_others: bool = False, watch_dra: bool = False) -> KubeCluster:
         key = (api.configuration.host, namespace)
         with cls._instances_lock:
             if key not in cls._instances:
@@ -365,10 +369,12 @@ class KubeCluster:
                 if err.status in _RETRYABLE_STATUS and attempt < CREATE_RETRIES:
                     log.warning("creating %s: API answered %s; retrying", what, err.status)
                 else:
-                    raise KernelLaunchError("api", f"Kubernetes refused to create the kernel {what}: {_api_message(err)}") from None
+                    raise KernelLaunchError(
+                        "api", f"Kubernetes refused to create the kernel {what}: {_api_message(err)}") from None
             except HTTPError as err:
                 if attempt == CREATE_RETRIES:
-                    raise KernelLaunchError("api", f"Kubernetes API unreachable while creating the kernel {what}: {err}") from None
+                    raise KernelLaunchError(
+                        "api", f"Kubernetes API unreachable while creating the kernel {what}: {err}") from None
                 log.warning("creating %s: %s; retrying", what, err)
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable")
@@ -383,7 +389,8 @@ class KubeCluster:
                 if err.status != 404:
                     log.error("deleting %s %s failed: %s", fn.__name__, name, _api_message(err))
             except HTTPError as err:
-                log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s", fn.__name__, name, err)
+                log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s",
+                          fn.__name__, name, err)
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
@@ -440,7 +447,7 @@ class KubeCluster:
     # -- launch ------------------------------------------------------------------------------
     async def launch(self, manifests: KernelManifests, *, timeout: float, count_resource: str,
                      wait_when_unschedulable: bool = False,
-                     progress: Callable[[str], None] | None = None) -> "PodKernel":
+                     progress: Callable[[str], None] | None = None) -> PodKernel:
         """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both."""
         await self.ensure_started()
         name = manifests.name
@@ -458,7 +465,7 @@ class KubeCluster:
             owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
             try:
                 state = await asyncio.wait_for(waiter.result, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = waiter.waiting_for or self.last_event.get(name) or "no progress reported"
                 raise KernelLaunchError(
                     "timeout", f"the kernel pod {name} did not become ready within {timeout:g} s (last: {last})"
@@ -481,11 +488,14 @@ class KubeCluster:
             await self.request(self.core.patch_namespaced_secret, pod["metadata"]["name"], self.namespace,
                                secret_owner_patch(pod))
         except (ApiException, HTTPError) as err:
-            log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s", pod["metadata"]["name"], err)
+            log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s",
+                        pod["metadata"]["name"], err)
 
-    async def _explain(self, name: str, state: LaunchState, manifests: KernelManifests, count_resource: str) -> KernelLaunchError:
+    async def _explain(self, name: str, state: LaunchState, manifests: KernelManifests,
+                       count_resource: str) -> KernelLaunchError:
         if state.reason == "unschedulable":
-            return KernelLaunchError("unschedulable", self._unschedulable_text(state.message, manifests.pod, count_resource))
+            return KernelLaunchError("unschedulable",
+                                     self._unschedulable_text(state.message, manifests.pod, count_resource))
         if state.reason == "exited":
             tail = await self.log_tail(name)
             return KernelLaunchError("exited", state.message + (f"; its last output:\n{tail}" if tail else ""))
@@ -535,7 +545,8 @@ class _LaunchWaiter:
         if pod.get("metadata", {}).get("name") != self.name or self.result.done():
             return
         if kind == "DELETED":
-            self.result.set_result(LaunchState("failed", "deleted", f"the kernel pod {self.name} was deleted before it was ready"))
+            self.result.set_result(
+                LaunchState("failed", "deleted", f"the kernel pod {self.name} was deleted before it was ready"))
             return
         state = launch_state(pod)
         if self._judge is not None:
@@ -552,7 +563,7 @@ class _LaunchWaiter:
         while not self.result.done():
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), KNOCK_TIMEOUT_SECONDS)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(KNOCK_INTERVAL_SECONDS)
                 continue
             writer.close()
