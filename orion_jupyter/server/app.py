@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -14,6 +16,26 @@ from . import handlers
 from .metrics import COLLECTOR
 from .state import OrionState
 from .usage import UsageSampler
+
+log = logging.getLogger("orion_jupyter.server")
+
+
+def warm_up(kind: str) -> None:
+    """What the first kernel launch of a server process would otherwise pay for on its event loop:
+    jupyter_client's look-up of this host's addresses (it imports psutil), the provisioner factory's
+    scan of entry points, the launch side's modules. Run once, in a thread, at extension load."""
+    try:
+        from jupyter_client import localinterfaces
+        from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+        localinterfaces.local_ips()
+        KernelProvisionerFactory.instance()
+        if kind == "kubernetes":
+            from ..k8s import driver  # noqa: F401 - the launch side: manifests, the Pod builder
+        else:
+            from ..local import LocalDriver  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a warm-up never stops the server; the first launch pays instead
+        log.debug("warm-up skipped: %s", err)
 
 
 class OrionJupyter(ExtensionApp):
@@ -67,7 +89,8 @@ class OrionJupyter(ExtensionApp):
         ])
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        await self.state.view.start()
+        threading.Thread(target=warm_up, args=(self.state.view.kind,), name="orion-warm-up", daemon=True).start()
+        await self.state.view.start()  # the shared watches list and start now, not at the first launch
         self.usage.start()
         if self.activity_report_interval > 0:
             self._activity_timer = PeriodicCallback(self.state.report_activity, self.activity_report_interval * 1000)
