@@ -30,7 +30,7 @@ def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[],
 
     quick = args.quick
     return {
-        "launch": [("launch", lambda: launch.run(quick))],
+        "launch": [("launch", lambda: launch.run(quick)), ("launch_server", lambda: launch.run_server(quick))],
         "burst": [("burst", lambda: burst.run(quick)), ("burst_server", lambda: burst.run_server_only(quick))],
         "scale": [("scale", lambda: scale.run(quick))],
         "demos": [("demos", lambda: demos.run(quick, args.demos_device))],
