@@ -767,7 +767,9 @@ class PodWorker:
         for mount in self.container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"]) or {}
             src = os.path.join(self.dir, "volumes", mount["name"])
-            if not os.path.isdir(src):
+            if "hostPath" in volume:  # a folder of this machine, as a node's (stands in for a user's PVC)
+                src = volume["hostPath"]["path"]
+            elif not os.path.isdir(src):
                 os.makedirs(src)
                 if "secret" in volume:
                     self._write_secret(volume["secret"], src)

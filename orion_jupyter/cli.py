@@ -173,6 +173,12 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(args: argparse.Namespace, extra: list[str]) -> int:
+    from .broker.service import main as broker_main
+
+    return broker_main(extra)
+
+
 def _lab(args: argparse.Namespace, extra: list[str]) -> int:
     from .lab import run_lab
 
@@ -247,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds an object must exist before it is collected "
                          "(a launch in progress is never touched); default 600")
     gc.set_defaults(func=_gc)
+
+    broker = commands.add_parser(
+        "broker", help="run the vGPU broker, a JupyterHub service that launches every server's kernels (hub mode); "
+                       "options as --Broker.courses=... / --config FILE")
+    broker.set_defaults(func=_broker, passes_extra=True)
 
     lab = commands.add_parser("lab",
                               help="start JupyterLab with vGPU kernels (local backend unless a cluster is configured)")

@@ -15,6 +15,8 @@ from .protocols import BackendView, Driver
 def cluster_kind(settings: Any) -> str:
     if settings.cluster != "auto":
         return settings.cluster
+    if settings.broker_url:  # hub mode: the server holds no cluster credentials
+        return "broker"
     from .k8s.client import cluster_configured
 
     return "kubernetes" if cluster_configured(settings.kubeconfig) else "local"
@@ -35,10 +37,15 @@ def _kube_clusters(settings: Any, extra_namespaces: Iterable[str] = ()) -> list[
 
 def make_view(settings: Any, class_namespaces: Iterable[str] = ()) -> BackendView:
     """The read side for the server extension (and a driver's quota checks)."""
-    if cluster_kind(settings) == "kubernetes":
+    kind = cluster_kind(settings)
+    if kind == "kubernetes":
         from .k8s.view import KubernetesView
 
         return KubernetesView(_kube_clusters(settings, class_namespaces), settings.backend_model())
+    if kind == "broker":
+        from .broker.client import BrokerClient, BrokerView
+
+        return BrokerView(BrokerClient.shared(settings.broker_url, settings.broker_token), settings.backend_model())
     from .local import LocalPool, LocalView
 
     return LocalView(LocalPool(parent=settings), settings.backend_model())
@@ -51,6 +58,10 @@ def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
         from .k8s.driver import KubernetesDriver
 
         return KubernetesDriver(view.clusters[0], view)  # type: ignore[attr-defined]
+    if view.kind == "broker":
+        from .broker.client import BrokerDriver
+
+        return BrokerDriver(view.client, view)  # type: ignore[attr-defined]
     from .local import LocalDriver
 
     return LocalDriver(view, kernel_manager, kernel_spec)  # type: ignore[arg-type]

@@ -72,6 +72,7 @@ class BackendView(Protocol):
     backend: Backend  # the configured backend (a spec may name another)
     count_resource: str  # the pool resource that counts vGPUs
     uses_images: bool  # whether a kernel's image matters (the image allow-list applies)
+    decides_instructors: bool  # True: the backend (the broker) says who is an instructor, by PermissionError
 
     async def start(self) -> None: ...
     async def pool(self) -> PoolSnapshot: ...

@@ -84,9 +84,14 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     host_ipc = Bool(False, config=True,
                     help="Give Orion kernels hostIPC (faster client-server transfer; "
                          "shares the node's IPC namespace: a security trade-off).")
-    cluster = Enum(["auto", "kubernetes", "local"], "auto", config=True,
-                   help="Where kernels run: kubernetes, local (processes on this machine), "
-                        "or auto (kubernetes when in a pod or a kubeconfig exists).")
+    cluster = Enum(["auto", "kubernetes", "local", "broker"], "auto", config=True,
+                   help="Where kernels run: kubernetes, local (processes on this machine), broker (hub mode: the "
+                        "vGPU broker service launches them), or auto (broker when broker_url is set, kubernetes "
+                        "when in a pod or a kubeconfig exists, else local).")
+    broker_url = Unicode(config=True,
+                         help="Hub mode: the vGPU broker's URL (a JupyterHub service); default "
+                              "$ORION_JUPYTER_BROKER_URL. This server then holds no cluster credentials.")
+    broker_token = Unicode(config=True, help="Hub token for the broker; default $JUPYTERHUB_API_TOKEN (the server's own).")
     user = Unicode(config=True,
                    help="User the kernel belongs to (labels, class view); default JUPYTERHUB_USER or the login name.")
     course = Unicode("", config=True, help="Course or class label put on kernel pods (for the instructor view).")
@@ -161,6 +166,14 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self._apply_spec_option(name, value)
             except VGPURequestError as err:
                 self.spec_problem = self.spec_problem or err
+
+    @default("broker_url")
+    def _default_broker_url(self) -> str:
+        return os.environ.get("ORION_JUPYTER_BROKER_URL", "")
+
+    @default("broker_token")
+    def _default_broker_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     @default("user")
     def _default_user(self) -> str:
@@ -252,7 +265,16 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             scheduler_name=self.scheduler_name,
         )
 
-    def _launch_description(self, request: VGPURequest, launch_env: dict[str, str]) -> KernelLaunch:
+    def _server_folder(self, cwd: str | None) -> str:
+        """The kernel's working folder relative to the server's root ('' when it is the root or outside)."""
+        root = getattr(getattr(self.parent, "parent", None), "root_dir", None)
+        if not cwd or not root:
+            return ""
+        relative = os.path.relpath(os.path.realpath(cwd), os.path.realpath(root))
+        return "" if relative == "." or relative.startswith("..") else relative.replace(os.sep, "/")
+
+    def _launch_description(self, request: VGPURequest, launch_env: dict[str, str],
+                            cwd: str | None = None) -> KernelLaunch:
         km = self.parent
         session = getattr(km, "session", None)
         return KernelLaunch(
@@ -270,6 +292,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             timeout=self.launch_timeout,
             wait_for_capacity=self.wait_for_capacity,
             orion_controller=self.orion_controller or None,
+            cwd=self._server_folder(cwd),
         )
 
     # -- the provisioner API ------------------------------------------------------------------
@@ -301,7 +324,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         PROGRESS.record(self.kernel_id, f"starting a kernel with {request.describe()} ({self.driver.name})")
         try:
             kwargs = await super().pre_launch(**kwargs)
-            self.launch = self._launch_description(request, kwargs.get("env") or {})
+            self.launch = self._launch_description(request, kwargs.get("env") or {}, kwargs.get("cwd"))
             return await self.driver.pre_launch(self.launch, kwargs)
         except KernelLaunchError as err:
             PENDING.release(self.kernel_id)
@@ -357,7 +380,7 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return max(recommended, 2.0 * self.termination_grace_seconds)
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
-        return max(recommended, self.launch_timeout) if self.cluster_kind() == "kubernetes" else recommended
+        return max(recommended, self.launch_timeout) if self.cluster_kind() != "local" else recommended
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()

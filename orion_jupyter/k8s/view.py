@@ -108,6 +108,7 @@ class KubernetesView:
 
     kind = "kubernetes"
     uses_images = True
+    decides_instructors = False
 
     def __init__(self, clusters: list[KubeCluster], backend: Backend):
         self.clusters = clusters

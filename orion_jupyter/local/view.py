@@ -15,6 +15,7 @@ class LocalView:
     kind = "local"
     count_resource = VGPU_RESOURCE
     uses_images = False
+    decides_instructors = False
 
     def __init__(self, pool: LocalPool, backend: Backend):
         self.local_pool = pool

@@ -173,17 +173,22 @@ class ClassHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        instructor = self.is_instructor
         sort = self.get_query_argument("sort", "")
         if sort not in ("", "waste"):
             return self.refuse(400, f'query parameter "sort" {sort!r} is not known; use sort=waste or leave it out')
-        kernels = await self.state.view.class_kernels(None if instructor else self.username)
+        view = self.state.view
+        instructor = view.decides_instructors or self.is_instructor
+        try:
+            kernels = await view.class_kernels(None if instructor else self.username)
+        except PermissionError:  # the broker says this user is no instructor: their own kernels then
+            instructor, kernels = False, await view.class_kernels(self.username)
         fresh = {k["kernel_id"]: k for k in self.state.kernels.allocations() if k.get("memory_used") is not None}
         for kernel in kernels:  # this server's own kernels: the latest sample, not the pod's annotation
             if kernel.get("kernel_id") in fresh:
                 kernel.update({k: fresh[kernel["kernel_id"]][k] for k in USAGE_FIELDS})
-        if sort == "waste":  # most granted-and-unused memory first, then the longest idle
-            kernels.sort(key=lambda k: (-(k.get("waste_bytes") or -1), -(k.get("idle_seconds") or 0)))
+        if sort == "waste":  # most granted-and-unused memory first (unknown use last), then the longest idle
+            kernels.sort(key=lambda k: (k.get("waste_bytes") is None, -(k.get("waste_bytes") or 0),
+                                        -(k.get("idle_seconds") or 0)))
         self.reply({"kernels": kernels, "instructor": instructor})
 
 
@@ -191,9 +196,14 @@ class ClassPodHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def delete(self, pod_name: str) -> None:
-        kernel = self.state.view.find_kernel(pod_name)
-        if kernel is None or not (self.is_instructor or kernel["user"] == self.username):
+        view = self.state.view
+        kernel = view.find_kernel(pod_name)
+        allowed = view.decides_instructors or self.is_instructor or (kernel or {}).get("user") == self.username
+        if kernel is None or not allowed:
             # Another user's pod is as good as not there for this user.
             return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
-        await self.state.kernels.stop(kernel, stopped_by=self.username)
+        try:
+            await self.state.kernels.stop(kernel, stopped_by=self.username)
+        except PermissionError:
+            return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
         self.reply({"stopped": pod_name, "user": kernel["user"]})

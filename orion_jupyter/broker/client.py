@@ -1,0 +1,309 @@
+"""The single-user server's side of hub mode: a ``broker`` driver and view over the broker's API.
+
+The server holds no cluster credentials: it asks the broker, with its own hub token
+(``JUPYTERHUB_API_TOKEN``), to launch and stop kernels, follows its kernels over one watch stream
+per process, and connects to each kernel pod directly over ZMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+from typing import Any, Callable
+
+from jupyter_client.connect import KernelConnectionInfo, port_names
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from ..backends import Backend
+from ..errors import KernelLaunchError
+from ..launch import KernelLaunch, fresh_ports
+from ..pool import PoolSnapshot
+from ..vgpu import VGPURequest, VGPURequestError
+
+log = logging.getLogger("orion_jupyter.broker")
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class BrokerError(KernelLaunchError):
+    """The broker could not be reached or answered something this client does not understand."""
+
+    def __init__(self, message: str):
+        super().__init__("api", message)
+
+
+class BrokerClient:
+    """One per broker and token per process: requests, the launch stream, and the watch of this user's kernels."""
+
+    _shared: dict[tuple[str, str], BrokerClient] = {}
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/") + "/"
+        self.token = token
+        self.kernels: dict[str, dict[str, Any]] = {}  # kernel id -> its latest state from the watch
+        self._changed = asyncio.Event()
+        self._watching: asyncio.Task | None = None
+        self.synced = asyncio.Event()
+
+    @classmethod
+    def shared(cls, url: str, token: str) -> BrokerClient:
+        key = (url, token)
+        if key not in cls._shared:
+            cls._shared[key] = cls(url, token)
+        return cls._shared[key]
+
+    def _request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> HTTPRequest:
+        return HTTPRequest(self.url + path, method=method, headers={"Authorization": f"token {self.token}",
+                                                                   "Content-Type": "application/json"},
+                           body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
+                           **kwargs)
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            response = await AsyncHTTPClient().fetch(self._request(method, path, body, request_timeout=30))
+        except HTTPClientError as err:
+            if err.response is None:
+                raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
+            return err.code, _json(err.response.body)
+        except OSError as err:
+            raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
+        return response.code, _json(response.body)
+
+    async def launch(self, body: dict[str, Any], timeout: float, progress: Callable[[str], None]) -> dict[str, Any]:
+        """POST a launch and follow its stream until the kernel is ready; raises its refusal or failure."""
+        lines: list[dict] = []
+        buffer = bytearray()
+
+        def on_chunk(chunk: bytes) -> None:
+            buffer.extend(chunk)
+            while b"\n" in buffer:
+                line, _, rest = bytes(buffer).partition(b"\n")
+                buffer[:] = rest
+                item = _json(line)
+                if isinstance(item, dict):
+                    lines.append(item)
+                    if "progress" in item:
+                        progress(str(item["progress"]))
+
+        request = self._request("POST", "api/kernels", body, request_timeout=timeout + 30, streaming_callback=on_chunk)
+        try:
+            await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as err:
+            if err.response is None:
+                raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
+            refusal = _json(err.response.body if err.response.body else bytes(buffer)) or {}
+            message = refusal.get("message") or f"the vGPU broker refused the launch ({err.code})"
+            if refusal.get("field"):
+                raise VGPURequestError(refusal["field"], None, message) from None
+            raise KernelLaunchError(refusal.get("reason") if refusal.get("reason") in KernelLaunchError.REASONS
+                                    else "unschedulable" if err.code == 409 else "api", message) from None
+        for item in lines:
+            if "ready" in item:
+                return item["ready"]
+            if "error" in item:
+                error = item["error"]
+                reason = error.get("reason") if error.get("reason") in KernelLaunchError.REASONS else "api"
+                raise KernelLaunchError(reason, error.get("message", "the launch failed"))
+        raise BrokerError("the vGPU broker ended the launch without an answer")
+
+    async def watching(self) -> None:
+        """Follow this user's kernels (one stream per process), resuming with capped, jittered backoff."""
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.ensure_future(self._watch())
+        await asyncio.wait_for(self.synced.wait(), 30)
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while True:
+            buffer = bytearray()
+
+            def on_chunk(chunk: bytes) -> None:
+                buffer.extend(chunk)
+                while b"\n" in buffer:
+                    line, _, rest = bytes(buffer).partition(b"\n")
+                    buffer[:] = rest
+                    self._apply(_json(line) or {})
+
+            try:
+                await AsyncHTTPClient().fetch(self._request("GET", "api/watch", request_timeout=0,
+                                                            streaming_callback=on_chunk))
+                delay = 0.2
+            except Exception as err:  # noqa: BLE001 - any break of the stream: resume
+                log.warning("the broker's watch stream broke (%s); resuming in %.1f s", err, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 30.0)
+
+    def _apply(self, item: dict[str, Any]) -> None:
+        if item.get("synced"):
+            self.synced.set()
+        elif item.get("kernel_id"):
+            self.kernels[item["kernel_id"]] = item
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+def _json(data: bytes | None) -> Any:
+    try:
+        return json.loads(data or b"null")
+    except ValueError:
+        return None
+
+
+class BrokerKernel:
+    """A kernel pod the broker launched for this server; state from the watch stream."""
+
+    def __init__(self, client: BrokerClient, kernel_id: str, pod_name: str, ip: str):
+        self.client = client
+        self.kernel_id = kernel_id
+        self.pod_name = pod_name
+        self.ip = ip
+        self._exit_code: int | None = None
+
+    def poll(self) -> int | None:
+        if self._exit_code is None:
+            state = self.client.kernels.get(self.kernel_id)
+            if state is not None and state.get("pod") == self.pod_name and (
+                    state.get("deleted") or state.get("phase") in TERMINAL_PHASES):
+                self._exit_code = state.get("exit_code") if state.get("exit_code") is not None else 1
+        return self._exit_code
+
+    async def wait(self) -> int | None:
+        while self.poll() is None:
+            await self.client.changed()
+        return self._exit_code
+
+    async def send_signal(self, signum: int) -> None:
+        if signum == 0:
+            if self.poll() is not None:
+                raise ProcessLookupError(f"kernel pod {self.pod_name} is gone")
+        elif signum in (signal.SIGKILL, signal.SIGTERM):
+            await self.terminate(0 if signum == signal.SIGKILL else 5)
+        else:
+            log.warning("signal %s is not delivered to kernel pod %s (interrupts go by message)", signum, self.pod_name)
+
+    async def terminate(self, grace_seconds: int) -> None:
+        await self.client.call("DELETE", f"api/kernels/{self.kernel_id}?grace={int(grace_seconds)}")
+
+    async def kill(self) -> None:
+        await self.terminate(0)
+
+    async def cleanup(self) -> None:
+        code, body = await self.client.call("DELETE", f"api/kernels/{self.kernel_id}")
+        if code not in (200, 404):
+            log.error("the broker did not stop kernel %s (%s): %s", self.kernel_id, code, body)
+
+    def info(self) -> dict[str, Any]:
+        state = self.client.kernels.get(self.kernel_id) or {}
+        return {"pod_name": self.pod_name, "pod_ip": self.ip, "node_name": state.get("node")}
+
+
+class BrokerView:
+    """The read side in hub mode: what the broker shows this server's user (it decides capacity)."""
+
+    kind = "broker"
+    uses_images = True
+    decides_instructors = True
+
+    def __init__(self, client: BrokerClient, backend: Backend):
+        self.client = client
+        self.backend = backend
+        self.count_resource = backend.count_resource
+        self._last_pool = PoolSnapshot()
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def pool(self) -> PoolSnapshot:
+        code, body = await self.client.call("GET", "api/pool")
+        if code == 200 and isinstance(body, dict):
+            self.count_resource = body.get("count_resource", self.count_resource)
+            self._last_pool = PoolSnapshot.from_dict(body)
+        return self._last_pool
+
+    def last_pool(self) -> PoolSnapshot:
+        return self._last_pool
+
+    async def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
+        return None  # the broker arbitrates the class: it answers at launch, with the reason
+
+    async def shortage(self, request: VGPURequest, backend: Backend) -> str:
+        return ""
+
+    async def vgpus_by_kernel(self, user: str) -> dict[str, int]:
+        return {}  # quotas are the broker's
+
+    def kernel_state(self, handle_info: dict[str, Any]) -> dict[str, Any]:
+        for state in self.client.kernels.values():
+            if state.get("pod") == handle_info.get("pod_name"):
+                return {"node": state.get("node"), "phase": state.get("phase"), "reason": state.get("reason", "")}
+        return {}
+
+    async def class_kernels(self, user: str | None = None) -> list[dict[str, Any]]:
+        code, body = await self.client.call("GET", "api/class" if user is None else "api/kernels")
+        if code in (403, 404):
+            raise PermissionError((body or {}).get("message") or "the class view is for instructors")
+        if code != 200 or not isinstance(body, dict):
+            raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
+        rows = body.get("kernels") or []
+        self._rows = {row["pod"]: row for row in rows if row.get("pod")}
+        return rows
+
+    def find_kernel(self, name: str) -> dict[str, Any] | None:
+        return self._rows.get(name)
+
+    async def stop_kernel(self, name: str, stopped_by: str) -> None:
+        code, body = await self.client.call("DELETE", f"api/class/{name}")
+        if code in (403, 404):
+            raise PermissionError((body or {}).get("message") or f"no kernel pod {name} of yours")
+        if code != 200:
+            raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
+
+    async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
+        code, _ = await self.client.call("POST", f"api/pods/{name}/report", annotations)
+        return code == 200
+
+
+class BrokerDriver:
+    name = "broker"
+
+    def __init__(self, client: BrokerClient, view: BrokerView):
+        self.client = client
+        self.view = view
+        self._connection: dict[str, Any] = {}
+
+    async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
+        previous = [self._connection.get(name) for name in port_names]
+        self._connection = {"transport": "tcp", "ip": "0.0.0.0", "key": launch.key,
+                            "signature_scheme": launch.signature_scheme, "kernel_name": launch.kernel_spec_name,
+                            **dict(zip(port_names, launch.ports or fresh_ports(previous), strict=True))}
+        kwargs["cmd"] = ["python", "-m", "ipykernel_launcher"]  # the broker builds the pod's command
+        return kwargs
+
+    async def launch(self, launch: KernelLaunch, cmd: list[str],
+                     kwargs: dict[str, Any]) -> tuple[BrokerKernel, KernelConnectionInfo]:
+        from ..progress import PROGRESS
+
+        await self.client.watching()
+        request = launch.request
+        body = {"kernel_id": launch.kernel_id, "vgpus": request.count,
+                "memory": f"{request.memory_mib}Mi" if request.count else None,
+                "compute": request.compute_percent, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+                "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
+                "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in port_names},
+                "cwd": launch.cwd, "image": launch.pod.image}
+        ready = await self.client.launch({k: v for k, v in body.items() if v is not None}, launch.timeout,
+                                         lambda message: PROGRESS.record(launch.kernel_id, message))
+        kernel = BrokerKernel(self.client, launch.kernel_id, ready["pod_name"], ready["ip"])
+        info = dict(self._connection, ip=ready["ip"], key=launch.key.encode())
+        return kernel, info  # type: ignore[return-value]
+
+    async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> BrokerKernel:
+        await self.client.watching()
+        return BrokerKernel(self.client, launch.kernel_id, info["pod_name"], info.get("pod_ip", ""))

@@ -1,0 +1,387 @@
+"""The broker's HTTP API (under its service prefix); every request carries a hub token.
+
+POST   api/kernels            launch; answers a stream of JSON lines: {"progress"}... then {"ready"} or {"error"}
+GET    api/kernels            the caller's kernels
+DELETE api/kernels/{id}       stop one of the caller's kernels
+GET    api/watch              a stream of JSON lines: the caller's kernels, then every change of one
+GET    api/pool               the pool
+GET    api/class              every kernel (instructors)
+DELETE api/class/{pod}        stop any kernel (instructors)
+POST   api/pods/{pod}/report  last activity / memory in use of one of the caller's kernels
+GET    metrics                Prometheus (no user names)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..config import KernelPolicy
+from ..errors import KernelLaunchError
+from ..k8s.driver import pod_options
+from ..k8s.hub_manifests import kernel_network_policy, z2jh_username_label
+from ..k8s.manifests import build_kernel_manifests, secret_owner_patch, slug
+from ..k8s.view import pod_summary, pod_user
+from ..launch import KernelLaunch
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_SERVER, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..vgpu import VGPURequest, VGPURequestError, short
+from .ledger import holding_of
+
+REGISTRY = CollectorRegistry()
+LAUNCHES = Counter("orion_jupyter_broker_launches", "Kernel launches through the broker, by outcome.", ["outcome"],
+                   registry=REGISTRY)
+PENDING = Gauge("orion_jupyter_broker_pending_launches", "Launches accepted and not yet ready or failed.",
+                registry=REGISTRY)
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+_KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
+REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
+
+
+@dataclass(frozen=True)
+class LaunchBody:
+    kernel_id: str
+    request: VGPURequest
+    server_name: str
+    kernel_spec_name: str
+    key: str
+    ports: tuple[int, ...]  # in PORT_NAMES order
+    cwd: str
+    image: str | None
+
+
+def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
+    value = body.get(field, default)
+    if not isinstance(value, str) or len(value) > limit:
+        raise VGPURequestError(field, short(value), f'field "{field}" must be a text of at most {limit} characters')
+    return value
+
+
+def parse_launch(body: dict[str, Any]) -> LaunchBody:
+    """A launch request, checked field by field; the user is never part of it (the token says who)."""
+    known = {"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key", "signature_scheme",
+             "ports", "cwd", "image"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise VGPURequestError(short(unknown[0]), None,
+                               f'field "{short(unknown[0])}" is not known; use {", ".join(sorted(known))}')
+    try:
+        kernel_id = str(uuid.UUID(_text(body, "kernel_id", 64)))
+    except ValueError:
+        raise VGPURequestError("kernel_id", short(body.get("kernel_id")), 'field "kernel_id" must be a UUID') from None
+    request = VGPURequest.from_mapping({k: body[k] for k in ("vgpus", "memory", "compute") if k in body})
+    key = _text(body, "key", 128)
+    if not _KEY_RE.match(key):
+        raise VGPURequestError("key", None, 'field "key" must be the session key (16-128 letters, digits or "-")')
+    if body.get("signature_scheme", "hmac-sha256") != "hmac-sha256":
+        raise VGPURequestError("signature_scheme", short(body.get("signature_scheme")),
+                               'field "signature_scheme" must be "hmac-sha256"')
+    ports = body.get("ports")
+    if not isinstance(ports, dict) or sorted(ports) != sorted(PORT_NAMES) or len(set(map(str, ports.values()))) != 5 \
+            or not all(type(p) is int and 1024 <= p <= 65535 for p in ports.values()):
+        raise VGPURequestError("ports", short(ports), 'field "ports" must name 5 different TCP ports from 1024 to '
+                                                      f'65535: {{{", ".join(f"{n!r}: ..." for n in PORT_NAMES)}}}')
+    cwd = _text(body, "cwd", 1024, "")
+    if cwd.startswith("/") or ".." in cwd.split("/") or "\0" in cwd:
+        raise VGPURequestError("cwd", short(cwd), 'field "cwd" must be a folder inside the server\'s root, like "labs"')
+    image = body.get("image")
+    if image is not None:
+        image = _text(body, "image", 512)
+    return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
+                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image)
+
+
+class BrokerHandler(web.RequestHandler):
+    user = ""
+    groups: list[str] = []
+
+    @property
+    def broker(self) -> Any:
+        return self.settings["broker"]
+
+    def check_xsrf_cookie(self) -> None:
+        """Token-authenticated API: no cookies, no cross-site forms."""
+
+    async def prepare(self) -> None:
+        match = re.match(r"(?:token|bearer)\s+(.+)", self.request.headers.get("Authorization", ""), re.IGNORECASE)
+        if not match:
+            self.refuse(401, "a hub token is needed: Authorization: token <JUPYTERHUB_API_TOKEN>")
+            return
+        model = await self.broker.hub.identify(match.group(1))
+        allowed = {"access:services", f"access:services!service={self.broker.service_name}"}
+        if model is None or not allowed & set(model.get("scopes") or []):
+            self.refuse(403, f"this token may not use the vGPU broker (it needs access:services!service="
+                             f"{self.broker.service_name})")
+            return
+        self.user = model["name"]
+        self.groups = await self.broker.hub.groups(self.user)
+
+    @property
+    def instructor(self) -> bool:
+        return self.broker.is_instructor(self.user, self.groups)
+
+    def reply(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, default=str))
+
+    def refuse(self, status: int, message: str, **extra: Any) -> None:
+        self.reply({"message": message, **extra}, status)
+
+    def json_body(self) -> dict[str, Any] | None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            self.refuse(400, "the request body must be a JSON object")
+            return None
+        return body
+
+    def own_pod(self, pod_name: str) -> dict | None:
+        pod = self.broker.cluster.pod(pod_name)
+        return pod if pod is not None and (pod_user(pod) == self.user or self.instructor) else None
+
+
+class KernelsHandler(BrokerHandler):
+    async def get(self) -> None:
+        self.reply({"kernels": await self.broker.view.class_kernels(self.user)})
+
+    async def post(self) -> None:
+        body = self.json_body()
+        if body is None:
+            return
+        broker = self.broker
+        try:
+            ask = parse_launch(body)
+            image = ask.image or broker.settings.image
+            await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view, capacity=True)
+            taken = ask.kernel_id in broker.ledger.pending or any(
+                (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == ask.kernel_id
+                for p in broker.cluster.kernel_pods())
+            if taken:
+                return self.refuse(409, f'kernel "{ask.kernel_id}" already exists or is starting', field="kernel_id")
+            course = broker.course_of(self.groups)
+            broker.ledger.reserve(holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request),
+                                  broker.holdings())
+        except VGPURequestError as err:
+            LAUNCHES.labels("refused").inc()
+            return self.refuse(400, str(err), field=err.field)
+        except KernelLaunchError as err:
+            LAUNCHES.labels("refused").inc()
+            return self.refuse(409, str(err), reason=err.reason)
+        PENDING.inc()
+        try:
+            await self._launch(ask, image, course)
+        finally:
+            broker.ledger.release(ask.kernel_id)
+            PENDING.dec()
+
+    def _line(self, item: dict) -> None:
+        if self._finished:  # an event that arrives after the answer is complete
+            return
+        try:
+            self.write(json.dumps(item) + "\n")
+            asyncio.ensure_future(self.flush())
+        except StreamClosedError:
+            pass
+
+    async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
+        broker = self.broker
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        settings = broker.settings
+        launch = KernelLaunch(
+            kernel_id=ask.kernel_id, user=self.user, request=ask.request, backend=broker.backend,
+            pod=settings.pod_settings(image), kernel_spec_name=ask.kernel_spec_name, course=course, key=ask.key,
+            ports=ask.ports, timeout=settings.launch_timeout, wait_for_capacity=settings.wait_for_capacity,
+            orion_controller=settings.orion_controller or None)
+        connection = {"transport": "tcp", "ip": "0.0.0.0", "key": ask.key, "signature_scheme": "hmac-sha256",
+                      "kernel_name": ask.kernel_spec_name,
+                      **dict(zip(PORT_NAMES, ask.ports, strict=True))}
+        working_dir = f"{broker.home_mount_path.rstrip('/')}/{ask.cwd}".rstrip("/") if broker.home_mount_path else None
+        options = replace(pod_options(launch, broker.namespace, connection, uuid.uuid4().hex[:6]),
+                          owner=broker.lease_owner, working_dir=working_dir,
+                          annotations={**launch.pod.annotations, ANNOTATION_SERVER: ask.server_name})
+        manifests = build_kernel_manifests(options)
+        add_user_storage(manifests.pod, broker.volumes, broker.volume_mounts, self.user, ask.server_name)
+        name = manifests.name
+        self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
+        try:
+            if broker.network_policies:
+                policy = kernel_network_policy(name, broker.namespace, manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID],
+                                               z2jh_username_label(self.user), ask.ports)
+                await broker.cluster.request(broker.networking.create_namespaced_network_policy, broker.namespace, policy)
+            loop = asyncio.get_running_loop()  # pod events arrive on the watch's thread
+            kernel = await broker.cluster.launch(
+                manifests, timeout=launch.timeout, count_resource=broker.backend.count_resource,
+                wait_when_unschedulable=launch.wait_for_capacity,
+                progress=lambda message: loop.call_soon_threadsafe(self._line, {"progress": message}))
+        except (KernelLaunchError, ApiException) as err:
+            if broker.network_policies:
+                await broker.delete_kernel(name)
+            LAUNCHES.labels("failed").inc()
+            reason = err.reason if isinstance(err, KernelLaunchError) else "api"
+            message = str(err) if isinstance(err, KernelLaunchError) else f"Kubernetes refused the launch: {err.reason}"
+            self._line({"error": {"reason": reason, "message": message}})
+            return self.finish()
+        if broker.network_policies:  # the policy goes with its pod
+            pod = broker.cluster.pod(name)
+            if pod is not None:
+                try:
+                    await broker.cluster.request(broker.networking.patch_namespaced_network_policy, name,
+                                                 broker.namespace, secret_owner_patch(pod))
+                except ApiException as err:
+                    self.log_warning(f"could not make the NetworkPolicy {name} owned by its pod: {err.reason}")
+        LAUNCHES.labels("ready").inc()
+        self._line({"ready": {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
+                              "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}})
+        self.finish()
+
+    def log_warning(self, text: str) -> None:
+        import logging
+
+        logging.getLogger("orion_jupyter.broker").warning(text)
+
+
+def add_user_storage(pod: dict, volumes: list[dict], mounts: list[dict], user: str, server_name: str) -> None:
+    """The user's volumes (KubeSpawner's {username} / {servername} templates) in a kernel pod."""
+    values = {"username": slug(user, 63), "servername": slug(server_name, 63) if server_name else ""}
+
+    def fill(item: Any) -> Any:
+        if isinstance(item, str):
+            return item.format(**values)
+        if isinstance(item, dict):
+            return {k: fill(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [fill(v) for v in item]
+        return item
+
+    if volumes:
+        pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), *fill(volumes)]
+    if mounts:
+        container = pod["spec"]["containers"][0]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(mounts)]
+
+
+class KernelHandler(BrokerHandler):
+    async def delete(self, kernel_id: str) -> None:
+        pods = [p for p in self.broker.cluster.kernel_pods()
+                if (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id and self.own_pod(p["metadata"]["name"])]
+        if not pods:
+            return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
+        grace = self.get_query_argument("grace", "0")
+        for pod in pods:
+            await self.broker.delete_kernel(pod["metadata"]["name"], int(grace) if grace.isdigit() else 0)
+        self.reply({"stopped": [p["metadata"]["name"] for p in pods]})
+
+
+class WatchHandler(BrokerHandler):
+    """The caller's kernels as they change, one JSON line each; a line every 30 s keeps proxies open."""
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        changes: asyncio.Queue = asyncio.Queue()
+
+        def on_pod(kind: str, pod: dict) -> None:
+            if pod_user(pod) == self.user:
+                changes.put_nowait(kernel_state(kind, pod))
+
+        unsubscribe = self.broker.cluster.pods.subscribe(on_pod, asyncio.get_running_loop())
+        try:
+            for pod in self.broker.cluster.kernel_pods():
+                if pod_user(pod) == self.user:
+                    self.write(json.dumps(kernel_state("ADDED", pod)) + "\n")
+            self.write(json.dumps({"synced": True}) + "\n")
+            await self.flush()
+            while True:
+                try:
+                    item = await asyncio.wait_for(changes.get(), 30)
+                except asyncio.TimeoutError:
+                    item = {"keepalive": True}
+                self.write(json.dumps(item) + "\n")
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            unsubscribe()
+
+    def on_connection_close(self) -> None:
+        pass
+
+
+def kernel_state(kind: str, pod: dict) -> dict:
+    from ..k8s.cluster import container_end_reason, container_exit_code
+
+    summary = pod_summary(pod)
+    return {"kernel_id": summary["kernel_id"], "pod": summary["pod"], "phase": summary["phase"],
+            "deleted": kind == "DELETED", "exit_code": container_exit_code(pod), "reason": container_end_reason(pod)
+            or summary["reason"], "node": summary["node"], "ip": (pod.get("status") or {}).get("podIP")}
+
+
+class PoolHandler(BrokerHandler):
+    async def get(self) -> None:
+        pool = await self.broker.view.pool()
+        self.reply({**pool.as_dict(), "count_resource": self.broker.view.count_resource,
+                    "backend": self.broker.backend.name})
+
+
+class ClassHandler(BrokerHandler):
+    async def get(self) -> None:
+        if not self.instructor:
+            return self.refuse(403, "the class view is for instructors")
+        self.reply({"kernels": await self.broker.view.class_kernels(None), "instructor": True})
+
+
+class ClassPodHandler(BrokerHandler):
+    async def delete(self, pod_name: str) -> None:
+        pod = self.own_pod(pod_name)
+        if pod is None:
+            return self.refuse(404, f'no kernel pod "{short(pod_name)}" of yours')
+        await self.broker.cluster.annotate_pod(pod_name, {"orion-jupyter.io/stopped-by": self.user})
+        await self.broker.delete_kernel(pod_name, grace_seconds=5)
+        self.reply({"stopped": pod_name, "user": pod_user(pod)})
+
+
+class ReportHandler(BrokerHandler):
+    async def post(self, pod_name: str) -> None:
+        pod = self.broker.cluster.pod(pod_name)
+        if pod is None or pod_user(pod) != self.user:
+            return self.refuse(404, f'no kernel pod "{short(pod_name)}" of yours')
+        body = self.json_body()
+        if body is None:
+            return
+        annotations = {k: v for k, v in body.items() if k in REPORTABLE and isinstance(v, str) and len(v) < 1024}
+        if len(annotations) != len(body):
+            return self.refuse(400, f"only {', '.join(REPORTABLE)} may be reported, as short texts", field="annotations")
+        ok = await self.broker.cluster.annotate_pod(pod_name, annotations)
+        self.reply({"reported": ok})
+
+
+class MetricsHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(generate_latest(REGISTRY))
+
+
+def routes(prefix: str) -> list:
+    base = "/" + prefix.strip("/")
+    return [
+        (rf"{base}/api/kernels", KernelsHandler),
+        (rf"{base}/api/kernels/([0-9a-f-]{{36}})", KernelHandler),
+        (rf"{base}/api/watch", WatchHandler),
+        (rf"{base}/api/pool", PoolHandler),
+        (rf"{base}/api/class", ClassHandler),
+        (rf"{base}/api/class/([a-z0-9.-]+)", ClassPodHandler),
+        (rf"{base}/api/pods/([a-z0-9.-]+)/report", ReportHandler),
+        (rf"{base}/metrics", MetricsHandler),
+    ]

@@ -1,0 +1,62 @@
+"""What the broker asks JupyterHub, with its own service token: who a token is, their groups, and
+which servers are running (for reaping kernels whose server is gone)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+log = logging.getLogger("orion_jupyter.broker")
+GROUPS_CACHE_SECONDS = 30.0
+
+
+class HubClient:
+    def __init__(self, api_url: str, token: str):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self._groups: dict[str, tuple[float, list[str]]] = {}
+
+    async def _get(self, path: str, token: str | None = None) -> Any:
+        headers = {"Authorization": f"token {token or self.token}",
+                   "Accept": "application/jupyterhub-pagination+json, application/json"}
+        request = HTTPRequest(f"{self.api_url}/{path.lstrip('/')}", headers=headers, request_timeout=15)
+        response = await AsyncHTTPClient().fetch(request)
+        return json.loads(response.body or b"null")
+
+    async def identify(self, token: str) -> dict[str, Any] | None:
+        """The hub's model of a token's owner (name, scopes), or None when the hub does not know it."""
+        try:
+            model = await self._get("user", token=token)
+        except HTTPClientError as err:
+            if err.code in (401, 403, 404):
+                return None
+            raise
+        return model if isinstance(model, dict) and model.get("kind", "user") == "user" else None
+
+    async def groups(self, name: str) -> list[str]:
+        cached = self._groups.get(name)
+        if cached and time.monotonic() - cached[0] < GROUPS_CACHE_SECONDS:
+            return cached[1]
+        model = await self._get(f"users/{quote(name, safe='')}")
+        groups = sorted(model.get("groups") or [])
+        self._groups[name] = (time.monotonic(), groups)
+        return groups
+
+    async def running_servers(self) -> set[tuple[str, str]]:
+        """(user, server name) of every server the hub has running or starting."""
+        servers: set[tuple[str, str]] = set()
+        offset = 0
+        while True:
+            page = await self._get(f"users?include_stopped_servers=false&offset={offset}&limit=200")
+            items = page.get("items", []) if isinstance(page, dict) else page
+            for user in items:
+                for server_name in (user.get("servers") or {}):
+                    servers.add((user["name"], server_name))
+            if not isinstance(page, dict) or not page.get("_pagination", {}).get("next"):
+                return servers
+            offset += len(items)

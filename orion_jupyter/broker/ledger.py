@@ -1,0 +1,70 @@
+"""Who holds how many vGPUs, per user and per course, across every server of the hub.
+
+Counted from the broker's pod cache plus the launches it has accepted and not finished; a check
+and its reservation happen in one step on the event loop, so concurrent launches cannot all
+pass a quota only some of them fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..vgpu import VGPURequest, VGPURequestError, format_mib
+
+
+@dataclass(frozen=True)
+class Holding:
+    kernel_id: str
+    user: str
+    course: str
+    vgpus: int
+    memory_mib: int  # in all (vGPUs × memory per vGPU)
+
+
+@dataclass(frozen=True)
+class Quota:
+    vgpus: int = 0  # 0: no limit
+    memory_mib: int = 0
+
+
+class Ledger:
+    def __init__(self, per_user: Quota, per_course: dict[str, Quota]):
+        self.per_user = per_user
+        self.per_course = per_course
+        self.pending: dict[str, Holding] = {}
+
+    def reserve(self, holding: Holding, running: Iterable[Holding]) -> None:
+        """Take ``holding`` if the user's and the course's quotas allow it with everything held now."""
+        held = {h.kernel_id: h for h in running}
+        held.update(self.pending)
+        held.pop(holding.kernel_id, None)
+        mine = [h for h in held.values() if h.user == holding.user]
+        self._check(holding, mine, self.per_user, "you", "per user")
+        if holding.course and holding.course in self.per_course:
+            course = [h for h in held.values() if h.course == holding.course]
+            self._check(holding, course, self.per_course[holding.course], f"course {holding.course}", "for the course")
+        self.pending[holding.kernel_id] = holding
+
+    def release(self, kernel_id: str) -> None:
+        self.pending.pop(kernel_id, None)
+
+    @staticmethod
+    def _check(holding: Holding, held: list[Holding], quota: Quota, whose: str, per: str) -> None:
+        vgpus = sum(h.vgpus for h in held)
+        if quota.vgpus and vgpus + holding.vgpus > quota.vgpus:
+            raise VGPURequestError(
+                "vgpus", holding.vgpus,
+                f"{holding.vgpus} more vGPU{'s' if holding.vgpus != 1 else ''} would make {vgpus + holding.vgpus} for "
+                f"{whose} at once ({vgpus} held now); the class allows {quota.vgpus} {per}: stop a kernel you no "
+                "longer use, or try again when a classmate's ends")
+        memory = sum(h.memory_mib for h in held)
+        if quota.memory_mib and memory + holding.memory_mib > quota.memory_mib:
+            raise VGPURequestError(
+                "memory", holding.memory_mib,
+                f"{format_mib(holding.memory_mib)} more vGPU memory would make {format_mib(memory + holding.memory_mib)} "
+                f"for {whose} at once; the class allows {format_mib(quota.memory_mib)} {per}: ask for less")
+
+
+def holding_of(kernel_id: str, user: str, course: str, request: VGPURequest) -> Holding:
+    return Holding(kernel_id, user, course, request.count, request.total_memory_mib)

@@ -1,0 +1,244 @@
+"""`orion-jupyter broker`: the JupyterHub service that launches every student's vGPU kernels.
+
+It alone holds the Kubernetes Role of the class namespace. A single-user server asks it, with the
+hub token of its user, to launch, signal and stop kernels; the kernel manager then talks to the
+kernel pod directly over ZMQ. Identity comes only from the hub; quotas per user and per course
+count every server's kernels and the launches in progress; kernels of servers the hub no longer
+runs are reaped; kernel pods are owned by the broker's Lease, so Kubernetes' garbage collector
+removes them once the broker is uninstalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from tornado import web
+from tornado.ioloop import PeriodicCallback
+from traitlets import Bool, Dict, Float, List, Unicode, default
+from traitlets.config import Application
+
+from ..k8s.client import api_client, default_namespace
+from ..k8s.cluster import KubeCluster
+from ..k8s.view import KubernetesView, pod_request, pod_user
+from ..names import ANNOTATION_SERVER, LABEL_COURSE, TERMINAL_PHASES
+from ..provisioner import VGPUProvisioner
+from ..vgpu import parse_memory
+from .ledger import Holding, Ledger, Quota
+
+log = logging.getLogger("orion_jupyter.broker")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Broker(Application):
+    name = "orion-jupyter-broker"
+    description = "vGPU kernels for every server of a JupyterHub; the only holder of the Kubernetes Role"
+
+    config_file = Unicode("", config=True, help="A Python config file (c.Broker..., c.VGPUProvisioner... for the pods).")
+    aliases = {"config": "Broker.config_file"}
+    url = Unicode(config=True, help="Where the broker listens; default $JUPYTERHUB_SERVICE_URL.")
+    prefix = Unicode(config=True, help="URL prefix of the broker's API; default $JUPYTERHUB_SERVICE_PREFIX.")
+    service_name = Unicode(config=True, help="The broker's name as a hub service; default $JUPYTERHUB_SERVICE_NAME.")
+    hub_api_url = Unicode(config=True, help="The hub's API; default $JUPYTERHUB_API_URL.")
+    api_token = Unicode(config=True, help="The broker's own hub token (scopes: list:users, read:users:groups, "
+                                          "read:servers); default $JUPYTERHUB_API_TOKEN.")
+    instructors = List(Unicode(), config=True, help="Hub user names that see and may stop every kernel of the class.")
+    instructor_groups = List(Unicode(), ["instructors"], config=True,
+                             help="Hub groups whose members are instructors.")
+    courses = Dict(Dict(), config=True,
+                   help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi'}}; a student's course is the "
+                        "first of their groups named here (its queue, its quota).")
+    max_vgpus_per_user = Float(0, config=True, help="Most vGPUs one user holds at once across all servers; 0: no limit.")
+    max_memory_per_user = Unicode("", config=True, help="Most vGPU memory one user holds at once, e.g. '16Gi'; empty: none.")
+    volumes = List(Dict(), config=True,
+                   help="Volumes of every kernel pod, KubeSpawner's shape with {username} and {servername} "
+                        "templates, e.g. [{'name': 'home', 'persistentVolumeClaim': {'claimName': 'claim-{username}'}}].")
+    volume_mounts = List(Dict(), config=True,
+                         help="Mounts of those volumes in the kernel container, e.g. [{'name': 'home', "
+                              "'mountPath': '/home/jovyan'}]; templated like volumes.")
+    home_mount_path = Unicode("", config=True,
+                              help="Where the user's server root is mounted in kernel pods; a kernel starts in the "
+                                   "notebook's folder below it. Empty: the image's working directory.")
+    network_policies = Bool(True, config=True,
+                            help="Give each kernel pod a NetworkPolicy that admits its ports only from its user's "
+                                 "server pod.")
+    reap_interval = Float(30.0, config=True,
+                          help="Seconds between checks of the hub's running servers; kernels of stopped or lost "
+                               "servers are deleted. 0: never.")
+    reap_grace = Float(120.0, config=True, help="Seconds a kernel pod is spared after its creation before reaping.")
+    lease_name = Unicode("orion-broker", config=True,
+                         help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the kernel pods.")
+
+    @default("url")
+    def _default_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    @default("prefix")
+    def _default_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/orion-broker/")
+
+    @default("service_name")
+    def _default_service_name(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "orion-broker")
+
+    @default("hub_api_url")
+    def _default_hub_api(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    @default("api_token")
+    def _default_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    # -- state ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from .hub import HubClient
+
+        self.settings = VGPUProvisioner(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
+        api = api_client(self.settings.kubeconfig, self.settings.kube_context)
+        self.namespace = self.settings.namespace or default_namespace(self.settings.kubeconfig, self.settings.kube_context)
+        self.cluster = KubeCluster.shared(api, self.namespace, watch_nodes=self.settings.watch_nodes,
+                                          watch_others=self.settings.count_other_workloads)
+        self.backend = self.settings.backend_model()
+        self.view = KubernetesView([self.cluster], self.backend)
+        self.networking = client.NetworkingV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        self.hub = HubClient(self.hub_api_url, self.api_token)
+        courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
+                                if q.get("memory") else 0) for group, q in self.courses.items()}
+        per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
+                         if self.max_memory_per_user else 0)
+        self.ledger = Ledger(per_user, courses)
+        self.lease_owner: dict[str, Any] | None = None
+
+    def holdings(self) -> list[Holding]:
+        """What every live kernel pod of the namespace holds, from the watch cache."""
+        out = []
+        for pod in self.cluster.kernel_pods():
+            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                continue
+            request, labels = pod_request(pod), pod["metadata"].get("labels") or {}
+            vgpus = request.get("vgpus") or 0
+            out.append(Holding(labels.get("orion-jupyter.io/kernel-id", ""), pod_user(pod), labels.get(LABEL_COURSE, ""),
+                               vgpus, vgpus * (request.get("memory_mib") or 0)))
+        return out
+
+    def course_of(self, groups: list[str]) -> str:
+        return next((group for group in sorted(groups) if group in self.courses), "")
+
+    def is_instructor(self, name: str, groups: list[str]) -> bool:
+        return name in self.instructors or bool(set(groups) & set(self.instructor_groups))
+
+    # -- the Lease that owns the kernel pods --------------------------------------------------
+    async def hold_lease(self) -> None:
+        """Create or take over the Lease, so kernel pods have a live owner (a restart re-adopts them)."""
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.lease_name, "namespace": self.namespace},
+                "spec": {"holderIdentity": f"{socket.gethostname()}-{os.getpid()}", "leaseDurationSeconds": 60,
+                         "renewTime": _now()}}
+        try:
+            lease = await self.cluster.request(self.coordination.create_namespaced_lease, self.namespace, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            lease = await self.cluster.request(self.coordination.patch_namespaced_lease, self.lease_name,
+                                               self.namespace, {"spec": body["spec"]})
+        self.lease_owner = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.lease_name,
+                            "uid": lease["metadata"]["uid"]}
+
+    async def renew_lease(self) -> None:
+        try:
+            await self.cluster.request(self.coordination.patch_namespaced_lease, self.lease_name, self.namespace,
+                                       {"spec": {"renewTime": _now()}})
+        except ApiException as err:
+            log.warning("could not renew the broker's Lease %s: %s", self.lease_name, err.reason)
+            if err.status == 404:
+                await self.hold_lease()
+
+    # -- reaping --------------------------------------------------------------------------
+    async def reap(self) -> list[str]:
+        """Delete the kernel pods whose server the hub does not run (never a pod younger than reap_grace)."""
+        try:
+            running = await self.hub.running_servers()
+        except Exception as err:  # noqa: BLE001 - the hub down is no reason to guess: reap nothing
+            log.warning("cannot ask the hub which servers run (%s); reaping nothing this time", err)
+            return []
+        now = datetime.now(UTC)
+        reaped = []
+        for pod in self.cluster.kernel_pods():
+            meta = pod["metadata"]
+            annotations = meta.get("annotations") or {}
+            if ANNOTATION_SERVER not in annotations:
+                continue  # not a broker's kernel (a direct-mode server's in the same namespace)
+            kernel_id = (meta.get("labels") or {}).get("orion-jupyter.io/kernel-id", "")
+            if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.ledger.pending:
+                continue
+            created = datetime.fromisoformat(str(meta.get("creationTimestamp", _now())).replace("Z", "+00:00"))
+            if (now - created).total_seconds() < self.reap_grace:
+                continue
+            log.info("reaping kernel pod %s of %s: server %r is not running", meta["name"], pod_user(pod),
+                     annotations[ANNOTATION_SERVER])
+            await self.delete_kernel(meta["name"])
+            reaped.append(meta["name"])
+        return reaped
+
+    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
+        await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
+        if self.network_policies:
+            try:
+                await self.cluster.request(self.networking.delete_namespaced_network_policy, pod_name, self.namespace)
+            except ApiException as err:
+                if err.status != 404:
+                    log.warning("could not delete the NetworkPolicy of %s: %s", pod_name, err.reason)
+
+    # -- running --------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        from .handlers import routes
+
+        return web.Application(routes(self.prefix), broker=self)
+
+    async def serve(self) -> None:
+        self.setup()
+        await self.cluster.ensure_started()
+        await self.hold_lease()
+        address = urlparse(self.url)
+        server = self.make_app().listen(address.port or 80, address.hostname or "127.0.0.1")
+        log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
+        timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        if self.reap_interval > 0:
+            timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
+            await self.reap()  # after a restart: what the broker left behind, at once
+        for timer in timers:
+            timer.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for timer in timers:
+                timer.stop()
+            server.stop()
+
+    def start(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+        asyncio.run(self.serve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    app = Broker()
+    app.parse_command_line(argv)
+    if app.config_file:
+        app.load_config_file(app.config_file)
+        app.parse_command_line(argv)  # the command line wins over the file
+    app.start()
+    return 0
+
+
+__all__ = ["Broker", "main"]
