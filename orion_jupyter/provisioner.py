@@ -91,7 +91,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     broker_url = Unicode(config=True,
                          help="Hub mode: the vGPU broker's URL (a JupyterHub service); default "
                               "$ORION_JUPYTER_BROKER_URL. This server then holds no cluster credentials.")
-    broker_token = Unicode(config=True, help="Hub token for the broker; default $JUPYTERHUB_API_TOKEN (the server's own).")
+    broker_token = Unicode(config=True,
+                           help="Hub token for the broker; default $JUPYTERHUB_API_TOKEN (the server's own).")
     user = Unicode(config=True,
                    help="User the kernel belongs to (labels, class view); default JUPYTERHUB_USER or the login name.")
     course = Unicode("", config=True, help="Course or class label put on kernel pods (for the instructor view).")

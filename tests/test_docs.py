@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import orion_jupyter
+from orion_jupyter.broker.service import Broker
 from orion_jupyter.config import KernelPolicy
 from orion_jupyter.local import LocalPool
 from orion_jupyter.provisioner import VGPUProvisioner
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [VGPUProvisioner, KernelPolicy, LocalPool, OrionJupyter], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [VGPUProvisioner, KernelPolicy, LocalPool, OrionJupyter, Broker],
+                         ids=lambda c: c.__name__)
 def test_every_option_is_documented_with_help(cls):
     for name, trait in cls.class_own_traits(config=True).items():
         assert trait.help, f"{cls.__name__}.{name} has no help"

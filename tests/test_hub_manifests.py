@@ -284,9 +284,13 @@ def test_values_give_single_user_pods_no_credentials_and_the_server_token_the_br
     assert hub["image"] == {"name": "ghcr.io/example/k8s-hub-orion", "tag": "4.2.0"}
     service = hub["services"]["orion-broker"]
     assert service == {"url": f"http://hub:{BROKER_PORT}", "command": [
-        "orion-jupyter", "broker", "--namespace", NS, "--ip", "0.0.0.0", "--port", str(BROKER_PORT),
-        "--presets", PRESETS_MOUNT]}
+        "orion-jupyter", "broker", "--namespace", NS, "--ip", "0.0.0.0", "--port", str(BROKER_PORT)]}
     assert "apiToken" not in service and "api_token" not in service  # z2jh generates it; the hub passes it on
+    from orion_jupyter.broker.service import Broker
+
+    broker = Broker()
+    broker.parse_command_line(service["command"][2:])  # the broker takes exactly these options
+    assert (broker.ip, broker.port, broker.config.VGPUProvisioner.namespace) == ("0.0.0.0", BROKER_PORT, NS)
     assert singleuser["extraEnv"] == {"ORION_JUPYTER_BROKER_URL": "http://hub:10101/services/orion-broker/"}
     text = presets.read_text(encoding="utf-8")
     assert singleuser["extraFiles"]["orion-presets"] == {"mountPath": PRESETS_MOUNT, "stringData": text}

@@ -79,7 +79,8 @@ def kernel_pods(cluster):
 
 async def test_kernels_allocations_pool_and_specs(api, sim_cluster, jp_fetch):
     code, pool = await api("GET", "pool")
-    assert code == 200 and pool["totals"]["virtaitech.com/gpu"] == {"allocatable": 4, "allocated": 0, "free": 4, "others": 0}
+    assert code == 200
+    assert pool["totals"]["virtaitech.com/gpu"] == {"allocatable": 4, "allocated": 0, "free": 4, "others": 0}
 
     chosen_id = "0b6f2f7e-3a51-4c7e-9a55-1d2b3c4d5e6f"  # a UI picks the id to follow events while pending
     code, small = await api("POST", "kernels", {"spec": "orion-1x4gi", "memory": "2Gi", "kernel_id": chosen_id})

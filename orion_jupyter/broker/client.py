@@ -13,7 +13,8 @@ import logging
 import os
 import random
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -75,26 +76,21 @@ class BrokerClient:
     async def launch(self, body: dict[str, Any], timeout: float, progress: Callable[[str], None]) -> dict[str, Any]:
         """POST a launch and follow its stream until the kernel is ready; raises its refusal or failure."""
         lines: list[dict] = []
-        buffer = bytearray()
 
-        def on_chunk(chunk: bytes) -> None:
-            buffer.extend(chunk)
-            while b"\n" in buffer:
-                line, _, rest = bytes(buffer).partition(b"\n")
-                buffer[:] = rest
-                item = _json(line)
-                if isinstance(item, dict):
-                    lines.append(item)
-                    if "progress" in item:
-                        progress(str(item["progress"]))
+        def on_item(item: dict) -> None:
+            lines.append(item)
+            if "progress" in item:
+                progress(str(item["progress"]))
 
-        request = self._request("POST", "api/kernels", body, request_timeout=timeout + 30, streaming_callback=on_chunk)
+        reader = JSONLines(on_item)
+        request = self._request("POST", "api/kernels", body, request_timeout=timeout + 30,
+                                streaming_callback=reader.feed)
         try:
             await AsyncHTTPClient().fetch(request)
         except HTTPClientError as err:
             if err.response is None:
                 raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
-            refusal = _json(err.response.body if err.response.body else bytes(buffer)) or {}
+            refusal = _json(err.response.body if err.response.body else bytes(reader.buffer)) or {}
             message = refusal.get("message") or f"the vGPU broker refused the launch ({err.code})"
             if refusal.get("field"):
                 raise VGPURequestError(refusal["field"], None, message) from None
@@ -118,18 +114,9 @@ class BrokerClient:
     async def _watch(self) -> None:
         delay = 0.2
         while True:
-            buffer = bytearray()
-
-            def on_chunk(chunk: bytes) -> None:
-                buffer.extend(chunk)
-                while b"\n" in buffer:
-                    line, _, rest = bytes(buffer).partition(b"\n")
-                    buffer[:] = rest
-                    self._apply(_json(line) or {})
-
             try:
                 await AsyncHTTPClient().fetch(self._request("GET", "api/watch", request_timeout=0,
-                                                            streaming_callback=on_chunk))
+                                                            streaming_callback=JSONLines(self._apply).feed))
                 delay = 0.2
             except Exception as err:  # noqa: BLE001 - any break of the stream: resume
                 log.warning("the broker's watch stream broke (%s); resuming in %.1f s", err, delay)
@@ -146,6 +133,23 @@ class BrokerClient:
 
     async def changed(self) -> None:
         await self._changed.wait()
+
+
+class JSONLines:
+    """Splits a streamed body into JSON objects, one per line, for ``on_item``."""
+
+    def __init__(self, on_item: Callable[[dict], None]):
+        self.on_item = on_item
+        self.buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer.extend(chunk)
+        while b"\n" in self.buffer:
+            line, _, rest = bytes(self.buffer).partition(b"\n")
+            self.buffer[:] = rest
+            item = _json(line)
+            if isinstance(item, dict):
+                self.on_item(item)
 
 
 def _json(data: bytes | None) -> Any:

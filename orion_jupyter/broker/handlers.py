@@ -217,9 +217,11 @@ class KernelsHandler(BrokerHandler):
         self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
         try:
             if broker.network_policies:
-                policy = kernel_network_policy(name, broker.namespace, manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID],
-                                               z2jh_username_label(self.user), ask.ports)
-                await broker.cluster.request(broker.networking.create_namespaced_network_policy, broker.namespace, policy)
+                kernel_label = manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID]
+                policy = kernel_network_policy(name, broker.namespace, kernel_label, z2jh_username_label(self.user),
+                                               ask.ports)
+                await broker.cluster.request(broker.networking.create_namespaced_network_policy, broker.namespace,
+                                             policy)
             loop = asyncio.get_running_loop()  # pod events arrive on the watch's thread
             kernel = await broker.cluster.launch(
                 manifests, timeout=launch.timeout, count_resource=broker.backend.count_resource,
@@ -275,7 +277,8 @@ def add_user_storage(pod: dict, volumes: list[dict], mounts: list[dict], user: s
 class KernelHandler(BrokerHandler):
     async def delete(self, kernel_id: str) -> None:
         pods = [p for p in self.broker.cluster.kernel_pods()
-                if (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id and self.own_pod(p["metadata"]["name"])]
+                if (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id
+                and self.own_pod(p["metadata"]["name"])]
         if not pods:
             return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
         grace = self.get_query_argument("grace", "0")
@@ -306,7 +309,7 @@ class WatchHandler(BrokerHandler):
             while True:
                 try:
                     item = await asyncio.wait_for(changes.get(), 30)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     item = {"keepalive": True}
                 self.write(json.dumps(item) + "\n")
                 await self.flush()
@@ -362,7 +365,8 @@ class ReportHandler(BrokerHandler):
             return
         annotations = {k: v for k, v in body.items() if k in REPORTABLE and isinstance(v, str) and len(v) < 1024}
         if len(annotations) != len(body):
-            return self.refuse(400, f"only {', '.join(REPORTABLE)} may be reported, as short texts", field="annotations")
+            return self.refuse(400, f"only {', '.join(REPORTABLE)} may be reported, as short texts",
+                               field="annotations")
         ok = await self.broker.cluster.annotate_pod(pod_name, annotations)
         self.reply({"reported": ok})
 

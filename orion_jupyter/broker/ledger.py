@@ -7,8 +7,8 @@ pass a quota only some of them fit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..vgpu import VGPURequest, VGPURequestError, format_mib
 
@@ -62,7 +62,8 @@ class Ledger:
         if quota.memory_mib and memory + holding.memory_mib > quota.memory_mib:
             raise VGPURequestError(
                 "memory", holding.memory_mib,
-                f"{format_mib(holding.memory_mib)} more vGPU memory would make {format_mib(memory + holding.memory_mib)} "
+                f"{format_mib(holding.memory_mib)} more vGPU memory would make "
+                f"{format_mib(memory + holding.memory_mib)} "
                 f"for {whose} at once; the class allows {format_mib(quota.memory_mib)} {per}: ask for less")
 
 

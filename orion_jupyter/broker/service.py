@@ -22,13 +22,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tornado import web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, List, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
 from ..k8s.view import KubernetesView, pod_request, pod_user
-from ..names import ANNOTATION_SERVER, LABEL_COURSE, TERMINAL_PHASES
+from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
 from ..provisioner import VGPUProvisioner
 from ..vgpu import parse_memory
 from .ledger import Holding, Ledger, Quota
@@ -44,9 +44,13 @@ class Broker(Application):
     name = "orion-jupyter-broker"
     description = "vGPU kernels for every server of a JupyterHub; the only holder of the Kubernetes Role"
 
-    config_file = Unicode("", config=True, help="A Python config file (c.Broker..., c.VGPUProvisioner... for the pods).")
-    aliases = {"config": "Broker.config_file"}
-    url = Unicode(config=True, help="Where the broker listens; default $JUPYTERHUB_SERVICE_URL.")
+    config_file = Unicode("", config=True,
+                          help="A Python config file (c.Broker..., c.VGPUProvisioner... for the pods).")
+    aliases = {"config": "Broker.config_file", "ip": "Broker.ip", "port": "Broker.port",
+               "namespace": "VGPUProvisioner.namespace"}
+    url = Unicode(config=True, help="The broker's URL as the hub knows it; default $JUPYTERHUB_SERVICE_URL.")
+    ip = Unicode("", config=True, help="Address to listen on (e.g. 0.0.0.0 in the hub pod); default: the URL's host.")
+    port = Int(0, config=True, help="Port to listen on; default: the URL's port.")
     prefix = Unicode(config=True, help="URL prefix of the broker's API; default $JUPYTERHUB_SERVICE_PREFIX.")
     service_name = Unicode(config=True, help="The broker's name as a hub service; default $JUPYTERHUB_SERVICE_NAME.")
     hub_api_url = Unicode(config=True, help="The hub's API; default $JUPYTERHUB_API_URL.")
@@ -58,11 +62,14 @@ class Broker(Application):
     courses = Dict(Dict(), config=True,
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi'}}; a student's course is the "
                         "first of their groups named here (its queue, its quota).")
-    max_vgpus_per_user = Float(0, config=True, help="Most vGPUs one user holds at once across all servers; 0: no limit.")
-    max_memory_per_user = Unicode("", config=True, help="Most vGPU memory one user holds at once, e.g. '16Gi'; empty: none.")
+    max_vgpus_per_user = Float(0, config=True,
+                               help="Most vGPUs one user holds at once across all servers; 0: no limit.")
+    max_memory_per_user = Unicode("", config=True,
+                                  help="Most vGPU memory one user holds at once, e.g. '16Gi'; empty: none.")
     volumes = List(Dict(), config=True,
                    help="Volumes of every kernel pod, KubeSpawner's shape with {username} and {servername} "
-                        "templates, e.g. [{'name': 'home', 'persistentVolumeClaim': {'claimName': 'claim-{username}'}}].")
+                        "templates, e.g. [{'name': 'home', 'persistentVolumeClaim': "
+                        "{'claimName': 'claim-{username}'}}].")
     volume_mounts = List(Dict(), config=True,
                          help="Mounts of those volumes in the kernel container, e.g. [{'name': 'home', "
                               "'mountPath': '/home/jovyan'}]; templated like volumes.")
@@ -77,7 +84,8 @@ class Broker(Application):
                                "servers are deleted. 0: never.")
     reap_grace = Float(120.0, config=True, help="Seconds a kernel pod is spared after its creation before reaping.")
     lease_name = Unicode("orion-broker", config=True,
-                         help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the kernel pods.")
+                         help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
+                              "kernel pods.")
 
     @default("url")
     def _default_url(self) -> str:
@@ -105,7 +113,8 @@ class Broker(Application):
 
         self.settings = VGPUProvisioner(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
         api = api_client(self.settings.kubeconfig, self.settings.kube_context)
-        self.namespace = self.settings.namespace or default_namespace(self.settings.kubeconfig, self.settings.kube_context)
+        self.namespace = self.settings.namespace or default_namespace(self.settings.kubeconfig,
+                                                                      self.settings.kube_context)
         self.cluster = KubeCluster.shared(api, self.namespace, watch_nodes=self.settings.watch_nodes,
                                           watch_others=self.settings.count_other_workloads)
         self.backend = self.settings.backend_model()
@@ -128,8 +137,8 @@ class Broker(Application):
                 continue
             request, labels = pod_request(pod), pod["metadata"].get("labels") or {}
             vgpus = request.get("vgpus") or 0
-            out.append(Holding(labels.get("orion-jupyter.io/kernel-id", ""), pod_user(pod), labels.get(LABEL_COURSE, ""),
-                               vgpus, vgpus * (request.get("memory_mib") or 0)))
+            out.append(Holding(labels.get(LABEL_KERNEL_ID, ""), pod_user(pod), labels.get(LABEL_COURSE, ""), vgpus,
+                               vgpus * (request.get("memory_mib") or 0)))
         return out
 
     def course_of(self, groups: list[str]) -> str:
@@ -179,7 +188,7 @@ class Broker(Application):
             annotations = meta.get("annotations") or {}
             if ANNOTATION_SERVER not in annotations:
                 continue  # not a broker's kernel (a direct-mode server's in the same namespace)
-            kernel_id = (meta.get("labels") or {}).get("orion-jupyter.io/kernel-id", "")
+            kernel_id = (meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")
             if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.ledger.pending:
                 continue
             created = datetime.fromisoformat(str(meta.get("creationTimestamp", _now())).replace("Z", "+00:00"))
@@ -211,7 +220,7 @@ class Broker(Application):
         await self.cluster.ensure_started()
         await self.hold_lease()
         address = urlparse(self.url)
-        server = self.make_app().listen(address.port or 80, address.hostname or "127.0.0.1")
+        server = self.make_app().listen(self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.reap_interval > 0:
