@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..vgpu import VGPURequest, format_mib
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..backends import KaiSettings
+# ``settings`` below is a backends.KaiSettings (not imported: backends imports this module).
 
 SCHEDULER_NAME = "kai-scheduler"
 QUEUE_LABEL = "kai.scheduler/queue"
@@ -34,19 +33,19 @@ MEMORY_CAP_NOTE = "memory cap: not enforced"
 _NOT_DNS_RE = re.compile(r"[^a-z0-9-]+")
 
 
-def queue_name(course: str, settings: KaiSettings) -> str:
+def queue_name(course: str, settings: Any) -> str:
     """The KAI queue of a kernel: its course as a Queue name (a lower-case DNS label: 'AI 101' ->
     'ai-101'), else the configured default ("": no label, KAI's own default applies)."""
     name = _NOT_DNS_RE.sub("-", (course or "").lower()).strip("-")[:63].strip("-")
     return name or settings.default_queue
 
 
-def queue_labels(course: str, settings: KaiSettings) -> dict[str, str]:
+def queue_labels(course: str, settings: Any) -> dict[str, str]:
     queue = queue_name(course, settings)
     return {settings.queue_label: queue} if queue else {}
 
 
-def gpu_fraction(request: VGPURequest, settings: KaiSettings) -> str:
+def gpu_fraction(request: VGPURequest, settings: Any) -> str:
     """The share of one GPU, rounded up to 2 decimals as KAI does: the compute share when one is asked
     for, else the memory over the device's (``device_memory_mib``)."""
     if request.compute_percent is not None:
@@ -59,7 +58,7 @@ def gpu_fraction(request: VGPURequest, settings: KaiSettings) -> str:
     return f"{hundredths / 100:g}"
 
 
-def kai_annotations(request: VGPURequest, settings: KaiSettings, container: str | None = None) -> dict[str, str]:
+def kai_annotations(request: VGPURequest, settings: Any, container: str | None = None) -> dict[str, str]:
     """``gpu-memory`` (MiB) or ``gpu-fraction``; ``gpu-fraction-num-devices`` for more than one GPU."""
     if request.count == 0:
         return {}
@@ -74,7 +73,7 @@ def kai_annotations(request: VGPURequest, settings: KaiSettings, container: str 
     return annotations
 
 
-def pod_fields(request: VGPURequest, course: str, settings: KaiSettings, container: str | None = None) -> dict:
+def pod_fields(request: VGPURequest, course: str, settings: Any, container: str | None = None) -> dict:
     """What to merge into a kernel pod for KAI::
 
         {"labels": {...}, "annotations": {...}, "spec": {"schedulerName": "kai-scheduler", ...}}

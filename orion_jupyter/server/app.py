@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
-from . import handlers
+from .handlers import routes
 from .metrics import COLLECTOR
 from .state import OrionState
 from .usage import UsageSampler
@@ -75,18 +75,7 @@ class OrionJupyter(ExtensionApp):
         self._activity_timer = None
 
     def initialize_handlers(self) -> None:
-        prefix = r"/orion/api"
-        self.handlers.extend([
-            (rf"{prefix}/allocations", handlers.AllocationsHandler),
-            (rf"{prefix}/pool", handlers.PoolHandler),
-            (rf"{prefix}/specs", handlers.SpecsHandler),
-            (rf"{prefix}/kernels", handlers.KernelsHandler),
-            (rf"{prefix}/events", handlers.EventsHandler),
-            (rf"{prefix}/demos", handlers.DemosHandler),
-            (rf"{prefix}/demos/([a-z0-9_-]+)", handlers.DemoHandler),
-            (rf"{prefix}/class", handlers.ClassHandler),
-            (rf"{prefix}/class/([a-z0-9.-]+)", handlers.ClassPodHandler),
-        ])
+        self.handlers.extend(routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         threading.Thread(target=warm_up, args=(self.state.view.kind,), name="orion-warm-up", daemon=True).start()

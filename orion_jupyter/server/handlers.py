@@ -207,3 +207,18 @@ class ClassPodHandler(OrionHandler):
         except PermissionError:
             return self.refuse(404, f'no orion-jupyter kernel pod "{pod_name}"')
         self.reply({"stopped": pod_name, "user": kernel["user"]})
+
+
+def routes(prefix: str) -> list[tuple[str, type]]:
+    """The extension's handlers under ``prefix`` (``/orion/api``)."""
+    return [
+        (rf"{prefix}/allocations", AllocationsHandler),
+        (rf"{prefix}/pool", PoolHandler),
+        (rf"{prefix}/specs", SpecsHandler),
+        (rf"{prefix}/kernels", KernelsHandler),
+        (rf"{prefix}/events", EventsHandler),
+        (rf"{prefix}/demos", DemosHandler),
+        (rf"{prefix}/demos/([a-z0-9_-]+)", DemoHandler),
+        (rf"{prefix}/class", ClassHandler),
+        (rf"{prefix}/class/([a-z0-9.-]+)", ClassPodHandler),
+    ]
