@@ -26,7 +26,8 @@ def test_rss_sample_grows_with_a_512_mib_tensor(monkeypatch):
     assert "CPU" in before["note"]
     tensor = torch.ones(512 * MIB // 4, dtype=torch.float32)  # ones, not empty: the pages are touched
     after = usage.sample()
-    assert after["memory_used"] - before["memory_used"] >= 512 * MIB
+    # the allocator may hand back a few pages the process already held: within 32 MiB of the tensor
+    assert after["memory_used"] - before["memory_used"] >= 480 * MIB
     del tensor
 
 
