@@ -213,7 +213,7 @@ async def test_sampler_reads_a_real_kernel_without_user_activity(vgpu_spec, tmp_
         # The first at once, then one every 0.5 s: the first well within two intervals (slack for a slow CI).
         [first] = await _readings(sampler, kernel_id, baseline, 1, timeout=1.5)
         assert first["memory_source"] == "rss" and first["memory_used"] >= 512 * MIB
-        assert first["memory_used"] - baseline["memory_used"] >= 512 * MIB
+        assert first["memory_used"] - baseline["memory_used"] >= 480 * MIB  # within the pages the allocator reuses
         assert first["memory_sampled_at"].endswith("Z")
         await _readings(sampler, kernel_id, first, 3, timeout=5)
         await asyncio.sleep(0.5)  # the last probe's busy/idle status has reached the activity watch
