@@ -210,10 +210,12 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     # -- what to launch -----------------------------------------------------------------------
     def backend_model(self) -> Backend:
-        """The backend with this server's overrides (the dra / kai settings only for their own backend)."""
-        return get_backend(self.backend, self.resource_names, self.env_names,
-                           dra=self.dra if self.backend == "dra" else None,
-                           kai=self.kai if self.backend == "kai" else None)
+        return self.backend_named(self.backend)
+
+    def backend_named(self, name: str) -> Backend:
+        """A backend with this server's overrides (the dra / kai settings only for their own backend)."""
+        return get_backend(name, self.resource_names, self.env_names,
+                           dra=self.dra if name == "dra" else None, kai=self.kai if name == "kai" else None)
 
     def cluster_kind(self) -> str:
         return cluster_kind(self)

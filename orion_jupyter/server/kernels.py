@@ -9,7 +9,7 @@ from typing import Any
 
 from jupyter_server.utils import ensure_async
 
-from ..backends import Backend, get_backend
+from ..backends import Backend
 from ..config import KernelPolicy
 from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
@@ -65,7 +65,7 @@ def spec_config(spec: Any) -> dict[str, Any]:
 def spec_backend(settings: VGPUProvisioner, view: BackendView, spec: Any) -> Backend:
     """A spec's backend (with this server's resource and env overrides), or the configured one."""
     name = spec_config(spec).get("backend")
-    return get_backend(name, settings.resource_names, settings.env_names) if name else view.backend
+    return settings.backend_named(name) if name else view.backend
 
 
 class VGPUKernels:
@@ -104,6 +104,7 @@ class VGPUKernels:
                 **allocation,
                 "pod": allocation.get("pod_name"),
                 "node": live.get("node") or allocation.get("node_name"),
+                "device": live.get("device"),
                 "phase": live.get("phase") or ("Running" if provisioner.has_process else "Stopped"),
                 "reason": live.get("reason", ""),
                 "started": live.get("started"),
