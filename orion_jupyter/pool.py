@@ -74,6 +74,8 @@ class PoolSnapshot:
     others_visible: bool = False  # True: other workloads' pods are counted too (cluster-wide pod read)
     source: str = "kubernetes"
     warnings: list[str] = field(default_factory=list)  # e.g. a watch failing for a while: the counts may be stale
+    # as_dict() of a snapshot, made once: a cached snapshot (KubeCluster.pool) is answered many times unchanged
+    _dict: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def totals(self) -> dict[str, ResourceCount]:
         totals: dict[str, ResourceCount] = {}
@@ -165,6 +167,13 @@ class PoolSnapshot:
                 "or try again later.")
 
     def as_dict(self) -> dict:
+        """The snapshot for a JSON answer; made once per snapshot (snapshots are not changed once handed
+        out), so treat it as read-only: copy the top level to add keys, as the handlers do."""
+        if self._dict is None:
+            self._dict = self._make_dict()
+        return self._dict
+
+    def _make_dict(self) -> dict:
         return {
             "source": self.source,
             "visible": self.visible,
