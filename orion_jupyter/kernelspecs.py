@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -159,11 +160,23 @@ def load_presets(path: str | Path) -> list[VGPUKernelSpec]:
     return specs
 
 
+def logo_path() -> Path | None:
+    """The vGPU icon: packaged in the wheel, or the labextension's in a source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "vgpu.svg", here.parent / "labextension" / "style" / "icons" / "vgpu.svg"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def install(spec: VGPUKernelSpec, *, user: bool = False, prefix: str | None = None,
             manager: KernelSpecManager | None = None) -> str:
     manager = manager or KernelSpecManager()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec.kernel_json(), indent=1, ensure_ascii=False))
+        logo = logo_path()
+        if logo is not None:  # the launcher's card shows it instead of a letter
+            shutil.copyfile(logo, Path(tmp) / "logo-svg.svg")
         return manager.install_kernel_spec(tmp, spec.name, user=user, prefix=prefix)
 
 

@@ -103,3 +103,13 @@ def test_manifests_rbac_prints_yaml(capsys):
     assert main(["manifests", "--namespace", "class-ai101"]) == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
     assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+
+
+def test_installed_specs_carry_the_vgpu_logo(tmp_path):
+    from orion_jupyter import kernelspecs
+    from orion_jupyter.vgpu import VGPURequest
+
+    folder = kernelspecs.install(kernelspecs.VGPUKernelSpec(name="orion-logo", request=VGPURequest(1, 2048)),
+                                 prefix=str(tmp_path))
+    logo = tmp_path / "share" / "jupyter" / "kernels" / "orion-logo" / "logo-svg.svg"
+    assert str(logo.parent) == folder and logo.read_text().lstrip().startswith("<svg")
