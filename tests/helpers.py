@@ -55,3 +55,22 @@ async def eventually_async(probe: Callable[[], Any], timeout: float = 10.0, inte
 def _timed_out(timeout: float, value: Any, message: str | Callable[[], str]) -> str:
     text = message() if callable(message) else message
     return f"{text + ': ' if text else ''}timed out after {timeout:g} s; last value: {value!r}"
+
+
+def k8s_config(namespace: str = "class-ai101", **provisioner: Any) -> Any:
+    """A VGPUProvisioner config for kernels on the simulated cluster (KUBECONFIG points at it)."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.VGPUProvisioner.cluster = "kubernetes"
+    config.VGPUProvisioner.namespace = namespace
+    config.VGPUProvisioner.launch_timeout = 60.0
+    for key, value in provisioner.items():
+        setattr(config.VGPUProvisioner, key, value)
+    return config
+
+
+def managed_objects(cluster: Any, kind: str, namespace: str = "class-ai101") -> list[dict]:
+    """This project's objects of ``kind`` in ``namespace`` of the simulated cluster."""
+    return [o for o in cluster.objects(kind, namespace)
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]

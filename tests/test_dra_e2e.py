@@ -22,24 +22,14 @@ from orion_jupyter import kernelspecs
 from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.k8s import claims, dra
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually, eventually_async
-from tests.kernel_io import run_code
+from tests.helpers import eventually, eventually_async, k8s_config
+from tests.kernel_io import run_in_kernel
 
 NS = "class-ai101"
 GIB = 1024
 HAMI = "hami-core-gpu.project-hami.io"
 NVIDIA = "gpu.nvidia.com"
 MANAGED = "app.kubernetes.io/managed-by"
-
-
-def k8s_config(**provisioner) -> Config:
-    config = Config()
-    config.VGPUProvisioner.cluster = "kubernetes"
-    config.VGPUProvisioner.namespace = NS
-    config.VGPUProvisioner.launch_timeout = 60.0
-    for key, value in provisioner.items():
-        setattr(config.VGPUProvisioner, key, value)
-    return config
 
 
 def ours(cluster: SimCluster, kind: str) -> list[dict]:
@@ -106,16 +96,6 @@ async def started(spec: str, config: Config, **vgpu) -> AsyncKernelManager:
     return km
 
 
-async def run(km: AsyncKernelManager, code: str) -> str:
-    client = km.client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=60)
-        return await run_code(client, code)
-    finally:
-        client.stop_channels()
-
-
 ENV_CODE = ("import os; print(os.environ['ORION_JUPYTER_BACKEND'], os.environ['ORION_JUPYTER_VGPU_MEMORY_MIB'], "
             "os.environ['ORION_JUPYTER_MEMORY_CAP'])")
 
@@ -133,7 +113,7 @@ async def test_hami_slices_share_a_gpu_a_kernel_that_fits_nowhere_is_refused_at_
             device = granted(hami, kernels[gib])
             assert (device["driver"], device["node"], device["device"]) == (HAMI, "gpu-1", "gpu-0")
             assert device["memory_mib"] == gib * GIB and device["share_id"]
-        assert await run(kernels[4], ENV_CODE) == "dra 4096 enforced"  # the kernel really runs
+        assert await run_in_kernel(kernels[4], ENV_CODE) == "dra 4096 enforced"  # the kernel really runs
         pod = hami.get("pods", NS, kernels[8].provisioner.handle.name)
         template_name = pod["spec"]["resourceClaims"][0]["resourceClaimTemplateName"]
         assert pod["spec"]["containers"][0]["resources"]["claims"] == [{"name": "vgpu"}]
@@ -244,7 +224,7 @@ async def test_first_available_takes_a_mig_device_while_one_is_free_then_a_hami_
             "gpu/hami", HAMI, "gpu-1", 4 * GIB)
         template = claim_of(mig_hami, second)["spec"]["devices"]["requests"][0]
         assert [sub["name"] for sub in template["firstAvailable"]] == ["mig", "hami"]
-        assert await run(second, ENV_CODE) == "dra 4096 enforced"
+        assert await run_in_kernel(second, ENV_CODE) == "dra 4096 enforced"
         # the view's rows name what each claim got
         view = first.provisioner.driver.view
         rows = await eventually_async(lambda: view.class_kernels(),
@@ -354,7 +334,7 @@ async def test_kai_places_a_kernel_by_its_annotations_and_queue_and_a_shortage_c
         assert pod["metadata"]["labels"]["runai-gpu-group"] == "gpu-1-gpu0"  # placed by the stand-in
         assert not any("/" in r for r in pod["spec"]["containers"][0]["resources"].get("limits", {}))
         assert cluster.events(NS, pod["metadata"]["name"], "Scheduled")[0]["source"]["component"] == "kai-scheduler"
-        assert await run(first, ENV_CODE) == "kai 12288 cooperative"
+        assert await run_in_kernel(first, ENV_CODE) == "kai 12288 cooperative"
 
         second = await started(spec, config)  # 0.5 + 0.5: the queue's limit of 1 GPU
         begin = time.monotonic()

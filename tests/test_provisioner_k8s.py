@@ -8,28 +8,13 @@ import nbformat
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
-from traitlets.config import Config
 
 from orion_jupyter.errors import KernelLaunchError
-from tests.helpers import eventually_async
+from tests.helpers import eventually_async, k8s_config
+from tests.helpers import managed_objects as kernel_objects
 from tests.kernel_io import run_code
 
 NS = "class-ai101"
-
-
-def k8s_config(**provisioner) -> Config:
-    config = Config()
-    config.VGPUProvisioner.cluster = "kubernetes"
-    config.VGPUProvisioner.namespace = NS
-    config.VGPUProvisioner.launch_timeout = 60.0
-    for key, value in provisioner.items():
-        setattr(config.VGPUProvisioner, key, value)
-    return config
-
-
-def kernel_objects(cluster, kind: str) -> list[dict]:
-    return [o for o in cluster.objects(kind, NS)
-            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]
 
 
 async def test_kernel_lifecycle_on_the_cluster(sim_cluster, vgpu_spec):
