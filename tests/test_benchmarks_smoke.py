@@ -33,7 +33,7 @@ def test_quick_run_writes_every_section(tmp_path):
                          capture_output=True, text=True, timeout=230, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     report = json.loads(out.read_text())
-    assert set(report["sections"]) == {"launch", "burst", "burst_server", "scale", "demos"}
+    assert set(report["sections"]) == {"launch", "launch_server", "burst", "burst_server", "scale", "demos"}
     for name, data in report["sections"].items():
         assert "error" not in data, (name, data.get("traceback"))
         if name != "demos":
@@ -43,6 +43,14 @@ def test_quick_run_writes_every_section(tmp_path):
     for key in ("vgpu_ms", "local_ms", "overhead_ms"):
         assert launch[key]["n"] == 2 and launch[key]["median"] > 0
     assert launch["ratio_vgpu_over_local"] > 0 and launch["api_requests_per_launch"] > 0
+    # the launch returns once the kernel listens, before the kubelet's once-a-second probe says Ready
+    for key in ("overhead_after_listen_ms", "pod_running_to_listening_ms", "pod_ready_after_return_ms"):
+        assert launch[key]["n"] == 2, key
+    assert launch["overhead_after_listen_ms"]["median"] >= 0 and launch["pod_ready_after_return_ms"]["median"] > 0
+
+    first = report["sections"]["launch_server"]
+    assert first["first_ms"]["total"] > 0 and first["later_ms"]["total"]["n"] == first["later_launches"] == 3
+    assert first["first_over_later"] > 0
 
     for name in ("burst", "burst_server"):
         burst = report["sections"][name]
@@ -52,7 +60,8 @@ def test_quick_run_writes_every_section(tmp_path):
         assert burst["kernel_pods_left"] == 0 and burst["kernel_secrets_left"] == 0
 
     scale = report["sections"]["scale"]
-    assert (scale["pods"], scale["nodes"]) == (200, 10) and scale["class_view_pods_seen"] == 200
+    assert (scale["pods"], scale["foreign_pods"], scale["nodes"]) == (200, 300, 10)
+    assert scale["class_view_pods_seen"] == 200 and scale["watch_cache_objects"]["others"] == 425
     assert scale["api_requests_per_call"] == 0
     for endpoint in ("allocations", "pool", "specs", "class"):
         assert scale["latency_ms"][endpoint]["n"] > 0 and scale["latency_ms"][endpoint]["median"] > 0
