@@ -791,7 +791,11 @@ class PodWorker:
         q = shlex.quote
         steps = []
         for src, target, readonly in mounts:
-            steps.append(f"mkdir -p {q(target)} && mount --bind {q(src)} {q(target)}")
+            # another simulated cluster (this process's or another's) may remove a mount point it made
+            # between our mkdir and mount when its last pod using it ends: try again a few times
+            bind = f"mkdir -p {q(target)} && mount --bind {q(src)} {q(target)}"
+            steps.append(f"{{ n=0; until {bind} 2>/dev/null; do n=$((n+1)); if [ $n -ge 20 ]; then {bind} || exit 32; "
+                         "break; fi; done; }")
             if readonly:
                 steps.append(f"mount -o remount,bind,ro {q(target)}")
         steps.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} && exec \"$@\"")
