@@ -27,6 +27,7 @@ from tornado.iostream import StreamClosedError
 
 from ..config import KernelPolicy
 from ..errors import KernelLaunchError
+from ..jsonapi import JSONReplies
 from ..k8s.driver import pod_options
 from ..k8s.hub_manifests import kernel_network_policy, z2jh_username_label
 from ..k8s.manifests import build_kernel_manifests, secret_owner_patch, slug
@@ -99,7 +100,7 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
                       key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image)
 
 
-class BrokerHandler(web.RequestHandler):
+class BrokerHandler(JSONReplies, web.RequestHandler):
     user = ""
     groups: list[str] = []
 
@@ -127,24 +128,6 @@ class BrokerHandler(web.RequestHandler):
     @property
     def instructor(self) -> bool:
         return self.broker.is_instructor(self.user, self.groups)
-
-    def reply(self, body: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, default=str))
-
-    def refuse(self, status: int, message: str, **extra: Any) -> None:
-        self.reply({"message": message, **extra}, status)
-
-    def json_body(self) -> dict[str, Any] | None:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, RecursionError):
-            body = None
-        if not isinstance(body, dict):
-            self.refuse(400, "the request body must be a JSON object")
-            return None
-        return body
 
     def own_pod(self, pod_name: str) -> dict | None:
         pod = self.broker.cluster.pod(pod_name)

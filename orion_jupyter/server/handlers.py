@@ -12,6 +12,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from ..errors import KernelLaunchError
+from ..jsonapi import JSONReplies
 from ..vgpu import VGPURequestError
 from .kernels import KernelIdTaken
 
@@ -20,7 +21,7 @@ DEMO_FIELDS = ("spec", "vgpus", "memory", "compute", "kernel_id", "run")
 USAGE_FIELDS = ("memory_used", "memory_source", "memory_sampled_at", "memory_granted", "waste_bytes")
 
 
-class OrionHandler(ExtensionHandlerMixin, APIHandler):
+class OrionHandler(JSONReplies, ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
@@ -47,27 +48,6 @@ class OrionHandler(ExtensionHandlerMixin, APIHandler):
             self.clear()
             return self.refuse(503, str(error), reason=error.reason)
         super().write_error(status_code, **kwargs)
-
-    def reply(self, body: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, default=str))
-
-    def refuse(self, status: int, message: str, **extra: Any) -> None:
-        self.reply({"message": message, **extra}, status)
-
-    def json_body(self) -> dict[str, Any] | None:
-        """The request's JSON object, or None after answering 400."""
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, RecursionError):
-            self.refuse(400,
-                        "the request body is not JSON; send an object like {\"spec\": \"...\", \"memory\": \"4Gi\"}")
-            return None
-        if not isinstance(body, dict):
-            self.refuse(400, "the request body must be a JSON object")
-            return None
-        return body
 
     async def or_refuse(self, work: Awaitable[Any]) -> Any:
         """``work``'s result, or None after answering the refusal it raised (400, 409 or 503)."""
