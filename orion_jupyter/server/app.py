@@ -23,19 +23,37 @@ log = logging.getLogger("orion_jupyter.server")
 def warm_up(kind: str) -> None:
     """What the first kernel launch of a server process would otherwise pay for on its event loop:
     jupyter_client's look-up of this host's addresses (it imports psutil), the provisioner factory's
-    scan of entry points, the launch side's modules. Run once, in a thread, at extension load."""
+    scan of entry points, ipykernel's spec module, the launch side's modules. Run once, in a thread, at
+    extension load."""
     try:
         from jupyter_client import localinterfaces
         from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
         localinterfaces.local_ips()
         KernelProvisionerFactory.instance()
+        try:  # jupyter_client reads the native python3 spec from ipykernel when specs are listed
+            import ipykernel.kernelspec  # noqa: F401
+        except ImportError:
+            pass
         if kind == "kubernetes":
             from ..k8s import driver  # noqa: F401 - the launch side: manifests, the Pod builder
         else:
             from ..local import LocalDriver  # noqa: F401
     except Exception as err:  # noqa: BLE001 - a warm-up never stops the server; the first launch pays instead
         log.debug("warm-up skipped: %s", err)
+
+
+def warm_kernel_manager(kernel_manager: Any) -> None:
+    """On the event loop (traitlets are not thread-safe), what the server's first kernel would make: its
+    kernel manager factory and the shared ZMQ context's I/O threads (started with its first socket)."""
+    try:
+        kernel_manager.kernel_manager_factory  # noqa: B018 - the trait's default: imports the class
+        if getattr(kernel_manager, "shared_context", False):
+            import zmq
+
+            kernel_manager.context.socket(zmq.DEALER).close(linger=0)
+    except Exception as err:  # noqa: BLE001 - a warm-up never stops the server
+        log.debug("kernel manager warm-up skipped: %s", err)
 
 
 class OrionJupyter(ExtensionApp):
@@ -78,6 +96,7 @@ class OrionJupyter(ExtensionApp):
         self.handlers.extend(routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        warm_kernel_manager(serverapp.kernel_manager)
         threading.Thread(target=warm_up, args=(self.state.view.kind,), name="orion-warm-up", daemon=True).start()
         await self.state.view.start()  # the shared watches list and start now, not at the first launch
         self.usage.start()
