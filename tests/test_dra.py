@@ -18,7 +18,7 @@ from kubesim import SimCluster, SimNode
 from kubesim import dra as simdra
 from orion_jupyter.backends import DRA_FLAVORS, get_backend
 from orion_jupyter.cli import main
-from orion_jupyter.k8s import dra
+from orion_jupyter.k8s import dra, dra_pool
 from orion_jupyter.k8s.manifests import KernelPodOptions, build_kernel_manifests
 from orion_jupyter.k8s.rbac import rbac_manifests
 from orion_jupyter.vgpu import VGPURequest, VGPURequestError
@@ -227,7 +227,7 @@ def settled(cluster: SimCluster, name: str, want: str | None = None) -> tuple[st
     def state():
         pod = cluster.get("pods", NS, name)
         claims = cluster.objects("resourceclaims", NS)
-        found = dra.claim_launch_state(pod, claims, dra.dra_pool(cluster.objects("resourceslices"), claims))
+        found = dra.claim_launch_state(pod, claims, dra_pool.dra_pool(cluster.objects("resourceslices"), claims))
         done = found[0] == "unschedulable" or (found[0] == "allocated" and pod["spec"].get("nodeName"))
         return found if done and found[0] == (want or found[0]) else None
 
@@ -266,14 +266,14 @@ def test_hami_slices_share_a_gpu_where_they_fit_and_a_slice_that_fits_nowhere_fa
     assert hami.get("pods", NS, late)["status"]["resourceClaimStatuses"][0]["name"] == "vgpu"
 
     # the pool: per GPU, what is left
-    pool = dra.dra_pool(hami.objects("resourceslices"), hami.objects("resourceclaims", NS))
+    pool = dra_pool.dra_pool(hami.objects("resourceslices"), hami.objects("resourceclaims", NS))
     devices = {d.name: d for d in pool.nodes[0].devices}
     assert (devices["gpu-0"].memory_free_mib, devices["gpu-0"].allocations) == (0, 3)
     assert (devices["gpu-1"].memory_free_mib, devices["gpu-1"].allocations) == (4 * GIB, 1)
     assert pool.totals()[dra.DRA_MEMORY].as_dict() == {"allocatable": 48 * GIB, "allocated": 44 * GIB, "free": 4 * GIB}
     assert pool.totals()[dra.DRA_DEVICES].free == 0
     assert pool.as_dict()["nodes"][0]["devices"][1]["memory_free_mib"] == 4 * GIB
-    assert dra.can_fit(pool, request(4), backend) and not dra.can_fit(pool, request(8), backend)
+    assert dra_pool.can_fit(pool, request(4), backend) and not dra_pool.can_fit(pool, request(8), backend)
     assert dra.request_shortage(pool, request(8), backend) == message.split(" (scheduler:")[0]
 
     # claims are named after the pod and owned by it; deleting the pods deletes them, templates stay
@@ -437,7 +437,7 @@ def test_dra_objects_through_the_api_list_watch_and_discovery(hami):
 
 
 def test_dra_pool_without_slices_is_invisible_and_granted_devices_of_nothing_is_empty():
-    assert dra.dra_pool(None).visible is False
+    assert dra_pool.dra_pool(None).visible is False
     assert dra.granted_devices(None) == [] and dra.granted_devices({"status": {}}) == []
     pod = {"metadata": {"uid": "u"}, "spec": {"containers": [{"name": "k"}]}}
     assert dra.claim_launch_state(pod, []) == ("allocated", "NoClaims", "")

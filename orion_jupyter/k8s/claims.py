@@ -2,7 +2,7 @@
 
 * :class:`DraWatches` - two more shared watches for the dra backend: this project's ResourceClaims in
   the namespace (they carry the managed-by label of their template) and the cluster's ResourceSlices;
-  the pool they make (:func:`~orion_jupyter.k8s.dra.dra_pool`) is recomputed only after a change.
+  the pool they make (:func:`~orion_jupyter.k8s.dra_pool.dra_pool`) is recomputed only after a change.
 * :func:`ensure_claim_template` - a kernel's ResourceClaimTemplate, created once per process: its name
   hashes its spec, so 409 AlreadyExists means it is there with this very spec; 403 means the RBAC
   for DRA is missing, and says which command renders it.
@@ -29,7 +29,7 @@ from urllib3.exceptions import HTTPError
 from ..errors import KernelLaunchError
 from ..names import MANAGED_SELECTOR
 from ..pool import PoolSnapshot
-from . import dra, kai
+from . import dra, dra_pool, kai
 from .watch import SharedWatch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +78,7 @@ class DraWatches:
         version = (self.claims.version, self.slices.version if slices_visible else -1)
         cached = self._pool
         if cached is None or cached[0] != version:
-            snapshot = dra.dra_pool(self.slices.items() if slices_visible else None, self.claims.items())
+            snapshot = dra_pool.dra_pool(self.slices.items() if slices_visible else None, self.claims.items())
             for node in snapshot.nodes:  # the largest device: a request above it can never fit
                 node.device_memory_mib = max((d.memory_mib for d in node.devices), default=0) or None
             self._pool = cached = (version, snapshot)

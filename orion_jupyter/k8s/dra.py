@@ -11,9 +11,7 @@
 * :func:`claim_launch_state` - while the pod is pending: waiting, allocated, or unschedulable (the
   scheduler found no device: end the launch at once, naming what was short).
 * :func:`granted_devices` - what a claim got: driver, pool (node), device, consumed capacity.
-* :func:`dra_pool` - the pool from ResourceSlices and the claims this server can see: devices per
-  node with their free memory and cores (``NodePool.devices``) and totals under ``dra/devices``,
-  ``dra/memory`` (MiB) and ``dra/cores``.
+* The pool from ResourceSlices and claims is in :mod:`.dra_pool`.
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..pool import DevicePool, NodePool, PoolSnapshot, ResourceCount
+from ..names import ANNOTATION_REQUEST, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from ..pool import DevicePool, PoolSnapshot
 from ..vgpu import VGPURequest, format_mib
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,10 +37,6 @@ DRA_MEMORY = "dra/memory"  # MiB
 DRA_CORES = "dra/cores"  # percent of a GPU, summed
 
 # The project's labels (as in orion_jupyter.names); literal here to keep this module standalone.
-_LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-_LABEL_COMPONENT = "app.kubernetes.io/component"
-_MANAGED_BY = "orion-jupyter"
-_ANNOTATION_REQUEST = "orion-jupyter.io/vgpu-request"
 _ANNOTATION_FLAVORS = "orion-jupyter.io/dra-flavors"
 
 
@@ -50,7 +45,7 @@ def memory_quantity(mib: int) -> str:
     return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
-def _quantity_mib(value: object) -> int:
+def quantity_mib(value: object) -> int:
     from kubernetes.utils.quantity import parse_quantity
 
     try:
@@ -59,7 +54,7 @@ def _quantity_mib(value: object) -> int:
         return 0
 
 
-def _quantity_int(value: object) -> int:
+def quantity_int(value: object) -> int:
     from kubernetes.utils.quantity import parse_quantity
 
     try:
@@ -71,7 +66,7 @@ def _quantity_int(value: object) -> int:
 # ---------------------------------------------------------------- templates
 
 
-def _flavors(flavors: Backend | Iterable[DraFlavor]) -> list[DraFlavor]:
+def flavor_list(flavors: Backend | Iterable[DraFlavor]) -> list[DraFlavor]:
     found = list(getattr(flavors, "dra_flavors", flavors))
     if not found:
         raise ValueError("no DRA flavors: use the dra backend, or give a list of DraFlavor")
@@ -104,7 +99,7 @@ def device_request(request: VGPURequest, flavors: Backend | Iterable[DraFlavor])
     """The claim's DeviceRequest: ``exactly`` for one flavor, ``firstAvailable`` (in order) for several."""
     if request.count < 1:
         raise ValueError("a CPU-only kernel needs no ResourceClaim")
-    found = _flavors(flavors)
+    found = flavor_list(flavors)
     if len(found) == 1:
         return {"name": REQUEST_NAME, "exactly": _exact(found[0], request)}
     return {"name": REQUEST_NAME, "firstAvailable": [{"name": f.name, **_exact(f, request)} for f in found]}
@@ -116,12 +111,12 @@ def claim_template(flavors: Backend | Iterable[DraFlavor], request: VGPURequest,
     The claims made from it carry the vGPU request and flavors as annotations, so a reader of a claim
     (or of the pool) can say what a kernel asked for.
     """
-    found = _flavors(flavors)
+    found = flavor_list(flavors)
     request_json = json.dumps(request.as_dict(), sort_keys=True)
     spec = {
         "metadata": {
-            "labels": {_LABEL_MANAGED_BY: _MANAGED_BY, _LABEL_COMPONENT: "vgpu-claim"},
-            "annotations": {_ANNOTATION_REQUEST: request_json, _ANNOTATION_FLAVORS: ",".join(f.name for f in found)},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "vgpu-claim"},
+            "annotations": {ANNOTATION_REQUEST: request_json, _ANNOTATION_FLAVORS: ",".join(f.name for f in found)},
         },
         "spec": {"devices": {"requests": [device_request(request, found)]}},
     }
@@ -135,8 +130,8 @@ def claim_template(flavors: Backend | Iterable[DraFlavor], request: VGPURequest,
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {_LABEL_MANAGED_BY: _MANAGED_BY, _LABEL_COMPONENT: "vgpu-claim-template"},
-            "annotations": {_ANNOTATION_REQUEST: request_json},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "vgpu-claim-template"},
+            "annotations": {ANNOTATION_REQUEST: request_json},
         },
         "spec": spec,
     }
@@ -233,8 +228,8 @@ def granted_devices(claim: Mapping | None) -> list[dict]:
             "node": node or result.get("pool", ""),
             "share_id": result.get("shareID"),
             "consumed": consumed,
-            "memory_mib": _quantity_mib(consumed["memory"]) if "memory" in consumed else None,
-            "cores": _quantity_int(consumed["cores"]) if "cores" in consumed else None,
+            "memory_mib": quantity_mib(consumed["memory"]) if "memory" in consumed else None,
+            "cores": quantity_int(consumed["cores"]) if "cores" in consumed else None,
         })
     return granted
 
@@ -262,7 +257,7 @@ def describe_granted(granted: Iterable[Mapping]) -> str:
 def _claim_request(claim: Mapping) -> VGPURequest | None:
     annotations = ((claim.get("metadata") or {}).get("annotations")) or {}
     try:
-        data = json.loads(annotations.get(_ANNOTATION_REQUEST) or "null")
+        data = json.loads(annotations.get(ANNOTATION_REQUEST) or "null")
         if data:
             return VGPURequest(int(data["vgpus"]), int(data["memory_mib"]), data.get("compute_percent"))
     except (ValueError, KeyError, TypeError):
@@ -287,7 +282,7 @@ def _alternatives(claim: Mapping) -> list[dict]:
     return out
 
 
-def _device_kind(device: DevicePool) -> str:
+def device_kind(device: DevicePool) -> str:
     kind = str(device.attributes.get("type", "")).lower()
     return "shared" if device.shared else (kind or "device")
 
@@ -302,7 +297,7 @@ def _alternative_kind(alt: Mapping) -> str:
 def _what_is_short(alt: Mapping, asked: VGPURequest | None, pool: PoolSnapshot | None) -> str:
     kind = _alternative_kind(alt)
     count = alt["count"]
-    memory = _quantity_mib(alt["capacity"]["memory"]) if "memory" in alt["capacity"] else (
+    memory = quantity_mib(alt["capacity"]["memory"]) if "memory" in alt["capacity"] else (
         asked.memory_mib if asked else 0)
     if kind == "shared":
         what = f"{count} share{'s' if count != 1 else ''} of {format_mib(memory) if memory else 'a GPU'}"
@@ -331,7 +326,7 @@ def _what_is_short(alt: Mapping, asked: VGPURequest | None, pool: PoolSnapshot |
         if "cores" in alt["capacity"] and best.cores_free is not None:
             text += f", with {best.cores_free} cores free"
         return text
-    same = [d for d in devices if not d.shared and (_device_kind(d) == kind or kind == "device")]
+    same = [d for d in devices if not d.shared and (device_kind(d) == kind or kind == "device")]
     free = [d for d in same if d.allocations == 0 and d.memory_mib >= memory]
     return f"{what}: {len(free)} of {len(same)} such devices free"
 
@@ -404,109 +399,3 @@ def claim_launch_state(pod: Mapping, claims: Iterable[Mapping] | Mapping[str, Ma
 
 
 # ---------------------------------------------------------------- the pool
-
-
-def _attributes(device: Mapping) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in (device.get("attributes") or {}).items():
-        short = key.rsplit("/", 1)[-1]
-        for kind in ("string", "int", "bool", "version"):
-            if kind in (value or {}):
-                out[short] = value[kind]
-                break
-    return out
-
-
-def _capacity(device: Mapping, name: str) -> object | None:
-    for key, value in (device.get("capacity") or {}).items():
-        if key.rsplit("/", 1)[-1] == name:
-            return (value or {}).get("value")
-    return None
-
-
-def dra_pool(resource_slices: Iterable[Mapping] | None, claims: Iterable[Mapping] = ()) -> PoolSnapshot:
-    """The pool from ResourceSlices and allocated claims: per node its devices with free memory/cores.
-
-    Only the claims passed are subtracted (a server sees its namespace's claims): devices used from
-    other namespaces look free here, so it is an upper bound. ``resource_slices=None`` (no RBAC to
-    read them) gives an invisible pool.
-    """
-    if resource_slices is None:
-        return PoolSnapshot(nodes=[], visible=False)
-    slices = list(resource_slices)
-    newest: dict[tuple[str, str], int] = {}
-    for s in slices:
-        spec = s.get("spec") or {}
-        key = (spec.get("driver", ""), (spec.get("pool") or {}).get("name", ""))
-        newest[key] = max(newest.get(key, 0), int((spec.get("pool") or {}).get("generation") or 0))
-    nodes: dict[str, NodePool] = {}
-    devices: dict[tuple[str, str, str], DevicePool] = {}
-    for s in slices:
-        spec = s.get("spec") or {}
-        driver, pool_name = spec.get("driver", ""), (spec.get("pool") or {}).get("name", "")
-        if int((spec.get("pool") or {}).get("generation") or 0) < newest[(driver, pool_name)]:
-            continue
-        node_name = spec.get("nodeName") or ("(all nodes)" if spec.get("allNodes") else pool_name)
-        node = nodes.setdefault(node_name, NodePool(name=node_name))
-        for raw in spec.get("devices") or []:
-            memory = _capacity(raw, "memory")
-            cores = _capacity(raw, "cores")
-            device = DevicePool(
-                name=raw.get("name", ""), driver=driver, pool=pool_name,
-                shared=bool(raw.get("allowMultipleAllocations")),
-                memory_mib=_quantity_mib(memory) if memory is not None else 0,
-                cores=_quantity_int(cores) if cores is not None else None,
-                attributes=_attributes(raw),
-            )
-            device.memory_free_mib, device.cores_free = device.memory_mib, device.cores
-            node.devices.append(device)
-            devices[(driver, pool_name, device.name)] = device
-    for claim in claims:
-        for g in granted_devices(claim):
-            device = devices.get((g["driver"], g["pool"], g["device"]))
-            if device is None:
-                continue
-            device.allocations += 1
-            if device.shared:
-                if g["memory_mib"] is not None:
-                    device.memory_free_mib = max(device.memory_free_mib - g["memory_mib"], 0)
-                if g["cores"] is not None and device.cores_free is not None:
-                    device.cores_free = max(device.cores_free - g["cores"], 0)
-            else:
-                device.memory_free_mib, device.cores_free = 0, (0 if device.cores is not None else None)
-    for node in nodes.values():
-        node.devices.sort(key=lambda d: (d.driver, d.pool, d.name))
-        node.resources[DRA_DEVICES] = ResourceCount(
-            allocatable=len(node.devices), allocated=sum(1 for d in node.devices if d.allocations))
-        node.resources[DRA_MEMORY] = ResourceCount(
-            allocatable=sum(d.memory_mib for d in node.devices),
-            allocated=sum(d.memory_mib - d.memory_free_mib for d in node.devices))
-        if any(d.cores is not None for d in node.devices):
-            node.resources[DRA_CORES] = ResourceCount(
-                allocatable=sum(d.cores or 0 for d in node.devices),
-                allocated=sum((d.cores or 0) - (d.cores_free or 0) for d in node.devices))
-    return PoolSnapshot(nodes=sorted(nodes.values(), key=lambda n: n.name), source="dra")
-
-
-def can_fit(pool: PoolSnapshot, request: VGPURequest, flavors: Backend | Iterable[DraFlavor]) -> bool | None:
-    """Whether some node has devices for ``request`` under one of the flavors now (None: not visible).
-
-    An estimate from the pool (device classes' CEL selectors are not evaluated here): a shared flavor
-    needs ``count`` shared devices on one node with the memory free; an exclusive one, ``count`` free
-    devices of its kind with at least that memory."""
-    if request.count == 0:
-        return True
-    if not pool.visible:
-        return None
-    for flavor in _flavors(flavors):
-        shared = bool(flavor.capacity)
-        kind = "mig" if flavor.device_class.startswith("mig.") else "gpu"
-        for node in pool.nodes:
-            if shared:
-                fits = [d for d in node.devices if d.shared and d.memory_free_mib >= request.memory_mib]
-            else:
-                fits = [d for d in node.devices if not d.shared and d.allocations == 0
-                        and d.memory_mib >= request.memory_mib and _device_kind(d) in (kind, "device")]
-            if len(fits) >= request.count:
-                return True
-    return False

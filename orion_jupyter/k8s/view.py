@@ -26,7 +26,7 @@ from ..names import (
 )
 from ..pool import PoolSnapshot, extended_limits
 from ..vgpu import VGPURequest, format_mib
-from . import claims, dra
+from . import claims, dra, dra_pool
 from .cluster import KubeCluster
 from .manifests import slug
 
@@ -142,7 +142,7 @@ class KubernetesView:
         if pool.oversize_message(request.memory_mib):
             return False
         if backend.uses_claims:
-            return dra.can_fit(pool, request, backend)
+            return dra_pool.can_fit(pool, request, backend)
         if backend.kai is not None:  # KAI places shares itself; the pool cannot tell
             return None
         return pool.can_serve(backend.resources(request))
