@@ -33,7 +33,8 @@ def test_quick_run_writes_every_section(tmp_path):
                          capture_output=True, text=True, timeout=230, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     report = json.loads(out.read_text())
-    assert set(report["sections"]) == {"launch", "launch_server", "burst", "burst_server", "scale", "demos"}
+    # every section below ran (a section added since is checked by its own assertions, if any)
+    assert {"launch", "launch_server", "burst", "burst_server", "scale", "demos"} <= set(report["sections"])
     for name, data in report["sections"].items():
         assert "error" not in data, (name, data.get("traceback"))
         if name != "demos":
