@@ -39,7 +39,7 @@ CREATE_RETRIES = 2
 RETRY_BACKOFF_SECONDS = 0.2
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 # The launch's own readiness check: a TCP connect to the kernel's shell port this often.
-KNOCK_INTERVAL_SECONDS = 0.005
+KNOCK_INTERVAL_SECONDS = 0.002
 KNOCK_TIMEOUT_SECONDS = 0.5
 _IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _CONFIG_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff"}

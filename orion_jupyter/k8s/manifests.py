@@ -52,7 +52,10 @@ KERNEL_ENTRYPOINT = (
     "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
     "with os.fdopen(fd, 'w') as f:\n"
     "    json.dump(info, f)\n"
-    "os.execvp(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', path] + sys.argv[1:])\n"
+    # run ipykernel in this interpreter (a second one would cost its start-up time on every launch)
+    "sys.argv = ['ipykernel_launcher', '-f', path] + sys.argv[1:]\n"
+    "import runpy\n"
+    "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)\n"
 )
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
