@@ -31,6 +31,7 @@ from ..jsonapi import JSONReplies
 from ..k8s.driver import pod_options
 from ..k8s.hub_manifests import kernel_network_policy, z2jh_username_label
 from ..k8s.manifests import build_kernel_manifests, secret_owner_patch, slug
+from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import KernelLaunch
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_SERVER, ANNOTATION_USAGE, LABEL_KERNEL_ID
@@ -306,8 +307,6 @@ class WatchHandler(BrokerHandler):
 
 
 def kernel_state(kind: str, pod: dict) -> dict:
-    from ..k8s.cluster import container_end_reason, container_exit_code
-
     summary = pod_summary(pod)
     return {"kernel_id": summary["kernel_id"], "pod": summary["pod"], "phase": summary["phase"],
             "deleted": kind == "DELETED", "exit_code": container_exit_code(pod), "reason": container_end_reason(pod)

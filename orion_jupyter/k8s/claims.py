@@ -30,11 +30,13 @@ from ..errors import KernelLaunchError
 from ..names import MANAGED_SELECTOR
 from ..pool import PoolSnapshot
 from . import dra, dra_pool, kai
+from .pods import LaunchState
 from .watch import SharedWatch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cluster import KubeCluster, LaunchState
     from .manifests import KernelManifests
+
+KubeCluster = Any  # a .cluster.KubeCluster (not imported: it imports this module)
 
 log = logging.getLogger("orion_jupyter.k8s")
 
@@ -160,8 +162,6 @@ def _api_message(err: ApiException) -> str:
 
 
 def _state(phase: str, reason: str = "", message: str = "") -> LaunchState:
-    from .cluster import LaunchState
-
     return LaunchState(phase, reason, message)
 
 

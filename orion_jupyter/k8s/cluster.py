@@ -12,12 +12,10 @@ import asyncio
 import json
 import logging
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -25,10 +23,12 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
-from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR, TERMINAL_PHASES
+from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
 from ..pool import PoolSnapshot, pool_from_cluster
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
+from .pod_kernel import PodKernel
+from .pods import LaunchState, launch_state, trim_foreign_pod, trim_pod
 from .watch import SharedWatch
 
 log = logging.getLogger("orion_jupyter.k8s")
@@ -41,8 +41,6 @@ _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 # The launch's own readiness check: a TCP connect to the kernel's shell port this often.
 KNOCK_INTERVAL_SECONDS = 0.002
 KNOCK_TIMEOUT_SECONDS = 0.5
-_IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-_CONFIG_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff"}
 
 
 def _api_message(err: ApiException) -> str:
@@ -50,179 +48,6 @@ def _api_message(err: ApiException) -> str:
         return json.loads(err.body).get("message") or err.reason
     except (TypeError, ValueError, AttributeError):
         return str(err.reason)
-
-
-def _terminated(pod: dict) -> dict | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated
-    return None
-
-
-def container_exit_code(pod: dict) -> int | None:
-    terminated = _terminated(pod)
-    return int(terminated.get("exitCode", 1)) if terminated else None
-
-
-def container_end_reason(pod: dict) -> str:
-    """The runtime's own words for why the container ended, e.g. 'StartError: exec: "python": executable
-    file not found in $PATH'; '' for a plain exit."""
-    terminated = _terminated(pod) or {}
-    reason, message = terminated.get("reason") or "", (terminated.get("message") or "").strip()
-    if reason in ("", "Error", "Completed") and not message:
-        return ""
-    return f"{reason}: {message}" if reason and message else reason or message
-
-
-def _memory_limit(pod: dict) -> str:
-    """The kernel container's memory limit as people read it ('8 GiB'); '' when it has none."""
-    from kubernetes.utils.quantity import parse_quantity
-
-    from ..vgpu import format_mib
-
-    containers = (pod.get("spec") or {}).get("containers") or [{}]
-    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
-    try:
-        mib = int(parse_quantity(limit) / (1024 * 1024)) if limit else 0
-    except (ValueError, TypeError, ArithmeticError):
-        return str(limit)
-    return format_mib(mib) if mib else ""
-
-
-def oom_text(pod: dict) -> str:
-    """'the kernel exceeded its 8 GiB memory limit' for a container ended OOMKilled ('' for another end)."""
-    if (_terminated(pod) or {}).get("reason") != "OOMKilled":
-        return ""
-    limit = _memory_limit(pod)
-    return (f"the kernel exceeded its {limit} memory limit" if limit
-            else "the kernel was killed for using more memory than its node had free")
-
-
-def _disruption(pod: dict) -> dict | None:
-    """The DisruptionTarget condition of a pod Kubernetes is taking away (PodGC, taint manager, eviction)."""
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def _node_trouble(node: dict | None) -> str:
-    """'its node gpu-1 is not ready (NodeStatusUnknown: Kubelet stopped posting node status.)'; '' when Ready."""
-    if node is None:
-        return ""
-    for condition in (node.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            if condition.get("status") == "True":
-                return ""
-            why = ": ".join(x for x in (condition.get("reason"), condition.get("message")) if x)
-            name = (node.get("metadata") or {}).get("name", "")
-            return f"its node {name} is not ready" + (f" ({why})" if why else "")
-    return ""
-
-
-def end_reason(pod: dict | None, node: dict | None = None) -> str:
-    """Why a kernel pod ended (or is ending) in one sentence: out of memory, node deleted or not ready,
-    evicted, exit code; ``pod`` None: it was deleted and its last state is not known."""
-    if pod is None:
-        return "the kernel pod was deleted"
-    status = pod.get("status") or {}
-    oom = oom_text(pod)
-    if oom:
-        return f"{oom} (OOMKilled, exit code {container_exit_code(pod)})"
-    disruption = _disruption(pod)
-    if disruption is not None and disruption.get("reason") == "DeletionByPodGC":
-        node_name = (pod.get("spec") or {}).get("nodeName") or "?"
-        return f"its node {node_name} was removed from the cluster ({disruption.get('message', '')})".replace(" ()", "")
-    if status.get("reason") == "Evicted":
-        return f"the kernel pod was evicted: {status.get('message', '')}".strip()
-    trouble = _node_trouble(node)
-    if trouble:
-        return trouble
-    if disruption is not None:
-        return f"the kernel pod is being deleted ({disruption.get('reason')}: {disruption.get('message', '')})"
-    code = container_exit_code(pod)
-    if code is not None:
-        why = container_end_reason(pod)
-        return f"the kernel exited with code {code}" + (f" ({why})" if why else "")
-    if status.get("phase") in TERMINAL_PHASES:
-        return f"the kernel pod {status['phase'].lower()}"
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return "the kernel pod was deleted"
-    return ""
-
-
-def trim_foreign_pod(pod: dict) -> dict | None:
-    """Of any pod in the cluster, only what the pool counts: bound, holding extended resources."""
-    spec = pod.get("spec") or {}
-    containers = [{"resources": {"limits": {r: v for r, v in ((c.get("resources") or {}).get("limits") or {}).items()
-                                            if "/" in r}}} for c in spec.get("containers") or []]
-    if not spec.get("nodeName") or not any(c["resources"]["limits"] for c in containers):
-        return None
-    meta = pod.get("metadata") or {}
-    return {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
-            "spec": {"nodeName": spec["nodeName"], "containers": containers},
-            "status": {"phase": (pod.get("status") or {}).get("phase")}}
-
-
-def trim_pod(pod: dict) -> dict:
-    """What this project reads of a pod (about a third of it): the watch cache keeps only this."""
-    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "annotations",
-                                          "creationTimestamp", "deletionTimestamp") if k in meta},
-        "spec": {
-            "nodeName": spec.get("nodeName"),
-            "containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
-                           for c in spec.get("containers") or []],
-        },
-        "status": {k: status[k] for k in ("phase", "reason", "message", "conditions", "podIP", "containerStatuses")
-                   if k in status},
-    }
-
-
-@dataclass
-class LaunchState:
-    """What a pod's status says about a launch: ready, failed (with reason) or still pending."""
-
-    phase: str  # ready | failed | pending
-    reason: str = ""
-    message: str = ""
-    ip: str = ""
-
-
-def launch_state(pod: dict) -> LaunchState:
-    status = pod.get("status") or {}
-    if status.get("reason") == "Evicted":
-        return LaunchState("failed", "evicted", f"the pod was evicted: {status.get('message', '')}".strip())
-    code = container_exit_code(pod)
-    oom = oom_text(pod)
-    if oom:
-        return LaunchState("failed", "exited", f"{oom} before it was ready (OOMKilled, exit code {code})")
-    if code is not None or status.get("phase") in TERMINAL_PHASES:
-        why = container_end_reason(pod)
-        return LaunchState("failed", "exited", f"the kernel exited with code {code if code is not None else '?'} "
-                                               f"before it was ready{f' ({why})' if why else ''}")
-    disruption = _disruption(pod)
-    if disruption is not None:
-        return LaunchState("failed", "deleted", f"{end_reason(pod)} before it was ready")
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _IMAGE_FAILURES:
-            image = cs.get("image") or ""
-            return LaunchState("failed", "image", f"the kernel image {image} cannot be pulled ({waiting['reason']}): "
-                                                  f"{waiting.get('message', '')}".strip())
-        if waiting.get("reason") in _CONFIG_FAILURES:
-            return LaunchState("failed", "exited", f"the kernel container cannot start ({waiting['reason']}): "
-                                                   f"{waiting.get('message', '')}".strip())
-    for condition in status.get("conditions") or []:
-        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                "PodScheduled", "False", "Unschedulable"):
-            return LaunchState("failed", "unschedulable", condition.get("message", ""))
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    if ready and status.get("podIP"):
-        return LaunchState("ready", ip=status["podIP"])
-    return LaunchState("pending")
 
 
 class KubeCluster:
@@ -592,100 +417,3 @@ def _running_with_ip(pod: dict) -> bool:
     status = pod.get("status") or {}
     running = any("running" in (cs.get("state") or {}) for cs in status.get("containerStatuses") or [])
     return bool(status.get("podIP")) and running
-
-
-class PodKernel:
-    """A running kernel pod, Popen-like; every state question is answered from the watch cache."""
-
-    def __init__(self, cluster: KubeCluster, name: str, ip: str):
-        self.cluster = cluster
-        self.name = name
-        self.ip = ip
-        self._exit_code: int | None = None
-        self.reason = ""  # why the kernel ended, when it did so without being stopped (end_reason)
-        self._stopping = False
-
-    @property
-    def namespace(self) -> str:
-        return self.cluster.namespace
-
-    def _node(self, pod: dict) -> dict | None:
-        nodes = self.cluster.nodes
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        return nodes.get("", node_name) if nodes is not None and node_name and nodes.lists else None
-
-    def poll(self) -> int | None:
-        if self._exit_code is not None:
-            return self._exit_code
-        pod = self.cluster.pod(self.name)
-        if pod is None:  # deleted (by us, an operator, the pod GC): the kernel is gone
-            last = self.cluster.pods.last_state(self.namespace, self.name)
-            code = container_exit_code(last) if last is not None else None
-            self._ended(1 if code is None else code, end_reason(last, None))
-        elif (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
-            code = container_exit_code(pod)
-            self._ended(1 if code is None else code, end_reason(pod, self._node(pod)))
-        else:  # still there, but Kubernetes is taking it away, or its node stopped answering
-            node = self._node(pod)
-            if _disruption(pod) is not None or _node_trouble(node):
-                self._ended(1, end_reason(pod, node))
-        return self._exit_code
-
-    def _ended(self, code: int, reason: str) -> None:
-        self._exit_code = code
-        if self._stopping or code == 0:  # stopped by us, or a kernel that was asked to shut down
-            return
-        self.reason = reason
-        log.warning("kernel pod %s ended: %s", self.name, reason)
-        pod = self.cluster.pod(self.name) or self.cluster.pods.last_state(self.namespace, self.name) or {}
-        kernel_id = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_KERNEL_ID)
-        if kernel_id:
-            from ..progress import PROGRESS
-
-            PROGRESS.record(kernel_id, f"the kernel died: {reason}", stage="ended", level="error")
-
-    async def wait(self) -> int:
-        if self.poll() is not None:
-            return self._exit_code  # type: ignore[return-value]
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def on_change(kind: str, obj: dict) -> None:
-            if not done.done() and self.poll() is not None:
-                done.set_result(None)
-
-        unsubscribe = [self.cluster.pods.subscribe(on_change, loop)]
-        if self.cluster.nodes is not None:  # a node that stops being Ready ends its kernels
-            unsubscribe.append(self.cluster.nodes.subscribe(on_change, loop))
-        try:
-            if self.poll() is None:
-                await done
-        finally:
-            for stop in unsubscribe:
-                stop()
-        return self._exit_code  # type: ignore[return-value]
-
-    async def send_signal(self, signum: int) -> None:
-        if signum == 0:
-            if self.poll() is not None:
-                raise ProcessLookupError(f"kernel pod {self.name} is gone")
-        elif signum == signal.SIGKILL:
-            await self.kill()
-        elif signum == signal.SIGTERM:
-            await self.terminate(grace_seconds=5)
-        else:
-            log.warning("signal %s is not delivered to kernel pod %s (interrupts go by message)", signum, self.name)
-
-    async def terminate(self, grace_seconds: int) -> None:
-        self._stopping = True
-        await self.cluster.delete_pod(self.name, grace_seconds)
-
-    async def kill(self) -> None:
-        self._stopping = True
-        await self.cluster.delete_pod(self.name, 0)
-
-    async def cleanup(self) -> None:
-        await self.cluster.delete_kernel_objects(self.name)
-
-    def info(self) -> dict[str, str]:
-        return {"pod_name": self.name, "namespace": self.namespace, "pod_ip": self.ip}
