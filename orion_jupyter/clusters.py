@@ -65,3 +65,13 @@ def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
     from .local import LocalDriver
 
     return LocalDriver(view, kernel_manager, kernel_spec)  # type: ignore[arg-type]
+
+
+def import_launch_side(kind: str) -> None:
+    """Import a backend's launch modules ahead of the first launch (the server's warm-up)."""
+    if kind == "kubernetes":
+        from .k8s import driver  # noqa: F401 - manifests, the Pod builder
+    elif kind == "broker":
+        from .broker import client  # noqa: F401
+    else:
+        from .local import driver as local_driver  # noqa: F401

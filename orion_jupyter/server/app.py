@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
+from ..clusters import import_launch_side
 from .handlers import routes
 from .metrics import COLLECTOR
 from .state import OrionState
@@ -35,10 +36,7 @@ def warm_up(kind: str) -> None:
             import ipykernel.kernelspec  # noqa: F401
         except ImportError:
             pass
-        if kind == "kubernetes":
-            from ..k8s import driver  # noqa: F401 - the launch side: manifests, the Pod builder
-        else:
-            from ..local import LocalDriver  # noqa: F401
+        import_launch_side(kind)
     except Exception as err:  # noqa: BLE001 - a warm-up never stops the server; the first launch pays instead
         log.debug("warm-up skipped: %s", err)
 
