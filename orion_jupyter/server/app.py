@@ -13,6 +13,8 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
 from ..clusters import import_launch_side
+from ..progress import PROGRESS
+from .culling import Culler
 from .handlers import routes
 from .metrics import COLLECTOR
 from .state import OrionState
@@ -77,6 +79,17 @@ class OrionJupyter(ExtensionApp):
     activity_report_interval = Float(60.0, config=True,
                                      help="Seconds between writes of kernels' last activity onto their pods "
                                           "(for idle time in the class view); 0: never.")
+    cull_idle_seconds = Float(1800.0, config=True,
+                              help="Seconds a vGPU kernel may stay idle (not busy, no activity on its iopub) before "
+                                   "it is shut down and its pod deleted, freeing its vGPU; 0: never. CPU-only "
+                                   "kernels are never stopped.")
+    cull_warning_seconds = Float(300.0, config=True,
+                                 help="Seconds before an idle vGPU kernel is stopped that its owner is warned "
+                                      "(cull_warning in allocations, a progress event, the server log).")
+    cull_max_keeps = Int(3, config=True,
+                         help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
+                              "idle clock) in one idle stretch; activity in the kernel gives them back.")
+    cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
 
     def initialize_settings(self) -> None:
         if not self.server_owner:
@@ -89,6 +102,11 @@ class OrionJupyter(ExtensionApp):
             COLLECTOR.registered = True
         COLLECTOR.state = self.state  # one server per process reports (the newest)
         self._activity_timer = None
+        self.culler = Culler(self.state.kernels, PROGRESS, idle_seconds=self.cull_idle_seconds,
+                             warning_seconds=self.cull_warning_seconds, max_keeps=self.cull_max_keeps,
+                             interval_seconds=self.cull_interval_seconds, log=self.log)
+        self.settings["orion_jupyter_culler"] = self.culler
+        self.state.kernels.row_fields.append(self.culler.fields)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes(r"/orion/api"))
@@ -101,10 +119,12 @@ class OrionJupyter(ExtensionApp):
         if self.activity_report_interval > 0:
             self._activity_timer = PeriodicCallback(self.state.report_activity, self.activity_report_interval * 1000)
             self._activity_timer.start()
+        self.culler.start()
 
     async def stop_extension(self) -> None:
         if self._activity_timer is not None:
             self._activity_timer.stop()
+        self.culler.stop()
         self.usage.stop()
         if COLLECTOR.state is self.state:
             COLLECTOR.state = None

@@ -14,6 +14,7 @@ from tornado import web
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
 from ..vgpu import VGPURequestError
+from .culling import NotCullable
 from .kernels import KernelIdTaken
 
 AUTH_RESOURCE = "orion"
@@ -31,6 +32,10 @@ class OrionHandler(JSONReplies, ExtensionHandlerMixin, APIHandler):
     @property
     def state(self) -> Any:
         return self.settings["orion_jupyter_state"]
+
+    @property
+    def culler(self) -> Any:
+        return self.settings["orion_jupyter_culler"]
 
     @property
     def username(self) -> str:
@@ -103,13 +108,46 @@ class EventsHandler(OrionHandler):
         kernel_id = self.get_query_argument("kernel", "")
         if not kernel_id:
             return self.refuse(400, 'query parameter "kernel" is missing; use events?kernel=KERNEL_ID')
-        if not self.state.may_see_kernel(self.current_user, kernel_id):
+        culled_owner = self.culler.owner_of_culled(kernel_id)  # a kernel stopped for being idle: its last words
+        if not (self.state.may_see_kernel(self.current_user, kernel_id) or (
+                culled_owner is not None and self.state.access.owns(self.current_user, culled_owner))):
             return self.refuse(404, f'no kernel "{kernel_id}" of yours')
         try:
             after = int(self.get_query_argument("after", "0"))
         except ValueError:
             return self.refuse(400, 'query parameter "after" must be a whole number')
         self.reply({"kernel": kernel_id, "events": self.state.progress.events(kernel_id, after)})
+
+
+class KeepHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        """Restart an idle vGPU kernel's idle clock (its owner or an instructor), at most cull_max_keeps times."""
+        if not self.state.may_see_kernel(self.current_user, kernel_id):
+            return self.refuse(404, f'no vGPU kernel "{kernel_id}" of yours')
+        try:
+            self.reply(self.culler.keep(kernel_id))
+        except NotCullable as err:
+            self.refuse(409, str(err))
+
+
+class ExemptHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        """``{"exempt": true|false}``: an instructor spares a kernel from idle culling (or not any more)."""
+        if not self.is_instructor:
+            return self.refuse(403, "only instructors may exempt a kernel from being stopped when idle")
+        if self.state.kernels.kernel_user(kernel_id) is None:
+            return self.refuse(404, f'no vGPU kernel "{kernel_id}" on this server')
+        body = self.json_body()
+        if body is None:
+            return
+        flag = body.get("exempt")
+        if not isinstance(flag, bool) or set(body) != {"exempt"}:
+            return self.refuse(400, 'send {"exempt": true} or {"exempt": false}', field="exempt")
+        self.reply(self.culler.exempt(kernel_id, flag))
 
 
 class DemosHandler(OrionHandler):
@@ -196,6 +234,8 @@ def routes(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/pool", PoolHandler),
         (rf"{prefix}/specs", SpecsHandler),
         (rf"{prefix}/kernels", KernelsHandler),
+        (rf"{prefix}/kernels/([^/]+)/keep", KeepHandler),
+        (rf"{prefix}/kernels/([^/]+)/exempt", ExemptHandler),
         (rf"{prefix}/events", EventsHandler),
         (rf"{prefix}/demos", DemosHandler),
         (rf"{prefix}/demos/([a-z0-9_-]+)", DemoHandler),

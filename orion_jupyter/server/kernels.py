@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,7 @@ class VGPUKernels:
         self.settings = settings
         self.view = view
         self.starting: dict[str, str] = {}  # kernel id -> user, for launches through this API
+        self.row_fields: list[Callable[[str], dict[str, Any]]] = []  # more fields of a kernel's row (culling)
 
     def provisioner(self, kernel_id: str) -> VGPUProvisioner | None:
         if kernel_id not in self.kernel_manager:  # get_kernel answers 404 itself for unknown ids
@@ -111,6 +113,7 @@ class VGPUKernels:
                 "last_activity": getattr(km, "last_activity", None),
                 "execution_state": getattr(km, "execution_state", None),
                 **usage_fields(allocation, self.usage.latest(kernel_id) if self.usage else None),
+                **{k: v for fields in self.row_fields for k, v in fields(kernel_id).items()},
             })
         return out
 
