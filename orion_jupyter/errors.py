@@ -8,10 +8,11 @@ class KernelLaunchError(RuntimeError):
 
     ``reason`` is a short code for metrics and HTTP mapping: unschedulable (not enough vGPUs),
     image (the image cannot be pulled), exited (the kernel died before it was ready), deleted,
-    evicted, timeout, api (Kubernetes refused a request), busy (the local slot table is unusable).
+    evicted, timeout, api (Kubernetes refused a request), busy (the local slot table is unusable),
+    cancelled (a waiting launch taken out of the queue).
     """
 
-    REASONS = ("unschedulable", "image", "exited", "deleted", "evicted", "timeout", "api", "busy")
+    REASONS = ("unschedulable", "image", "exited", "deleted", "evicted", "timeout", "api", "busy", "cancelled")
 
     def __init__(self, reason: str, message: str):
         assert reason in self.REASONS, reason

@@ -85,3 +85,15 @@ class BackendView(Protocol):
     def find_kernel(self, name: str) -> dict[str, Any] | None: ...
     async def stop_kernel(self, name: str, stopped_by: str) -> None: ...
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
+    async def waiting(self, user: str) -> list[dict[str, Any]]: ...  # ``user``'s launches waiting in a queue
+    async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
+
+
+class NoQueue:
+    """For a view of direct mode: launches never wait in a queue there (the broker's views do)."""
+
+    async def waiting(self, user: str) -> list[dict[str, Any]]:
+        return []
+
+    async def cancel_waiting(self, kernel_id: str) -> bool:
+        return False

@@ -6,94 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from orion_jupyter import kernelspecs
-from orion_jupyter.vgpu import VGPURequest
+from tests.classroom import BROKER, NS, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
-from tests.hub import HubHTTPError, free_port, hub_service
-
-NS = "hub-class"
-BROKER = "orion-broker"
-BROKER_SCOPES = ["list:users", "read:users", "read:users:groups", "read:servers"]
-
-
-class BrokerProcess:
-    """The broker as an external hub service, so the test can SIGKILL and restart it."""
-
-    def __init__(self, tmp_path: Path, kubeconfig: str, home_root: Path, token: str, port: int):
-        self.config = tmp_path / "broker_config.py"
-        self.config.write_text("\n".join([
-            f"c.VGPUProvisioner.namespace = {NS!r}",
-            "c.VGPUProvisioner.launch_timeout = 60.0",
-            "c.Broker.courses = {'ai101': {'vgpus': 3}}",
-            f"c.Broker.volumes = [{{'name': 'home', 'hostPath': {{'path': {str(home_root)!r} + '/{{username}}'}}}}]",
-            "c.Broker.volume_mounts = [{'name': 'home', 'mountPath': '/home/jovyan'}]",
-            "c.Broker.home_mount_path = '/home/jovyan'",
-            "c.Broker.reap_interval = 1.0",
-            "c.Broker.reap_grace = 0.0",
-        ]))
-        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "JUPYTERHUB_SERVICE_NAME": BROKER,
-                    "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}", "JUPYTERHUB_API_TOKEN": token,
-                    "JUPYTERHUB_SERVICE_PREFIX": f"/services/{BROKER}/"}
-        self.log = tmp_path / "broker.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, hub_api_url: str) -> None:
-        self.env["JUPYTERHUB_API_URL"] = hub_api_url
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "orion_jupyter.cli", "broker", "--config",
-                                             str(self.config)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+from tests.hub import HubHTTPError
 
 
 @pytest.fixture
 def class_hub(hub_factory, sim_cluster, tmp_path):
-    specs = tmp_path / "specs"
-    kernelspecs.install(kernelspecs.VGPUKernelSpec(name="orion-1x1gi", request=VGPURequest.parse(1, "1Gi")),
-                        prefix=str(specs))
-    port, token = free_port(), secrets.token_hex(16)
-    home_root = tmp_path / "home"
-    broker = BrokerProcess(tmp_path, sim_cluster.kubeconfig_path, home_root, token, port)
-    hub = hub_factory(
-        services=[hub_service(BROKER, port=port, api_token=token, scopes=BROKER_SCOPES)],
-        users=["alice", "bob", "carol", "teacher"],
-        groups={"instructors": {"users": ["teacher"]}, "ai101": {"users": ["alice", "bob", "carol"]}},
-        singleuser_env={"JUPYTER_PATH": str(specs / "share" / "jupyter"),
-                        "ORION_JUPYTER_BROKER_URL": f"http://127.0.0.1:{port}/services/{BROKER}/"})
-    broker.start(hub.api_url)
-    try:
+    with class_hub_with(hub_factory, sim_cluster, tmp_path, ["c.Broker.courses = {'ai101': {'vgpus': 3}}"],
+                        users=["alice", "bob", "carol", "teacher"]) as (hub, broker):
         yield hub, broker
-    finally:
-        broker.stop()
-        print(broker.log.read_text(errors="replace")[-4000:])
-
-
-def kernel_objects(cluster):
-    return {plural: [o["metadata"]["name"] for o in cluster.objects(plural, NS)]
-            for plural in ("pods", "secrets", "networkpolicies")}
-
-
-async def start_vgpu_kernel(hub, user):
-    return await hub.server_api(user, "POST", "orion/api/kernels", {"spec": "orion-1x1gi"})
 
 
 async def test_hub_mode_end_to_end(class_hub, sim_cluster):

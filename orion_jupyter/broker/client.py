@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..vgpu import VGPURequest, VGPURequestError
 
 log = logging.getLogger("orion_jupyter.broker")
 TERMINAL_PHASES = ("Succeeded", "Failed")
+STALL_SECONDS = 90.0  # a launch stream silent this long is broken (the broker sends a queue line every 20 s)
 
 
 class BrokerError(KernelLaunchError):
@@ -45,6 +47,7 @@ class BrokerClient:
         self.url = url.rstrip("/") + "/"
         self.token = token
         self.kernels: dict[str, dict[str, Any]] = {}  # kernel id -> its latest state from the watch
+        self.waiting: dict[str, dict[str, Any]] = {}  # kernel id -> its place in the queue, while it waits
         self._changed = asyncio.Event()
         self._watching: asyncio.Task | None = None
         self.synced = asyncio.Event()
@@ -73,20 +76,36 @@ class BrokerClient:
             raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
         return response.code, _json(response.body)
 
-    async def launch(self, body: dict[str, Any], timeout: float, progress: Callable[[str], None]) -> dict[str, Any]:
-        """POST a launch and follow its stream until the kernel is ready; raises its refusal or failure."""
+    async def launch(self, body: dict[str, Any], timeout: float, progress: Callable[[str], None],
+                     queued: Callable[[dict[str, Any]], None] = lambda place: None) -> dict[str, Any]:
+        """POST a launch and follow its stream until the kernel is ready (after its turn in the queue,
+        if it waits); raises its refusal or failure."""
         lines: list[dict] = []
+        kernel_id = body["kernel_id"]
+        last_line = time.monotonic()
 
         def on_item(item: dict) -> None:
+            nonlocal last_line
+            last_line = time.monotonic()
             lines.append(item)
-            if "progress" in item:
+            if "queued" in item and isinstance(item["queued"], dict):
+                self.waiting[kernel_id] = item["queued"]
+                queued(item["queued"])
+            elif "progress" in item:
+                self.waiting.pop(kernel_id, None)
                 progress(str(item["progress"]))
 
         reader = JSONLines(on_item)
-        request = self._request("POST", "api/kernels", body, request_timeout=timeout + 30,
-                                streaming_callback=reader.feed)
+        # no total time limit: a launch may wait its turn for long; a stream silent for too long is broken
+        request = self._request("POST", "api/kernels", body, request_timeout=0, streaming_callback=reader.feed)
+        fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(request))
         try:
-            await AsyncHTTPClient().fetch(request)
+            while not fetch.done():
+                await asyncio.wait({fetch}, timeout=5)
+                if not fetch.done() and time.monotonic() - last_line > max(STALL_SECONDS, timeout + 30):
+                    fetch.cancel()
+                    raise BrokerError(f"the vGPU broker at {self.url} stopped answering during the launch")
+            fetch.result()
         except HTTPClientError as err:
             if err.response is None:
                 raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
@@ -96,6 +115,8 @@ class BrokerClient:
                 raise VGPURequestError(refusal["field"], None, message) from None
             raise KernelLaunchError(refusal.get("reason") if refusal.get("reason") in KernelLaunchError.REASONS
                                     else "unschedulable" if err.code == 409 else "api", message) from None
+        finally:
+            self.waiting.pop(kernel_id, None)
         for item in lines:
             if "ready" in item:
                 return item["ready"]
@@ -273,6 +294,24 @@ class BrokerView:
         code, _ = await self.client.call("POST", f"api/pods/{name}/report", annotations)
         return code == 200
 
+    async def waiting(self, user: str) -> list[dict[str, Any]]:
+        return [{"kernel_id": kernel_id, **place} for kernel_id, place in self.client.waiting.items()
+                if place.get("user") == user]
+
+    async def cancel_waiting(self, kernel_id: str) -> bool:
+        code, _ = await self.client.call("DELETE", f"api/queue/{kernel_id}")
+        return code == 200
+
+
+def queue_message(place: dict[str, Any]) -> str:
+    """'waiting for a vGPU: position 3 in course ai101, about 2 min'."""
+    where = f" in course {place['course']}" if place.get("course") else ""
+    estimate = place.get("estimate_seconds")
+    about = ""
+    if isinstance(estimate, int | float):
+        about = f", about {max(round(estimate / 60), 1)} min" if estimate >= 60 else f", about {round(estimate)} s"
+    return f"waiting for a vGPU: position {place.get('position')}{where}{about}"
+
 
 class BrokerDriver:
     name = "broker"
@@ -302,8 +341,12 @@ class BrokerDriver:
                 "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
                 "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in port_names},
                 "cwd": launch.cwd, "image": launch.pod.image}
+        def on_queued(place: dict[str, Any]) -> None:
+            PROGRESS.record(launch.kernel_id, queue_message(place), stage="queue",
+                            queued={k: place.get(k) for k in ("position", "ahead", "estimate_seconds")})
+
         ready = await self.client.launch({k: v for k, v in body.items() if v is not None}, launch.timeout,
-                                         lambda message: PROGRESS.record(launch.kernel_id, message))
+                                         lambda message: PROGRESS.record(launch.kernel_id, message), on_queued)
         kernel = BrokerKernel(self.client, launch.kernel_id, ready["pod_name"], ready["ip"])
         info = dict(self._connection, ip=ready["ip"], key=launch.key.encode())
         return kernel, info  # type: ignore[return-value]

@@ -1,8 +1,11 @@
 """The broker's HTTP API (under its service prefix); every request carries a hub token.
 
-POST   api/kernels            launch; answers a stream of JSON lines: {"progress"}... then {"ready"} or {"error"}
+POST   api/kernels            launch; answers a stream of JSON lines: {"queued"}... while it waits its turn,
+                              {"progress"}..., then {"ready"} or {"error"}
 GET    api/kernels            the caller's kernels
 DELETE api/kernels/{id}       stop one of the caller's kernels
+GET    api/queue              the caller's launches waiting in their course's queue (instructors: all)
+DELETE api/queue/{id}         take a waiting launch out of the queue
 GET    api/watch              a stream of JSON lines: the caller's kernels, then every change of one
 GET    api/pool               the pool
 GET    api/class              every kernel (instructors)
@@ -16,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
 from tornado.iostream import StreamClosedError
 
@@ -35,14 +39,19 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import KernelLaunch
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_SERVER, ANNOTATION_USAGE, LABEL_KERNEL_ID
-from ..vgpu import VGPURequest, VGPURequestError, short
+from ..vgpu import VGPURequest, VGPURequestError, format_mib, short
 from .ledger import holding_of
+from .queue import Waiting
 
 REGISTRY = CollectorRegistry()
 LAUNCHES = Counter("orion_jupyter_broker_launches", "Kernel launches through the broker, by outcome.", ["outcome"],
                    registry=REGISTRY)
 PENDING = Gauge("orion_jupyter_broker_pending_launches", "Launches accepted and not yet ready or failed.",
                 registry=REGISTRY)
+QUEUED = Gauge("orion_jupyter_broker_queued_launches", "Launches waiting in a course's queue.", ["course"],
+               registry=REGISTRY)
+QUEUE_WAIT = Histogram("orion_jupyter_broker_queue_wait_seconds", "Seconds a launch waited in the queue for its turn.",
+                       buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY)
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
@@ -136,6 +145,8 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
 
 
 class KernelsHandler(BrokerHandler):
+    waiting: Waiting | None = None
+
     async def get(self) -> None:
         self.reply({"kernels": await self.broker.view.class_kernels(self.user)})
 
@@ -147,27 +158,80 @@ class KernelsHandler(BrokerHandler):
         try:
             ask = parse_launch(body)
             image = ask.image or broker.settings.image
-            await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view, capacity=True)
-            taken = ask.kernel_id in broker.ledger.pending or any(
+            # per-kernel limits, the image, a request larger than any device: refused at once, never queued
+            await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view)
+            taken = ask.kernel_id in broker.ledger.pending or broker.queue.find(ask.kernel_id) or any(
                 (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == ask.kernel_id
                 for p in broker.cluster.kernel_pods())
             if taken:
                 return self.refuse(409, f'kernel "{ask.kernel_id}" already exists or is starting', field="kernel_id")
             course = broker.course_of(self.groups)
-            broker.ledger.reserve(holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request),
-                                  broker.holdings())
+            holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
+            broker.ledger.check_user(holding, broker.holdings())  # a user's own share: waiting cannot help
+            queue = broker.queues(course) and not await broker.never_fits(holding, ask.request)
+            if queue and broker.queue.ahead_in(holding.course):
+                refusal: Exception | None = KernelLaunchError("unschedulable", "others wait")  # nobody overtakes
+            else:
+                refusal = await broker.take(holding, ask.request)
+            if refusal is not None and not queue:
+                raise refusal
+            if refusal is not None:
+                self.waiting = Waiting(holding, ask.request, self._line,
+                                       details={"memory": format_mib(ask.request.memory_mib),
+                                                "kernel_spec_name": ask.kernel_spec_name})
+                broker.queue.join(self.waiting)
         except VGPURequestError as err:
             LAUNCHES.labels("refused").inc()
             return self.refuse(400, str(err), field=err.field)
         except KernelLaunchError as err:
             LAUNCHES.labels("refused").inc()
             return self.refuse(409, str(err), reason=err.reason)
-        PENDING.inc()
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
         try:
-            await self._launch(ask, image, course)
+            if self.waiting is not None and not await self._wait_turn(self.waiting):
+                return self.finish()
+            PENDING.inc()
+            try:
+                await self._launch(ask, image, course)
+            finally:
+                PENDING.dec()
         finally:
             broker.ledger.release(ask.kernel_id)
-            PENDING.dec()
+            broker.queue.wake()  # what this launch did not end up holding may start the next one
+
+    async def _wait_turn(self, waiting: Waiting) -> bool:
+        """Stream the queue position until the launch's turn; False when it left the line (an error line said why)."""
+        broker = self.broker
+        QUEUED.labels(waiting.course or "-").inc()
+        deadline = asyncio.get_running_loop().time() + broker.queue_max_wait
+        try:
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    broker.queue.leave(waiting)
+                    raise KernelLaunchError("timeout", f"no vGPU came free for this launch in "
+                                                       f"{broker.queue_max_wait:g} s of waiting; try again later")
+                done, _ = await asyncio.wait({waiting.turn}, timeout=min(broker.queue_keepalive, left))
+                if done:
+                    waiting.turn.result()
+                    QUEUE_WAIT.observe(time.time() - waiting.since)
+                    self._line({"progress": "a vGPU is free: starting the kernel"})
+                    return True
+                if broker.queue.find(waiting.kernel_id) is waiting:
+                    self._line({"queued": broker.queue.describe(waiting)})
+        except KernelLaunchError as err:
+            LAUNCHES.labels("cancelled" if err.reason == "cancelled" else "failed").inc()
+            self._line({"error": {"reason": err.reason, "message": str(err)}})
+            return False
+        finally:
+            QUEUED.labels(waiting.course or "-").dec()
+            self.waiting = None
+
+    def on_connection_close(self) -> None:
+        """The server that asked went away while its launch waited: its place is given up."""
+        if self.waiting is not None:
+            self.broker.queue.leave(self.waiting, KernelLaunchError("cancelled", "the server that asked went away"))
 
     def _line(self, item: dict) -> None:
         if self._finished:  # an event that arrives after the answer is complete
@@ -180,8 +244,6 @@ class KernelsHandler(BrokerHandler):
 
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
-        self.set_header("Content-Type", "application/x-ndjson")
-        self.set_header("Cache-Control", "no-cache")
         settings = broker.settings
         launch = KernelLaunch(
             kernel_id=ask.kernel_id, user=self.user, request=ask.request, backend=broker.backend,
@@ -256,6 +318,23 @@ def add_user_storage(pod: dict, volumes: list[dict], mounts: list[dict], user: s
     if mounts:
         container = pod["spec"]["containers"][0]
         container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(mounts)]
+
+
+class QueueHandler(BrokerHandler):
+    async def get(self) -> None:
+        """The caller's waiting launches (an instructor's: everyone's)."""
+        queue = self.broker.queue
+        self.reply({"waiting": [queue.describe(w) for w in queue.waiting(None if self.instructor else self.user)]})
+
+
+class QueuedHandler(BrokerHandler):
+    async def delete(self, kernel_id: str) -> None:
+        """Take one of the caller's launches out of the queue (an instructor: anyone's)."""
+        waiting = self.broker.queue.find(kernel_id)
+        if waiting is None or not (waiting.user == self.user or self.instructor):
+            return self.refuse(404, f'no waiting launch "{short(kernel_id)}" of yours')
+        self.broker.queue.cancel(kernel_id, self.user)
+        self.reply({"cancelled": kernel_id})
 
 
 class KernelHandler(BrokerHandler):
@@ -364,6 +443,8 @@ def routes(prefix: str) -> list:
     return [
         (rf"{base}/api/kernels", KernelsHandler),
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})", KernelHandler),
+        (rf"{base}/api/queue", QueueHandler),
+        (rf"{base}/api/queue/([0-9a-f-]{{36}})", QueuedHandler),
         (rf"{base}/api/watch", WatchHandler),
         (rf"{base}/api/pool", PoolHandler),
         (rf"{base}/api/class", ClassHandler),

@@ -22,6 +22,10 @@ class Holding:
     memory_mib: int  # in all (vGPUs × memory per vGPU)
 
 
+class CourseFull(VGPURequestError):
+    """The course's quota is used up now (a launch may wait for it); a user's own quota is not this."""
+
+
 @dataclass(frozen=True)
 class Quota:
     vgpus: int = 0  # 0: no limit
@@ -35,32 +39,44 @@ class Ledger:
         self.pending: dict[str, Holding] = {}
 
     def reserve(self, holding: Holding, running: Iterable[Holding]) -> None:
-        """Take ``holding`` if the user's and the course's quotas allow it with everything held now."""
+        """Take ``holding`` if the user's and the course's quotas allow it with everything held now
+        (raises VGPURequestError for the user's quota, CourseFull for the course's)."""
+        held = self._held(holding, running)
+        self.check_user(holding, held.values())
+        if holding.course and holding.course in self.per_course:
+            course = [h for h in held.values() if h.course == holding.course]
+            self._check(holding, course, self.per_course[holding.course], f"course {holding.course}",
+                        "for the course", CourseFull)
+        self.pending[holding.kernel_id] = holding
+
+    def check_user(self, holding: Holding, running: Iterable[Holding]) -> None:
+        """The user's own quota alone (waiting cannot help a user who holds their share)."""
+        mine = [h for h in self._held(holding, running).values() if h.user == holding.user]
+        self._check(holding, mine, self.per_user, "you", "per user")
+
+    def _held(self, holding: Holding, running: Iterable[Holding]) -> dict[str, Holding]:
         held = {h.kernel_id: h for h in running}
         held.update(self.pending)
         held.pop(holding.kernel_id, None)
-        mine = [h for h in held.values() if h.user == holding.user]
-        self._check(holding, mine, self.per_user, "you", "per user")
-        if holding.course and holding.course in self.per_course:
-            course = [h for h in held.values() if h.course == holding.course]
-            self._check(holding, course, self.per_course[holding.course], f"course {holding.course}", "for the course")
-        self.pending[holding.kernel_id] = holding
+        return held
 
     def release(self, kernel_id: str) -> None:
         self.pending.pop(kernel_id, None)
 
     @staticmethod
-    def _check(holding: Holding, held: list[Holding], quota: Quota, whose: str, per: str) -> None:
+    def _check(holding: Holding, held: Iterable[Holding], quota: Quota, whose: str, per: str,
+               error: type[VGPURequestError] = VGPURequestError) -> None:
+        held = list(held)
         vgpus = sum(h.vgpus for h in held)
         if quota.vgpus and vgpus + holding.vgpus > quota.vgpus:
-            raise VGPURequestError(
+            raise error(
                 "vgpus", holding.vgpus,
                 f"{holding.vgpus} more vGPU{'s' if holding.vgpus != 1 else ''} would make {vgpus + holding.vgpus} for "
                 f"{whose} at once ({vgpus} held now); the class allows {quota.vgpus} {per}: stop a kernel you no "
                 "longer use, or try again when a classmate's ends")
         memory = sum(h.memory_mib for h in held)
         if quota.memory_mib and memory + holding.memory_mib > quota.memory_mib:
-            raise VGPURequestError(
+            raise error(
                 "memory", holding.memory_mib,
                 f"{format_mib(holding.memory_mib)} more vGPU memory would make "
                 f"{format_mib(memory + holding.memory_mib)} "

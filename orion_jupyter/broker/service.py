@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -25,13 +26,15 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
+from ..errors import KernelLaunchError
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
 from ..k8s.view import KubernetesView, pod_request, pod_user
 from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
 from ..provisioner import VGPUProvisioner
-from ..vgpu import parse_memory
+from ..vgpu import VGPURequest, VGPURequestError, parse_memory
 from .ledger import Holding, Ledger, Quota
+from .queue import LaunchQueue, Waiting
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -60,8 +63,14 @@ class Broker(Application):
     instructor_groups = List(Unicode(), ["instructors"], config=True,
                              help="Hub groups whose members are instructors.")
     courses = Dict(Dict(), config=True,
-                   help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi'}}; a student's course is the "
-                        "first of their groups named here (its queue, its quota).")
+                   help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
+                        "student's course is the first of their groups named here (its quota, its queue). With "
+                        "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
+                        "come first served, instead of failing.")
+    queue_max_wait = Float(3600.0, config=True,
+                           help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
+    queue_keepalive = Float(20.0, config=True,
+                            help="Seconds between the queue position lines a waiting launch's stream gets.")
     max_vgpus_per_user = Float(0, config=True,
                                help="Most vGPUs one user holds at once across all servers; 0: no limit.")
     max_memory_per_user = Unicode("", config=True,
@@ -127,6 +136,8 @@ class Broker(Application):
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0)
         self.ledger = Ledger(per_user, courses)
+        self.queue = LaunchQueue(self._admit_waiting, self.ledger.release)
+        self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.lease_owner: dict[str, Any] | None = None
 
     def holdings(self) -> list[Holding]:
@@ -146,6 +157,60 @@ class Broker(Application):
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return name in self.instructors or bool(set(groups) & set(self.instructor_groups))
+
+    def queues(self, course: str) -> bool:
+        return bool((self.courses.get(course) or {}).get("queue"))
+
+    # -- taking vGPUs -----------------------------------------------------------------------
+    async def take(self, holding: Holding, request: VGPURequest) -> VGPURequestError | KernelLaunchError | None:
+        """Reserve ``holding`` when the quotas allow it and the pool has room now; else the refusal."""
+        try:
+            self.ledger.reserve(holding, self.holdings())
+        except VGPURequestError as err:
+            return err
+        if not await self.has_room(request, holding.kernel_id):
+            self.ledger.release(holding.kernel_id)
+            return KernelLaunchError("unschedulable", await self.view.shortage(request, self.backend))
+        return None
+
+    async def never_fits(self, holding: Holding, request: VGPURequest) -> bool:
+        """More than the course may ever hold, or than the largest node offers: waiting cannot help."""
+        quota = self.ledger.per_course.get(holding.course)
+        if quota is not None and ((quota.vgpus and holding.vgpus > quota.vgpus)
+                                  or (quota.memory_mib and holding.memory_mib > quota.memory_mib)):
+            return True
+        pool = await self.view.pool()
+        largest = max((n.resources[self.backend.count_resource].allocatable for n in pool.nodes
+                       if self.backend.count_resource in n.resources), default=None)
+        return pool.visible and largest is not None and request.count > largest
+
+    async def has_room(self, request: VGPURequest, kernel_id: str) -> bool:
+        """Some node fits ``request``, counting the accepted launches whose pods are not placed yet."""
+        if not request.count:
+            return True
+        if await self.view.can_serve(request, self.backend) is False:
+            return False
+        total = (await self.view.pool()).totals().get(self.backend.count_resource)
+        if total is None:  # dra / kai: the scheduler decides
+            return True
+        placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
+                  if (p.get("spec") or {}).get("nodeName")}
+        unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
+        return total.free - unplaced >= request.count
+
+    async def _admit_waiting(self, waiting: Waiting) -> bool:
+        return await self.take(waiting.holding, waiting.request) is None
+
+    def _on_pod(self, kind: str, pod: dict) -> None:
+        """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""
+        if kind == "DELETED" or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            uid = pod["metadata"].get("uid")
+            if uid in self._released:
+                return
+            self._released[uid] = None
+            while len(self._released) > 1000:
+                self._released.popitem(last=False)
+            self.queue.released()
 
     # -- the Lease that owns the kernel pods --------------------------------------------------
     async def hold_lease(self) -> None:
@@ -218,6 +283,7 @@ class Broker(Application):
     async def serve(self) -> None:
         self.setup()
         await self.cluster.ensure_started()
+        unsubscribe = self.cluster.pods.subscribe(self._on_pod, asyncio.get_running_loop())
         await self.hold_lease()
         address = urlparse(self.url)
         server = self.make_app().listen(self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
@@ -233,6 +299,7 @@ class Broker(Application):
         finally:
             for timer in timers:
                 timer.stop()
+            unsubscribe()
             server.stop()
 
     def start(self) -> None:

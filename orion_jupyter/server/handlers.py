@@ -61,7 +61,7 @@ class OrionHandler(JSONReplies, ExtensionHandlerMixin, APIHandler):
         except VGPURequestError as err:
             self.refuse(409 if isinstance(err, KernelIdTaken) else 400, str(err), field=err.field)
         except KernelLaunchError as err:
-            self.refuse(409 if err.reason == "unschedulable" else 503, str(err), reason=err.reason)
+            self.refuse(409 if err.reason in ("unschedulable", "cancelled") else 503, str(err), reason=err.reason)
         return None
 
 
@@ -148,6 +148,25 @@ class ExemptHandler(OrionHandler):
         if not isinstance(flag, bool) or set(body) != {"exempt"}:
             return self.refuse(400, 'send {"exempt": true} or {"exempt": false}', field="exempt")
         self.reply(self.culler.exempt(kernel_id, flag))
+
+
+class QueueHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """This user's launches waiting for a vGPU (hub mode, a course with a queue): position, estimate, notebook."""
+        self.reply({"waiting": await self.state.kernels.waiting(self.username)})
+
+
+class QueuedHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, kernel_id: str) -> None:
+        """Give up a waiting launch's place; its pending start then answers 409 (reason "cancelled")."""
+        mine = {w["kernel_id"] for w in await self.state.kernels.waiting(self.username)}
+        if kernel_id not in mine or not await self.state.view.cancel_waiting(kernel_id):
+            return self.refuse(404, f'no launch "{kernel_id}" of yours is waiting for a vGPU')
+        self.reply({"cancelled": kernel_id})
 
 
 class DemosHandler(OrionHandler):
@@ -237,6 +256,8 @@ def routes(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/kernels/([^/]+)/keep", KeepHandler),
         (rf"{prefix}/kernels/([^/]+)/exempt", ExemptHandler),
         (rf"{prefix}/events", EventsHandler),
+        (rf"{prefix}/queue", QueueHandler),
+        (rf"{prefix}/queue/([^/]+)", QueuedHandler),
         (rf"{prefix}/demos", DemosHandler),
         (rf"{prefix}/demos/([a-z0-9_-]+)", DemoHandler),
         (rf"{prefix}/class", ClassHandler),

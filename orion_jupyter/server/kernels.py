@@ -77,6 +77,7 @@ class VGPUKernels:
         self.settings = settings
         self.view = view
         self.starting: dict[str, str] = {}  # kernel id -> user, for launches through this API
+        self.starting_paths: dict[str, str | None] = {}  # kernel id -> its notebook, while it starts
         self.row_fields: list[Callable[[str], dict[str, Any]]] = []  # more fields of a kernel's row (culling)
 
     def provisioner(self, kernel_id: str) -> VGPUProvisioner | None:
@@ -201,6 +202,7 @@ class VGPUKernels:
                                 f'kernel "{kernel_id}" already exists or is starting; send a new UUID')
         spec_name = plan.spec_name
         self.starting[kernel_id] = username
+        self.starting_paths[kernel_id] = path
         try:
             await ensure_async(self.kernel_manager.start_kernel(
                 kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username))
@@ -211,9 +213,15 @@ class VGPUKernels:
             raise
         finally:
             self.starting.pop(kernel_id, None)
+            self.starting_paths.pop(kernel_id, None)
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
         provisioner = self.provisioner(kernel_id)
         return {**model, "vgpu": provisioner.allocation_summary() if provisioner else None}
+
+    async def waiting(self, username: str) -> list[dict[str, Any]]:
+        """``username``'s launches waiting in the broker's queue, with the notebook each will open."""
+        return [{**place, "path": self.starting_paths.get(place["kernel_id"])}
+                for place in await self.view.waiting(username)]
 
     async def spec_views(self, username: str) -> list[dict[str, Any]]:
         """The vGPU specs with whether ``username`` could start each now, and why not."""

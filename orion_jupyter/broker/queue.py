@@ -1,0 +1,170 @@
+"""A fair queue of launches per course: first come, first served, never overtaken.
+
+A launch that finds its course's quota or the pool full waits here (when the course has ``queue``
+on) instead of failing. Each user waits with at most one launch; a released vGPU (a kernel pod
+gone, a launch that failed) wakes the queue, and only its head may take what is free: when the
+head does not fit, nobody behind it starts. The estimate is the position times the recent time
+between releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import KernelLaunchError
+from ..vgpu import VGPURequest
+from .ledger import Holding
+
+RECENT_RELEASES = 20
+
+
+@dataclass(eq=False)
+class Waiting:
+    """One launch in line; ``turn`` resolves when it may start (its holding is then reserved)."""
+
+    holding: Holding
+    request: VGPURequest
+    notify: Callable[[dict[str, Any]], None]  # the launch stream's "queued" lines
+    since: float = field(default_factory=time.time)
+    turn: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    details: dict[str, Any] = field(default_factory=dict)  # what the caller shows: spec, memory
+
+    @property
+    def kernel_id(self) -> str:
+        return self.holding.kernel_id
+
+    @property
+    def user(self) -> str:
+        return self.holding.user
+
+    @property
+    def course(self) -> str:
+        return self.holding.course
+
+
+class LaunchQueue:
+    """The waiting launches of every course. ``admit(waiting)`` reserves its holding and says True when
+    it fits now; ``unreserve(kernel_id)`` gives back a reservation that a cancel overtook."""
+
+    def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None]):
+        self.admit = admit
+        self.unreserve = unreserve
+        self.lines: dict[str, list[Waiting]] = {}
+        self.releases: deque[float] = deque(maxlen=RECENT_RELEASES)  # monotonic times of recent releases
+        self.handovers: deque[float] = deque(maxlen=200)  # seconds from a release to the head's start
+        self._pumping: asyncio.Task | None = None
+        self._again = False
+        self._released_at: float | None = None
+
+    # -- who waits ------------------------------------------------------------------------
+    def waiting(self, user: str | None = None) -> list[Waiting]:
+        return [w for line in self.lines.values() for w in line if user is None or w.user == user]
+
+    def find(self, kernel_id: str) -> Waiting | None:
+        return next((w for w in self.waiting() if w.kernel_id == kernel_id), None)
+
+    def ahead_in(self, course: str) -> int:
+        return len(self.lines.get(course, ()))
+
+    def position(self, waiting: Waiting) -> int:
+        return self.lines.get(waiting.course, []).index(waiting) + 1
+
+    def estimate(self, position: int) -> float | None:
+        """Seconds until ``position`` starts, from the recent time between releases (None: too few seen)."""
+        if len(self.releases) < 2:
+            return None
+        gaps = [b - a for a, b in zip(self.releases, list(self.releases)[1:], strict=False)]
+        return round(position * statistics.median(gaps), 1)
+
+    def describe(self, waiting: Waiting) -> dict[str, Any]:
+        position = self.position(waiting)
+        return {"kernel_id": waiting.kernel_id, "user": waiting.user, "course": waiting.course,
+                "position": position, "ahead": position - 1, "estimate_seconds": self.estimate(position),
+                "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details}
+
+    # -- joining and leaving --------------------------------------------------------------
+    def join(self, waiting: Waiting) -> None:
+        mine = self.waiting(waiting.user)
+        if mine:
+            other = self.describe(mine[0])
+            raise KernelLaunchError(
+                "unschedulable", f"you already wait for a vGPU (position {other['position']} in course "
+                                 f"{other['course']}, kernel {other['kernel_id']}); one launch may wait at a time: "
+                                 "wait for it, or cancel it first")
+        self.lines.setdefault(waiting.course, []).append(waiting)
+        self._tell(waiting.course)
+
+    def leave(self, waiting: Waiting, error: KernelLaunchError | None = None) -> bool:
+        """Take ``waiting`` out of line (its turn fails with ``error``, if given); False if it was not there."""
+        line = self.lines.get(waiting.course, [])
+        if waiting not in line:
+            return False
+        line.remove(waiting)
+        if not line:
+            self.lines.pop(waiting.course, None)
+        if error is not None and not waiting.turn.done():
+            waiting.turn.set_exception(error)
+            waiting.turn.exception()  # retrieved here: nobody may await a cancelled launch's turn
+        self._tell(waiting.course)
+        self.wake()
+        return True
+
+    def cancel(self, kernel_id: str, by: str) -> bool:
+        waiting = self.find(kernel_id)
+        if waiting is None:
+            return False
+        return self.leave(waiting, KernelLaunchError("cancelled", f"the launch was taken out of the queue by {by}"))
+
+    # -- the queue moves --------------------------------------------------------------------
+    def released(self) -> None:
+        """A vGPU was given back (a kernel pod went, a launch failed): the head of each line may fit now."""
+        now = time.monotonic()
+        self.releases.append(now)
+        if self._released_at is None:
+            self._released_at = now
+        self.wake()
+
+    def wake(self) -> None:
+        if self._pumping is not None and not self._pumping.done():
+            self._again = True
+            return
+        if self.lines:
+            self._pumping = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            for course in list(self.lines):
+                started = False
+                line = self.lines.get(course, [])
+                while line:
+                    head = line[0]
+                    if not await self.admit(head):
+                        break
+                    if head not in line:  # cancelled while admit ran: give its reservation back
+                        self.unreserve(head.kernel_id)
+                        continue
+                    line.pop(0)
+                    if self._released_at is not None:
+                        self.handovers.append(time.monotonic() - self._released_at)
+                    head.turn.set_result(True)
+                    started = True
+                if not line:
+                    self.lines.pop(course, None)
+                if started:
+                    self._tell(course)
+        self._released_at = None
+
+    def _tell(self, course: str) -> None:
+        for waiting in self.lines.get(course, []):
+            waiting.notify({"queued": self.describe(waiting)})
+
+
+__all__ = ["LaunchQueue", "Waiting"]

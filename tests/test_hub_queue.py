@@ -1,0 +1,101 @@
+"""The fair queue of hub mode, through a real JupyterHub: six students launch at once on a course of
+two vGPUs; two start, four wait in line, a cancel gives up a place, each release starts the next."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from tests.classroom import BROKER, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.helpers import eventually_async
+from tests.hub import HubHTTPError
+
+STUDENTS = [f"student{i}" for i in range(1, 7)]
+
+
+@pytest.fixture
+def queue_hub(hub_factory, sim_cluster, tmp_path):
+    config = ["c.Broker.courses = {'ai101': {'vgpus': 2, 'queue': True}}", "c.Broker.queue_keepalive = 1.0"]
+    with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS, "teacher"]) as hub_broker:
+        yield hub_broker
+
+
+async def launch(hub, user: str, kernel_id: str) -> tuple[int, dict]:
+    try:
+        return 201, await start_vgpu_kernel(hub, user, kernel_id=kernel_id)
+    except HubHTTPError as err:
+        return err.code, json.loads(err.body)
+
+
+async def places(hub, users) -> dict[str, dict]:
+    """Each user's waiting launch as their own server shows it (GET orion/api/queue)."""
+    out = {}
+    for user in users:
+        waiting = (await hub.server_api(user, "GET", "orion/api/queue"))["waiting"]
+        assert len(waiting) <= 1, waiting  # one waiting launch per user
+        if waiting:
+            out[user] = waiting[0]
+    return out
+
+
+async def in_line(hub, line: list[str]) -> None:
+    """``line``'s users wait at positions 1, 2, ... in this order (and nobody else waits among them)."""
+    await eventually_async(lambda: places(hub, line), timeout=30,
+                           until=lambda found: sorted(found, key=lambda u: found[u]["position"]) == line
+                           and [found[u]["position"] for u in line] == list(range(1, len(line) + 1)))
+
+
+@pytest.mark.timeout(300)
+async def test_six_students_two_vgpus_first_come_first_served(queue_hub, sim_cluster):
+    hub, broker = queue_hub
+    await hub.wait_for_service(BROKER, "metrics")
+    await asyncio.gather(*(hub.start_server(user) for user in STUDENTS))
+    kernel_ids = {user: str(uuid.uuid4()) for user in STUDENTS}
+    launches = {user: asyncio.ensure_future(launch(hub, user, kernel_ids[user])) for user in STUDENTS}
+
+    # two start; four wait, at positions 1-4
+    waiting = await eventually_async(
+        lambda: places(hub, STUDENTS), timeout=60,
+        until=lambda found: len(found) == 4 and sum(t.done() for t in launches.values()) == 2)
+    started = [user for user in STUDENTS if launches[user].done()]
+    assert all(launches[user].result()[0] == 201 for user in started)
+    assert sorted(p["position"] for p in waiting.values()) == [1, 2, 3, 4]
+    assert all(p["ahead"] == p["position"] - 1 and p["course"] == "ai101" and p["vgpus"] == 1
+               and p["kernel_id"] == kernel_ids[user] for user, p in waiting.items())
+    line = sorted(waiting, key=lambda user: waiting[user]["position"])
+    assert len(kernel_objects(sim_cluster)["pods"]) == 2  # nobody waiting holds a pod
+    # what the launch dialog reads: the place, in the kernel's events
+    events = (await hub.server_api(line[0], "GET", f"orion/api/events?kernel={kernel_ids[line[0]]}"))["events"]
+    assert any((e.get("queued") or {}).get("position") == 1 and e["stage"] == "queue" for e in events), events
+
+    # a student cannot cancel another's place; the second in line gives up theirs
+    with pytest.raises(HubHTTPError) as caught:
+        await hub.server_api(line[2], "DELETE", f"orion/api/queue/{kernel_ids[line[1]]}")
+    assert caught.value.code == 404
+    await hub.server_api(line[1], "DELETE", f"orion/api/queue/{kernel_ids[line[1]]}")
+    code, body = await asyncio.wait_for(launches[line[1]], 30)
+    assert code == 409 and body["reason"] == "cancelled", body
+    line.remove(line[1])
+    await in_line(hub, line)
+
+    # each release starts the head of the line, and only the head
+    running = list(started)
+    while line:
+        head, rest = line[0], line[1:]
+        leaving = running.pop(0)
+        await hub.server_api(leaving, "DELETE", f"api/kernels/{kernel_ids[leaving]}")
+        code, body = await asyncio.wait_for(launches[head], 60)
+        assert code == 201, body
+        assert not any(launches[user].done() for user in rest)  # nobody overtook the head
+        running.append(head)
+        line = rest
+        if line:
+            await in_line(hub, line)
+    assert len(kernel_objects(sim_cluster)["pods"]) == 2
+    # the head's kernel runs as its user
+    last = running[-1]
+    output = await hub.kernel_ws_execute(last, kernel_ids[last], "import os; print(os.environ['ORION_JUPYTER_USER'])")
+    assert output == last
