@@ -33,6 +33,45 @@ export interface IAllocation {
   /** vGPUs × memory per vGPU, in bytes, and what of it is unused (null: use not known). */
   memory_granted?: number;
   waste_bytes?: number | null;
+  /** When the kernel is stopped if it stays idle (ISO-8601 UTC); null when busy, exempt or culling is
+   * off (newer servers). */
+  cull_at?: string | null;
+  /** Within the warning time before cull_at: the owner is told, and may keep it. */
+  cull_warning?: boolean;
+  /** Keeps left in this idle stretch; null when the kernel is never stopped for being idle. */
+  keeps_left?: number | null;
+  /** An instructor spared it from idle culling. */
+  exempt?: boolean;
+}
+
+/** What POST kernels/{id}/keep and kernels/{id}/exempt answer: the kernel's new culling fields. */
+export interface ICullFields {
+  kernel_id: string;
+  cull_at: string | null;
+  cull_warning: boolean;
+  keeps_left: number | null;
+  exempt: boolean;
+}
+
+/** Where a launch waits for a vGPU: 1-based position, how many are ahead, about how long. */
+export interface IQueued {
+  position: number;
+  ahead: number;
+  estimate_seconds: number | null;
+}
+
+/** One of this user's launches waiting for a vGPU (GET queue). */
+export interface IQueueEntry extends IQueued {
+  kernel_id: string;
+  /** Since when, in epoch seconds. */
+  since: number;
+  course: string;
+  vgpus: number;
+  /** Per vGPU, as asked ("4Gi"). */
+  memory: string;
+  kernel_spec_name: string;
+  /** The notebook (or folder) the kernel is for, or null. */
+  path: string | null;
 }
 
 export interface IResourceCount {
@@ -81,6 +120,8 @@ export interface IClassKernel {
   memory_source?: string | null;
   memory_granted?: number;
   waste_bytes?: number | null;
+  /** Spared from idle culling (when the server says). */
+  exempt?: boolean;
 }
 
 export interface IClass {
@@ -95,6 +136,10 @@ export interface IEvent {
   stage: string;
   level: string;
   message: string;
+  /** While the launch waits in the queue (stage "queue"); absent once it left it. */
+  queued?: IQueued;
+  /** The last event of a kernel stopped for being idle. */
+  culled?: boolean;
 }
 
 /** The body of POST kernels; `path` is the folder (or notebook) the kernel starts in. */
@@ -134,10 +179,17 @@ export class APIError extends Error {
   constructor(
     message: string,
     readonly field?: string,
-    readonly status?: number
+    readonly status?: number,
+    /** The server's reason, e.g. "unschedulable", "cancelled". */
+    readonly reason?: string
   ) {
     super(message);
   }
+}
+
+/** The launch's answer after its place in the queue was given up (DELETE queue/{id}): no error. */
+export function isCancelled(error: unknown): boolean {
+  return error instanceof APIError && error.status === 409 && error.reason === 'cancelled';
 }
 
 /** Calls {base_url}/orion/api/{endpoint}; base URL, token and XSRF come from the page's settings. */
@@ -167,7 +219,7 @@ export async function requestAPI<T>(
     const message =
       body?.message ??
       `${endpoint}: ${response.status} ${response.statusText}`.trim();
-    throw new APIError(message, body?.field, response.status);
+    throw new APIError(message, body?.field, response.status, body?.reason);
   }
   return body as T;
 }
@@ -211,6 +263,30 @@ export const startDemo = (
   requestAPI<IStartedDemo>(`demos/${encodeURIComponent(name)}`, {
     method: 'POST',
     body: JSON.stringify(request)
+  });
+
+/** Restarts an idle kernel's idle clock; 409 when no keeps are left. */
+export const keepKernel = (kernelId: string): Promise<ICullFields> =>
+  requestAPI<ICullFields>(`kernels/${encodeURIComponent(kernelId)}/keep`, {
+    method: 'POST',
+    body: '{}'
+  });
+
+/** Instructors: never (or again) stop this kernel for being idle. */
+export const setExempt = (kernelId: string, exempt: boolean): Promise<ICullFields> =>
+  requestAPI<ICullFields>(`kernels/${encodeURIComponent(kernelId)}/exempt`, {
+    method: 'POST',
+    body: JSON.stringify({ exempt })
+  });
+
+/** This user's launches waiting for a vGPU on this server. */
+export const getQueue = async (): Promise<IQueueEntry[]> =>
+  (await requestAPI<{ waiting: IQueueEntry[] }>('queue')).waiting;
+
+/** Gives up a waiting launch's place: its pending POST then answers 409, reason "cancelled". */
+export const cancelQueued = (kernelId: string): Promise<{ cancelled: string }> =>
+  requestAPI<{ cancelled: string }>(`queue/${encodeURIComponent(kernelId)}`, {
+    method: 'DELETE'
   });
 
 export const stopClassPod = (pod: string): Promise<unknown> =>

@@ -1,12 +1,13 @@
 // "New vGPU notebook…": a JupyterLab dialog whose body (getValue) holds the kernel spec, the memory
 // and the vGPUs; Start checks the values as the server does, starts the kernel in the file browser's
-// folder (its progress in a notification), then opens a new notebook there on that kernel. A value
-// the server (or the check) refuses brings the dialog back with the values and the reason.
+// folder (its progress in a notification, with its place in the queue while it waits for a vGPU),
+// then opens a new notebook there on that kernel. A value the server (or the check) refuses brings
+// the dialog back with the values and the reason; a launch whose place was given up just ends.
 import { Dialog, showErrorMessage } from '@jupyterlab/apputils';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
-import { APIError, ISpec, errorText, getSpecs, startKernel } from './api';
+import { APIError, ISpec, errorText, getSpecs, isCancelled, startKernel } from './api';
 import { h } from './dom';
 import { formatAllocation, formatMib, memoryQuantity, parseMemory } from './format';
 import { ILaunchContext, currentFolder, openOnKernel, serverPath, withProgress } from './launch';
@@ -69,10 +70,13 @@ export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
     );
     let kernel;
     try {
-      kernel = await withProgress(trans, title, kernelId =>
+      kernel = await withProgress(ctx, title, kernelId =>
         startKernel({ ...request, path: serverPath(ctx, folder), kernel_id: kernelId })
       );
     } catch (error) {
+      if (isCancelled(error)) {
+        return; // its place in the queue was given up (the notification's Cancel): done
+      }
       // 400 names the field, 409 the short resource: nothing was created; the dialog says why.
       refusal = {
         message: errorText(error),

@@ -20,18 +20,25 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return element;
 }
 
-/** A button that runs `action` on click and is disabled until it settles. */
+/**
+ * A button that runs `action` on click and is disabled until it settles: a warning (Stop), a plain
+ * one (Exempt) or a link-like one inside a line of text (Keep). Its click goes no further (the
+ * status bar item around it opens the panel).
+ */
 export function actionButton(
   label: string,
   title: string,
-  action: () => Promise<unknown>
+  action: () => Promise<unknown>,
+  kind: 'warn' | 'plain' | 'link' = 'warn'
 ): HTMLButtonElement {
-  const button = h(
-    'button',
-    { class: 'jp-Button jp-mod-styled jp-mod-warn orion-StopButton', title },
-    label
-  );
-  button.onclick = () => {
+  const classes = {
+    warn: 'jp-Button jp-mod-styled jp-mod-warn orion-StopButton',
+    plain: 'jp-Button jp-mod-styled orion-StopButton orion-mod-plain',
+    link: 'orion-LinkButton'
+  };
+  const button = h('button', { class: classes[kind], title, type: 'button' }, label);
+  button.onclick = event => {
+    event.stopPropagation();
     button.disabled = true;
     void action().finally(() => (button.disabled = false));
   };

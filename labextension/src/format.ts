@@ -227,15 +227,120 @@ export function formatDuration(
   return trans.__('%1 h', (seconds / 3600).toFixed(seconds < 36000 ? 1 : 0));
 }
 
-/** Seconds since a server timestamp ("2026-01-02 03:04:05.678901+00:00" or ISO 8601). */
-export function secondsSince(
-  stamp: string | null | undefined,
-  now: number = Date.now()
-): number | null {
+/** A server timestamp ("2026-01-02 03:04:05.678901+00:00" or ISO 8601) in ms, or null. */
+export function parseStamp(stamp: string | null | undefined): number | null {
   if (!stamp) {
     return null;
   }
   const iso = stamp.replace(' ', 'T').replace(/(\.\d{3})\d+/, '$1');
   const time = Date.parse(iso);
-  return isNaN(time) ? null : (now - time) / 1000;
+  return isNaN(time) ? null : time;
+}
+
+/** Seconds since a server timestamp. */
+export function secondsSince(
+  stamp: string | null | undefined,
+  now: number = Date.now()
+): number | null {
+  const time = parseStamp(stamp);
+  return time === null ? null : (now - time) / 1000;
+}
+
+/** A server timestamp as this browser's local time of day, "09:05" (null when not a time). */
+export function formatClock(stamp: string | null | undefined): string | null {
+  const time = parseStamp(stamp);
+  if (time === null) {
+    return null;
+  }
+  const date = new Date(time);
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/** 1 → "1st", 2 → "2nd", 3 → "3rd", 4 → "4th", 11 → "11th", 22 → "22nd". */
+export function formatOrdinal(n: number, trans: TranslationBundle = plain): string {
+  const tens = Math.abs(n) % 100;
+  const ones = Math.abs(n) % 10;
+  if (tens < 11 || tens > 13) {
+    if (ones === 1) {
+      return trans.__('%1st', n);
+    }
+    if (ones === 2) {
+      return trans.__('%1nd', n);
+    }
+    if (ones === 3) {
+      return trans.__('%1rd', n);
+    }
+  }
+  return trans.__('%1th', n);
+}
+
+/** A launch's place in the queue: "Waiting for a vGPU: 3rd in line, about 2 min". */
+export function formatQueued(
+  queued: { position: number; estimate_seconds: number | null },
+  trans: TranslationBundle = plain
+): string {
+  const place = formatOrdinal(queued.position, trans);
+  const estimate = queued.estimate_seconds;
+  return typeof estimate === 'number' && isFinite(estimate) && estimate >= 0
+    ? trans.__('Waiting for a vGPU: %1 in line, about %2', place, formatDuration(estimate, trans))
+    : trans.__('Waiting for a vGPU: %1 in line', place);
+}
+
+/** The status bar's queue item: "vGPU queue: 3rd" (each waiting launch, best first). */
+export function formatQueueStatus(
+  waiting: { position: number }[],
+  trans: TranslationBundle = plain
+): string {
+  const places = waiting
+    .map(w => w.position)
+    .sort((a, b) => a - b)
+    .map(p => formatOrdinal(p, trans));
+  return trans.__('vGPU queue: %1', places.join(', '));
+}
+
+/** What an idle kernel about to be stopped shows: the time, whether Keep is offered, and why. */
+export interface ICullNotice {
+  /** "idle: stops at 10:42" */
+  text: string;
+  /** Keep is offered (some keeps left, or the server does not count them). */
+  canKeep: boolean;
+  /** "no keeps left" when there are none. */
+  noKeeps: string | null;
+  /** A sentence for the tooltip. */
+  title: string;
+}
+
+/**
+ * For a kernel with cull_warning: "idle: stops at 10:42", Keep while keeps are left; null when it
+ * is not about to be stopped.
+ */
+export function cullNotice(
+  k: { cull_at?: string | null; cull_warning?: boolean; keeps_left?: number | null },
+  trans: TranslationBundle = plain
+): ICullNotice | null {
+  const clock = k.cull_warning ? formatClock(k.cull_at) : null;
+  if (clock === null) {
+    return null;
+  }
+  const left = k.keeps_left;
+  const none = left === 0;
+  return {
+    text: trans.__('idle: stops at %1', clock),
+    canKeep: !none,
+    noKeeps: none ? trans.__('no keeps left') : null,
+    title: none
+      ? trans.__(
+          'Idle: this kernel is stopped at %1 to free its vGPU. No keeps are left: run something in it to keep it.',
+          clock
+        )
+      : typeof left === 'number'
+        ? trans._n(
+            'Idle: this kernel is stopped at %2 to free its vGPU unless kept (%1 keep left).',
+            'Idle: this kernel is stopped at %2 to free its vGPU unless kept (%1 keeps left).',
+            left,
+            clock
+          )
+        : trans.__('Idle: this kernel is stopped at %1 to free its vGPU unless kept.', clock)
+  };
 }

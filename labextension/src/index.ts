@@ -1,5 +1,6 @@
 // orion-jupyter in JupyterLab and Notebook 7: one vGPU model (polled once, with its settings), the
-// status bar item, the vGPU sidebar, "New vGPU notebook…" and the MNIST / FaceNet launcher cards.
+// status bar items (the kernel's vGPU, with its idle warning; the queue), the vGPU sidebar,
+// "New vGPU notebook…" and the MNIST / FaceNet launcher cards.
 // Only the model is required by the others; every JupyterLab token is optional, so a page without
 // a status bar, a launcher or a file browser (Notebook 7's) loads it too.
 import {
@@ -16,7 +17,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
-import { getAllocations, getClass, getPool } from './api';
+import { getAllocations, getClass, getPool, getQueue } from './api';
 import { newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { vgpuIcon, vgpuIconUrl } from './icon';
@@ -28,6 +29,7 @@ import {
   VGPUModel
 } from './model';
 import { VGPUPanel } from './panel';
+import { QueueStatus, offerToOpen } from './queue';
 import { VGPUStatus } from './statusbar';
 
 const PLUGIN = '@orion-jupyter/labextension';
@@ -47,7 +49,7 @@ const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
   optional: [ISettingRegistry],
   activate: (app: JupyterFrontEnd, settings: ISettingRegistry | null): IVGPUModel => {
     const model = new VGPUModel(
-      { allocations: getAllocations, pool: getPool, classKernels: getClass },
+      { allocations: getAllocations, pool: getPool, classKernels: getClass, queue: getQueue },
       { kernels: app.serviceManager.kernels }
     );
     if (settings) {
@@ -113,6 +115,8 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const trans = (translator ?? nullTranslator).load(DOMAIN);
     const ctx: ILaunchContext = { app, model, trans, docManager, defaultBrowser };
+    // A launch from before a page reload that waited in the queue: its kernel runs now.
+    model.queueLeft.connect((_, left) => void offerToOpen(ctx, left));
     const category = trans.__('vGPU');
     app.commands.addCommand(CommandIDs.newNotebook, {
       // File > New lists kinds ("Notebook", "Console"): there it is "vGPU Notebook…".
@@ -161,7 +165,8 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
 
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:status`,
-  description: "The status bar item with the current notebook kernel's vGPU allocation.",
+  description:
+    "The status bar items: the current notebook kernel's vGPU allocation (or its idle warning, with Keep) and this user's place in the vGPU queue.",
   autoStart: true,
   requires: [IVGPUModel],
   optional: [IStatusBar, INotebookTracker, ITranslator],
@@ -175,7 +180,8 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
     if (!statusBar || !tracker) {
       return; // Notebook 7 has no status bar
     }
-    const item = new VGPUStatus(model, tracker, (translator ?? nullTranslator).load(DOMAIN));
+    const trans = (translator ?? nullTranslator).load(DOMAIN);
+    const item = new VGPUStatus(model, tracker, trans);
     item.node.onclick = () => {
       if (app.commands.hasCommand(CommandIDs.showPanel)) {
         void app.commands.execute(CommandIDs.showPanel);
@@ -187,6 +193,14 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
       rank: 5,
       isActive: () => item.isActive,
       activeStateChanged: item.activeStateChanged
+    });
+    const queue = new QueueStatus(model, trans);
+    statusBar.registerStatusItem(`${PLUGIN}:queue`, {
+      item: queue,
+      align: 'left',
+      rank: 6,
+      isActive: () => queue.isActive,
+      activeStateChanged: queue.activeStateChanged
     });
   }
 };

@@ -1,4 +1,5 @@
-// Starting a vGPU kernel and opening a notebook on it: the launch progress as a notification, the
+// Starting a vGPU kernel and opening a notebook on it: the launch progress as a notification (with
+// the place in the queue while the launch waits for a vGPU, and its Cancel), the
 // notebook's session created on the started kernel (so any page that opens the notebook, JupyterLab
 // or Notebook 7, attaches to it), and the MNIST / FaceNet demos.
 import { JupyterFrontEnd } from '@jupyterlab/application';
@@ -13,15 +14,21 @@ import { Poll } from '@lumino/polling';
 
 import {
   IEvent,
+  IQueued,
   IStartedKernel,
+  cancelQueued,
   errorText,
   getDemos,
   getEvents,
+  isCancelled,
   startDemo
 } from './api';
+import { formatQueued } from './format';
 import { IVGPUModel } from './model';
 
 const EVENTS_MS = 500;
+/** While the launch waits in the queue its place changes slowly: fewer requests. */
+const QUEUED_EVENTS_MS = 2000;
 /** A launch that takes longer than this shows its progress (a quick one just opens). */
 const NOTIFY_AFTER_MS = 800;
 
@@ -46,25 +53,73 @@ export function serverPath(ctx: ILaunchContext, path: string): string {
 
 /**
  * Runs `start(kernelId)` (a POST that answers once the kernel runs) while the server's launch
- * messages for that kernel id are shown in a notification; a refusal throws, with no notification
- * left (the caller shows the server's message where it belongs).
+ * messages for that kernel id are shown in a notification; while the launch waits in the queue, the
+ * notification says its place ("Waiting for a vGPU: 3rd in line, about 2 min") and offers Cancel. A
+ * refusal throws, with no notification left (the caller shows the server's message where it
+ * belongs); so does a cancelled launch (`isCancelled`: the caller says nothing).
  */
 export async function withProgress<T>(
-  trans: TranslationBundle,
+  ctx: Pick<ILaunchContext, 'trans' | 'model'>,
   title: string,
   start: (kernelId: string) => Promise<T>
 ): Promise<T> {
+  const { trans, model } = ctx;
   const kernelId = UUID.uuid4();
+  model.ownLaunch(kernelId); // this flow opens its notebook: the model does not offer it
   let id: string | null = null;
   let latest = '';
+  let queued: IQueued | null = null;
+  let wasQueued = false;
+  let cancelling = false;
   let after = 0;
-  const message = () => (latest ? `${title}\n${latest}` : title);
+  const message = () => {
+    const now = cancelling
+      ? trans.__('Cancelling…')
+      : queued
+        ? formatQueued(queued, trans)
+        : latest;
+    return now ? `${title}\n${now}` : title;
+  };
+  const cancel = async () => {
+    cancelling = true;
+    show();
+    try {
+      await cancelQueued(kernelId); // the POST then answers 409, reason "cancelled"
+    } catch (error) {
+      cancelling = false;
+      latest = trans.__('Could not cancel: %1', errorText(error));
+      show();
+    }
+  };
+  const show = () => {
+    if (id) {
+      Notification.update({
+        id,
+        message: message(),
+        type: 'in-progress',
+        actions:
+          queued && !cancelling
+            ? [
+                {
+                  label: trans.__('Cancel'),
+                  caption: trans.__("Give up this launch's place in the queue"),
+                  displayType: 'warn',
+                  callback: event => {
+                    event.preventDefault(); // the notification stays until the launch ends
+                    void cancel();
+                  }
+                }
+              ]
+            : []
+      });
+    }
+  };
   let events: Poll | null = null;
   // Progress (and the events it shows) only for a launch that takes a while: the server knows the
   // kernel id once the request passed its checks, and a quick launch needs no progress.
   const timer = setTimeout(() => {
     id = Notification.emit(message(), 'in-progress', { autoClose: false });
-    events = new Poll({
+    const poll = (events = new Poll({
       factory: async () => {
         let found: IEvent[];
         try {
@@ -72,17 +127,27 @@ export async function withProgress<T>(
         } catch {
           return; // not known to the server yet: the request is still being checked
         }
+        const before = queued;
         for (const event of found) {
           after = Math.max(after, event.seq);
           latest = event.message;
+          queued = event.queued ?? null; // the latest event says whether it still waits
         }
-        if (id && found.length) {
-          Notification.update({ id, message: message(), type: 'in-progress' });
+        if (queued && !wasQueued) {
+          wasQueued = true;
+          void model.refreshQueue(); // the status bar shows the queue too
+        }
+        if (!!before !== !!queued) {
+          const interval = queued ? QUEUED_EVENTS_MS : EVENTS_MS;
+          poll.frequency = { interval, backoff: false, max: interval };
+        }
+        if (found.length) {
+          show();
         }
       },
       frequency: { interval: EVENTS_MS, backoff: false },
       name: 'orion-jupyter:launch-events'
-    });
+    }));
   }, NOTIFY_AFTER_MS);
   try {
     const result = await start(kernelId);
@@ -91,7 +156,8 @@ export async function withProgress<T>(
         id,
         message: trans.__('%1\nThe kernel is running.', title),
         type: 'success',
-        autoClose: 3000
+        autoClose: 3000,
+        actions: []
       });
     }
     return result;
@@ -103,6 +169,9 @@ export async function withProgress<T>(
   } finally {
     clearTimeout(timer);
     (events as Poll | null)?.dispose();
+    if (wasQueued) {
+      void model.refresh(); // no longer waiting
+    }
   }
 }
 
@@ -170,10 +239,13 @@ export async function openDemo(ctx: ILaunchContext, name: string): Promise<void>
   }
   let started;
   try {
-    started = await withProgress(trans, trans.__('Starting %1…', title), kernelId =>
+    started = await withProgress(ctx, trans.__('Starting %1…', title), kernelId =>
       startDemo(name, { kernel_id: kernelId })
     );
   } catch (error) {
+    if (isCancelled(error)) {
+      return; // its place in the queue was given up: nothing to say
+    }
     await showErrorMessage(trans.__('Could not start %1', title), errorText(error));
     return;
   }

@@ -1,11 +1,13 @@
 // One model of what the server says about vGPUs, polled once for the whole page: the status bar,
 // the sidebar and the "New vGPU notebook" dialog read it, and ask it to refresh after a change.
+// This user's launches waiting in the queue are asked for at start-up (a launch may wait across a
+// page reload) and then only while one waits.
 import { Token } from '@lumino/coreutils';
 import { IDisposable } from '@lumino/disposable';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import type { IAllocation, IClass, IPool } from './api';
+import type { IAllocation, IClass, IPool, IQueueEntry } from './api';
 
 /** What a view needs now: nothing, this server's allocations, or also the pool and the class. */
 export type Interest = 'none' | 'allocations' | 'all';
@@ -15,7 +17,19 @@ export interface IVGPUSource {
   allocations(): Promise<IAllocation[]>;
   pool(): Promise<IPool>;
   classKernels(): Promise<IClass>;
+  /** This user's waiting launches (GET queue); a source without it has no queue. */
+  queue?(): Promise<IQueueEntry[]>;
 }
+
+/** A launch that left the queue and that no flow of this page waits for (one from before a reload). */
+export interface IQueueLeft {
+  entry: IQueueEntry;
+  /** The kernel it started. */
+  allocation: IAllocation;
+}
+
+/** How long a launch that left the queue is looked for among the allocations (its kernel starting). */
+export const LEFT_QUEUE_WATCH_MS = 5 * 60_000;
 
 /** A part of the model: null until first fetched, then the last answer or the last error. */
 export type Part<T> = PromiseSettledResult<T> | null;
@@ -26,6 +40,12 @@ export interface IVGPUModel extends IDisposable {
   readonly allocations: Part<IAllocation[]>;
   readonly pool: Part<IPool>;
   readonly classKernels: Part<IClass>;
+  /** This user's waiting launches, as last fetched (null before the first fetch). */
+  readonly queue: Part<IQueueEntry[]>;
+  /** The waiting launches ([] when none or not known). */
+  readonly waiting: IQueueEntry[];
+  /** A launch this page did not start itself left the queue, and its kernel runs. */
+  readonly queueLeft: ISignal<IVGPUModel, IQueueLeft>;
   /** This server's allocation of a kernel, when the last fetch had it. */
   allocation(kernelId: string): IAllocation | null;
   /** Poll interval in ms (setting refreshInterval); errors back off up to 6 times it. */
@@ -36,6 +56,10 @@ export interface IVGPUModel extends IDisposable {
   refresh(): Promise<void>;
   /** A view says what it needs; the poll stands by while nobody needs anything. */
   addInterest(interest: () => Interest): IDisposable;
+  /** A launch of this page (it opens its own notebook): never announced by queueLeft. */
+  ownLaunch(kernelId: string): void;
+  /** Fetch the queue now (a launch of this page was queued), and while something waits. */
+  refreshQueue(): Promise<void>;
 }
 
 export const IVGPUModel = new Token<IVGPUModel>(
@@ -47,6 +71,8 @@ export const DEFAULT_REFRESH_MS = 5_000;
 export const DEFAULT_SLIDER_MAX_MIB = 32 * 1024;
 
 const RANK: Record<Interest, number> = { none: 0, allocations: 1, all: 2 };
+/** Own launch ids remembered (a page starts a few). */
+const MAX_OWN = 200;
 
 export class VGPUModel implements IVGPUModel {
   private readonly poll: Poll;
@@ -55,7 +81,13 @@ export class VGPUModel implements IVGPUModel {
   private _allocations: Part<IAllocation[]> = null;
   private _pool: Part<IPool> = null;
   private _class: Part<IClass> = null;
-  private inflight: { interest: Interest; done: Promise<void> } | null = null;
+  private _queue: Part<IQueueEntry[]> = null;
+  private readonly _queueLeft = new Signal<IVGPUModel, IQueueLeft>(this);
+  private queueAsked = false;
+  private readonly own = new Set<string>();
+  /** Launches gone from the queue, not started by this page, until their kernel shows (or time is up). */
+  private readonly leaving = new Map<string, { entry: IQueueEntry; until: number }>();
+  private inflight: { interest: Interest; queue: boolean; done: Promise<void> } | null = null;
   private _refreshInterval: number;
   private _disposed = false;
   private readonly kernels?: { runningChanged: ISignal<unknown, unknown> };
@@ -75,7 +107,7 @@ export class VGPUModel implements IVGPUModel {
       factory: () => this.fetch(),
       frequency: this.frequency(),
       // No requests while the browser tab is hidden or no view needs anything.
-      standby: () => hidden() || this.interest() === 'none',
+      standby: () => hidden() || (this.interest() === 'none' && !this.wantsQueue()),
       name: 'orion-jupyter:vgpu'
     });
     this.kernels = options.kernels;
@@ -96,6 +128,19 @@ export class VGPUModel implements IVGPUModel {
 
   get classKernels(): Part<IClass> {
     return this._class;
+  }
+
+  get queue(): Part<IQueueEntry[]> {
+    return this._queue;
+  }
+
+  get waiting(): IQueueEntry[] {
+    const q = this._queue;
+    return q?.status === 'fulfilled' ? q.value : [];
+  }
+
+  get queueLeft(): ISignal<IVGPUModel, IQueueLeft> {
+    return this._queueLeft;
   }
 
   get isDisposed(): boolean {
@@ -144,6 +189,18 @@ export class VGPUModel implements IVGPUModel {
     }
   }
 
+  ownLaunch(kernelId: string): void {
+    this.own.add(kernelId);
+    if (this.own.size > MAX_OWN) {
+      this.own.delete(this.own.values().next().value as string);
+    }
+  }
+
+  refreshQueue(): Promise<void> {
+    this.queueAsked = true;
+    return this.refresh();
+  }
+
   dispose(): void {
     if (this._disposed) {
       return;
@@ -152,6 +209,7 @@ export class VGPUModel implements IVGPUModel {
     this.kernels?.runningChanged.disconnect(this.kernelsChanged, this);
     this.poll.dispose();
     this.interests.clear();
+    this.leaving.clear();
     Signal.clearData(this);
   }
 
@@ -165,6 +223,17 @@ export class VGPUModel implements IVGPUModel {
       }
     }
     return most;
+  }
+
+  /**
+   * The queue is asked for at start-up, when a launch of this page was queued, while something
+   * waits, and while a launch that left it is starting: otherwise never.
+   */
+  private wantsQueue(): boolean {
+    return (
+      !!this.source.queue &&
+      (this._queue === null || this.queueAsked || this.waiting.length > 0 || this.leaving.size > 0)
+    );
   }
 
   private frequency() {
@@ -189,13 +258,14 @@ export class VGPUModel implements IVGPUModel {
   /** One fetch at a time: a caller joins the one under way when it brings what they need. */
   private fetch(): Promise<void> {
     const interest = this.interest();
+    const queue = this.wantsQueue();
     const current = this.inflight;
-    if (current && RANK[current.interest] >= RANK[interest]) {
+    if (current && RANK[current.interest] >= RANK[interest] && (current.queue || !queue)) {
       return current.done;
     }
     const before = current ? current.done.catch(() => undefined) : Promise.resolve();
-    const done = before.then(() => this.fetchNow(interest));
-    const entry = { interest, done };
+    const done = before.then(() => this.fetchNow(interest, queue));
+    const entry = { interest, queue, done };
     this.inflight = entry;
     const clear = () => {
       if (this.inflight === entry) {
@@ -206,27 +276,85 @@ export class VGPUModel implements IVGPUModel {
     return done;
   }
 
-  private async fetchNow(interest: Interest): Promise<void> {
-    if (this._disposed || interest === 'none') {
+  private async fetchNow(interest: Interest, queue: boolean): Promise<void> {
+    if (this._disposed || (interest === 'none' && !queue)) {
       return;
     }
     const all = interest === 'all';
-    const [allocations, pool, klass] = await Promise.allSettled([
-      this.source.allocations(),
+    // A launch that left the queue is looked for among the allocations.
+    const withAllocations = interest !== 'none' || this.leaving.size > 0;
+    if (queue) {
+      this.queueAsked = false;
+    }
+    const [allocations, pool, klass, waiting] = await Promise.allSettled([
+      withAllocations ? this.source.allocations() : Promise.resolve(null),
       all ? this.source.pool() : Promise.resolve(null),
-      all ? this.source.classKernels() : Promise.resolve(null)
+      all ? this.source.classKernels() : Promise.resolve(null),
+      queue && this.source.queue ? this.source.queue() : Promise.resolve(null)
     ]);
     if (this._disposed) {
       return;
     }
-    this._allocations = allocations;
+    let found = withAllocations ? (allocations as PromiseSettledResult<IAllocation[]>) : null;
+    if (queue) {
+      const left = this.leftQueue(waiting as PromiseSettledResult<IQueueEntry[]>);
+      if (left && !found) {
+        // gone from the queue: has its kernel started? (no view asked for allocations)
+        [found] = await Promise.allSettled([this.source.allocations()]);
+        if (this._disposed) {
+          return;
+        }
+      }
+    }
+    if (found) {
+      this._allocations = found;
+    }
     if (all) {
       this._pool = pool as PromiseSettledResult<IPool>;
       this._class = klass as PromiseSettledResult<IClass>;
     }
     this._changed.emit();
-    if (allocations.status === 'rejected') {
-      throw allocations.reason; // the poll backs off
+    if (found?.status === 'fulfilled') {
+      this.announceStarted(found.value);
+    }
+    if (interest !== 'none' && found?.status === 'rejected') {
+      throw found.reason; // the poll backs off
+    }
+  }
+
+  /** Takes the queue's answer; whether a launch not of this page left it (its kernel is then looked for). */
+  private leftQueue(answer: PromiseSettledResult<IQueueEntry[]>): boolean {
+    const before = this.waiting;
+    this._queue = answer;
+    if (answer.status !== 'fulfilled') {
+      return false; // an older server without a queue (or an error): nothing waits that we know of
+    }
+    const now = Date.now();
+    const still = new Set(answer.value.map(e => e.kernel_id));
+    for (const entry of before) {
+      if (!still.has(entry.kernel_id) && !this.own.has(entry.kernel_id)) {
+        this.leaving.set(entry.kernel_id, { entry, until: now + LEFT_QUEUE_WATCH_MS });
+      }
+    }
+    for (const [id, { until }] of this.leaving) {
+      if (still.has(id) || until < now) {
+        this.leaving.delete(id); // back in the queue (it is announced when it leaves), or not started
+      }
+    }
+    return this.leaving.size > 0;
+  }
+
+  /** A launch that left the queue and whose kernel now runs is announced, once. */
+  private announceStarted(allocations: IAllocation[]): void {
+    for (const [id, { entry }] of [...this.leaving]) {
+      const allocation = allocations.find(a => a.kernel_id === id);
+      if (allocation && !this.own.has(id)) {
+        this.leaving.delete(id);
+        this.own.add(id);
+        this._queueLeft.emit({ entry, allocation });
+      } else if (this.own.has(id)) {
+        this.leaving.delete(id);
+      }
     }
   }
 }

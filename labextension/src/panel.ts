@@ -1,5 +1,7 @@
-// The "vGPU" sidebar: my vGPU kernels (with the memory they use), the pool, and for instructors
-// the class, sortable by waste. It shows the shared model, which polls while the panel is shown.
+// The "vGPU" sidebar: my vGPU kernels (with the memory they use, and "idle: stops at 10:42 · Keep"
+// when the server is about to stop one for being idle), the pool, and for instructors the class,
+// sortable by waste, each kernel with Exempt (from idle stopping) and Stop. It shows the shared
+// model, which polls while the panel is shown.
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Kernel } from '@jupyterlab/services';
 import { TranslationBundle } from '@jupyterlab/translation';
@@ -12,8 +14,10 @@ import {
   IPool,
   IResourceCount,
   errorText,
+  setExempt,
   stopClassPod
 } from './api';
+import { cullWarning } from './culling';
 import { Child, actionButton, h } from './dom';
 import {
   byWaste,
@@ -42,6 +46,8 @@ export class VGPUPanel extends Widget {
   });
   private readonly classSection: HTMLElement;
   private readonly toDispose: { dispose(): void }[] = [];
+  /** What exempt answered, for class rows that do not say (another user's kernel). */
+  private readonly exempted = new Map<string, boolean>();
 
   constructor(
     private readonly model: IVGPUModel,
@@ -124,14 +130,17 @@ export class VGPUPanel extends Widget {
         () => this.stopKernel(k.kernel_id)
       );
       const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, k.compute_percent, trans);
+      const warning = cullWarning(k, this.model, trans);
       return card(k.kernel_id, k.kernel_spec, label, stop, [
         k.path ?? trans.__('no notebook'),
         details(
           formatShort(k.vgpus, k.memory_mib, trans),
           k.node ?? k.cluster,
           phase(k),
-          state
+          state,
+          !!k.exempt && trans.__('exempt from idle stopping')
         ),
+        warning && h('div', { class: 'orion-Kernel-line orion-mod-warning' }, warning),
         usage(k, trans)
       ]);
     });
@@ -159,7 +168,10 @@ export class VGPUPanel extends Widget {
         );
       const waste = wasteBytes(k);
       const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, null, trans);
-      return card(k.kernel_id, k.user || trans.__('(no user)'), label, stop, [
+      const tools = klass.instructor
+        ? h('span', { class: 'orion-Kernel-tools' }, this.exemptButton(k), stop)
+        : stop;
+      return card(k.kernel_id, k.user || trans.__('(no user)'), label, tools, [
         k.pod ?? trans.__('kernel %1', k.kernel_id),
         details(
           formatShort(k.vgpus, k.memory_mib, trans),
@@ -171,6 +183,44 @@ export class VGPUPanel extends Widget {
         usage(k, trans)
       ]);
     });
+  }
+
+  /** Whether a class kernel is exempt: its row says, else this server's own row, else the last toggle. */
+  private isExempt(k: IClassKernel): boolean {
+    return k.exempt ?? this.model.allocation(k.kernel_id)?.exempt ?? this.exempted.get(k.kernel_id) ?? false;
+  }
+
+  /** Instructors: "Exempt" spares the kernel from idle stopping, "Un-exempt" undoes it. */
+  private exemptButton(k: IClassKernel): HTMLElement {
+    const trans = this.trans;
+    const exempt = this.isExempt(k);
+    const button = actionButton(
+      exempt ? trans.__('Un-exempt') : trans.__('Exempt'),
+      exempt
+        ? trans.__("Stop %1's kernel again when it stays idle", k.user)
+        : trans.__("Never stop %1's kernel for being idle", k.user),
+      () => this.toggleExempt(k, !exempt),
+      'plain'
+    );
+    button.classList.add('orion-ExemptButton');
+    button.setAttribute('aria-pressed', String(exempt));
+    return button;
+  }
+
+  private async toggleExempt(k: IClassKernel, exempt: boolean): Promise<void> {
+    try {
+      const answer = await setExempt(k.kernel_id, exempt);
+      this.exempted.set(k.kernel_id, answer.exempt);
+    } catch (error) {
+      await showErrorMessage(
+        exempt
+          ? this.trans.__('Could not exempt the kernel')
+          : this.trans.__('Could not un-exempt the kernel'),
+        errorText(error)
+      );
+    }
+    this.render();
+    await this.model.refresh();
   }
 
   private async stopKernel(id: string): Promise<void> {
@@ -215,7 +265,7 @@ function card(
   name: string,
   label: string,
   stop: HTMLElement | null | '',
-  lines: (string | HTMLElement | null)[]
+  lines: (string | HTMLElement | null | false)[]
 ): HTMLElement {
   return h(
     'div',

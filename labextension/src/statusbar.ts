@@ -1,4 +1,5 @@
-// Status bar item: the vGPU allocation of the current notebook's kernel, from the shared model.
+// Status bar item: the vGPU allocation of the current notebook's kernel, from the shared model; when
+// the server is about to stop it for being idle, "idle: stops at 10:42 · Keep" instead.
 import { ISessionContext } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { TranslationBundle } from '@jupyterlab/translation';
@@ -7,7 +8,9 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { IAllocation, errorText } from './api';
+import { cullWarning } from './culling';
 import {
+  cullNotice,
   formatAllocation,
   formatBytes,
   formatDuration,
@@ -18,8 +21,8 @@ import {
 import { IVGPUModel } from './model';
 
 /**
- * "vGPU: 1 × 4 GiB · 1.2 GiB used · gpu-1", "CPU only", or nothing for a kernel that is not a
- * vGPU kernel (the item then hides).
+ * "vGPU: 1 × 4 GiB · 1.2 GiB used · gpu-1", "CPU only", "idle: stops at 10:42 · Keep", or nothing
+ * for a kernel that is not a vGPU kernel (the item then hides).
  */
 export class VGPUStatus extends Widget {
   private allocation: IAllocation | null = null;
@@ -108,7 +111,12 @@ export class VGPUStatus extends Widget {
     const trans = this.trans;
     const wasActive = this.isActive;
     this.allocation = allocation;
-    if (allocation) {
+    const warning = allocation && cullWarning(allocation, this.model, trans);
+    this.toggleClass('orion-mod-warning', !!warning);
+    if (allocation && warning) {
+      this.node.replaceChildren(warning);
+      this.node.title = `${cullNotice(allocation, trans)?.title}\n${tooltip(allocation, trans)}`;
+    } else if (allocation) {
       const parts = [
         allocation.vgpus
           ? trans.__('vGPU: %1', formatShort(allocation.vgpus, allocation.memory_mib, trans))

@@ -7,10 +7,15 @@ import { describe, expect, it } from 'vitest';
 
 import {
   byWaste,
+  cullNotice,
   formatAllocation,
   formatBytes,
+  formatClock,
   formatDuration,
   formatMib,
+  formatOrdinal,
+  formatQueueStatus,
+  formatQueued,
   formatShort,
   grantedBytes,
   memoryQuantity,
@@ -198,5 +203,95 @@ describe('the class table by waste', () => {
     expect(wasteBytes({ vgpus: 1, memory_mib: 4096, memory_used: 0, waste_bytes: 5 })).toBe(5);
     expect(wasteBytes({ vgpus: 1, memory_mib: 4096, memory_used: 0, waste_bytes: null })).toBeNull();
     expect(grantedBytes({ vgpus: 1, memory_mib: 4096, memory_granted: 7 })).toBe(7);
+  });
+});
+
+describe('idle kernels about to be stopped', () => {
+  // A local time of day, whatever the time zone the tests run in.
+  const at = (hours: number, minutes: number) => new Date(2026, 0, 2, hours, minutes, 30).toISOString();
+
+  it('writes the cull time as the local HH:MM', () => {
+    expect(formatClock(at(10, 42))).toBe('10:42');
+    expect(formatClock(at(9, 5))).toBe('09:05');
+    expect(formatClock(at(0, 0))).toBe('00:00');
+    // the server's form: milliseconds and Z
+    const stamp = new Date(2026, 0, 2, 23, 59).toISOString().replace(/\.\d+Z$/, '.123Z');
+    expect(formatClock(stamp)).toBe('23:59');
+    expect(formatClock(null)).toBeNull();
+    expect(formatClock('soon')).toBeNull();
+  });
+
+  it('says "idle: stops at 10:42" with Keep during the warning', () => {
+    const notice = cullNotice({ cull_at: at(10, 42), cull_warning: true, keeps_left: 2 });
+    expect(notice).toEqual({
+      text: 'idle: stops at 10:42',
+      canKeep: true,
+      noKeeps: null,
+      title: 'Idle: this kernel is stopped at 10:42 to free its vGPU unless kept (2 keeps left).'
+    });
+    expect(cullNotice({ cull_at: at(10, 42), cull_warning: true, keeps_left: 1 })?.title).toBe(
+      'Idle: this kernel is stopped at 10:42 to free its vGPU unless kept (1 keep left).'
+    );
+    // a server that does not count keeps: Keep is offered
+    expect(cullNotice({ cull_at: at(10, 42), cull_warning: true })?.canKeep).toBe(true);
+  });
+
+  it('says that no keeps are left after the last one', () => {
+    const notice = cullNotice({ cull_at: at(10, 42), cull_warning: true, keeps_left: 0 });
+    expect(notice?.text).toBe('idle: stops at 10:42');
+    expect(notice?.canKeep).toBe(false);
+    expect(notice?.noKeeps).toBe('no keeps left');
+    expect(notice?.title).toContain('No keeps are left');
+  });
+
+  it('says nothing before the warning, for a busy or exempt kernel, or for an older server', () => {
+    expect(cullNotice({ cull_at: at(10, 42), cull_warning: false, keeps_left: 3 })).toBeNull();
+    expect(cullNotice({ cull_at: null, cull_warning: false, keeps_left: 3 })).toBeNull();
+    expect(cullNotice({ cull_at: null, cull_warning: true })).toBeNull();
+    expect(cullNotice({})).toBeNull();
+  });
+});
+
+describe('the queue', () => {
+  it('writes places in line', () => {
+    const places = [1, 2, 3, 4, 10, 11, 12, 13, 14, 21, 22, 23, 101, 111, 112, 113, 122];
+    expect(places.map(n => formatOrdinal(n))).toEqual([
+      '1st', '2nd', '3rd', '4th', '10th', '11th', '12th', '13th', '14th', '21st', '22nd', '23rd',
+      '101st', '111th', '112th', '113th', '122nd'
+    ]);
+  });
+
+  it('says the place and the estimate', () => {
+    expect(formatQueued({ position: 3, estimate_seconds: 120 })).toBe(
+      'Waiting for a vGPU: 3rd in line, about 2 min'
+    );
+    expect(formatQueued({ position: 2, estimate_seconds: 42 })).toBe(
+      'Waiting for a vGPU: 2nd in line, about 42 s'
+    );
+    expect(formatQueued({ position: 1, estimate_seconds: null })).toBe(
+      'Waiting for a vGPU: 1st in line'
+    );
+    expect(formatQueued({ position: 1, estimate_seconds: NaN })).toBe(
+      'Waiting for a vGPU: 1st in line'
+    );
+  });
+
+  it('writes the status bar item, best place first', () => {
+    expect(formatQueueStatus([{ position: 3 }])).toBe('vGPU queue: 3rd');
+    expect(formatQueueStatus([{ position: 5 }, { position: 1 }])).toBe('vGPU queue: 1st, 5th');
+  });
+
+  it('goes through the translation bundle', () => {
+    const calls: string[] = [];
+    const trans = {
+      __: (msg: string, ...args: unknown[]) => (
+        calls.push(msg), msg.replace(/%(\d)/g, (_, i) => String(args[Number(i) - 1]))
+      ),
+      _n: () => ''
+    } as any;
+    expect(formatQueued({ position: 2, estimate_seconds: 60 }, trans)).toBe(
+      'Waiting for a vGPU: 2nd in line, about 1 min'
+    );
+    expect(calls).toEqual(['%1nd', '%1 min', 'Waiting for a vGPU: %1 in line, about %2']);
   });
 });
