@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -134,6 +135,91 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["demo_status_text"].startswith("vGPU: 1 × 2 GiB"), result["demo_status_text"]
 
     for shot in ("panel", "dialog", "notebook", "memory-used", "class", "refused", "demo"):
+        assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+CULL_IDLE_SECONDS, CULL_WARNING_SECONDS = 30, 25
+
+
+@pytest.fixture
+def short_culling(tmp_path):
+    """Before lab_server starts (its HOME is tmp_path): idle vGPU kernels stopped after 30 s, warned
+    after 5 s idle, one keep, checked every second (~/.jupyter, which Jupyter reads beside the config
+    `orion-jupyter lab` writes); and the page's vGPU model refreshing every second."""
+    config = tmp_path / ".jupyter"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"OrionJupyter": {
+        "cull_idle_seconds": CULL_IDLE_SECONDS, "cull_warning_seconds": CULL_WARNING_SECONDS,
+        "cull_max_keeps": 1, "cull_interval_seconds": 1}}))
+    settings = config / "lab" / "user-settings" / NAME
+    settings.mkdir(parents=True)
+    (settings / "model.jupyterlab-settings").write_text(json.dumps({"refreshInterval": 1}))
+
+
+def _iso(stamp):
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
+    """The fair queue (its answers stood in for in the browser) and idle culling (the real server)."""
+    nbformat.write(nbformat.v4.new_notebook(), lab_server.root / "queued.ipynb")
+    run = subprocess.run(["node", str(BROWSER_DIR / "capacity.mjs"), lab_server.base, lab_server.token,
+                          str(tmp_path), "queued.ipynb"], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], (result["step"], result.get("error"), result)
+    assert result["errors"] == [], result["errors"]
+
+    # 1. A launch that waited across the page load: the status bar's place, the queue dialog, then,
+    #    once its kernel runs, the notification's "Open notebook" opened queued.ipynb on that kernel.
+    assert result["reload_queue_status"] == "vGPU queue: 1st"
+    dialog = result["reload_queue_dialog"]
+    assert "Waiting for a vGPU: 1st in line, about 30 s" in dialog and "course ai101" in dialog, dialog
+    assert "Cancel" in dialog and "queued.ipynb" in dialog, dialog
+    assert result["reload_started_status"] == 201
+    assert "left the queue and runs: open queued.ipynb on it?" in result["reload_offer"], result["reload_offer"]
+    assert "Open notebook" in result["reload_offer_actions"]
+    assert {"path": "queued.ipynb", "kernel": result["reload_kernel"]} in result["reload_sessions"]
+    assert result["queue_status_hidden_after_reload"]
+
+    # 2. "New vGPU notebook…" while queued: its place in the notification (with Cancel) and the status
+    #    bar, 2nd then 1st; then the notebook opened on the kernel the (real) launch started.
+    assert "Waiting for a vGPU: 2nd in line, about 45 s" in result["toast_2nd"], result["toast_2nd"]
+    assert "Cancel" in result["toast_2nd_buttons"], result["toast_2nd_buttons"]
+    assert result["queue_status_2nd"] == "vGPU queue: 2nd"
+    assert "Waiting for a vGPU: 1st in line, about 10 s" in result["toast_1st"], result["toast_1st"]
+    assert result["queue_status_1st"] == "vGPU queue: 1st"
+    queued_id = result["queued_kernel"]
+    assert result["queued_request"]["spec"] == "orion-1x2gi" and result["queued_request"]["kernel_id"] == queued_id
+    [opened] = [s for s in result["queued_sessions"] if s["kernel"] == queued_id]
+    assert re.fullmatch(r"Untitled\d*\.ipynb", opened["path"]), opened
+    assert result["queued_status_text"].startswith("vGPU: 1 × 2 GiB"), result["queued_status_text"]
+    assert result["queue_status_hidden"]
+
+    # 3. Idle culling, the real server's: the warning says when (local HH:MM of cull_at) with Keep,
+    #    in the status bar and the kernel's sidebar row; Keep restarted the idle clock (cull_at later).
+    before, after = result["before_keep"], result["after_keep"]
+    assert before["cull_warning"] and before["keeps_left"] == 1 and not before["exempt"], before
+    assert re.fullmatch(r"idle: stops at \d\d:\d\d · Keep", result["warning_text"]), result["warning_text"]
+    assert "to free its vGPU unless kept (1 keep left)" in result["warning_title"], result["warning_title"]
+    assert re.fullmatch(r"idle: stops at \d\d:\d\d · Keep", result["panel_warning"]), result["panel_warning"]
+    assert result["keep_status"] == 200 and result["keep_answer"]["keeps_left"] == 0, result["keep_answer"]
+    assert result["status_after_keep"].startswith("vGPU: 1 × 2 GiB"), result["status_after_keep"]
+    assert not after["cull_warning"] and after["keeps_left"] == 0, after
+    moved = (_iso(after["cull_at"]) - _iso(before["cull_at"])).total_seconds()
+    assert moved >= CULL_IDLE_SECONDS - CULL_WARNING_SECONDS - 1, (before["cull_at"], after["cull_at"])
+    # After the last keep: no Keep, and the page says so.
+    assert re.fullmatch(r"idle: stops at \d\d:\d\d · no keeps left", result["no_keeps_text"]), result["no_keeps_text"]
+    assert result["no_keeps_buttons"] == 0
+    assert result["panel_no_keeps"].endswith("no keeps left"), result["panel_no_keeps"]
+
+    # 4. Cancel in the notification: DELETE queue/{id}, and the launch's 409 "cancelled" ended quietly.
+    assert "Waiting for a vGPU: 3rd in line, about 2 min" in result["toast_3rd"], result["toast_3rd"]
+    assert result["deleted"] == [result["cancelled_kernel"]]
+    assert result["dialogs_after_cancel"] == 0
+    assert result["kernels_after_cancel"] == 0
+
+    for shot in ("queue-dialog", "queue-reload", "queue-2nd", "idle-warning", "no-keeps", "cancelled"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
 
 

@@ -41,7 +41,6 @@ export class QueueStatus extends Widget {
   ) {
     super();
     this.addClass('jp-StatusBar-TextItem');
-    this.addClass('orion-StatusItem');
     this.addClass('orion-QueueStatus');
     model.changed.connect(this.render, this);
     this.node.onclick = () => void showQueue(this.model, this.trans);
