@@ -8,7 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,8 +26,19 @@ class BrokerProcess:
     """The broker as an external hub service, so a test can SIGKILL and restart it."""
 
     def __init__(self, tmp_path: Path, kubeconfig: str, home_root: Path, token: str, port: int,
-                 config: list[str]):
+                 config: list[str] | Callable[[], list[str]]):
         self.config = tmp_path / "broker_config.py"
+        self.home_root = home_root
+        self.extra_config = config
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "JUPYTERHUB_SERVICE_NAME": BROKER,
+                    "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}", "JUPYTERHUB_API_TOKEN": token,
+                    "JUPYTERHUB_SERVICE_PREFIX": f"/services/{BROKER}/"}
+        self.log = tmp_path / "broker.log"
+        self.process: subprocess.Popen | None = None
+
+    def write_config(self) -> None:
+        """The config file, written at each start (``config`` may be a function of the time it is called)."""
+        home_root, extra = self.home_root, self.extra_config
         self.config.write_text("\n".join([
             f"c.VGPUProvisioner.namespace = {NS!r}",
             "c.VGPUProvisioner.launch_timeout = 60.0",
@@ -36,15 +47,11 @@ class BrokerProcess:
             "c.Broker.home_mount_path = '/home/jovyan'",
             "c.Broker.reap_interval = 1.0",
             "c.Broker.reap_grace = 0.0",
-            *config,
+            *(extra() if callable(extra) else extra),
         ]))
-        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "JUPYTERHUB_SERVICE_NAME": BROKER,
-                    "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}", "JUPYTERHUB_API_TOKEN": token,
-                    "JUPYTERHUB_SERVICE_PREFIX": f"/services/{BROKER}/"}
-        self.log = tmp_path / "broker.log"
-        self.process: subprocess.Popen | None = None
 
     def start(self, hub_api_url: str) -> None:
+        self.write_config()
         self.env["JUPYTERHUB_API_URL"] = hub_api_url
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "orion_jupyter.cli", "broker", "--config",
@@ -65,7 +72,8 @@ class BrokerProcess:
 
 
 @contextmanager
-def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list[str], *, users: list[str],
+def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list[str] | Callable[[], list[str]], *,
+                   users: list[str],
                    instructors: tuple[str, ...] = ("teacher",)) -> Iterator[tuple]:
     """A hub with ``users`` (those not in ``instructors`` in group ai101) and the broker configured by
     ``broker_config`` (lines of its config file); yields (hub, broker)."""

@@ -348,7 +348,9 @@ class BrokerDriver:
         ready = await self.client.launch({k: v for k, v in body.items() if v is not None}, launch.timeout,
                                          lambda message: PROGRESS.record(launch.kernel_id, message), on_queued)
         kernel = BrokerKernel(self.client, launch.kernel_id, ready["pod_name"], ready["ip"])
-        info = dict(self._connection, ip=ready["ip"], key=launch.key.encode())
+        if ready.get("claimed"):  # a warm kernel handed over: its own key and ports are the truth
+            self._connection.update(key=str(ready["key"]), **{n: int(ready["ports"][n]) for n in port_names})
+        info = dict(self._connection, ip=ready["ip"], key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]
 
     async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> BrokerKernel:

@@ -21,10 +21,9 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -32,14 +31,12 @@ from tornado.iostream import StreamClosedError
 from ..config import KernelPolicy
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
-from ..k8s.driver import pod_options
-from ..k8s.hub_manifests import kernel_network_policy, z2jh_username_label
-from ..k8s.manifests import build_kernel_manifests, secret_owner_patch, slug
+from ..k8s.manifests import slug
 from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
-from ..launch import KernelLaunch
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_SERVER, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..vgpu import VGPURequest, VGPURequestError, format_mib, short
+from .launcher import PORT_NAMES, PodPlan, start_kernel_pod
 from .ledger import holding_of
 from .queue import Waiting
 
@@ -52,7 +49,6 @@ QUEUED = Gauge("orion_jupyter_broker_queued_launches", "Launches waiting in a co
                registry=REGISTRY)
 QUEUE_WAIT = Histogram("orion_jupyter_broker_queue_wait_seconds", "Seconds a launch waited in the queue for its turn.",
                        buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY)
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 
@@ -148,7 +144,8 @@ class KernelsHandler(BrokerHandler):
     waiting: Waiting | None = None
 
     async def get(self) -> None:
-        self.reply({"kernels": await self.broker.view.class_kernels(self.user)})
+        rows = await self.broker.view.class_kernels(self.user)
+        self.reply({"kernels": [row for row in rows if row["pod"] not in self.broker.warm.kernels]})
 
     async def post(self) -> None:
         body = self.json_body()
@@ -172,11 +169,11 @@ class KernelsHandler(BrokerHandler):
             if queue and broker.queue.ahead_in(holding.course):
                 refusal: Exception | None = KernelLaunchError("unschedulable", "others wait")  # nobody overtakes
             else:
-                refusal = await broker.take(holding, ask.request)
+                refusal = await broker.take(holding, ask.request, image, ask.server_name)
             if refusal is not None and not queue:
                 raise refusal
             if refusal is not None:
-                self.waiting = Waiting(holding, ask.request, self._line,
+                self.waiting = Waiting(holding, ask.request, self._line, image=image, server_name=ask.server_name,
                                        details={"memory": format_mib(ask.request.memory_mib),
                                                 "kernel_spec_name": ask.kernel_spec_name})
                 broker.queue.join(self.waiting)
@@ -197,7 +194,7 @@ class KernelsHandler(BrokerHandler):
             finally:
                 PENDING.dec()
         finally:
-            broker.ledger.release(ask.kernel_id)
+            broker.release(ask.kernel_id)
             broker.queue.wake()  # what this launch did not end up holding may start the next one
 
     async def _wait_turn(self, waiting: Waiting) -> bool:
@@ -244,80 +241,32 @@ class KernelsHandler(BrokerHandler):
 
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
-        settings = broker.settings
-        launch = KernelLaunch(
-            kernel_id=ask.kernel_id, user=self.user, request=ask.request, backend=broker.backend,
-            pod=settings.pod_settings(image), kernel_spec_name=ask.kernel_spec_name, course=course, key=ask.key,
-            ports=ask.ports, timeout=settings.launch_timeout, wait_for_capacity=settings.wait_for_capacity,
-            orion_controller=settings.orion_controller or None)
-        connection = {"transport": "tcp", "ip": "0.0.0.0", "key": ask.key, "signature_scheme": "hmac-sha256",
-                      "kernel_name": ask.kernel_spec_name,
-                      **dict(zip(PORT_NAMES, ask.ports, strict=True))}
-        working_dir = f"{broker.home_mount_path.rstrip('/')}/{ask.cwd}".rstrip("/") if broker.home_mount_path else None
-        options = replace(pod_options(launch, broker.namespace, connection, uuid.uuid4().hex[:6]),
-                          owner=broker.lease_owner, working_dir=working_dir,
-                          annotations={**launch.pod.annotations, ANNOTATION_SERVER: ask.server_name})
-        manifests = build_kernel_manifests(options)
-        add_user_storage(manifests.pod, broker.volumes, broker.volume_mounts, self.user, ask.server_name)
-        name = manifests.name
-        self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
+        claimed = broker.warm.reserved.get(ask.kernel_id)
         try:
-            if broker.network_policies:
-                kernel_label = manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID]
-                policy = kernel_network_policy(name, broker.namespace, kernel_label, z2jh_username_label(self.user),
-                                               ask.ports)
-                await broker.cluster.request(broker.networking.create_namespaced_network_policy, broker.namespace,
-                                             policy)
-            loop = asyncio.get_running_loop()  # pod events arrive on the watch's thread
-            kernel = await broker.cluster.launch(
-                manifests, timeout=launch.timeout, count_resource=broker.backend.count_resource,
-                wait_when_unschedulable=launch.wait_for_capacity,
-                progress=lambda message: loop.call_soon_threadsafe(self._line, {"progress": message}))
-        except (KernelLaunchError, ApiException) as err:
-            if broker.network_policies:
-                await broker.delete_kernel(name)
+            if claimed:
+                self._line({"progress": f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
+                ready = await broker.warm.claim(ask, self.user, course)
+            else:
+                self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
+                ready = await self._start_pod(ask, image, course)
+        except KernelLaunchError as err:
             LAUNCHES.labels("failed").inc()
-            reason = err.reason if isinstance(err, KernelLaunchError) else "api"
-            message = str(err) if isinstance(err, KernelLaunchError) else f"Kubernetes refused the launch: {err.reason}"
-            self._line({"error": {"reason": reason, "message": message}})
+            self._line({"error": {"reason": err.reason, "message": str(err)}})
             return self.finish()
-        if broker.network_policies:  # the policy goes with its pod
-            pod = broker.cluster.pod(name)
-            if pod is not None:
-                try:
-                    await broker.cluster.request(broker.networking.patch_namespaced_network_policy, name,
-                                                 broker.namespace, secret_owner_patch(pod))
-                except ApiException as err:
-                    self.log_warning(f"could not make the NetworkPolicy {name} owned by its pod: {err.reason}")
-        LAUNCHES.labels("ready").inc()
-        self._line({"ready": {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
-                              "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}})
+        LAUNCHES.labels("claimed" if claimed else "ready").inc()
+        self._line({"ready": ready})
         self.finish()
 
-    def log_warning(self, text: str) -> None:
-        import logging
-
-        logging.getLogger("orion_jupyter.broker").warning(text)
-
-
-def add_user_storage(pod: dict, volumes: list[dict], mounts: list[dict], user: str, server_name: str) -> None:
-    """The user's volumes (KubeSpawner's {username} / {servername} templates) in a kernel pod."""
-    values = {"username": slug(user, 63), "servername": slug(server_name, 63) if server_name else ""}
-
-    def fill(item: Any) -> Any:
-        if isinstance(item, str):
-            return item.format(**values)
-        if isinstance(item, dict):
-            return {k: fill(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [fill(v) for v in item]
-        return item
-
-    if volumes:
-        pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), *fill(volumes)]
-    if mounts:
-        container = pod["spec"]["containers"][0]
-        container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(mounts)]
+    async def _start_pod(self, ask: LaunchBody, image: str, course: str) -> dict[str, Any]:
+        broker = self.broker
+        working_dir = f"{broker.home_mount_path.rstrip('/')}/{ask.cwd}".rstrip("/") if broker.home_mount_path else None
+        plan = PodPlan(kernel_id=ask.kernel_id, user=self.user, request=ask.request, image=image, key=ask.key,
+                       ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
+                       server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
+                       volume_mounts=broker.volume_mounts)
+        name, kernel = await start_kernel_pod(broker, plan, lambda message: self._line({"progress": message}))
+        return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
+                "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}
 
 
 class QueueHandler(BrokerHandler):
@@ -396,7 +345,7 @@ class PoolHandler(BrokerHandler):
     async def get(self) -> None:
         pool = await self.broker.view.pool()
         self.reply({**pool.as_dict(), "count_resource": self.broker.view.count_resource,
-                    "backend": self.broker.backend.name})
+                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary()})
 
 
 class ClassHandler(BrokerHandler):

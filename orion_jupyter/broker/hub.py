@@ -47,16 +47,20 @@ class HubClient:
         self._groups[name] = (time.monotonic(), groups)
         return groups
 
+    async def members(self, group: str) -> list[str]:
+        """The users of a hub group (read:groups, or read:users:groups through the users list)."""
+        return sorted(user["name"] for user in await self._users() if group in (user.get("groups") or []))
+
     async def running_servers(self) -> set[tuple[str, str]]:
         """(user, server name) of every server the hub has running or starting."""
-        servers: set[tuple[str, str]] = set()
-        offset = 0
+        return {(user["name"], server_name) for user in await self._users("include_stopped_servers=false&")
+                for server_name in (user.get("servers") or {})}
+
+    async def _users(self, query: str = "") -> list[dict[str, Any]]:
+        users: list[dict[str, Any]] = []
         while True:
-            page = await self._get(f"users?include_stopped_servers=false&offset={offset}&limit=200")
+            page = await self._get(f"users?{query}offset={len(users)}&limit=200")
             items = page.get("items", []) if isinstance(page, dict) else page
-            for user in items:
-                for server_name in (user.get("servers") or {}):
-                    servers.add((user["name"], server_name))
-            if not isinstance(page, dict) or not page.get("_pagination", {}).get("next"):
-                return servers
-            offset += len(items)
+            users.extend(items)
+            if not isinstance(page, dict) or not page.get("_pagination", {}).get("next") or not items:
+                return users

@@ -31,6 +31,8 @@ class Waiting:
     holding: Holding
     request: VGPURequest
     notify: Callable[[dict[str, Any]], None]  # the launch stream's "queued" lines
+    image: str = ""
+    server_name: str = ""
     since: float = field(default_factory=time.time)
     turn: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     details: dict[str, Any] = field(default_factory=dict)  # what the caller shows: spec, memory

@@ -33,8 +33,10 @@ from ..k8s.view import KubernetesView, pod_request, pod_user
 from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
 from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest, VGPURequestError, parse_memory
+from .launcher import LABEL_WARM
 from .ledger import Holding, Ledger, Quota
 from .queue import LaunchQueue, Waiting
+from .warm import WarmKernels
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -92,6 +94,26 @@ class Broker(Application):
                           help="Seconds between checks of the hub's running servers; kernels of stopped or lost "
                                "servers are deleted. 0: never.")
     reap_grace = Float(120.0, config=True, help="Seconds a kernel pod is spared after its creation before reaping.")
+    warm_pools = List(Dict(), config=True,
+                      help="Warm kernels kept started per shape and handed over on a launch of that shape: "
+                           "[{'name': 'gpu-1x4gi', 'vgpus': 1, 'memory': '4Gi', 'size': 4, 'hours': {'days': "
+                           "'mon-fri', 'start': '08:30', 'end': '17:00'}}]; optional 'image', 'compute', 'volumes' / "
+                           "'volume_mounts' (never the user's own: they start before anyone claims them) and "
+                           "'workdir' ('/home/{username}' on a class-shared volume). Each holds a vGPU while it "
+                           "waits.")
+    rosters = Dict(Dict(), config=True,
+                   help="Per course (hub group), one kernel pre-started for each student at the window's start, "
+                        "with their own storage (c.Broker.volumes): {'ai101': {'vgpus': 1, 'memory': '4Gi', "
+                        "'hours': {'days': 'tue', 'start': '09:00', 'end': '11:00'}, 'grace': 1200}}; those not "
+                        "claimed 'grace' seconds after the start are stopped.")
+    lab_timezone = Unicode("", config=True,
+                           help="The time zone of warm pools' and rosters' hours (an IANA name such as "
+                                "'Europe/Berlin'); empty: the broker's local time.")
+    warm_interval = Float(5.0, config=True,
+                          help="Seconds between checks that warm pools are full and rosters pre-warmed.")
+    pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
+                      help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
+                           "NetworkPolicy admits only it until a claim.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -136,16 +158,18 @@ class Broker(Application):
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0)
         self.ledger = Ledger(per_user, courses)
-        self.queue = LaunchQueue(self._admit_waiting, self.ledger.release)
+        self.queue = LaunchQueue(self._admit_waiting, self.release)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
+        self.warm = WarmKernels(self)
         self.lease_owner: dict[str, Any] | None = None
 
     def holdings(self) -> list[Holding]:
         """What every live kernel pod of the namespace holds, from the watch cache."""
         out = []
         for pod in self.cluster.kernel_pods():
-            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
-                continue
+            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or LABEL_WARM in (
+                    pod["metadata"].get("labels") or {}):
+                continue  # a warm kernel is nobody's until claimed
             request, labels = pod_request(pod), pod["metadata"].get("labels") or {}
             vgpus = request.get("vgpus") or 0
             out.append(Holding(labels.get(LABEL_KERNEL_ID, ""), pod_user(pod), labels.get(LABEL_COURSE, ""), vgpus,
@@ -162,12 +186,16 @@ class Broker(Application):
         return bool((self.courses.get(course) or {}).get("queue"))
 
     # -- taking vGPUs -----------------------------------------------------------------------
-    async def take(self, holding: Holding, request: VGPURequest) -> VGPURequestError | KernelLaunchError | None:
-        """Reserve ``holding`` when the quotas allow it and the pool has room now; else the refusal."""
+    async def take(self, holding: Holding, request: VGPURequest, image: str,
+                   server_name: str) -> VGPURequestError | KernelLaunchError | None:
+        """Reserve ``holding`` when the quotas allow it and a warm kernel of its shape is ready or the pool
+        has room now; else the refusal."""
         try:
             self.ledger.reserve(holding, self.holdings())
         except VGPURequestError as err:
             return err
+        if self.warm.reserve(holding.kernel_id, holding.user, request, image, server_name):
+            return None
         if not await self.has_room(request, holding.kernel_id):
             self.ledger.release(holding.kernel_id)
             return KernelLaunchError("unschedulable", await self.view.shortage(request, self.backend))
@@ -199,7 +227,12 @@ class Broker(Application):
         return total.free - unplaced >= request.count
 
     async def _admit_waiting(self, waiting: Waiting) -> bool:
-        return await self.take(waiting.holding, waiting.request) is None
+        return await self.take(waiting.holding, waiting.request, waiting.image, waiting.server_name) is None
+
+    def release(self, kernel_id: str) -> None:
+        """A launch ended (started, failed or gave up): what it reserved and did not use is free again."""
+        self.ledger.release(kernel_id)
+        self.warm.unreserve(kernel_id)
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""
@@ -251,8 +284,8 @@ class Broker(Application):
         for pod in self.cluster.kernel_pods():
             meta = pod["metadata"]
             annotations = meta.get("annotations") or {}
-            if ANNOTATION_SERVER not in annotations:
-                continue  # not a broker's kernel (a direct-mode server's in the same namespace)
+            if ANNOTATION_SERVER not in annotations or LABEL_WARM in (meta.get("labels") or {}):
+                continue  # not a broker's kernel (a direct-mode server's in the same namespace), or warm
             kernel_id = (meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")
             if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.ledger.pending:
                 continue
@@ -285,10 +318,14 @@ class Broker(Application):
         await self.cluster.ensure_started()
         unsubscribe = self.cluster.pods.subscribe(self._on_pod, asyncio.get_running_loop())
         await self.hold_lease()
+        await self.warm.adopt_or_clean()
         address = urlparse(self.url)
         server = self.make_app().listen(self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        if self.warm.enabled:
+            timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
+            self.warm.wake()
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
             await self.reap()  # after a restart: what the broker left behind, at once
