@@ -49,6 +49,9 @@ QUEUED = Gauge("orion_jupyter_broker_queued_launches", "Launches waiting in a co
                registry=REGISTRY)
 QUEUE_WAIT = Histogram("orion_jupyter_broker_queue_wait_seconds", "Seconds a launch waited in the queue for its turn.",
                        buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY)
+HANDOVER = Histogram("orion_jupyter_broker_queue_handover_seconds",
+                     "Seconds from a released vGPU to the turn of the queue's head.",
+                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 

@@ -54,12 +54,13 @@ class LaunchQueue:
     """The waiting launches of every course. ``admit(waiting)`` reserves its holding and says True when
     it fits now; ``unreserve(kernel_id)`` gives back a reservation that a cancel overtook."""
 
-    def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None]):
+    def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None],
+                 handed_over: Callable[[float], None] = lambda seconds: None):
         self.admit = admit
         self.unreserve = unreserve
+        self.handed_over = handed_over  # seconds from a release to the head's turn
         self.lines: dict[str, list[Waiting]] = {}
         self.releases: deque[float] = deque(maxlen=RECENT_RELEASES)  # monotonic times of recent releases
-        self.handovers: deque[float] = deque(maxlen=200)  # seconds from a release to the head's start
         self._pumping: asyncio.Task | None = None
         self._again = False
         self._released_at: float | None = None
@@ -155,7 +156,7 @@ class LaunchQueue:
                         continue
                     line.pop(0)
                     if self._released_at is not None:
-                        self.handovers.append(time.monotonic() - self._released_at)
+                        self.handed_over(time.monotonic() - self._released_at)
                     head.turn.set_result(True)
                     started = True
                 if not line:

@@ -33,6 +33,7 @@ from ..k8s.view import KubernetesView, pod_request, pod_user
 from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
 from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest, VGPURequestError, parse_memory
+from .handlers import HANDOVER
 from .launcher import LABEL_WARM
 from .ledger import Holding, Ledger, Quota
 from .queue import LaunchQueue, Waiting
@@ -158,7 +159,7 @@ class Broker(Application):
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0)
         self.ledger = Ledger(per_user, courses)
-        self.queue = LaunchQueue(self._admit_waiting, self.release)
+        self.queue = LaunchQueue(self._admit_waiting, self.release, HANDOVER.observe)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.warm = WarmKernels(self)
         self.lease_owner: dict[str, Any] | None = None
