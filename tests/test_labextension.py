@@ -104,6 +104,11 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["class_by_waste"] == ["bob", "di", "ada", "cy"], result["class_by_waste"]
     assert "15.5 GiB unused" in result["class_first_card"], result["class_first_card"]
     assert "512 MiB of 16 GiB used" in result["class_first_card"], result["class_first_card"]
+    # Each class kernel has Exempt (from idle stopping); it toggles to Un-exempt and back.
+    assert result["class_exempt_buttons"] == ["Exempt"] * 4, result["class_exempt_buttons"]
+    assert result["bob_after_exempt"] == "Un-exempt"
+    assert result["exempt_requests"] == [{"kernel_id": "k-bob", "exempt": True},
+                                         {"kernel_id": "k-bob", "exempt": False}]
 
     # Stop in the sidebar shut the kernel down.
     assert result["kernels_after_stop"] == []

@@ -93,10 +93,19 @@ const until = async (check, what, ms = 30000) => {
 };
 
 async function startFromDialog() {
-  await page.keyboard.press('Control+Shift+C');
-  await page.locator('.lm-CommandPalette-input').fill('New vGPU notebook');
-  await page.locator('.lm-CommandPalette-item', { hasText: 'New vGPU notebook…' }).first().click();
-  await page.locator('.orion-LaunchDialog').waitFor();
+  // The command palette closes when a notebook that just opened takes the focus: try again then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.keyboard.press('Control+Shift+C');
+      await page.locator('.lm-CommandPalette-input').fill('New vGPU notebook', { timeout: 5000 });
+      await page.locator('.lm-CommandPalette-item', { hasText: 'New vGPU notebook…' }).first().click({ timeout: 5000 });
+      await page.locator('.orion-LaunchDialog').waitFor({ timeout: 5000 });
+      break;
+    } catch (error) {
+      if (attempt === 3) throw error;
+      await page.keyboard.press('Escape');
+    }
+  }
   await page.locator('.orion-LaunchDialog input[value="orion-1x2gi"]').check();
   queue.hold = true;
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();

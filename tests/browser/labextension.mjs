@@ -122,6 +122,23 @@ try {
   result.class_by_waste = await panel.locator('.orion-Panel-class .orion-Kernel-name').allInnerTexts();
   result.class_first_card = await panel.locator('.orion-Panel-class .orion-Kernel').first().innerText();
   await page.screenshot({ path: `${shots}/class.png` });
+  // Exempt / Un-exempt (the instructor's; mocked like the class): POST kernels/{id}/exempt.
+  result.exempt_requests = [];
+  const exemptRoute = (url) => /\/orion\/api\/kernels\/[^/]+\/exempt$/.test(url.pathname);
+  await page.route(exemptRoute, (route) => {
+    const kernel_id = decodeURIComponent(new URL(route.request().url()).pathname.split('/').at(-2));
+    const { exempt } = route.request().postDataJSON();
+    result.exempt_requests.push({ kernel_id, exempt });
+    return route.fulfill({ json: { kernel_id, cull_at: null, cull_warning: false, keeps_left: null, exempt } });
+  });
+  const bob = panel.locator('.orion-Panel-class .orion-Kernel[data-kernel-id="k-bob"]');
+  result.class_exempt_buttons = await panel.locator('.orion-Panel-class .orion-ExemptButton').allInnerTexts();
+  await bob.locator('.orion-ExemptButton', { hasText: /^Exempt$/ }).click();
+  await bob.locator('.orion-ExemptButton', { hasText: 'Un-exempt' }).waitFor();
+  result.bob_after_exempt = await bob.locator('.orion-ExemptButton').innerText();
+  await bob.locator('.orion-ExemptButton').click();
+  await bob.locator('.orion-ExemptButton', { hasText: /^Exempt$/ }).waitFor();
+  await page.unroute(exemptRoute);
   await page.unroute('**/orion/api/class*');
 
   result.step = 'stop';
