@@ -73,6 +73,7 @@ class BackendView(Protocol):
     count_resource: str  # the pool resource that counts vGPUs
     uses_images: bool  # whether a kernel's image matters (the image allow-list applies)
     decides_instructors: bool  # True: the backend (the broker) says who is an instructor, by PermissionError
+    decides_culling: bool  # True: the backend (the broker) stops idle kernels; cull_fields / keep / set_exempt
 
     async def start(self) -> None: ...
     async def pool(self) -> PoolSnapshot: ...
@@ -89,8 +90,11 @@ class BackendView(Protocol):
     async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
 
 
-class NoQueue:
-    """For a view of direct mode: launches never wait in a queue there (the broker's views do)."""
+class DirectMode:
+    """For a view of direct mode: launches never wait in a queue there, and this server culls its own
+    idle kernels (in hub mode the broker does both)."""
+
+    decides_culling = False
 
     async def waiting(self, user: str) -> list[dict[str, Any]]:
         return []

@@ -28,6 +28,7 @@ from ..vgpu import VGPURequest, VGPURequestError
 
 log = logging.getLogger("orion_jupyter.broker")
 TERMINAL_PHASES = ("Succeeded", "Failed")
+CULL_FIELDS = ("cull_at", "cull_warning", "keeps_left", "exempt")
 STALL_SECONDS = 90.0  # a launch stream silent this long is broken (the broker sends a queue line every 20 s)
 
 
@@ -36,6 +37,14 @@ class BrokerError(KernelLaunchError):
 
     def __init__(self, message: str):
         super().__init__("api", message)
+
+
+class BrokerRefusal(Exception):
+    """The broker said no (403 not allowed, 404 not yours, 409 not now), with its reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class BrokerClient:
@@ -234,6 +243,7 @@ class BrokerView:
     kind = "broker"
     uses_images = True
     decides_instructors = True
+    decides_culling = True
 
     def __init__(self, client: BrokerClient, backend: Backend):
         self.client = client
@@ -293,6 +303,27 @@ class BrokerView:
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         code, _ = await self.client.call("POST", f"api/pods/{name}/report", annotations)
         return code == 200
+
+    def cull_fields(self, kernel_id: str) -> dict[str, Any]:
+        """The broker's idle-culling fields of one kernel, as its watch stream last said them."""
+        state = self.client.kernels.get(kernel_id) or {}
+        return {name: state.get(name, False if name in ("cull_warning", "exempt") else None)
+                for name in CULL_FIELDS}
+
+    async def keep(self, kernel_id: str) -> dict[str, Any]:
+        return await self._ask_culling(f"api/kernels/{kernel_id}/keep", {})
+
+    async def set_exempt(self, kernel_id: str, flag: bool) -> dict[str, Any]:
+        return await self._ask_culling(f"api/kernels/{kernel_id}/exempt", {"exempt": flag})
+
+    async def _ask_culling(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, answer = await self.client.call("POST", path, body)
+        message = (answer or {}).get("message") or f"the vGPU broker answered {code}"
+        if code in (403, 404, 409):
+            raise BrokerRefusal(code, message)
+        if code != 200 or not isinstance(answer, dict):
+            raise BrokerError(message)
+        return answer
 
     async def waiting(self, user: str) -> list[dict[str, Any]]:
         return [{"kernel_id": kernel_id, **place} for kernel_id, place in self.client.waiting.items()

@@ -4,6 +4,8 @@ POST   api/kernels            launch; answers a stream of JSON lines: {"queued"}
                               {"progress"}..., then {"ready"} or {"error"}
 GET    api/kernels            the caller's kernels
 DELETE api/kernels/{id}       stop one of the caller's kernels
+POST   api/kernels/{id}/keep  restart an idle kernel's clock (owner or instructor)
+POST   api/kernels/{id}/exempt  {"exempt": bool}: spare a kernel from idle culling (instructors)
 GET    api/queue              the caller's launches waiting in their course's queue (instructors: all)
 DELETE api/queue/{id}         take a waiting launch out of the queue
 GET    api/watch              a stream of JSON lines: the caller's kernels, then every change of one
@@ -35,6 +37,7 @@ from ..k8s.manifests import slug
 from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..server.culling import NotCullable
 from ..vgpu import VGPURequest, VGPURequestError, format_mib, short
 from .launcher import PORT_NAMES, PodPlan, start_kernel_pod
 from .ledger import holding_of
@@ -148,7 +151,8 @@ class KernelsHandler(BrokerHandler):
 
     async def get(self) -> None:
         rows = await self.broker.view.class_kernels(self.user)
-        self.reply({"kernels": [row for row in rows if row["pod"] not in self.broker.warm.kernels]})
+        self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"])} for row in rows
+                                if row["pod"] not in self.broker.warm.kernels]})
 
     async def post(self) -> None:
         body = self.json_body()
@@ -165,6 +169,10 @@ class KernelsHandler(BrokerHandler):
                 for p in broker.cluster.kernel_pods())
             if taken:
                 return self.refuse(409, f'kernel "{ask.kernel_id}" already exists or is starting', field="kernel_id")
+            stopped_by = broker.cluster.stopped_by.get(slug(ask.kernel_id, 63))
+            if stopped_by:  # a restart of a kernel an instructor or the idle rule stopped: it stays stopped
+                raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel "
+                                                   "when you need one")
             course = broker.course_of(self.groups)
             holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
             broker.ledger.check_user(holding, broker.holdings())  # a user's own share: waiting cannot help
@@ -257,6 +265,9 @@ class KernelsHandler(BrokerHandler):
             self._line({"error": {"reason": err.reason, "message": str(err)}})
             return self.finish()
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
+        key, ports = (ready["key"], tuple(ready["ports"][n] for n in PORT_NAMES)) if claimed else (ask.key, ask.ports)
+        broker.culler.kernels.watch(ask.kernel_id, ready["pod_name"], self.user, broker.course_label(course),
+                                    ask.request.count, ready["ip"], key, ports)
         self._line({"ready": ready})
         self.finish()
 
@@ -302,6 +313,33 @@ class KernelHandler(BrokerHandler):
         self.reply({"stopped": [p["metadata"]["name"] for p in pods]})
 
 
+class KeepHandler(BrokerHandler):
+    async def post(self, kernel_id: str) -> None:
+        """Restart an idle kernel's clock (its owner or an instructor), at most the course's cull_max_keeps times."""
+        kernel = self.broker.culler.kernels.get_kernel(kernel_id)
+        if kernel is None or not (kernel.user == self.user or self.instructor):
+            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" of yours')
+        try:
+            self.reply(self.broker.culler.keep(kernel_id))
+        except NotCullable as err:
+            self.refuse(409, str(err))
+
+
+class ExemptHandler(BrokerHandler):
+    async def post(self, kernel_id: str) -> None:
+        """``{"exempt": true|false}``: an instructor spares a kernel from idle culling (or not any more)."""
+        if not self.instructor:
+            return self.refuse(403, "only instructors may exempt a kernel from being stopped when idle")
+        if self.broker.culler.kernels.get_kernel(kernel_id) is None:
+            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" in the class')
+        body = self.json_body()
+        if body is None:
+            return
+        if set(body) != {"exempt"} or not isinstance(body["exempt"], bool):
+            return self.refuse(400, 'send {"exempt": true} or {"exempt": false}', field="exempt")
+        self.reply(self.broker.culler.exempt(kernel_id, body["exempt"]))
+
+
 class WatchHandler(BrokerHandler):
     """The caller's kernels as they change, one JSON line each; a line every 30 s keeps proxies open."""
 
@@ -310,15 +348,28 @@ class WatchHandler(BrokerHandler):
         self.set_header("Cache-Control", "no-cache")
         changes: asyncio.Queue = asyncio.Queue()
 
+        culler = self.broker.culler
+
+        def state(kind: str, pod: dict) -> dict:
+            item = kernel_state(kind, pod)
+            return {**item, **culler.fields(item["kernel_id"])}
+
         def on_pod(kind: str, pod: dict) -> None:
             if pod_user(pod) == self.user:
-                changes.put_nowait(kernel_state(kind, pod))
+                changes.put_nowait(state(kind, pod))
+
+        def on_cull(kernel_id: str) -> None:  # the idle clock moved, a warning, a keep, an exemption
+            kernel = culler.kernels.get_kernel(kernel_id)
+            pod = self.broker.cluster.pod(kernel.pod) if kernel is not None and kernel.user == self.user else None
+            if pod is not None:
+                changes.put_nowait(state("MODIFIED", pod))
 
         unsubscribe = self.broker.cluster.pods.subscribe(on_pod, asyncio.get_running_loop())
+        self.broker.cull_listeners.add(on_cull)
         try:
             for pod in self.broker.cluster.kernel_pods():
-                if pod_user(pod) == self.user:
-                    self.write(json.dumps(kernel_state("ADDED", pod)) + "\n")
+                if pod_user(pod) == self.user and pod["metadata"]["name"] not in self.broker.warm.kernels:
+                    self.write(json.dumps(state("ADDED", pod)) + "\n")
             self.write(json.dumps({"synced": True}) + "\n")
             await self.flush()
             while True:
@@ -332,6 +383,7 @@ class WatchHandler(BrokerHandler):
             pass
         finally:
             unsubscribe()
+            self.broker.cull_listeners.discard(on_cull)
 
     def on_connection_close(self) -> None:
         pass
@@ -355,7 +407,9 @@ class ClassHandler(BrokerHandler):
     async def get(self) -> None:
         if not self.instructor:
             return self.refuse(403, "the class view is for instructors")
-        self.reply({"kernels": await self.broker.view.class_kernels(None), "instructor": True})
+        rows = await self.broker.view.class_kernels(None)
+        self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
+                                 "warm": row["pod"] in self.broker.warm.kernels} for row in rows], "instructor": True})
 
 
 class ClassPodHandler(BrokerHandler):
@@ -395,6 +449,8 @@ def routes(prefix: str) -> list:
     return [
         (rf"{base}/api/kernels", KernelsHandler),
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})", KernelHandler),
+        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/keep", KeepHandler),
+        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/exempt", ExemptHandler),
         (rf"{base}/api/queue", QueueHandler),
         (rf"{base}/api/queue/([0-9a-f-]{{36}})", QueuedHandler),
         (rf"{base}/api/watch", WatchHandler),

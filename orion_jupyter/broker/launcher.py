@@ -74,17 +74,22 @@ def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Map
 
 def kernel_policy(broker: Any, name: str, kernel_label: str, user: str, ports: Sequence[int], *,
                   also_kernel_label: str | None = None) -> dict:
-    """The kernel's NetworkPolicy: its ports only from ``user``'s server pod (a warm kernel's, user
-    "": only from the broker's pod). ``also_kernel_label``: the policy selects that kernel id too
-    (a claim relabels the pod, and the pod must never be without a policy in between)."""
+    """The kernel's NetworkPolicy: its ports only from ``user``'s server pod, and its iopub port from
+    the broker's (a warm kernel's, user "": every port from the broker's pod only).
+    ``also_kernel_label``: the policy selects that kernel id too (a claim relabels the pod, and the
+    pod must never be without a policy in between)."""
     policy = kernel_network_policy(name, broker.namespace, kernel_label, z2jh_username_label(user) if user else "warm",
                                    ports)
     spec = policy["spec"]
     if also_kernel_label:
         spec["podSelector"] = {"matchExpressions": [{"key": LABEL_KERNEL_ID, "operator": "In",
                                                      "values": sorted({kernel_label, also_kernel_label})}]}
+    from_broker = [{"podSelector": {"matchLabels": dict(broker.pod_labels)}}]
     if not user:
-        spec["ingress"][0]["from"] = [{"podSelector": {"matchLabels": dict(broker.pod_labels)}}]
+        spec["ingress"][0]["from"] = from_broker
+    else:  # the broker follows the kernel's execution state (idle culling): its iopub port, and only that
+        iopub = dict(zip(PORT_NAMES, ports, strict=True))["iopub_port"]
+        spec["ingress"].append({"from": from_broker, "ports": [{"protocol": "TCP", "port": iopub}]})
     return policy
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -29,11 +30,13 @@ from traitlets.config import Application
 from ..errors import KernelLaunchError
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
+from ..k8s.manifests import slug
 from ..k8s.view import KubernetesView, pod_request, pod_user
 from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
 from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest, VGPURequestError, parse_memory
 from .handlers import HANDOVER
+from .idle import BrokerCuller
 from .launcher import LABEL_WARM
 from .ledger import Holding, Ledger, Quota
 from .queue import LaunchQueue, Waiting
@@ -70,6 +73,14 @@ class Broker(Application):
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing.")
+    cull_idle_seconds = Float(1800.0, config=True,
+                              help="Stop a vGPU kernel idle this many seconds (its own execution state, watched on its "
+                                   "iopub); a course may set its own 'cull_idle_seconds' (and 'cull_warning_seconds', "
+                                   "'cull_max_keeps') in c.Broker.courses. 0: never.")
+    cull_warning_seconds = Float(300.0, config=True,
+                                 help="Seconds before that its owner sees it coming (cull_warning) and may keep it.")
+    cull_max_keeps = Int(3, config=True, help="How many times in a row an owner may keep an idle vGPU kernel.")
+    cull_interval_seconds = Float(30.0, config=True, help="Seconds between the broker's checks for idle kernels.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_keepalive = Float(20.0, config=True,
@@ -162,6 +173,8 @@ class Broker(Application):
         self.queue = LaunchQueue(self._admit_waiting, self.release, HANDOVER.observe)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.warm = WarmKernels(self)
+        self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
+        self.culler = BrokerCuller(self, lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
         self.lease_owner: dict[str, Any] | None = None
 
     def holdings(self) -> list[Holding]:
@@ -182,6 +195,11 @@ class Broker(Application):
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return name in self.instructors or bool(set(groups) & set(self.instructor_groups))
+
+    @staticmethod
+    def course_label(group: str) -> str:
+        """A course's label value on kernel pods (the exact group name stays in the broker's config)."""
+        return slug(group, 63) if group else ""
 
     def queues(self, course: str) -> bool:
         return bool((self.courses.get(course) or {}).get("queue"))
@@ -332,12 +350,14 @@ class Broker(Application):
             await self.reap()  # after a restart: what the broker left behind, at once
         for timer in timers:
             timer.start()
+        self.culler.start()
         try:
             await asyncio.Event().wait()
         finally:
             for timer in timers:
                 timer.stop()
             unsubscribe()
+            self.culler.stop()
             server.stop()
 
     def start(self) -> None:

@@ -25,7 +25,7 @@ from ..names import (
     TERMINAL_PHASES,
 )
 from ..pool import PoolSnapshot, extended_limits
-from ..protocols import NoQueue
+from ..protocols import DirectMode
 from ..vgpu import VGPURequest, format_mib
 from . import claims, dra, dra_pool
 from .cluster import KubeCluster
@@ -104,7 +104,7 @@ def pod_vgpus(pod: dict, count_resource: str) -> int:
     return int(pod_request(pod).get("vgpus") or 0)
 
 
-class KubernetesView(NoQueue):
+class KubernetesView(DirectMode):
     """The pool and the kernel pods of one or more namespaces (the first is the kernels' own)."""
 
     kind = "kubernetes"

@@ -7,12 +7,12 @@ from typing import Any
 
 from ..backends import Backend
 from ..pool import PoolSnapshot
-from ..protocols import NoQueue
+from ..protocols import DirectMode
 from ..vgpu import VGPURequest
 from .pool import VGPU_RESOURCE, LocalPool
 
 
-class LocalView(NoQueue):
+class LocalView(DirectMode):
     kind = "local"
     count_resource = VGPU_RESOURCE
     uses_images = False

@@ -14,7 +14,7 @@ from traitlets import Float, Int, List, Unicode
 
 from ..clusters import import_launch_side
 from ..progress import PROGRESS
-from .culling import Culler
+from .culling import BackendCulling, Culler
 from .handlers import routes
 from .metrics import COLLECTOR
 from .state import OrionState
@@ -102,9 +102,12 @@ class OrionJupyter(ExtensionApp):
             COLLECTOR.registered = True
         COLLECTOR.state = self.state  # one server per process reports (the newest)
         self._activity_timer = None
-        self.culler = Culler(self.state.kernels, PROGRESS, idle_seconds=self.cull_idle_seconds,
-                             warning_seconds=self.cull_warning_seconds, max_keeps=self.cull_max_keeps,
-                             interval_seconds=self.cull_interval_seconds, log=self.log)
+        if self.state.view.decides_culling:  # hub mode: the broker culls, from the kernels' own activity
+            self.culler: Culler | BackendCulling = BackendCulling(self.state.view)
+        else:
+            self.culler = Culler(self.state.kernels, PROGRESS, idle_seconds=self.cull_idle_seconds,
+                                 warning_seconds=self.cull_warning_seconds, max_keeps=self.cull_max_keeps,
+                                 interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
 

@@ -94,6 +94,16 @@ class Culler:
         except Exception:  # noqa: BLE001 - one bad round must not stop the timer
             self.log.exception("idle vGPU kernel check failed")
 
+    # -- the rules, per kernel (the broker's differ by course) ------------------------------------
+    def idle_seconds_of(self, kernel_id: str) -> float:
+        return self.idle_seconds
+
+    def warning_seconds_of(self, kernel_id: str) -> float:
+        return self.warning_seconds
+
+    def max_keeps_of(self, kernel_id: str) -> int:
+        return self.max_keeps
+
     # -- reading --------------------------------------------------------------------------------
     def _km(self, kernel_id: str) -> Any:
         """The kernel's manager when it is a vGPU kernel of this server holding vGPUs, else None."""
@@ -108,10 +118,10 @@ class Culler:
 
     def keeps_left(self, kernel_id: str) -> int | None:
         """Keeps the owner still has in this idle stretch (None: the kernel is never stopped for idleness)."""
-        km = self._km(kernel_id) if self.enabled else None
+        km = self._km(kernel_id) if self.enabled and self.idle_seconds_of(kernel_id) > 0 else None
         if km is None:
             return None
-        return max(self.max_keeps - self._keeps_used(kernel_id, km), 0)
+        return max(self.max_keeps_of(kernel_id) - self._keeps_used(kernel_id, km), 0)
 
     def _keeps_used(self, kernel_id: str, km: Any) -> int:
         kept = self._kept.get(kernel_id)
@@ -138,10 +148,11 @@ class Culler:
 
     def cull_at(self, kernel_id: str) -> datetime | None:
         """When the kernel will be stopped if it stays idle; None when it is busy, exempt or never culled."""
-        if not self.enabled or kernel_id in self._exempt:
+        idle = self.idle_seconds_of(kernel_id)
+        if not self.enabled or idle <= 0 or kernel_id in self._exempt:
             return None
         since = self.idle_since(kernel_id)
-        return since + timedelta(seconds=self.idle_seconds) if since is not None else None
+        return since + timedelta(seconds=idle) if since is not None else None
 
     def fields(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:
         """What an allocations row shows: ``cull_at`` (ISO-8601 UTC or None), ``cull_warning``,
@@ -149,27 +160,27 @@ class Culler:
         at = self.cull_at(kernel_id)
         now = now or datetime.now(UTC)
         return {"cull_at": iso(at),
-                "cull_warning": at is not None and now >= at - timedelta(seconds=self.warning_seconds),
+                "cull_warning": at is not None and now >= at - timedelta(seconds=self.warning_seconds_of(kernel_id)),
                 "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id)}
 
     # -- acting ---------------------------------------------------------------------------------
     def keep(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:
         """Start the kernel's idle clock again; NotCullable when it is never culled or its keeps are used up."""
-        km = self._km(kernel_id) if self.enabled else None
+        km = self._km(kernel_id) if self.enabled and self.idle_seconds_of(kernel_id) > 0 else None
         if km is None:
             raise NotCullable(f'kernel "{kernel_id}" is never stopped for being idle; there is nothing to keep')
         now = now or datetime.now(UTC)
         if kernel_id not in self._exempt:
-            used = self._keeps_used(kernel_id, km)
-            if used >= self.max_keeps:
+            used, limit = self._keeps_used(kernel_id, km), self.max_keeps_of(kernel_id)
+            if used >= limit:
                 raise NotCullable(
-                    f'kernel "{kernel_id}" was kept {used} times already (the limit is {self.max_keeps}); '
+                    f'kernel "{kernel_id}" was kept {used} times already (the limit is {limit}); '
                     f"run something in it to keep it, or it stops at {iso(self.cull_at(kernel_id))} "
                     "to free its vGPU")
             self._kept[kernel_id] = (now, used + 1)
             self._warned.pop(kernel_id, None)
             self.log.info("kernel %s kept by its owner: idle clock restarted (%d of %d keeps used)",
-                          kernel_id, used + 1, self.max_keeps)
+                          kernel_id, used + 1, limit)
         return {"kernel_id": kernel_id, **self.fields(kernel_id, now)}
 
     def exempt(self, kernel_id: str, flag: bool) -> dict[str, Any]:
@@ -200,7 +211,8 @@ class Culler:
                 self._warned.pop(kernel_id, None)
             elif now >= at:
                 due.append(kernel_id)
-            elif now >= at - timedelta(seconds=self.warning_seconds) and self._warned.get(kernel_id) != at:
+            elif self._warned.get(kernel_id) != at and now >= at - timedelta(
+                    seconds=self.warning_seconds_of(kernel_id)):
                 self._warned[kernel_id] = at
                 self._warn(kernel_id, at, now)
         await asyncio.gather(*(self._cull(kernel_id, now) for kernel_id in due))
@@ -239,3 +251,46 @@ class Culler:
             self.culled.popitem(last=False)
         self.progress.record(kernel_id, message, stage="cull", level="info", culled=True)
         self.log.info("vGPU kernel %s of %s %s", kernel_id, owner, message)
+
+
+class BackendCulling:
+    """Hub mode: the broker stops idle kernels (students' servers are not trusted to); this server shows
+    its fields and passes Keep and Exempt on. The same face as ``Culler`` for the handlers."""
+
+    enabled = True
+
+    def __init__(self, view: Any):
+        self.view = view
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def fields(self, kernel_id: str) -> dict[str, Any]:
+        return self.view.cull_fields(kernel_id)
+
+    def owner_of_culled(self, kernel_id: str) -> str | None:
+        return None  # the kernel's owner reads why it stopped from its own server's kernel record
+
+    async def keep(self, kernel_id: str) -> dict[str, Any]:
+        return await self._ask(self.view.keep(kernel_id))
+
+    async def exempt(self, kernel_id: str, flag: bool) -> dict[str, Any]:
+        return await self._ask(self.view.set_exempt(kernel_id, flag))
+
+    @staticmethod
+    async def _ask(request: Any) -> dict[str, Any]:
+        """The backend's answer; its refusals as NotCullable (409) or PermissionError with ``status``."""
+        try:
+            return await request
+        except Exception as err:
+            status = getattr(err, "status", None)
+            if status == 409:
+                raise NotCullable(str(err)) from None
+            if status in (403, 404):
+                refusal = PermissionError(str(err))
+                refusal.status = status  # type: ignore[attr-defined]
+                raise refusal from None
+            raise

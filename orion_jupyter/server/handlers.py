@@ -9,6 +9,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.utils import ensure_async
 from tornado import web
 
 from ..errors import KernelLaunchError
@@ -127,9 +128,11 @@ class KeepHandler(OrionHandler):
         if not self.state.may_see_kernel(self.current_user, kernel_id):
             return self.refuse(404, f'no vGPU kernel "{kernel_id}" of yours')
         try:
-            self.reply(self.culler.keep(kernel_id))
+            self.reply(await ensure_async(self.culler.keep(kernel_id)))
         except NotCullable as err:
             self.refuse(409, str(err))
+        except PermissionError as err:
+            self.refuse(getattr(err, "status", 404), str(err))
 
 
 class ExemptHandler(OrionHandler):
@@ -137,9 +140,10 @@ class ExemptHandler(OrionHandler):
     @authorized
     async def post(self, kernel_id: str) -> None:
         """``{"exempt": true|false}``: an instructor spares a kernel from idle culling (or not any more)."""
-        if not self.is_instructor:
+        remote = self.state.view.decides_culling  # hub mode: the broker checks who is an instructor
+        if not (self.is_instructor or remote):
             return self.refuse(403, "only instructors may exempt a kernel from being stopped when idle")
-        if self.state.kernels.kernel_user(kernel_id) is None:
+        if self.state.kernels.kernel_user(kernel_id) is None and not remote:
             return self.refuse(404, f'no vGPU kernel "{kernel_id}" on this server')
         body = self.json_body()
         if body is None:
@@ -147,7 +151,10 @@ class ExemptHandler(OrionHandler):
         flag = body.get("exempt")
         if not isinstance(flag, bool) or set(body) != {"exempt"}:
             return self.refuse(400, 'send {"exempt": true} or {"exempt": false}', field="exempt")
-        self.reply(self.culler.exempt(kernel_id, flag))
+        try:
+            self.reply(await ensure_async(self.culler.exempt(kernel_id, flag)))
+        except PermissionError as err:
+            self.refuse(getattr(err, "status", 404), str(err))
 
 
 class QueueHandler(OrionHandler):
