@@ -67,6 +67,15 @@ def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
     return LocalDriver(view, kernel_manager, kernel_spec)  # type: ignore[arg-type]
 
 
+def make_warm_pool(settings: Any, view: BackendView, size: int, request: Any, image: str) -> Any | None:
+    """A direct-mode server's own warm kernels (on Kubernetes; ``start()`` / ``stop()``), or None."""
+    if size <= 0 or view.kind != "kubernetes" or not request.count:
+        return None
+    from .k8s.warm import DirectWarmPool
+
+    return DirectWarmPool(settings, view, size, request, image)
+
+
 def import_launch_side(kind: str) -> None:
     """Import a backend's launch modules ahead of the first launch (the server's warm-up)."""
     if kind == "kubernetes":

@@ -38,7 +38,7 @@ class PodPlan:
     ports: tuple[int, ...]  # in PORT_NAMES order
     kernel_spec_name: str = ""
     course: str = ""
-    server_name: str = ""
+    server_name: str | None = None  # hub mode: the user's server (a reaped kernel's server is gone)
     working_dir: str | None = None
     volumes: Sequence[Mapping[str, Any]] = ()  # KubeSpawner's shape, {username}/{servername} templated
     volume_mounts: Sequence[Mapping[str, Any]] = ()
@@ -106,9 +106,10 @@ async def start_kernel_pod(broker: Any, plan: PodPlan,
     options = replace(pod_options(launch, broker.namespace, plan.connection, uuid.uuid4().hex[:6]),
                       owner=broker.lease_owner, working_dir=plan.working_dir,
                       labels={**launch.pod.labels, **({LABEL_WARM: plan.warm} if plan.warm else {})},
-                      annotations={**launch.pod.annotations, ANNOTATION_SERVER: plan.server_name, **plan.annotations})
+                      annotations={**launch.pod.annotations, **plan.annotations,
+                                   **({} if plan.server_name is None else {ANNOTATION_SERVER: plan.server_name})})
     manifests = build_kernel_manifests(options)
-    add_user_storage(manifests.pod, plan.volumes, plan.volume_mounts, plan.user, plan.server_name)
+    add_user_storage(manifests.pod, plan.volumes, plan.volume_mounts, plan.user, plan.server_name or "")
     name = manifests.name
     try:
         if broker.network_policies:

@@ -163,6 +163,16 @@ class WarmKernel:
     taken_by: str = ""  # the kernel id of the launch that reserved it
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What a claim needs of the launch it serves (the broker's LaunchBody has the same fields)."""
+
+    kernel_id: str
+    cwd: str = ""
+    server_name: str | None = None
+    kernel_spec_name: str = ""
+
+
 def _request(spec: Mapping[str, Any], where: str) -> VGPURequest:
     return VGPURequest.from_mapping({k: spec[k] for k in ("vgpus", "memory", "compute") if k in spec})
 
@@ -299,7 +309,7 @@ class WarmKernels:
                 want = pool.size if pool.window.opened_at(now) else 0
                 if len(have) > want:
                     for kernel in sorted(have, key=lambda k: k.ready)[:len(have) - want]:
-                        await self._stop(kernel)
+                        await self.stop_kernel(kernel)
                 elif len(have) < want and not waiting:
                     for _ in range(want - len(have)):
                         if not await self.broker.has_room(pool.shape.request, ""):
@@ -317,7 +327,7 @@ class WarmKernels:
         if opened is None or now >= opened + timedelta(seconds=roster.grace):
             for kernel in [k for k in self.kernels.values() if k.pool == label and not k.taken_by]:
                 log.info("stopping the unclaimed roster kernel %s of %s", kernel.name, kernel.user)
-                await self._stop(kernel)
+                await self.stop_kernel(kernel)
             return
         if (roster.course, opened) in self.prewarmed:
             return
@@ -361,11 +371,24 @@ class WarmKernels:
         self.kernels[name] = placeholder
         log.info("warm kernel %s ready (%s%s)", name, plan.warm, f", for {plan.user}" if plan.user else "")
 
-    async def _stop(self, kernel: WarmKernel) -> None:
+    async def stop_kernel(self, kernel: WarmKernel) -> None:
         self.kernels.pop(kernel.name, None)
         if kernel.ready:
             IDLE.inc(time.monotonic() - kernel.created)
             await self.broker.delete_kernel(kernel.name)
+
+    async def close(self) -> None:
+        """Stop starting warm kernels and the unclaimed ready ones (the pool's owner goes away)."""
+        for task in list(self._starting):
+            task.cancel()  # the launch deletes what it created
+        for task in list(self._starting):
+            try:
+                await task
+            except BaseException:  # noqa: BLE001, S110 - cancelled on purpose
+                pass
+        for kernel in list(self.kernels.values()):
+            if not kernel.taken_by:
+                await self.stop_kernel(kernel)
 
     def _forget_gone(self) -> None:
         """Warm pods that went (deleted by someone, evicted, the node lost) are no longer offered."""
@@ -378,9 +401,11 @@ class WarmKernels:
                 self.kernels.pop(name, None)
 
     async def adopt_or_clean(self) -> None:
-        """At start: warm pods a previous broker left are stopped (their keys went with it); pools refill."""
+        """At start: warm pods of these pools a previous process left are stopped (their keys went
+        with it); the pools refill."""
+        mine = {p.name for p in self.pools} | {f"roster-{slug(r.course, 40)}" for r in self.rosters}
         for pod in self.broker.cluster.kernel_pods():
-            if LABEL_WARM in (pod["metadata"].get("labels") or {}):
+            if (pod["metadata"].get("labels") or {}).get(LABEL_WARM) in mine:
                 await self.broker.delete_kernel(pod["metadata"]["name"])
 
     def summary(self) -> dict[str, Any]:

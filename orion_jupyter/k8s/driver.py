@@ -98,6 +98,9 @@ class KubernetesDriver:
     async def launch(self, launch: KernelLaunch, cmd: list[str],
                      kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
         assert self.manifests is not None, "pre_launch first"
+        claimed = await self._claim_warm(launch)
+        if claimed is not None:
+            return claimed
         kernel = await self.cluster.launch(
             self.manifests,
             timeout=launch.timeout,
@@ -107,6 +110,25 @@ class KubernetesDriver:
         )
         info = dict(self._connection, ip=kernel.ip, key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]
+
+    async def _claim_warm(self, launch: KernelLaunch) -> tuple[PodKernel, KernelConnectionInfo] | None:
+        """A warm kernel of this shape handed over (c.OrionJupyter.warm_kernels), or None: start one."""
+        from .warm import pool_for
+
+        pool = pool_for(self.cluster)
+        if pool is None or not pool.reserve(launch.kernel_id, launch.user, launch.request, launch.pod.image, ""):
+            return None
+        from ..broker.warm import ClaimRequest
+
+        PROGRESS.record(launch.kernel_id, "handing over a warm kernel")
+        try:
+            ready = await pool.claim(ClaimRequest(launch.kernel_id, kernel_spec_name=launch.kernel_spec_name),
+                                     launch.user, launch.course)
+        finally:
+            pool.unreserve(launch.kernel_id)
+        self._connection.update(key=ready["key"], **ready["ports"])
+        kernel = PodKernel(self.cluster, ready["pod_name"], ready["ip"])
+        return kernel, dict(self._connection, ip=kernel.ip, key=ready["key"].encode())  # type: ignore[return-value]
 
     async def attach(self, launch: KernelLaunch, info: dict[str, Any]) -> PodKernel:
         await self.cluster.ensure_started()

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
-from ..clusters import import_launch_side
+from ..clusters import import_launch_side, make_warm_pool
 from ..progress import PROGRESS
 from .culling import BackendCulling, Culler
 from .handlers import routes
@@ -90,6 +90,12 @@ class OrionJupyter(ExtensionApp):
                          help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
                               "idle clock) in one idle stretch; activity in the kernel gives them back.")
     cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
+    warm_kernels = Int(0, config=True,
+                       help="Direct mode on Kubernetes: kernel pods of warm_kernel_spec this server keeps started; a "
+                            "launch of that shape takes one (no pod start to wait for) and the pool refills. Each "
+                            "holds its vGPUs while it waits. 0: none. In hub mode the broker's pools do this.")
+    warm_kernel_spec = Unicode("", config=True,
+                               help="The vGPU kernel spec of the warm kernels; empty: the default vGPU spec.")
 
     def initialize_settings(self) -> None:
         if not self.server_owner:
@@ -123,8 +129,15 @@ class OrionJupyter(ExtensionApp):
             self._activity_timer = PeriodicCallback(self.state.report_activity, self.activity_report_interval * 1000)
             self._activity_timer.start()
         self.culler.start()
+        shape = self.state.kernels.warm_shape(self.warm_kernel_spec) if self.warm_kernels > 0 else None
+        self.warm_pool = make_warm_pool(self.state.settings, self.state.view, self.warm_kernels, *shape) \
+            if shape else None
+        if self.warm_pool is not None:
+            await self.warm_pool.start()
 
     async def stop_extension(self) -> None:
+        if getattr(self, "warm_pool", None) is not None:
+            await self.warm_pool.stop()
         if self._activity_timer is not None:
             self._activity_timer.stop()
         self.culler.stop()

@@ -139,6 +139,14 @@ class VGPUKernels:
                 candidates.append((request.total_memory_mib, name))
         return min(candidates)[1] if candidates else ""
 
+    def warm_shape(self, spec_name: str) -> tuple[VGPURequest, str] | None:
+        """The request and image of a vGPU kernel spec (the default one when ``spec_name`` is empty)."""
+        spec = vgpu_specs().get(self.default_spec(spec_name))
+        if spec is None:
+            return None
+        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
+        return spec_request(spec), probe.image
+
     def _checked_kernel_id(self, value: Any) -> str | None:
         if value is None:
             return None
