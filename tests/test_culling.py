@@ -8,12 +8,11 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from traitlets.config import Config
 
 from orion_jupyter.server.culling import duration, iso
 from tests.helpers import eventually_async
 from tests.kernel_io import run_in_kernel
-from tests.test_server import NS, TokenUsers, kernel_pods
+from tests.test_server import NS, kernel_pods, server_config
 from tests.test_server import api as api  # noqa: F401 - the fixture, on this module's server config
 from tests.test_server import specs as specs  # noqa: F401
 
@@ -28,12 +27,7 @@ def culling():
 
 @pytest.fixture
 def jp_server_config(sim_cluster, culling):
-    return Config({
-        "ServerApp": {"jpserver_extensions": {"orion_jupyter": True},
-                      "identity_provider_class": TokenUsers, "authenticate_prometheus": False},
-        "VGPUProvisioner": {"cluster": "kubernetes", "namespace": NS, "launch_timeout": 60.0},
-        "OrionJupyter": {"instructors": ["teacher"], "activity_report_interval": 0, **culling},
-    })
+    return server_config(culling)
 
 
 @pytest.fixture

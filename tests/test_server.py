@@ -36,15 +36,20 @@ def as_user(name: str) -> dict:
     return {"Authorization": f"token {name}-token"}
 
 
-@pytest.fixture
-def jp_server_config(sim_cluster):
+def server_config(orion: dict | None = None, **sections: dict) -> Config:
+    """The extension on the simulated cluster's namespace NS, users by token, "teacher" an instructor."""
     return Config({
         "ServerApp": {"jpserver_extensions": {"orion_jupyter": True},
                       "identity_provider_class": TokenUsers, "authenticate_prometheus": False},
         "VGPUProvisioner": {"cluster": "kubernetes", "namespace": NS, "launch_timeout": 60.0},
-        "KernelPolicy": {"max_vgpus": 2},
-        "OrionJupyter": {"instructors": ["teacher"], "activity_report_interval": 0},
+        "OrionJupyter": {"instructors": ["teacher"], "activity_report_interval": 0, **(orion or {})},
+        **sections,
     })
+
+
+@pytest.fixture
+def jp_server_config(sim_cluster):
+    return server_config(KernelPolicy={"max_vgpus": 2})
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ before the launch), the kernel knows its user and id, the pool refills, and stop
 leaves no warm pod behind."""
 
 import pytest
-from traitlets.config import Config
 
 from tests.helpers import eventually_async
 from tests.kernel_io import run_in_kernel
-from tests.test_server import NS, TokenUsers, kernel_pods
+from tests.test_server import NS, kernel_pods, server_config
 from tests.test_server import api as api  # noqa: F401 - the fixture, on this module's server config
 from tests.test_server import specs as specs  # noqa: F401
 
@@ -17,13 +16,7 @@ WARM = "orion-jupyter.io/warm"
 
 @pytest.fixture
 def jp_server_config(sim_cluster):
-    return Config({
-        "ServerApp": {"jpserver_extensions": {"orion_jupyter": True},
-                      "identity_provider_class": TokenUsers, "authenticate_prometheus": False},
-        "VGPUProvisioner": {"cluster": "kubernetes", "namespace": NS, "launch_timeout": 60.0},
-        "OrionJupyter": {"instructors": ["teacher"], "activity_report_interval": 0, "warm_kernels": 2,
-                         "warm_kernel_spec": "orion-1x4gi"},
-    })
+    return server_config({"warm_kernels": 2, "warm_kernel_spec": "orion-1x4gi"})
 
 
 def warm_pods(cluster):
