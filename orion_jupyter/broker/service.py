@@ -243,7 +243,7 @@ class Broker(Application):
         placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
                   if (p.get("spec") or {}).get("nodeName")}
         unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
-        return total.free - unplaced >= request.count
+        return total.free - unplaced - self.warm.starting_vgpus() >= request.count
 
     async def _admit_waiting(self, waiting: Waiting) -> bool:
         return await self.take(waiting.holding, waiting.request, waiting.image, waiting.server_name) is None

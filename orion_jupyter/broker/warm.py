@@ -157,6 +157,7 @@ class WarmKernel:
     key: str
     ports: tuple[int, ...]
     kernel_id: str  # the warm id its pod carries until a claim
+    vgpus: int = 0
     created: float = field(default_factory=time.monotonic)
     ip: str = ""
     ready: bool = False
@@ -337,13 +338,19 @@ class WarmKernels:
         except Exception as err:  # noqa: BLE001 - the hub down: no pre-warm this window, launches start cold
             log.warning("cannot read group %s from the hub (%s); no roster pre-warm", roster.course, err)
             return
+        started = 0
         for user in members:
             if self.broker.is_instructor(user, []) or any(k.user == user for k in self.kernels.values()):
                 continue
+            if not await self.broker.has_room(roster.shape.request, ""):
+                log.warning("no room to pre-warm more kernels for course %s: %d of %d students get one; the "
+                            "others start theirs when they launch", roster.course, started, len(members))
+                break
+            started += 1
             self._start(PodPlan(**self._plan(roster.shape, user, label), course=roster.course,
                                 volumes=self.broker.volumes, volume_mounts=self.broker.volume_mounts,
                                 working_dir=self.broker.home_mount_path or None))
-        log.info("pre-warming %d kernels for course %s", len(members), roster.course)
+        log.info("pre-warming %d kernels for course %s", started, roster.course)
 
     def _plan(self, shape: WarmShape, user: str, pool: str) -> dict[str, Any]:
         ports = tuple(secrets.SystemRandom().sample(range(40000, 60000), 5))
@@ -352,14 +359,18 @@ class WarmKernels:
                 "annotations": {ANNOTATION_WARM_SHAPE: shape.key}}
 
     def _start(self, plan: PodPlan) -> None:
-        task = asyncio.ensure_future(self._run_start(plan))
+        placeholder = WarmKernel(f"starting-{plan.kernel_id}", plan.warm or "", plan.annotations[ANNOTATION_WARM_SHAPE],
+                                 plan.user, plan.key, plan.ports, plan.kernel_id, vgpus=plan.request.count)
+        self.kernels[placeholder.name] = placeholder  # counts toward the pool, and against the room, while it starts
+        task = asyncio.ensure_future(self._run_start(plan, placeholder))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
-    async def _run_start(self, plan: PodPlan) -> None:
-        placeholder = WarmKernel(f"starting-{plan.kernel_id}", plan.warm or "", plan.annotations[ANNOTATION_WARM_SHAPE],
-                                 plan.user, plan.key, plan.ports, plan.kernel_id)
-        self.kernels[placeholder.name] = placeholder  # counts toward the pool while it starts
+    def starting_vgpus(self) -> int:
+        """vGPUs of warm kernels being started (not yet placed: the pool does not count them yet)."""
+        return sum(k.vgpus for k in self.kernels.values() if not k.ready)
+
+    async def _run_start(self, plan: PodPlan, placeholder: WarmKernel) -> None:
         try:
             name, pod_kernel = await start_kernel_pod(self.broker, plan)
         except KernelLaunchError as err:

@@ -49,6 +49,7 @@ class DirectHost:
         self.namespace = self.cluster.namespace
         self.lease_owner = server_pod_owner()
         self.queue = _NoQueue()
+        self.warm: WarmKernels | None = None
         self.warm_pools = [{"name": f"server-{slug(settings.user or 'jupyter', 30)}", "vgpus": request.count,
                             "memory": f"{request.memory_mib}Mi", "size": size, "image": image,
                             **({"compute": request.compute_percent} if request.compute_percent else {})}]
@@ -57,7 +58,11 @@ class DirectHost:
         return False
 
     async def has_room(self, request: VGPURequest, kernel_id: str) -> bool:
-        return await self.view.can_serve(request, self.backend) is not False
+        """Some node fits ``request`` besides the warm kernels still starting (not counted by the pool yet)."""
+        if await self.view.can_serve(request, self.backend) is False:
+            return False
+        total = (await self.view.pool()).totals().get(self.backend.count_resource)
+        return total is None or total.free - self.warm.starting_vgpus() >= request.count
 
     async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
         await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
@@ -69,7 +74,7 @@ class DirectWarmPool:
     def __init__(self, settings: Any, view: Any, size: int, request: VGPURequest, image: str,
                  interval_seconds: float = 5.0):
         self.host = DirectHost(settings, view, size, request, image)
-        self.kernels = WarmKernels(self.host)
+        self.kernels = self.host.warm = WarmKernels(self.host)
         self.interval_seconds = interval_seconds
         self._timer: PeriodicCallback | None = None
 
