@@ -304,10 +304,14 @@ class WarmKernels:
         try:
             now = now or self.now()
             self._forget_gone()
-            waiting = bool(self.broker.queue.waiting())
+            queued = self.broker.queue.waiting()
+            waiting = bool(queued)
+            wanted_shapes = {WarmShape(w.request, w.image).key for w in queued}
             for pool in self.pools:
                 have = [k for k in self.kernels.values() if k.pool == pool.name and not k.taken_by]
                 want = pool.size if pool.window.opened_at(now) else 0
+                if waiting and pool.shape.key not in wanted_shapes:
+                    want = 0  # launches wait: a warm kernel none of them can use gives its vGPU to the queue
                 if len(have) > want:
                     for kernel in sorted(have, key=lambda k: k.ready)[:len(have) - want]:
                         await self.stop_kernel(kernel)
@@ -380,6 +384,7 @@ class WarmKernels:
             self.kernels.pop(placeholder.name, None)
         placeholder.name, placeholder.ip, placeholder.ready = name, pod_kernel.ip, True
         self.kernels[name] = placeholder
+        self.broker.queue.wake()  # a waiting launch of this shape may take it now
         log.info("warm kernel %s ready (%s%s)", name, plan.warm, f", for {plan.user}" if plan.user else "")
 
     async def stop_kernel(self, kernel: WarmKernel) -> None:

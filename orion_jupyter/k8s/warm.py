@@ -24,8 +24,13 @@ POOLS: dict[int, WarmKernels] = {}  # id(KubeCluster) -> this process's warm ker
 
 
 class _NoQueue:
+    """A single server's launches never wait in line."""
+
     def waiting(self, user: str | None = None) -> list:
         return []
+
+    def wake(self) -> None:
+        return None
 
 
 class DirectHost:

@@ -1,0 +1,106 @@
+"""broker/queue.py on its own: first come first served, nobody overtakes the head, one waiting launch
+per user, a cancel gives up the place (and a reservation a cancel overtook), the estimate."""
+
+import asyncio
+
+import pytest
+
+from orion_jupyter.broker.ledger import Holding
+from orion_jupyter.broker.queue import LaunchQueue, Waiting
+from orion_jupyter.errors import KernelLaunchError
+from orion_jupyter.vgpu import VGPURequest
+
+
+class Room:
+    """vGPUs free now; admit takes them (as the broker's ledger and pool do)."""
+
+    def __init__(self, free: int):
+        self.free = free
+        self.admitted: list[str] = []
+        self.given_back: list[str] = []
+
+    async def admit(self, waiting: Waiting) -> bool:
+        await asyncio.sleep(0)
+        if waiting.holding.vgpus > self.free:
+            return False
+        self.free -= waiting.holding.vgpus
+        self.admitted.append(waiting.kernel_id)
+        return True
+
+    def unreserve(self, kernel_id: str) -> None:
+        self.given_back.append(kernel_id)
+
+
+def waiting(user: str, vgpus: int = 1, course: str = "ai101", lines: list | None = None) -> Waiting:
+    holding = Holding(f"k-{user}", user, course, vgpus, vgpus * 1024)
+    return Waiting(holding, VGPURequest.parse(vgpus, "1Gi"), (lines if lines is not None else []).append)
+
+
+async def settle():
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_first_come_first_served_and_nobody_overtakes_the_head():
+    room = Room(0)
+    queue = LaunchQueue(room.admit, room.unreserve)
+    lines = []
+    a, b, c = waiting("a", 2, lines=lines), waiting("b", 1), waiting("c", 1)
+    for w in (a, b, c):
+        queue.join(w)
+    assert [queue.position(w) for w in (a, b, c)] == [1, 2, 3]
+    assert lines[-1] == {"queued": queue.describe(a)} and lines[-1]["queued"]["ahead"] == 0
+    room.free = 1  # enough for b or c, not for the head a
+    queue.released()
+    await settle()
+    assert room.admitted == [] and not b.turn.done()  # nobody overtakes a
+    room.free = 2
+    queue.released()
+    await settle()
+    assert room.admitted == ["k-a"] and a.turn.result() is True
+    assert [queue.position(w) for w in (b, c)] == [1, 2]
+    room.free = 2
+    queue.released()
+    await settle()
+    assert room.admitted == ["k-a", "k-b", "k-c"] and not queue.waiting()
+
+
+async def test_one_waiting_launch_per_user_and_a_cancel_gives_up_the_place():
+    room = Room(0)
+    queue = LaunchQueue(room.admit, room.unreserve)
+    a, b = waiting("a"), waiting("b")
+    queue.join(a)
+    queue.join(b)
+    with pytest.raises(KernelLaunchError, match="you already wait for a vGPU \\(position 1"):
+        queue.join(Waiting(Holding("k-a2", "a", "ai101", 1, 1024), VGPURequest.parse(1, "1Gi"), lambda line: None))
+    assert queue.cancel("k-a", "a") is True and queue.cancel("k-a", "a") is False
+    with pytest.raises(KernelLaunchError) as caught:
+        a.turn.result()
+    assert caught.value.reason == "cancelled"
+    assert queue.position(b) == 1 and [w.user for w in queue.waiting()] == ["b"]
+
+
+async def test_a_cancel_that_overtakes_the_admission_gives_the_reservation_back():
+    room = Room(1)
+    gate = asyncio.Event()
+
+    async def slow_admit(w):
+        await gate.wait()
+        return await room.admit(w)
+
+    queue = LaunchQueue(slow_admit, room.unreserve)
+    a = waiting("a")
+    queue.join(a)
+    queue.released()
+    await settle()
+    queue.cancel("k-a", "a")  # while admit runs
+    gate.set()
+    await settle()
+    assert room.given_back == ["k-a"]
+
+
+async def test_the_estimate_is_the_position_times_the_time_between_releases():
+    queue = LaunchQueue(Room(0).admit, lambda kernel_id: None)
+    assert queue.estimate(3) is None  # nothing seen yet
+    queue.releases.extend([100.0, 130.0, 160.0])
+    assert queue.estimate(3) == 90.0
