@@ -87,7 +87,7 @@ def test_broker_role_is_exactly_what_the_broker_does():
         ("", "pods/log"): {"get"},
         ("", "secrets"): {"create", "delete", "patch"},
         ("", "events"): {"list", "watch"},
-        ("networking.k8s.io", "networkpolicies"): {"create", "delete", "get", "list", "watch"},
+        ("networking.k8s.io", "networkpolicies"): {"create", "delete", "get", "list", "watch", "patch"},
         ("coordination.k8s.io", "leases"): {"create", "get", "update", "patch", "delete"},
         ("", "persistentvolumeclaims"): {"get", "list"},
     }

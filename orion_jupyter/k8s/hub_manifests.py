@@ -49,8 +49,9 @@ BROKER_HUB_SCOPES = ["list:users", "read:users:groups", "read:servers"]
 # never read or list, events) and what hub mode adds.
 BROKER_RULES = KERNEL_RULES + [
     # One NetworkPolicy per kernel pod: its ports only from its user's server.
+    # patch: the policy is owned by its pod once it exists, and a warm kernel's is bound to its claimer.
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
-     "verbs": ["create", "delete", "get", "list", "watch"]},
+     "verbs": ["create", "delete", "get", "list", "watch", "patch"]},
     # The broker's Lease: the owner of the kernel pods (they go when the broker's Lease goes) and who leads.
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "update", "patch", "delete"]},
@@ -241,6 +242,8 @@ def z2jh_values(broker_image: str, namespace: str, presets_path: str | Path | No
     # The presets are the single-user servers' (their kernel specs); the broker shapes pods from its own config.
     command = ["orion-jupyter", "broker", "--namespace", namespace, "--ip", "0.0.0.0", "--port", str(port)]
     broker_port = {"port": port, "protocol": "TCP"}
+    kernel_ports_rule = {"port": low, "endPort": high, "protocol": "TCP"} if high > low else \
+        {"port": low, "protocol": "TCP"}
     hub: dict[str, Any] = {
         "image": _image(broker_image),
         "services": {service_name: {"url": f"http://{Z2JH_HUB}:{port}", "command": command}},
@@ -263,7 +266,11 @@ def z2jh_values(broker_image: str, namespace: str, presets_path: str | Path | No
             "from": [{"podSelector": {"matchLabels": {Z2JH_COMPONENT_LABEL: Z2JH_SINGLEUSER}}},
                      {"podSelector": {"matchLabels": {Z2JH_COMPONENT_LABEL: Z2JH_PROXY}}}],
             "ports": [dict(broker_port)],
-        }]},
+        }], "egress": [
+            # the broker to kernel pods: a warm kernel's ports until its claim, then only its iopub (idle culling)
+            {"to": [{"podSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "kernel"}}}],
+             "ports": [dict(kernel_ports_rule)]},
+        ]},
     }
     singleuser: dict[str, Any] = {
         # Single-user pods mount no service-account token: students have terminals, only the broker
@@ -276,8 +283,7 @@ def z2jh_values(broker_image: str, namespace: str, presets_path: str | Path | No
              "ports": [dict(broker_port)]},
             # ZMQ straight to the kernel pods; each kernel's own NetworkPolicy admits only its user's server.
             {"to": [{"podSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "kernel"}}}],
-             "ports": [{"port": low, "endPort": high, "protocol": "TCP"} if high > low
-                       else {"port": low, "protocol": "TCP"}]},
+             "ports": [dict(kernel_ports_rule)]},
         ]},
     }
     if presets_text is not None:
