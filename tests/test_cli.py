@@ -113,3 +113,24 @@ def test_installed_specs_carry_the_vgpu_logo(tmp_path):
                                  prefix=str(tmp_path))
     logo = tmp_path / "share" / "jupyter" / "kernels" / "orion-logo" / "logo-svg.svg"
     assert str(logo.parent) == folder and logo.read_text().lstrip().startswith("<svg")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("c.Broker.courses = {'ai101': {'vgpus': 2, 'qeue': True}}",
+     "c.Broker.courses['ai101'] has no setting \"qeue\"; use cull_idle_seconds"),
+    ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': -1}]",
+     "c.Broker.warm_pools[0].size must be a whole number"),
+    ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': 2, "
+     "'volumes': [{'name': 'home', 'persistentVolumeClaim': {'claimName': 'claim-{username}'}}]}]",
+     "cannot name the user; use c.Broker.rosters"),
+    ("c.Broker.rosters = {'ai101': {'vgpus': 1, 'hours': {'start': '9am'}}}", "must be a time of day like"),
+    ("c.Broker.courses = {'ai101': {'vgpus': 2}}", "no Kubernetes cluster to use"),
+])
+def test_the_broker_refuses_a_bad_setting_in_one_line(tmp_path, config, message):
+    path = tmp_path / "broker_config.py"
+    path.write_text(config + "\n")
+    env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "orion_jupyter.cli", "broker", "--config", str(path)], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 from tornado import web
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
@@ -40,7 +41,9 @@ from .idle import BrokerCuller
 from .launcher import LABEL_WARM
 from .ledger import Holding, Ledger, Quota
 from .queue import LaunchQueue, Waiting
-from .warm import WarmKernels
+from .warm import WarmKernels, check_keys
+
+COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -152,19 +155,12 @@ class Broker(Application):
 
     # -- state ------------------------------------------------------------------------------
     def setup(self) -> None:
+        """The broker's state; every setting is checked before the cluster is reached (a typo fails at once)."""
         from .hub import HubClient
 
         self.settings = VGPUProvisioner(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
-        api = api_client(self.settings.kubeconfig, self.settings.kube_context)
-        self.namespace = self.settings.namespace or default_namespace(self.settings.kubeconfig,
-                                                                      self.settings.kube_context)
-        self.cluster = KubeCluster.shared(api, self.namespace, watch_nodes=self.settings.watch_nodes,
-                                          watch_others=self.settings.count_other_workloads)
-        self.backend = self.settings.backend_model()
-        self.view = KubernetesView([self.cluster], self.backend)
-        self.networking = client.NetworkingV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
-        self.hub = HubClient(self.hub_api_url, self.api_token)
+        for group, entry in self.courses.items():
+            check_keys(entry, COURSE_KEYS, f"c.Broker.courses[{group!r}]")
         courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
                                 if q.get("memory") else 0) for group, q in self.courses.items()}
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
@@ -176,6 +172,20 @@ class Broker(Application):
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
         self.culler = BrokerCuller(self, lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
         self.lease_owner: dict[str, Any] | None = None
+        self.hub = HubClient(self.hub_api_url, self.api_token)
+        try:
+            api = api_client(self.settings.kubeconfig, self.settings.kube_context)
+        except ConfigException as err:
+            raise VGPURequestError("kubeconfig", None, f"no Kubernetes cluster to use ({err}); run the broker in a "
+                                                       "pod with its service account, or set KUBECONFIG") from None
+        self.namespace = self.settings.namespace or default_namespace(self.settings.kubeconfig,
+                                                                      self.settings.kube_context)
+        self.cluster = KubeCluster.shared(api, self.namespace, watch_nodes=self.settings.watch_nodes,
+                                          watch_others=self.settings.count_other_workloads)
+        self.backend = self.settings.backend_model()
+        self.view = KubernetesView([self.cluster], self.backend)
+        self.networking = client.NetworkingV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     def holdings(self) -> list[Holding]:
         """What every live kernel pod of the namespace holds, from the watch cache."""
@@ -366,12 +376,18 @@ class Broker(Application):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     app = Broker()
     app.parse_command_line(argv)
     if app.config_file:
         app.load_config_file(app.config_file)
         app.parse_command_line(argv)  # the command line wins over the file
-    app.start()
+    try:
+        app.start()
+    except VGPURequestError as err:  # a setting the broker cannot use: one line, not a traceback
+        print(f"orion-jupyter broker: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -117,7 +117,7 @@ class Window:
 
 @dataclass(frozen=True)
 class WarmShape:
-    """What a warm kernel is (its request and image) and who may claim it (``user``: a roster's student)."""
+    """What a warm kernel is: its request and image (a launch of the same takes it)."""
 
     request: VGPURequest
     image: str
@@ -174,17 +174,38 @@ class ClaimRequest:
     kernel_spec_name: str = ""
 
 
-def _request(spec: Mapping[str, Any], where: str) -> VGPURequest:
+def _request(spec: Mapping[str, Any]) -> VGPURequest:
     return VGPURequest.from_mapping({k: spec[k] for k in ("vgpus", "memory", "compute") if k in spec})
+
+
+POOL_KEYS = {"name", "vgpus", "memory", "compute", "size", "image", "hours", "volumes", "volume_mounts", "workdir"}
+ROSTER_KEYS = {"vgpus", "memory", "compute", "image", "hours", "grace"}
+
+
+def check_keys(entry: Any, known: set[str], where: str) -> None:
+    """A config entry is a dict of known keys: a typo is an error, not a silently ignored setting."""
+    if not isinstance(entry, Mapping):
+        raise VGPURequestError(where, type(entry).__name__, f"{where} must be a dict")
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise VGPURequestError(where, unknown[0],
+                               f'{where} has no setting "{unknown[0]}"; use {", ".join(sorted(known))}')
 
 
 class WarmKernels:
     def __init__(self, broker: Any):
         self.broker = broker
         default_image = broker.settings.image
+        for i, entry in enumerate(broker.warm_pools):
+            check_keys(entry, POOL_KEYS, f"c.Broker.warm_pools[{i}]")
+            if not isinstance(entry.get("size", 0), int) or entry.get("size", 0) < 0:
+                raise VGPURequestError("size", entry.get("size"), f"c.Broker.warm_pools[{i}].size must be a whole "
+                                                                  "number of kernels (0 or more)")
+        for course, entry in broker.rosters.items():
+            check_keys(entry, ROSTER_KEYS, f"c.Broker.rosters[{course!r}]")
         self.zone = ZoneInfo(broker.lab_timezone) if broker.lab_timezone else None
         self.pools = [Pool(str(p.get("name") or f"pool-{i + 1}"),
-                           WarmShape(_request(p, f"warm_pools[{i}]"), p.get("image") or default_image),
+                           WarmShape(_request(p), p.get("image") or default_image),
                            int(p.get("size", 0)), Window.parse(p.get("hours"), f"warm_pools[{i}].hours"),
                            tuple(p.get("volumes") or ()), tuple(p.get("volume_mounts") or ()), p.get("workdir", ""))
                       for i, p in enumerate(broker.warm_pools)]
@@ -196,7 +217,7 @@ class WarmKernels:
                                        f"warm pool {pool.name}: a pool's kernels start before anyone claims them, so "
                                        "their volumes cannot name the user; use c.Broker.rosters for students' own "
                                        "storage")
-        self.rosters = [Roster(course, WarmShape(_request(r, f"rosters[{course}]"), r.get("image") or default_image),
+        self.rosters = [Roster(course, WarmShape(_request(r), r.get("image") or default_image),
                                Window.parse(r.get("hours"), f"rosters[{course}].hours"), float(r.get("grace", 1200)))
                         for course, r in broker.rosters.items()]
         self.kernels: dict[str, WarmKernel] = {}  # pod name -> what this broker started
