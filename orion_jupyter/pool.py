@@ -74,6 +74,8 @@ class PoolSnapshot:
     others_visible: bool = False  # True: other workloads' pods are counted too (cluster-wide pod read)
     source: str = "kubernetes"
     warnings: list[str] = field(default_factory=list)  # e.g. a watch failing for a while: the counts may be stale
+    # hub mode: per warm pool (and roster), its warm kernels ready / starting / reserved (they hold vGPUs unclaimed)
+    warm: dict[str, dict[str, int]] = field(default_factory=dict)
     # as_dict() of a snapshot, made once: a cached snapshot (KubeCluster.pool) is answered many times unchanged
     _dict: dict | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -133,8 +135,11 @@ class PoolSnapshot:
 
         nodes = [NodePool(name=n.get("name", ""), resources=counts(n.get("resources")),
                           device_memory_mib=n.get("device_memory_mib")) for n in data.get("nodes") or []]
+        warm = {str(name): {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+                for name, counts in (data.get("warm") or {}).items() if isinstance(counts, Mapping)}
         return cls(nodes=nodes, visible=bool(data.get("visible", True)),
-                   others_visible=bool(data.get("others_visible")), source=str(data.get("source", "kubernetes")))
+                   others_visible=bool(data.get("others_visible")), source=str(data.get("source", "kubernetes")),
+                   warnings=[str(w) for w in data.get("warnings") or []], warm=warm)
 
     def hidden_shortage_message(self, resource: str, asked: int, count_resource: str) -> str:
         """The sentence when the scheduler found too little although this project's kernels leave
@@ -186,6 +191,7 @@ class PoolSnapshot:
                 for n in self.nodes
             ],
             "totals": {r: c.as_dict() for r, c in sorted(self.totals().items())},
+            **({"warm": {name: dict(counts) for name, counts in self.warm.items()}} if self.warm else {}),
         }
 
 

@@ -39,8 +39,8 @@ def warm_pods(cluster, pool: str | None = None) -> list[dict]:
 
 
 async def warm_summary(hub, user: str) -> dict:
-    token = await hub.server_token(user)
-    return (await hub.service_api(BROKER, "GET", "api/pool", token=token))["warm"]
+    """The warm kernels as the student's own server's pool view shows them (from the broker)."""
+    return (await hub.server_api(user, "GET", "orion/api/pool")).get("warm", {})
 
 
 async def own_pod(hub, user: str, kernel_id: str) -> str:

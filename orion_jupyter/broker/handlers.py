@@ -400,7 +400,7 @@ class PoolHandler(BrokerHandler):
     async def get(self) -> None:
         pool = await self.broker.view.pool()
         self.reply({**pool.as_dict(), "count_resource": self.broker.view.count_resource,
-                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary()})
+                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary()})  # held, unclaimed
 
 
 class ClassHandler(BrokerHandler):
