@@ -23,9 +23,9 @@ def queue_hub(hub_factory, sim_cluster, tmp_path):
         yield hub_broker
 
 
-async def launch(hub, user: str, kernel_id: str) -> tuple[int, dict]:
+async def launch(hub, user: str, kernel_id: str, **fields) -> tuple[int, dict]:
     try:
-        return 201, await start_vgpu_kernel(hub, user, kernel_id=kernel_id)
+        return 201, await start_vgpu_kernel(hub, user, kernel_id=kernel_id, **fields)
     except HubHTTPError as err:
         return err.code, json.loads(err.body)
 
@@ -53,6 +53,10 @@ async def test_six_students_two_vgpus_first_come_first_served(queue_hub, sim_clu
     hub, broker = queue_hub
     await hub.wait_for_service(BROKER, "metrics")
     await asyncio.gather(*(hub.start_server(user) for user in STUDENTS))
+    # more than the course may ever hold: refused at once, never queued
+    code, body = await launch(hub, "student1", str(uuid.uuid4()), vgpus=3)
+    assert code == 400 and body["field"] == "vgpus" and "course ai101" in body["message"], body
+    assert (await hub.server_api("student1", "GET", "orion/api/queue"))["waiting"] == []
     kernel_ids = {user: str(uuid.uuid4()) for user in STUDENTS}
     launches = {user: asyncio.ensure_future(launch(hub, user, kernel_ids[user])) for user in STUDENTS}
 
