@@ -5,7 +5,7 @@ Computed from caches (the shared watches, or the local slot table), never with a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .names import TERMINAL_PHASES
@@ -216,9 +216,10 @@ def extended_limits(pod: Mapping) -> dict[str, int]:
 
 
 def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping],
-                      foreign: Iterable[Mapping] | None = None) -> PoolSnapshot:
+                      foreign: Iterable[Mapping] | None = None, not_foreign: Container[str] = ()) -> PoolSnapshot:
     """The pool from node objects, this project's kernel pods and (when visible) every other pod
-    bound to a node that holds extended resources."""
+    bound to a node that holds extended resources (except the uids in ``not_foreign``: this project's
+    pods just deleted, which a cluster-wide watch may still hold for a moment)."""
     by_node: dict[str, NodePool] = {}
     for node in nodes or []:
         meta = node.get("metadata", {})
@@ -244,7 +245,8 @@ def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping],
                 count.others = 0
         for pod in foreign:
             node = by_node.get(pod.get("spec", {}).get("nodeName") or "")
-            if node is None or (pod.get("metadata") or {}).get("uid") in ours \
+            uid = (pod.get("metadata") or {}).get("uid")
+            if node is None or uid in ours or uid in not_foreign \
                     or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
                 continue
             for resource, amount in extended_limits(pod).items():

@@ -104,3 +104,16 @@ async def test_the_estimate_is_the_position_times_the_time_between_releases():
     assert queue.estimate(3) is None  # nothing seen yet
     queue.releases.extend([100.0, 130.0, 160.0])
     assert queue.estimate(3) == 90.0
+
+
+def test_a_kernel_pod_just_deleted_is_not_counted_as_another_teams():
+    """The cluster-wide watch may still hold a kernel pod the kernel watch saw deleted: its vGPU is free."""
+    from orion_jupyter.pool import pool_from_cluster
+
+    node = {"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"virtaitech.com/gpu": "1"}}}
+    gone = {"metadata": {"name": "orion-a", "uid": "u-1"}, "spec": {"nodeName": "gpu-1", "containers": [
+        {"resources": {"limits": {"virtaitech.com/gpu": "1"}}}]}, "status": {"phase": "Running"}}
+    held = pool_from_cluster([node], [], [gone]).totals()["virtaitech.com/gpu"]
+    assert (held.free, held.others) == (0, 1)  # someone else's pod: it holds the vGPU
+    freed = pool_from_cluster([node], [], [gone], not_foreign={"u-1"}).totals()["virtaitech.com/gpu"]
+    assert (freed.free, freed.others) == (1, 0)

@@ -177,7 +177,9 @@ class KernelsHandler(BrokerHandler):
             holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
             broker.ledger.check_user(holding, broker.holdings())  # a user's own share: waiting cannot help
             queue = broker.queues(course) and not await broker.never_fits(holding, ask.request)
-            if queue and broker.queue.ahead_in(holding.course):
+            if broker.take_own_warm(holding, ask.request, image, ask.server_name):
+                refusal = None  # the student's own roster kernel: set aside for them, nobody's place is taken
+            elif queue and broker.queue.ahead_in(holding.course):
                 refusal: Exception | None = KernelLaunchError("unschedulable", "others wait")  # nobody overtakes
             else:
                 refusal = await broker.take(holding, ask.request, image, ask.server_name)

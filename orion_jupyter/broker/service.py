@@ -215,6 +215,17 @@ class Broker(Application):
         return bool((self.courses.get(course) or {}).get("queue"))
 
     # -- taking vGPUs -----------------------------------------------------------------------
+    def take_own_warm(self, holding: Holding, request: VGPURequest, image: str, server_name: str) -> bool:
+        """A student's own roster kernel, ready: it was set aside for them at the window's start, so it is
+        theirs without waiting in line or counting against the course (only their own quota applies)."""
+        if not self.warm.has_own(holding.user, request, image, server_name):
+            return False
+        self.ledger.check_user(holding, self.holdings())
+        if not self.warm.reserve(holding.kernel_id, holding.user, request, image, server_name, own_only=True):
+            return False
+        self.ledger.pending[holding.kernel_id] = holding
+        return True
+
     async def take(self, holding: Holding, request: VGPURequest, image: str,
                    server_name: str) -> VGPURequestError | KernelLaunchError | None:
         """Reserve ``holding`` when the quotas allow it and a warm kernel of its shape is ready or the pool
@@ -345,7 +356,11 @@ class Broker(Application):
     async def serve(self) -> None:
         self.setup()
         await self.cluster.ensure_started()
-        unsubscribe = self.cluster.pods.subscribe(self._on_pod, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop)]
+        if self.cluster.others is not None:  # another team's pod gone frees room too
+            unsubscribes.append(self.cluster.others.subscribe(
+                lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
         await self.hold_lease()
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
@@ -366,7 +381,8 @@ class Broker(Application):
         finally:
             for timer in timers:
                 timer.stop()
-            unsubscribe()
+            for unsubscribe in unsubscribes:
+                unsubscribe()
             self.culler.stop()
             server.stop()
 

@@ -234,16 +234,25 @@ class WarmKernels:
         return datetime.now(self.zone) if self.zone else datetime.now().astimezone()
 
     # -- reserving one for a launch -------------------------------------------------------------
-    def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str) -> str | None:
-        """Take a ready warm kernel of this shape for the launch ``kernel_id``: the user's roster kernel
-        first (default server only: it holds that server's storage), else a pool's; None: none ready."""
+    def _free(self, request: VGPURequest, image: str) -> list[WarmKernel]:
         key = WarmShape(request, image).key
-        free = [k for k in self.kernels.values() if k.ready and not k.taken_by and k.shape_key == key]
+        return [k for k in self.kernels.values() if k.ready and not k.taken_by and k.shape_key == key]
+
+    def has_own(self, user: str, request: VGPURequest, image: str, server_name: str) -> bool:
+        """Whether ``user``'s own roster kernel of this shape is ready (default server only: it holds that
+        server's storage)."""
+        return not server_name and any(k.user == user for k in self._free(request, image))
+
+    def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str,
+                own_only: bool = False) -> str | None:
+        """Take a ready warm kernel of this shape for the launch ``kernel_id``: the user's roster kernel
+        first, else (unless ``own_only``) a pool's; None: none ready."""
+        free = self._free(request, image)
         mine = [k for k in free if k.user and k.user == user and not server_name]
-        pooled = [k for k in free if not k.user]
+        pooled = [] if own_only else [k for k in free if not k.user]
         chosen = (mine or pooled or [None])[0]
         if chosen is None:
-            if any(p.shape.key == key and p.size for p in self.pools):
+            if not own_only and any(p.shape.key == WarmShape(request, image).key and p.size for p in self.pools):
                 MISSES.inc()
             return None
         chosen.taken_by = kernel_id
@@ -409,6 +418,9 @@ class WarmKernels:
         log.info("warm kernel %s ready (%s%s)", name, plan.warm, f", for {plan.user}" if plan.user else "")
 
     async def stop_kernel(self, kernel: WarmKernel) -> None:
+        """Stop an unclaimed warm kernel (one reserved or claimed meanwhile is left alone)."""
+        if kernel.taken_by or self.kernels.get(kernel.name) is not kernel:
+            return
         self.kernels.pop(kernel.name, None)
         if kernel.ready:
             IDLE.inc(time.monotonic() - kernel.created)

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -84,6 +85,7 @@ class KubeCluster:
         self.events.subscribe(self._route_event)
         # kernel id -> who stopped it from the class view (so its server does not restart it)
         self.stopped_by: dict[str, str] = {}
+        self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
         self.pods.subscribe(self._remember_stops)
 
     @classmethod
@@ -172,7 +174,7 @@ class KubeCluster:
         cached = self._pool_cache
         if cached is None or cached[0] != version:
             snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items(),
-                                         self.others.items() if others_visible else None)
+                                         self.others.items() if others_visible else None, not_foreign=self.gone_uids)
             snapshot.warnings = list(warnings)  # a watch failing for a while: what the pool shows may be stale
             self._pool_cache = cached = (version, snapshot)
         return cached[1]
@@ -258,6 +260,11 @@ class KubeCluster:
             self._progress_routes.pop(name, None)
             self.last_event.pop(name, None)
         meta = pod.get("metadata", {})
+        if kind == "DELETED" and meta.get("uid"):
+            # the cluster-wide watch may still hold it for a moment: never count it as another team's then
+            self.gone_uids[meta["uid"]] = None
+            while len(self.gone_uids) > 2000:
+                self.gone_uids.popitem(last=False)
         who = (meta.get("annotations") or {}).get(ANNOTATION_STOPPED_BY)
         if who:
             self.stopped_by[(meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")] = who
