@@ -1,4 +1,5 @@
-"""python -m benchmarks [--quick] [--only launch,burst,scale,demos] [--json PATH] [--markdown] [--show PATH]
+"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,demos] [--json PATH] [--markdown]
+[--show PATH]
 
 Runs the benchmarks, prints a table (each measurement, and the target it is held against with a
 pass/MISS mark) and writes every number to JSON with the machine it ran on. Targets are reported,
@@ -22,16 +23,18 @@ from . import common
 from .common import ROOT, Row, Section
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
-SECTIONS = ("launch", "burst", "scale", "demos")
+SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "demos")
 
 
 def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[], Section]]]]:
-    from . import burst, demos, launch, scale
+    from . import broker, burst, classroom, demos, launch, scale
 
     quick = args.quick
     return {
         "launch": [("launch", lambda: launch.run(quick)), ("launch_server", lambda: launch.run_server(quick))],
         "burst": [("burst", lambda: burst.run(quick)), ("burst_server", lambda: burst.run_server_only(quick))],
+        "broker": [("broker", lambda: broker.run(quick))],
+        "classroom": [("classroom", lambda: classroom.run(quick))],
         "scale": [("scale", lambda: scale.run(quick))],
         "demos": [("demos", lambda: demos.run(quick, args.demos_device))],
     }

@@ -34,7 +34,7 @@ def test_quick_run_writes_every_section(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     report = json.loads(out.read_text())
     # every section below ran (a section added since is checked by its own assertions, if any)
-    assert {"launch", "launch_server", "burst", "burst_server", "scale", "demos"} <= set(report["sections"])
+    assert {"launch", "launch_server", "burst", "burst_server", "broker", "scale", "demos"} <= set(report["sections"])
     for name, data in report["sections"].items():
         assert "error" not in data, (name, data.get("traceback"))
         if name != "demos":
@@ -59,6 +59,19 @@ def test_quick_run_writes_every_section(tmp_path):
         assert burst["all_ready_s"] > 0 and burst["api_requests_per_launch"] > 0
         assert burst["status_idle_ms"]["n"] > 0 and burst["status_during_burst_ms"]["n"] > 0
         assert burst["kernel_pods_left"] == 0 and burst["kernel_secrets_left"] == 0
+
+    broker = report["sections"]["broker"]  # 12 students on 4 vGPUs, student-01 through their own server
+    assert broker["started"] == broker["vgpus"] == 4
+    assert broker["refused"] == broker["students"] - broker["vgpus"] == 8
+    assert broker["refused_with_reason"] == broker["refused"] and broker["failed"] == broker["unanswered"] == 0
+    assert set(broker["refusals_by_kind"]) <= {"quota", "capacity"} and all(broker["sample_messages"].values())
+    assert broker["kernel_pods_left"] == broker["kernel_secrets_left"] == broker["network_policies_left"] == 0
+    assert broker["broker_cpu_s"] > 0 and broker["api_requests_per_started_launch"] > 0
+    assert broker["hub_requests_per_launch"] > 0
+    for key in ("metrics_idle_ms", "metrics_during_burst_ms", "server_allocations_idle_ms",
+                "server_allocations_during_burst_ms"):
+        assert broker[key]["n"] > 0, key
+    assert broker["server_launch"]["outcome"] in ("started", "refused")
 
     scale = report["sections"]["scale"]
     assert (scale["pods"], scale["foreign_pods"], scale["nodes"]) == (200, 300, 10)
