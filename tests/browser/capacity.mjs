@@ -33,6 +33,21 @@ const api = (path, init = {}) => page.evaluate(async ({ path, init, token }) => 
   return { status: response.status, body: await response.json() };
 }, { path, init, token });
 
+// The current notebook, its path matching `path` (a RegExp; the tab's caption names the path), on
+// a connected, idle kernel: the status bar's kernel item for it ("Change kernel for <its tab's
+// label>") reads "<kernel display name> | Idle". The toolbar's execution indicator starts as "idle"
+// before any kernel connects (while this item still says "| Unknown"), so it proves nothing.
+// Returns the item's text.
+const kernelIdle = async (path, timeout = 60000) => (await page.waitForFunction((path) => {
+  const tab = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
+  const at = /^Path: (.*)$/m.exec(tab?.getAttribute('title') ?? '')?.[1];
+  if (at === undefined || !new RegExp(path).test(at)) return false;
+  const title = `Change kernel for ${tab.querySelector('.lm-TabBar-tabLabel')?.textContent}`;
+  const item = [...document.querySelectorAll('#jp-main-statusbar [title]')].find((n) => n.title === title);
+  const text = item?.textContent.trim() ?? '';
+  return /\| Idle$/.test(text) && text;
+}, path.source, { timeout, polling: 100 })).jsonValue();
+
 // What the queue's server side answers, as this test says.
 const queue = { waiting: [], eventsFor: null, events: [], hold: false, held: null };
 const row = (kernel_id, position, estimate_seconds, path = null) => ({
@@ -142,7 +157,7 @@ try {
   await page.screenshot({ path: `${shots}/queue-reload.png` });
   await offer.locator('button', { hasText: 'Open notebook' }).click();
   await page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current', { hasText: queuedNotebook }).waitFor();
-  await page.locator('.jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.reload_kernel_item = await kernelIdle(new RegExp(`^${queuedNotebook.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`));
   result.reload_sessions = (await api('/api/sessions')).body.map((s) => ({ path: s.path, kernel: s.kernel.id }));
   result.reload_kernel = early;
   result.queue_status_hidden_after_reload = !(await queueStatus.isVisible());
@@ -172,9 +187,8 @@ try {
   const { route } = queue.held;
   queue.held = null;
   await route.continue();
-  const notebook = page.locator('.jp-NotebookPanel:visible');
   await page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current', { hasText: /^Untitled/ }).waitFor();
-  await notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.queued_kernel_item = await kernelIdle(/^Untitled\d*\.ipynb$/);
   await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('GiB'));
   result.queued_status_text = await status.innerText();
   result.queued_sessions = (await api('/api/sessions')).body.map((s) => ({ path: s.path, kernel: s.kernel.id }));

@@ -19,6 +19,21 @@ page.setDefaultTimeout(30000);
 // Jupyter's REST API from inside the page (its login cookie and XSRF token, the extension's user).
 const api = (path) => page.evaluate(async (path) => (await fetch(path)).json(), path);
 
+// The current notebook, its path matching `path` (a RegExp; the tab's caption names the path), on
+// a connected, idle kernel: the status bar's kernel item for it ("Change kernel for <its tab's
+// label>") reads "<kernel display name> | Idle". The toolbar's execution indicator starts as "idle"
+// before any kernel connects (while this item still says "| Unknown"), so it proves nothing.
+// Returns the item's text.
+const kernelIdle = async (path, timeout = 60000) => (await page.waitForFunction((path) => {
+  const tab = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
+  const at = /^Path: (.*)$/m.exec(tab?.getAttribute('title') ?? '')?.[1];
+  if (at === undefined || !new RegExp(path).test(at)) return false;
+  const title = `Change kernel for ${tab.querySelector('.lm-TabBar-tabLabel')?.textContent}`;
+  const item = [...document.querySelectorAll('#jp-main-statusbar [title]')].find((n) => n.title === title);
+  const text = item?.textContent.trim() ?? '';
+  return /\| Idle$/.test(text) && text;
+}, path.source, { timeout, polling: 100 })).jsonValue();
+
 // "New vGPU notebook…" from the launcher's card, or from the command palette.
 async function openLaunchDialog(from) {
   if (from === 'launcher') {
@@ -64,7 +79,7 @@ try {
   result.step = 'notebook';
   await page.locator('.orion-LaunchDialog').waitFor({ state: 'detached' });
   const notebook = page.locator('.jp-NotebookPanel:visible');
-  await notebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.kernel_item = await kernelIdle(/^Untitled\d*\.ipynb$/);
   const status = page.locator('.orion-StatusItem');
   await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('GiB'));
   result.status_text = await status.innerText();
@@ -170,7 +185,7 @@ try {
   await openLaunchDialog('palette');
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
   result.folder_request = (await posted).postDataJSON();
-  await page.locator('.jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.folder_kernel_item = await kernelIdle(/^labs\/Untitled\d*\.ipynb$/);
   result.folder_sessions = (await api('/api/sessions')).map((s) => ({ path: s.path, kernel: s.kernel.id }));
 
   // The launcher's "MNIST on vGPU": the server places the notebook and starts its kernel; the
@@ -184,7 +199,7 @@ try {
   result.demo = await demoResponse.json();
   await page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current', { hasText: 'mnist.ipynb' }).waitFor();
   const demoNotebook = page.locator('.jp-NotebookPanel:visible');
-  await demoNotebook.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor();
+  result.demo_kernel_item = await kernelIdle(/^orion-demos\/mnist\.ipynb$/);
   const demoKernelName = demoNotebook.locator('.jp-KernelName').first();
   await page.waitForFunction((node) => !node.textContent.includes('No Kernel'), await demoKernelName.elementHandle());
   result.demo_kernel_name = await demoKernelName.innerText();

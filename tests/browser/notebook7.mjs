@@ -40,6 +40,55 @@ const extensionState = (page) => page.evaluate(({ plugins, commands }) => {
   };
 }, { plugins: PLUGINS, commands: COMMANDS });
 
+// Notebook 7 has no status bar. Its kernel status in the top bar (.jp-NotebookKernelStatus) says
+// "Kernel Initializing", "Kernel Connecting", "Kernel Unknown", … (with a -info, -warn or -error
+// class) until the kernel connects, then nothing, only faded, for busy and idle alike (and nothing,
+// unfaded, before its first change); the toolbar's execution indicator starts as "idle" before any
+// kernel connects. Neither says "idle" for a connected kernel, so: the kernel status shows a
+// connected kernel, a cell runs on it and its output is read, and then the kernel is idle (the
+// notebook's session context, window.jupyterapp's, whose status the kernel status shows).
+const kernelConnected = (pg) => pg.waitForFunction(() => {
+  const node = document.querySelector('.jp-NotebookKernelStatus');
+  const has = (c) => node.classList.contains(`jp-NotebookKernelStatus-${c}`);
+  return node !== null && has('fade') && !has('info') && !has('warn') && !has('error') && node.textContent === '';
+}, null, { timeout: 60000, polling: 100 });
+const kernelIdle = async (pg) => (await pg.waitForFunction(() => {
+  const status = window.jupyterapp?.shell.currentWidget?.sessionContext?.kernelDisplayStatus;
+  return status === 'idle' && status;
+}, null, { timeout: 60000, polling: 100 })).jsonValue();
+
+// Runs the notebook's first cell (typing `source` into it first when it holds something else) and
+// returns its output's text; on a loaded machine the first key press can land before the editor is live.
+async function runFirstCell(pg, source) {
+  const cell = pg.locator('.jp-Notebook .jp-Cell').first();
+  const output = cell.locator('.jp-OutputArea-output').first();
+  for (let attempt = 1; ; attempt++) {
+    const editor = cell.locator('.cm-content');
+    await editor.click();
+    if ((await editor.innerText()).trim() !== source) {
+      await pg.keyboard.press('Control+A');
+      await pg.keyboard.insertText(source);
+    }
+    await pg.keyboard.press('Shift+Enter');
+    try {
+      await output.waitFor({ timeout: 30000 });
+      return (await output.innerText()).trim();
+    } catch (error) {
+      const ran = await cell.locator('.jp-InputPrompt').innerText();
+      if (attempt === 3 || /\d/.test(ran)) throw error;  // it ran (a number in [n]:) yet showed no output
+    }
+  }
+}
+
+// The notebook on `pg` on a connected kernel that runs "1 + 1" and is idle after.
+async function kernelRuns(pg, what) {
+  await kernelConnected(pg);
+  result[`${what}_cell_output`] = await runFirstCell(pg, '1 + 1');
+  if (result[`${what}_cell_output`] !== '2') throw new Error(`${what}: 1 + 1 gave ${result[`${what}_cell_output`]}`);
+  await kernelConnected(pg);
+  result[`${what}_kernel_status`] = await kernelIdle(pg);
+}
+
 const page = await context.newPage();
 try {
   result.step = 'tree';
@@ -58,7 +107,7 @@ try {
 
   result.step = 'notebook';
   await page.goto(`${base}/notebooks/${notebookPath}?token=${token}`);
-  await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 60000 });
+  await kernelRuns(page, 'notebook');
   await page.waitForFunction(() => window.jupyterapp?.commands.hasCommand('orion-jupyter:show-vgpu-panel'));
   result.notebook = await extensionState(page);
   result.status_items = await page.locator('.orion-StatusItem').count();
@@ -79,7 +128,7 @@ try {
   const opened = context.waitForEvent('page', { timeout: 60000 });
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
   const tab = await opened;
-  await tab.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 60000 });
+  await kernelRuns(tab, 'new_tab');
   result.new_tab = new URL(tab.url()).pathname;
   const kernelName = tab.locator('.jp-KernelName').first();
   await tab.waitForFunction((node) => !node.textContent.includes('No Kernel'), await kernelName.elementHandle());

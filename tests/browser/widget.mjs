@@ -15,8 +15,14 @@ try {
   page.setDefaultTimeout(90000);
   await page.goto(`${base}/lab/tree/${notebook}?token=${token}`);
   await page.waitForSelector('.jp-NotebookPanel .jp-Cell');
-  // Wait until the kernel is idle, then Run > Run All Cells.
-  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  // Wait until the notebook's kernel is connected and idle: the status bar's kernel item for it
+  // ("Change kernel for widget.ipynb") reads "<kernel display name> | Idle" (the toolbar's execution
+  // indicator starts as "idle" before any kernel connects, so it proves nothing). The cell's output
+  // below proves that the kernel runs code.
+  const kernelItem = page.locator('#jp-main-statusbar').getByTitle(`Change kernel for ${notebook.split('/').pop()}`,
+    { exact: true });
+  await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor();
+  result.kernel_item = (await kernelItem.innerText()).trim();
   // Run the cell; on a loaded machine the first key press can land before the editor is live.
   const widget = page.locator('.jp-OutputArea-output .widget-vbox').first();
   for (let attempt = 1; ; attempt++) {
