@@ -81,6 +81,23 @@ def test_quick_run_writes_every_section(tmp_path):
         assert scale["latency_ms"][endpoint]["n"] > 0 and scale["latency_ms"][endpoint]["median"] > 0
     assert scale["watch_cache_deep_size_mb"] > 0 and isinstance(scale["watch_cache_rss_mb"], Number)
 
+    classroom = report["sections"]["classroom"]  # issue 14: warm kernels and the fair queue through the broker
+    for key in ("claimed_ms", "claimed_km_ms", "local_ms"):
+        assert classroom[key]["n"] == 2 and classroom[key]["median"] > 0, key
+    assert classroom["hand_overs"] == classroom["claims"] == classroom["pool_size"] == 6
+    assert classroom["ratio_claimed_over_local"] > 0 and classroom["broker_cpu_ms_per_claim"] >= 0
+    assert (classroom["students"], classroom["vgpus"]) == (12, 4)
+    assert 1 <= classroom["roster_ready"] <= 4 and classroom["roster_pods_created"] >= classroom["roster_ready"]
+    # every launch started, at once or after its wait; each kernel was stopped by the lab; nothing left
+    assert classroom["outcomes"] == {"started": 12} and classroom["served_before_lab"] + classroom["waited"] == 12
+    # (404: a kernel the broker itself stopped first, as a roster kernel at the grace's end, is reported there)
+    assert classroom["stops"] == 12 and set(classroom["stop_codes"]) <= {"200", "404"}
+    assert 0 < classroom["time_to_first_cell_ms"]["n"] + classroom["waited_time_to_first_cell_ms"]["n"] <= 12
+    assert classroom["handovers"] + classroom["handover_misses"] > 0 and isinstance(classroom["fcfs"], bool)
+    assert classroom["broker_handover_histogram"]["count"] > 0
+    assert classroom["kernel_pods_left"] == classroom["kernel_secrets_left"] == 0
+    assert classroom["network_policies_left"] == 0
+
     demos = report["sections"]["demos"]
     assert "skipped" in demos or demos["images_per_s"]["demo_runner"] > 0
 
