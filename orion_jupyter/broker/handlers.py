@@ -164,6 +164,10 @@ class KernelsHandler(BrokerHandler):
             image = ask.image or broker.settings.image
             # per-kernel limits, the image, a request larger than any device: refused at once, never queued
             await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view)
+            course = broker.course_of(self.groups)
+            holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
+            queue = broker.queues(course) and not await broker.never_fits(holding, ask.request)
+            # from here to the reservation nothing awaits: two launches of one kernel id cannot both pass
             taken = ask.kernel_id in broker.ledger.pending or broker.queue.find(ask.kernel_id) or any(
                 (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == ask.kernel_id
                 for p in broker.cluster.kernel_pods())
@@ -173,19 +177,17 @@ class KernelsHandler(BrokerHandler):
             if stopped_by:  # a restart of a kernel an instructor or the idle rule stopped: it stays stopped
                 raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel "
                                                    "when you need one")
-            course = broker.course_of(self.groups)
-            holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
             broker.ledger.check_user(holding, broker.holdings())  # a user's own share: waiting cannot help
-            queue = broker.queues(course) and not await broker.never_fits(holding, ask.request)
-            if broker.take_own_warm(holding, ask.request, image, ask.server_name):
-                refusal = None  # the student's own roster kernel: set aside for them, nobody's place is taken
-            elif queue and broker.queue.ahead_in(holding.course):
-                refusal: Exception | None = KernelLaunchError("unschedulable", "others wait")  # nobody overtakes
-            else:
-                refusal = await broker.take(holding, ask.request, image, ask.server_name)
-            if refusal is not None and not queue:
-                raise refusal
-            if refusal is not None:
+            wait = False
+            # the student's own roster kernel was set aside for them: taking it takes nobody's place
+            if not broker.take_own_warm(holding, ask.request, image, ask.server_name):
+                wait = queue and broker.queue.ahead_in(holding.course) > 0  # nobody overtakes the line
+                if not wait:
+                    refusal = await broker.take(holding, ask.request, image, ask.server_name)
+                    if refusal is not None and not queue:
+                        raise refusal
+                    wait = refusal is not None
+            if wait:
                 self.waiting = Waiting(holding, ask.request, self._line, image=image, server_name=ask.server_name,
                                        details={"memory": format_mib(ask.request.memory_mib),
                                                 "kernel_spec_name": ask.kernel_spec_name})

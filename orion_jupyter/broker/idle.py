@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..k8s.view import pod_request, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_STOPPED_BY, LABEL_COURSE, LABEL_KERNEL_ID
 from ..progress import ProgressLog
 from ..server.culling import Culler
@@ -100,8 +101,6 @@ class BrokerKernels:
             live[kernel_id] = pod
             kernel = self.kernels.get(kernel_id)
             if kernel is None:
-                from ..k8s.view import pod_request, pod_user
-
                 kernel = self.kernels[kernel_id] = Observed(meta["name"], pod_user(pod), labels.get(LABEL_COURSE, ""),
                                                             pod_request(pod).get("vgpus") or 0)
             if kernel.watcher is None:

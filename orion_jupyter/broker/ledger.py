@@ -38,12 +38,12 @@ class Ledger:
         self.per_course = per_course
         self.pending: dict[str, Holding] = {}
 
-    def reserve(self, holding: Holding, running: Iterable[Holding]) -> None:
-        """Take ``holding`` if the user's and the course's quotas allow it with everything held now
-        (raises VGPURequestError for the user's quota, CourseFull for the course's)."""
+    def reserve(self, holding: Holding, running: Iterable[Holding], course: bool = True) -> None:
+        """Take ``holding`` if the user's and (``course``) the course's quotas allow it with everything
+        held now (raises VGPURequestError for the user's quota, CourseFull for the course's)."""
         held = self._held(holding, running)
         self.check_user(holding, held.values())
-        if holding.course and holding.course in self.per_course:
+        if course and holding.course and holding.course in self.per_course:
             course = [h for h in held.values() if h.course == holding.course]
             self._check(holding, course, self.per_course[holding.course], f"course {holding.course}",
                         "for the course", CourseFull)

@@ -218,12 +218,13 @@ class Broker(Application):
     def take_own_warm(self, holding: Holding, request: VGPURequest, image: str, server_name: str) -> bool:
         """A student's own roster kernel, ready: it was set aside for them at the window's start, so it is
         theirs without waiting in line or counting against the course (only their own quota applies)."""
-        if not self.warm.has_own(holding.user, request, image, server_name):
-            return False
-        self.ledger.check_user(holding, self.holdings())
         if not self.warm.reserve(holding.kernel_id, holding.user, request, image, server_name, own_only=True):
             return False
-        self.ledger.pending[holding.kernel_id] = holding
+        try:
+            self.ledger.reserve(holding, self.holdings(), course=False)
+        except VGPURequestError:
+            self.warm.unreserve(holding.kernel_id)
+            raise
         return True
 
     async def take(self, holding: Holding, request: VGPURequest, image: str,

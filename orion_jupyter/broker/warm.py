@@ -234,25 +234,18 @@ class WarmKernels:
         return datetime.now(self.zone) if self.zone else datetime.now().astimezone()
 
     # -- reserving one for a launch -------------------------------------------------------------
-    def _free(self, request: VGPURequest, image: str) -> list[WarmKernel]:
-        key = WarmShape(request, image).key
-        return [k for k in self.kernels.values() if k.ready and not k.taken_by and k.shape_key == key]
-
-    def has_own(self, user: str, request: VGPURequest, image: str, server_name: str) -> bool:
-        """Whether ``user``'s own roster kernel of this shape is ready (default server only: it holds that
-        server's storage)."""
-        return not server_name and any(k.user == user for k in self._free(request, image))
-
     def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str,
                 own_only: bool = False) -> str | None:
         """Take a ready warm kernel of this shape for the launch ``kernel_id``: the user's roster kernel
-        first, else (unless ``own_only``) a pool's; None: none ready."""
-        free = self._free(request, image)
+        first (default server only: it holds that server's storage), else (unless ``own_only``) a pool's;
+        None: none ready."""
+        key = WarmShape(request, image).key
+        free = [k for k in self.kernels.values() if k.ready and not k.taken_by and k.shape_key == key]
         mine = [k for k in free if k.user and k.user == user and not server_name]
         pooled = [] if own_only else [k for k in free if not k.user]
         chosen = (mine or pooled or [None])[0]
         if chosen is None:
-            if not own_only and any(p.shape.key == WarmShape(request, image).key and p.size for p in self.pools):
+            if not own_only and any(p.shape.key == key and p.size for p in self.pools):
                 MISSES.inc()
             return None
         chosen.taken_by = kernel_id
@@ -273,7 +266,8 @@ class WarmKernels:
         IDLE.inc(time.monotonic() - kernel.created)
         CLAIMS.labels("roster" if kernel.user else "pool").inc()
         pool = next((p for p in self.pools if p.name == kernel.pool), None)
-        base = pool.workdir.format(username=user) if pool and pool.workdir else broker.home_mount_path
+        # {username} as in the volumes' templates (a DNS-safe slug: a name cannot walk out of the folder)
+        base = pool.workdir.format(username=slug(user, 63)) if pool and pool.workdir else broker.home_mount_path
         folder = f"{base.rstrip('/')}/{ask.cwd}".rstrip("/") if base else ""
         env = {ENV_NAMES["user"]: user, ENV_NAMES["kernel_id"]: ask.kernel_id}
         try:
