@@ -15,6 +15,8 @@ import { randomUUID } from 'node:crypto';
 
 import { chromium } from 'playwright-core';
 
+import { kernelIdle as sharedKernelIdle } from './lab.mjs';
+
 const [base, token, shots, queuedNotebook] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -33,20 +35,7 @@ const api = (path, init = {}) => page.evaluate(async ({ path, init, token }) => 
   return { status: response.status, body: await response.json() };
 }, { path, init, token });
 
-// The current notebook, its path matching `path` (a RegExp; the tab's caption names the path), on
-// a connected, idle kernel: the status bar's kernel item for it ("Change kernel for <its tab's
-// label>") reads "<kernel display name> | Idle". The toolbar's execution indicator starts as "idle"
-// before any kernel connects (while this item still says "| Unknown"), so it proves nothing.
-// Returns the item's text.
-const kernelIdle = async (path, timeout = 60000) => (await page.waitForFunction((path) => {
-  const tab = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
-  const at = /^Path: (.*)$/m.exec(tab?.getAttribute('title') ?? '')?.[1];
-  if (at === undefined || !new RegExp(path).test(at)) return false;
-  const title = `Change kernel for ${tab.querySelector('.lm-TabBar-tabLabel')?.textContent}`;
-  const item = [...document.querySelectorAll('#jp-main-statusbar [title]')].find((n) => n.title === title);
-  const text = item?.textContent.trim() ?? '';
-  return /\| Idle$/.test(text) && text;
-}, path.source, { timeout, polling: 100 })).jsonValue();
+const kernelIdle = (path, timeout) => sharedKernelIdle(page, path, timeout);
 
 // What the queue's server side answers, as this test says.
 const queue = { waiting: [], eventsFor: null, events: [], hold: false, held: null };

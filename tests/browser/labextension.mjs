@@ -5,6 +5,8 @@
 // Usage: node labextension.mjs BASE_URL TOKEN SCREENSHOT_DIR
 import { chromium } from 'playwright-core';
 
+import { kernelIdle as sharedKernelIdle } from './lab.mjs';
+
 const [base, token, shots] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -19,20 +21,7 @@ page.setDefaultTimeout(30000);
 // Jupyter's REST API from inside the page (its login cookie and XSRF token, the extension's user).
 const api = (path) => page.evaluate(async (path) => (await fetch(path)).json(), path);
 
-// The current notebook, its path matching `path` (a RegExp; the tab's caption names the path), on
-// a connected, idle kernel: the status bar's kernel item for it ("Change kernel for <its tab's
-// label>") reads "<kernel display name> | Idle". The toolbar's execution indicator starts as "idle"
-// before any kernel connects (while this item still says "| Unknown"), so it proves nothing.
-// Returns the item's text.
-const kernelIdle = async (path, timeout = 60000) => (await page.waitForFunction((path) => {
-  const tab = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
-  const at = /^Path: (.*)$/m.exec(tab?.getAttribute('title') ?? '')?.[1];
-  if (at === undefined || !new RegExp(path).test(at)) return false;
-  const title = `Change kernel for ${tab.querySelector('.lm-TabBar-tabLabel')?.textContent}`;
-  const item = [...document.querySelectorAll('#jp-main-statusbar [title]')].find((n) => n.title === title);
-  const text = item?.textContent.trim() ?? '';
-  return /\| Idle$/.test(text) && text;
-}, path.source, { timeout, polling: 100 })).jsonValue();
+const kernelIdle = (path, timeout) => sharedKernelIdle(page, path, timeout);
 
 // "New vGPU notebook…" from the launcher's card, or from the command palette.
 async function openLaunchDialog(from) {
