@@ -39,7 +39,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    specs = kernelspecs.vgpu_specs()
+    specs = kernelspecs.vgpu_specs(kernelspecs.listing_manager())
     rows = []
     for name, spec in sorted(specs.items()):
         config = spec.metadata["kernel_provisioner"].get("config", {})
@@ -67,6 +67,8 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    folders = sorted({str(Path(r["path"]).parent) for r in rows})
+    print(f"Installed in {', '.join(folders)}")
     return 0
 
 
@@ -182,7 +184,8 @@ def _broker(args: argparse.Namespace, extra: list[str]) -> int:
 def _lab(args: argparse.Namespace, extra: list[str]) -> int:
     from .lab import run_lab
 
-    return run_lab(kubernetes=args.kubernetes, presets=args.presets, home=args.home, jupyter_args=extra)
+    return run_lab(kubernetes=args.kubernetes, presets=args.presets, home=args.home, jupyter_args=extra,
+                   workspace=args.workspace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--home",
                      help="where orion-jupyter keeps its kernel specs and config "
                           "(default ~/.local/share/orion-jupyter)")
+    lab.add_argument("--workspace",
+                     help="the folder JupyterLab serves, where new notebooks and the demo copies go; created "
+                          "with the quickstart and demo notebooks (default ~/orion-notebooks)")
     lab.set_defaults(func=_lab, passes_extra=True)
     return parser
 

@@ -10,7 +10,7 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
-from traitlets import Float, Int, List, Unicode
+from traitlets import Float, Int, List, Unicode, default
 
 from ..clusters import import_launch_side, make_warm_pool
 from ..progress import PROGRESS
@@ -82,7 +82,14 @@ class OrionJupyter(ExtensionApp):
     cull_idle_seconds = Float(1800.0, config=True,
                               help="Seconds a vGPU kernel may stay idle (not busy, no activity on its iopub) before "
                                    "it is shut down and its pod deleted, freeing its vGPU; 0: never. CPU-only "
-                                   "kernels are never stopped.")
+                                   "kernels are never stopped. Default 1800; 0 under `orion-jupyter lab` (one person "
+                                   "on their own machine: ORION_JUPYTER_LAB=1).")
+
+    @default("cull_idle_seconds")
+    def _one_person_keeps_idle_kernels(self) -> float:
+        # A default, not a config file of `lab`'s: ~/.jupyter and an operator's config still set it.
+        return 0.0 if os.environ.get("ORION_JUPYTER_LAB") == "1" else 1800.0
+
     cull_warning_seconds = Float(300.0, config=True,
                                  help="Seconds before an idle vGPU kernel is stopped that its owner is warned "
                                       "(cull_warning in allocations, a progress event, the server log).")
