@@ -110,7 +110,10 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["exempt_requests"] == [{"kernel_id": "k-bob", "exempt": True},
                                          {"kernel_id": "k-bob", "exempt": False}]
 
-    # Stop in the sidebar shut the kernel down.
+    # Stop in the sidebar asks first (Cancel keeps the kernel), then shuts the kernel down.
+    assert result["stop_question"].startswith("Stop Untitled") and "variables and any running cell are lost" in \
+        result["stop_question"], result["stop_question"]
+    assert result["kernels_after_cancel"] == 1
     assert result["kernels_after_stop"] == []
     assert "No vGPU kernels" in result["mine_text_after_stop"]
 
@@ -306,4 +309,45 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     assert result["new_tab"].endswith(new["path"]) and new["name"] == "orion-1x2gi"
     assert result["kernels"] == 2
     for shot in ("nb7-tree", "nb7-notebook", "nb7-new"):
+        assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
+    """The launcher's vGPU cards each with its own icon, the demos after the kernels; a full pool:
+    the dialog's reason and disabled Start; a refused kernel card's message wrapped, no notebook left."""
+    run = subprocess.run(["node", str(BROWSER_DIR / "firsthour.mjs"), lab_server.base, lab_server.token,
+                          str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], (result["step"], result.get("error"), result)
+
+    # Launcher: the Notebook section (kernels, then New vGPU notebook…), right after it the demos.
+    titles = [s["title"] for s in result["sections"]]
+    assert titles.index("vGPU demos") == titles.index("Notebook") + 1, titles
+    cards = {s["title"]: s["cards"] for s in result["sections"]}
+    notebook, demos = cards["Notebook"], cards["vGPU demos"]
+    assert [c["label"] for c in demos] == ["MNIST on vGPU", "FaceNet on vGPU"]
+    icons = {c["label"]: c["icon"] for c in notebook + demos}
+    kernel_icon = icons["Python 3 · 1 vGPU · 2 GiB"]
+    assert kernel_icon.endswith("/kernelspecs/orion-1x2gi/logo-svg.svg"), kernel_icon
+    mine = [icons["New vGPU notebook…"], icons["MNIST on vGPU"], icons["FaceNet on vGPU"]]
+    assert len(set(mine)) == 3 and all(i.startswith("data:image/svg+xml,") for i in mine), mine
+
+    # Full pool: every spec refused with the pool's reason; the dialog says why and what to do.
+    assert result["fill_0"] == result["fill_1"] == 201, result
+    assert all(can is False and why for _, can, why in result["specs_full"]), result["specs_full"]
+    blocked = result["blocked_text"]
+    assert blocked.startswith("No vGPU kernel can start now: ") and "Stop a vGPU kernel you no longer use" in blocked
+    assert result["start_disabled"] and result["start_title"] == blocked
+    assert all("unavailable: " in d for d in result["spec_details"]), result["spec_details"]
+
+    # A kernel card on the full pool: the server's sentence wrapped in JupyterLab's error dialog; the
+    # empty notebook it made is removed once the error is closed, and a notification says so.
+    refusal = result["refusal"]
+    assert refusal["text"] and refusal["whiteSpace"] == "pre-wrap" and refusal["fits"], refusal
+    assert result["untitled_while_error"], result
+    assert result["untitled_after"] == [] and result["notebook_panels_after"] == 0, result
+    assert "was removed: its kernel could not start" in result["removed_notice"], result["removed_notice"]
+    assert result["errors"] == [], result["errors"]
+    for shot in ("launcher", "full-pool-dialog", "refused-card"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
