@@ -11,15 +11,11 @@ import { TranslationBundle } from '@jupyterlab/translation';
 const UNTITLED = /^Untitled\d*\.ipynb$/;
 const DIALOG_POLL_MS = 200;
 
-/** Whether the notebook is new and empty: untitled, unchanged, at most one empty cell. */
-export function isFreshNotebook(
-  path: string,
-  dirty: boolean,
-  cellSources: string[]
-): boolean {
+/** Whether the notebook is new and empty: untitled, at most one empty cell (its kernel metadata
+ * may have changed: nothing the user typed). */
+export function isFreshNotebook(path: string, cellSources: string[]): boolean {
   return (
     UNTITLED.test(PathExt.basename(path)) &&
-    !dirty &&
     cellSources.length <= 1 &&
     cellSources.every(source => !source.trim())
   );
@@ -35,29 +31,38 @@ export function removeRefusedNotebooks(
 
 function watch(app: JupyterFrontEnd, panel: NotebookPanel, trans: TranslationBundle): void {
   const session = panel.sessionContext;
-  let starting = false;
-  const onStatus = (_: unknown, status: string) => {
-    starting = starting || status === 'starting';
-  };
-  // A failed start: JupyterLab hands over "no session" (null after null) after it began starting.
+  // A failed start: JupyterLab hands over "no session" (null after null; a stop's has the old one),
+  // then opens its error dialog.
   const onSession = (_: unknown, change: { oldValue: unknown; newValue: unknown }) => {
-    session.statusChanged.disconnect(onStatus);
     session.sessionChanged.disconnect(onSession);
-    if (starting && change.oldValue === null && change.newValue === null) {
-      void afterDialogs().then(() => remove(app, panel, trans));
+    if (change.oldValue === null && change.newValue === null) {
+      setTimeout(() => {
+        const dialogs = document.querySelectorAll('.jp-Dialog');
+        void closed(dialogs[dialogs.length - 1] ?? null).then(() => remove(app, panel, trans));
+      }, DIALOG_POLL_MS);
     }
   };
-  session.statusChanged.connect(onStatus);
   session.sessionChanged.connect(onSession);
 }
 
-/** Resolves once no dialog is open (the user read JupyterLab's error and closed it). */
-function afterDialogs(): Promise<void> {
+/** Resolves once the error dialog is closed (the user read it), or at once without one. */
+function closed(dialog: Element | null): Promise<void> {
   return new Promise(resolve => {
     const check = () =>
-      document.querySelector('.jp-Dialog') ? setTimeout(check, DIALOG_POLL_MS) : resolve();
+      dialog?.isConnected ? setTimeout(check, DIALOG_POLL_MS) : resolve();
     setTimeout(check, DIALOG_POLL_MS);
   });
+}
+
+/** JupyterLab's "Select Kernel" for the removed notebook (it follows the error): dismissed. */
+function dismissKernelChoice(name: string): void {
+  for (const dialog of document.querySelectorAll<HTMLElement>('.jp-Dialog')) {
+    if (dialog.querySelector('select') && dialog.textContent?.includes(`"${name}"`)) {
+      dialog.dispatchEvent(
+        new KeyboardEvent('keydown', { key: 'Escape', keyCode: 27, bubbles: true } as KeyboardEventInit)
+      );
+    }
+  }
 }
 
 async function remove(
@@ -68,10 +73,12 @@ async function remove(
   const { context } = panel;
   const model = context.model;
   const sources = model ? Array.from(model.cells, cell => cell.sharedModel.getSource()) : [];
-  if (panel.isDisposed || panel.sessionContext.session || !isFreshNotebook(context.path, model.dirty, sources)) {
+  if (panel.isDisposed || panel.sessionContext.session || !isFreshNotebook(context.path, sources)) {
     return;
   }
   const path = context.path;
+  await new Promise(resolve => setTimeout(resolve, DIALOG_POLL_MS)); // the kernel choice to open
+  dismissKernelChoice(PathExt.basename(path));
   panel.dispose();
   try {
     await app.serviceManager.contents.delete(path);

@@ -16,7 +16,7 @@ const browser = await chromium.launch({
 const result = { ok: false, step: 'start', errors: [] };
 const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
 page.setDefaultTimeout(30000);
-page.on('pageerror', (error) => result.errors.push(String(error)));
+page.on('pageerror', (error) => result.errors.push(`${error}\n${error.stack}`));
 
 const api = (path, init = {}) => page.evaluate(async ({ path, init, token }) => {
   const response = await fetch(path, { ...init, headers: { Authorization: `token ${token}` } });
@@ -33,7 +33,9 @@ try {
     title: s.querySelector('.jp-Launcher-sectionTitle')?.textContent.trim(),
     cards: [...s.querySelectorAll('.jp-LauncherCard')].map((c) => ({
       label: c.querySelector('.jp-LauncherCard-label')?.textContent.trim(),
-      icon: c.querySelector('.jp-LauncherCard-icon img')?.getAttribute('src') ?? '',
+      // Notebook cards show an image (a kernel's logo); other sections the command's own svg icon.
+      icon: c.querySelector('.jp-LauncherCard-icon img')?.getAttribute('src')
+        ?? c.querySelector('.jp-LauncherCard-icon svg')?.outerHTML ?? '',
     })),
   })));
   await page.screenshot({ path: `${shots}/launcher.png` });
@@ -60,7 +62,7 @@ try {
   await dialog.waitFor({ state: 'detached' });
 
   result.step = 'refused launcher card';
-  await page.locator('.jp-LauncherCard', { hasText: 'Python 3 · 1 vGPU · 2 GiB' }).click();
+  await page.locator('.jp-LauncherCard', { hasText: 'Python 3 · 1 vGPU · 2 GiB' }).first().click();  // Notebook's
   const error = page.locator('.jp-Dialog', { hasText: 'Error Starting Kernel' });
   await error.waitFor();
   const pre = error.locator('.jp-Dialog-body pre').first();
@@ -72,7 +74,13 @@ try {
     .filter((n) => /^Untitled/.test(n));
   await page.screenshot({ path: `${shots}/refused-card.png` });
   await error.locator('.jp-Dialog-button.jp-mod-accept').click();
-  const removed = page.locator('.Toastify__toast', { hasText: 'was removed' });
+  // The notebook goes once the error is read; the notification centre says why.
+  await page.waitForFunction(() => !document.querySelector('.jp-NotebookPanel'));
+  await page.waitForTimeout(1000);
+  await page.screenshot({ path: `${shots}/removed.png` });
+  await page.locator('.jp-Notification-Status').click();
+  const removed = page.locator('.jp-Notification-Toast-info, .jp-Notification-List li, .Toastify__toast',
+    { hasText: 'was removed' }).first();
   await removed.waitFor();
   result.removed_notice = await removed.innerText();
   result.untitled_after = (await api('/api/contents')).body.content.map((c) => c.name)
