@@ -338,9 +338,11 @@ def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
     assert result["fill_0"] == result["fill_1"] == 201, result
     assert all(can is False and why for _, can, why in result["specs_full"]), result["specs_full"]
     blocked = result["blocked_text"]
-    assert blocked.startswith("No vGPU kernel can start now: ") and "Stop a vGPU kernel you no longer use" in blocked
+    # (the pool's reason, with its advice, as the server words it)
+    assert blocked.startswith("No vGPU kernel can start now. Not enough vGPUs free: ") and "Stop a kernel" in blocked
     assert result["start_disabled"] and result["start_title"] == blocked
-    assert all("unavailable: " in d for d in result["spec_details"]), result["spec_details"]
+    assert all(d.endswith("unavailable: not enough vGPUs free right now") for d in result["spec_details"]), \
+        result["spec_details"]
 
     # A kernel card on the full pool: the server's sentence wrapped in JupyterLab's error dialog; the
     # empty notebook it made is removed once the error is closed, and a notification says so.

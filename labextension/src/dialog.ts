@@ -211,7 +211,7 @@ export class LaunchForm extends Widget {
     const unavailable = spec.error
       ? spec.error
       : spec.can_start === false
-        ? spec.why_not || trans.__('not enough vGPUs free right now')
+        ? trans.__('not enough vGPUs free right now')
         : '';
     const radio = h('input', { type: 'radio', name: 'orion-spec', value: spec.name });
     radio.disabled = !!unavailable;
@@ -220,7 +220,7 @@ export class LaunchForm extends Widget {
       'label',
       {
         class: `orion-SpecOption${unavailable ? ' orion-mod-unavailable' : ''}`,
-        title: unavailable || spec.name
+        title: spec.why_not || unavailable || spec.name
       },
       radio,
       h('span', { class: 'orion-SpecOption-name' }, spec.display_name),

@@ -127,10 +127,12 @@ export function nothingCanStart(specs: ISpec[], trans: TranslationBundle): strin
     return '';
   }
   const reason = specs.map(s => s.why_not || s.error).find(Boolean);
-  return trans.__(
-    'No vGPU kernel can start now%1. Stop a vGPU kernel you no longer use (the vGPU sidebar), or try again when one is free.',
-    reason ? `: ${reason}` : ''
-  );
+  // The server's reason ends with its advice; without one, the dialog gives it.
+  return reason
+    ? trans.__('No vGPU kernel can start now. %1', reason)
+    : trans.__(
+        'No vGPU kernel can start now. Stop a vGPU kernel you no longer use (the vGPU sidebar), or try again when one is free.'
+      );
 }
 
 /**
