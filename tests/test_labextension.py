@@ -235,9 +235,10 @@ def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
 def notebook7_server(tmp_path, monkeypatch):
     """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
     backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
-    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
-                   capture_output=True)
-    for name in [n for n in os.environ if n.startswith("JUPYTER")]:
+    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
+        subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
+                       capture_output=True)
+    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
@@ -296,6 +297,12 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     assert result["tree"]["activated"] == plugins and result["notebook"]["activated"] == plugins
     assert len(result["tree"]["commands"]) == 3
     assert "vGPU Notebook…" in result["file_new_items"], result["file_new_items"]
+    # The tree's New dropdown: after the kernels, New vGPU notebook…, the demos and the vGPU panel,
+    # which opens on the tree page with the pool.
+    items = result["tree_new_items"]
+    assert items.index("Python 3 · 1 vGPU · 2 GiB") < items.index("New vGPU notebook…"), items
+    assert items[-4:] == ["New vGPU notebook…", "MNIST on vGPU", "FaceNet on vGPU", "Show the vGPU panel"], items
+    assert "4 of 4 vGPUs free" in result["tree_panel_pool"], result["tree_panel_pool"]
     assert result["status_items"] == 0
 
     # The sidebar: the notebook's vGPU kernel and the pool with one slot held.

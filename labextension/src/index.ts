@@ -29,6 +29,7 @@ import {
   VGPUModel
 } from './model';
 import { VGPUPanel } from './panel';
+import { extendNewMenu } from './newmenu';
 import { QueueStatus, offerToOpen } from './queue';
 import { removeRefusedNotebooks } from './refusal';
 import { VGPUStatus } from './statusbar';
@@ -144,6 +145,13 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
       execute: args => openDemo(ctx, String(args.name))
     });
     palette?.addItem({ command: CommandIDs.newNotebook, category });
+    if (defaultBrowser) {
+      void extendNewMenu(app, defaultBrowser, [
+        { command: CommandIDs.newNotebook },
+        ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
+        { command: CommandIDs.showPanel }
+      ]);
+    }
     for (const demo of DEMOS) {
       palette?.addItem({ command: CommandIDs.openDemo, category, args: { name: demo.name } });
     }
