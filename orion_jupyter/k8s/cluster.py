@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from ..errors import KernelLaunchError
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
 from ..pool import PoolSnapshot, pool_from_cluster
+from ..protocols import WarmClaims
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .pod_kernel import PodKernel
@@ -85,6 +86,7 @@ class KubeCluster:
         self.events.subscribe(self._route_event)
         # kernel id -> who stopped it from the class view (so its server does not restart it)
         self.stopped_by: dict[str, str] = {}
+        self.warm: WarmClaims | None = None  # warm kernels a direct-mode server keeps here (server/warm.py)
         self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
         self.pods.subscribe(self._remember_stops)
 

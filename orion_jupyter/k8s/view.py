@@ -16,6 +16,7 @@ from typing import Any
 from ..backends import Backend
 from ..names import (
     ANNOTATION_BACKEND,
+    ANNOTATION_COURSE,
     ANNOTATION_LAST_ACTIVITY,
     ANNOTATION_REQUEST,
     ANNOTATION_USAGE,
@@ -23,13 +24,13 @@ from ..names import (
     LABEL_KERNEL_ID,
     LABEL_USER,
     TERMINAL_PHASES,
+    slug,
 )
 from ..pool import PoolSnapshot, extended_limits
 from ..protocols import DirectMode
 from ..vgpu import VGPURequest, format_mib
 from . import claims, dra, dra_pool
 from .cluster import KubeCluster
-from .manifests import slug
 
 
 def seconds_since(stamp: str | None) -> float | None:
@@ -45,6 +46,11 @@ def seconds_since(stamp: str | None) -> float | None:
 def pod_user(pod: dict) -> str:
     """The exact user a kernel pod belongs to (the annotation; the label is only a slug for selecting)."""
     return (pod["metadata"].get("annotations") or {}).get(ANNOTATION_USER, "")
+
+
+def pod_course(pod: dict) -> str:
+    """The exact course (hub group) of a kernel pod: the annotation (the label is only its slug)."""
+    return (pod["metadata"].get("annotations") or {}).get(ANNOTATION_COURSE, "")
 
 
 def pod_request(pod: dict) -> dict[str, Any]:
@@ -79,6 +85,7 @@ def pod_summary(pod: dict) -> dict[str, Any]:
         "pod": meta["name"],
         "namespace": meta.get("namespace"),
         "user": pod_user(pod),
+        "course": pod_course(pod),
         "kernel_id": (meta.get("labels") or {}).get(LABEL_KERNEL_ID, ""),
         "node": (pod.get("spec") or {}).get("nodeName"),
         "phase": status.get("phase", "Pending"),

@@ -12,13 +12,15 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
-from ..clusters import import_launch_side, make_warm_pool
+from ..clusters import import_launch_side
+from ..core.idle import Culler, CullRules
 from ..progress import PROGRESS
-from .culling import BackendCulling, Culler
+from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
 from .state import OrionState
 from .usage import UsageSampler
+from .warm import make_warm_pool
 
 log = logging.getLogger("orion_jupyter.server")
 
@@ -111,8 +113,8 @@ class OrionJupyter(ExtensionApp):
         if self.state.view.decides_culling:  # hub mode: the broker culls, from the kernels' own activity
             self.culler: Culler | BackendCulling = BackendCulling(self.state.view)
         else:
-            self.culler = Culler(self.state.kernels, PROGRESS, idle_seconds=self.cull_idle_seconds,
-                                 warning_seconds=self.cull_warning_seconds, max_keeps=self.cull_max_keeps,
+            self.culler = Culler(ServerKernels(self.state.kernels), PROGRESS,
+                                 CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)

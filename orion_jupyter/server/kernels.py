@@ -16,6 +16,7 @@ from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
+from ..settings import KernelSettings
 from ..vgpu import VGPURequest, VGPURequestError, short
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
@@ -63,14 +64,14 @@ def spec_config(spec: Any) -> dict[str, Any]:
     return spec.metadata["kernel_provisioner"].get("config", {})
 
 
-def spec_backend(settings: VGPUProvisioner, view: BackendView, spec: Any) -> Backend:
+def spec_backend(settings: KernelSettings, view: BackendView, spec: Any) -> Backend:
     """A spec's backend (with this server's resource and env overrides), or the configured one."""
     name = spec_config(spec).get("backend")
     return settings.backend_named(name) if name else view.backend
 
 
 class VGPUKernels:
-    def __init__(self, serverapp: Any, settings: VGPUProvisioner, view: BackendView, usage: Any = None):
+    def __init__(self, serverapp: Any, settings: KernelSettings, view: BackendView, usage: Any = None):
         self.serverapp = serverapp
         self.usage = usage  # a UsageSampler: the kernels' memory in use
         self.kernel_manager = serverapp.kernel_manager
@@ -144,7 +145,8 @@ class VGPUKernels:
         spec = vgpu_specs().get(self.default_spec(spec_name))
         if spec is None:
             return None
-        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
+        probe = KernelSettings(kernel_spec=spec, config=self.serverapp.config)
+        probe.apply_spec_options(spec_config(spec))
         return spec_request(spec), probe.image
 
     def _checked_kernel_id(self, value: Any) -> str | None:
@@ -187,9 +189,10 @@ class VGPUKernels:
         kernel_id = self._checked_kernel_id(body.get("kernel_id"))
         overrides = {k: body[k] for k in ("vgpus", "memory", "compute") if k in body}
         request = VGPURequest.from_mapping(overrides, spec_request(spec))
-        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
-        if probe.spec_problem is not None:
-            raise probe.spec_problem
+        probe = KernelSettings(kernel_spec=spec, config=self.serverapp.config)
+        problem = probe.apply_spec_options(spec_config(spec))
+        if problem is not None:
+            raise problem
         policy = KernelPolicy(config=self.serverapp.config)
         await policy.check(request, image=probe.image, view=self.view,
                            backend=spec_backend(self.settings, self.view, spec), capacity=True)
