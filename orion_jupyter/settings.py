@@ -210,8 +210,11 @@ class KernelSettings(LoggingConfigurable):
         return get_backend(name, self.resource_names, self.env_names,
                            dra=self.dra if name == "dra" else None, kai=self.kai if name == "kai" else None)
 
-    def resolve_request(self, override: Any = None) -> VGPURequest:
-        """The spec's request, with a caller's ``vgpu={'vgpus':..,'memory':..}`` on top."""
+    def resolve_request(self, override: VGPURequest | Mapping[str, Any] | None = None) -> VGPURequest:
+        """The spec's request, with a caller's on top: a checked ``VGPURequest`` (the server's own start path)
+        or ``vgpu={'vgpus':..,'memory':..}`` from a start kwarg."""
+        if isinstance(override, VGPURequest):
+            return override
         spec_default = VGPURequest.parse(self.vgpus, self.vgpu_memory if self.vgpus else None, self.compute_percent)
         return VGPURequest.from_mapping(override, spec_default) if override is not None else spec_default
 

@@ -38,10 +38,11 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_STOPPED_BY, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LaunchBody, parse_launch, ports_of
+from .service import Broker
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 
@@ -51,7 +52,7 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
     groups: list[str] = []
 
     @property
-    def broker(self) -> Any:
+    def broker(self) -> Broker:
         return self.settings["broker"]
 
     def check_xsrf_cookie(self) -> None:
@@ -343,8 +344,7 @@ class ClassPodHandler(BrokerHandler):
         pod = self.own_pod(pod_name)
         if pod is None:
             return self.refuse(404, f'no kernel pod "{short(pod_name)}" of yours')
-        await self.broker.cluster.annotate_pod(pod_name, {ANNOTATION_STOPPED_BY: self.user})
-        await self.broker.site.delete_kernel(pod_name, grace_seconds=5)
+        await self.broker.site.stop(pod_name, self.user)
         self.reply({"stopped": pod_name, "user": pod_user(pod)})
 
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from ..core.idle import Culler, CullRules, KernelActivity
 from ..k8s.view import pod_course, pod_request, pod_user
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
 from ..wire import iopub_port
+from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
 STOPPED_BY_IDLE = "idle culling (broker)"
@@ -45,8 +46,8 @@ class Observed:
 class BrokerKernels:
     """The class's claimed, running kernel pods as a ``core.idle.CullTarget``."""
 
-    def __init__(self, pods: Any, changed: Callable[[str], None]):
-        self.pods = pods  # broker.pods.ClassPods
+    def __init__(self, pods: ClassPods, changed: Callable[[str], None]):
+        self.pods = pods
         self.kernels: dict[str, Observed] = {}  # kernel id -> observed state
         self.changed = changed  # a kernel's culling fields may have changed (its owner's watch stream)
 
@@ -72,8 +73,7 @@ class BrokerKernels:
         kernel = self.kernels.get(kernel_id)
         if kernel is None:
             return
-        await self.pods.cluster.annotate_pod(kernel.pod, {ANNOTATION_STOPPED_BY: STOPPED_BY_IDLE})
-        await self.pods.delete_kernel(kernel.pod, grace_seconds=5)
+        await self.pods.site.stop(kernel.pod, STOPPED_BY_IDLE)
         self._forget(kernel_id)
 
     # -- keeping the table ----------------------------------------------------------------------
@@ -164,7 +164,7 @@ def course_rules(defaults: CullRules, courses: dict[str, dict[str, Any]], kernel
     return rules
 
 
-def broker_culler(pods: Any, defaults: CullRules, courses: dict[str, dict[str, Any]], interval_seconds: float,
+def broker_culler(pods: ClassPods, defaults: CullRules, courses: dict[str, dict[str, Any]], interval_seconds: float,
                   changed: Callable[[str], None]) -> Culler:
     """The core's culling rules, per course, over the broker's kernels (``culler.target``)."""
     kernels = BrokerKernels(pods, changed)

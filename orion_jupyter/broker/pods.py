@@ -4,10 +4,11 @@ broker starts, hands over and deletes them. It is the host of admission and of w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..core.ledger import Holding, Ledger
+from ..core.warm import WarmKernels
 from ..k8s.cluster import KubeCluster
 from ..k8s.launcher import PodSite
 from ..k8s.view import KubernetesView, pod_course, pod_request, pod_user
@@ -21,19 +22,19 @@ class ClassPods:
     """Kernel pods of the class namespace; ``warm`` is set once the broker's warm kernels exist."""
 
     def __init__(self, site: PodSite, view: KubernetesView, ledger: Ledger, *,
-                 members: Callable[[str], Any], is_instructor: Callable[[str, list[str]], bool],
+                 members: Callable[[str], Awaitable[list[str]]], is_instructor: Callable[[str, list[str]], bool],
                  volumes: Sequence[Mapping[str, Any]] = (), volume_mounts: Sequence[Mapping[str, Any]] = (),
                  home_mount_path: str = ""):
         self.site = site
         self.cluster: KubeCluster = site.cluster
         self.view = view
         self.ledger = ledger
-        self.members = members  # async: a hub group's members
+        self.members = members  # a hub group's members
         self.is_instructor = is_instructor
         self.user_volumes = tuple(volumes)
         self.user_volume_mounts = tuple(volume_mounts)
         self.home_mount_path = home_mount_path
-        self.warm: Any = None  # core.warm.WarmKernels
+        self.warm: WarmKernels | None = None
 
     # -- reading the class's state ----------------------------------------------------------------
     def pod(self, name: str) -> dict | None:

@@ -265,12 +265,8 @@ class Broker(Application):
         return reaped
 
     # -- running --------------------------------------------------------------------------
-    def make_app(self) -> web.Application:
-        from .handlers import routes
-
-        return web.Application(routes(self.prefix), broker=self)
-
-    async def serve(self) -> None:
+    async def serve(self, routes: Callable[[str], list]) -> None:
+        """Set up, then answer ``routes(prefix)`` (the HTTP API, broker/handlers.py) until cancelled."""
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
@@ -281,7 +277,8 @@ class Broker(Application):
         await self.hold_lease()
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
-        server = self.make_app().listen(self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
+        server = web.Application(routes(self.prefix), broker=self).listen(
+            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.warm.enabled:
@@ -303,25 +300,5 @@ class Broker(Application):
             self.culler.stop()
             server.stop()
 
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(self.serve())
 
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    app = Broker()
-    app.parse_command_line(argv)
-    if app.config_file:
-        app.load_config_file(app.config_file)
-        app.parse_command_line(argv)  # the command line wins over the file
-    try:
-        app.start()
-    except VGPURequestError as err:  # a setting the broker cannot use: one line, not a traceback
-        print(f"orion-jupyter broker: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-__all__ = ["Broker", "main"]
+__all__ = ["Broker"]

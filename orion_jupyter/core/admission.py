@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import KernelLaunchError
+from ..errors import KernelLaunchError, stopped_kernel
 from ..protocols import WarmClaims
 from ..vgpu import VGPURequest, VGPURequestError
 from .ledger import Holding, Ledger, holding_of
@@ -114,8 +114,7 @@ class Admission:
                                         f'kernel "{launch.kernel_id}" already exists or is starting'))
         stopped_by = self.host.stopped_by(launch.kernel_id)
         if stopped_by:  # a restart of a kernel an instructor or the idle rule stopped: it stays stopped
-            return Refused(KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new "
-                                                        "kernel when you need one"))
+            return Refused(stopped_kernel(stopped_by))
         try:
             self.ledger.check_user(holding, self.host.holdings())  # a user's own share: waiting cannot help
         except VGPURequestError as err:

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from tornado.ioloop import PeriodicCallback
 
+from ..progress import ProgressLog
+
 NOT_IDLE = frozenset({"busy", "restarting", "autorestarting"})
 MAX_CULLED = 500  # culled kernels remembered (for their owner's events)
 
@@ -84,9 +86,10 @@ class CullTarget(Protocol):
 class Culler:
     """Stops a target's idle vGPU kernels; ``fields(kernel_id)`` for the allocations rows."""
 
-    def __init__(self, target: CullTarget, progress: Any, defaults: CullRules, *, interval_seconds: float = 30.0,
-                 rules: Callable[[str], CullRules] | None = None, changed: Callable[[str], None] = lambda k: None,
-                 enabled: bool | None = None, log: logging.Logger | None = None):
+    def __init__(self, target: CullTarget, progress: ProgressLog, defaults: CullRules, *,
+                 interval_seconds: float = 30.0, rules: Callable[[str], CullRules] | None = None,
+                 changed: Callable[[str], None] = lambda k: None, enabled: bool | None = None,
+                 log: logging.Logger | None = None):
         self.target = target
         self.progress = progress
         self.idle_seconds = float(defaults.idle_seconds)  # the defaults; a kernel's own: rules(kernel_id)

@@ -240,10 +240,11 @@ class KubeCluster:
             log.warning("could not annotate kernel pod %s: %s", name, err)
             return False
 
-    async def stop_foreign_pod(self, name: str, stopped_by: str) -> None:
-        """Stop a kernel pod of another server: mark who stopped it, then delete Pod and Secret."""
+    async def stop_kernel(self, name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+        """Stop a kernel pod for someone other than its own server: mark who stopped it (its restart is
+        then refused with that name), then delete Pod and Secret."""
         await self.annotate_pod(name, {ANNOTATION_STOPPED_BY: stopped_by})
-        await self.delete_kernel_objects(name, grace_seconds=5)
+        await self.delete_kernel_objects(name, grace_seconds=grace_seconds)
 
     def _route_event(self, kind: str, event: dict) -> None:
         name = (event.get("involvedObject") or {}).get("name", "")

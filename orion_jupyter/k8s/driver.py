@@ -8,7 +8,7 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 
-from ..errors import KernelLaunchError
+from ..errors import stopped_kernel
 from ..launch import KernelLaunch
 from ..names import slug
 from ..progress import PROGRESS
@@ -72,8 +72,7 @@ class KubernetesDriver:
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
         stopped_by = self.cluster.stopped_by.get(slug(launch.kernel_id, 63))
         if stopped_by:
-            raise KernelLaunchError("deleted",
-                                    f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
+            raise stopped_kernel(stopped_by)
         previous = [self._connection.get(name) for name in PORT_NAMES]
         self._connection = connection_info(launch.ports or fresh_ports(previous), launch.key, launch.kernel_spec_name,
                                            signature_scheme=launch.signature_scheme)

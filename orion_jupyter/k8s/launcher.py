@@ -133,6 +133,12 @@ class PodSite:
         if self.policies is not None:
             await self.policies.delete(pod_name)
 
+    async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+        """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped."""
+        await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds)
+        if self.policies is not None:
+            await self.policies.delete(pod_name)
+
     async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
                         ports: tuple[int, ...]) -> None:
         """A claimed warm pod becomes ``user``'s: first its NetworkPolicy (selecting both ids, so the pod is

@@ -222,7 +222,7 @@ class KubernetesView(DirectMode):
     async def stop_kernel(self, name: str, stopped_by: str) -> None:
         found = self._find(name)
         if found is not None:
-            await found[0].stop_foreign_pod(name, stopped_by)
+            await found[0].stop_kernel(name, stopped_by)
 
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         return await self.clusters[0].annotate_pod(name, annotations)

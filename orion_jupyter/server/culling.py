@@ -9,14 +9,15 @@ from typing import Any
 from jupyter_server.utils import ensure_async
 
 from ..core.idle import KernelActivity, NotCullable
+from .kernels import VGPUKernels
 
 
 class ServerKernels:
     """This server's vGPU kernels as a ``core.idle.CullTarget``: the kernel manager's own ``execution_state``
     and ``last_activity`` (jupyter_server keeps them from the kernel's iopub; the usage probe is untracked)."""
 
-    def __init__(self, kernels: Any):
-        self.kernels = kernels  # server.kernels.VGPUKernels
+    def __init__(self, kernels: VGPUKernels):
+        self.kernels = kernels
         self.kernel_manager = kernels.kernel_manager
 
     def kernel_ids(self) -> list[str]:

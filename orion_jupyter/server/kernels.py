@@ -204,9 +204,6 @@ class VGPUKernels:
         """Check (unless ``plan`` already did), then start; nothing is created when a check fails."""
         path = checked_path(path)
         plan = plan or await self.plan(body, username)
-        request = plan.request
-        vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
-                "compute": request.compute_percent}
         kernel_id = plan.kernel_id or str(uuid.uuid4())
         if kernel_id in self.starting or kernel_id in self.kernel_manager:
             raise KernelIdTaken("kernel_id", kernel_id,
@@ -216,7 +213,7 @@ class VGPUKernels:
         self.starting_paths[kernel_id] = path
         try:
             await ensure_async(self.kernel_manager.start_kernel(
-                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username))
+                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=plan.request, orion_user=username))
         except BaseException:
             # jupyter_client keeps a kernel whose start failed among its pending ones (shutdown_all then
             # trips over it at server exit); nothing of it exists, so forget it.
