@@ -317,18 +317,5 @@ class VGPUPolicy:
             )
 
 
-    def check_user_total(self, request: VGPURequest, held_elsewhere: int) -> None:
-        """Per-user quota: vGPUs this user holds in other kernels plus this request."""
-        limit = self.max_vgpus_per_user
-        if limit and request.count and held_elsewhere + request.count > limit:
-            raise VGPURequestError(
-                "vgpus",
-                request.count,
-                f"vGPU count {request.count} would make {held_elsewhere + request.count} vGPUs for you at once "
-                f"({held_elsewhere} in your other kernels); this server allows {limit} per user: "
-                "stop a kernel you no longer use first",
-            )
-
-
 def _matches_any(image: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns)

@@ -12,6 +12,7 @@ from jupyter_server.utils import ensure_async
 
 from ..backends import Backend
 from ..config import KernelPolicy
+from ..core.ledger import LAUNCHES_IN_PROGRESS, Quota, holding_of, user_holdings
 from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
@@ -196,7 +197,8 @@ class VGPUKernels:
         policy = KernelPolicy(config=self.serverapp.config)
         await policy.check(request, image=probe.image, view=self.view,
                            backend=spec_backend(self.settings, self.view, spec), capacity=True)
-        policy.policy().check_user_total(request, sum((await self.view.vgpus_by_kernel(username)).values()))
+        held = user_holdings(username, await self.view.vgpus_by_kernel(username))
+        LAUNCHES_IN_PROGRESS.check_user(holding_of("", username, "", request), held, Quota(policy.max_vgpus_per_user))
         return StartPlan(spec_name, request, kernel_id)
 
     async def start(self, body: dict[str, Any], username: str, path: str | None = None,
