@@ -319,3 +319,14 @@ class VGPUPolicy:
 
 def _matches_any(image: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns)
+
+
+def usage_fields(request: Mapping[str, Any], reading: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A kernel's vGPU memory in use against what it was granted (``request``: vgpus, memory_mib per vGPU);
+    ``waste_bytes`` is what is granted and unused (None while nothing was read)."""
+    granted = (request.get("vgpus") or 0) * (request.get("memory_mib") or 0) * 1024 * 1024
+    used = (reading or {}).get("memory_used")
+    used = used if isinstance(used, int) and not isinstance(used, bool) else None
+    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
+            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
+            "waste_bytes": max(granted - used, 0) if used is not None else None}

@@ -79,18 +79,11 @@ class ClassPods:
     async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
         """Some node fits ``request``, counting the accepted launches whose pods are not placed yet and the
         warm kernels being started."""
-        if not request.count:
-            return True
-        if await self.view.can_serve(request, self.site.backend) is False:
-            return False
-        total = (await self.view.pool()).totals().get(self.site.backend.count_resource)
-        if total is None:  # dra / kai: the scheduler decides
-            return True
         placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
                   if (p.get("spec") or {}).get("nodeName")}
         unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
-        return total.free - unplaced - starting >= request.count
+        return await self.view.has_room(request, self.site.backend, unplaced + starting)
 
     async def roster_members(self, course: str) -> list[str]:
         return [user for user in await self.members(course) if not self.is_instructor(user, [])]

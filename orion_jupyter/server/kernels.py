@@ -18,7 +18,7 @@ from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
 from ..settings import KernelSettings
-from ..vgpu import VGPURequest, VGPURequestError, short
+from ..vgpu import VGPURequest, VGPURequestError, short, usage_fields
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
 MAX_PATH_CHARS = 1024
@@ -50,15 +50,6 @@ class StartPlan:
 
 class KernelIdTaken(VGPURequestError):
     """A kernel id that names a kernel which exists or is starting (a double click, or a guess)."""
-
-
-def usage_fields(allocation: dict[str, Any], reading: dict[str, Any] | None) -> dict[str, Any]:
-    """Memory in use against memory granted; ``waste_bytes`` is what is granted and unused."""
-    granted = (allocation.get("vgpus") or 0) * (allocation.get("memory_mib") or 0) * 1024 * 1024
-    used = reading.get("memory_used") if reading else None
-    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
-            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
-            "waste_bytes": max(granted - used, 0) if used is not None else None}
 
 
 def spec_config(spec: Any) -> dict[str, Any]:

@@ -50,11 +50,8 @@ class DirectWarmHost:
 
     async def has_room(self, request: VGPURequest) -> bool:
         """Some node fits ``request`` besides the warm kernels still starting (not counted by the pool yet)."""
-        if await self.view.can_serve(request, self.view.backend) is False:
-            return False
-        total = (await self.view.pool()).totals().get(self.view.backend.count_resource)
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
-        return total is None or total.free - starting >= request.count
+        return await self.view.has_room(request, self.view.backend, starting)
 
     async def roster_members(self, course: str) -> list[str]:
         return []  # rosters are the broker's (hub groups); a server has none
