@@ -10,6 +10,7 @@ opens the MNIST demo from its launcher card. Notebook 7 (`jupyter notebook`) loa
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -362,3 +363,9 @@ def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
     assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
     for shot in ("launcher", "full-pool-dialog", "refused-card"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+    # ORION_UPDATE_SCREENSHOTS=1: the README's screenshots (docs/screenshots) are this run's.
+    if os.environ.get("ORION_UPDATE_SCREENSHOTS") == "1":
+        docs = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        for shot in ("launcher", "full-pool-dialog"):
+            shutil.copyfile(tmp_path / f"{shot}.png", docs / f"{shot}.png")
