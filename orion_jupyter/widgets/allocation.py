@@ -126,6 +126,11 @@ def _device_totals(torch: Any) -> list[int]:
     return _TOTALS
 
 
+def _cpu_only_pool(allocation: KernelAllocation) -> bool:
+    """A local kernel whose slots hide every GPU (the local pool's CPU-only slots set it empty)."""
+    return allocation.cluster == "local" and os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+
+
 def describe_devices(allocation: KernelAllocation | None = None) -> list[str]:
     """One line per device the framework sees, or why there is none."""
     torch = _torch_module(import_it=True)
@@ -133,7 +138,10 @@ def describe_devices(allocation: KernelAllocation | None = None) -> list[str]:
         return ["PyTorch is not installed in this kernel: no framework devices to show"]
     if not torch.cuda.is_available():
         lines = [f"no GPU: running on CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"]
-        if allocation is not None and allocation.vgpus > 0:
+        if allocation is not None and allocation.vgpus > 0 and _cpu_only_pool(allocation):
+            lines.append(f"this kernel was granted {allocation.vgpus} vGPU(s) of a CPU-only pool (no GPU on this "
+                         "machine): it runs on the CPU, as intended; its memory is RAM")
+        elif allocation is not None and allocation.vgpus > 0:
             lines.append(
                 f"this kernel was granted {allocation.vgpus} vGPU(s) but PyTorch sees no CUDA device:"
                 " check that the image has a CUDA build of PyTorch and that the vGPU runtime is reachable"

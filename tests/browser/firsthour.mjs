@@ -4,15 +4,10 @@
 // can start and its Start is disabled; a kernel's launcher card shows JupyterLab's "Error Starting
 // Kernel" with the server's sentence wrapped, and the empty notebook it created is removed once
 // that is read. Prints one JSON line. Usage: node firsthour.mjs BASE_URL TOKEN SCREENSHOT_DIR
-import { chromium } from 'playwright-core';
+import { launchChromium } from './lab.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
+const browser = await launchChromium();
 const result = { ok: false, step: 'start', errors: [] };
 const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
 page.setDefaultTimeout(30000);
