@@ -36,8 +36,11 @@ class MemoryHistory:
             return ""
         top = max([limit or 0, *(u for _, u in self.samples)]) or 1
         start = self.samples[-1][0] - self.window_s
+        samples = list(self.samples)
+        if len(samples) == 1:  # a level line from the left edge until the next sample
+            samples.insert(0, (start, samples[0][1]))
         points = " ".join(f"{(t - start) / self.window_s * width:.1f},{height - u / top * (height - 4):.1f}"
-                          for t, u in self.samples)
+                          for t, u in samples)
         used = self.samples[-1][1] / MIB
         what = "vGPU memory used" if on_gpu else "RAM used (no GPU: a CPU-only pool)"
         caption = f"{what}: {used:.0f} MiB" + (f" of {limit / MIB:.0f} MiB granted" if limit else "")

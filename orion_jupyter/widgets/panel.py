@@ -80,6 +80,9 @@ class VGPUPanel(widgets.VBox):
         self.runner = DemoRunner(slider_limits(vgpu_memory_mib(self.allocation)), settings)
         self.runner.plot.observe(lambda _change: self.refresh(), names="outputs")
 
+        # The allocation in full (its one-line summary is at the top): folded, for a compact card.
+        self.details = widgets.Accordion(children=[self.allocation_grid], selected_index=None)
+        self.details.set_title(0, "allocation details")
         super().__init__(
             children=[
                 widgets.HBox([title, self.summary]),
@@ -87,7 +90,7 @@ class VGPUPanel(widgets.VBox):
                 self.load,
                 widgets.HBox([self.memory_bar, self.memory_label]),
                 self.updates,
-                self.allocation_grid,
+                self.details,
                 widgets.HTML(value="<b>devices</b>"),
                 self.devices_label,
                 widgets.HTML(value="<b>demo</b>"),
