@@ -17,6 +17,7 @@ from ..progress import PROGRESS
 from .culling import BackendCulling, Culler
 from .handlers import routes
 from .metrics import COLLECTOR
+from .snapshots import Snapshots, SnapshotService, snapshot_routes
 from .state import OrionState
 from .usage import UsageSampler
 
@@ -116,9 +117,10 @@ class OrionJupyter(ExtensionApp):
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
+        self.settings["orion_jupyter_snapshots"] = SnapshotService(self.state, Snapshots(parent=self))
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(routes(r"/orion/api"))
+        self.handlers.extend(routes(r"/orion/api") + snapshot_routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         warm_kernel_manager(serverapp.kernel_manager)
