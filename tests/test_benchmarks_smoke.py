@@ -40,6 +40,9 @@ def test_quick_run_writes_every_section(tmp_path):
         if name != "demos":
             assert all(math.isfinite(v) for v in numbers(data)), (name, data)
 
+    park = report["sections"]["park"]
+    assert [r["kind"] for r in park["runs"]] == ["numpy", "torch"] and all(r["same_data"] for r in park["runs"])
+
     launch = report["sections"]["launch"]
     for key in ("vgpu_ms", "local_ms", "overhead_ms"):
         assert launch[key]["n"] == 2 and launch[key]["median"] > 0

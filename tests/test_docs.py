@@ -12,12 +12,13 @@ from orion_jupyter.config import KernelPolicy
 from orion_jupyter.local import LocalPool
 from orion_jupyter.provisioner import VGPUProvisioner
 from orion_jupyter.server.app import OrionJupyter
+from orion_jupyter.server.snapshots import Snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [VGPUProvisioner, KernelPolicy, LocalPool, OrionJupyter, Broker],
+@pytest.mark.parametrize("cls", [VGPUProvisioner, KernelPolicy, LocalPool, OrionJupyter, Broker, Snapshots],
                          ids=lambda c: c.__name__)
 def test_every_option_is_documented_with_help(cls):
     for name, trait in cls.class_own_traits(config=True).items():

@@ -330,3 +330,52 @@ async def test_a_location_other_users_can_write_is_refused(api, jp_serverapp, sn
     assert f"{shared} is writable by other users" in refused["message"]
     assert kernel_id in jp_serverapp.kernel_manager
     assert not any(shared.iterdir())
+
+
+# -- the kernel-side engine alone ----------------------------------------------------------------
+def test_user_folders_are_one_per_exact_name(tmp_path):
+    from orion_jupyter import snapshot
+
+    names = ["alice", "Alice", "../alice", "alice/..", "u-" + "0" * 40, "ålice", ""]
+    parts = [snapshot.user_part(name) for name in names]
+    assert len(set(parts)) == len(names) and parts[0] == "alice"
+    assert all("/" not in part and part not in ("", ".", "..") for part in parts)
+    folder = snapshot.user_folder(tmp_path / "snapshots", "../alice")
+    assert folder.parent == tmp_path / "snapshots" and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    with pytest.raises(snapshot.SnapshotError, match="not an absolute path"):
+        snapshot.user_folder("relative/snapshots", "alice")
+    (tmp_path / "snapshots").chmod(0o770)  # group-writable: refused, not repaired
+    with pytest.raises(snapshot.SnapshotError, match="is writable by other users"):
+        snapshot.user_folder(tmp_path / "snapshots", "alice")
+
+
+def test_what_cannot_be_saved_loses_only_itself(tmp_path):
+    import socket
+    import threading
+
+    from orion_jupyter import snapshot
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    with open(tmp_path / "log.txt", "w") as fh, socket.socket() as sock:
+        thread = threading.Thread(target=print)
+        names = {"kept": [1, 2.5, "three", {"four": (4,)}], "fh": fh, "sock": sock, "thread": thread,
+                 "it": iter([1, 2]), "inside": {"log": fh}}
+        manifest = snapshot._save(folder, names, {"used": 0, "limit": 1 << 20, "why": "test"})
+    assert [e["names"] for e in manifest["entries"]] == [["kept"]]
+    why = manifest["not_saved"]
+    assert why["fh"].startswith("an open file") and why["sock"].startswith("a network socket")
+    assert why["thread"].startswith("a thread") and why["it"].startswith("a live iterator (list_iterator)")
+    assert "it holds an open file" in why["inside"]
+    assert (tmp_path / "log.txt").exists() and sorted(p.name for p in folder.iterdir()) == ["v0.pkl"]
+
+
+def test_a_gpu_tensor_comes_back_on_the_cpu_where_the_gpu_is_missing():
+    import torch
+
+    from orion_jupyter import snapshot
+
+    snapshot.MOVED.clear()
+    restored = snapshot._tensor_on(torch.ones(3), "cuda:0", True, True)
+    assert isinstance(restored, torch.nn.Parameter) and restored.requires_grad and restored.device.type == "cpu"
+    assert snapshot.MOVED == ([] if torch.cuda.is_available() else ["cuda:0"])
