@@ -216,7 +216,7 @@ class _Sink:
         self.bytes = 0
 
     def write(self, data: Any) -> int:
-        size = len(memoryview(data).cast("B"))
+        size = memoryview(data).nbytes
         if self.budget["used"] + size > self.budget["limit"]:
             raise SnapshotError("too_big", f"the snapshot passed its limit of {_size(self.budget['limit'])} "
                                            f"while saving {self.name!r} ({self.budget['why']}); delete large "
@@ -393,7 +393,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise SnapshotError("damaged", f"the manifest of snapshot {Path(folder).name} is damaged "
                                        "(not JSON); its files are kept") from None
     entries = manifest.get("entries") if isinstance(manifest, dict) else None
-    if manifest.get("format") != FORMAT or not isinstance(entries, list) or not all(
+    if not isinstance(entries, list) or manifest.get("format") != FORMAT or not all(
             isinstance(e, dict) and re.fullmatch(r"v\d+\.pkl", str(e.get("file"))) and isinstance(e.get("names"), list)
             for e in entries):
         raise SnapshotError("damaged", f"the manifest of snapshot {Path(folder).name} is damaged or of another "
@@ -448,6 +448,7 @@ def restore(folder: str, owner: str, shell: Any = None) -> Report:
         try:
             with open(Path(folder) / entry["file"], "rb") as fh:
                 values = dill.load(fh)
+            values = {name: values[name] for name in entry["names"]}
         except Exception as err:  # noqa: BLE001 - one file that does not load loses only its names
             not_restored.update(dict.fromkeys(entry["names"], f"could not be loaded ({type(err).__name__}: {err})"))
             continue

@@ -20,6 +20,7 @@ from traitlets.config import Config
 from orion_jupyter import kernelspecs
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool
 from orion_jupyter.vgpu import VGPURequest
+from tests.helpers import eventually_async
 from tests.kernel_io import run_code
 
 TOKENS = {"alice-token": "alice", "bob-token": "bob"}
@@ -316,6 +317,26 @@ big = np.ones(100_000)
     assert kernel_id in jp_serverapp.kernel_manager
     assert await run(jp_serverapp, kernel_id, "print(big.shape)") == "(100000,)"
     assert list(snapshot_folder().iterdir()) == []
+
+
+async def test_a_busy_kernel_is_not_parked(api, jp_serverapp):
+    kernel_id = await start(api)
+    await run(jp_serverapp, kernel_id, "x = 1")
+    km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    client = km.client()
+    client.start_channels()
+    try:
+        client.execute("import time\nwhile True: time.sleep(0.05)")
+        await eventually_async(lambda: km.execution_state == "busy", timeout=30)
+        code, refused = await api("POST", f"kernels/{kernel_id}/park")
+        assert code == 409 and refused["reason"] == "busy" and "is running a cell" in refused["message"], refused
+        assert kernel_id in jp_serverapp.kernel_manager
+        await km.interrupt_kernel()
+        await eventually_async(lambda: km.execution_state == "idle", timeout=30)
+        code, parked = await api("POST", f"kernels/{kernel_id}/park")
+        assert code == 201 and parked["saved"] == ["time", "x"], parked
+    finally:
+        client.stop_channels()
 
 
 @pytest.mark.parametrize("snapshot_extra", [{"location": "{tmp}/class-volume/snapshots"}], indirect=True)

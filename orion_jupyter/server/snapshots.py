@@ -58,6 +58,7 @@ class SnapshotService:
         self.settings = settings
         self.kernel_manager = state.kernels.kernel_manager
         self.parking: set[str] = set()
+        self.resuming: set[str] = set()
 
     def base(self) -> Path:
         if self.state.view.kind != "local":
@@ -136,6 +137,9 @@ class SnapshotService:
         if getattr(km, "execution_state", None) == "busy":
             raise SnapshotError("busy", f"kernel {kernel_id} is running a cell; park it once it is idle "
                                         "(or interrupt it first)")
+        if not await ensure_async(km.is_alive()):
+            raise SnapshotError("busy", f"kernel {kernel_id} is not running (it died or is restarting); "
+                                        "there is nothing to park")
         folder = self.folder(owner, create=True)
         self.parking.add(kernel_id)
         try:
@@ -169,6 +173,15 @@ class SnapshotService:
     async def resume(self, owner: str, snapshot_id: str, spec: str | None) -> dict[str, Any]:
         """A new kernel (``spec``, or the parked one's) with the snapshot restored in it."""
         path, manifest = self.find(owner, snapshot_id)
+        if snapshot_id in self.resuming:
+            raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed already")
+        self.resuming.add(snapshot_id)
+        try:
+            return await self._resume(path, manifest, owner, spec)
+        finally:
+            self.resuming.discard(snapshot_id)
+
+    async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None) -> dict[str, Any]:
         kernel = manifest.get("kernel") or {}
         spec = spec or kernel.get("spec")
         notebook = checked_path(kernel.get("path") if isinstance(kernel.get("path"), str) else None)
@@ -187,7 +200,7 @@ class SnapshotService:
         kept = bool(saved - set(report["restored"]))  # something did not come back: keep it to try again
         if not kept:
             shutil.rmtree(path, ignore_errors=True)
-        return {"kernel_id": kernel_id, "spec": spec, "path": notebook, "snapshot": snapshot_id,
+        return {"kernel_id": kernel_id, "spec": spec, "path": notebook, "snapshot": path.name,
                 "restored": report["restored"], "not_restored": report["not_restored"], "moved": report["moved"],
                 "snapshot_kept": kept}
 
