@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, User
+from prometheus_client import REGISTRY
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
@@ -208,7 +209,14 @@ print(json.dumps({"params": [hashlib.sha256(t.detach().numpy().tobytes()).hexdig
     assert not snapshot_folder().joinpath(parked["snapshot"]).exists()  # all came back: the snapshot is done
 
 
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_park_frees_the_vgpu_and_resume_is_refused_while_the_pool_is_full(api, jp_serverapp, pool):
+    parks, written = metric("orion_jupyter_snapshot_seconds_count", action="park", outcome="ok"), metric(
+        "orion_jupyter_snapshot_bytes_total", action="park")
+    refusals = metric("orion_jupyter_snapshot_seconds_count", action="resume", outcome="unschedulable")
     kernel_id = await start(api, GPU_SPEC)
     await run(jp_serverapp, kernel_id, "answer = 42")
     code, parked = await api("POST", f"kernels/{kernel_id}/park")
@@ -223,6 +231,9 @@ async def test_park_frees_the_vgpu_and_resume_is_refused_while_the_pool_is_full(
     code, listing = await api("GET", "snapshots")
     assert [s["id"] for s in listing["snapshots"]] == [parked["snapshot"]]  # nothing lost
     assert set(pool.holders()) == set(others)
+    assert metric("orion_jupyter_snapshot_seconds_count", action="park", outcome="ok") == parks + 1
+    assert metric("orion_jupyter_snapshot_bytes_total", action="park") == written + parked["bytes"]
+    assert metric("orion_jupyter_snapshot_seconds_count", action="resume", outcome="unschedulable") > refusals
 
     await jp_serverapp.kernel_manager.shutdown_kernel(others[0])
     code, resumed = await api("POST", f"snapshots/{parked['snapshot']}/resume")

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from traitlets.config import Configurable
 
 from .. import snapshot
 from ..kernelspecs import vgpu_specs
+from ..metrics import SNAPSHOT_BYTES, SNAPSHOT_SECONDS
 from ..snapshot import SnapshotError
 from .handlers import OrionHandler
 from .kernels import checked_path
@@ -48,6 +52,23 @@ class Snapshots(Configurable):
                          help="Bytes all of one user's snapshots may take together; a park past it is refused.")
     timeout_seconds = Float(600.0, config=True,
                             help="Seconds the kernel may take to save or restore a snapshot.")
+
+
+@contextmanager
+def timed(action: str) -> Iterator[None]:
+    """Records the seconds of a park or resume, with its outcome, in the metrics."""
+    started, outcome = time.monotonic(), "error"
+    try:
+        yield
+        outcome = "ok"
+    except SnapshotError as err:
+        outcome = err.reason
+        raise
+    except Exception as err:  # a launch refused as any launch (its reason), or a fault (its class)
+        outcome = str(getattr(err, "reason", "") or type(err).__name__)
+        raise
+    finally:
+        SNAPSHOT_SECONDS.labels(action, outcome).observe(time.monotonic() - started)
 
 
 class SnapshotService:
@@ -143,21 +164,25 @@ class SnapshotService:
         folder = self.folder(owner, create=True)
         self.parking.add(kernel_id)
         try:
-            target = folder / snapshot.new_id()
-            report = await self.ask(kernel_id, "park", folder=str(target), owner=owner,
-                                    limit_bytes=self.settings.max_snapshot_bytes,
-                                    user_limit_bytes=self.settings.max_user_bytes,
-                                    info=await self.kernel_info(kernel_id))
-            bad = snapshot.damaged(target, snapshot.read_manifest(target))
-            if bad:
-                shutil.rmtree(target, ignore_errors=True)
-                raise SnapshotError("disk", f"the snapshot did not read back whole ({', '.join(sorted(bad))}); "
-                                            "nothing was parked and the kernel keeps running")
-            await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+            with timed("park"):
+                report = await self._park(kernel_id, owner, folder / snapshot.new_id())
         finally:
             self.parking.discard(kernel_id)
+        SNAPSHOT_BYTES.labels("park").inc(report["bytes"])
         return {"snapshot": report["snapshot"], "saved": report["saved"], "not_saved": report["not_saved"],
                 "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
+
+    async def _park(self, kernel_id: str, owner: str, target: Path) -> dict[str, Any]:
+        report = await self.ask(kernel_id, "park", folder=str(target), owner=owner,
+                                limit_bytes=self.settings.max_snapshot_bytes,
+                                user_limit_bytes=self.settings.max_user_bytes, info=await self.kernel_info(kernel_id))
+        bad = snapshot.damaged(target, snapshot.read_manifest(target))
+        if bad:
+            shutil.rmtree(target, ignore_errors=True)
+            raise SnapshotError("disk", f"the snapshot did not read back whole ({', '.join(sorted(bad))}); "
+                                        "nothing was parked and the kernel keeps running")
+        await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+        return report
 
     async def kernel_info(self, kernel_id: str) -> dict[str, Any]:
         """What the manifest records of the kernel: its spec, vGPU request and notebook."""
@@ -177,9 +202,12 @@ class SnapshotService:
             raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed already")
         self.resuming.add(snapshot_id)
         try:
-            return await self._resume(path, manifest, owner, spec)
+            with timed("resume"):
+                result = await self._resume(path, manifest, owner, spec)
         finally:
             self.resuming.discard(snapshot_id)
+        SNAPSHOT_BYTES.labels("resume").inc(manifest.get("bytes") or 0)
+        return result
 
     async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None) -> dict[str, Any]:
         kernel = manifest.get("kernel") or {}
