@@ -42,7 +42,7 @@ DIGEST = ("import hashlib\nprint(hashlib.sha256((data.numpy() if hasattr(data, '
 def _client(dirs: dict[str, str], kernel_id: str) -> BlockingKernelClient:
     client = BlockingKernelClient(connection_file=os.path.join(dirs["runtime"], f"kernel-{kernel_id}.json"))
     client.load_connection_file()
-    client.start_channels()
+    client.start_channels(hb=False)  # a missed heartbeat on a loaded machine is no dead kernel
     client.wait_for_ready(timeout=120)
     return client
 

@@ -224,7 +224,16 @@ class _Sink:
         self.budget["used"] += size
         self.bytes += size
         self.hash.update(data)
-        return self.fh.write(data)
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            raise _disk(err) from None
+
+
+def _disk(err: OSError) -> SnapshotError:
+    """A write that failed (disk full, quota, file size limit): the whole park fails."""
+    return SnapshotError("disk", f"the snapshot could not be written ({err.strerror or err}); "
+                                 "nothing was parked and the kernel keeps running")
 
 
 def _size(count: int) -> str:
@@ -236,20 +245,28 @@ def _size(count: int) -> str:
 
 
 def _write(path: Path, values: dict[str, Any], budget: dict[str, Any], byref: bool) -> dict[str, Any]:
+    """One file of ``values``; an OSError raised here comes from a value (a write failure is a SnapshotError)."""
     Pickler = _pickler_class()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "wb")
+    except OSError as err:
+        raise _disk(err) from None
     start = budget["used"]
-    with os.fdopen(fd, "wb") as fh:
+    try:
         sink = _Sink(fh, budget, ", ".join(values))
         pickler = Pickler(sink, protocol=5, byref=byref)
         pickler.devices = set()
+        pickler.dump(values)
         try:
-            pickler.dump(values)
-        except BaseException:
-            budget["used"] = start
-            raise
-        fh.flush()
-        os.fsync(fh.fileno())
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as err:
+            raise _disk(err) from None
+    except BaseException:
+        budget["used"] = start
+        raise
+    finally:
+        fh.close()
     return {"file": path.name, "bytes": sink.bytes, "sha256": sink.hash.hexdigest(),
             "devices": sorted(pickler.devices)}
 
@@ -267,11 +284,11 @@ def _save_group(folder: Path, number: int, values: dict[str, Any], kind: str,
             entry = _write(path, values, budget, byref)
             return {**entry, "names": list(values), "kind": kind,
                     "types": {name: _type_name(value) for name, value in values.items()}}
-        except (SnapshotError, OSError):
+        except SnapshotError:
             _unlink(path)
             raise
         except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError,
-                NotImplementedError) as err:
+                NotImplementedError, OSError) as err:
             _unlink(path)
             problem = f"{type(err).__name__}: {str(err)[:300]}"
     return f"could not be saved ({problem})"
@@ -298,7 +315,8 @@ def park(folder: str, owner: str, *, limit_bytes: int, user_limit_bytes: int,
     target = Path(folder)
     if not is_id(target.name):
         raise SnapshotError("bad_id", f"{target.name!r} is not a snapshot id")
-    _own_folder(target.parent, create=False) or _missing(target.parent)
+    if user_folder(target.parent.parent, owner) != target.parent:  # checked here too: the kernel writes
+        raise SnapshotError("location", f"{target.parent} is not the snapshot folder of {owner!r}")
     shell = shell or _shell()
     others = used_bytes(target.parent)
     room = user_limit_bytes - others
@@ -306,8 +324,8 @@ def park(folder: str, owner: str, *, limit_bytes: int, user_limit_bytes: int,
               "why": f"{_size(limit_bytes)} per snapshot, {_size(user_limit_bytes)} per user, "
                      f"{_size(others)} already used by your snapshots"}
     partial = target.with_name(target.name + PARTIAL)
-    partial.mkdir(mode=0o700)
     try:
+        partial.mkdir(mode=0o700)
         manifest = _save(partial, user_namespace(shell), budget)
         for entry in manifest["entries"]:  # verified: every file read back against its checksum
             if _checksum(partial / entry["file"]) != entry["sha256"]:
@@ -323,15 +341,10 @@ def park(folder: str, owner: str, *, limit_bytes: int, user_limit_bytes: int,
     except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(err, OSError):
-            raise SnapshotError("disk", f"the snapshot could not be written ({err.strerror or err}); "
-                                        "nothing was parked and the kernel keeps running") from None
+            raise _disk(err) from None
         raise
     saved = [n for e in manifest["entries"] for n in e["names"]] + list(manifest["modules"])
     return Report(snapshot=target.name, saved=sorted(saved), not_saved=manifest["not_saved"], bytes=manifest["bytes"])
-
-
-def _missing(path: Path) -> None:
-    raise SnapshotError("location", f"the snapshot folder {path} does not exist")
 
 
 def _serializer() -> str:

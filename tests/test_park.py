@@ -381,6 +381,13 @@ def test_user_folders_are_one_per_exact_name(tmp_path):
         snapshot.user_folder(tmp_path / "snapshots", "alice")
 
 
+class Handle:
+    """A handle whose pickling fails with an OSError of its own."""
+
+    def __reduce__(self):
+        raise OSError("the device is gone")
+
+
 def test_what_cannot_be_saved_loses_only_itself(tmp_path):
     import socket
     import threading
@@ -392,13 +399,14 @@ def test_what_cannot_be_saved_loses_only_itself(tmp_path):
     with open(tmp_path / "log.txt", "w") as fh, socket.socket() as sock:
         thread = threading.Thread(target=print)
         names = {"kept": [1, 2.5, "three", {"four": (4,)}], "fh": fh, "sock": sock, "thread": thread,
-                 "it": iter([1, 2]), "inside": {"log": fh}}
+                 "it": iter([1, 2]), "inside": {"log": fh}, "handle": Handle()}
         manifest = snapshot._save(folder, names, {"used": 0, "limit": 1 << 20, "why": "test"})
     assert [e["names"] for e in manifest["entries"]] == [["kept"]]
     why = manifest["not_saved"]
     assert why["fh"].startswith("an open file") and why["sock"].startswith("a network socket")
     assert why["thread"].startswith("a thread") and why["it"].startswith("a live iterator (list_iterator)")
     assert "it holds an open file" in why["inside"]
+    assert why["handle"] == "could not be saved (OSError: the device is gone)"  # its own error, not a disk's
     assert (tmp_path / "log.txt").exists() and sorted(p.name for p in folder.iterdir()) == ["v0.pkl"]
 
 
