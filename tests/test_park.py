@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from jupyter_server.auth.identity import IdentityProvider, User
 from prometheus_client import REGISTRY
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
@@ -22,9 +21,9 @@ from orion_jupyter import kernelspecs
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool
 from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually_async
-from tests.kernel_io import run_code
+from tests.kernel_io import run_in_kernel
+from tests.test_hardening_local import TokenUsers  # alice and bob, told apart by their tokens
 
-TOKENS = {"alice-token": "alice", "bob-token": "bob"}
 GPU_SPEC, CPU_SPEC = "orion-1x1gi", "orion-cpu"
 POOL = {"gpus": 0, "cpu_slots": 2, "cpu_slot_memory": "4Gi"}
 
@@ -80,19 +79,6 @@ def reference_after_two_steps() -> list[str]:
     return [hashlib.sha256(t.detach().numpy().tobytes()).hexdigest() for t in space["model"].state_dict().values()]
 
 
-class TokenUsers(IdentityProvider):
-    def _name(self, handler):
-        auth = handler.request.headers.get("Authorization", "")
-        return TOKENS.get(auth[6:] if auth.lower().startswith("token ") else "")
-
-    def get_user(self, handler):
-        name = self._name(handler)
-        return User(username=name) if name else None
-
-    def is_token_authenticated(self, handler):
-        return self._name(handler) is not None
-
-
 @pytest.fixture
 def snapshot_extra(request, tmp_path):
     """Snapshots settings of the test ("{tmp}" in a value: the test's own temporary folder)."""
@@ -135,13 +121,7 @@ def api(jp_fetch, jp_serverapp, jp_environ, jp_asyncio_loop):
 
 
 async def run(serverapp, kernel_id: str, code: str) -> str:
-    client = serverapp.kernel_manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=60)
-        return await run_code(client, code)
-    finally:
-        client.stop_channels()
+    return await run_in_kernel(serverapp.kernel_manager.get_kernel(kernel_id), code)
 
 
 async def start(api, spec: str = CPU_SPEC, user: str = "alice") -> str:

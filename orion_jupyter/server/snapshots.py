@@ -121,6 +121,8 @@ class SnapshotService:
 
     def delete(self, owner: str, snapshot_id: str) -> None:
         path, _manifest = self.find(owner, snapshot_id)
+        if snapshot_id in self.resuming:
+            raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed; delete it afterwards")
         shutil.rmtree(path)
 
     async def ask(self, kernel_id: str, function: str, **arguments: Any) -> dict[str, Any]:
