@@ -1,5 +1,7 @@
 """park: park and resume times and bytes, against re-running the cells that built the namespace.
 
+``--quick``: NumPy at 10 MiB only.
+
 A real ``jupyter server`` (local backend, a CPU pool) and its REST API: for each size (about
 10 MiB and 100 MiB; 1 GiB with ``--park-gib``) and each kind (a NumPy array; a PyTorch model, its
 Adam optimizer after one step, and a tensor), one kernel builds the namespace (timed: "rebuild"),
@@ -117,7 +119,7 @@ def run(quick: bool = False, gib: bool = False) -> Section:
                   "Snapshots": {"max_snapshot_bytes": 8 << 30, "max_user_bytes": 16 << 30}}
         with JupyterServer(nowhere, dirs, "park", users=("alice",), extra_config=config) as server:
             for size in sizes:
-                for kind in CELLS:
+                for kind in ["numpy"] if quick else CELLS:  # quick: no PyTorch imports (seconds each)
                     results.append(_one(server, dirs, kind, size))
     section.data["runs"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in results]
     for r in results:

@@ -283,7 +283,11 @@ async def test_size_limits_refuse_and_the_kernel_keeps_running(api, jp_serverapp
     assert list(snapshot_folder().iterdir()) == []  # no partial snapshot left
 
     await run(jp_serverapp, kernel_id, "big = np.ones(20_000)")  # 160 kB: fits one snapshot
+    left = snapshot_folder() / "20260101T000000Z-0badf00d.partial"  # what a kernel killed while parking left
+    left.mkdir()
+    (left / "v0.pkl").write_bytes(b"x" * 250_000)
     code, first = await api("POST", f"kernels/{kernel_id}/park")
+    assert not left.exists()  # removed, so it does not count against the limit
     assert code == 201, first
     second = await start(api)
     await run(jp_serverapp, second, "import numpy as np\nbig = np.ones(20_000)")

@@ -80,6 +80,7 @@ class SnapshotService:
         self.kernel_manager = state.kernels.kernel_manager
         self.parking: set[str] = set()
         self.resuming: set[str] = set()
+        self.writing: set[Path] = set()  # snapshots being written now (their .partial folders)
 
     def base(self) -> Path:
         if self.state.view.kind != "local":
@@ -164,15 +165,25 @@ class SnapshotService:
             raise SnapshotError("busy", f"kernel {kernel_id} is not running (it died or is restarting); "
                                         "there is nothing to park")
         folder = self.folder(owner, create=True)
+        target = folder / snapshot.new_id()
+        self.forget_partial(folder)
         self.parking.add(kernel_id)
+        self.writing.add(target)
         try:
             with timed("park"):
-                report = await self._park(kernel_id, owner, folder / snapshot.new_id())
+                report = await self._park(kernel_id, owner, target)
         finally:
             self.parking.discard(kernel_id)
+            self.writing.discard(target)
         SNAPSHOT_BYTES.labels("park").inc(report["bytes"])
         return {"snapshot": report["snapshot"], "saved": report["saved"], "not_saved": report["not_saved"],
                 "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
+
+    def forget_partial(self, folder: Path) -> None:
+        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit."""
+        for path in folder.glob("*" + snapshot.PARTIAL):
+            if path.with_name(path.name[:-len(snapshot.PARTIAL)]) not in self.writing:
+                shutil.rmtree(path, ignore_errors=True)
 
     async def _park(self, kernel_id: str, owner: str, target: Path) -> dict[str, Any]:
         report = await self.ask(kernel_id, "park", folder=str(target), owner=owner,
