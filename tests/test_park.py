@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually_async
+from tests.helpers import eventually_async, fetch_json
 from tests.kernel_io import run_in_kernel
 from tests.test_hardening_local import TokenUsers  # alice and bob, told apart by their tokens
 
@@ -110,11 +109,7 @@ def api(jp_fetch, jp_serverapp, jp_environ, jp_asyncio_loop):
         kwargs = {"method": method, "headers": {"Authorization": f"token {user}-token"}}
         if body is not None or method == "POST":
             kwargs["body"] = json.dumps(body or {})
-        try:
-            response = await jp_fetch("orion", "api", *path.split("/"), **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body) if err.response and err.response.body else None
-        return response.code, json.loads(response.body) if response.body else None
+        return await fetch_json(jp_fetch, "orion", "api", *path.split("/"), **kwargs)
 
     yield call
     jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_all(now=True))
