@@ -234,6 +234,10 @@ async def test_unknown_and_other_users_snapshots_answer_404(api, jp_serverapp):
     other = await start(api, user="bob")
     code, refused = await api("POST", f"kernels/{other}/park")  # bob's kernel is not alice's to park
     assert code == 404 and other in jp_serverapp.kernel_manager
+    code, refused = await api("POST", f"snapshots/{sid}/resume", {"spec": "no-such-spec"})
+    assert code == 400 and refused["message"] == 'no kernel spec named "no-such-spec" to resume on', refused
+    code, refused = await api("POST", f"snapshots/{sid}/resume", {"spec": 3, "path": "/etc/passwd"})
+    assert code == 400 and refused["field"] == "spec", refused
     code, deleted = await api("DELETE", f"snapshots/{sid}")
     assert code == 200 and not snapshot_folder().joinpath(sid).exists()
 
@@ -344,6 +348,17 @@ async def test_a_location_other_users_can_write_is_refused(api, jp_serverapp, sn
 
 
 # -- the kernel-side engine alone ----------------------------------------------------------------
+def test_the_kernels_answer_is_read_as_json_or_a_literal():
+    from orion_jupyter.server.snapshots import answer_of
+    from orion_jupyter.snapshot import Report, SnapshotError
+
+    report = Report(snapshot="x", saved=["a"], not_saved={})
+    assert answer_of({"application/json": report._repr_json_()}) == report
+    assert answer_of({"text/plain": repr(report)}) == report  # a kernel without the JSON formatter
+    with pytest.raises(SnapshotError, match="could not be read"):
+        answer_of({"text/plain": "__import__('os').system('true')"})  # never evaluated
+
+
 def test_user_folders_are_one_per_exact_name(tmp_path):
     from orion_jupyter import snapshot
 

@@ -12,6 +12,7 @@ server checks; a request never names a path.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import time
@@ -69,6 +70,20 @@ def timed(action: str) -> Iterator[None]:
         raise
     finally:
         SNAPSHOT_SECONDS.labels(action, outcome).observe(time.monotonic() - started)
+
+
+def answer_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The kernel's report from a user expression's display data: its JSON, or its plain text where a
+    kernel shows no JSON (a literal, never evaluated)."""
+    if isinstance(data.get("application/json"), dict):
+        return data["application/json"]
+    try:
+        value = ast.literal_eval(data.get("text/plain", ""))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise SnapshotError("kernel", "the kernel's answer could not be read; it keeps running")
+    return value
 
 
 class SnapshotService:
@@ -148,7 +163,7 @@ class SnapshotService:
             raise SnapshotError("kernel", f"the kernel could not {function} ({result.get('ename', 'no answer')}: "
                                           f"{result.get('evalue', reply['content'].get('evalue', ''))}); its image "
                                           "needs orion-jupyter and dill. The kernel keeps running")
-        answer = (result.get("data") or {}).get("application/json") or {}
+        answer = answer_of(result.get("data") or {})
         if "error" in answer:
             raise SnapshotError(answer.get("reason", "kernel"), answer["error"])
         return answer
