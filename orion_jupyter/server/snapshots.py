@@ -13,6 +13,7 @@ server checks; a request never names a path.
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import shutil
 import time
@@ -84,6 +85,17 @@ def answer_of(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SnapshotError("kernel", "the kernel's answer could not be read; it keeps running")
     return value
+
+
+async def idle_soon(km: Any, seconds: float = 2.0) -> bool:
+    """Whether the kernel is idle, or turns idle within ``seconds`` (a cell that just ended: its idle
+    status may reach the server a moment after its reply reached the user)."""
+    deadline = time.monotonic() + seconds
+    while getattr(km, "execution_state", None) == "busy":
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 class SnapshotService:
@@ -173,7 +185,7 @@ class SnapshotService:
         km = self.kernel_manager.get_kernel(kernel_id)
         if kernel_id in self.parking:
             raise SnapshotError("busy", f"kernel {kernel_id} is being parked already")
-        if getattr(km, "execution_state", None) == "busy":
+        if not await idle_soon(km):
             raise SnapshotError("busy", f"kernel {kernel_id} is running a cell; park it once it is idle "
                                         "(or interrupt it first)")
         if not await ensure_async(km.is_alive()):
