@@ -80,6 +80,11 @@ def _remove(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .k8s.rbac import rbac_manifests
 
+    if args.orion_stack:
+        return _orion_stack(args)
+    stack_only = [f for f in _STACK_FLAGS if getattr(args, f) not in (None, False)]
+    if stack_only:
+        return _usage_error(f"--{stack_only[0].replace('_', '-')} is for the Orion stack: add --orion-stack")
     if not args.hub:
         for flag in ("values", "hub_service_account", "broker_image"):
             if getattr(args, flag):
@@ -99,6 +104,30 @@ def _manifests(args: argparse.Namespace) -> int:
                                 create_service_account=not args.hub_service_account)
     if args.backend == "dra":
         docs += _claim_templates(args)
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+_STACK_FLAGS = ("remote", "gpu_node_selector", "controller_node_selector", "vgpus_per_gpu", "cuda", "bind_net",
+                "rdma", "controller_image", "plugin_image", "server_image")
+
+
+def _orion_stack(args: argparse.Namespace) -> int:
+    """The Orion Controller, device plugin and Orion Server (`--orion-stack`): what the tutorial edits by hand."""
+    from .k8s.orion_stack import OrionStack, orion_stack_manifests, parse_selector
+
+    if args.hub or args.values or args.backend:
+        return _usage_error("--orion-stack renders Orion's own components; render the RBAC in a second call")
+    stack = OrionStack(
+        namespace=args.namespace,
+        gpu_node_selector=parse_selector(args.gpu_node_selector or "", "gpu-node-selector"),
+        controller_node_selector=parse_selector(args.controller_node_selector or "", "controller-node-selector"),
+        vgpus_per_gpu=2 if args.vgpus_per_gpu is None else args.vgpus_per_gpu, cuda=args.cuda or "10.0",
+        remote=args.remote, bind_net=args.bind_net or "", rdma=args.rdma,
+        **{k: v for k in ("controller_image", "plugin_image", "server_image") if (v := getattr(args, k))},
+    )
+    docs = orion_stack_manifests(stack)
+    print(f"# Orion stack in namespace {stack.namespace}; kernels reach the controller at {stack.controller_address}")
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     return 0
 
@@ -215,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     manifests = commands.add_parser("manifests", help="print the RBAC a Jupyter server (or, with --hub, the broker) "
                                                       "needs, as YAML")
-    manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
+    manifests.add_argument("--namespace", required=True,
+                           help="namespace the kernel pods run in (with --orion-stack: Orion's namespace)")
     manifests.add_argument("--service-account",
                            help="service account to create and bind: the Jupyter server's (default jupyter) or, "
                                 "with --hub, the broker's (default orion-broker)")
@@ -242,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--dra-flavor", action="append", metavar="FLAVOR",
                            help="with --backend dra: hami, mig, gpu or mig:<profile>, repeated in order of "
                                 "preference (several make a firstAvailable list); default hami")
+    stack = manifests.add_argument_group("the Orion stack (--orion-stack)")
+    stack.add_argument("--orion-stack", action="store_true",
+                       help="print instead Orion's own components: the controller (Deployment + Service), the device "
+                            "plugin and Orion Server (DaemonSets on the GPU nodes), in --namespace")
+    stack.add_argument("--gpu-node-selector", metavar="KEY=VALUE[,...]", help="the GPU nodes, e.g. gpu=true")
+    stack.add_argument("--controller-node-selector", metavar="KEY=VALUE[,...]",
+                       help="pin the controller (one per pool) to these nodes")
+    stack.add_argument("--vgpus-per-gpu", type=int, metavar="N", help="vGPUs per physical GPU (VGPU); default 2")
+    stack.add_argument("--cuda", choices=["10.0", "9.0"], help="CUDA of the Orion Server image; default 10.0")
+    stack.add_argument("--remote", action="store_true",
+                       help="scenario 3: servers for clients on other nodes (no shared memory; see --bind-net, --rdma)")
+    stack.add_argument("--bind-net", metavar="DEVICE",
+                       help="with --remote: the network device the servers bind (BIND_NET, e.g. ib0); "
+                            "default: the node's IP (BIND_ADDR)")
+    stack.add_argument("--rdma", action="store_true", help="with --remote: RDMA between clients and servers")
+    for part in ("controller", "plugin", "server"):
+        stack.add_argument(f"--{part}-image", metavar="NAME:TAG", help=f"the Orion {part} image")
     manifests.set_defaults(func=_manifests)
 
     gc = commands.add_parser("gc",
