@@ -21,6 +21,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import ENV_JUPYTER_PATH, SYSTEM_JUPYTER_PATH
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
 
+from .allocation import allocation_label
 from .backends import Backend, get_backend
 from .clusters import cluster_kind, make_driver
 from .config import PENDING, KernelPolicy
@@ -81,6 +82,12 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     orion_controller = Unicode("", config=True,
                                help="ORION_CONTROLLER for the Orion client in the kernel (host:port); "
                                     "empty: the image's own.")
+    orion = Dict(config=True,
+                 help="Settings of the orion backend: {'mode': 'local'} (default: virtaitech.com/gpu from the device "
+                      "plugin on GPU nodes) or {'mode': 'remote'} (scenario 3: the kernel pod asks for no GPU and may "
+                      "run on any node; its Orion client takes vGPUs from the controller when CUDA starts), with "
+                      "'controller' (host:port; default orion_controller) and 'node_selector' (e.g. the CPU nodes). "
+                      "Deploy the servers with `orion-jupyter manifests --orion-stack --remote`.")
     host_ipc = Bool(False, config=True,
                     help="Give Orion kernels hostIPC (faster client-server transfer; "
                          "shares the node's IPC namespace: a security trade-off).")
@@ -214,8 +221,9 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     def backend_named(self, name: str) -> Backend:
         """A backend with this server's overrides (the dra / kai settings only for their own backend)."""
-        return get_backend(name, self.resource_names, self.env_names,
-                           dra=self.dra if name == "dra" else None, kai=self.kai if name == "kai" else None)
+        orion = {"controller": self.orion_controller, **self.orion} if name == "orion" and self.orion else None
+        return get_backend(name, self.resource_names, self.env_names, dra=self.dra if name == "dra" else None,
+                           kai=self.kai if name == "kai" else None, orion=orion)
 
     def cluster_kind(self) -> str:
         return cluster_kind(self)
@@ -315,7 +323,8 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.driver = make_driver(self, self.parent, self.kernel_spec)
         await self.driver.view.start()
         policy = KernelPolicy(parent=self)
-        await policy.check(request, image=self.image, view=self.driver.view, backend=backend)
+        # Remote vGPUs are taken when CUDA starts, not by Kubernetes: the controller's free count is the only gate.
+        await policy.check(request, image=self.image, view=self.driver.view, backend=backend, capacity=backend.remote)
         await policy.take_quota(request, user=self.user, kernel_id=self.kernel_id, view=self.driver.view)
         self.request = request
         self._launch_started = time.monotonic()
@@ -409,11 +418,13 @@ class VGPUProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     def allocation_summary(self) -> dict[str, Any]:
         """This kernel's allocation for the server extension's views."""
-        summary: dict[str, Any] = {"user": self.user, "backend": self.backend,
+        backend = self.launch.backend.label if self.launch else self.backend
+        summary: dict[str, Any] = {"user": self.user, "backend": backend,
                                    "cluster": self.driver.name if self.driver else None}
         summary.update(self.request.as_dict() if self.request
                        else {"vgpus": None, "memory_mib": None, "compute_percent": None})
-        summary["label"] = self.request.describe() if self.request else ""
+        summary["label"] = (allocation_label(self.request.count, self.request.memory_mib, self.request.compute_percent,
+                                             backend) if self.request else "")
         summary.update(self.handle.info() if self.handle else {})
         return summary
 
