@@ -202,6 +202,55 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from traitlets.config import Config, PyFileConfigLoader
+
+    from .check import CheckSettings, run
+    from .k8s.client import api_client, cluster_configured, default_namespace
+    from .provisioner import VGPUProvisioner
+
+    if args.kubeconfig and not Path(args.kubeconfig).expanduser().is_file():
+        raise VGPURequestError("kubeconfig", args.kubeconfig, f"--kubeconfig {args.kubeconfig} is not a file")
+    if not cluster_configured(args.kubeconfig):
+        raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
+                                                   "no ~/.kube/config); give --kubeconfig FILE")
+    if args.timeout <= 0:
+        raise VGPURequestError("timeout", args.timeout, "--timeout must be more than 0 seconds")
+    config = Config()
+    if args.config:
+        path = Path(args.config).expanduser()
+        if not path.is_file():
+            raise VGPURequestError("config", args.config, f"--config {args.config} is not a file")
+        config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
+    provisioner = VGPUProvisioner(config=config)
+    for name in ("image", "backend"):
+        if getattr(args, name):
+            setattr(provisioner, name, getattr(args, name))
+    if args.orion_controller:
+        provisioner.orion_controller = args.orion_controller
+    if args.remote:
+        provisioner.orion = {**provisioner.orion, "mode": "remote"}
+    namespace = args.namespace or provisioner.namespace or default_namespace(args.kubeconfig)
+    settings = CheckSettings(namespace=namespace, backend=provisioner.backend_model(), provisioner=provisioner,
+                             hub=args.hub, service_account=args.service_account or "",
+                             singleuser_service_account=args.singleuser_service_account, timeout=args.timeout,
+                             canary=not args.no_canary)
+    text = args.output == "text"
+    if text:
+        mode = "hub mode (the broker)" if args.hub else "direct mode (the Jupyter server)"
+        print(f"orion-jupyter check: {mode}, namespace {namespace}, backend {settings.backend.label}", flush=True)
+    try:
+        echo = (lambda line: print(line, flush=True)) if text else None
+        report = run(api_client(args.kubeconfig), settings, echo=echo)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("orion-jupyter check: interrupted; what it had created is deleted", file=sys.stderr)
+        return 130
+    print(report.summary() if text else report.as_json())
+    return 0 if report.success else 1
+
+
 def _broker(args: argparse.Namespace, extra: list[str]) -> int:
     from .broker.service import main as broker_main
 
@@ -300,6 +349,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds an object must exist before it is collected "
                          "(a launch in progress is never touched); default 600")
     gc.set_defaults(func=_gc)
+
+    check = commands.add_parser(
+        "check", help="check that the cluster is ready for vGPU kernels (API, RBAC, GPUs, Orion controller, network "
+                      "policy, a canary kernel): one line per check, exit 0 only when every required check passes")
+    check.add_argument("--namespace", help="the kernels' namespace; default: the configuration's, else the context's")
+    check.add_argument("--hub", action="store_true",
+                       help="hub mode: check the broker's rights, that single-user servers have none, and that "
+                            "NetworkPolicy is enforced")
+    check.add_argument("--config", metavar="FILE",
+                       help="the Jupyter server's (or, with --hub, the broker's) Python config file, for its "
+                            "c.VGPUProvisioner settings (backend, image, orion...)")
+    check.add_argument("--kubeconfig", default="",
+                       help="kubeconfig file; default: in-cluster, KUBECONFIG, ~/.kube/config")
+    check.add_argument("--service-account", metavar="NAME",
+                       help="check the rights of this service account (SubjectAccessReview, as a cluster admin) "
+                            "instead of the identity running the check")
+    check.add_argument("--singleuser-service-account", default="default", metavar="NAME",
+                       help="with --hub: the service account of single-user servers; default 'default'")
+    check.add_argument("--backend", choices=["orion", "hami", "nvidia", "dra", "kai"], help="override the backend")
+    check.add_argument("--remote", action="store_true", help="Orion's remote mode (needs a controller address)")
+    check.add_argument("--orion-controller", metavar="HOST:PORT", help="the Orion controller's address")
+    check.add_argument("--image", help="the kernel image of the canary; default: the configuration's")
+    check.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds the canary kernel and the probes may take to start; default 120")
+    check.add_argument("--no-canary", action="store_true", help="start no canary kernel pod")
+    check.add_argument("--output", choices=["text", "json"], default="text", help="text (default) or json")
+    check.set_defaults(func=_check)
 
     broker = commands.add_parser(
         "broker", help="run the vGPU broker, a JupyterHub service that launches every server's kernels (hub mode); "
