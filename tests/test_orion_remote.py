@@ -161,3 +161,16 @@ def test_shortage_of_an_unread_controller():
 
     assert remote_shortage(controller_pool("c:1", None), "c:1", 2).startswith(
         "Orion controller c:1 has not been read yet: a kernel with remote vGPUs needs it")
+
+
+def test_remote_mode_per_kernel_spec_and_the_server_controller():
+    from orion_jupyter.provisioner import VGPUProvisioner
+
+    # an administrator's kernel spec config (trusted), with the server's orion_controller as the address
+    probe = VGPUProvisioner(kernel_id="k", orion={"mode": "remote"}, orion_controller="orion.example:9123")
+    assert probe.spec_problem is None
+    backend = probe.backend_model()
+    assert backend.remote and backend.orion.controller == "orion.example:9123"
+    assert not VGPUProvisioner(kernel_id="k", orion_controller="orion.example:9123").backend_model().remote
+    with pytest.raises(VGPURequestError, match="Orion remote mode needs the controller's address"):
+        VGPUProvisioner(kernel_id="k", orion={"mode": "remote"}).backend_model()
