@@ -178,14 +178,10 @@ def _claim_templates(args: argparse.Namespace) -> list[dict]:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .k8s.client import api_client, cluster_configured, default_namespace
+    from .k8s.client import api_client, default_namespace
     from .k8s.gc import collect_garbage
 
-    if args.kubeconfig and not Path(args.kubeconfig).expanduser().is_file():
-        raise VGPURequestError("kubeconfig", args.kubeconfig, f"--kubeconfig {args.kubeconfig} is not a file")
-    if not cluster_configured(args.kubeconfig):
-        raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
-                                                   "no ~/.kube/config); give --kubeconfig FILE")
+    _require_cluster(args.kubeconfig)
     if args.min_age < 0:
         raise VGPURequestError("min_age", args.min_age, "--min-age must be 0 or more seconds")
     namespace = args.namespace or default_namespace(args.kubeconfig)
@@ -202,53 +198,22 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    import asyncio
+def _require_cluster(kubeconfig: str) -> None:
+    """A kubeconfig that exists, or a cluster found otherwise (in a pod, KUBECONFIG, ~/.kube/config)."""
+    from .k8s.client import cluster_configured
 
-    from traitlets.config import Config, PyFileConfigLoader
-
-    from .check import CheckSettings, run
-    from .k8s.client import api_client, cluster_configured, default_namespace
-    from .provisioner import VGPUProvisioner
-
-    if args.kubeconfig and not Path(args.kubeconfig).expanduser().is_file():
-        raise VGPURequestError("kubeconfig", args.kubeconfig, f"--kubeconfig {args.kubeconfig} is not a file")
-    if not cluster_configured(args.kubeconfig):
+    if kubeconfig and not Path(kubeconfig).expanduser().is_file():
+        raise VGPURequestError("kubeconfig", kubeconfig, f"--kubeconfig {kubeconfig} is not a file")
+    if not cluster_configured(kubeconfig):
         raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
                                                    "no ~/.kube/config); give --kubeconfig FILE")
-    if args.timeout <= 0:
-        raise VGPURequestError("timeout", args.timeout, "--timeout must be more than 0 seconds")
-    config = Config()
-    if args.config:
-        path = Path(args.config).expanduser()
-        if not path.is_file():
-            raise VGPURequestError("config", args.config, f"--config {args.config} is not a file")
-        config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
-    provisioner = VGPUProvisioner(config=config)
-    for name in ("image", "backend"):
-        if getattr(args, name):
-            setattr(provisioner, name, getattr(args, name))
-    if args.orion_controller:
-        provisioner.orion_controller = args.orion_controller
-    if args.remote:
-        provisioner.orion = {**provisioner.orion, "mode": "remote"}
-    namespace = args.namespace or provisioner.namespace or default_namespace(args.kubeconfig)
-    settings = CheckSettings(namespace=namespace, backend=provisioner.backend_model(), provisioner=provisioner,
-                             hub=args.hub, service_account=args.service_account or "",
-                             singleuser_service_account=args.singleuser_service_account, timeout=args.timeout,
-                             canary=not args.no_canary)
-    text = args.output == "text"
-    if text:
-        mode = "hub mode (the broker)" if args.hub else "direct mode (the Jupyter server)"
-        print(f"orion-jupyter check: {mode}, namespace {namespace}, backend {settings.backend.label}", flush=True)
-    try:
-        echo = (lambda line: print(line, flush=True)) if text else None
-        report = run(api_client(args.kubeconfig), settings, echo=echo)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("orion-jupyter check: interrupted; what it had created is deleted", file=sys.stderr)
-        return 130
-    print(report.summary() if text else report.as_json())
-    return 0 if report.success else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check.command import run_command
+
+    _require_cluster(args.kubeconfig)
+    return run_command(args)
 
 
 def _broker(args: argparse.Namespace, extra: list[str]) -> int:
