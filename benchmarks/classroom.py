@@ -225,7 +225,7 @@ async def _claims(n: int, broker: BrokerProcess, cluster: Any, users: list[str],
     import zmq.asyncio
     from traitlets.config import Config
 
-    from orion_jupyter.broker.client import BrokerClient
+    from orion_jupyter.hubclient import BrokerClient
 
     config = Config()
     config.VGPUProvisioner.cluster = "broker"

@@ -19,18 +19,18 @@ import uuid
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import port_names
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..errors import KernelLaunchError
 from ..k8s.cluster import KubeCluster
-from ..k8s.driver import PORT_RANGE, pod_options
+from ..k8s.driver import pod_options
 from ..k8s.hub_manifests import kernel_network_policy
 from ..k8s.manifests import build_kernel_manifests
 from ..launch import KernelLaunch
 from ..names import LABEL_COMPONENT, LABEL_KERNEL_ID, LABEL_MANAGED_BY, MANAGED_BY
 from ..vgpu import VGPURequest
+from ..wire import connection_info, fresh_ports
 from .cluster_checks import CheckSettings, _api_error
 from .report import Report
 
@@ -169,9 +169,7 @@ async def check_canary(report: Report, api: client.ApiClient, settings: CheckSet
     image = settings.provisioner.image
     key = secrets.token_hex(16)
     launch = _canary_launch(settings, key)
-    ports = [secrets.choice(range(*PORT_RANGE)) for _ in port_names]
-    connection = {"transport": "tcp", "ip": "0.0.0.0", "key": key, "signature_scheme": "hmac-sha256",
-                  **dict(zip(port_names, ports, strict=True))}
+    connection = connection_info(fresh_ports(), key)
     manifests = build_kernel_manifests(pod_options(launch, settings.namespace, connection, "check"))
     cluster = KubeCluster(api, settings.namespace, watch_nodes=False, watch_dra=settings.backend.uses_claims)
     started = time.monotonic()
