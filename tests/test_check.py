@@ -66,14 +66,16 @@ def check(capsys, *extra: str) -> tuple[int, str]:
 
 
 def test_a_ready_cluster_passes_every_check(cluster, capsys):
-    ready_direct(cluster)
-    code, out = check(capsys)
+    """As an operator runs it: an admin's kubeconfig, asking about the server's service account."""
+    apply(cluster, rbac_manifests(NS, read_all_pods=True))
+    make_admin(cluster)
+    code, out = check(capsys, "--service-account", "jupyter")
     assert code == 0, out
     assert out.startswith(f"orion-jupyter check: direct mode (the Jupyter server), namespace {NS}, backend orion\n")
     for line in ("✔ the API server answers (v1.31.0-kubesim)",
                  f"✔ namespace {NS} exists",
-                 f"✔ this identity may do all 12 things the Jupyter server needs in namespace {NS}",
-                 "✔ this identity may do all 6 things the Jupyter server needs cluster-wide",
+                 f"✔ service account jupyter may do all 12 things the Jupyter server needs in namespace {NS}",
+                 "✔ service account jupyter may do all 6 things the Jupyter server needs cluster-wide",
                  "✔ 1 node advertises virtaitech.com/gpu (gpu-1: 4)",
                  f"✔ image {IMAGE} pulled and the kernel pod ready in ",
                  "✔ kernel_info answered: Python 3.",
@@ -101,8 +103,9 @@ def test_a_missing_rbac_verb_fails_with_the_manifests_command(cluster, capsys):
     role["rules"][0]["verbs"].remove("delete")  # pods: no delete
     apply(cluster, docs)
     cluster.rbac_user = SERVER_SA
-    code, out = check(capsys)
+    code, out = check(capsys)  # as the server's own account, which may not look at namespaces
     assert code == 1
+    assert f"‼ namespace {NS} could not be looked at (no right to get namespaces)" in out
     assert f"✘ this identity may not delete pods in namespace {NS}\n" in out
     assert (f"    hint: apply the RBAC: orion-jupyter manifests --namespace {NS} --read-all-pods | kubectl apply -f -"
             in out)
@@ -175,6 +178,11 @@ def test_the_orion_controller(cluster, capsys):
 def hub_cluster(cluster: SimCluster) -> None:
     """The broker's RBAC, and the check run by an admin on the broker's behalf."""
     apply(cluster, broker_manifests(NS, read_all_pods=True))
+    make_admin(cluster)
+
+
+def make_admin(cluster: SimCluster) -> None:
+    """The kubeconfig's token is a cluster admin's (an operator's)."""
     apply(cluster, [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "admin-all"},
          "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},

@@ -46,8 +46,9 @@ class CheckSettings:
 
     @property
     def manifests_command(self) -> str:
+        account = "--hub-service-account" if self.hub else "--service-account"  # hub: bind an existing account
         flags = [" --hub" if self.hub else "",
-                 f" --service-account {self.service_account}" if self.service_account else "",
+                 f" {account} {self.service_account}" if self.service_account else "",
                  " --backend dra" if self.backend.uses_claims else "",
                  " --read-all-pods" if self.provisioner.count_other_workloads else "",
                  "" if self.provisioner.watch_nodes else " --no-nodes"]
@@ -91,10 +92,14 @@ def check_api(report: Report, api: client.ApiClient, settings: CheckSettings) ->
             report.fail(category, f"namespace {settings.namespace} does not exist",
                         f"kubectl create namespace {settings.namespace}, or give the right --namespace")
             return False
-        if err.status != 403:  # reading namespaces is not part of the Role: a refusal says nothing
+        if err.status != 403:
             report.fail(category, f"namespace {settings.namespace} cannot be read", "see the error",
                         error=_api_error(err))
             return False
+        # reading namespaces is not part of the Role: a refusal says nothing about the namespace
+        report.warn(category, f"namespace {settings.namespace} could not be looked at (no right to get namespaces)",
+                    "nothing to do if it exists: the checks below fail if it does not")
+        return True
     report.ok(category, f"namespace {settings.namespace} exists")
     return True
 
