@@ -16,7 +16,7 @@ import kubernetes
 import pytest
 
 from kubesim.cluster import SimCluster, SimNode
-from kubesim.fixtures import GPU_NODE
+from kubesim.fixtures import running_cluster
 from kubesim.orion_controller import FakeOrionController
 from orion_jupyter.cli import main
 from orion_jupyter.k8s.hub_manifests import broker_manifests
@@ -28,21 +28,10 @@ SERVER_SA = f"system:serviceaccount:{NS}:jupyter"
 ADMIN = "system:serviceaccount:kube-system:admin"
 
 
-def make_cluster(monkeypatch, nodes: list[SimNode] | None = None) -> SimCluster:
-    cluster = SimCluster(nodes=nodes if nodes is not None else [SimNode("gpu-1", allocatable=dict(GPU_NODE))],
-                         python=sys.executable).start()
-    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig_path)
-    return cluster
-
-
 @pytest.fixture
-def cluster(monkeypatch):
-    sim = make_cluster(monkeypatch)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-    assert sim.running_processes() == []
+def cluster(sim_cluster):
+    """kubesim's one GPU node gpu-1 (4 virtaitech.com/gpu)."""
+    return sim_cluster
 
 
 def apply(cluster: SimCluster, docs: list[dict]) -> None:
@@ -114,8 +103,8 @@ def test_a_missing_rbac_verb_fails_with_the_manifests_command(cluster, capsys):
 
 
 def test_no_node_with_the_resource(monkeypatch, capsys):
-    sim = make_cluster(monkeypatch, [SimNode("cpu-1", allocatable={"cpu": "8", "memory": "32Gi", "pods": 110})])
-    try:
+    cpu_only = SimNode("cpu-1", allocatable={"cpu": "8", "memory": "32Gi", "pods": 110})
+    with running_cluster(monkeypatch, [cpu_only]) as sim:
         ready_direct(sim)
         code, out = check(capsys)
         assert code == 1
@@ -126,8 +115,6 @@ def test_no_node_with_the_resource(monkeypatch, capsys):
         assert "✘ no node advertises nvidia.com/gpu (1 nodes)" in out
         assert "hint: install the device plugin that advertises nvidia.com/gpu on the GPU nodes" in out
         assert left(sim) == []
-    finally:
-        sim.stop()
 
 
 def test_an_image_that_cannot_be_pulled(cluster, capsys):

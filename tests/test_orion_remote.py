@@ -3,13 +3,11 @@ controller when CUDA starts; the controller's HTTP API (a stand-in here) is the 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kubesim.cluster import SimCluster, SimNode
-from kubesim.fixtures import GPU_NODE
+from kubesim.cluster import SimNode
+from kubesim.fixtures import GPU_NODE, running_cluster
 from kubesim.orion_controller import FakeOrionController
 from orion_jupyter.allocation import REMOTE_NOTE, KernelAllocation
 from orion_jupyter.backends import get_backend
@@ -90,16 +88,11 @@ def test_widget_says_the_vgpu_is_remote():
 
 @pytest.fixture
 def cpu_and_gpu_cluster(monkeypatch):
-    cluster = SimCluster(nodes=[SimNode("gpu-1", allocatable=dict(GPU_NODE), labels={"gpu": "true"}),
-                                SimNode("cpu-1", allocatable={"cpu": "16", "memory": "64Gi", "pods": 110},
-                                        labels={"node-role": "cpu"})],
-                         python=sys.executable).start()
-    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig_path)
-    try:
+    with running_cluster(monkeypatch, [
+        SimNode("gpu-1", allocatable=dict(GPU_NODE), labels={"gpu": "true"}),
+        SimNode("cpu-1", allocatable={"cpu": "16", "memory": "64Gi", "pods": 110}, labels={"node-role": "cpu"}),
+    ]) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-    assert cluster.running_processes() == []
 
 
 def remote_config(controller_address: str, **extra):
