@@ -25,6 +25,7 @@ MODULE_MARKERS = {
     "test_notebooks.py": ("torch", "slow"),
     "test_widgets.py": ("torch",),
     "test_usage.py": ("torch",),
+    "test_park.py": ("torch",),
     "test_benchmarks_smoke.py": ("slow",),
     "test_hub_fixture.py": ("slow",),
 }

@@ -19,6 +19,7 @@ from ..settings import ClassSettings
 from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
+from .snapshots import Snapshots, SnapshotService, snapshot_routes
 from .state import OrionState
 from .usage import UsageSampler
 from .warm import make_warm_pool
@@ -105,17 +106,19 @@ class OrionJupyter(ExtensionApp, ClassSettings):
             COLLECTOR.registered = True
         COLLECTOR.state = self.state  # one server per process reports (the newest)
         self._activity_timer = None
+        snapshots = SnapshotService(self.state, Snapshots(parent=self))
+        self.settings["orion_jupyter_snapshots"] = snapshots
         if self.state.view.decides_culling:  # hub mode: the broker culls, from the kernels' own activity
             self.culler: Culler | BackendCulling = BackendCulling(self.state.view)
         else:
-            self.culler = Culler(ServerKernels(self.state.kernels), PROGRESS,
+            self.culler = Culler(ServerKernels(self.state.kernels, snapshots), PROGRESS,
                                  CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(routes(r"/orion/api"))
+        self.handlers.extend(routes(r"/orion/api") + snapshot_routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         warm_kernel_manager(serverapp.kernel_manager)

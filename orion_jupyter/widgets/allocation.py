@@ -25,8 +25,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..allocation import KernelAllocation
-from ..vgpu import format_allocation, format_mib
+from ..allocation import REMOTE_BACKEND, REMOTE_NOTE, KernelAllocation, allocation_label
+from ..vgpu import format_mib
 
 MIB = 1024 * 1024
 CONTEXT_RESERVE_MIB = 512
@@ -64,7 +64,8 @@ def summarize_allocation(allocation: KernelAllocation | None) -> str:
     if allocation is None:
         return NOT_ORION
     a = allocation
-    parts = [f"{a.cluster or '?'} · {a.backend or '?'}", format_allocation(a.vgpus, a.memory_mib, a.compute_percent)]
+    parts = [f"{a.cluster or '?'} · {a.backend or '?'}",
+             allocation_label(a.vgpus, a.memory_mib, a.compute_percent, a.backend)]
     if a.pod_name:
         parts.append(f"pod {a.pod_name}" + (f" on {a.node_name}" if a.node_name else ""))
     elif a.node_name:
@@ -82,7 +83,7 @@ def describe_allocation(allocation: KernelAllocation | None) -> dict[str, str]:
     return {
         "cluster": a.cluster or "?",
         "backend": a.backend or "?",
-        "vgpus": str(a.vgpus),
+        "vgpus": f"{a.vgpus} ({REMOTE_NOTE})" if a.backend == REMOTE_BACKEND and a.vgpus else str(a.vgpus),
         "memory": (
             f"{a.memory_mib} MiB per vGPU ({format_mib(a.memory_mib)}"
             + (f", {format_mib(a.memory_mib * a.vgpus)} in all)" if a.vgpus > 1 else ")")
