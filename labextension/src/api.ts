@@ -294,6 +294,65 @@ export const cancelQueued = (kernelId: string): Promise<{ cancelled: string }> =
 export const stopClassPod = (pod: string): Promise<unknown> =>
   requestAPI(`class/${encodeURIComponent(pod)}`, { method: 'DELETE' });
 
+/** One of this user's parked kernels (GET snapshots); `error` instead of the rest when unreadable. */
+export interface ISnapshot {
+  id: string;
+  /** When it was parked (ISO-8601 UTC). */
+  created?: string | null;
+  bytes?: number | null;
+  /** The parked kernel's spec, the notebook it ran (the session's path) and its vGPU request. */
+  spec?: string | null;
+  path?: string | null;
+  vgpu?: { vgpus?: number | null; memory_mib?: number | null; label?: string } | null;
+  saved?: string[];
+  not_saved?: Record<string, string>;
+  error?: string;
+}
+
+/** What POST kernels/{id}/park answers: the snapshot, what it holds and what it could not. */
+export interface IParked {
+  snapshot: string;
+  saved: string[];
+  not_saved: Record<string, string>;
+  bytes: number;
+  kernel_id: string;
+}
+
+/** What POST snapshots/{id}/resume answers: the new kernel and what came back into it. */
+export interface IResumed {
+  kernel_id: string;
+  spec: string;
+  path: string | null;
+  snapshot: string;
+  restored: string[];
+  /** Every parked name that did not come back, with why (those never saved included). */
+  not_restored: Record<string, string>;
+  /** GPU tensors put elsewhere (no GPU in the new kernel): name → where. */
+  moved?: Record<string, string>;
+  /** Something did not come back: the snapshot stays, to try again or delete. */
+  snapshot_kept?: boolean;
+}
+
+/** This user's parked kernels; a server that keeps none here answers an error (501 on Kubernetes). */
+export const getSnapshots = async (): Promise<ISnapshot[]> =>
+  (await requestAPI<{ snapshots: ISnapshot[] }>('snapshots')).snapshots;
+
+/** Saves the kernel's variables, then stops it (its vGPU is free at once). */
+export const parkKernel = (kernelId: string): Promise<IParked> =>
+  requestAPI<IParked>(`kernels/${encodeURIComponent(kernelId)}/park`, { method: 'POST', body: '{}' });
+
+/** A new kernel (the parked one's spec, or `spec`) with the snapshot restored in it. */
+export const resumeSnapshot = (snapshotId: string, spec?: string): Promise<IResumed> =>
+  requestAPI<IResumed>(`snapshots/${encodeURIComponent(snapshotId)}/resume`, {
+    method: 'POST',
+    body: JSON.stringify(spec ? { spec } : {})
+  });
+
+export const deleteSnapshot = (snapshotId: string): Promise<{ deleted: string }> =>
+  requestAPI<{ deleted: string }>(`snapshots/${encodeURIComponent(snapshotId)}`, {
+    method: 'DELETE'
+  });
+
 /** The text of any error, for showing it where the data would be. */
 export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

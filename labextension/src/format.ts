@@ -344,3 +344,94 @@ export function cullNotice(
         : trans.__('Idle: this kernel is stopped at %1 to free its vGPU unless kept.', clock)
   };
 }
+
+/** A snapshot's size: 12288 → "12 KiB", then as formatBytes ("1.2 GiB"); null → "—". */
+export function formatSize(bytes: number | null | undefined): string {
+  if (bytes === null || bytes === undefined || !isFinite(bytes)) {
+    return '—';
+  }
+  return bytes < MIB ? `${Math.max(1, Math.round(bytes / 1024))} KiB` : formatBytes(bytes);
+}
+
+/** The status bar's word for a parked notebook: "parked 10:42" (this browser's time of day). */
+export function formatParked(
+  snapshot: { created?: string | null },
+  trans: TranslationBundle = plain
+): string {
+  const clock = formatClock(snapshot.created);
+  return clock ? trans.__('parked %1', clock) : trans.__('parked');
+}
+
+/** "a (reason); b (reason)", at most `most` of them, then "and 3 more". */
+function reasons(
+  named: Record<string, string>,
+  trans: TranslationBundle,
+  most = 5
+): string {
+  const entries = Object.entries(named).sort(([a], [b]) => a.localeCompare(b));
+  const shown = entries.slice(0, most).map(([name, why]) => trans.__('%1 (%2)', name, why));
+  if (entries.length > most) {
+    shown.push(trans.__('and %1 more', entries.length - most));
+  }
+  return shown.join('; ');
+}
+
+/** "answer, df, np", at most `most` names, then "and 3 more". */
+function names(list: string[], trans: TranslationBundle, most = 8): string {
+  const sorted = [...list].sort();
+  const shown = sorted.slice(0, most);
+  if (sorted.length > most) {
+    shown.push(trans.__('and %1 more', sorted.length - most));
+  }
+  return shown.join(', ');
+}
+
+/** After a park: what was saved, its size, that the vGPU is free, and what could not be saved. */
+export function parkReport(
+  parked: { saved: string[]; not_saved: Record<string, string>; bytes?: number | null },
+  what: string,
+  trans: TranslationBundle = plain
+): string {
+  const lines = [
+    trans._n(
+      'Parked %2: %1 variable saved (%3); its vGPU is free.',
+      'Parked %2: %1 variables saved (%3); its vGPU is free.',
+      parked.saved.length,
+      what,
+      formatSize(parked.bytes)
+    )
+  ];
+  if (Object.keys(parked.not_saved).length) {
+    lines.push(trans.__('Not saved: %1', reasons(parked.not_saved, trans)));
+  }
+  return lines.join('\n');
+}
+
+/** After a resume: what came back, what did not (with why), and tensors put on another device. */
+export function resumeReport(
+  resumed: {
+    restored: string[];
+    not_restored: Record<string, string>;
+    moved?: Record<string, string>;
+    snapshot_kept?: boolean;
+  },
+  what: string,
+  trans: TranslationBundle = plain
+): { text: string; complete: boolean } {
+  const lost = Object.keys(resumed.not_restored).length;
+  const lines = [
+    resumed.restored.length
+      ? trans.__('Resumed %1: %2 came back.', what, names(resumed.restored, trans))
+      : trans.__('Resumed %1: no variables came back.', what)
+  ];
+  if (lost) {
+    lines.push(trans.__('Not restored: %1', reasons(resumed.not_restored, trans)));
+  }
+  if (Object.keys(resumed.moved ?? {}).length) {
+    lines.push(trans.__('Moved: %1', reasons(resumed.moved ?? {}, trans)));
+  }
+  if (resumed.snapshot_kept) {
+    lines.push(trans.__('The snapshot is kept (vGPU sidebar): resume it again or delete it.'));
+  }
+  return { text: lines.join('\n'), complete: !lost };
+}

@@ -17,7 +17,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
-import { getAllocations, getClass, getPool, getQueue } from './api';
+import { getAllocations, getClass, getPool, getQueue, getSnapshots } from './api';
 import { newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
@@ -30,6 +30,8 @@ import {
 } from './model';
 import { VGPUPanel } from './panel';
 import { extendNewMenu } from './newmenu';
+import { Parking } from './park';
+import { ParkStatus } from './parkstatus';
 import { QueueStatus, offerToOpen } from './queue';
 import { removeRefusedNotebooks } from './refusal';
 import { VGPUStatus } from './statusbar';
@@ -53,7 +55,13 @@ const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
   optional: [ISettingRegistry],
   activate: (app: JupyterFrontEnd, settings: ISettingRegistry | null): IVGPUModel => {
     const model = new VGPUModel(
-      { allocations: getAllocations, pool: getPool, classKernels: getClass, queue: getQueue },
+      {
+        allocations: getAllocations,
+        pool: getPool,
+        classKernels: getClass,
+        queue: getQueue,
+        snapshots: getSnapshots
+      },
       { kernels: app.serviceManager.kernels }
     );
     if (settings) {
@@ -77,19 +85,22 @@ const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
 
 const panelPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:panel`,
-  description: 'The vGPU sidebar: my vGPU kernels, the pool and the class.',
+  description: 'The vGPU sidebar: my vGPU kernels, my parked notebooks, the pool and the class.',
   autoStart: true,
   requires: [IVGPUModel],
-  optional: [ITranslator, ILayoutRestorer, ICommandPalette],
+  optional: [ITranslator, ILayoutRestorer, ICommandPalette, INotebookTracker, IDocumentManager],
   activate: (
     app: JupyterFrontEnd,
     model: IVGPUModel,
     translator: ITranslator | null,
     restorer: ILayoutRestorer | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    tracker: INotebookTracker | null,
+    docManager: IDocumentManager | null
   ) => {
     const trans = (translator ?? nullTranslator).load(DOMAIN);
-    const panel = new VGPUPanel(model, app.serviceManager.kernels, trans);
+    const parking = new Parking({ app, model, trans, tracker, docManager });
+    const panel = new VGPUPanel(model, app.serviceManager.kernels, trans, parking);
     app.shell.add(panel, 'left', { rank: 600 });
     restorer?.add(panel, panel.id);
     app.commands.addCommand(CommandIDs.showPanel, {
@@ -180,16 +191,17 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:status`,
   description:
-    "The status bar items: the current notebook kernel's vGPU allocation (or its idle warning, with Keep) and this user's place in the vGPU queue.",
+    "The status bar items: the current notebook kernel's vGPU allocation (or its idle warning, with Keep), its Park (or \"parked 10:42 · Resume\") and this user's place in the vGPU queue.",
   autoStart: true,
   requires: [IVGPUModel],
-  optional: [IStatusBar, INotebookTracker, ITranslator],
+  optional: [IStatusBar, INotebookTracker, ITranslator, IDocumentManager],
   activate: (
     app: JupyterFrontEnd,
     model: IVGPUModel,
     statusBar: IStatusBar | null,
     tracker: INotebookTracker | null,
-    translator: ITranslator | null
+    translator: ITranslator | null,
+    docManager: IDocumentManager | null
   ) => {
     if (!statusBar || !tracker) {
       return; // Notebook 7 has no status bar
@@ -207,6 +219,15 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
       rank: 5,
       isActive: () => item.isActive,
       activeStateChanged: item.activeStateChanged
+    });
+    const parking = new Parking({ app, model, trans, tracker, docManager });
+    const park = new ParkStatus(model, tracker, parking, trans);
+    statusBar.registerStatusItem(`${PLUGIN}:park`, {
+      item: park,
+      align: 'left',
+      rank: 5.5,
+      isActive: () => park.isActive,
+      activeStateChanged: park.activeStateChanged
     });
     const queue = new QueueStatus(model, trans);
     statusBar.registerStatusItem(`${PLUGIN}:queue`, {

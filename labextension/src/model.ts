@@ -1,13 +1,14 @@
 // One model of what the server says about vGPUs, polled once for the whole page: the status bar,
 // the sidebar and the "New vGPU notebook" dialog read it, and ask it to refresh after a change.
 // This user's launches waiting in the queue are asked for at start-up (a launch may wait across a
-// page reload) and then only while one waits.
+// page reload) and then only while one waits. This user's parked kernels (snapshots) come with
+// each fetch of the allocations: a notebook whose kernel was parked shows "parked · Resume".
 import { Token } from '@lumino/coreutils';
 import { IDisposable } from '@lumino/disposable';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import type { IAllocation, IClass, IPool, IQueueEntry } from './api';
+import type { IAllocation, IClass, IPool, IQueueEntry, ISnapshot } from './api';
 
 /** What a view needs now: nothing, this server's allocations, or also the pool and the class. */
 export type Interest = 'none' | 'allocations' | 'all';
@@ -19,6 +20,8 @@ export interface IVGPUSource {
   classKernels(): Promise<IClass>;
   /** This user's waiting launches (GET queue); a source without it has no queue. */
   queue?(): Promise<IQueueEntry[]>;
+  /** This user's parked kernels (GET snapshots); a source without it parks nothing. */
+  snapshots?(): Promise<ISnapshot[]>;
 }
 
 /** A launch that left the queue and that no flow of this page waits for (one from before a reload). */
@@ -48,6 +51,12 @@ export interface IVGPUModel extends IDisposable {
   readonly queueLeft: ISignal<IVGPUModel, IQueueLeft>;
   /** This server's allocation of a kernel, when the last fetch had it. */
   allocation(kernelId: string): IAllocation | null;
+  /** This user's parked kernels, as last fetched with the allocations (an error: none kept here). */
+  readonly snapshots: Part<ISnapshot[]>;
+  /** Whether this server keeps snapshots (its last GET snapshots answered): Park is offered then. */
+  readonly canPark: boolean;
+  /** The newest readable snapshot of the notebook at `path` (the server's path), or null. */
+  parkedFor(path: string | null | undefined): ISnapshot | null;
   /** Poll interval in ms (setting refreshInterval); errors back off up to 6 times it. */
   refreshInterval: number;
   /** The dialog's memory slider maximum, in MiB (setting sliderMaxMemory). */
@@ -82,6 +91,9 @@ export class VGPUModel implements IVGPUModel {
   private _pool: Part<IPool> = null;
   private _class: Part<IClass> = null;
   private _queue: Part<IQueueEntry[]> = null;
+  private _snapshots: Part<ISnapshot[]> = null;
+  /** GET snapshots answered 404 or 501 (an older server, a backend without snapshots): not asked again. */
+  private noSnapshots = false;
   private readonly _queueLeft = new Signal<IVGPUModel, IQueueLeft>(this);
   private queueAsked = false;
   private readonly own = new Set<string>();
@@ -158,6 +170,29 @@ export class VGPUModel implements IVGPUModel {
       // The tick already scheduled keeps the old interval unless rescheduled.
       void this.poll.schedule({ interval: ms, phase: 'refreshed' });
     }
+  }
+
+  get snapshots(): Part<ISnapshot[]> {
+    return this._snapshots;
+  }
+
+  get canPark(): boolean {
+    return this._snapshots?.status === 'fulfilled';
+  }
+
+  parkedFor(path: string | null | undefined): ISnapshot | null {
+    const part = this._snapshots;
+    if (!path || part?.status !== 'fulfilled') {
+      return null;
+    }
+    let newest: ISnapshot | null = null;
+    for (const s of part.value) {
+      // (ids begin with the UTC time of the park, so they order as `created` does)
+      if (s.path === path && !s.error && (!newest || s.id > newest.id)) {
+        newest = s;
+      }
+    }
+    return newest;
   }
 
   allocation(kernelId: string): IAllocation | null {
@@ -286,11 +321,13 @@ export class VGPUModel implements IVGPUModel {
     if (queue) {
       this.queueAsked = false;
     }
-    const [allocations, pool, klass, waiting] = await Promise.allSettled([
+    const snapshots = withAllocations && !!this.source.snapshots && !this.noSnapshots;
+    const [allocations, pool, klass, waiting, parked] = await Promise.allSettled([
       withAllocations ? this.source.allocations() : Promise.resolve(null),
       all ? this.source.pool() : Promise.resolve(null),
       all ? this.source.classKernels() : Promise.resolve(null),
-      queue && this.source.queue ? this.source.queue() : Promise.resolve(null)
+      queue && this.source.queue ? this.source.queue() : Promise.resolve(null),
+      snapshots ? this.source.snapshots!() : Promise.resolve(null)
     ]);
     if (this._disposed) {
       return;
@@ -308,6 +345,12 @@ export class VGPUModel implements IVGPUModel {
     }
     if (found) {
       this._allocations = found;
+    }
+    if (snapshots) {
+      // An error (a server that keeps no snapshots, or an older one) means nothing is parked here.
+      this._snapshots = parked as PromiseSettledResult<ISnapshot[]>;
+      const status = parked.status === 'rejected' && (parked.reason as { status?: number })?.status;
+      this.noSnapshots = status === 404 || status === 501;
     }
     if (all) {
       this._pool = pool as PromiseSettledResult<IPool>;

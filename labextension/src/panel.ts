@@ -1,5 +1,6 @@
 // The "vGPU" sidebar: my vGPU kernels (with the memory they use, and "idle: stops at 10:42 · Keep"
-// when the server is about to stop one for being idle), the pool, and for instructors the class,
+// when the server is about to stop one for being idle), my parked notebooks (Resume, Delete), the
+// pool, and for instructors the class,
 // sortable by waste, each kernel with Exempt (from idle stopping) and Stop. It shows the shared
 // model, which polls while the panel is shown.
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
@@ -32,6 +33,7 @@ import {
 } from './format';
 import { vgpuIcon } from './icon';
 import { IVGPUModel, Part } from './model';
+import { Parking, renderParked } from './park';
 
 type ClassOrder = 'user' | 'waste';
 
@@ -39,6 +41,8 @@ type ClassOrder = 'user' | 'waste';
 export class VGPUPanel extends Widget {
   private readonly mine = h('div', { class: 'orion-Panel-mine' });
   private readonly pool = h('div', { class: 'orion-Panel-pool' });
+  private readonly parked = h('div', { class: 'orion-Panel-parked' });
+  private readonly parkedSection: HTMLElement;
   private readonly classBody = h('div', { class: 'orion-Panel-class' });
   private readonly classOrder = h('select', {
     class: 'jp-mod-styled orion-Panel-classOrder',
@@ -52,7 +56,8 @@ export class VGPUPanel extends Widget {
   constructor(
     private readonly model: IVGPUModel,
     private readonly kernels: Kernel.IManager,
-    private readonly trans: TranslationBundle
+    private readonly trans: TranslationBundle,
+    private readonly parking: Parking | null = null
   ) {
     super();
     this.id = 'orion-vgpu-panel';
@@ -69,14 +74,17 @@ export class VGPUPanel extends Widget {
     );
     this.classOrder.onchange = () => this.render();
     this.classSection = section(trans.__('Class'), this.classBody, this.classOrder);
+    this.parkedSection = section(trans.__('Parked notebooks'), this.parked);
     this.node.append(
       h('h2', { class: 'orion-Panel-title' }, trans.__('vGPU')),
       section(trans.__('My vGPU kernels'), this.mine),
+      this.parkedSection,
       section(trans.__('Pool'), this.pool),
       this.classSection
     );
     this.classSection.hidden = true;
     model.changed.connect(this.render, this);
+    parking?.changed.connect(this.render, this);
     // The pool and the class are fetched only while the panel is shown.
     this.toDispose.push(model.addInterest(() => (this.isVisible ? 'all' : 'none')));
     this.render();
@@ -87,6 +95,7 @@ export class VGPUPanel extends Widget {
       return;
     }
     this.model.changed.disconnect(this.render, this);
+    this.parking?.changed.disconnect(this.render, this);
     this.toDispose.forEach(d => d.dispose());
     super.dispose();
   }
@@ -99,6 +108,12 @@ export class VGPUPanel extends Widget {
     const { model, trans } = this;
     fill(this.mine, model.allocations, trans, kernels => this.renderMine(kernels));
     fill(this.pool, model.pool, trans, pool => renderPool(pool, trans));
+    // Shown where the server keeps snapshots (not on a backend without them).
+    const parking = this.parking;
+    this.parkedSection.hidden = !parking || !model.canPark;
+    if (parking) {
+      fill(this.parked, model.snapshots, trans, s => renderParked(s, parking, trans));
+    }
     const klass = model.classKernels;
     const shown = klass?.status === 'fulfilled' ? klass.value : null;
     // Students see no class section; an error in it is shown (it may be the instructor's).
