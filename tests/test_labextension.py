@@ -363,9 +363,66 @@ def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
     assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
     for shot in ("launcher", "full-pool-dialog", "refused-card"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
-    # ORION_UPDATE_SCREENSHOTS=1: the README's screenshots (docs/screenshots) are this run's.
+    update_screenshots(tmp_path, "launcher", "full-pool-dialog")
+
+
+def update_screenshots(shots, *names):
+    """ORION_UPDATE_SCREENSHOTS=1: the README's screenshots (docs/screenshots) are this run's."""
     if os.environ.get("ORION_UPDATE_SCREENSHOTS") == "1":
         docs = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
         docs.mkdir(parents=True, exist_ok=True)
-        for shot in ("launcher", "full-pool-dialog"):
-            shutil.copyfile(tmp_path / f"{shot}.png", docs / f"{shot}.png")
+        for shot in names:
+            shutil.copyfile(shots / f"{shot}.png", docs / f"{shot}.png")
+
+
+def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
+    """Park in the status bar → "parked HH:MM · Resume" → Resume → the variable is back; idle culling
+    parks too and the notebook says so; the sidebar's parked notebooks with Resume and Delete."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in (
+        "answer = 42", "print(answer)", "print(answer * 2)")])
+    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
+                                       "language": "python"}
+    nbformat.write(notebook, lab_server.root / "park.ipynb")
+    run = subprocess.run(["node", str(BROWSER_DIR / "park.mjs"), lab_server.base, lab_server.token, str(tmp_path),
+                          "park.ipynb"], capture_output=True, text=True, timeout=420, cwd=BROWSER_DIR)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], (result["step"], result.get("error"), result)
+    assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
+    assert result["kernel_item"].startswith("Python 3 · 1 vGPU · 2 GiB"), result["kernel_item"]
+
+    # 1. Park: the kernel is gone (its vGPU free), the notebook stays open and says "parked".
+    assert "save this notebook's variables and stop its kernel" in result["park_title"], result["park_title"]
+    assert re.fullmatch(r"parked \d\d:\d\d · Resume", result["parked_text"]), result["parked_text"]
+    assert "parked at" in result["parked_title"] and "1 variable" in result["parked_title"], result["parked_title"]
+    assert "Parked park.ipynb: 1 variable saved" in result["park_toast"], result["park_toast"]
+    assert result["kernels_parked"] == [] and result["sessions_parked"] == []
+    [parked] = result["snapshots_parked"]
+    assert parked["path"] == "park.ipynb" and parked["saved"] == ["answer"] and parked["spec"] == "orion-1x2gi"
+    panel = result["panel_parked"]
+    assert "park.ipynb" in panel and "Resume" in panel and "Delete" in panel and "KiB" in panel, panel
+    assert re.search(r"parked \d\d:\d\d · \d+ s ago · \d+ KiB", panel), panel
+
+    # 2. Resume: a new kernel for the same notebook, `answer` back, the snapshot gone (all came back).
+    assert "Resumed park.ipynb: answer came back." in result["resume_toast"], result["resume_toast"]
+    [resumed] = result["sessions_resumed"]
+    assert resumed["path"] == "park.ipynb" and resumed["kernel"] != result["kernel_before"], resumed
+    assert result["answer_output"] == "42"
+    assert result["snapshots_resumed"] == []
+
+    # 3. Idle culling parked the resumed kernel: the notebook shows "parked · Resume", not only "No Kernel";
+    #    the sidebar's Resume brings the variables back.
+    assert re.fullmatch(r"parked \d\d:\d\d · Resume", result["culled_text"]), result["culled_text"]
+    assert result["kernels_culled"] == []
+    [culled] = result["snapshots_culled"]
+    assert culled["path"] == "park.ipynb" and culled["saved"] == ["answer"]
+    assert "park.ipynb" in result["panel_culled"], result["panel_culled"]
+    assert result["answer_twice_output"] == "84"
+
+    # 4. Delete asks; Cancel keeps the snapshot; Delete removes it and the status bar item hides.
+    assert result["delete_question"].startswith("Delete the snapshot of park.ipynb"), result["delete_question"]
+    assert result["snapshots_after_cancel"] == 1 and result["snapshots_after_delete"] == 0
+    assert result["park_item_hidden"]
+
+    assert (tmp_path / "park.png").stat().st_size > 10_000
+    update_screenshots(tmp_path, "park")

@@ -197,7 +197,7 @@ export function renderParked(
     if (s.error) {
       return h(
         'div',
-        { class: 'orion-Parked orion-mod-damaged', 'data-snapshot-id': s.id },
+        { class: 'orion-Kernel orion-Parked orion-mod-damaged', 'data-snapshot-id': s.id },
         h('div', { class: 'orion-Kernel-name' }, s.id),
         h('div', { class: 'orion-Kernel-line orion-Panel-error' }, s.error),
         actionButton(trans.__('Delete'), trans.__('Delete this snapshot'), () =>
@@ -214,9 +214,10 @@ export function renderParked(
       'plain'
     );
     resume.disabled = busy;
+    // Below the lines: a notebook's path takes the card's whole width.
     const tools = h(
-      'span',
-      { class: 'orion-Kernel-tools' },
+      'div',
+      { class: 'orion-Kernel-tools orion-Parked-tools' },
       resume,
       actionButton(trans.__('Delete'), trans.__('Delete this snapshot'), () => parking.remove(s))
     );
@@ -241,12 +242,7 @@ export function renderParked(
           .filter(Boolean)
           .join('\n')
       },
-      h(
-        'div',
-        { class: 'orion-Kernel-head' },
-        h('span', { class: 'orion-Kernel-name' }, s.path || trans.__('no notebook')),
-        tools
-      ),
+      h('div', { class: 'orion-Kernel-name' }, s.path || trans.__('no notebook')),
       h(
         'div',
         { class: 'orion-Kernel-line' },
@@ -259,7 +255,8 @@ export function renderParked(
         ]
           .filter(Boolean)
           .join(' · ')
-      )
+      ),
+      tools
     );
   });
 }
