@@ -317,7 +317,7 @@ class BrokerView:
     def cull_fields(self, kernel_id: str) -> dict[str, Any]:
         """The broker's idle-culling fields of one kernel, as its watch stream last said them."""
         state = self.client.kernels.get(kernel_id) or {}
-        return {name: state.get(name, False if name in ("cull_warning", "exempt") else None)
+        return {name: state.get(name, False if name in ("cull_warning", "exempt", "cull_parks") else None)
                 for name in CULL_FIELDS}
 
     async def keep(self, kernel_id: str) -> dict[str, Any]:

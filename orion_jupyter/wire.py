@@ -118,4 +118,5 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
 # {"ready": fields} or {"error": {"reason", "message"}}.
 LINE_QUEUED, LINE_PROGRESS, LINE_READY, LINE_ERROR = "queued", "progress", "ready", "error"
 # What a kernel row says of idle culling (the broker's and the server's alike).
-CULL_FIELDS = ("cull_at", "cull_warning", "keeps_left", "exempt")
+# cull_parks: an idle kernel is parked (its variables saved), not just stopped.
+CULL_FIELDS = ("cull_at", "cull_warning", "keeps_left", "exempt", "cull_parks")

@@ -209,16 +209,16 @@ def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
     #    in the status bar and the kernel's sidebar row; Keep restarted the idle clock (cull_at later).
     before, after = result["before_keep"], result["after_keep"]
     assert before["cull_warning"] and before["keeps_left"] == 1 and not before["exempt"], before
-    assert re.fullmatch(r"idle: stops at \d\d:\d\d · Keep", result["warning_text"]), result["warning_text"]
+    assert re.fullmatch(r"idle: parks at \d\d:\d\d · Keep", result["warning_text"]), result["warning_text"]
     assert "to free its vGPU unless kept (1 keep left)" in result["warning_title"], result["warning_title"]
-    assert re.fullmatch(r"idle: stops at \d\d:\d\d · Keep", result["panel_warning"]), result["panel_warning"]
+    assert re.fullmatch(r"idle: parks at \d\d:\d\d · Keep", result["panel_warning"]), result["panel_warning"]
     assert result["keep_status"] == 200 and result["keep_answer"]["keeps_left"] == 0, result["keep_answer"]
     assert result["status_after_keep"].startswith("vGPU: 1 × 2 GiB"), result["status_after_keep"]
     assert not after["cull_warning"] and after["keeps_left"] == 0, after
     moved = (_iso(after["cull_at"]) - _iso(before["cull_at"])).total_seconds()
     assert moved >= CULL_IDLE_SECONDS - CULL_WARNING_SECONDS - 1, (before["cull_at"], after["cull_at"])
     # After the last keep: no Keep, and the page says so.
-    assert re.fullmatch(r"idle: stops at \d\d:\d\d · no keeps left", result["no_keeps_text"]), result["no_keeps_text"]
+    assert re.fullmatch(r"idle: parks at \d\d:\d\d · no keeps left", result["no_keeps_text"]), result["no_keeps_text"]
     assert result["no_keeps_buttons"] == 0
     assert result["panel_no_keeps"].endswith("no keeps left"), result["panel_no_keeps"]
 
@@ -412,6 +412,7 @@ def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
 
     # 3. Idle culling parked the resumed kernel: the notebook shows "parked · Resume", not only "No Kernel";
     #    the sidebar's Resume brings the variables back.
+    assert re.fullmatch(r"idle: parks at \d\d:\d\d · Keep", result["cull_warning_text"]), result["cull_warning_text"]
     assert re.fullmatch(r"parked \d\d:\d\d · Resume", result["culled_text"]), result["culled_text"]
     assert result["kernels_culled"] == []
     [culled] = result["snapshots_culled"]

@@ -233,6 +233,8 @@ async def test_idle_culling_parks_the_kernel_and_says_so(api, jp_serverapp, jp_f
     assert await culler.run_once(now=cull_at - timedelta(seconds=60)) == []
     [warning] = cull_events()
     assert warning["message"].startswith("idle for 29 min: parks in 60 s"), warning
+    code, rows = await api("GET", "allocations")
+    assert [r["cull_parks"] for r in rows["kernels"] if r["kernel_id"] == kernel_id] == [True]  # the page says "parks"
     assert await culler.run_once(now=cull_at + timedelta(seconds=1)) == [kernel_id]
     assert kernel_id not in jp_serverapp.kernel_manager and kernel_id not in pool.holders()  # its vGPU is free
     parked = cull_events()[-1]
@@ -459,3 +461,10 @@ def test_a_gpu_tensor_comes_back_on_the_cpu_where_the_gpu_is_missing():
     restored = snapshot._tensor_on(torch.ones(3), "cuda:0", True, True)
     assert isinstance(restored, torch.nn.Parameter) and restored.requires_grad and restored.device.type == "cpu"
     assert snapshot.MOVED == ([] if torch.cuda.is_available() else ["cuda:0"])
+
+
+@pytest.mark.parametrize("snapshot_extra", [{"park_idle": False}], indirect=True)
+async def test_without_park_idle_the_page_is_told_culling_stops(api, jp_serverapp, pool):
+    kernel_id = await start(api, GPU_SPEC)
+    code, rows = await api("GET", "allocations")
+    assert [r["cull_parks"] for r in rows["kernels"] if r["kernel_id"] == kernel_id] == [False]

@@ -42,6 +42,8 @@ export interface IAllocation {
   keeps_left?: number | null;
   /** An instructor spared it from idle culling. */
   exempt?: boolean;
+  /** Idle culling parks it (its variables saved, Resume brings them back) rather than stopping it. */
+  cull_parks?: boolean;
 }
 
 /** What POST kernels/{id}/keep and kernels/{id}/exempt answer: the kernel's new culling fields. */

@@ -301,7 +301,7 @@ export function formatQueueStatus(
 
 /** What an idle kernel about to be stopped shows: the time, whether Keep is offered, and why. */
 export interface ICullNotice {
-  /** "idle: stops at 10:42" */
+  /** "idle: stops at 10:42", or "idle: parks at 10:42" where culling parks the kernel */
   text: string;
   /** Keep is offered (some keeps left, or the server does not count them). */
   canKeep: boolean;
@@ -312,11 +312,16 @@ export interface ICullNotice {
 }
 
 /**
- * For a kernel with cull_warning: "idle: stops at 10:42", Keep while keeps are left; null when it
- * is not about to be stopped.
+ * For a kernel with cull_warning: "idle: stops at 10:42" ("parks at" where culling parks it), Keep
+ * while keeps are left; null when it is not about to be stopped.
  */
 export function cullNotice(
-  k: { cull_at?: string | null; cull_warning?: boolean; keeps_left?: number | null },
+  k: {
+    cull_at?: string | null;
+    cull_warning?: boolean;
+    keeps_left?: number | null;
+    cull_parks?: boolean;
+  },
   trans: TranslationBundle = plain
 ): ICullNotice | null {
   const clock = k.cull_warning ? formatClock(k.cull_at) : null;
@@ -325,8 +330,13 @@ export function cullNotice(
   }
   const left = k.keeps_left;
   const none = left === 0;
-  return {
-    text: trans.__('idle: stops at %1', clock),
+  const title = k.cull_parks
+    ? trans.__(
+        'Parked, not lost: its variables are saved first, and Resume brings them back.'
+      )
+    : '';
+  const notice = {
+    text: k.cull_parks ? trans.__('idle: parks at %1', clock) : trans.__('idle: stops at %1', clock),
     canKeep: !none,
     noKeeps: none ? trans.__('no keeps left') : null,
     title: none
@@ -343,6 +353,7 @@ export function cullNotice(
           )
         : trans.__('Idle: this kernel is stopped at %1 to free its vGPU unless kept.', clock)
   };
+  return title ? { ...notice, title: `${notice.title} ${title}` } : notice;
 }
 
 /** A snapshot's size: 12288 → "12 KiB", then as formatBytes ("1.2 GiB"); null → "—". */

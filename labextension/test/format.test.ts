@@ -236,6 +236,24 @@ describe('idle kernels about to be stopped', () => {
     expect(cullNotice({ cull_at: at(10, 42), cull_warning: true })?.canKeep).toBe(true);
   });
 
+  it('says "idle: parks at 10:42" where idle culling parks the kernel', () => {
+    const notice = cullNotice({
+      cull_at: at(10, 42),
+      cull_warning: true,
+      keeps_left: 1,
+      cull_parks: true
+    });
+    expect(notice?.text).toBe('idle: parks at 10:42');
+    expect(notice?.canKeep).toBe(true);
+    expect(notice?.title).toBe(
+      'Idle: this kernel is stopped at 10:42 to free its vGPU unless kept (1 keep left). ' +
+        'Parked, not lost: its variables are saved first, and Resume brings them back.'
+    );
+    expect(
+      cullNotice({ cull_at: at(10, 42), cull_warning: true, keeps_left: 0, cull_parks: true })?.text
+    ).toBe('idle: parks at 10:42');
+  });
+
   it('says that no keeps are left after the last one', () => {
     const notice = cullNotice({ cull_at: at(10, 42), cull_warning: true, keeps_left: 0 });
     expect(notice?.text).toBe('idle: stops at 10:42');

@@ -177,12 +177,13 @@ class Culler:
 
     def fields(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:
         """What an allocations row shows: ``cull_at`` (ISO-8601 UTC or None), ``cull_warning``,
-        ``keeps_left`` and ``exempt``."""
+        ``keeps_left``, ``exempt`` and ``cull_parks`` (culling parks it rather than only stopping it)."""
         at = self.cull_at(kernel_id)
         now = now or datetime.now(UTC)
         warning = timedelta(seconds=self.rules(kernel_id).warning_seconds)
         return {"cull_at": iso(at), "cull_warning": at is not None and now >= at - warning,  # wire.CULL_FIELDS
-                "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id)}
+                "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id),
+                "cull_parks": self.target.parks(kernel_id)}
 
     # -- acting ---------------------------------------------------------------------------------
     def keep(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:

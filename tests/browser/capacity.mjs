@@ -1,12 +1,12 @@
 // Classroom capacity in Debian's chromium: the fair queue (its answers stood in for by route
 // interception: GET queue, the queued launch's events, DELETE queue/{id} and the pending POST
 // kernels) and idle culling against the real server (short cull times; the status bar's
-// "idle: stops at HH:MM · Keep", its Keep, then "no keeps left").
+// "idle: parks at HH:MM · Keep" (the local backend parks), its Keep, then "no keeps left").
 //   1. A launch waiting from before the page loaded: the status bar says "vGPU queue: 1st"; once it
 //      left the queue and its kernel runs, a notification offers its notebook, which opens on it.
 //   2. "New vGPU notebook…" while queued: the notification says "2nd in line", then "1st", the
 //      status bar "vGPU queue: 2nd", "1st"; then the real launch passes and the notebook opens.
-//   3. That kernel, idle: "idle: stops at HH:MM · Keep" in the status bar and its sidebar row; Keep
+//   3. That kernel, idle: "idle: parks at HH:MM · Keep" in the status bar and its sidebar row; Keep
 //      moves cull_at (read from allocations inside the page); the next warning says no keeps are left.
 //   4. A queued launch cancelled from its notification: DELETE, then the POST's 409 "cancelled"
 //      ends it without an error dialog.
@@ -188,7 +188,7 @@ try {
   // 3. The kernel idles: the server warns (cull_warning), the page says when it stops; Keep.
   result.step = 'idle warning';
   await page.locator('.jp-SideBar .lm-TabBar-tab[data-id="orion-vgpu-panel"]').click();
-  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('idle: stops at'),
+  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('idle: parks at'),
     null, { timeout: 45000 });
   result.warning_text = await status.innerText();
   result.warning_title = await status.getAttribute('title');

@@ -4,8 +4,9 @@
 //      sidebar lists the parked notebook with its size and age.
 //   2. Resume (status bar): a new kernel with the variables, the notebook's session moved onto it; a
 //      notification says what came back; `print(answer)` prints 42.
-//   3. Idle culling parks the resumed kernel (short cull times): the notebook shows "parked · Resume"
-//      again instead of only "No Kernel"; the sidebar's Resume brings it back, `print(answer * 2)`.
+//   3. Idle culling parks the resumed kernel (short cull times; its warning says "idle: parks at
+//      HH:MM"): the notebook shows "parked · Resume" again instead of only "No Kernel"; the
+//      sidebar's Resume brings it back, `print(answer * 2)`.
 //   4. Park again; the sidebar's Delete asks (Cancel keeps the snapshot), then deletes it.
 // Prints one JSON line. Usage: node park.mjs BASE_URL TOKEN SCREENSHOT_DIR NOTEBOOK
 import { kernelIdle as sharedKernelIdle, launchChromium } from './lab.mjs';
@@ -95,6 +96,9 @@ try {
 
   // 3. Idle culling parks it: "parked · Resume" again; the sidebar's Resume.
   result.step = 'idle culling parks';
+  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('idle: parks at'),
+    null, { timeout: 60000 });
+  result.cull_warning_text = (await page.locator('.orion-StatusItem').innerText()).trim();
   await page.waitForFunction(() => /^parked \d\d:\d\d · Resume$/.test(
     document.querySelector('.orion-ParkStatus')?.innerText.trim() ?? ''), null, { timeout: 120000 });
   result.culled_text = (await park.innerText()).trim();
