@@ -1,13 +1,13 @@
 // Status bar item beside the vGPU one: "Park" for the current notebook's vGPU kernel (where the
 // server keeps snapshots), and "parked 10:42 · Resume" for a notebook whose kernel was parked, by
 // its user or by idle culling (its kernel is gone and a snapshot of its path exists).
-import { ISessionContext } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { CurrentSession } from './current';
 import { actionButton, h } from './dom';
 import { formatClock, formatParked, formatSize } from './format';
 import { IVGPUModel } from './model';
@@ -15,7 +15,7 @@ import { Parking } from './park';
 
 export class ParkStatus extends Widget {
   private active = false;
-  private watched: ISessionContext | null = null;
+  private readonly session: CurrentSession;
   private readonly interest: IDisposable;
   private readonly _activeStateChanged = new Signal<this, void>(this);
 
@@ -32,6 +32,11 @@ export class ParkStatus extends Widget {
     this.interest = model.addInterest(() => (tracker.currentWidget ? 'allocations' : 'none'));
     model.changed.connect(this.render, this);
     parking.changed.connect(this.render, this);
+    this.session = new CurrentSession(tracker, (context, on) => {
+      const how = on ? 'connect' : 'disconnect';
+      context.kernelChanged[how](this.render, this);
+      context.sessionChanged[how](this.render, this);
+    });
     tracker.currentChanged.connect(this.watchCurrent, this);
     this.watchCurrent();
   }
@@ -56,20 +61,13 @@ export class ParkStatus extends Widget {
   }
 
   private watchCurrent(): void {
-    const context = this.tracker.currentWidget?.sessionContext ?? null;
-    if (context !== this.watched) {
-      this.watched?.kernelChanged.disconnect(this.render, this);
-      this.watched?.sessionChanged.disconnect(this.render, this);
-      context?.kernelChanged.connect(this.render, this);
-      context?.sessionChanged.connect(this.render, this);
-      this.watched = context;
-    }
+    this.session.follow();
     this.render();
   }
 
   private render(): void {
     const { model, parking, trans } = this;
-    const context = this.tracker.currentWidget?.sessionContext ?? null;
+    const context = this.session.context;
     const kernelId = context?.session?.kernel?.id;
     const allocation = kernelId ? model.allocation(kernelId) : null;
     const snapshot = !allocation && context ? model.parkedFor(context.path) : null;

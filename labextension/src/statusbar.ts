@@ -9,6 +9,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IAllocation, errorText } from './api';
 import { cullWarning } from './culling';
+import { CurrentSession } from './current';
 import {
   cullNotice,
   formatAllocation,
@@ -26,7 +27,7 @@ import { IVGPUModel } from './model';
  */
 export class VGPUStatus extends Widget {
   private allocation: IAllocation | null = null;
-  private watched: ISessionContext | null = null;
+  private readonly session: CurrentSession;
   private readonly interest: IDisposable;
   private readonly _activeStateChanged = new Signal<this, void>(this);
 
@@ -41,6 +42,11 @@ export class VGPUStatus extends Widget {
     // The model polls this server's allocations while the current notebook has a kernel.
     this.interest = model.addInterest(() => (this.kernelId() ? 'allocations' : 'none'));
     model.changed.connect(this.showCurrent, this);
+    this.session = new CurrentSession(tracker, (context, on) => {
+      const how = on ? 'connect' : 'disconnect';
+      context.kernelChanged[how](this.kernelChanged, this);
+      context.statusChanged[how](this.statusChanged, this);
+    });
     tracker.currentChanged.connect(this.watchCurrent, this);
     this.watchCurrent();
   }
@@ -69,14 +75,7 @@ export class VGPUStatus extends Widget {
   }
 
   private watchCurrent(): void {
-    const context = this.tracker.currentWidget?.sessionContext ?? null;
-    if (context !== this.watched) {
-      this.watched?.kernelChanged.disconnect(this.kernelChanged, this);
-      this.watched?.statusChanged.disconnect(this.statusChanged, this);
-      context?.kernelChanged.connect(this.kernelChanged, this);
-      context?.statusChanged.connect(this.statusChanged, this);
-      this.watched = context;
-    }
+    this.session.follow();
     this.kernelChanged();
   }
 
