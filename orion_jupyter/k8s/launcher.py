@@ -90,9 +90,19 @@ class KernelPolicies:
     async def create(self, policy: dict) -> None:
         await self.cluster.request(self.api.create_namespaced_network_policy, self.cluster.namespace, policy)
 
-    async def patch_spec(self, name: str, policy: dict) -> None:
+    async def replace_spec(self, name: str, policy: dict) -> None:
+        """The policy's spec written whole (a JSON patch ``replace``): a merge patch would keep the old
+        ``matchLabels`` beside the new selector, and the two together select no pod at all."""
         await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
-                                   {"spec": policy["spec"]})
+                                   [{"op": "replace", "path": "/spec", "value": policy["spec"]}])
+
+    async def check_selects(self, name: str, pod_labels: Mapping[str, str]) -> None:
+        """Read the policy back: it must select the pod as labelled now, else KernelLaunchError (the caller
+        deletes the pod rather than leave it open)."""
+        policy = await self.cluster.request(self.api.read_namespaced_network_policy, name, self.cluster.namespace)
+        if not selects((policy.get("spec") or {}).get("podSelector") or {}, pod_labels):
+            raise KernelLaunchError("api", f"the NetworkPolicy {name} does not select its kernel pod after the "
+                                           "hand-over; the kernel is stopped rather than left open")
 
     async def owned_by_pod(self, name: str) -> None:
         """The policy goes with its pod."""
@@ -146,10 +156,12 @@ class PodSite:
         kernel_label = slug(ask.kernel_id, 63)
         try:
             if self.policies is not None:
-                await self.policies.patch_spec(name, self.policies.build(
+                await self.policies.replace_spec(name, self.policies.build(
                     name, kernel_label, user, ports, also_kernel_label=slug(warm_kernel_id, 63)))
-            await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
-                                       {"metadata": claimed_metadata(ask, user, course)})
+            pod = await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
+                                             {"metadata": claimed_metadata(ask, user, course)})
+            if self.policies is not None:
+                await self.policies.check_selects(name, (pod.get("metadata") or {}).get("labels") or {})
         except ApiException as err:
             raise KernelLaunchError("api", f"Kubernetes refused the hand-over: {err.reason}") from None
 
@@ -187,6 +199,19 @@ class PodSite:
         if self.policies is not None:
             await self.policies.owned_by_pod(name)
         return name, kernel
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a Kubernetes label selector (``matchLabels`` and ``matchExpressions``, ANDed) selects ``labels``."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        present = key in labels
+        if not {"In": present and labels.get(key) in values, "NotIn": not present or labels.get(key) not in values,
+                "Exists": present, "DoesNotExist": not present}.get(operator, False):
+            return False
+    return True
 
 
 def claimed_metadata(ask: ClaimRequest, user: str, course: str) -> dict[str, Any]:
