@@ -4,15 +4,23 @@ bodies refused before they are read."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from kubesim.fixtures import sim_cluster  # noqa: F401 - the fixture
+from orion_jupyter.broker.idle import broker_culler
+from orion_jupyter.core.idle import CullRules, reported_time
 from orion_jupyter.backends import get_backend
 from orion_jupyter.k8s.client import api_client
 from orion_jupyter.k8s.cluster import KubeCluster
 from orion_jupyter.k8s.launcher import KernelPolicies, PodSite, selects
-from orion_jupyter.names import LABEL_KERNEL_ID, LABEL_MANAGED_BY, MANAGED_BY
+from orion_jupyter.names import (ANNOTATION_LAST_ACTIVITY, ANNOTATION_REQUEST, ANNOTATION_USER, LABEL_KERNEL_ID,
+                                 LABEL_MANAGED_BY, MANAGED_BY)
 from orion_jupyter.protocols import ClaimRequest
+from orion_jupyter.wire import PORT_NAMES, iopub_port
 
 NS = "default"
 WARM_ID = "warm-0123456789abcdef"
@@ -54,3 +62,99 @@ async def test_a_claimed_kernels_policy_selects_its_pod(sim_cluster, user):  # n
     assert selects(policy["spec"]["podSelector"], pod["metadata"]["labels"]), policy["spec"]["podSelector"]
     peers = [peer["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]]
     assert {"hub.jupyter.org/username": "alice", "component": "singleuser-server"} in peers
+
+
+# -- culling that no student can switch off --------------------------------------------------------------
+
+class FakeSite:
+    def __init__(self):
+        self.stopped: list[str] = []
+
+    async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+        self.stopped.append(pod_name)
+
+
+class FakeClassPods:
+    """The ClassPods a BrokerKernels reads: running kernel pods with their reported last activity."""
+
+    def __init__(self, reports: dict[str, str]):
+        self.site = FakeSite()
+        self.pods = [{"metadata": {"name": f"pod-{kernel_id}", "labels": {LABEL_KERNEL_ID: kernel_id},
+                                   "annotations": {ANNOTATION_USER: kernel_id, ANNOTATION_LAST_ACTIVITY: report,
+                                                   ANNOTATION_REQUEST: json.dumps({"vgpus": 1, "memory_mib": 1024})}},
+                      "status": {"phase": "Running"}} for kernel_id, report in reports.items()]
+
+    def kernel_pods(self) -> list[dict]:
+        return [p for p in self.pods if p["metadata"]["name"] not in self.site.stopped]
+
+    def is_warm(self, name: str) -> bool:
+        return False
+
+
+async def test_a_poisoned_or_naive_report_changes_nothing_for_others_and_culling_goes_on():
+    now = datetime.now(UTC)
+    pods = FakeClassPods({"evil": "9999-12-31T23:59:59+00:00", "naive": "2026-01-01T00:00:00",
+                          "junk": "yesterday", "honest": (now - timedelta(hours=1)).isoformat()})
+    culler = broker_culler(pods, CullRules(60, 10, 3), {}, 30, changed=lambda kernel_id: None)
+    # a restarted broker knows a kernel at once (exempt, keep), not only after its first round
+    assert culler.target.get_kernel("honest") is not None
+    assert culler.exempt("honest", True)["exempt"] and not culler.exempt("honest", False)["exempt"]
+    # the class view: every row has its fields (no OverflowError, no TypeError)
+    for kernel_id in ("evil", "naive", "junk", "honest"):
+        fields = culler.fields(kernel_id)
+        assert fields["cull_at"] is not None and datetime.fromisoformat(fields["cull_at"].replace("Z", "+00:00")) \
+            <= now + timedelta(seconds=61), (kernel_id, fields)
+    # a round later than everyone's idle time culls every kernel, the one whose owner lied included
+    assert sorted(await culler.run_once(now + timedelta(hours=2))) == ["evil", "honest", "junk", "naive"]
+    assert sorted(pods.site.stopped) == ["pod-evil", "pod-honest", "pod-junk", "pod-naive"]
+
+
+def test_a_reported_time_counts_only_with_a_zone_and_never_after_now():
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    assert reported_time("9999-12-31T23:59:59+00:00", now) == now
+    assert reported_time("2026-12-07T11:00:00Z", now) == now - timedelta(hours=1)
+    assert reported_time("2026-12-07T13:00:00+02:00", now) == now - timedelta(hours=1)
+    for bad in ("2026-12-07T11:00:00", "", "soon", "²"):
+        assert reported_time(bad, now) is None
+
+
+async def test_a_follower_survives_a_list_status_and_a_broken_one_leaves_the_kernel_to_reports():
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.session import Session
+
+    key = "k" * 32
+    session = Session(key=key.encode(), signature_scheme="hmac-sha256")
+    pub = zmq.asyncio.Context.instance().socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    ports = tuple(port if name == "iopub_port" else 1 for name in PORT_NAMES)
+    assert iopub_port(ports) == port
+    pods = FakeClassPods({})
+    kernels = broker_culler(pods, CullRules(60, 10, 3), {}, 30, changed=lambda kernel_id: None).target
+    kernels.watch("k1", "pod-k1", "alice", "", 1, "127.0.0.1", key, ports)
+    kernel = kernels.kernels["k1"]
+    try:
+        async def publish_until(content, done) -> None:
+            for _ in range(200):
+                session.send(pub, "status", content)
+                await asyncio.sleep(0.02)
+                if done():
+                    return
+            raise AssertionError(f"the follower never saw {content!r}")
+
+        await publish_until({"execution_state": "busy"}, lambda: kernel.execution_state == "busy")
+        session.send(pub, "status", json.dumps(["not", "an", "object"]).encode())  # signed, content a list
+        await publish_until({"execution_state": "idle"}, lambda: kernel.execution_state == "idle")
+        await publish_until({"execution_state": "busy"}, lambda: kernel.execution_state == "busy")
+        assert kernel.watcher is not None  # the list did not end the follower
+        # a signed message the follower cannot read ends it while the kernel was busy: reports judge it now
+        broken = session.serialize({"header": {}, "parent_header": {}, "metadata": {}, "content": {}})
+        for _ in range(100):
+            await pub.send_multipart(broken)
+            await asyncio.sleep(0.02)
+            if kernel.watcher is None:
+                break
+        assert kernel.watcher is None and kernel.execution_state == "idle"
+    finally:
+        kernels._forget("k1")
+        pub.close(0)

@@ -7,7 +7,8 @@ state and the last activity, as jupyter_server's kernel manager reads them. The 
 core's (``core/idle.py`` ``Culler``: the warning, keeps, exemptions), applied here per course
 (``cull_idle_seconds``, ``cull_warning_seconds``, ``cull_max_keeps`` in ``c.Broker.courses``, else
 the broker's defaults) to the broker's kernels, a ``CullTarget``. A kernel whose iopub the broker
-cannot watch (one a previous broker started) is judged by its last reported activity.
+cannot watch (one a previous broker started, or whose follower broke) is judged by its last reported
+activity; a reported time is a student's word: it counts only with a zone and never later than now.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core.idle import Culler, CullRules, KernelActivity
+from ..core.idle import Culler, CullRules, KernelActivity, reported_time
 from ..k8s.view import pod_course, pod_request, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
@@ -57,10 +58,12 @@ class BrokerKernels:
         return list(self.kernels)
 
     def get_kernel(self, kernel_id: str) -> Observed | None:
+        if kernel_id not in self.kernels:  # a kernel of a previous broker: known at once, not at the next round
+            self._sync()
         return self.kernels.get(kernel_id)
 
     def activity(self, kernel_id: str) -> KernelActivity | None:
-        kernel = self.kernels.get(kernel_id)
+        kernel = self.get_kernel(kernel_id)
         if kernel is None or not kernel.vgpus:
             return None
         return KernelActivity(kernel.last_activity, kernel.execution_state)
@@ -94,12 +97,9 @@ class BrokerKernels:
                                                             pod_request(pod).get("vgpus") or 0)
             if kernel.watcher is None:
                 reported = (meta.get("annotations") or {}).get(ANNOTATION_LAST_ACTIVITY)
-                if reported:
-                    try:
-                        kernel.last_activity = max(kernel.last_activity, datetime.fromisoformat(
-                            reported.replace("Z", "+00:00")))
-                    except ValueError:
-                        pass
+                moment = reported_time(reported) if reported else None
+                if moment is not None:
+                    kernel.last_activity = max(kernel.last_activity, moment)
         for kernel_id in [k for k in self.kernels if k not in live]:
             self._forget(kernel_id)
 
@@ -135,9 +135,10 @@ class BrokerKernels:
                 except ValueError:
                     continue  # not signed with the kernel's key: not the kernel speaking
                 kernel.last_activity = datetime.now(UTC)
-                if message["header"]["msg_type"] == "status":
-                    state = message["content"].get("execution_state", "")
-                    if state and state != kernel.execution_state:
+                content = message.get("content")
+                if message["header"]["msg_type"] == "status" and isinstance(content, dict):
+                    state = content.get("execution_state", "")
+                    if isinstance(state, str) and state and state != kernel.execution_state:
                         kernel.execution_state = state
                         self.changed(kernel_id)
         except asyncio.CancelledError:
@@ -147,13 +148,15 @@ class BrokerKernels:
         finally:
             socket.close(0)
             kernel.watcher = None
+            # judged by reports from now on: a state the follower last saw ("busy") would spare it forever
+            kernel.execution_state = "idle"
 
 
 def course_rules(defaults: CullRules, courses: dict[str, dict[str, Any]], kernels: BrokerKernels):
     """The rules of a kernel's course (its exact hub group), else the broker's defaults."""
 
     def rules(kernel_id: str) -> CullRules:
-        kernel = kernels.get_kernel(kernel_id)
+        kernel = kernels.kernels.get(kernel_id)
         course = courses.get(kernel.course) if kernel is not None and kernel.course else None
         if not course:
             return defaults
