@@ -43,7 +43,11 @@ from ..vgpu import VGPURequestError, parse_memory
 from .idle import broker_culler
 from .pods import ClassPods
 
-COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
+COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
+
+# Students' kernel pods get these unless c.VGPUProvisioner sets its own: a pod without requests lets
+# one student's kernels crowd a node; one without limits lets one kernel starve its neighbours.
+KERNEL_POD_DEFAULTS = {"cpu_request": "100m", "cpu_limit": "2", "memory_request": "256Mi", "memory_limit": "4Gi"}
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -90,6 +94,10 @@ class Broker(Application):
                             help="Seconds between the queue position lines a waiting launch's stream gets.")
     max_vgpus_per_user = Float(0, config=True,
                                help="Most vGPUs one user holds at once across all servers; 0: no limit.")
+    max_kernels_per_user = Int(8, config=True,
+                               help="Most kernels one user runs at once across all servers, CPU-only ones included "
+                                    "(each is a pod on a node); 0: no limit (loosen on purpose). A course may cap "
+                                    "its own with 'kernels' in c.Broker.courses.")
     max_memory_per_user = Unicode("", config=True,
                                   help="Most vGPU memory one user holds at once, e.g. '16Gi'; empty: none.")
     volumes = List(Dict(), config=True,
@@ -159,12 +167,15 @@ class Broker(Application):
         from .hub import HubClient
 
         self.settings = KernelSettings(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
+        for name, value in KERNEL_POD_DEFAULTS.items():  # no kernel pod without requests and limits
+            if getattr(self.settings, name) is None:
+                setattr(self.settings, name, value)
         for group, entry in self.courses.items():
             check_keys(entry, COURSE_KEYS, f"c.Broker.courses[{group!r}]")
         courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
-                                if q.get("memory") else 0) for group, q in self.courses.items()}
+                                if q.get("memory") else 0, int(q.get("kernels", 0))) for group, q in self.courses.items()}
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
-                         if self.max_memory_per_user else 0)
+                         if self.max_memory_per_user else 0, self.max_kernels_per_user)
         ledger = Ledger(per_user, courses)
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
