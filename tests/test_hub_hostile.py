@@ -11,14 +11,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kubesim.fixtures import sim_cluster  # noqa: F401 - the fixture
+from orion_jupyter.backends import get_backend
 from orion_jupyter.broker.idle import broker_culler
 from orion_jupyter.core.idle import CullRules, reported_time
-from orion_jupyter.backends import get_backend
 from orion_jupyter.k8s.client import api_client
 from orion_jupyter.k8s.cluster import KubeCluster
 from orion_jupyter.k8s.launcher import KernelPolicies, PodSite, selects
-from orion_jupyter.names import (ANNOTATION_LAST_ACTIVITY, ANNOTATION_REQUEST, ANNOTATION_USER, LABEL_KERNEL_ID,
-                                 LABEL_MANAGED_BY, MANAGED_BY)
+from orion_jupyter.names import (
+    ANNOTATION_LAST_ACTIVITY,
+    ANNOTATION_REQUEST,
+    ANNOTATION_USER,
+    LABEL_KERNEL_ID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+)
 from orion_jupyter.protocols import ClaimRequest
 from orion_jupyter.wire import PORT_NAMES, iopub_port
 

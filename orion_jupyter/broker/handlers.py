@@ -38,7 +38,7 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LaunchBody, parse_launch, ports_of
@@ -204,8 +204,13 @@ class KernelsHandler(BrokerHandler):
         plan = PodPlan(kernel_id=ask.kernel_id, user=self.user, request=ask.request, image=image, key=ask.key,
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
-                       volume_mounts=broker.volume_mounts)
+                       volume_mounts=broker.volume_mounts, annotations={ANNOTATION_LAUNCHING: "true"})
         name, kernel = await broker.site.start(plan, lambda message: self._line({"progress": message}))
+        try:
+            await broker.site.launched(name)  # before its server hears of it: never an orphan it uses
+        except KernelLaunchError:
+            await broker.site.delete_kernel(name)
+            raise
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}
 

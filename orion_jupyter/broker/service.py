@@ -37,7 +37,7 @@ from ..k8s.cluster import KubeCluster
 from ..k8s.launcher import KernelPolicies, PodSite
 from ..k8s.view import KubernetesView, pod_user
 from ..metrics import HANDOVER
-from ..names import ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
+from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
 from .idle import broker_culler
@@ -173,7 +173,8 @@ class Broker(Application):
         for group, entry in self.courses.items():
             check_keys(entry, COURSE_KEYS, f"c.Broker.courses[{group!r}]")
         courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
-                                if q.get("memory") else 0, int(q.get("kernels", 0))) for group, q in self.courses.items()}
+                                if q.get("memory") else 0, int(q.get("kernels", 0)))
+                   for group, q in self.courses.items()}
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0, self.max_kernels_per_user)
         ledger = Ledger(per_user, courses)
@@ -250,27 +251,35 @@ class Broker(Application):
 
     # -- reaping --------------------------------------------------------------------------
     async def reap(self) -> list[str]:
-        """Delete the kernel pods whose server the hub does not run (never a pod younger than reap_grace)."""
+        """Delete the kernel pods whose server the hub does not run, or whose launch died before its server
+        was told (never a pod younger than reap_grace), and the Secrets and NetworkPolicies of launches
+        that died before their pod existed."""
+        reaped = await self.site.sweep(self.reap_grace)
         try:
             running = await self.hub.running_servers()
         except Exception as err:  # noqa: BLE001 - the hub down is no reason to guess: reap nothing
-            log.warning("cannot ask the hub which servers run (%s); reaping nothing this time", err)
-            return []
+            log.warning("cannot ask the hub which servers run (%s); reaping no pod this time", err)
+            return reaped
         now = datetime.now(UTC)
-        reaped = []
         for pod in self.cluster.kernel_pods():
             meta = pod["metadata"]
             annotations = meta.get("annotations") or {}
             if ANNOTATION_SERVER not in annotations or LABEL_WARM in (meta.get("labels") or {}):
                 continue  # not a broker's kernel (a direct-mode server's in the same namespace), or warm
             kernel_id = (meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")
-            if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.pods.ledger.pending:
+            if kernel_id in self.pods.ledger.pending or meta["name"] in self.site.starting:
+                continue  # a launch of this broker, in progress
+            # a pod still "launching" here was started by a broker that died before its server heard of it:
+            # nobody will ever use it, though its server runs
+            orphan = ANNOTATION_LAUNCHING in annotations
+            if not orphan and (pod_user(pod), annotations[ANNOTATION_SERVER]) in running:
                 continue
             created = datetime.fromisoformat(str(meta.get("creationTimestamp", _now())).replace("Z", "+00:00"))
             if (now - created).total_seconds() < self.reap_grace:
                 continue
-            log.info("reaping kernel pod %s of %s: server %r is not running", meta["name"], pod_user(pod),
-                     annotations[ANNOTATION_SERVER])
+            log.info("reaping kernel pod %s of %s: %s", meta["name"], pod_user(pod),
+                     "its launch died before its server was told" if orphan
+                     else f"server {annotations[ANNOTATION_SERVER]!r} is not running")
             await self.site.delete_kernel(meta["name"])
             reaped.append(meta["name"])
         return reaped

@@ -47,7 +47,8 @@ SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
 BROKER_HUB_SCOPES = ["list:users", "read:users:groups", "read:servers"]
 
 # The broker's Role: the kernel pods of direct mode (pods, logs, Secrets it may create and delete but
-# never read or list, events) and what hub mode adds.
+# never read or list, events) and what hub mode adds. A launch that died before its pod existed is found
+# by its NetworkPolicy (listed), and its Secret of the same name deleted without being read.
 BROKER_RULES = KERNEL_RULES + [
     # One NetworkPolicy per kernel pod: its ports only from its user's server.
     # patch: the policy is owned by its pod once it exists, and a warm kernel's is bound to its claimer.
