@@ -14,10 +14,14 @@ from kubesim.fixtures import sim_cluster  # noqa: F401 - the fixture
 from orion_jupyter.backends import get_backend
 from orion_jupyter.broker.idle import broker_culler
 from orion_jupyter.core.idle import CullRules, reported_time
+from orion_jupyter.core.warm import WarmKernels
+from orion_jupyter.core.warm_config import WarmConfig
+from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.k8s.client import api_client
 from orion_jupyter.k8s.cluster import KubeCluster
 from orion_jupyter.k8s.launcher import KernelPolicies, PodSite, selects
 from orion_jupyter.names import (
+    ANNOTATION_CLAIMED,
     ANNOTATION_LAST_ACTIVITY,
     ANNOTATION_REQUEST,
     ANNOTATION_USER,
@@ -164,3 +168,58 @@ async def test_a_follower_survives_a_list_status_and_a_broken_one_leaves_the_ker
     finally:
         kernels._forget("k1")
         pub.close(0)
+
+
+# -- a broker restart inside a roster window -----------------------------------------------------------------
+
+class FakeWarmHost:
+    """A WarmHost whose cluster has ``pods``; started plans are recorded, never run."""
+
+    user_volumes: tuple = ()
+    user_volume_mounts: tuple = ()
+    home_mount_path = ""
+
+    def __init__(self, pods: list[dict], members: list[str]):
+        self.pods, self.members, self.started = pods, members, []
+
+    def pod(self, name):
+        return next((p for p in self.pods if p["metadata"]["name"] == name), None)
+
+    def kernel_pods(self):
+        return self.pods
+
+    async def has_room(self, request):
+        return True
+
+    async def roster_members(self, course):
+        return self.members
+
+    async def start_pod(self, plan):
+        self.started.append(plan.user)
+        raise KernelLaunchError("api", "not in this test")
+
+    async def hand_over(self, *args):
+        raise AssertionError("no claims here")
+
+    async def delete_kernel(self, name):
+        pass
+
+
+async def test_a_restart_inside_a_roster_window_prewarms_only_those_not_served_yet():
+    config = WarmConfig.parse([], {"AI_101": {"vgpus": 1, "memory": "1Gi", "hours": {"start": "09:00", "end": "11:00"},
+                                              "grace": 3600}}, "python:3.11", "UTC")
+    now = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    claimed = {"metadata": {"name": "p-alice", "labels": {LABEL_KERNEL_ID: "a"}, "creationTimestamp":
+                            "2026-12-07T08:59:00Z", "annotations": {ANNOTATION_USER: "alice",
+                                                                    ANNOTATION_CLAIMED: "2026-12-07T09:05:00+00:00"}},
+               "status": {"phase": "Running"}}
+    cold = {"metadata": {"name": "p-bob", "labels": {LABEL_KERNEL_ID: "b"}, "creationTimestamp": "2026-12-07T09:10:00Z",
+                         "annotations": {ANNOTATION_USER: "bob"}}, "status": {"phase": "Running"}}
+    yesterday = {"metadata": {"name": "p-cem", "labels": {LABEL_KERNEL_ID: "c"}, "creationTimestamp":
+                              "2026-12-06T09:10:00Z", "annotations": {ANNOTATION_USER: "cem"}},
+                 "status": {"phase": "Running"}}
+    host = FakeWarmHost([claimed, cold, yesterday], ["alice", "bob", "cem", "dan"])
+    warm = WarmKernels(host, config)  # a fresh process: nothing pre-warmed as far as it knows
+    await warm.tick(now)
+    await asyncio.gather(*warm._starting)
+    assert sorted(host.started) == ["cem", "dan"]  # alice claimed hers, bob started one: not again
