@@ -72,6 +72,19 @@ class Broker(Application):
     hub_api_url = Unicode(config=True, help="The hub's API; default $JUPYTERHUB_API_URL.")
     api_token = Unicode(config=True, help="The broker's own hub token (scopes: list:users, read:users:groups, "
                                           "read:servers); default $JUPYTERHUB_API_TOKEN.")
+    hub_cache_seconds = Float(5.0, config=True,
+                              help="Seconds a user's groups and servers, as the hub said them, are reused: an "
+                                   "instructor removed from the instructors group loses the class view within it.")
+    max_body_bytes = Int(64 * 1024, config=True,
+                         help="Largest request body the broker accepts (a launch is well under 1 KiB); a larger one "
+                              "is refused before it is read, and no body is read before its token is checked.")
+    metrics_allow = List(Unicode(), ["127.0.0.1/32", "::1/128"], config=True,
+                         help="Addresses (CIDRs) that may read /metrics without a token, when they connect directly "
+                              "(not through the hub's proxy); anyone else needs a hub token that may use the "
+                              "broker. Add your Prometheus' pod network to scrape without one.")
+    watch_recheck_seconds = Float(30.0, config=True,
+                                  help="Seconds between checks that the token of an open watch stream is still valid; "
+                                       "a revoked token ends its stream.")
     instructors = List(Unicode(), config=True, help="Hub user names that see and may stop every kernel of the class.")
     instructor_groups = List(Unicode(), ["instructors"], config=True,
                              help="Hub groups whose members are instructors.")
@@ -181,7 +194,7 @@ class Broker(Application):
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
-        self.hub = HubClient(self.hub_api_url, self.api_token)
+        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds)
         try:
             api = api_client(self.settings.kubeconfig, self.settings.kube_context)
         except ConfigException as err:
@@ -298,7 +311,8 @@ class Broker(Application):
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
-            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
+            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
+            max_body_size=self.max_body_bytes)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.warm.enabled:
