@@ -103,6 +103,10 @@ class Broker(Application):
     cull_interval_seconds = Float(30.0, config=True, help="Seconds between the broker's checks for idle kernels.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
+    queue_head_max_wait = Float(120.0, config=True,
+                                help="Seconds the head of a course's queue, not fitting, holds back the launches "
+                                     "behind it; then those behind that fit may start (the head keeps its place "
+                                     "and is served first on every release).")
     queue_keepalive = Float(20.0, config=True,
                             help="Seconds between the queue position lines a waiting launch's stream gets.")
     max_vgpus_per_user = Float(0, config=True,
@@ -214,7 +218,7 @@ class Broker(Application):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe)
+                                   handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.culler = broker_culler(
