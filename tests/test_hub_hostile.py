@@ -19,7 +19,8 @@ from orion_jupyter.core.warm_config import WarmConfig
 from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.k8s.client import api_client
 from orion_jupyter.k8s.cluster import KubeCluster
-from orion_jupyter.k8s.launcher import KernelPolicies, PodSite, selects
+from orion_jupyter.k8s.hub_manifests import selects
+from orion_jupyter.k8s.launcher import KernelPolicies, PodSite
 from orion_jupyter.names import (
     ANNOTATION_CLAIMED,
     ANNOTATION_LAST_ACTIVITY,

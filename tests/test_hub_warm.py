@@ -14,7 +14,7 @@ import pytest
 from kubesim import SimCluster, SimNode
 from kubesim.fixtures import GPU_NODE
 from orion_jupyter.core.warm_config import roster_label
-from orion_jupyter.k8s.launcher import selects
+from orion_jupyter.k8s.hub_manifests import selects
 from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
 from tests.helpers import eventually_async
 

@@ -38,7 +38,7 @@ from ..protocols import ClaimRequest
 from ..wire import iopub_port
 from .cluster import KubeCluster
 from .driver import pod_options
-from .hub_manifests import kernel_network_policy, z2jh_username_label
+from .hub_manifests import kernel_network_policy, selects, z2jh_username_label
 from .manifests import build_kernel_manifests, secret_owner_patch
 
 log = logging.getLogger("orion_jupyter.k8s")
@@ -268,19 +268,6 @@ class PodSite:
         if self.policies is not None:
             await self.policies.owned_by_pod(name)
         return name, kernel
-
-
-def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Whether a Kubernetes label selector (``matchLabels`` and ``matchExpressions``, ANDed) selects ``labels``."""
-    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
-        present = key in labels
-        if not {"In": present and labels.get(key) in values, "NotIn": not present or labels.get(key) not in values,
-                "Exists": present, "DoesNotExist": not present}.get(operator, False):
-            return False
-    return True
 
 
 def claimed_metadata(ask: ClaimRequest, user: str, course: str) -> dict[str, Any]:
