@@ -224,3 +224,28 @@ async def test_a_restart_inside_a_roster_window_prewarms_only_those_not_served_y
     await warm.tick(now)
     await asyncio.gather(*warm._starting)
     assert sorted(host.started) == ["cem", "dan"]  # alice claimed hers, bob started one: not again
+
+
+# -- safe defaults an operator loosens on purpose ------------------------------------------------------------
+
+def test_the_broker_defaults_allow_only_its_images_a_largest_slice_and_a_per_user_limit():
+    from traitlets.config import Config
+
+    from orion_jupyter.broker.service import Broker, safe_policy
+    from orion_jupyter.config import KernelPolicy
+    from orion_jupyter.vgpu import VGPURequest, VGPURequestError
+
+    policy = safe_policy(KernelPolicy(), ["img:1", "warm:2", "img:1"])
+    assert policy.allowed_images == ["img:1", "warm:2"]
+    for request, image, field in ((VGPURequest.parse(1, "100Gi"), "img:1", "memory"),
+                                  (VGPURequest.parse(8, "1Gi"), "img:1", "vgpus"),
+                                  (VGPURequest.parse(1, "1Gi"), "evil/miner:latest", "image")):
+        with pytest.raises(VGPURequestError) as caught:
+            policy.policy().check(request, image)
+        assert caught.value.field == field, caught.value
+    policy.policy().check(VGPURequest.parse(1, "4Gi"), "warm:2")
+    # what the operator set stays as set
+    config = Config({"KernelPolicy": {"allowed_images": ["quay.io/jupyter/*"], "max_memory": "80Gi"}})
+    loosened = safe_policy(KernelPolicy(config=config), ["img:1"])
+    assert loosened.allowed_images == ["quay.io/jupyter/*"] and loosened.max_memory == "80Gi"
+    assert Broker().max_vgpus_per_user == 4 and Broker().max_kernels_per_user == 8

@@ -34,7 +34,6 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from ..config import KernelPolicy
 from ..core.admission import KernelExists, Launch, Queued, Refused
 from ..core.idle import NotCullable
 from ..core.queue import Waiting
@@ -134,7 +133,7 @@ class KernelsHandler(BrokerHandler):
                                        f"({', '.join(repr(s) for s in sorted(servers)) or 'none'})")
             image = ask.image or broker.settings.image
             # per-kernel limits, the image, a request larger than any device: refused at once, never queued
-            await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view)
+            await broker.kernel_policy.check(ask.request, image=image, view=broker.view)
         except VGPURequestError as err:
             return self._refused(Refused(err))
         except KernelLaunchError as err:

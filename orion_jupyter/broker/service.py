@@ -27,6 +27,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
+from ..config import KernelPolicy
 from ..core.admission import Admission
 from ..core.idle import CullRules
 from ..core.ledger import Ledger, Quota
@@ -44,6 +45,21 @@ from .idle import broker_culler
 from .pods import ClassPods
 
 COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
+
+# What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
+SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
+
+
+def safe_policy(policy: KernelPolicy, images: list[str]) -> KernelPolicy:
+    """``policy`` with the broker's safe defaults where the operator set nothing: only ``images`` (the
+    broker's image and its warm kernels'), at most 4 vGPUs and 48 GiB of vGPU memory per kernel."""
+    if not policy.allowed_images:
+        policy.allowed_images = sorted(set(images))
+    for name, value in SAFE_POLICY.items():
+        if not getattr(policy, name):
+            setattr(policy, name, value)
+    return policy
+
 
 # Students' kernel pods get these unless c.VGPUProvisioner sets its own: a pod without requests lets
 # one student's kernels crowd a node; one without limits lets one kernel starve its neighbours.
@@ -109,8 +125,9 @@ class Broker(Application):
                                      "and is served first on every release).")
     queue_keepalive = Float(20.0, config=True,
                             help="Seconds between the queue position lines a waiting launch's stream gets.")
-    max_vgpus_per_user = Float(0, config=True,
-                               help="Most vGPUs one user holds at once across all servers; 0: no limit.")
+    max_vgpus_per_user = Float(4, config=True,
+                               help="Most vGPUs one user holds at once across all servers; 0: no limit (loosen on "
+                                    "purpose).")
     max_kernels_per_user = Int(8, config=True,
                                help="Most kernels one user runs at once across all servers, CPU-only ones included "
                                     "(each is a pod on a node); 0: no limit (loosen on purpose). A course may cap "
@@ -196,6 +213,8 @@ class Broker(Application):
                          if self.max_memory_per_user else 0, self.max_kernels_per_user)
         ledger = Ledger(per_user, courses)
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
+        self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
+            entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
         self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds)
