@@ -249,3 +249,22 @@ def test_the_broker_defaults_allow_only_its_images_a_largest_slice_and_a_per_use
     loosened = safe_policy(KernelPolicy(config=config), ["img:1"])
     assert loosened.allowed_images == ["quay.io/jupyter/*"] and loosened.max_memory == "80Gi"
     assert Broker().max_vgpus_per_user == 4 and Broker().max_kernels_per_user == 8
+
+
+async def test_an_instructor_removed_from_the_group_loses_the_class_view_promptly(monkeypatch):
+    from orion_jupyter.broker import hub as hub_module
+    from orion_jupyter.broker.hub import HubClient
+
+    groups = {"teacher": ["instructors"]}
+
+    class Hub(HubClient):
+        async def _get(self, path, token=None):
+            return {"name": "teacher", "groups": list(groups["teacher"]), "servers": {"": {}}}
+
+    clock = [100.0]
+    monkeypatch.setattr(hub_module.time, "monotonic", lambda: clock[0])
+    client = Hub("http://hub/api", "t")  # the broker's default cache (c.Broker.hub_cache_seconds)
+    assert await client.groups("teacher") == ["instructors"] and await client.servers("teacher") == {""}
+    groups["teacher"] = []  # removed from the group in the hub
+    clock[0] += 6
+    assert await client.groups("teacher") == []
