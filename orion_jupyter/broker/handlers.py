@@ -70,7 +70,8 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
         """Token-authenticated API: no cookies, no cross-site forms."""
 
     def data_received(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
+        if not self._finished:  # refused already (no token): what still arrives is dropped
+            self._chunks.append(chunk)
 
     def json_body(self) -> dict[str, Any] | None:
         self.request.body = b"".join(self._chunks)
