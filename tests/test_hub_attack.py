@@ -11,7 +11,7 @@ import signal
 import socket
 import urllib.request
 import uuid
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import psutil
 import pytest
@@ -97,7 +97,7 @@ async def test_hub_mode_under_attack(hub_factory, sim_cluster, tmp_path):
         resources = pod["spec"]["containers"][0]["resources"]
         assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
         for grace in ("²", "-1", "99999", "1e3"):
-            err = await refused(hub.service_api(BROKER, "DELETE", f"api/kernels/{kernel['id']}?grace={grace}",
+            err = await refused(hub.service_api(BROKER, "DELETE", f"api/kernels/{kernel['id']}?grace={quote(grace)}",
                                                 token=alice))
             assert err.code == 400 and err.json()["field"] == "grace", (grace, err)
         assert sim_cluster.get("pods", NS, pod["metadata"]["name"]) is not None
