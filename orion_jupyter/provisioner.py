@@ -18,7 +18,8 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from .clusters import cluster_kind, make_driver
-from .config import PENDING, KernelPolicy
+from .config import KernelPolicy
+from .core.ledger import LAUNCHES_IN_PROGRESS, Quota, holding_of, user_holdings
 from .errors import KernelLaunchError
 from .launch import KernelLaunch
 from .metrics import KERNEL_LAUNCH_FAILURES, KERNEL_LAUNCH_SECONDS
@@ -118,7 +119,10 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
         await self.driver.view.start()
         policy = KernelPolicy(parent=self)
         await policy.check(request, image=self.image, view=self.driver.view, backend=backend)
-        await policy.take_quota(request, user=self.user, kernel_id=self.kernel_id, view=self.driver.view)
+        limit = policy.max_vgpus_per_user  # held against it until the view counts the kernel
+        held = await self.driver.view.vgpus_by_kernel(self.user) if limit and request.count else {}
+        LAUNCHES_IN_PROGRESS.reserve(holding_of(self.kernel_id, self.user, "", request),
+                                     user_holdings(self.user, held), per_user=Quota(limit))
         self.request = request
         self._launch_started = time.monotonic()
         # jupyter_server lists a kernel as soon as it is ready but stamps its activity a moment later;
@@ -132,11 +136,11 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             self.launch = self._launch_description(request, kwargs.get("env") or {}, kwargs.get("cwd"))
             return await self.driver.pre_launch(self.launch, kwargs)
         except KernelLaunchError as err:
-            PENDING.release(self.kernel_id)
+            LAUNCHES_IN_PROGRESS.release(self.kernel_id)
             self._launch_failed(err)
             raise
         except BaseException:
-            PENDING.release(self.kernel_id)
+            LAUNCHES_IN_PROGRESS.release(self.kernel_id)
             raise
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -147,7 +151,7 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             self._launch_failed(err)
             raise
         finally:
-            PENDING.release(self.kernel_id)  # from here on the view counts what the kernel holds
+            LAUNCHES_IN_PROGRESS.release(self.kernel_id)  # from here on the view counts what the kernel holds
         seconds = time.monotonic() - self._launch_started
         KERNEL_LAUNCH_SECONDS.labels("success").observe(seconds)
         PROGRESS.record(self.kernel_id, f"kernel ready after {seconds:.1f} s", stage="ready")

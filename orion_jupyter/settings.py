@@ -1,4 +1,5 @@
-"""The settings of kernel pods and launches, declared once: ``c.VGPUProvisioner.*``.
+"""Settings declared once: kernel pods and launches (``c.VGPUProvisioner.*``), and a class's (instructors,
+idle culling) which a direct-mode server and the broker share (``c.OrionJupyter.*`` / ``c.Broker.*``).
 
 :class:`KernelSettings` is a ``Configurable`` apart from the worker: the provisioner inherits it (a
 kernel spec's ``kernel_provisioner.config`` sets its own copy), and the server extension, the kernel
@@ -11,7 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jupyter_core.paths import ENV_JUPYTER_PATH, SYSTEM_JUPYTER_PATH
@@ -238,3 +239,28 @@ class KernelSettings(LoggingConfigurable):
             scheduler_name=self.scheduler_name,
         )
 
+
+
+class ClassSettings(LoggingConfigurable):
+    """Who instructs a class and when its idle vGPU kernels are given back; the server extension
+    (``c.OrionJupyter.*``) and the broker (``c.Broker.*``) inherit them, with the same defaults."""
+
+    instructors = List(Unicode(), config=True, help="User names that see and may stop every kernel of the class.")
+    instructor_groups = List(Unicode(), ["instructors"], config=True,
+                             help="JupyterHub groups whose members are instructors.")
+    cull_idle_seconds = Float(1800.0, config=True,
+                              help="Seconds a vGPU kernel may stay idle (not busy, no activity on its iopub) before it "
+                                   "is stopped and its pod deleted, freeing its vGPU; 0: never. CPU-only kernels are "
+                                   "never stopped. The broker's courses may set their own 'cull_idle_seconds' (and "
+                                   "'cull_warning_seconds', 'cull_max_keeps') in c.Broker.courses.")
+    cull_warning_seconds = Float(300.0, config=True,
+                                 help="Seconds before an idle vGPU kernel is stopped that its owner is warned "
+                                      "(cull_warning in allocations, a progress event, the log) and may keep it.")
+    cull_max_keeps = Int(3, config=True,
+                         help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
+                              "idle clock) in one idle stretch; activity in the kernel gives them back.")
+    cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
+
+    def is_instructor_named(self, name: str, groups: Iterable[str]) -> bool:
+        """An exact user name in ``instructors``, or a member of an instructor group."""
+        return name in self.instructors or bool(set(groups) & set(self.instructor_groups))

@@ -51,6 +51,12 @@ def iopub_port(ports: Iterable[int]) -> int:
     return dict(zip(PORT_NAMES, ports, strict=True))["iopub_port"]
 
 
+# Requests on a kernel's shell channel: the kernel's work for its user. Its status messages answering these
+# (and nothing else: a usage probe or kernel_info on the control channel) say whether it is busy.
+SHELL_REQUESTS = frozenset({"execute_request", "complete_request", "inspect_request", "history_request",
+                            "is_complete_request", "comm_open", "comm_msg", "comm_close"})
+
+
 # -- the broker's launch protocol ------------------------------------------------------------------
 LAUNCH_FIELDS = frozenset({"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key",
                            "signature_scheme", "ports", "cwd", "image"})

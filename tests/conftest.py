@@ -25,6 +25,7 @@ MODULE_MARKERS = {
     "test_notebooks.py": ("torch", "slow"),
     "test_widgets.py": ("torch",),
     "test_usage.py": ("torch",),
+    "test_park.py": ("torch",),
     "test_benchmarks_smoke.py": ("slow",),
     "test_hub_fixture.py": ("slow",),
 }
@@ -36,6 +37,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(marker)
         if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
+        if {"slow", "browser"} & {m.name for m in item.iter_markers()}:
+            # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) the heavy tests (a hub, a JupyterLab, a
+            # browser, torch) run one after another on one worker while the other runs the rest
+            item.add_marker(pytest.mark.xdist_group("heavy"))
 
 
 @pytest.fixture

@@ -145,16 +145,18 @@ async def test_a_follower_survives_a_list_status_and_a_broken_one_leaves_the_ker
     kernels.watch("k1", "pod-k1", "alice", "", 1, "127.0.0.1", key, ports)
     kernel = kernels.kernels["k1"]
     try:
+        cell = session.msg("execute_request", {})  # the kernel's status while it runs a cell
+
         async def publish_until(content, done) -> None:
             for _ in range(200):
-                session.send(pub, "status", content)
+                session.send(pub, "status", content, parent=cell)
                 await asyncio.sleep(0.02)
                 if done():
                     return
             raise AssertionError(f"the follower never saw {content!r}")
 
         await publish_until({"execution_state": "busy"}, lambda: kernel.execution_state == "busy")
-        session.send(pub, "status", json.dumps(["not", "an", "object"]).encode())  # signed, content a list
+        session.send(pub, "status", json.dumps(["not", "an", "object"]).encode(), parent=cell)  # a signed list
         await publish_until({"execution_state": "idle"}, lambda: kernel.execution_state == "idle")
         await publish_until({"execution_state": "busy"}, lambda: kernel.execution_state == "busy")
         assert kernel.watcher is not None  # the list did not end the follower

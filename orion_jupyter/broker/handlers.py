@@ -46,7 +46,7 @@ from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QU
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
-from ..wire import LaunchBody, parse_launch, ports_of
+from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, LaunchBody, parse_launch, ports_of
 from .service import Broker
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
@@ -189,13 +189,13 @@ class KernelsHandler(BrokerHandler):
                 if done:
                     waiting.turn.result()
                     QUEUE_WAIT.observe(time.time() - waiting.since)
-                    self._line({"progress": "a vGPU is free: starting the kernel"})
+                    self._line({LINE_PROGRESS: "a vGPU is free: starting the kernel"})
                     return True
                 if broker.queue.find(waiting.kernel_id) is waiting:
-                    self._line({"queued": broker.queue.describe(waiting)})
+                    self._line({LINE_QUEUED: broker.queue.describe(waiting)})
         except KernelLaunchError as err:
             LAUNCHES.labels("cancelled" if err.reason == "cancelled" else "failed").inc()
-            self._line({"error": {"reason": err.reason, "message": str(err)}})
+            self._line({LINE_ERROR: {"reason": err.reason, "message": str(err)}})
             return False
         finally:
             QUEUED.labels(waiting.course or "-").dec()
@@ -220,21 +220,21 @@ class KernelsHandler(BrokerHandler):
         claimed = broker.warm.reserved_for(ask.kernel_id)
         try:
             if claimed:
-                self._line({"progress": f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
+                self._line({LINE_PROGRESS: f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
                 ready = await broker.warm.claim(ClaimRequest(ask.kernel_id, ask.cwd, ask.server_name,
                                                              ask.kernel_spec_name), self.user, course)
             else:
-                self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
+                self._line({LINE_PROGRESS: f"starting a kernel with {ask.request.describe()} for {self.user}"})
                 ready = await self._start_pod(ask, image, course)
         except KernelLaunchError as err:
             LAUNCHES.labels("failed").inc()
-            self._line({"error": {"reason": err.reason, "message": str(err)}})
+            self._line({LINE_ERROR: {"reason": err.reason, "message": str(err)}})
             return self.finish()
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
         broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
                                    ready["ip"], key, ports)
-        self._line({"ready": ready})
+        self._line({LINE_READY: ready})
         self.finish()
 
     async def _start_pod(self, ask: LaunchBody, image: str, course: str) -> dict[str, Any]:
@@ -244,7 +244,7 @@ class KernelsHandler(BrokerHandler):
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
                        volume_mounts=broker.volume_mounts, annotations={ANNOTATION_LAUNCHING: "true"})
-        name, kernel = await broker.site.start(plan, lambda message: self._line({"progress": message}))
+        name, kernel = await broker.site.start(plan, lambda message: self._line({LINE_PROGRESS: message}))
         try:
             await broker.site.launched(name)  # before its server hears of it: never an orphan it uses
         except KernelLaunchError:
@@ -369,7 +369,7 @@ class WatchHandler(BrokerHandler):
                 if time.monotonic() - checked >= recheck:
                     checked = time.monotonic()
                     if not await self._still_allowed():
-                        self.write(json.dumps({"error": {"reason": "unauthorized", "message":
+                        self.write(json.dumps({LINE_ERROR: {"reason": "unauthorized", "message":
                                                          "this stream's token was revoked"}}) + "\n")
                         return self.finish()
                 self.write(json.dumps(item) + "\n")

@@ -24,11 +24,12 @@ from ..core.idle import Culler, CullRules, KernelActivity, reported_time
 from ..k8s.view import pod_course, pod_request, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
-from ..wire import iopub_port
+from ..wire import SHELL_REQUESTS, iopub_port
 from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
 STOPPED_BY_IDLE = "idle culling (broker)"
+EXECUTION_STATES = frozenset({"busy", "idle", "starting", "restarting", "autorestarting", "dead"})
 
 
 @dataclass
@@ -116,6 +117,22 @@ class BrokerKernels:
         kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key,
                                                             iopub_port(ports)))
 
+    @staticmethod
+    def _observe(kernel: Observed, message: dict) -> bool:
+        """What one signed iopub message says, read as jupyter_server reads it: only the kernel's answers to
+        shell requests (a cell, a completion, a comm) are activity and set the execution state; a probe's
+        on the control channel (a usage sample, kernel_info) is neither. True: the execution state changed."""
+        parent = (message.get("parent_header") or {}).get("msg_type")
+        if parent in SHELL_REQUESTS or kernel.execution_state == "busy":
+            kernel.last_activity = datetime.now(UTC)
+        content = message.get("content")
+        if message["header"].get("msg_type") != "status" or parent not in SHELL_REQUESTS \
+                or not isinstance(content, dict) or content.get("execution_state") not in EXECUTION_STATES:
+            return False
+        changed = content["execution_state"] != kernel.execution_state
+        kernel.execution_state = content["execution_state"]
+        return changed
+
     async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int) -> None:
         import zmq
         import zmq.asyncio
@@ -134,13 +151,8 @@ class BrokerKernels:
                     message = session.deserialize(parts)
                 except ValueError:
                     continue  # not signed with the kernel's key: not the kernel speaking
-                kernel.last_activity = datetime.now(UTC)
-                content = message.get("content")
-                if message["header"]["msg_type"] == "status" and isinstance(content, dict):
-                    state = content.get("execution_state", "")
-                    if isinstance(state, str) and state and state != kernel.execution_state:
-                        kernel.execution_state = state
-                        self.changed(kernel_id)
+                if self._observe(kernel, message):
+                    self.changed(kernel_id)
         except asyncio.CancelledError:
             pass
         except Exception as err:  # noqa: BLE001 - a broken watch: judge by reports from now on

@@ -9,24 +9,20 @@ from typing import Any
 
 from ..core.ledger import Holding, Ledger
 from ..core.warm import WarmKernels
-from ..k8s.cluster import KubeCluster
-from ..k8s.launcher import PodSite
+from ..k8s.launcher import PodSite, SiteHost
 from ..k8s.view import KubernetesView, pod_course, pod_request, pod_user
-from ..launch import PodPlan
 from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES, slug
-from ..protocols import ClaimRequest
 from ..vgpu import VGPURequest
 
 
-class ClassPods:
+class ClassPods(SiteHost):
     """Kernel pods of the class namespace; ``warm`` is set once the broker's warm kernels exist."""
 
     def __init__(self, site: PodSite, view: KubernetesView, ledger: Ledger, *,
                  members: Callable[[str], Awaitable[list[str]]], is_instructor: Callable[[str, list[str]], bool],
                  volumes: Sequence[Mapping[str, Any]] = (), volume_mounts: Sequence[Mapping[str, Any]] = (),
                  home_mount_path: str = ""):
-        self.site = site
-        self.cluster: KubeCluster = site.cluster
+        super().__init__(site)
         self.view = view
         self.ledger = ledger
         self.members = members  # a hub group's members
@@ -37,12 +33,6 @@ class ClassPods:
         self.warm: WarmKernels | None = None
 
     # -- reading the class's state ----------------------------------------------------------------
-    def pod(self, name: str) -> dict | None:
-        return self.cluster.pod(name)
-
-    def kernel_pods(self) -> list[dict]:
-        return self.cluster.kernel_pods()
-
     def is_warm(self, pod_name: str) -> bool:
         return self.warm is not None and pod_name in self.warm.kernels
 
@@ -79,31 +69,11 @@ class ClassPods:
     async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
         """Some node fits ``request``, counting the accepted launches whose pods are not placed yet and the
         warm kernels being started."""
-        if not request.count:
-            return True
-        if await self.view.can_serve(request, self.site.backend) is False:
-            return False
-        total = (await self.view.pool()).totals().get(self.site.backend.count_resource)
-        if total is None:  # dra / kai: the scheduler decides
-            return True
         placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
                   if (p.get("spec") or {}).get("nodeName")}
         unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
-        return total.free - unplaced - starting >= request.count
+        return await self.view.has_room(request, self.site.backend, unplaced + starting)
 
     async def roster_members(self, course: str) -> list[str]:
         return [user for user in await self.members(course) if not self.is_instructor(user, [])]
-
-    # -- acting on pods ---------------------------------------------------------------------------
-    async def start_pod(self, plan: PodPlan) -> tuple[str, str]:
-        name, kernel = await self.site.start(plan)
-        return name, kernel.ip
-
-    async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
-                        ports: tuple[int, ...]) -> None:
-        await self.site.hand_over(name, warm_kernel_id, ask, user, course, ports)
-
-    async def delete_kernel(self, name: str, grace_seconds: int = 0) -> None:
-        await self.site.delete_kernel(name, grace_seconds)
-

@@ -39,7 +39,7 @@ from ..k8s.launcher import KernelPolicies, PodSite
 from ..k8s.view import KubernetesView, pod_user
 from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
-from ..settings import KernelSettings
+from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
 from .idle import broker_culler
 from .pods import ClassPods
@@ -72,7 +72,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Broker(Application):
+class Broker(Application, ClassSettings):
     name = "orion-jupyter-broker"
     description = "vGPU kernels for every server of a JupyterHub; the only holder of the Kubernetes Role"
 
@@ -101,22 +101,11 @@ class Broker(Application):
     watch_recheck_seconds = Float(30.0, config=True,
                                   help="Seconds between checks that the token of an open watch stream is still valid; "
                                        "a revoked token ends its stream.")
-    instructors = List(Unicode(), config=True, help="Hub user names that see and may stop every kernel of the class.")
-    instructor_groups = List(Unicode(), ["instructors"], config=True,
-                             help="Hub groups whose members are instructors.")
     courses = Dict(Dict(), config=True,
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing.")
-    cull_idle_seconds = Float(1800.0, config=True,
-                              help="Stop a vGPU kernel idle this many seconds (its own execution state, watched on its "
-                                   "iopub); a course may set its own 'cull_idle_seconds' (and 'cull_warning_seconds', "
-                                   "'cull_max_keeps') in c.Broker.courses. 0: never.")
-    cull_warning_seconds = Float(300.0, config=True,
-                                 help="Seconds before that its owner sees it coming (cull_warning) and may keep it.")
-    cull_max_keeps = Int(3, config=True, help="How many times in a row an owner may keep an idle vGPU kernel.")
-    cull_interval_seconds = Float(30.0, config=True, help="Seconds between the broker's checks for idle kernels.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_head_max_wait = Float(120.0, config=True,
@@ -246,7 +235,7 @@ class Broker(Application):
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
-        return name in self.instructors or bool(set(groups) & set(self.instructor_groups))
+        return self.is_instructor_named(name, groups)
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""

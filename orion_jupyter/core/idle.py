@@ -193,7 +193,7 @@ class Culler:
             at = self.cull_at(kernel_id)
             now = now or datetime.now(UTC)
             warning = timedelta(seconds=self.rules(kernel_id).warning_seconds)
-            return {"cull_at": iso(at), "cull_warning": at is not None and now >= at - warning,
+            return {"cull_at": iso(at), "cull_warning": at is not None and now >= at - warning,  # wire.CULL_FIELDS
                     "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id)}
         except Exception:  # noqa: BLE001 - see above
             self.log.exception("could not compute the idle fields of kernel %s", kernel_id)

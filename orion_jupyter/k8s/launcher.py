@@ -277,3 +277,29 @@ def claimed_metadata(ask: ClaimRequest, user: str, course: str) -> dict[str, Any
             "annotations": {ANNOTATION_USER: user, ANNOTATION_SERVER: ask.server_name,
                             ANNOTATION_COURSE: course or None, ANNOTATION_KERNEL_SPEC: ask.kernel_spec_name or None,
                             ANNOTATION_CLAIMED: datetime.now().astimezone().isoformat(timespec="seconds")}}
+
+
+class SiteHost:
+    """The pod side of a warm-kernel host (``core.warm.WarmHost``) over a :class:`PodSite`: a host adds
+    ``has_room``, ``roster_members`` and the user's storage."""
+
+    def __init__(self, site: PodSite):
+        self.site = site
+        self.cluster = site.cluster
+
+    def pod(self, name: str) -> dict | None:
+        return self.cluster.pod(name)
+
+    def kernel_pods(self) -> list[dict]:
+        return self.cluster.kernel_pods()
+
+    async def start_pod(self, plan: PodPlan) -> tuple[str, str]:
+        name, kernel = await self.site.start(plan)
+        return name, kernel.ip
+
+    async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
+                        ports: tuple[int, ...]) -> None:
+        await self.site.hand_over(name, warm_kernel_id, ask, user, course, ports)
+
+    async def delete_kernel(self, name: str, grace_seconds: int = 0) -> None:
+        await self.site.delete_kernel(name, grace_seconds)

@@ -12,12 +12,13 @@ from jupyter_server.utils import ensure_async
 
 from ..backends import Backend
 from ..config import KernelPolicy
+from ..core.ledger import LAUNCHES_IN_PROGRESS, Quota, holding_of, user_holdings
 from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
 from ..settings import KernelSettings
-from ..vgpu import VGPURequest, VGPURequestError, short
+from ..vgpu import VGPURequest, VGPURequestError, short, usage_fields
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
 MAX_PATH_CHARS = 1024
@@ -49,15 +50,6 @@ class StartPlan:
 
 class KernelIdTaken(VGPURequestError):
     """A kernel id that names a kernel which exists or is starting (a double click, or a guess)."""
-
-
-def usage_fields(allocation: dict[str, Any], reading: dict[str, Any] | None) -> dict[str, Any]:
-    """Memory in use against memory granted; ``waste_bytes`` is what is granted and unused."""
-    granted = (allocation.get("vgpus") or 0) * (allocation.get("memory_mib") or 0) * 1024 * 1024
-    used = reading.get("memory_used") if reading else None
-    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
-            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
-            "waste_bytes": max(granted - used, 0) if used is not None else None}
 
 
 def spec_config(spec: Any) -> dict[str, Any]:
@@ -196,7 +188,8 @@ class VGPUKernels:
         policy = KernelPolicy(config=self.serverapp.config)
         await policy.check(request, image=probe.image, view=self.view,
                            backend=spec_backend(self.settings, self.view, spec), capacity=True)
-        policy.policy().check_user_total(request, sum((await self.view.vgpus_by_kernel(username)).values()))
+        held = user_holdings(username, await self.view.vgpus_by_kernel(username))
+        LAUNCHES_IN_PROGRESS.check_user(holding_of("", username, "", request), held, Quota(policy.max_vgpus_per_user))
         return StartPlan(spec_name, request, kernel_id)
 
     async def start(self, body: dict[str, Any], username: str, path: str | None = None,

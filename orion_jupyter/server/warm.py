@@ -16,65 +16,43 @@ from tornado.ioloop import PeriodicCallback
 
 from ..core.warm import WarmKernels
 from ..core.warm_config import Pool, WarmConfig, WarmShape, Window
-from ..k8s.cluster import KubeCluster
 from ..k8s.driver import server_pod_owner
-from ..k8s.launcher import PodSite
-from ..launch import PodPlan
+from ..k8s.launcher import PodSite, SiteHost
+from ..k8s.view import KubernetesView
 from ..names import slug
-from ..protocols import ClaimRequest
 from ..settings import KernelSettings
 from ..vgpu import VGPURequest
 
 log = logging.getLogger("orion_jupyter.warm")
 
 
-class DirectWarmHost:
+class DirectWarmHost(SiteHost):
     """``core.warm.WarmHost`` for one server: its pods on the view's cluster, owned by the server's pod."""
 
     user_volumes: tuple = ()  # a pool's kernels start before anyone claims them: no user's storage
     user_volume_mounts: tuple = ()
     home_mount_path = ""
 
-    def __init__(self, settings: KernelSettings, view: Any):
+    def __init__(self, settings: KernelSettings, view: KubernetesView):
+        super().__init__(PodSite(view.clusters[0], view.backend, settings.pod_settings, settings.launch_timeout,
+                                 settings.wait_for_capacity, settings.orion_controller or None,
+                                 owner=server_pod_owner()))
         self.view = view
-        self.cluster: KubeCluster = view.clusters[0]
-        self.site = PodSite(self.cluster, view.backend, settings.pod_settings, settings.launch_timeout,
-                            settings.wait_for_capacity, settings.orion_controller or None, owner=server_pod_owner())
         self.warm: WarmKernels | None = None
-
-    def pod(self, name: str) -> dict | None:
-        return self.cluster.pod(name)
-
-    def kernel_pods(self) -> list[dict]:
-        return self.cluster.kernel_pods()
 
     async def has_room(self, request: VGPURequest) -> bool:
         """Some node fits ``request`` besides the warm kernels still starting (not counted by the pool yet)."""
-        if await self.view.can_serve(request, self.view.backend) is False:
-            return False
-        total = (await self.view.pool()).totals().get(self.view.backend.count_resource)
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
-        return total is None or total.free - starting >= request.count
+        return await self.view.has_room(request, self.view.backend, starting)
 
     async def roster_members(self, course: str) -> list[str]:
         return []  # rosters are the broker's (hub groups); a server has none
-
-    async def start_pod(self, plan: PodPlan) -> tuple[str, str]:
-        name, kernel = await self.site.start(plan)
-        return name, kernel.ip
-
-    async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
-                        ports: tuple[int, ...]) -> None:
-        await self.site.hand_over(name, warm_kernel_id, ask, user, course, ports)
-
-    async def delete_kernel(self, name: str) -> None:
-        await self.site.delete_kernel(name)
 
 
 class DirectWarmPool:
     """Started and stopped with the server extension; the Kubernetes driver claims from it."""
 
-    def __init__(self, settings: KernelSettings, view: Any, size: int, request: VGPURequest, image: str,
+    def __init__(self, settings: KernelSettings, view: KubernetesView, size: int, request: VGPURequest, image: str,
                  interval_seconds: float = 5.0):
         self.host = DirectWarmHost(settings, view)
         pool = Pool(f"server-{slug(settings.user or 'jupyter', 30)}", WarmShape(request, image), size, Window())
