@@ -5,11 +5,13 @@ a resume starts a new kernel (any spec the user may start) and brings the variab
 refusal says why and loses nothing: the kernel keeps running, the snapshot stays as it was.
 """
 
+import asyncio
 import hashlib
 import json
 import os
 import stat
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool
+from orion_jupyter.progress import PROGRESS
 from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually_async, fetch_json
 from tests.kernel_io import run_in_kernel
@@ -214,6 +217,49 @@ async def test_park_frees_the_vgpu_and_resume_is_refused_while_the_pool_is_full(
     code, resumed = await api("POST", f"snapshots/{parked['snapshot']}/resume")
     assert code == 200 and resumed["restored"] == ["answer"] and resumed["spec"] == GPU_SPEC, resumed
     assert await run(jp_serverapp, resumed["kernel_id"], "print(answer)") == "42"
+
+
+async def test_idle_culling_parks_the_kernel_and_says_so(api, jp_serverapp, jp_fetch, pool):
+    culler = jp_serverapp.web_app.settings["orion_jupyter_culler"]
+    kernel_id = await start(api, GPU_SPEC)
+    await run(jp_serverapp, kernel_id, "answer = 42")
+    await eventually_async(lambda: asyncio.sleep(0, culler.cull_at(kernel_id)), timeout=20,
+                           until=lambda at: at is not None)  # idle once the cell's messages are in
+    cull_at = culler.cull_at(kernel_id)
+
+    def cull_events():
+        return [e for e in PROGRESS.events(kernel_id) if e["stage"] == "cull"]
+
+    assert await culler.run_once(now=cull_at - timedelta(seconds=60)) == []
+    [warning] = cull_events()
+    assert warning["message"].startswith("idle for 29 min: parks in 60 s"), warning
+    assert await culler.run_once(now=cull_at + timedelta(seconds=1)) == [kernel_id]
+    assert kernel_id not in jp_serverapp.kernel_manager and kernel_id not in pool.holders()  # its vGPU is free
+    parked = cull_events()[-1]
+    code, listing = await api("GET", "snapshots")
+    assert [s["id"] for s in listing["snapshots"]] == [parked["snapshot"]] and listing["snapshots"][0]["saved"] == [
+        "answer"], listing
+    assert parked["message"].startswith("parked after 30 min idle") and parked["snapshot"] in parked["message"]
+    code, found = await fetch_json(jp_fetch, "orion", "api", "events", params={"kernel": kernel_id},
+                                   headers={"Authorization": "token alice-token"})
+    assert code == 200 and found["events"][-1]["snapshot"] == parked["snapshot"]  # its owner reads where it went
+    code, resumed = await api("POST", f"snapshots/{parked['snapshot']}/resume")
+    assert code == 200 and await run(jp_serverapp, resumed["kernel_id"], "print(answer)") == "42"
+
+
+@pytest.mark.parametrize("snapshot_extra", [{"max_snapshot_bytes": 1000}], indirect=True)
+async def test_an_idle_kernel_that_cannot_be_parked_is_stopped_all_the_same(api, jp_serverapp, pool):
+    culler = jp_serverapp.web_app.settings["orion_jupyter_culler"]
+    kernel_id = await start(api, GPU_SPEC)
+    await run(jp_serverapp, kernel_id, "import numpy as np\nbig = np.ones(10_000)")  # over the 1000-byte limit
+    await eventually_async(lambda: asyncio.sleep(0, culler.cull_at(kernel_id)), timeout=20,
+                           until=lambda at: at is not None)
+    assert await culler.run_once(now=culler.cull_at(kernel_id) + timedelta(seconds=1)) == [kernel_id]
+    assert kernel_id not in jp_serverapp.kernel_manager and kernel_id not in pool.holders()
+    last = [e for e in PROGRESS.events(kernel_id) if e["stage"] == "cull"][-1]
+    assert last["message"].startswith("stopped after ") and "snapshot" not in last
+    code, listing = await api("GET", "snapshots")
+    assert listing["snapshots"] == []
 
 
 async def test_unknown_and_other_users_snapshots_answer_404(api, jp_serverapp):

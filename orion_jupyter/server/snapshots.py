@@ -26,7 +26,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import ensure_async
 from tornado import web
-from traitlets import Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from .. import snapshot
@@ -54,6 +54,9 @@ class Snapshots(Configurable):
                          help="Bytes all of one user's snapshots may take together; a park past it is refused.")
     timeout_seconds = Float(600.0, config=True,
                             help="Seconds the kernel may take to save or restore a snapshot.")
+    park_idle = Bool(True, config=True,
+                     help="Idle culling parks a vGPU kernel (its variables saved here) instead of stopping it, where "
+                          "this backend keeps snapshots (the local backend so far); a park that fails stops it.")
 
 
 @contextmanager
@@ -114,6 +117,10 @@ class SnapshotService:
             raise SnapshotError("unsupported", "park and resume work with the local backend so far; on Kubernetes "
                                                "they come with the kernel's storage (Snapshots.location)")
         return Path(self.settings.location or Path(jupyter_data_dir()) / "orion-snapshots")
+
+    def parks_idle(self) -> bool:
+        """Idle culling parks here: it is on, and this backend keeps snapshots."""
+        return self.settings.park_idle and self.state.view.kind == "local"
 
     def folder(self, owner: str, create: bool) -> Path | None:
         return snapshot.user_folder(self.base(), owner, create)
