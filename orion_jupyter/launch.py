@@ -56,6 +56,16 @@ class KernelLaunch:
     wait_for_capacity: bool = False
     orion_controller: str | None = None
     cwd: str = ""  # the notebook's folder, relative to the server's root ('' = the root)
+    # CurveZMQ keys (Z85) when the kernel manager's transport_encryption asks for them; like ``key``, they
+    # travel only where the kernel reads its connection file.
+    curve_publickey: str = ""
+    curve_secretkey: str = ""
+
+    def curve_fields(self) -> dict[str, str]:
+        """The connection file's CurveZMQ fields (none: plaintext, as jupyter_client without encryption)."""
+        if not self.curve_secretkey:
+            return {}
+        return {"curve_publickey": self.curve_publickey, "curve_secretkey": self.curve_secretkey}
 
 
 PORT_RANGE = (40000, 60000)

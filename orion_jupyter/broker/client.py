@@ -227,7 +227,7 @@ class BrokerKernel:
     async def kill(self) -> None:
         await self.terminate(0)
 
-    async def cleanup(self) -> None:
+    async def cleanup(self, restart: bool = False) -> None:
         code, body = await self.client.call("DELETE", f"api/kernels/{self.kernel_id}")
         if code not in (200, 404):
             log.error("the broker did not stop kernel %s (%s): %s", self.kernel_id, code, body)
@@ -356,7 +356,8 @@ class BrokerDriver:
         previous = [self._connection.get(name) for name in port_names]
         self._connection = {"transport": "tcp", "ip": "0.0.0.0", "key": launch.key,
                             "signature_scheme": launch.signature_scheme, "kernel_name": launch.kernel_spec_name,
-                            **dict(zip(port_names, launch.ports or fresh_ports(previous), strict=True))}
+                            **dict(zip(port_names, launch.ports or fresh_ports(previous), strict=True)),
+                            **launch.curve_fields()}
         kwargs["cmd"] = ["python", "-m", "ipykernel_launcher"]  # the broker builds the pod's command
         return kwargs
 
@@ -371,7 +372,7 @@ class BrokerDriver:
                 "compute": request.compute_percent, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
                 "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
                 "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in port_names},
-                "cwd": launch.cwd, "image": launch.pod.image}
+                "cwd": launch.cwd, "image": launch.pod.image, **launch.curve_fields()}
         def on_queued(place: dict[str, Any]) -> None:
             PROGRESS.record(launch.kernel_id, queue_message(place), stage="queue",
                             queued={k: place.get(k) for k in ("position", "ahead", "estimate_seconds")})

@@ -56,6 +56,7 @@ HANDOVER = Histogram("orion_jupyter_broker_queue_handover_seconds",
                      "Seconds from a released vGPU to the turn of the queue's head.",
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
+_Z85_RE = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 
 
@@ -69,6 +70,7 @@ class LaunchBody:
     ports: tuple[int, ...]  # in PORT_NAMES order
     cwd: str
     image: str | None
+    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret), Z85; empty: plaintext
 
 
 def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
@@ -81,7 +83,7 @@ def _text(body: dict, field: str, limit: int, default: str | None = None) -> str
 def parse_launch(body: dict[str, Any]) -> LaunchBody:
     """A launch request, checked field by field; the user is never part of it (the token says who)."""
     known = {"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key", "signature_scheme",
-             "ports", "cwd", "image"}
+             "ports", "cwd", "image", "curve_publickey", "curve_secretkey"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise VGPURequestError(short(unknown[0]), None,
@@ -108,8 +110,12 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
     image = body.get("image")
     if image is not None:
         image = _text(body, "image", 512)
+    curve = (_text(body, "curve_publickey", 40, ""), _text(body, "curve_secretkey", 40, ""))
+    if any(curve) and not all(_Z85_RE.match(k) for k in curve):
+        raise VGPURequestError("curve_secretkey", None, 'fields "curve_publickey" and "curve_secretkey" must both be '
+                                                        "CurveZMQ keys (40 Z85 characters)")
     return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
-                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image)
+                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve)
 
 
 class BrokerHandler(JSONReplies, web.RequestHandler):
@@ -257,6 +263,9 @@ class KernelsHandler(BrokerHandler):
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
         claimed = broker.warm.reserved.get(ask.kernel_id)
+        if claimed and any(ask.curve):  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            broker.warm.unreserve(ask.kernel_id)
+            claimed = None
         try:
             if claimed:
                 self._line({"progress": f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
@@ -271,7 +280,7 @@ class KernelsHandler(BrokerHandler):
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], tuple(ready["ports"][n] for n in PORT_NAMES)) if claimed else (ask.key, ask.ports)
         broker.culler.kernels.watch(ask.kernel_id, ready["pod_name"], self.user, broker.course_label(course),
-                                    ask.request.count, ready["ip"], key, ports)
+                                    ask.request.count, ready["ip"], key, ports, curve_serverkey=ask.curve[0])
         self._line({"ready": ready})
         self.finish()
 
@@ -281,7 +290,7 @@ class KernelsHandler(BrokerHandler):
         plan = PodPlan(kernel_id=ask.kernel_id, user=self.user, request=ask.request, image=image, key=ask.key,
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
-                       volume_mounts=broker.volume_mounts)
+                       volume_mounts=broker.volume_mounts, curve=ask.curve)
         name, kernel = await start_kernel_pod(broker, plan, lambda message: self._line({"progress": message}))
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}

@@ -44,11 +44,13 @@ class PodPlan:
     volume_mounts: Sequence[Mapping[str, Any]] = ()
     warm: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys of the launch; empty: plaintext
 
     @property
     def connection(self) -> dict[str, Any]:
+        curve = {"curve_publickey": self.curve[0], "curve_secretkey": self.curve[1]} if self.curve[1] else {}
         return {"transport": "tcp", "ip": "0.0.0.0", "key": self.key, "signature_scheme": "hmac-sha256",
-                "kernel_name": self.kernel_spec_name, **dict(zip(PORT_NAMES, self.ports, strict=True))}
+                "kernel_name": self.kernel_spec_name, **dict(zip(PORT_NAMES, self.ports, strict=True)), **curve}
 
 
 def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Mapping], user: str,

@@ -79,6 +79,7 @@ class KubernetesDriver:
             "signature_scheme": launch.signature_scheme,
             "kernel_name": launch.kernel_spec_name,
             **dict(zip(port_names, launch.ports or self._fresh_ports(), strict=False)),
+            **launch.curve_fields(),
         }
         self.manifests = build_kernel_manifests(
             pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
@@ -116,6 +117,8 @@ class KubernetesDriver:
         from .warm import pool_for
 
         pool = pool_for(self.cluster)
+        if launch.curve_secretkey:  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            return None
         if pool is None or not pool.reserve(launch.kernel_id, launch.user, launch.request, launch.pod.image, ""):
             return None
         from ..broker.warm import ClaimRequest
