@@ -17,6 +17,7 @@ from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
 from ..vgpu import VGPURequest, VGPURequestError, short
+from .refusals import Refused
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
 MAX_PATH_CHARS = 1024
@@ -48,6 +49,8 @@ class StartPlan:
 
 class KernelIdTaken(VGPURequestError):
     """A kernel id that names a kernel which exists or is starting (a double click, or a guess)."""
+
+    http_status = 409
 
 
 def usage_fields(allocation: dict[str, Any], reading: dict[str, Any] | None) -> dict[str, Any]:
@@ -214,6 +217,8 @@ class VGPUKernels:
         try:
             await ensure_async(self.kernel_manager.start_kernel(
                 kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username))
+        except Refused as refused:  # this server's kernel manager answers Jupyter's API; ours answers itself
+            raise refused.error from None
         except BaseException:
             # jupyter_client keeps a kernel whose start failed among its pending ones (shutdown_all then
             # trips over it at server exit); nothing of it exists, so forget it.
