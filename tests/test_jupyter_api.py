@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from jupyter_client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.session import Session
 from tornado.httpclient import HTTPClientError
@@ -118,7 +119,8 @@ def test_server_exits_on_the_first_sigterm_after_a_refusal(tmp_path, state_file)
                         manager=KernelSpecManager(data_dir=str(tmp_path / "data")), user=True)
     port, token = free_port(), uuid.uuid4().hex
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", f"--IdentityProvider.token={token}",
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}",
+         f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={tmp_path}", "--VGPUProvisioner.cluster=local", "--LocalPool.gpus=0",
          "--LocalPool.cpu_slots=1", "--LocalPool.cpu_slot_memory=1Gi", f"--LocalPool.state_file={state_file}",
          "--OrionJupyter.usage_sample_interval=0", "--OrionJupyter.activity_report_interval=0"],
@@ -131,6 +133,11 @@ def test_server_exits_on_the_first_sigterm_after_a_refusal(tmp_path, state_file)
             http_post(url, {"name": SPEC})
         assert refused.value.code == 409
         kernel_pid = json.loads(state_file.read_text())[started["id"]]["pid"]
+        client = BlockingKernelClient(connection_file=str(tmp_path / "rt" / f"kernel-{started['id']}.json"))
+        client.load_connection_file()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)  # the kernel runs (a kernel stopped while it imports prints a traceback)
+        client.stop_channels()
         server.send_signal(signal.SIGTERM)
         log, _ = server.communicate(timeout=60)
     finally:

@@ -1,0 +1,69 @@
+"""jupyter_client's and jupyter_server's own kernel and session tests, as they are and through the provisioner.
+
+Their sdists at the installed versions come from PyPI (cached in ~/.cache/orion-jupyter/upstream); their
+test files run unedited, once as they are and once with every kernel routed through
+orion-vgpu-provisioner on the local backend (``tests/upstream/orion_routing.py``). The test fails listing
+each test that fails only through the provisioner. Marked ``upstream``: ``pytest -m "not upstream"`` skips it.
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+import xml.etree.ElementTree as ET
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.upstream, pytest.mark.slow]
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orion-jupyter" / "upstream"
+ROUTING = Path(__file__).parent / "upstream"
+REPO = Path(__file__).resolve().parents[1]
+# The kernel and session tests: kernel managers, restarts, env templates, ports, interrupts, encryption.
+SUITES = {
+    "jupyter_client": ["tests/test_kernelmanager.py", "tests/test_multikernelmanager.py",
+                       "tests/test_transport_security.py"],
+    "jupyter_server": ["tests/services/kernels/test_api.py", "tests/services/kernels/test_transport_encryption.py",
+                       "tests/services/sessions/test_api.py"],
+}
+
+
+def sdist(name: str) -> Path:
+    """The unpacked sdist of the installed version of ``name``."""
+    release = f"{name}-{version(name)}"
+    folder = CACHE / release
+    if not (folder / "tests").is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                        f"{name}=={version(name)}", "-d", str(CACHE)], check=True, timeout=600)
+        with tarfile.open(CACHE / f"{release}.tar.gz") as archive:
+            archive.extractall(CACHE, filter="data")
+    return folder
+
+
+def outcomes(folder: Path, files: list[str], report: Path, routed: bool) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(ROUTING)])}
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
+            f"--junitxml={report}", *files]
+    if routed:
+        env["JUPYTER_DEFAULT_PROVISIONER_NAME"] = "orion-vgpu-provisioner"
+        args[3:3] = ["-p", "orion_routing"]
+    subprocess.run(args, cwd=folder, env=env, timeout=1800, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        kinds = {child.tag for child in case}
+        outcome = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
+        found[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(SUITES))
+def test_no_upstream_test_fails_only_through_the_provisioner(package, tmp_path):
+    folder = sdist(package)
+    plain = outcomes(folder, SUITES[package], tmp_path / "plain.xml", routed=False)
+    routed = outcomes(folder, SUITES[package], tmp_path / "routed.xml", routed=True)
+    assert plain and set(plain) == set(routed), "both runs must collect the same tests"
+    only_routed = sorted(test for test, outcome in routed.items() if outcome == "failed" and plain[test] != "failed")
+    assert only_routed == [], f"{package}: fail only through orion-vgpu-provisioner: {only_routed}"
