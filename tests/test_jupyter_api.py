@@ -169,3 +169,23 @@ def pid_alive(pid):
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_jupyter_run_prints_the_output_only_and_frees_the_slot(tmp_path, state_file):
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_PATH": str(tmp_path / "data")}
+    kernelspecs.install(kernelspecs.VGPUKernelSpec(name=SPEC, request=VGPURequest.parse(1, "1Gi")),
+                        manager=KernelSpecManager(data_dir=str(tmp_path / "data")), user=True)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "jupyter_config.json").write_text(json.dumps({
+        "VGPUProvisioner": {"cluster": "local"},
+        "LocalPool": {"gpus": 0, "cpu_slots": 1, "cpu_slot_memory": "1Gi", "state_file": str(state_file)}}))
+    (tmp_path / "job.py").write_text("import os\nprint('hello', os.environ['CUDA_VISIBLE_DEVICES'] == '', 6 * 7)\n")
+    run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", "--kernel", SPEC, "job.py"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "hello True 42\n"
+    # ipykernel's own warning about plain TCP is all (the stock python3 kernel prints it too)
+    assert [line for line in run.stderr.splitlines() if not line.startswith("[IPKernelApp] WARNING")] == [], \
+        run.stderr
+    assert json.loads(state_file.read_text()) == {}  # released before `jupyter run` returned

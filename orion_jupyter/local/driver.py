@@ -22,6 +22,16 @@ from .pool import LocalPool, _process_start
 from .view import LocalView
 
 
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    """``fn`` in a thread (the slot table's lock may wait), or in place when the interpreter is exiting: an
+    atexit shutdown (``jupyter run``) can start no thread, and its slot must be free when it returns."""
+    try:
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+        return fn(*args)
+    return await future
+
+
 class LocalKernel:
     """A kernel process holding local slots; the process is jupyter_client's LocalProvisioner's."""
 
@@ -63,7 +73,7 @@ class LocalKernel:
         try:
             await self.process.cleanup(restart=restart)
         finally:
-            await asyncio.to_thread(self.pool.release, self.kernel_id)
+            await _off_loop(self.pool.release, self.kernel_id)
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.process.pid, "pgid": self.process.pgid, "node_name": socket.gethostname(),
@@ -116,7 +126,7 @@ class LocalDriver:
                                 parent=self._kernel_manager)
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self.slots = await asyncio.to_thread(self.pool.reserve, launch.kernel_id, launch.user, launch.request)
+        self.slots = await _off_loop(self.pool.reserve, launch.kernel_id, launch.user, launch.request)
         try:
             kwargs["env"] = {**kwargs["env"], **self.environment(launch, self.slots)}
             if launch.request.count and runs_ipykernel(getattr(self._kernel_spec, "argv", ())):
@@ -125,7 +135,7 @@ class LocalDriver:
                 self.process = self._process(launch.kernel_id)
             return await self.process.pre_launch(**kwargs)
         except BaseException:
-            await asyncio.to_thread(self.pool.release, launch.kernel_id)
+            await _off_loop(self.pool.release, launch.kernel_id)
             raise
 
     async def launch(self, launch: KernelLaunch, cmd: list[str],
@@ -133,9 +143,9 @@ class LocalDriver:
         assert self.process is not None, "pre_launch first"
         try:
             info = await self.process.launch_kernel(cmd, **kwargs)
-            await asyncio.to_thread(self.pool.started, launch.kernel_id, self.process.pid)
+            await _off_loop(self.pool.started, launch.kernel_id, self.process.pid)
         except BaseException:
-            await asyncio.to_thread(self.pool.release, launch.kernel_id)
+            await _off_loop(self.pool.release, launch.kernel_id)
             raise
         return LocalKernel(self.process, self.pool, launch.kernel_id, self.slots), info
 
