@@ -7,6 +7,7 @@ each test that fails only through the provisioner. Marked ``upstream``: ``pytest
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,14 +44,21 @@ def sdist(name: str) -> Path:
     return folder
 
 
-def outcomes(folder: Path, files: list[str], report: Path, routed: bool) -> dict[str, str]:
+def pytest_run(folder: Path, files: list[str], report: Path, routed: bool) -> subprocess.Popen:
+    """Their tests in a copy of their folder of its own (ipc kernels make sockets in the working folder)."""
+    work = report.with_suffix("")
+    if not work.exists():
+        shutil.copytree(folder, work)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(ROUTING)])}
     args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
             f"--junitxml={report}", *files]
     if routed:
         env["JUPYTER_DEFAULT_PROVISIONER_NAME"] = "orion-vgpu-provisioner"
         args[3:3] = ["-p", "orion_routing"]
-    subprocess.run(args, cwd=folder, env=env, timeout=1800, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def outcomes(report: Path) -> dict[str, str]:
     found = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         kinds = {child.tag for child in case}
@@ -59,11 +67,29 @@ def outcomes(folder: Path, files: list[str], report: Path, routed: bool) -> dict
     return found
 
 
+def node_id(test: str) -> str:
+    """'tests.test_x.TestY::test_z[a]' (junit) -> 'tests/test_x.py::TestY::test_z[a]' (pytest)."""
+    classname, name = test.split("::", 1)
+    parts = classname.split(".")
+    for cut in range(len(parts), 0, -1):
+        if parts[cut - 1].startswith("test_"):
+            return "/".join(parts[:cut]) + ".py::" + "::".join([*parts[cut:], name])
+    raise AssertionError(f"cannot tell the file of {test}")
+
+
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("package", sorted(SUITES))
 def test_no_upstream_test_fails_only_through_the_provisioner(package, tmp_path):
     folder = sdist(package)
-    plain = outcomes(folder, SUITES[package], tmp_path / "plain.xml", routed=False)
-    routed = outcomes(folder, SUITES[package], tmp_path / "routed.xml", routed=True)
+    runs = {routed: pytest_run(folder, SUITES[package], tmp_path / f"{'routed' if routed else 'plain'}.xml", routed)
+            for routed in (False, True)}  # at once: most of their time is waiting for kernels
+    for run in runs.values():
+        run.wait(timeout=3000)
+    plain, routed = outcomes(tmp_path / "plain.xml"), outcomes(tmp_path / "routed.xml")
     assert plain and set(plain) == set(routed), "both runs must collect the same tests"
-    only_routed = sorted(test for test, outcome in routed.items() if outcome == "failed" and plain[test] != "failed")
-    assert only_routed == [], f"{package}: fail only through orion-vgpu-provisioner: {only_routed}"
+    suspects = sorted(test for test, outcome in routed.items() if outcome == "failed" and plain[test] != "failed")
+    if suspects:  # timing tests can fail once on a busy machine: a failure counts when it fails again, alone
+        pytest_run(folder, [node_id(t) for t in suspects], tmp_path / "routed-again.xml", routed=True).wait(3000)
+        again = outcomes(tmp_path / "routed-again.xml")
+        suspects = [test for test in suspects if again.get(test) != "passed"]
+    assert suspects == [], f"{package}: fail only through orion-vgpu-provisioner: {suspects}"
