@@ -63,6 +63,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from orion_jupyter.core.warm_config import roster_label
+from orion_jupyter.names import LABEL_WARM
+
 from .broker import (
     COURSE,
     PORT_NAMES,
@@ -98,8 +101,8 @@ HANDOVER_TARGET_S = 1.0
 STOP_PACE_S = 0.5
 FCFS_TOLERANCE_S = 0.01
 CELL_TIMEOUT_S = 30.0  # 1+1 on a live kernel answers in well under a second, even on 2 busy cores
-ROSTER = f"roster-{COURSE}"
-LABEL_WARM = "orion-jupyter.io/warm"
+ROSTER = roster_label(COURSE)
+
 FREE_LINE = "a vGPU is free: starting the kernel"
 KM_USER = "km-student"
 
@@ -225,7 +228,7 @@ async def _claims(n: int, broker: BrokerProcess, cluster: Any, users: list[str],
     import zmq.asyncio
     from traitlets.config import Config
 
-    from orion_jupyter.broker.client import BrokerClient
+    from orion_jupyter.hubclient import BrokerClient
 
     config = Config()
     config.VGPUProvisioner.cluster = "broker"

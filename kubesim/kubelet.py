@@ -82,11 +82,14 @@ def _field_ref(pod: dict, path: str) -> str:
 
 
 class IPAllocator:
-    """127.0.0.2, 127.0.0.3, ... 127.0.0.254, 127.0.1.1, ...; never hands out a live address."""
+    """127.0.0.2, 127.0.0.3, ... 127.0.0.254, 127.0.1.1, ...; never hands out a live address. Each pytest-xdist
+    worker (``PYTEST_XDIST_WORKER`` gwN) starts in its own 127.(16·N).0.0/12 block, so parallel test processes
+    never give two pods one address."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._next = 2
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        self._next = ((int(worker) % 15 if worker.isdigit() else 0) << 20) + 2
         self.live: set[str] = set()
 
     def allocate(self) -> str:

@@ -250,22 +250,6 @@ class Backend:
             raise VGPURequestError("resource_names", None, "resource_names count cannot be empty")
         return replace(self, **changes)
 
-    def pod_annotations(self, request: VGPURequest) -> dict[str, str]:
-        """Annotations the backend itself needs on the pod (kai: gpu-memory / gpu-fraction)."""
-        if self.kai is None or request.count == 0:
-            return {}
-        from .k8s.kai import kai_annotations
-
-        return kai_annotations(request, self.kai)
-
-    def pod_labels(self, course: str = "") -> dict[str, str]:
-        """Labels the backend itself needs on the pod (kai: the queue, from the course)."""
-        if self.kai is None:
-            return {}
-        from .k8s.kai import queue_labels
-
-        return queue_labels(course, self.kai)
-
 
 BACKENDS: dict[str, Backend] = {
     "orion": Backend(

@@ -174,7 +174,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace, extra: list[str]) -> int:
-    from .broker.service import main as broker_main
+    from .broker.app import main as broker_main
 
     return broker_main(extra)
 

@@ -1,7 +1,8 @@
 """Where kernels run: the one place that picks a backend (local processes or Kubernetes).
 
-``settings`` is a :class:`~orion_jupyter.provisioner.VGPUProvisioner` (its traitlets are the
-configuration); everything else talks to the :mod:`~orion_jupyter.protocols` it returns.
+``settings`` are :class:`~orion_jupyter.settings.KernelSettings` (a provisioner is one); everything
+else talks to the :mod:`~orion_jupyter.protocols` it returns. A driver is handed what it needs: the
+Kubernetes driver the warm kernels of its cluster, when this server keeps some.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def make_view(settings: Any, class_namespaces: Iterable[str] = ()) -> BackendVie
 
         return KubernetesView(_kube_clusters(settings, class_namespaces), settings.backend_model())
     if kind == "broker":
-        from .broker.client import BrokerClient, BrokerView
+        from .hubclient import BrokerClient, BrokerView
 
         return BrokerView(BrokerClient.shared(settings.broker_url, settings.broker_token), settings.backend_model())
     from .local import LocalPool, LocalView
@@ -57,9 +58,10 @@ def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
     if view.kind == "kubernetes":
         from .k8s.driver import KubernetesDriver
 
-        return KubernetesDriver(view.clusters[0], view)  # type: ignore[attr-defined]
+        cluster = view.clusters[0]  # type: ignore[attr-defined]
+        return KubernetesDriver(cluster, view, warm=cluster.warm)  # type: ignore[arg-type]
     if view.kind == "broker":
-        from .broker.client import BrokerDriver
+        from .hubclient import BrokerDriver
 
         return BrokerDriver(view.client, view)  # type: ignore[attr-defined]
     from .local import LocalDriver
@@ -67,20 +69,11 @@ def make_driver(settings: Any, kernel_manager: Any, kernel_spec: Any) -> Driver:
     return LocalDriver(view, kernel_manager, kernel_spec)  # type: ignore[arg-type]
 
 
-def make_warm_pool(settings: Any, view: BackendView, size: int, request: Any, image: str) -> Any | None:
-    """A direct-mode server's own warm kernels (on Kubernetes; ``start()`` / ``stop()``), or None."""
-    if size <= 0 or view.kind != "kubernetes" or not request.count:
-        return None
-    from .k8s.warm import DirectWarmPool
-
-    return DirectWarmPool(settings, view, size, request, image)
-
-
 def import_launch_side(kind: str) -> None:
     """Import a backend's launch modules ahead of the first launch (the server's warm-up)."""
     if kind == "kubernetes":
         from .k8s import driver  # noqa: F401 - manifests, the Pod builder
     elif kind == "broker":
-        from .broker import client  # noqa: F401
+        from . import hubclient  # noqa: F401
     else:
         from .local import driver as local_driver  # noqa: F401

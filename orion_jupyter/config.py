@@ -3,7 +3,6 @@ pre-check every launch passes (the provisioner's, and the REST path's before any
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from traitlets import Int, List, Unicode
@@ -11,37 +10,6 @@ from traitlets.config import Configurable
 
 from .errors import KernelLaunchError
 from .vgpu import VGPUPolicy, VGPURequest, parse_memory
-
-
-class PendingLaunches:
-    """vGPUs of launches that passed the quota check but hold nothing the view can count yet.
-
-    Checked and taken in one step under one lock, so concurrent launches of one user cannot all
-    pass a quota that only one of them fits.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._launches: dict[str, tuple[str, int]] = {}  # kernel id -> (user, vGPUs)
-
-    def take(self, kernel_id: str, user: str, vgpus: int, held: dict[str, int], check: Any) -> None:
-        """Run ``check(total held elsewhere)`` and, when it passes, hold ``vgpus`` for ``kernel_id``."""
-        with self._lock:
-            others = dict(held)
-            others.update({k: n for k, (u, n) in self._launches.items() if u == user})
-            others.pop(kernel_id, None)
-            check(sum(others.values()))
-            self._launches[kernel_id] = (user, vgpus)
-
-    def release(self, kernel_id: str) -> None:
-        with self._lock:
-            self._launches.pop(kernel_id, None)
-
-    def __contains__(self, kernel_id: str) -> bool:
-        return kernel_id in self._launches
-
-
-PENDING = PendingLaunches()
 
 
 class KernelPolicy(Configurable):
@@ -77,10 +45,3 @@ class KernelPolicy(Configurable):
             raise KernelLaunchError("unschedulable", oversize)
         if capacity and request.count and await view.can_serve(request, backend or view.backend) is False:
             raise KernelLaunchError("unschedulable", await view.shortage(request, backend or view.backend))
-
-    async def take_quota(self, request: VGPURequest, *, user: str, kernel_id: str, view: Any) -> None:
-        """Hold this launch's vGPUs against the per-user quota (release with ``PENDING.release``)."""
-        policy = self.policy()
-        held = await view.vgpus_by_kernel(user) if policy.max_vgpus_per_user and request.count else {}
-        PENDING.take(kernel_id, user, request.count, held,
-                     lambda elsewhere: policy.check_user_total(request, elsewhere))

@@ -20,6 +20,12 @@ class KernelLaunchError(RuntimeError):
         self.reason = reason
 
 
+def stopped_kernel(stopped_by: str) -> KernelLaunchError:
+    """The restart of a kernel an instructor or the idle rule stopped: it stays stopped."""
+    return KernelLaunchError("deleted",
+                             f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
+
+
 class SlotTableUnavailable(KernelLaunchError):
     """The local slot table cannot be used right now (locked too long, unreadable, unsafe folder)."""
 

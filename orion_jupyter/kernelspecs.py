@@ -19,6 +19,7 @@ import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from .backends import get_backend
+from .settings import KernelSettings
 from .vgpu import VGPURequest, VGPURequestError
 
 PROVISIONER_NAME = "orion-vgpu-provisioner"
@@ -66,12 +67,10 @@ class VGPUKernelSpec:
         if self.options:  # well typed, as the provisioner will read them
             from traitlets.config import Config
 
-            from .provisioner import VGPUProvisioner
-
-            probe = VGPUProvisioner(config=Config({"VGPUProvisioner": {"trust_user_kernel_specs": True}}),
-                                    **self.options)
-            if probe.spec_problem is not None:
-                raise probe.spec_problem
+            probe = KernelSettings(config=Config({"VGPUProvisioner": {"trust_user_kernel_specs": True}}))
+            problem = probe.apply_spec_options(self.options)
+            if problem is not None:
+                raise problem
         if not self.display_name:
             self.display_name = f"{self.language_name} · {self.request.describe()}"
 

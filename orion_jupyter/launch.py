@@ -6,13 +6,13 @@ The provisioner resolves its traitlets, the kernel spec and the start kwargs int
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backend
 from .vgpu import VGPURequest
+from .wire import connection_info
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,28 @@ class KernelLaunch:
         return {"curve_publickey": self.curve_publickey, "curve_secretkey": self.curve_secretkey}
 
 
-PORT_RANGE = (40000, 60000)
+@dataclass(frozen=True)
+class PodPlan:
+    """One kernel pod a host starts itself (the broker for a user's launch, either mode for a warm
+    kernel: ``warm`` is then its pool's name); the connection file comes from ``key`` and ``ports``."""
 
+    kernel_id: str
+    user: str
+    request: VGPURequest
+    image: str
+    key: str
+    ports: tuple[int, ...]  # in wire.PORT_NAMES order
+    kernel_spec_name: str = ""
+    course: str = ""  # the exact hub group
+    server_name: str | None = None  # hub mode: the user's server (a reaped kernel's server is gone)
+    working_dir: str | None = None
+    volumes: Sequence[Mapping[str, Any]] = ()  # KubeSpawner's shape, {username}/{servername} templated
+    volume_mounts: Sequence[Mapping[str, Any]] = ()
+    warm: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys of the launch, Z85; empty: plaintext
 
-def fresh_ports(previous: Iterable[Any] = ()) -> list[int]:
-    """Five kernel ports unlike the last launch's: each pod has its own IP, so only change matters
-    (jupyter_server notices a restarted kernel by its ports)."""
-    old = set(previous)
-    ports: list[int] = []
-    while len(ports) < 5:
-        port = secrets.choice(range(*PORT_RANGE))
-        if port not in old and port not in ports:
-            ports.append(port)
-    return ports
+    @property
+    def connection(self) -> dict[str, Any]:
+        curve = {"curve_publickey": self.curve[0], "curve_secretkey": self.curve[1]} if self.curve[1] else {}
+        return {**connection_info(self.ports, self.key, self.kernel_spec_name), **curve}

@@ -1,8 +1,10 @@
-"""Prometheus metrics recorded where launches happen; gauges are computed at scrape time (server.state)."""
+"""Prometheus metrics, in one place: a server's launches (the default registry; its gauges are computed
+at scrape time by server/metrics.py) and a class's (the broker's own registry, served at its GET metrics).
+Base units, ``orion_jupyter_`` prefixed, low cardinality: no user names, courses as configured."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 KERNEL_LAUNCH_SECONDS = Histogram(
     "orion_jupyter_kernel_launch_seconds",
@@ -15,3 +17,25 @@ KERNEL_LAUNCH_FAILURES = Counter(
     "vGPU kernel launches that failed, by reason (unschedulable, image, exited, deleted, evicted, timeout, api).",
     ["reason"],
 )
+
+# -- a class (hub mode's broker; warm kernels count here in both modes) ----------------------------------
+CLASS_REGISTRY = CollectorRegistry()
+LAUNCHES = Counter("orion_jupyter_broker_launches", "Kernel launches through the broker, by outcome.", ["outcome"],
+                   registry=CLASS_REGISTRY)
+PENDING_LAUNCHES = Gauge("orion_jupyter_broker_pending_launches", "Launches accepted and not yet ready or failed.",
+                         registry=CLASS_REGISTRY)
+QUEUED = Gauge("orion_jupyter_broker_queued_launches", "Launches waiting in a course's queue.", ["course"],
+               registry=CLASS_REGISTRY)
+QUEUE_WAIT = Histogram("orion_jupyter_broker_queue_wait_seconds", "Seconds a launch waited in the queue for its turn.",
+                       buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=CLASS_REGISTRY)
+HANDOVER = Histogram("orion_jupyter_broker_queue_handover_seconds",
+                     "Seconds from a released vGPU to the turn of the queue's head.",
+                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=CLASS_REGISTRY)
+WARM_CLAIMS = Counter("orion_jupyter_broker_warm_claims", "Launches served by a warm kernel, by kind (pool, roster).",
+                      ["kind"], registry=CLASS_REGISTRY)
+WARM_MISSES = Counter("orion_jupyter_broker_warm_misses",
+                      "Launches of a warm pool's shape that found no warm kernel ready (a pod started cold).",
+                      registry=CLASS_REGISTRY)
+WARM_IDLE = Counter("orion_jupyter_broker_warm_idle_seconds",
+                    "Seconds warm kernels held a vGPU unclaimed (their cost), counted when claimed or stopped.",
+                    registry=CLASS_REGISTRY)

@@ -1,15 +1,17 @@
 """The contracts between the provisioner, the server extension and the backends.
 
-A backend (local processes, a Kubernetes namespace, next a broker) provides two objects:
+A backend (local processes, a Kubernetes namespace, the broker in hub mode) provides two objects:
 
 - a :class:`Driver`, the launch side, one per provisioner (so a restart keeps its state), and
 - a :class:`BackendView`, the read side: what the server extension shows and checks.
 
+A driver may also be handed :class:`WarmClaims`: ready kernels it hands over instead of starting one.
 The provisioner and ``server/`` know only these protocols; ``clusters.py`` picks the backend.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -88,6 +90,31 @@ class BackendView(Protocol):
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
     async def waiting(self, user: str) -> list[dict[str, Any]]: ...  # ``user``'s launches waiting in a queue
     async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What handing a warm kernel over needs of the launch it serves."""
+
+    kernel_id: str
+    cwd: str = ""  # the notebook's folder below the server's root
+    server_name: str | None = None
+    kernel_spec_name: str = ""
+
+
+class WarmClaims(Protocol):
+    """Warm kernels a launch of their shape takes instead of starting one (``core.warm.WarmKernels``).
+
+    ``reserve`` picks a ready one for the launch ``kernel_id`` (its name, or None: start one), without
+    awaiting; ``claim`` hands the reserved one over and answers the ready fields (``pod_name``, ``ip``,
+    ``key``, ``ports``); ``unreserve`` gives back a reservation the launch did not use.
+    """
+
+    def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str,
+                own_only: bool = False) -> str | None: ...
+    def reserved_for(self, kernel_id: str) -> str | None: ...
+    def unreserve(self, kernel_id: str) -> None: ...
+    async def claim(self, ask: ClaimRequest, user: str, course: str) -> dict[str, Any]: ...
 
 
 class DirectMode:

@@ -317,18 +317,16 @@ class VGPUPolicy:
             )
 
 
-    def check_user_total(self, request: VGPURequest, held_elsewhere: int) -> None:
-        """Per-user quota: vGPUs this user holds in other kernels plus this request."""
-        limit = self.max_vgpus_per_user
-        if limit and request.count and held_elsewhere + request.count > limit:
-            raise VGPURequestError(
-                "vgpus",
-                request.count,
-                f"vGPU count {request.count} would make {held_elsewhere + request.count} vGPUs for you at once "
-                f"({held_elsewhere} in your other kernels); this server allows {limit} per user: "
-                "stop a kernel you no longer use first",
-            )
-
-
 def _matches_any(image: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns)
+
+
+def usage_fields(request: Mapping[str, Any], reading: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A kernel's vGPU memory in use against what it was granted (``request``: vgpus, memory_mib per vGPU);
+    ``waste_bytes`` is what is granted and unused (None while nothing was read)."""
+    granted = (request.get("vgpus") or 0) * (request.get("memory_mib") or 0) * 1024 * 1024
+    used = (reading or {}).get("memory_used")
+    used = used if isinstance(used, int) and not isinstance(used, bool) else None
+    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
+            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
+            "waste_bytes": max(granted - used, 0) if used is not None else None}

@@ -1,5 +1,6 @@
 """A class on a real JupyterHub: the vGPU broker as an external hub service on the simulated cluster,
-students in group ai101, an instructor in group instructors (tests/test_hub*.py)."""
+students in group AI_101 (a course whose hub group is not its own DNS slug), an instructor in group
+instructors (tests/test_hub*.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ NS = "hub-class"
 BROKER = "orion-broker"
 BROKER_SCOPES = ["list:users", "read:users", "read:users:groups", "read:servers"]
 SPEC = "orion-1x1gi"
+COURSE = "AI_101"  # the students' hub group; its label value on pods is only a slug of it
 
 
 class BrokerProcess:
@@ -73,10 +75,10 @@ class BrokerProcess:
 
 @contextmanager
 def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list[str] | Callable[[], list[str]], *,
-                   users: list[str],
-                   instructors: tuple[str, ...] = ("teacher",)) -> Iterator[tuple]:
-    """A hub with ``users`` (those not in ``instructors`` in group ai101) and the broker configured by
-    ``broker_config`` (lines of its config file); yields (hub, broker)."""
+                   users: list[str], instructors: tuple[str, ...] = ("teacher",),
+                   groups: dict[str, list[str]] | None = None) -> Iterator[tuple]:
+    """A hub with ``users`` (those not in ``instructors`` in group COURSE, or as ``groups`` says) and the
+    broker configured by ``broker_config`` (lines of its config file); yields (hub, broker)."""
     specs = tmp_path / "specs"
     kernelspecs.install(kernelspecs.VGPUKernelSpec(name=SPEC, request=VGPURequest.parse(1, "1Gi")), prefix=str(specs))
     port, token = free_port(), secrets.token_hex(16)
@@ -85,7 +87,8 @@ def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list
         services=[hub_service(BROKER, port=port, api_token=token, scopes=BROKER_SCOPES)],
         users=users,
         groups={"instructors": {"users": list(instructors)},
-                "ai101": {"users": [u for u in users if u not in instructors]}},
+                **{group: {"users": members} for group, members in (
+                    groups or {COURSE: [u for u in users if u not in instructors]}).items()}},
         singleuser_env={"JUPYTER_PATH": str(specs / "share" / "jupyter"),
                         "ORION_JUPYTER_BROKER_URL": f"http://127.0.0.1:{port}/services/{BROKER}/"})
     broker.start(hub.api_url)

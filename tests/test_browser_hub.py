@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.classroom import BROKER, SPEC, class_hub_with, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, SPEC, class_hub_with, start_vgpu_kernel
 from tests.helpers import eventually_async
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -24,7 +24,7 @@ BROWSER_DIR = Path(__file__).parent / "browser"
 
 @pytest.fixture
 def one_vgpu_hub(hub_factory, sim_cluster, tmp_path):
-    config = ["c.Broker.courses = {'ai101': {'vgpus': 1, 'queue': True}}", "c.Broker.queue_keepalive = 1.0"]
+    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 1, 'queue': True}}}}", "c.Broker.queue_keepalive = 1.0"]
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=["ann", "ben", "teacher"]) as hub_broker:
         yield hub_broker
 
@@ -97,11 +97,11 @@ async def test_queue_position_then_notebook_opens_in_real_hub(one_vgpu_hub, tmp_
     assert "Waiting for a vGPU: 1st in line" in result["toast"], result["toast"]
     assert "Cancel" in result["toast_buttons"], result["toast_buttons"]
     assert result["queue_status"] == "vGPU queue: 1st", result["queue_status"]
-    assert "course ai101" in result["queue_status_title"], result["queue_status_title"]
+    assert f"course {COURSE}" in result["queue_status_title"], result["queue_status_title"]
     assert result["queue_status_code"] == 200
     [place] = result["queue"]["waiting"]
     assert place["kernel_id"] == kernel_id and place["position"] == 1 and place["ahead"] == 0, place
-    assert place["course"] == "ai101" and place["kernel_spec_name"] == SPEC and place["vgpus"] == 1, place
+    assert place["course"] == COURSE and place["kernel_spec_name"] == SPEC and place["vgpus"] == 1, place
     assert waiting == {"kernel_id": kernel_id, "position": 1} and ben_place is not None, waiting
 
     # 2. Ann's kernel stopped: ben's launch left the queue and his new notebook opened on that kernel.

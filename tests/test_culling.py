@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from orion_jupyter.server.culling import duration, iso
+from orion_jupyter.core.idle import duration, iso
 from tests.helpers import eventually_async
 from tests.kernel_io import run_in_kernel
 from tests.test_server import NS, kernel_pods, server_config

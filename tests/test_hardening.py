@@ -12,7 +12,7 @@ from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.cli import main as cli
-from orion_jupyter.k8s.manifests import slug
+from orion_jupyter.names import slug
 from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually_async
 
@@ -148,7 +148,7 @@ async def test_the_per_user_quota_holds_under_concurrent_launches(api, sim_clust
     ("extra_env", {"NVIDIA_VISIBLE_DEVICES": "all"}), ("node_selector", {"gpu": "a100"}), ("namespace", "kube-system"),
 ])
 async def test_a_students_kernel_spec_cannot_set_identity_or_security(api, sim_cluster, monkeypatch, option, value):
-    monkeypatch.setattr("orion_jupyter.provisioner.VGPUProvisioner.trust_user_kernel_specs", False)
+    monkeypatch.setattr("orion_jupyter.settings.KernelSettings.trust_user_kernel_specs", False)
     install_spec("evil", **{option: value})
     code, body = await api("POST", "kernels", {"spec": "evil"})
     assert code == 400 and body["field"] == option, body

@@ -197,7 +197,7 @@ async def test_per_user_quota_holds_under_concurrent_starts(api, jp_serverapp, p
     assert sorted(code for code, _ in results) == [201, 201, 400, 400], results
     for code, reply in results:
         if code == 400:
-            assert reply["field"] == "vgpus" and "this server allows 2 per user" in reply["message"], reply
+            assert reply["field"] == "vgpus" and "the limit is 2 per user" in reply["message"], reply
     started = {reply["id"] for code, reply in results if code == 201}
     holders = pool.holders()
     assert set(holders) == started and {entry["user"] for entry in holders.values()} == {"alice"}
@@ -228,7 +228,7 @@ async def test_plain_server_quota_counts_every_token_request_as_one_user(api, jp
     assert code == 201, first
     code, refused = await api("POST", "kernels", {"spec": SMALL})
     assert code == 400 and refused["field"] == "vgpus", refused
-    assert "(1 in your other kernels)" in refused["message"]
+    assert "would make 2 for you at once (1 held now)" in refused["message"]
     assert kernel_ids(jp_serverapp) == [first["id"]] and set(pool.holders()) == {first["id"]}
 
 

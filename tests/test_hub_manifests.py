@@ -16,7 +16,6 @@ import yaml
 
 from orion_jupyter.backends import get_backend
 from orion_jupyter.cli import main
-from orion_jupyter.k8s.driver import PORT_RANGE
 from orion_jupyter.k8s.hub_manifests import (
     BROKER_PORT,
     KERNEL_PORT_RANGE,
@@ -31,6 +30,7 @@ from orion_jupyter.k8s.manifests import KernelPodOptions, build_kernel_manifests
 from orion_jupyter.k8s.rbac import KERNEL_RULES, rbac_manifests
 from orion_jupyter.names import LABEL_KERNEL_ID
 from orion_jupyter.vgpu import VGPURequest, VGPURequestError
+from orion_jupyter.wire import PORT_RANGE
 
 K8S = "1.37.0"
 NS = "class-ai101"

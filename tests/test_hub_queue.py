@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.classroom import BROKER, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
 
@@ -18,7 +18,7 @@ STUDENTS = [f"student{i}" for i in range(1, 7)]
 
 @pytest.fixture
 def queue_hub(hub_factory, sim_cluster, tmp_path):
-    config = ["c.Broker.courses = {'ai101': {'vgpus': 2, 'queue': True}}", "c.Broker.queue_keepalive = 1.0"]
+    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 2, 'queue': True}}}}", "c.Broker.queue_keepalive = 1.0"]
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS, "teacher"]) as hub_broker:
         yield hub_broker
 
@@ -55,7 +55,7 @@ async def test_six_students_two_vgpus_first_come_first_served(queue_hub, sim_clu
     await asyncio.gather(*(hub.start_server(user) for user in STUDENTS))
     # more than the course may ever hold: refused at once, never queued
     code, body = await launch(hub, "student1", str(uuid.uuid4()), vgpus=3)
-    assert code == 400 and body["field"] == "vgpus" and "course ai101" in body["message"], body
+    assert code == 400 and body["field"] == "vgpus" and f"course {COURSE}" in body["message"], body
     assert (await hub.server_api("student1", "GET", "orion/api/queue"))["waiting"] == []
     kernel_ids = {user: str(uuid.uuid4()) for user in STUDENTS}
     launches = {user: asyncio.ensure_future(launch(hub, user, kernel_ids[user])) for user in STUDENTS}
@@ -67,7 +67,7 @@ async def test_six_students_two_vgpus_first_come_first_served(queue_hub, sim_clu
     started = [user for user in STUDENTS if launches[user].done()]
     assert all(launches[user].result()[0] == 201 for user in started)
     assert sorted(p["position"] for p in waiting.values()) == [1, 2, 3, 4]
-    assert all(p["ahead"] == p["position"] - 1 and p["course"] == "ai101" and p["vgpus"] == 1
+    assert all(p["ahead"] == p["position"] - 1 and p["course"] == COURSE and p["vgpus"] == 1
                and p["kernel_id"] == kernel_ids[user] for user, p in waiting.items())
     line = sorted(waiting, key=lambda user: waiting[user]["position"])
     assert len(kernel_objects(sim_cluster)["pods"]) == 2  # nobody waiting holds a pod

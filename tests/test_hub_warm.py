@@ -13,7 +13,8 @@ import pytest
 
 from kubesim import SimCluster, SimNode
 from kubesim.fixtures import GPU_NODE
-from tests.classroom import BROKER, NS, class_hub_with, start_vgpu_kernel
+from orion_jupyter.core.warm_config import roster_label
+from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
 from tests.helpers import eventually_async
 
 WARM = "orion-jupyter.io/warm"
@@ -54,7 +55,7 @@ async def test_a_pool_of_four_serves_four_launches_by_hand_over_and_refills(hub_
     home_root = tmp_path / "home"
     home_root.mkdir()  # the class-shared volume the pool's kernels mount
     config = [
-        "c.Broker.courses = {'ai101': {'vgpus': 8}}",
+        f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 8}}}}",
         "c.Broker.warm_interval = 0.5",
         "c.Broker.warm_pools = [{'name': 'gpu-1x1gi', 'vgpus': 1, 'memory': '1Gi', 'size': 4, "
         f"'volumes': [{{'name': 'homes', 'hostPath': {{'path': {str(home_root)!r}}}}}], "
@@ -115,10 +116,10 @@ async def test_a_roster_is_prewarmed_at_the_window_start_and_the_unclaimed_kerne
         now = datetime.now(ZoneInfo(zone))
         start, end = now + timedelta(seconds=30), now + timedelta(minutes=30)
         return [
-            "c.Broker.courses = {'ai101': {'vgpus': 4}}",
+            f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 4}}}}",
             "c.Broker.warm_interval = 0.5",
             f"c.Broker.lab_timezone = {zone!r}",
-            "c.Broker.rosters = {'ai101': {'vgpus': 1, 'memory': '1Gi', 'grace': 30, "
+            f"c.Broker.rosters = {{{COURSE!r}: {{'vgpus': 1, 'memory': '1Gi', 'grace': 30, "
             f"'hours': {{'start': {start.strftime('%H:%M:%S')!r}, 'end': {end.strftime('%H:%M:%S')!r}}}}}}}",
         ]
 
@@ -130,9 +131,9 @@ async def test_a_roster_is_prewarmed_at_the_window_start_and_the_unclaimed_kerne
         assert not warm_pods(sim_cluster)  # the window has not opened yet
         # at the window's start: one kernel per student of the course, with their storage
         await eventually_async(lambda: warm_summary(hub, "alice"), timeout=90,
-                               until=lambda s: s.get("roster-ai101", {}).get("ready") == 3)
+                               until=lambda s: s.get(roster_label(COURSE), {}).get("ready") == 3)
         roster = {p["metadata"]["annotations"]["orion-jupyter.io/user"]: p["metadata"]["name"]
-                  for p in warm_pods(sim_cluster, "roster-ai101")}
+                  for p in warm_pods(sim_cluster, roster_label(COURSE))}
         assert sorted(roster) == students
 
         # each student's first launch is a claim of their own kernel

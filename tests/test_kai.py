@@ -47,10 +47,11 @@ def test_kai_backend_is_data_and_says_its_memory_is_not_capped():
     assert backend.scheduler_name == "kai-scheduler" and backend.memory_enforced is False
     assert "memory cap: not enforced" in backend.description
     assert get_backend("kai", kai={"hami_core": True}).memory_enforced is True  # KAI >= 0.17 HAMi-core binder
-    assert backend.pod_annotations(VGPURequest(1, 4096)) == {"gpu-memory": "4096"}
-    assert backend.pod_labels("AI 101") == {"kai.scheduler/queue": "ai-101"}
-    assert backend.pod_labels("") == {}
-    assert get_backend("kai", kai={"default_queue": "students"}).pod_labels("") == {"kai.scheduler/queue": "students"}
+    assert kai.kai_annotations(VGPURequest(1, 4096), backend.kai) == {"gpu-memory": "4096"}
+    assert kai.queue_labels("AI 101", backend.kai) == {"kai.scheduler/queue": "ai-101"}
+    assert kai.queue_labels("", backend.kai) == {}
+    students = get_backend("kai", kai={"default_queue": "students"}).kai
+    assert kai.queue_labels("", students) == {"kai.scheduler/queue": "students"}
     with pytest.raises(VGPURequestError, match='KAI request "gpu-percent" is not known'):
         get_backend("kai", kai={"request": "gpu-percent"})
     with pytest.raises(VGPURequestError, match='KAI setting "queue" is not known'):

@@ -167,7 +167,7 @@ async def test_per_user_quota_on_the_local_pool(vgpu_spec):
     await first.start_kernel()
     try:
         with pytest.raises(VGPURequestError,
-                           match=r"vGPU count 1 would make 2 vGPUs for you at once \(1 in your other kernels\)"):
+                           match=r"1 more vGPU would make 2 for you at once \(1 held now\); the limit is 1 per user"):
             await AsyncKernelManager(kernel_name=spec, config=config).start_kernel()
         assert free_slots(config) == 3
     finally:

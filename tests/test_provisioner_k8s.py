@@ -318,8 +318,8 @@ async def test_per_user_quota_across_kernels(sim_cluster, vgpu_spec):
         second = AsyncKernelManager(kernel_name=spec, config=config)
         with pytest.raises(VGPURequestError) as caught:
             await second.start_kernel()
-        assert str(caught.value) == ("vGPU count 2 would make 4 vGPUs for you at once (2 in your other kernels); "
-                                     "this server allows 3 per user: stop a kernel you no longer use first")
+        assert str(caught.value) == ("2 more vGPUs would make 4 for you at once (2 held now); the limit is 3 per "
+                                     "user: stop a kernel you no longer use first")
         assert len(kernel_objects(sim_cluster, "pods")) == 1
         await first.restart_kernel()  # its own vGPUs do not count against it
         assert await first.is_alive()

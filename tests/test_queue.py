@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from orion_jupyter.broker.ledger import Holding
-from orion_jupyter.broker.queue import LaunchQueue, Waiting
+from orion_jupyter.core.ledger import Holding
+from orion_jupyter.core.queue import LaunchQueue, Waiting
 from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.vgpu import VGPURequest
 

@@ -22,100 +22,29 @@ import asyncio
 import json
 import re
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..config import KernelPolicy
+from ..core.admission import KernelExists, Launch, Queued, Refused
+from ..core.idle import NotCullable
+from ..core.queue import Waiting
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
-from ..k8s.manifests import slug
 from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
+from ..launch import PodPlan
+from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
-from ..server.culling import NotCullable
-from ..vgpu import VGPURequest, VGPURequestError, format_mib, short
-from .launcher import PORT_NAMES, PodPlan, start_kernel_pod
-from .ledger import holding_of
-from .queue import Waiting
+from ..protocols import ClaimRequest
+from ..vgpu import VGPURequestError, format_mib, short
+from ..wire import LaunchBody, parse_launch, ports_of
+from .service import Broker
 
-REGISTRY = CollectorRegistry()
-LAUNCHES = Counter("orion_jupyter_broker_launches", "Kernel launches through the broker, by outcome.", ["outcome"],
-                   registry=REGISTRY)
-PENDING = Gauge("orion_jupyter_broker_pending_launches", "Launches accepted and not yet ready or failed.",
-                registry=REGISTRY)
-QUEUED = Gauge("orion_jupyter_broker_queued_launches", "Launches waiting in a course's queue.", ["course"],
-               registry=REGISTRY)
-QUEUE_WAIT = Histogram("orion_jupyter_broker_queue_wait_seconds", "Seconds a launch waited in the queue for its turn.",
-                       buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY)
-HANDOVER = Histogram("orion_jupyter_broker_queue_handover_seconds",
-                     "Seconds from a released vGPU to the turn of the queue's head.",
-                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
-_KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
-_Z85_RE = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
-
-
-@dataclass(frozen=True)
-class LaunchBody:
-    kernel_id: str
-    request: VGPURequest
-    server_name: str
-    kernel_spec_name: str
-    key: str
-    ports: tuple[int, ...]  # in PORT_NAMES order
-    cwd: str
-    image: str | None
-    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret), Z85; empty: plaintext
-
-
-def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
-    value = body.get(field, default)
-    if not isinstance(value, str) or len(value) > limit:
-        raise VGPURequestError(field, short(value), f'field "{field}" must be a text of at most {limit} characters')
-    return value
-
-
-def parse_launch(body: dict[str, Any]) -> LaunchBody:
-    """A launch request, checked field by field; the user is never part of it (the token says who)."""
-    known = {"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key", "signature_scheme",
-             "ports", "cwd", "image", "curve_publickey", "curve_secretkey"}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise VGPURequestError(short(unknown[0]), None,
-                               f'field "{short(unknown[0])}" is not known; use {", ".join(sorted(known))}')
-    try:
-        kernel_id = str(uuid.UUID(_text(body, "kernel_id", 64)))
-    except ValueError:
-        raise VGPURequestError("kernel_id", short(body.get("kernel_id")), 'field "kernel_id" must be a UUID') from None
-    request = VGPURequest.from_mapping({k: body[k] for k in ("vgpus", "memory", "compute") if k in body})
-    key = _text(body, "key", 128)
-    if not _KEY_RE.match(key):
-        raise VGPURequestError("key", None, 'field "key" must be the session key (16-128 letters, digits or "-")')
-    if body.get("signature_scheme", "hmac-sha256") != "hmac-sha256":
-        raise VGPURequestError("signature_scheme", short(body.get("signature_scheme")),
-                               'field "signature_scheme" must be "hmac-sha256"')
-    ports = body.get("ports")
-    if not isinstance(ports, dict) or sorted(ports) != sorted(PORT_NAMES) or len(set(map(str, ports.values()))) != 5 \
-            or not all(type(p) is int and 1024 <= p <= 65535 for p in ports.values()):
-        raise VGPURequestError("ports", short(ports), 'field "ports" must name 5 different TCP ports from 1024 to '
-                                                      f'65535: {{{", ".join(f"{n!r}: ..." for n in PORT_NAMES)}}}')
-    cwd = _text(body, "cwd", 1024, "")
-    if cwd.startswith("/") or ".." in cwd.split("/") or "\0" in cwd:
-        raise VGPURequestError("cwd", short(cwd), 'field "cwd" must be a folder inside the server\'s root, like "labs"')
-    image = body.get("image")
-    if image is not None:
-        image = _text(body, "image", 512)
-    curve = (_text(body, "curve_publickey", 40, ""), _text(body, "curve_secretkey", 40, ""))
-    if any(curve) and not all(_Z85_RE.match(k) for k in curve):
-        raise VGPURequestError("curve_secretkey", None, 'fields "curve_publickey" and "curve_secretkey" must both be '
-                                                        "CurveZMQ keys (40 Z85 characters)")
-    return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
-                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve)
 
 
 class BrokerHandler(JSONReplies, web.RequestHandler):
@@ -123,7 +52,7 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
     groups: list[str] = []
 
     @property
-    def broker(self) -> Any:
+    def broker(self) -> Broker:
         return self.settings["broker"]
 
     def check_xsrf_cookie(self) -> None:
@@ -158,7 +87,7 @@ class KernelsHandler(BrokerHandler):
     async def get(self) -> None:
         rows = await self.broker.view.class_kernels(self.user)
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"])} for row in rows
-                                if row["pod"] not in self.broker.warm.kernels]})
+                                if not self.broker.pods.is_warm(row["pod"])]})
 
     async def post(self) -> None:
         body = self.json_body()
@@ -170,53 +99,40 @@ class KernelsHandler(BrokerHandler):
             image = ask.image or broker.settings.image
             # per-kernel limits, the image, a request larger than any device: refused at once, never queued
             await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view)
-            course = broker.course_of(self.groups)
-            holding = holding_of(ask.kernel_id, self.user, slug(course, 63) if course else "", ask.request)
-            queue = broker.queues(course) and not await broker.never_fits(holding, ask.request)
-            # from here to the reservation nothing awaits: two launches of one kernel id cannot both pass
-            taken = ask.kernel_id in broker.ledger.pending or broker.queue.find(ask.kernel_id) or any(
-                (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == ask.kernel_id
-                for p in broker.cluster.kernel_pods())
-            if taken:
-                return self.refuse(409, f'kernel "{ask.kernel_id}" already exists or is starting', field="kernel_id")
-            stopped_by = broker.cluster.stopped_by.get(slug(ask.kernel_id, 63))
-            if stopped_by:  # a restart of a kernel an instructor or the idle rule stopped: it stays stopped
-                raise KernelLaunchError("deleted", f"this kernel was stopped by {stopped_by}; start a new kernel "
-                                                   "when you need one")
-            broker.ledger.check_user(holding, broker.holdings())  # a user's own share: waiting cannot help
-            wait = False
-            # the student's own roster kernel was set aside for them: taking it takes nobody's place
-            if not broker.take_own_warm(holding, ask.request, image, ask.server_name):
-                wait = queue and broker.queue.ahead_in(holding.course) > 0  # nobody overtakes the line
-                if not wait:
-                    refusal = await broker.take(holding, ask.request, image, ask.server_name)
-                    if refusal is not None and not queue:
-                        raise refusal
-                    wait = refusal is not None
-            if wait:
-                self.waiting = Waiting(holding, ask.request, self._line, image=image, server_name=ask.server_name,
-                                       details={"memory": format_mib(ask.request.memory_mib),
-                                                "kernel_spec_name": ask.kernel_spec_name})
-                broker.queue.join(self.waiting)
         except VGPURequestError as err:
-            LAUNCHES.labels("refused").inc()
-            return self.refuse(400, str(err), field=err.field)
+            return self._refused(Refused(err))
         except KernelLaunchError as err:
-            LAUNCHES.labels("refused").inc()
-            return self.refuse(409, str(err), reason=err.reason)
+            return self._refused(Refused(err))
+        decision = await broker.admission.decide(
+            Launch(ask.kernel_id, self.user, tuple(self.groups), ask.request, image, ask.server_name,
+                   {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name}),
+            self._line)
+        if isinstance(decision, Refused):
+            return self._refused(decision)
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
         try:
-            if self.waiting is not None and not await self._wait_turn(self.waiting):
-                return self.finish()
-            PENDING.inc()
+            if isinstance(decision, Queued):
+                self.waiting = decision.waiting
+                if not await self._wait_turn(decision.waiting):
+                    return self.finish()
+            PENDING_LAUNCHES.inc()
             try:
-                await self._launch(ask, image, course)
+                await self._launch(ask, image, broker.admission.course_of(self.groups))
             finally:
-                PENDING.dec()
+                PENDING_LAUNCHES.dec()
         finally:
-            broker.release(ask.kernel_id)
+            broker.admission.release(ask.kernel_id)
             broker.queue.wake()  # what this launch did not end up holding may start the next one
+
+    def _refused(self, refusal: Refused) -> None:
+        LAUNCHES.labels("refused").inc()
+        err = refusal.error
+        if isinstance(err, KernelExists):
+            return self.refuse(409, str(err), field=err.field)
+        if isinstance(err, VGPURequestError):
+            return self.refuse(400, str(err), field=err.field)
+        return self.refuse(409, str(err), reason=err.reason)
 
     async def _wait_turn(self, waiting: Waiting) -> bool:
         """Stream the queue position until the launch's turn; False when it left the line (an error line said why)."""
@@ -262,14 +178,15 @@ class KernelsHandler(BrokerHandler):
 
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
-        claimed = broker.warm.reserved.get(ask.kernel_id)
+        claimed = broker.warm.reserved_for(ask.kernel_id)
         if claimed and any(ask.curve):  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
             broker.warm.unreserve(ask.kernel_id)
             claimed = None
         try:
             if claimed:
                 self._line({"progress": f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
-                ready = await broker.warm.claim(ask, self.user, course)
+                ready = await broker.warm.claim(ClaimRequest(ask.kernel_id, ask.cwd, ask.server_name,
+                                                             ask.kernel_spec_name), self.user, course)
             else:
                 self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
                 ready = await self._start_pod(ask, image, course)
@@ -278,9 +195,9 @@ class KernelsHandler(BrokerHandler):
             self._line({"error": {"reason": err.reason, "message": str(err)}})
             return self.finish()
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
-        key, ports = (ready["key"], tuple(ready["ports"][n] for n in PORT_NAMES)) if claimed else (ask.key, ask.ports)
-        broker.culler.kernels.watch(ask.kernel_id, ready["pod_name"], self.user, broker.course_label(course),
-                                    ask.request.count, ready["ip"], key, ports, curve_serverkey=ask.curve[0])
+        key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
+        broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
+                                   ready["ip"], key, ports, curve_serverkey=ask.curve[0])
         self._line({"ready": ready})
         self.finish()
 
@@ -291,7 +208,7 @@ class KernelsHandler(BrokerHandler):
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
                        volume_mounts=broker.volume_mounts, curve=ask.curve)
-        name, kernel = await start_kernel_pod(broker, plan, lambda message: self._line({"progress": message}))
+        name, kernel = await broker.site.start(plan, lambda message: self._line({"progress": message}))
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}
 
@@ -322,14 +239,14 @@ class KernelHandler(BrokerHandler):
             return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
         grace = self.get_query_argument("grace", "0")
         for pod in pods:
-            await self.broker.delete_kernel(pod["metadata"]["name"], int(grace) if grace.isdigit() else 0)
+            await self.broker.site.delete_kernel(pod["metadata"]["name"], int(grace) if grace.isdigit() else 0)
         self.reply({"stopped": [p["metadata"]["name"] for p in pods]})
 
 
 class KeepHandler(BrokerHandler):
     async def post(self, kernel_id: str) -> None:
         """Restart an idle kernel's clock (its owner or an instructor), at most the course's cull_max_keeps times."""
-        kernel = self.broker.culler.kernels.get_kernel(kernel_id)
+        kernel = self.broker.culler.target.get_kernel(kernel_id)
         if kernel is None or not (kernel.user == self.user or self.instructor):
             return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" of yours')
         try:
@@ -343,7 +260,7 @@ class ExemptHandler(BrokerHandler):
         """``{"exempt": true|false}``: an instructor spares a kernel from idle culling (or not any more)."""
         if not self.instructor:
             return self.refuse(403, "only instructors may exempt a kernel from being stopped when idle")
-        if self.broker.culler.kernels.get_kernel(kernel_id) is None:
+        if self.broker.culler.target.get_kernel(kernel_id) is None:
             return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" in the class')
         body = self.json_body()
         if body is None:
@@ -372,7 +289,7 @@ class WatchHandler(BrokerHandler):
                 changes.put_nowait(state(kind, pod))
 
         def on_cull(kernel_id: str) -> None:  # the idle clock moved, a warning, a keep, an exemption
-            kernel = culler.kernels.get_kernel(kernel_id)
+            kernel = culler.target.get_kernel(kernel_id)
             pod = self.broker.cluster.pod(kernel.pod) if kernel is not None and kernel.user == self.user else None
             if pod is not None:
                 changes.put_nowait(state("MODIFIED", pod))
@@ -381,7 +298,7 @@ class WatchHandler(BrokerHandler):
         self.broker.cull_listeners.add(on_cull)
         try:
             for pod in self.broker.cluster.kernel_pods():
-                if pod_user(pod) == self.user and pod["metadata"]["name"] not in self.broker.warm.kernels:
+                if pod_user(pod) == self.user and not self.broker.pods.is_warm(pod["metadata"]["name"]):
                     self.write(json.dumps(state("ADDED", pod)) + "\n")
             self.write(json.dumps({"synced": True}) + "\n")
             await self.flush()
@@ -422,7 +339,7 @@ class ClassHandler(BrokerHandler):
             return self.refuse(403, "the class view is for instructors")
         rows = await self.broker.view.class_kernels(None)
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
-                                 "warm": row["pod"] in self.broker.warm.kernels} for row in rows], "instructor": True})
+                                 "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True})
 
 
 class ClassPodHandler(BrokerHandler):
@@ -430,8 +347,7 @@ class ClassPodHandler(BrokerHandler):
         pod = self.own_pod(pod_name)
         if pod is None:
             return self.refuse(404, f'no kernel pod "{short(pod_name)}" of yours')
-        await self.broker.cluster.annotate_pod(pod_name, {"orion-jupyter.io/stopped-by": self.user})
-        await self.broker.delete_kernel(pod_name, grace_seconds=5)
+        await self.broker.site.stop(pod_name, self.user)
         self.reply({"stopped": pod_name, "user": pod_user(pod)})
 
 
@@ -454,7 +370,7 @@ class ReportHandler(BrokerHandler):
 class MetricsHandler(web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.finish(generate_latest(REGISTRY))
+        self.finish(generate_latest(CLASS_REGISTRY))
 
 
 def routes(prefix: str) -> list:

@@ -4,11 +4,10 @@ Students' servers are not trusted to cull their own kernels, so the broker watch
 started or handed over: a SUB socket on the kernel's iopub (the broker knows the key; the kernel's
 NetworkPolicy admits the broker on that one port), whose ``status`` messages give the execution
 state and the last activity, as jupyter_server's kernel manager reads them. The rules are the
-server's (``server/culling.py`` ``Culler``: the warning, keeps, exemptions), applied here per course
+core's (``core/idle.py`` ``Culler``: the warning, keeps, exemptions), applied here per course
 (``cull_idle_seconds``, ``cull_warning_seconds``, ``cull_max_keeps`` in ``c.Broker.courses``, else
-the broker's defaults) to the broker's kernels through a small kernel-manager-shaped adapter. A
-kernel whose iopub the broker cannot watch (one a previous broker started) is judged by its
-last reported activity.
+the broker's defaults) to the broker's kernels, a ``CullTarget``. A kernel whose iopub the broker
+cannot watch (one a previous broker started) is judged by its last reported activity.
 """
 
 from __future__ import annotations
@@ -20,14 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..k8s.view import pod_request, pod_user
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_STOPPED_BY, LABEL_COURSE, LABEL_KERNEL_ID
+from ..core.idle import Culler, CullRules, KernelActivity
+from ..k8s.view import pod_course, pod_request, pod_user
+from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
-from ..server.culling import Culler
-from .launcher import PORT_NAMES
+from ..wire import SHELL_REQUESTS, iopub_port
+from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
 STOPPED_BY_IDLE = "idle culling (broker)"
+EXECUTION_STATES = frozenset({"busy", "idle", "starting", "restarting", "autorestarting", "dead"})
 
 
 @dataclass
@@ -40,68 +41,57 @@ class Observed:
     vgpus: int
     last_activity: datetime = field(default_factory=lambda: datetime.now(UTC))
     execution_state: str = "idle"
-    ready: Any = None  # the Culler treats None as "started"
     watcher: asyncio.Task | None = None
 
 
-class _Request:
-    def __init__(self, count: int):
-        self.count = count
-
-
-class _Provisioner:
-    def __init__(self, count: int):
-        self.request = _Request(count)
-
-
 class BrokerKernels:
-    """The broker's kernels shaped as the Culler expects ``VGPUKernels`` and its kernel manager."""
+    """The class's claimed, running kernel pods as a ``core.idle.CullTarget``."""
 
-    def __init__(self, broker: Any, changed: Callable[[str], None]):
-        self.broker = broker
-        self.kernel_manager = self
+    def __init__(self, pods: ClassPods, changed: Callable[[str], None]):
+        self.pods = pods
         self.kernels: dict[str, Observed] = {}  # kernel id -> observed state
         self.changed = changed  # a kernel's culling fields may have changed (its owner's watch stream)
 
     # -- what the Culler reads ----------------------------------------------------------------
-    def list_kernel_ids(self) -> list[str]:
+    def kernel_ids(self) -> list[str]:
         self._sync()
         return list(self.kernels)
 
     def get_kernel(self, kernel_id: str) -> Observed | None:
         return self.kernels.get(kernel_id)
 
-    def provisioner(self, kernel_id: str) -> _Provisioner | None:
+    def activity(self, kernel_id: str) -> KernelActivity | None:
         kernel = self.kernels.get(kernel_id)
-        return _Provisioner(kernel.vgpus) if kernel else None
+        if kernel is None or not kernel.vgpus:
+            return None
+        return KernelActivity(kernel.last_activity, kernel.execution_state)
 
-    def kernel_user(self, kernel_id: str) -> str | None:
+    def owner(self, kernel_id: str) -> str | None:
         kernel = self.kernels.get(kernel_id)
         return kernel.user if kernel else None
 
-    async def shutdown_kernel(self, kernel_id: str) -> None:
+    async def stop_idle(self, kernel_id: str) -> None:
         kernel = self.kernels.get(kernel_id)
         if kernel is None:
             return
-        await self.broker.cluster.annotate_pod(kernel.pod, {ANNOTATION_STOPPED_BY: STOPPED_BY_IDLE})
-        await self.broker.delete_kernel(kernel.pod, grace_seconds=5)
+        await self.pods.site.stop(kernel.pod, STOPPED_BY_IDLE)
         self._forget(kernel_id)
 
     # -- keeping the table ----------------------------------------------------------------------
     def _sync(self) -> None:
         """The live, claimed kernel pods of the broker's cache; activity of unwatched ones from reports."""
         live = {}
-        for pod in self.broker.cluster.kernel_pods():
+        for pod in self.pods.kernel_pods():
             meta = pod["metadata"]
             labels = meta.get("labels") or {}
             if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running" \
-                    or meta["name"] in self.broker.warm.kernels:
+                    or self.pods.is_warm(meta["name"]):
                 continue
             kernel_id = labels.get(LABEL_KERNEL_ID, "")
             live[kernel_id] = pod
             kernel = self.kernels.get(kernel_id)
             if kernel is None:
-                kernel = self.kernels[kernel_id] = Observed(meta["name"], pod_user(pod), labels.get(LABEL_COURSE, ""),
+                kernel = self.kernels[kernel_id] = Observed(meta["name"], pod_user(pod), pod_course(pod),
                                                             pod_request(pod).get("vgpus") or 0)
             if kernel.watcher is None:
                 reported = (meta.get("annotations") or {}).get(ANNOTATION_LAST_ACTIVITY)
@@ -125,9 +115,24 @@ class BrokerKernels:
         the kernel's public key when it encrypts)."""
         self._forget(kernel_id)
         kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus)
-        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key,
-                                                            dict(zip(PORT_NAMES, ports, strict=True))["iopub_port"],
+        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key, iopub_port(ports),
                                                             curve_serverkey))
+
+    @staticmethod
+    def _observe(kernel: Observed, message: dict) -> bool:
+        """What one signed iopub message says, read as jupyter_server reads it: only the kernel's answers to
+        shell requests (a cell, a completion, a comm) are activity and set the execution state; a probe's
+        on the control channel (a usage sample, kernel_info) is neither. True: the execution state changed."""
+        parent = (message.get("parent_header") or {}).get("msg_type")
+        if parent in SHELL_REQUESTS or kernel.execution_state == "busy":
+            kernel.last_activity = datetime.now(UTC)
+        content = message.get("content")
+        if message["header"].get("msg_type") != "status" or parent not in SHELL_REQUESTS \
+                or not isinstance(content, dict) or content.get("execution_state") not in EXECUTION_STATES:
+            return False
+        changed = content["execution_state"] != kernel.execution_state
+        kernel.execution_state = content["execution_state"]
+        return changed
 
     async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int,
                       curve_serverkey: str = "") -> None:
@@ -151,12 +156,8 @@ class BrokerKernels:
                     message = session.deserialize(parts)
                 except ValueError:
                     continue  # not signed with the kernel's key: not the kernel speaking
-                kernel.last_activity = datetime.now(UTC)
-                if message["header"]["msg_type"] == "status":
-                    state = message["content"].get("execution_state", "")
-                    if state and state != kernel.execution_state:
-                        kernel.execution_state = state
-                        self.changed(kernel_id)
+                if self._observe(kernel, message):
+                    self.changed(kernel_id)
         except asyncio.CancelledError:
             pass
         except Exception as err:  # noqa: BLE001 - a broken watch: judge by reports from now on
@@ -166,47 +167,25 @@ class BrokerKernels:
             kernel.watcher = None
 
 
-class BrokerCuller(Culler):
-    """The server's culling rules, per course, over the broker's kernels."""
+def course_rules(defaults: CullRules, courses: dict[str, dict[str, Any]], kernels: BrokerKernels):
+    """The rules of a kernel's course (its exact hub group), else the broker's defaults."""
 
-    def __init__(self, broker: Any, changed: Callable[[str], None]):
-        self.broker = broker
-        self.changed = changed
-        super().__init__(BrokerKernels(broker, changed), ProgressLog(), idle_seconds=broker.cull_idle_seconds,
-                         warning_seconds=broker.cull_warning_seconds, max_keeps=broker.cull_max_keeps,
-                         interval_seconds=broker.cull_interval_seconds, log=log)
+    def rules(kernel_id: str) -> CullRules:
+        kernel = kernels.get_kernel(kernel_id)
+        course = courses.get(kernel.course) if kernel is not None and kernel.course else None
+        if not course:
+            return defaults
+        return CullRules(float(course.get("cull_idle_seconds", defaults.idle_seconds)),
+                         float(course.get("cull_warning_seconds", defaults.warning_seconds)),
+                         int(course.get("cull_max_keeps", defaults.max_keeps)))
 
-    def _course(self, kernel_id: str) -> dict[str, Any]:
-        kernel = self.kernels.kernels.get(kernel_id)
-        if kernel is None:
-            return {}
-        return next((q for group, q in self.broker.courses.items() if kernel.course and
-                     self.broker.course_label(group) == kernel.course), {})
+    return rules
 
-    @property
-    def enabled(self) -> bool:
-        return self.idle_seconds > 0 or any(float(q.get("cull_idle_seconds") or 0) > 0
-                                            for q in self.broker.courses.values())
 
-    def idle_seconds_of(self, kernel_id: str) -> float:
-        return float(self._course(kernel_id).get("cull_idle_seconds", self.idle_seconds))
-
-    def warning_seconds_of(self, kernel_id: str) -> float:
-        return float(self._course(kernel_id).get("cull_warning_seconds", self.warning_seconds))
-
-    def max_keeps_of(self, kernel_id: str) -> int:
-        return int(self._course(kernel_id).get("cull_max_keeps", self.max_keeps))
-
-    def keep(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:
-        fields = super().keep(kernel_id, now)
-        self.changed(kernel_id)
-        return fields
-
-    def exempt(self, kernel_id: str, flag: bool) -> dict[str, Any]:
-        fields = super().exempt(kernel_id, flag)
-        self.changed(kernel_id)
-        return fields
-
-    def _warn(self, kernel_id: str, at: datetime, now: datetime) -> None:
-        super()._warn(kernel_id, at, now)
-        self.changed(kernel_id)
+def broker_culler(pods: ClassPods, defaults: CullRules, courses: dict[str, dict[str, Any]], interval_seconds: float,
+                  changed: Callable[[str], None]) -> Culler:
+    """The core's culling rules, per course, over the broker's kernels (``culler.target``)."""
+    kernels = BrokerKernels(pods, changed)
+    enabled = defaults.idle_seconds > 0 or any(float(q.get("cull_idle_seconds") or 0) > 0 for q in courses.values())
+    return Culler(kernels, ProgressLog(), defaults, interval_seconds=interval_seconds,
+                  rules=course_rules(defaults, courses, kernels), changed=changed, enabled=enabled, log=log)

@@ -17,7 +17,6 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlparse
 
 from kubernetes import client
@@ -28,20 +27,21 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
-from ..errors import KernelLaunchError
+from ..core.admission import Admission
+from ..core.idle import CullRules
+from ..core.ledger import Ledger, Quota
+from ..core.warm import WarmKernels
+from ..core.warm_config import WarmConfig, check_keys
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
-from ..k8s.manifests import slug
-from ..k8s.view import KubernetesView, pod_request, pod_user
-from ..names import ANNOTATION_SERVER, LABEL_COURSE, LABEL_KERNEL_ID, TERMINAL_PHASES
-from ..provisioner import VGPUProvisioner
-from ..vgpu import VGPURequest, VGPURequestError, parse_memory
-from .handlers import HANDOVER
-from .idle import BrokerCuller
-from .launcher import LABEL_WARM
-from .ledger import Holding, Ledger, Quota
-from .queue import LaunchQueue, Waiting
-from .warm import WarmKernels, check_keys
+from ..k8s.launcher import KernelPolicies, PodSite
+from ..k8s.view import KubernetesView, pod_user
+from ..metrics import HANDOVER
+from ..names import ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
+from ..settings import ClassSettings, KernelSettings
+from ..vgpu import VGPURequestError, parse_memory
+from .idle import broker_culler
+from .pods import ClassPods
 
 COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
 
@@ -52,7 +52,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Broker(Application):
+class Broker(Application, ClassSettings):
     name = "orion-jupyter-broker"
     description = "vGPU kernels for every server of a JupyterHub; the only holder of the Kubernetes Role"
 
@@ -68,22 +68,11 @@ class Broker(Application):
     hub_api_url = Unicode(config=True, help="The hub's API; default $JUPYTERHUB_API_URL.")
     api_token = Unicode(config=True, help="The broker's own hub token (scopes: list:users, read:users:groups, "
                                           "read:servers); default $JUPYTERHUB_API_TOKEN.")
-    instructors = List(Unicode(), config=True, help="Hub user names that see and may stop every kernel of the class.")
-    instructor_groups = List(Unicode(), ["instructors"], config=True,
-                             help="Hub groups whose members are instructors.")
     courses = Dict(Dict(), config=True,
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing.")
-    cull_idle_seconds = Float(1800.0, config=True,
-                              help="Stop a vGPU kernel idle this many seconds (its own execution state, watched on its "
-                                   "iopub); a course may set its own 'cull_idle_seconds' (and 'cull_warning_seconds', "
-                                   "'cull_max_keeps') in c.Broker.courses. 0: never.")
-    cull_warning_seconds = Float(300.0, config=True,
-                                 help="Seconds before that its owner sees it coming (cull_warning) and may keep it.")
-    cull_max_keeps = Int(3, config=True, help="How many times in a row an owner may keep an idle vGPU kernel.")
-    cull_interval_seconds = Float(30.0, config=True, help="Seconds between the broker's checks for idle kernels.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_keepalive = Float(20.0, config=True,
@@ -158,20 +147,17 @@ class Broker(Application):
         """The broker's state; every setting is checked before the cluster is reached (a typo fails at once)."""
         from .hub import HubClient
 
-        self.settings = VGPUProvisioner(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
+        self.settings = KernelSettings(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
         for group, entry in self.courses.items():
             check_keys(entry, COURSE_KEYS, f"c.Broker.courses[{group!r}]")
         courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
                                 if q.get("memory") else 0) for group, q in self.courses.items()}
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0)
-        self.ledger = Ledger(per_user, courses)
-        self.queue = LaunchQueue(self._admit_waiting, self.release, HANDOVER.observe)
+        ledger = Ledger(per_user, courses)
+        warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
-        self.warm = WarmKernels(self)
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
-        self.culler = BrokerCuller(self, lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
-        self.lease_owner: dict[str, Any] | None = None
         self.hub = HubClient(self.hub_api_url, self.api_token)
         try:
             api = api_client(self.settings.kubeconfig, self.settings.kube_context)
@@ -184,96 +170,24 @@ class Broker(Application):
                                           watch_others=self.settings.count_other_workloads)
         self.backend = self.settings.backend_model()
         self.view = KubernetesView([self.cluster], self.backend)
-        self.networking = client.NetworkingV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
-
-    def holdings(self) -> list[Holding]:
-        """What every live kernel pod of the namespace holds, from the watch cache."""
-        out = []
-        for pod in self.cluster.kernel_pods():
-            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or LABEL_WARM in (
-                    pod["metadata"].get("labels") or {}):
-                continue  # a warm kernel is nobody's until claimed
-            request, labels = pod_request(pod), pod["metadata"].get("labels") or {}
-            vgpus = request.get("vgpus") or 0
-            out.append(Holding(labels.get(LABEL_KERNEL_ID, ""), pod_user(pod), labels.get(LABEL_COURSE, ""), vgpus,
-                               vgpus * (request.get("memory_mib") or 0)))
-        return out
-
-    def course_of(self, groups: list[str]) -> str:
-        return next((group for group in sorted(groups) if group in self.courses), "")
+        self.site = PodSite(self.cluster, self.backend, self.settings.pod_settings, self.settings.launch_timeout,
+                            self.settings.wait_for_capacity, self.settings.orion_controller or None,
+                            policies=KernelPolicies(self.cluster, self.pod_labels) if self.network_policies else None)
+        self.pods = ClassPods(self.site, self.view, ledger, members=self.hub.members, is_instructor=self.is_instructor,
+                              volumes=self.volumes, volume_mounts=self.volume_mounts,
+                              home_mount_path=self.home_mount_path)
+        self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
+                                   handed_over=HANDOVER.observe)
+        self.queue = self.admission.queue
+        self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
+        self.culler = broker_culler(
+            self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
+            self.courses, self.cull_interval_seconds,
+            changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
-        return name in self.instructors or bool(set(groups) & set(self.instructor_groups))
-
-    @staticmethod
-    def course_label(group: str) -> str:
-        """A course's label value on kernel pods (the exact group name stays in the broker's config)."""
-        return slug(group, 63) if group else ""
-
-    def queues(self, course: str) -> bool:
-        return bool((self.courses.get(course) or {}).get("queue"))
-
-    # -- taking vGPUs -----------------------------------------------------------------------
-    def take_own_warm(self, holding: Holding, request: VGPURequest, image: str, server_name: str) -> bool:
-        """A student's own roster kernel, ready: it was set aside for them at the window's start, so it is
-        theirs without waiting in line or counting against the course (only their own quota applies)."""
-        if not self.warm.reserve(holding.kernel_id, holding.user, request, image, server_name, own_only=True):
-            return False
-        try:
-            self.ledger.reserve(holding, self.holdings(), course=False)
-        except VGPURequestError:
-            self.warm.unreserve(holding.kernel_id)
-            raise
-        return True
-
-    async def take(self, holding: Holding, request: VGPURequest, image: str,
-                   server_name: str) -> VGPURequestError | KernelLaunchError | None:
-        """Reserve ``holding`` when the quotas allow it and a warm kernel of its shape is ready or the pool
-        has room now; else the refusal."""
-        try:
-            self.ledger.reserve(holding, self.holdings())
-        except VGPURequestError as err:
-            return err
-        if self.warm.reserve(holding.kernel_id, holding.user, request, image, server_name):
-            return None
-        if not await self.has_room(request, holding.kernel_id):
-            self.ledger.release(holding.kernel_id)
-            return KernelLaunchError("unschedulable", await self.view.shortage(request, self.backend))
-        return None
-
-    async def never_fits(self, holding: Holding, request: VGPURequest) -> bool:
-        """More than the course may ever hold, or than the largest node offers: waiting cannot help."""
-        quota = self.ledger.per_course.get(holding.course)
-        if quota is not None and ((quota.vgpus and holding.vgpus > quota.vgpus)
-                                  or (quota.memory_mib and holding.memory_mib > quota.memory_mib)):
-            return True
-        pool = await self.view.pool()
-        largest = max((n.resources[self.backend.count_resource].allocatable for n in pool.nodes
-                       if self.backend.count_resource in n.resources), default=None)
-        return pool.visible and largest is not None and request.count > largest
-
-    async def has_room(self, request: VGPURequest, kernel_id: str) -> bool:
-        """Some node fits ``request``, counting the accepted launches whose pods are not placed yet."""
-        if not request.count:
-            return True
-        if await self.view.can_serve(request, self.backend) is False:
-            return False
-        total = (await self.view.pool()).totals().get(self.backend.count_resource)
-        if total is None:  # dra / kai: the scheduler decides
-            return True
-        placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
-                  if (p.get("spec") or {}).get("nodeName")}
-        unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
-        return total.free - unplaced - self.warm.starting_vgpus() >= request.count
-
-    async def _admit_waiting(self, waiting: Waiting) -> bool:
-        return await self.take(waiting.holding, waiting.request, waiting.image, waiting.server_name) is None
-
-    def release(self, kernel_id: str) -> None:
-        """A launch ended (started, failed or gave up): what it reserved and did not use is free again."""
-        self.ledger.release(kernel_id)
-        self.warm.unreserve(kernel_id)
+        return self.is_instructor_named(name, groups)
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""
@@ -300,7 +214,7 @@ class Broker(Application):
                 raise
             lease = await self.cluster.request(self.coordination.patch_namespaced_lease, self.lease_name,
                                                self.namespace, {"spec": body["spec"]})
-        self.lease_owner = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.lease_name,
+        self.site.owner = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.lease_name,
                             "uid": lease["metadata"]["uid"]}
 
     async def renew_lease(self) -> None:
@@ -328,33 +242,20 @@ class Broker(Application):
             if ANNOTATION_SERVER not in annotations or LABEL_WARM in (meta.get("labels") or {}):
                 continue  # not a broker's kernel (a direct-mode server's in the same namespace), or warm
             kernel_id = (meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")
-            if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.ledger.pending:
+            if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.pods.ledger.pending:
                 continue
             created = datetime.fromisoformat(str(meta.get("creationTimestamp", _now())).replace("Z", "+00:00"))
             if (now - created).total_seconds() < self.reap_grace:
                 continue
             log.info("reaping kernel pod %s of %s: server %r is not running", meta["name"], pod_user(pod),
                      annotations[ANNOTATION_SERVER])
-            await self.delete_kernel(meta["name"])
+            await self.site.delete_kernel(meta["name"])
             reaped.append(meta["name"])
         return reaped
 
-    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
-        await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
-        if self.network_policies:
-            try:
-                await self.cluster.request(self.networking.delete_namespaced_network_policy, pod_name, self.namespace)
-            except ApiException as err:
-                if err.status != 404:
-                    log.warning("could not delete the NetworkPolicy of %s: %s", pod_name, err.reason)
-
     # -- running --------------------------------------------------------------------------
-    def make_app(self) -> web.Application:
-        from .handlers import routes
-
-        return web.Application(routes(self.prefix), broker=self)
-
-    async def serve(self) -> None:
+    async def serve(self, routes: Callable[[str], list]) -> None:
+        """Set up, then answer ``routes(prefix)`` (the HTTP API, broker/handlers.py) until cancelled."""
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
@@ -365,7 +266,8 @@ class Broker(Application):
         await self.hold_lease()
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
-        server = self.make_app().listen(self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
+        server = web.Application(routes(self.prefix), broker=self).listen(
+            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.warm.enabled:
@@ -387,25 +289,5 @@ class Broker(Application):
             self.culler.stop()
             server.stop()
 
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(self.serve())
 
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    app = Broker()
-    app.parse_command_line(argv)
-    if app.config_file:
-        app.load_config_file(app.config_file)
-        app.parse_command_line(argv)  # the command line wins over the file
-    try:
-        app.start()
-    except VGPURequestError as err:  # a setting the broker cannot use: one line, not a traceback
-        print(f"orion-jupyter broker: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-__all__ = ["Broker", "main"]
+__all__ = ["Broker"]

@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from ..errors import KernelLaunchError
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
 from ..pool import PoolSnapshot, pool_from_cluster
+from ..protocols import WarmClaims
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .pod_kernel import PodKernel
@@ -85,6 +86,7 @@ class KubeCluster:
         self.events.subscribe(self._route_event)
         # kernel id -> who stopped it from the class view (so its server does not restart it)
         self.stopped_by: dict[str, str] = {}
+        self.warm: WarmClaims | None = None  # warm kernels a direct-mode server keeps here (server/warm.py)
         self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
         self.pods.subscribe(self._remember_stops)
 
@@ -238,10 +240,11 @@ class KubeCluster:
             log.warning("could not annotate kernel pod %s: %s", name, err)
             return False
 
-    async def stop_foreign_pod(self, name: str, stopped_by: str) -> None:
-        """Stop a kernel pod of another server: mark who stopped it, then delete Pod and Secret."""
+    async def stop_kernel(self, name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+        """Stop a kernel pod for someone other than its own server: mark who stopped it (its restart is
+        then refused with that name), then delete Pod and Secret."""
         await self.annotate_pod(name, {ANNOTATION_STOPPED_BY: stopped_by})
-        await self.delete_kernel_objects(name, grace_seconds=5)
+        await self.delete_kernel_objects(name, grace_seconds=grace_seconds)
 
     def _route_event(self, kind: str, event: dict) -> None:
         name = (event.get("involvedObject") or {}).get("name", "")

@@ -6,16 +6,17 @@ import os
 import secrets
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo, port_names
+from jupyter_client.connect import KernelConnectionInfo
 
-from ..errors import KernelLaunchError
+from ..errors import stopped_kernel
 from ..launch import KernelLaunch
+from ..names import slug
 from ..progress import PROGRESS
+from ..protocols import ClaimRequest, WarmClaims
+from ..wire import PORT_NAMES, connection_info, fresh_ports, ports_of
 from .cluster import KubeCluster, PodKernel
-from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests, slug
+from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests
 from .view import KubernetesView
-
-PORT_RANGE = (40000, 60000)
 
 
 def server_pod_owner() -> dict[str, str] | None:
@@ -61,40 +62,25 @@ def pod_options(launch: KernelLaunch, namespace: str, connection: dict[str, Any]
 class KubernetesDriver:
     name = "kubernetes"
 
-    def __init__(self, cluster: KubeCluster, view: KubernetesView):
+    def __init__(self, cluster: KubeCluster, view: KubernetesView, warm: WarmClaims | None = None):
         self.cluster = cluster
         self.view = view
+        self.warm = warm  # this server's warm kernels (c.OrionJupyter.warm_kernels), handed in by make_driver
         self.manifests: KernelManifests | None = None
         self._connection: dict[str, Any] = {}
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
         stopped_by = self.cluster.stopped_by.get(slug(launch.kernel_id, 63))
         if stopped_by:
-            raise KernelLaunchError("deleted",
-                                    f"this kernel was stopped by {stopped_by}; start a new kernel when you need one")
-        self._connection = {
-            "transport": "tcp",
-            "ip": "0.0.0.0",
-            "key": launch.key,
-            "signature_scheme": launch.signature_scheme,
-            "kernel_name": launch.kernel_spec_name,
-            **dict(zip(port_names, launch.ports or self._fresh_ports(), strict=False)),
-            **launch.curve_fields(),
-        }
+            raise stopped_kernel(stopped_by)
+        previous = [self._connection.get(name) for name in PORT_NAMES]
+        self._connection = {**connection_info(launch.ports or fresh_ports(previous), launch.key,
+                                              launch.kernel_spec_name, signature_scheme=launch.signature_scheme),
+                            **launch.curve_fields()}
         self.manifests = build_kernel_manifests(
             pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
         kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
         return kwargs
-
-    def _fresh_ports(self) -> list[int]:
-        """Five ports unlike the last launch's: each pod has its own IP, so only change matters."""
-        previous = {self._connection.get(name) for name in port_names}
-        ports: list[int] = []
-        while len(ports) < len(port_names):
-            port = secrets.choice(range(PORT_RANGE[0], PORT_RANGE[1]))
-            if port not in previous and port not in ports:
-                ports.append(port)
-        return ports
 
     async def launch(self, launch: KernelLaunch, cmd: list[str],
                      kwargs: dict[str, Any]) -> tuple[PodKernel, KernelConnectionInfo]:
@@ -114,22 +100,18 @@ class KubernetesDriver:
 
     async def _claim_warm(self, launch: KernelLaunch) -> tuple[PodKernel, KernelConnectionInfo] | None:
         """A warm kernel of this shape handed over (c.OrionJupyter.warm_kernels), or None: start one."""
-        from .warm import pool_for
-
-        pool = pool_for(self.cluster)
+        pool = self.warm
         if launch.curve_secretkey:  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
             return None
         if pool is None or not pool.reserve(launch.kernel_id, launch.user, launch.request, launch.pod.image, ""):
             return None
-        from ..broker.warm import ClaimRequest
-
         PROGRESS.record(launch.kernel_id, "handing over a warm kernel")
         try:
             ready = await pool.claim(ClaimRequest(launch.kernel_id, kernel_spec_name=launch.kernel_spec_name),
                                      launch.user, launch.course)
         finally:
             pool.unreserve(launch.kernel_id)
-        self._connection.update(key=ready["key"], **ready["ports"])
+        self._connection.update(key=ready["key"], **dict(zip(PORT_NAMES, ports_of(ready["ports"]), strict=True)))
         kernel = PodKernel(self.cluster, ready["pod_name"], ready["ip"])
         return kernel, dict(self._connection, ip=kernel.ip, key=ready["key"].encode())  # type: ignore[return-value]
 

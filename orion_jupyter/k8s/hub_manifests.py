@@ -21,6 +21,7 @@ import yaml
 
 from ..names import LABEL_COMPONENT, LABEL_KERNEL_ID, LABEL_MANAGED_BY, MANAGED_BY
 from ..vgpu import check_k8s_name
+from ..wire import PORT_RANGE
 from .rbac import DRA_NAMESPACED_RULES, KERNEL_RULES, is_dra, pool_reader_rules, role_manifests
 
 BROKER_SERVICE = "orion-broker"  # the JupyterHub service's name, and the default ServiceAccount
@@ -28,9 +29,9 @@ BROKER_ROLE = "orion-jupyter-broker"
 BROKER_PORT = 10101  # where the broker listens in the hub pod (a port on z2jh's `hub` Service)
 PRESETS_MOUNT = "/etc/orion/presets.yaml"
 BROKER_URL_ENV = "ORION_JUPYTER_BROKER_URL"
-# The kernel ports a launch picks from (k8s.driver.PORT_RANGE, upper bound included): the single-user
-# servers' egress to kernel pods. A test keeps the two equal.
-KERNEL_PORT_RANGE = (40000, 59999)
+# The kernel ports a launch picks from (wire.PORT_RANGE, as an inclusive range): the single-user
+# servers' egress to kernel pods.
+KERNEL_PORT_RANGE = (PORT_RANGE[0], PORT_RANGE[1] - 1)
 
 # zero-to-jupyterhub's pod labels (kubespawner sets the first two on single-user pods).
 Z2JH_USERNAME_LABEL = "hub.jupyter.org/username"

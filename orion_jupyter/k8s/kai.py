@@ -22,7 +22,6 @@ from ..vgpu import VGPURequest, format_mib
 # ``settings`` below is a backends.KaiSettings (not imported: backends imports this module).
 
 SCHEDULER_NAME = "kai-scheduler"
-QUEUE_LABEL = "kai.scheduler/queue"
 GPU_FRACTION = "gpu-fraction"
 GPU_MEMORY = "gpu-memory"
 GPU_FRACTION_NUM_DEVICES = "gpu-fraction-num-devices"
@@ -124,7 +123,6 @@ _GPU_MEMORY_CAPACITY = re.compile(
     r"Each gpu on the node has a gpu memory capacity of (?P<capacity>\d+) Mib\. "
     r"(?P<asked>\d+) Mib of gpu memory has been requested"
 )
-_NO_NODES = "no nodes with enough resources were found"
 
 
 def _gpus(value: str) -> str:

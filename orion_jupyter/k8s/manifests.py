@@ -9,7 +9,6 @@ create once), or KAI Scheduler's annotations, queue label and schedulerName (kai
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from ..backends import Backend
 from ..memory_cap import KERNEL_ARGUMENT
 from ..names import (
     ANNOTATION_BACKEND,
+    ANNOTATION_COURSE,
     ANNOTATION_KERNEL_SPEC,
     ANNOTATION_REQUEST,
     ANNOTATION_RESOURCES,
@@ -31,6 +31,7 @@ from ..names import (
     LABEL_MANAGED_BY,
     LABEL_USER,
     MANAGED_BY,
+    slug,
 )
 from ..vgpu import VGPURequest, VGPURequestError, check_k8s_name
 from .dra import add_claim_to_pod, claim_template
@@ -74,16 +75,6 @@ KERNEL_ENTRYPOINT = (
 )
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
-
-
-def slug(text: str, limit: int) -> str:
-    """A DNS-1123 fragment of ``text``; a short hash keeps distinct names distinct after cleaning."""
-    cleaned = _SLUG_RE.sub("-", text.lower()).strip("-")
-    if cleaned == text and 0 < len(cleaned) <= limit:
-        return cleaned
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    head = cleaned[: max(limit - 9, 0)].strip("-")
-    return f"{head}-{digest}" if head else digest
 
 
 def kernel_object_name(user: str, kernel_id: str, suffix: str) -> str:
@@ -173,6 +164,8 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
     }
     if opts.kernel_spec_name:
         annotations[ANNOTATION_KERNEL_SPEC] = opts.kernel_spec_name
+    if opts.course:
+        annotations[ANNOTATION_COURSE] = opts.course
     metadata: dict[str, Any] = {"name": name, "namespace": opts.namespace, "labels": labels}
 
     secret = {

@@ -16,6 +16,7 @@ from typing import Any
 from ..backends import Backend
 from ..names import (
     ANNOTATION_BACKEND,
+    ANNOTATION_COURSE,
     ANNOTATION_LAST_ACTIVITY,
     ANNOTATION_REQUEST,
     ANNOTATION_USAGE,
@@ -23,13 +24,13 @@ from ..names import (
     LABEL_KERNEL_ID,
     LABEL_USER,
     TERMINAL_PHASES,
+    slug,
 )
 from ..pool import PoolSnapshot, extended_limits
 from ..protocols import DirectMode
-from ..vgpu import VGPURequest, format_mib
+from ..vgpu import VGPURequest, format_mib, usage_fields
 from . import claims, dra, dra_pool
 from .cluster import KubeCluster
-from .manifests import slug
 
 
 def seconds_since(stamp: str | None) -> float | None:
@@ -45,6 +46,11 @@ def seconds_since(stamp: str | None) -> float | None:
 def pod_user(pod: dict) -> str:
     """The exact user a kernel pod belongs to (the annotation; the label is only a slug for selecting)."""
     return (pod["metadata"].get("annotations") or {}).get(ANNOTATION_USER, "")
+
+
+def pod_course(pod: dict) -> str:
+    """The exact course (hub group) of a kernel pod: the annotation (the label is only its slug)."""
+    return (pod["metadata"].get("annotations") or {}).get(ANNOTATION_COURSE, "")
 
 
 def pod_request(pod: dict) -> dict[str, Any]:
@@ -72,13 +78,12 @@ def pod_summary(pod: dict) -> dict[str, Any]:
             reason = reason or condition["reason"]
     started = meta.get("creationTimestamp")
     last_activity = annotations.get(ANNOTATION_LAST_ACTIVITY) or started
-    request, usage = pod_request(pod), pod_usage(pod)
-    granted = (request.get("vgpus") or 0) * (request.get("memory_mib") or 0) * 1024 * 1024
-    used = usage.get("memory_used") if isinstance(usage.get("memory_used"), int) else None
+    request = pod_request(pod)
     return {
         "pod": meta["name"],
         "namespace": meta.get("namespace"),
         "user": pod_user(pod),
+        "course": pod_course(pod),
         "kernel_id": (meta.get("labels") or {}).get(LABEL_KERNEL_ID, ""),
         "node": (pod.get("spec") or {}).get("nodeName"),
         "phase": status.get("phase", "Pending"),
@@ -88,11 +93,7 @@ def pod_summary(pod: dict) -> dict[str, Any]:
         "started": started,
         "last_activity": last_activity,
         "idle_seconds": seconds_since(last_activity),
-        "memory_used": used,
-        "memory_source": usage.get("memory_source"),
-        "memory_sampled_at": usage.get("memory_sampled_at"),
-        "memory_granted": granted,
-        "waste_bytes": max(granted - used, 0) if used is not None else None,
+        **usage_fields(request, pod_usage(pod)),
     }
 
 
@@ -147,6 +148,16 @@ class KubernetesView(DirectMode):
         if backend.kai is not None:  # KAI places shares itself; the pool cannot tell
             return None
         return pool.can_serve(backend.resources(request))
+
+    async def has_room(self, request: VGPURequest, backend: Backend, held_back: int = 0) -> bool:
+        """Some node fits ``request`` now, with ``held_back`` vGPUs promised to launches whose pods are not
+        placed yet (the pool does not count them); for dra / kai the scheduler decides."""
+        if not request.count:
+            return True
+        if await self.can_serve(request, backend) is False:
+            return False
+        total = (await self.pool()).totals().get(backend.count_resource)
+        return total is None or total.free - held_back >= request.count
 
     async def shortage(self, request: VGPURequest, backend: Backend) -> str:
         pool = self._pool_for(backend)
@@ -215,7 +226,7 @@ class KubernetesView(DirectMode):
     async def stop_kernel(self, name: str, stopped_by: str) -> None:
         found = self._find(name)
         if found is not None:
-            await found[0].stop_foreign_pod(name, stopped_by)
+            await found[0].stop_kernel(name, stopped_by)
 
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool:
         return await self.clusters[0].annotate_pod(name, annotations)

@@ -27,10 +27,8 @@ class Access:
         self.one_person = one_person
 
     def is_instructor(self, user: Any) -> bool:
-        if user.username in self.app.instructors:
-            return True
-        groups = set((getattr(user, "hub_user", None) or {}).get("groups") or [])
-        return bool(groups & set(self.app.instructor_groups))
+        groups = (getattr(user, "hub_user", None) or {}).get("groups") or []
+        return self.app.is_instructor_named(user.username, groups)
 
     def kernel_user(self, user: Any) -> str:
         """The name kernels started by this request's user carry."""

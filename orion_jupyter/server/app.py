@@ -12,14 +12,17 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Int, List, Unicode
 
-from ..clusters import import_launch_side, make_warm_pool
+from ..clusters import import_launch_side
+from ..core.idle import Culler, CullRules
 from ..progress import PROGRESS
-from .culling import BackendCulling, Culler
+from ..settings import ClassSettings
+from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
 from .refusals import answer_refusals
 from .state import OrionState
 from .usage import UsageSampler
+from .warm import make_warm_pool
 
 log = logging.getLogger("orion_jupyter.server")
 
@@ -57,12 +60,10 @@ def warm_kernel_manager(kernel_manager: Any) -> None:
         log.debug("kernel manager warm-up skipped: %s", err)
 
 
-class OrionJupyter(ExtensionApp):
+class OrionJupyter(ExtensionApp, ClassSettings):
     name = "orion_jupyter"
     description = "vGPU allocations, pool, vGPU kernels with chosen memory, demos and metrics"
 
-    instructors = List(Unicode(), config=True, help="User names that see and may stop every kernel of the class.")
-    instructor_groups = List(Unicode(), config=True, help="JupyterHub groups whose members are instructors.")
     class_namespaces = List(Unicode(), config=True,
                             help="Extra namespaces whose kernel pods the class view shows "
                                  "(the kernel namespace is always shown).")
@@ -80,17 +81,6 @@ class OrionJupyter(ExtensionApp):
     activity_report_interval = Float(60.0, config=True,
                                      help="Seconds between writes of kernels' last activity onto their pods "
                                           "(for idle time in the class view); 0: never.")
-    cull_idle_seconds = Float(1800.0, config=True,
-                              help="Seconds a vGPU kernel may stay idle (not busy, no activity on its iopub) before "
-                                   "it is shut down and its pod deleted, freeing its vGPU; 0: never. CPU-only "
-                                   "kernels are never stopped.")
-    cull_warning_seconds = Float(300.0, config=True,
-                                 help="Seconds before an idle vGPU kernel is stopped that its owner is warned "
-                                      "(cull_warning in allocations, a progress event, the server log).")
-    cull_max_keeps = Int(3, config=True,
-                         help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
-                              "idle clock) in one idle stretch; activity in the kernel gives them back.")
-    cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
     warm_kernels = Int(0, config=True,
                        help="Direct mode on Kubernetes: kernel pods of warm_kernel_spec this server keeps started; a "
                             "launch of that shape takes one (no pod start to wait for) and the pool refills. Each "
@@ -113,8 +103,8 @@ class OrionJupyter(ExtensionApp):
         if self.state.view.decides_culling:  # hub mode: the broker culls, from the kernels' own activity
             self.culler: Culler | BackendCulling = BackendCulling(self.state.view)
         else:
-            self.culler = Culler(self.state.kernels, PROGRESS, idle_seconds=self.cull_idle_seconds,
-                                 warning_seconds=self.cull_warning_seconds, max_keeps=self.cull_max_keeps,
+            self.culler = Culler(ServerKernels(self.state.kernels), PROGRESS,
+                                 CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)

@@ -12,10 +12,10 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
 
+from ..core.idle import NotCullable
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
 from ..vgpu import VGPURequestError
-from .culling import NotCullable
 from .refusals import refusal_status
 
 AUTH_RESOURCE = "orion"

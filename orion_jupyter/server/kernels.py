@@ -12,11 +12,13 @@ from jupyter_server.utils import ensure_async
 
 from ..backends import Backend
 from ..config import KernelPolicy
+from ..core.ledger import LAUNCHES_IN_PROGRESS, Quota, holding_of, user_holdings
 from ..errors import KernelLaunchError
 from ..kernelspecs import spec_request, vgpu_specs
 from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
-from ..vgpu import VGPURequest, VGPURequestError, short
+from ..settings import KernelSettings
+from ..vgpu import VGPURequest, VGPURequestError, short, usage_fields
 from .refusals import Refused
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
@@ -53,27 +55,18 @@ class KernelIdTaken(VGPURequestError):
     http_status = 409
 
 
-def usage_fields(allocation: dict[str, Any], reading: dict[str, Any] | None) -> dict[str, Any]:
-    """Memory in use against memory granted; ``waste_bytes`` is what is granted and unused."""
-    granted = (allocation.get("vgpus") or 0) * (allocation.get("memory_mib") or 0) * 1024 * 1024
-    used = reading.get("memory_used") if reading else None
-    return {"memory_used": used, "memory_source": (reading or {}).get("memory_source"),
-            "memory_sampled_at": (reading or {}).get("memory_sampled_at"), "memory_granted": granted,
-            "waste_bytes": max(granted - used, 0) if used is not None else None}
-
-
 def spec_config(spec: Any) -> dict[str, Any]:
     return spec.metadata["kernel_provisioner"].get("config", {})
 
 
-def spec_backend(settings: VGPUProvisioner, view: BackendView, spec: Any) -> Backend:
+def spec_backend(settings: KernelSettings, view: BackendView, spec: Any) -> Backend:
     """A spec's backend (with this server's resource and env overrides), or the configured one."""
     name = spec_config(spec).get("backend")
     return settings.backend_named(name) if name else view.backend
 
 
 class VGPUKernels:
-    def __init__(self, serverapp: Any, settings: VGPUProvisioner, view: BackendView, usage: Any = None):
+    def __init__(self, serverapp: Any, settings: KernelSettings, view: BackendView, usage: Any = None):
         self.serverapp = serverapp
         self.usage = usage  # a UsageSampler: the kernels' memory in use
         self.kernel_manager = serverapp.kernel_manager
@@ -147,7 +140,8 @@ class VGPUKernels:
         spec = vgpu_specs().get(self.default_spec(spec_name))
         if spec is None:
             return None
-        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
+        probe = KernelSettings(kernel_spec=spec, config=self.serverapp.config)
+        probe.apply_spec_options(spec_config(spec))
         return spec_request(spec), probe.image
 
     def _checked_kernel_id(self, value: Any) -> str | None:
@@ -190,13 +184,15 @@ class VGPUKernels:
         kernel_id = self._checked_kernel_id(body.get("kernel_id"))
         overrides = {k: body[k] for k in ("vgpus", "memory", "compute") if k in body}
         request = VGPURequest.from_mapping(overrides, spec_request(spec))
-        probe = VGPUProvisioner(kernel_id="", kernel_spec=spec, config=self.serverapp.config, **spec_config(spec))
-        if probe.spec_problem is not None:
-            raise probe.spec_problem
+        probe = KernelSettings(kernel_spec=spec, config=self.serverapp.config)
+        problem = probe.apply_spec_options(spec_config(spec))
+        if problem is not None:
+            raise problem
         policy = KernelPolicy(config=self.serverapp.config)
         await policy.check(request, image=probe.image, view=self.view,
                            backend=spec_backend(self.settings, self.view, spec), capacity=True)
-        policy.policy().check_user_total(request, sum((await self.view.vgpus_by_kernel(username)).values()))
+        held = user_holdings(username, await self.view.vgpus_by_kernel(username))
+        LAUNCHES_IN_PROGRESS.check_user(holding_of("", username, "", request), held, Quota(policy.max_vgpus_per_user))
         return StartPlan(spec_name, request, kernel_id)
 
     async def start(self, body: dict[str, Any], username: str, path: str | None = None,
@@ -204,9 +200,6 @@ class VGPUKernels:
         """Check (unless ``plan`` already did), then start; nothing is created when a check fails."""
         path = checked_path(path)
         plan = plan or await self.plan(body, username)
-        request = plan.request
-        vgpu = {"vgpus": request.count, "memory": f"{request.memory_mib}Mi" if request.count else None,
-                "compute": request.compute_percent}
         kernel_id = plan.kernel_id or str(uuid.uuid4())
         if kernel_id in self.starting or kernel_id in self.kernel_manager:
             raise KernelIdTaken("kernel_id", kernel_id,
@@ -216,7 +209,7 @@ class VGPUKernels:
         self.starting_paths[kernel_id] = path
         try:
             await ensure_async(self.kernel_manager.start_kernel(
-                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=vgpu, orion_user=username))
+                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=plan.request, orion_user=username))
         except Refused as refused:  # this server's kernel manager answers Jupyter's API; ours answers itself
             raise refused.error from None
         except BaseException:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..clusters import make_view
 from ..progress import PROGRESS
-from ..provisioner import VGPUProvisioner
+from ..settings import KernelSettings
 from .access import Access, names_are_people
 from .activity import ActivityReporter
 from .demos import Demos
@@ -21,7 +21,7 @@ class OrionState:
     def __init__(self, app: Any, usage: Any = None):
         self.app = app
         serverapp = app.serverapp
-        self.settings = VGPUProvisioner(config=serverapp.config)  # the provisioner's configuration
+        self.settings = KernelSettings(parent=serverapp)  # c.VGPUProvisioner: what kernels are and where they run
         self.view = make_view(self.settings, app.class_namespaces)
         self.access = Access(app, server_user=self.settings.user,
                              one_person=not names_are_people(serverapp.identity_provider))

@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo, port_names
+from jupyter_client.connect import KernelConnectionInfo
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..backends import Backend
-from ..errors import KernelLaunchError
-from ..launch import KernelLaunch, fresh_ports
-from ..pool import PoolSnapshot
-from ..vgpu import VGPURequest, VGPURequestError
+from .backends import Backend
+from .errors import KernelLaunchError
+from .launch import KernelLaunch
+from .pool import PoolSnapshot
+from .vgpu import VGPURequest, VGPURequestError
+from .wire import PORT_NAMES, connection_info, fresh_ports, ports_of
 
 log = logging.getLogger("orion_jupyter.broker")
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -353,17 +354,16 @@ class BrokerDriver:
         self._connection: dict[str, Any] = {}
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
-        previous = [self._connection.get(name) for name in port_names]
-        self._connection = {"transport": "tcp", "ip": "0.0.0.0", "key": launch.key,
-                            "signature_scheme": launch.signature_scheme, "kernel_name": launch.kernel_spec_name,
-                            **dict(zip(port_names, launch.ports or fresh_ports(previous), strict=True)),
+        previous = [self._connection.get(name) for name in PORT_NAMES]
+        self._connection = {**connection_info(launch.ports or fresh_ports(previous), launch.key,
+                                              launch.kernel_spec_name, signature_scheme=launch.signature_scheme),
                             **launch.curve_fields()}
         kwargs["cmd"] = ["python", "-m", "ipykernel_launcher"]  # the broker builds the pod's command
         return kwargs
 
     async def launch(self, launch: KernelLaunch, cmd: list[str],
                      kwargs: dict[str, Any]) -> tuple[BrokerKernel, KernelConnectionInfo]:
-        from ..progress import PROGRESS
+        from .progress import PROGRESS
 
         await self.client.watching()
         request = launch.request
@@ -371,7 +371,7 @@ class BrokerDriver:
                 "memory": f"{request.memory_mib}Mi" if request.count else None,
                 "compute": request.compute_percent, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
                 "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
-                "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in port_names},
+                "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in PORT_NAMES},
                 "cwd": launch.cwd, "image": launch.pod.image, **launch.curve_fields()}
         def on_queued(place: dict[str, Any]) -> None:
             PROGRESS.record(launch.kernel_id, queue_message(place), stage="queue",
@@ -381,7 +381,8 @@ class BrokerDriver:
                                          lambda message: PROGRESS.record(launch.kernel_id, message), on_queued)
         kernel = BrokerKernel(self.client, launch.kernel_id, ready["pod_name"], ready["ip"])
         if ready.get("claimed"):  # a warm kernel handed over: its own key and ports are the truth
-            self._connection.update(key=str(ready["key"]), **{n: int(ready["ports"][n]) for n in port_names})
+            ports = dict(zip(PORT_NAMES, ports_of(ready["ports"]), strict=True))
+            self._connection.update(key=str(ready["key"]), **ports)
         info = dict(self._connection, ip=ready["ip"], key=self._connection["key"].encode())
         return kernel, info  # type: ignore[return-value]
 

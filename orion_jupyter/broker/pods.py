@@ -1,0 +1,79 @@
+"""The class's kernel pods as the broker knows them: what they hold, whether one more fits, and how the
+broker starts, hands over and deletes them. It is the host of admission and of warm kernels in hub mode
+(``core.admission.AdmissionHost``, ``core.warm.WarmHost``), over the broker's shared watch caches."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from ..core.ledger import Holding, Ledger
+from ..core.warm import WarmKernels
+from ..k8s.launcher import PodSite, SiteHost
+from ..k8s.view import KubernetesView, pod_course, pod_request, pod_user
+from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES, slug
+from ..vgpu import VGPURequest
+
+
+class ClassPods(SiteHost):
+    """Kernel pods of the class namespace; ``warm`` is set once the broker's warm kernels exist."""
+
+    def __init__(self, site: PodSite, view: KubernetesView, ledger: Ledger, *,
+                 members: Callable[[str], Awaitable[list[str]]], is_instructor: Callable[[str, list[str]], bool],
+                 volumes: Sequence[Mapping[str, Any]] = (), volume_mounts: Sequence[Mapping[str, Any]] = (),
+                 home_mount_path: str = ""):
+        super().__init__(site)
+        self.view = view
+        self.ledger = ledger
+        self.members = members  # a hub group's members
+        self.is_instructor = is_instructor
+        self.user_volumes = tuple(volumes)
+        self.user_volume_mounts = tuple(volume_mounts)
+        self.home_mount_path = home_mount_path
+        self.warm: WarmKernels | None = None
+
+    # -- reading the class's state ----------------------------------------------------------------
+    def is_warm(self, pod_name: str) -> bool:
+        return self.warm is not None and pod_name in self.warm.kernels
+
+    def holdings(self) -> list[Holding]:
+        """What every live, claimed kernel pod of the namespace holds, from the watch cache."""
+        out = []
+        for pod in self.cluster.kernel_pods():
+            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or LABEL_WARM in (
+                    pod["metadata"].get("labels") or {}):
+                continue  # a warm kernel is nobody's until claimed
+            request = pod_request(pod)
+            vgpus = request.get("vgpus") or 0
+            out.append(Holding((pod["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID, ""), pod_user(pod),
+                               pod_course(pod), vgpus, vgpus * (request.get("memory_mib") or 0)))
+        return out
+
+    def kernel_exists(self, kernel_id: str) -> bool:
+        return any((p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id
+                   for p in self.cluster.kernel_pods())
+
+    def stopped_by(self, kernel_id: str) -> str | None:
+        return self.cluster.stopped_by.get(slug(kernel_id, 63))
+
+    async def largest_node(self) -> int | None:
+        pool = await self.view.pool()
+        resource = self.site.backend.count_resource
+        largest = max((n.resources[resource].allocatable for n in pool.nodes if resource in n.resources),
+                      default=None)
+        return largest if pool.visible else None
+
+    async def shortage(self, request: VGPURequest) -> str:
+        return await self.view.shortage(request, self.site.backend)
+
+    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
+        """Some node fits ``request``, counting the accepted launches whose pods are not placed yet and the
+        warm kernels being started."""
+        placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
+                  if (p.get("spec") or {}).get("nodeName")}
+        unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
+        starting = self.warm.starting_vgpus() if self.warm is not None else 0
+        return await self.view.has_room(request, self.site.backend, unplaced + starting)
+
+    async def roster_members(self, course: str) -> list[str]:
+        return [user for user in await self.members(course) if not self.is_instructor(user, [])]

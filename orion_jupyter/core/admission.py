@@ -1,0 +1,174 @@
+"""Admission of a class's launches: for a user and their hub groups, ``Admitted``, ``Queued`` or ``Refused``.
+
+The order of the decision, in one place (the broker's HTTP handler only translates it):
+
+1. a launch larger than its course may ever hold, or than the largest node offers, never waits;
+2. a kernel id that exists, starts or waits already is refused (409), and so is the restart of a
+   kernel an instructor or the idle rule stopped;
+3. the user's own quota: waiting cannot help a user who holds their share (400);
+4. the student's own roster kernel, ready, is theirs at once: it was set aside for them, so it takes
+   nobody's place in line and only their own quota applies;
+5. with the course's queue on, nobody overtakes the line: a launch waits while others wait;
+6. else the course's quota and the pool (a warm kernel of the shape, or room on a node) decide; a
+   launch that does not fit waits in its course's queue when the course has one, else is refused.
+
+From the duplicate check to the reservation nothing awaits, so two launches of one id, or of one
+user against their quota, cannot both pass. A course is its exact hub group name everywhere here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import KernelLaunchError, stopped_kernel
+from ..protocols import WarmClaims
+from ..vgpu import VGPURequest, VGPURequestError
+from .ledger import Holding, Ledger, holding_of
+from .queue import LaunchQueue, Waiting
+
+
+class KernelExists(VGPURequestError):
+    """A launch of a kernel id that exists, starts or waits already (409)."""
+
+
+class AdmissionHost(Protocol):
+    """What admission reads of the cluster (the broker's shared watch caches)."""
+
+    def holdings(self) -> list[Holding]: ...  # what every live, claimed kernel pod holds now
+    def kernel_exists(self, kernel_id: str) -> bool: ...  # a kernel pod with this id
+    def stopped_by(self, kernel_id: str) -> str | None: ...  # who stopped a kernel of this id, if anyone
+    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool: ...
+    async def largest_node(self) -> int | None: ...  # vGPUs of the largest node (None: unknown)
+    async def shortage(self, request: VGPURequest) -> str: ...  # why the pool cannot serve it now
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch as admission sees it (the caller's identity from the hub, never from the body)."""
+
+    kernel_id: str
+    user: str
+    groups: tuple[str, ...]
+    request: VGPURequest
+    image: str
+    server_name: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)  # what a queue place shows: spec, memory
+
+
+@dataclass(frozen=True)
+class Admitted:
+    holding: Holding
+    warm: str | None = None  # the warm kernel (pod name) reserved for it; None: start a pod
+
+
+@dataclass(frozen=True)
+class Queued:
+    waiting: Waiting
+
+
+@dataclass(frozen=True)
+class Refused:
+    error: VGPURequestError | KernelLaunchError
+
+
+Decision = Admitted | Queued | Refused
+
+
+class Admission:
+    """Quotas per user and per course, the fair queue and warm kernels, over an :class:`AdmissionHost`."""
+
+    def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
+                 warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None):
+        self.host = host
+        self.ledger = ledger
+        self.queue_courses = frozenset(queue_courses)
+        self.warm = warm
+        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over)
+
+    def course_of(self, groups: Iterable[str]) -> str:
+        """A student's course: the first of their groups (in sorted order) that the class configures."""
+        return next((group for group in sorted(groups) if group in self.ledger.per_course
+                     or group in self.queue_courses), "")
+
+    async def never_fits(self, holding: Holding) -> bool:
+        """More than the course may ever hold, or than the largest node offers: waiting cannot help."""
+        quota = self.ledger.per_course.get(holding.course)
+        if quota is not None and ((quota.vgpus and holding.vgpus > quota.vgpus)
+                                  or (quota.memory_mib and holding.memory_mib > quota.memory_mib)):
+            return True
+        largest = await self.host.largest_node()
+        return largest is not None and holding.vgpus > largest
+
+    async def decide(self, launch: Launch, notify: Callable[[dict[str, Any]], None]) -> Decision:
+        """Admit, queue (``notify`` gets the place lines) or refuse ``launch``; an Admitted or Queued
+        holding is reserved until :meth:`release`."""
+        course = self.course_of(launch.groups)
+        holding = holding_of(launch.kernel_id, launch.user, course, launch.request)
+        queues = course in self.queue_courses and not await self.never_fits(holding)
+        # from here to the reservation nothing awaits: two launches of one kernel id cannot both pass
+        if launch.kernel_id in self.ledger.pending or self.queue.find(launch.kernel_id) \
+                or self.host.kernel_exists(launch.kernel_id):
+            return Refused(KernelExists("kernel_id", launch.kernel_id,
+                                        f'kernel "{launch.kernel_id}" already exists or is starting'))
+        stopped_by = self.host.stopped_by(launch.kernel_id)
+        if stopped_by:  # a restart of a kernel an instructor or the idle rule stopped: it stays stopped
+            return Refused(stopped_kernel(stopped_by))
+        try:
+            self.ledger.check_user(holding, self.host.holdings())  # a user's own share: waiting cannot help
+        except VGPURequestError as err:
+            return Refused(err)
+        own = self._take_own_warm(holding, launch)
+        if own is not None:
+            return own
+        if not (queues and self.queue.ahead_in(course) > 0):  # nobody overtakes the line
+            refusal = await self._take(holding, launch)
+            if refusal is None:
+                return Admitted(holding, self.warm.reserved_for(launch.kernel_id) if self.warm else None)
+            if not queues:
+                return Refused(refusal)
+        waiting = Waiting(holding, launch.request, notify, image=launch.image, server_name=launch.server_name,
+                          details=dict(launch.details))
+        try:
+            self.queue.join(waiting)
+        except KernelLaunchError as err:
+            return Refused(err)
+        return Queued(waiting)
+
+    def _take_own_warm(self, holding: Holding, launch: Launch) -> Decision | None:
+        """The student's own ready roster kernel, reserved against their own quota only; None: none."""
+        if self.warm is None or not self.warm.reserve(holding.kernel_id, holding.user, launch.request, launch.image,
+                                                      launch.server_name, own_only=True):
+            return None
+        try:
+            self.ledger.reserve(holding, self.host.holdings(), course=False)
+        except VGPURequestError as err:
+            self.warm.unreserve(holding.kernel_id)
+            return Refused(err)
+        return Admitted(holding, self.warm.reserved_for(holding.kernel_id))
+
+    async def _take(self, holding: Holding, launch: Launch | Waiting) -> VGPURequestError | KernelLaunchError | None:
+        """Reserve ``holding`` when the quotas allow it and a warm kernel of its shape is ready or the pool
+        has room now; else the refusal."""
+        try:
+            self.ledger.reserve(holding, self.host.holdings())
+        except VGPURequestError as err:
+            return err
+        if self.warm is not None and self.warm.reserve(holding.kernel_id, holding.user, launch.request, launch.image,
+                                                       launch.server_name):
+            return None
+        if not await self.host.has_room(launch.request, holding.kernel_id):
+            self.ledger.release(holding.kernel_id)
+            return KernelLaunchError("unschedulable", await self.host.shortage(launch.request))
+        return None
+
+    async def admit_waiting(self, waiting: Waiting) -> bool:
+        """The queue's head may start now (its holding is then reserved)."""
+        return await self._take(waiting.holding, waiting) is None
+
+    def release(self, kernel_id: str) -> None:
+        """A launch ended (started, failed or gave up): what it reserved and did not use is free again."""
+        self.ledger.release(kernel_id)
+        if self.warm is not None:
+            self.warm.unreserve(kernel_id)

@@ -1,0 +1,224 @@
+"""Kernel pods a host starts itself (the broker for every launch, either mode for warm kernels): the
+pod from a :class:`~orion_jupyter.launch.PodPlan` (the user's storage, the notebook's folder, the
+host's owner), its NetworkPolicy, and the wait until it is ready; a failure leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..backends import Backend
+from ..errors import KernelLaunchError
+from ..launch import KernelLaunch, PodPlan, PodSettings
+from ..names import (
+    ANNOTATION_CLAIMED,
+    ANNOTATION_COURSE,
+    ANNOTATION_KERNEL_SPEC,
+    ANNOTATION_SERVER,
+    ANNOTATION_USER,
+    LABEL_COURSE,
+    LABEL_KERNEL_ID,
+    LABEL_USER,
+    LABEL_WARM,
+    slug,
+)
+from ..protocols import ClaimRequest
+from ..wire import iopub_port
+from .cluster import KubeCluster
+from .driver import pod_options
+from .hub_manifests import kernel_network_policy, z2jh_username_label
+from .manifests import build_kernel_manifests, secret_owner_patch
+
+log = logging.getLogger("orion_jupyter.k8s")
+
+
+def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Mapping], user: str,
+                     server_name: str) -> None:
+    """The user's volumes (KubeSpawner's {username} / {servername} templates) in a kernel pod."""
+    values = {"username": slug(user, 63) if user else "", "servername": slug(server_name, 63) if server_name else ""}
+
+    def fill(item: Any) -> Any:
+        if isinstance(item, str):
+            return item.format(**values)
+        if isinstance(item, dict):
+            return {k: fill(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [fill(v) for v in item]
+        return item
+
+    if volumes:
+        pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), *fill(list(volumes))]
+    if mounts:
+        container = pod["spec"]["containers"][0]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(list(mounts))]
+
+
+class KernelPolicies:
+    """Per-kernel NetworkPolicies (hub mode): a kernel's ports only from its user's server pod, its
+    iopub port from the host's own pod (idle culling); a warm kernel's, every port from the host only."""
+
+    def __init__(self, cluster: KubeCluster, host_pod_labels: Mapping[str, str]):
+        self.cluster = cluster
+        self.host_pod_labels = dict(host_pod_labels)
+        self.api = client.NetworkingV1Api(cluster.api)
+
+    def build(self, name: str, kernel_label: str, user: str, ports: Sequence[int], *,
+              also_kernel_label: str | None = None) -> dict:
+        """``also_kernel_label``: the policy selects that kernel id too (a claim relabels the pod, and the
+        pod must never be without a policy in between)."""
+        policy = kernel_network_policy(name, self.cluster.namespace, kernel_label,
+                                       z2jh_username_label(user) if user else "warm", ports)
+        spec = policy["spec"]
+        if also_kernel_label:
+            spec["podSelector"] = {"matchExpressions": [{"key": LABEL_KERNEL_ID, "operator": "In",
+                                                         "values": sorted({kernel_label, also_kernel_label})}]}
+        from_host = [{"podSelector": {"matchLabels": dict(self.host_pod_labels)}}]
+        if not user:
+            spec["ingress"][0]["from"] = from_host
+        else:  # the host follows the kernel's execution state (idle culling): its iopub port, and only that
+            spec["ingress"].append({"from": from_host, "ports": [{"protocol": "TCP", "port": iopub_port(ports)}]})
+        return policy
+
+    async def create(self, policy: dict) -> None:
+        await self.cluster.request(self.api.create_namespaced_network_policy, self.cluster.namespace, policy)
+
+    async def patch_spec(self, name: str, policy: dict) -> None:
+        await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
+                                   {"spec": policy["spec"]})
+
+    async def owned_by_pod(self, name: str) -> None:
+        """The policy goes with its pod."""
+        pod = self.cluster.pod(name)
+        if pod is None:
+            return
+        try:
+            await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
+                                       secret_owner_patch(pod))
+        except ApiException as err:
+            log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
+
+    async def delete(self, name: str) -> None:
+        try:
+            await self.cluster.request(self.api.delete_namespaced_network_policy, name, self.cluster.namespace)
+        except ApiException as err:
+            if err.status != 404:
+                log.warning("could not delete the NetworkPolicy of %s: %s", name, err.reason)
+
+
+@dataclass
+class PodSite:
+    """Where and how a host starts kernel pods: its cluster and backend, the pod shape per image, the
+    owner of what it creates (the broker's Lease, a server's own pod) and, in hub mode, NetworkPolicies."""
+
+    cluster: KubeCluster
+    backend: Backend
+    pod_settings: Callable[[str], PodSettings]  # image -> the pod's shape
+    launch_timeout: float = 300.0
+    wait_for_capacity: bool = False
+    orion_controller: str | None = None
+    owner: dict[str, str] | None = None
+    policies: KernelPolicies | None = None
+
+    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
+        """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success."""
+        await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
+        if self.policies is not None:
+            await self.policies.delete(pod_name)
+
+    async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+        """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped."""
+        await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds)
+        if self.policies is not None:
+            await self.policies.delete(pod_name)
+
+    async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
+                        ports: tuple[int, ...]) -> None:
+        """A claimed warm pod becomes ``user``'s: first its NetworkPolicy (selecting both ids, so the pod is
+        never without one), then its labels and annotations."""
+        kernel_label = slug(ask.kernel_id, 63)
+        try:
+            if self.policies is not None:
+                await self.policies.patch_spec(name, self.policies.build(
+                    name, kernel_label, user, ports, also_kernel_label=slug(warm_kernel_id, 63)))
+            await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
+                                       {"metadata": claimed_metadata(ask, user, course)})
+        except ApiException as err:
+            raise KernelLaunchError("api", f"Kubernetes refused the hand-over: {err.reason}") from None
+
+    async def start(self, plan: PodPlan, progress: Callable[[str], None] | None = None) -> tuple[str, Any]:
+        """Create the plan's NetworkPolicy, Secret and Pod and wait until the kernel is ready:
+        (pod name, PodKernel). On failure nothing of it is left and the KernelLaunchError says why."""
+        launch = KernelLaunch(
+            kernel_id=plan.kernel_id, user=plan.user, request=plan.request, backend=self.backend,
+            pod=self.pod_settings(plan.image), kernel_spec_name=plan.kernel_spec_name, course=plan.course,
+            key=plan.key, ports=plan.ports, timeout=self.launch_timeout, wait_for_capacity=self.wait_for_capacity,
+            orion_controller=self.orion_controller)
+        options = replace(pod_options(launch, self.cluster.namespace, plan.connection, uuid.uuid4().hex[:6]),
+                          owner=self.owner, working_dir=plan.working_dir,
+                          labels={**launch.pod.labels, **({LABEL_WARM: plan.warm} if plan.warm else {})},
+                          annotations={**launch.pod.annotations, **plan.annotations,
+                                       **({} if plan.server_name is None else {ANNOTATION_SERVER: plan.server_name})})
+        manifests = build_kernel_manifests(options)
+        add_user_storage(manifests.pod, plan.volumes, plan.volume_mounts, plan.user, plan.server_name or "")
+        name = manifests.name
+        try:
+            if self.policies is not None:
+                await self.policies.create(self.policies.build(
+                    name, manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID], plan.user, plan.ports))
+            loop = asyncio.get_running_loop()  # pod events arrive on the watch's thread
+            kernel = await self.cluster.launch(
+                manifests, timeout=launch.timeout, count_resource=self.backend.count_resource,
+                wait_when_unschedulable=launch.wait_for_capacity,
+                progress=None if progress is None else lambda message: loop.call_soon_threadsafe(progress, message))
+        except (KernelLaunchError, ApiException) as err:
+            if self.policies is not None:
+                await self.delete_kernel(name)
+            if isinstance(err, KernelLaunchError):
+                raise
+            raise KernelLaunchError("api", f"Kubernetes refused the launch: {err.reason}") from None
+        if self.policies is not None:
+            await self.policies.owned_by_pod(name)
+        return name, kernel
+
+
+def claimed_metadata(ask: ClaimRequest, user: str, course: str) -> dict[str, Any]:
+    """A claimed warm pod's new labels and annotations (a merge patch: None removes)."""
+    return {"labels": {LABEL_WARM: None, LABEL_KERNEL_ID: slug(ask.kernel_id, 63), LABEL_USER: slug(user, 63),
+                       LABEL_COURSE: slug(course, 63) if course else None},
+            "annotations": {ANNOTATION_USER: user, ANNOTATION_SERVER: ask.server_name,
+                            ANNOTATION_COURSE: course or None, ANNOTATION_KERNEL_SPEC: ask.kernel_spec_name or None,
+                            ANNOTATION_CLAIMED: datetime.now().astimezone().isoformat(timespec="seconds")}}
+
+
+class SiteHost:
+    """The pod side of a warm-kernel host (``core.warm.WarmHost``) over a :class:`PodSite`: a host adds
+    ``has_room``, ``roster_members`` and the user's storage."""
+
+    def __init__(self, site: PodSite):
+        self.site = site
+        self.cluster = site.cluster
+
+    def pod(self, name: str) -> dict | None:
+        return self.cluster.pod(name)
+
+    def kernel_pods(self) -> list[dict]:
+        return self.cluster.kernel_pods()
+
+    async def start_pod(self, plan: PodPlan) -> tuple[str, str]:
+        name, kernel = await self.site.start(plan)
+        return name, kernel.ip
+
+    async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
+                        ports: tuple[int, ...]) -> None:
+        await self.site.hand_over(name, warm_kernel_id, ask, user, course, ports)
+
+    async def delete_kernel(self, name: str, grace_seconds: int = 0) -> None:
+        await self.site.delete_kernel(name, grace_seconds)
