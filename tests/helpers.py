@@ -74,3 +74,17 @@ def managed_objects(cluster: Any, kind: str, namespace: str = "class-ai101") -> 
     """This project's objects of ``kind`` in ``namespace`` of the simulated cluster."""
     return [o for o in cluster.objects(kind, namespace)
             if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]
+
+
+async def failed_launch(km: Any, script: Any, body: str) -> Any:
+    """Start ``km``'s kernel with ``script`` (a path) written as a shell script standing in for the kernel
+    image's python; the launch must fail: its KernelLaunchError."""
+    import pytest
+
+    from orion_jupyter.errors import KernelLaunchError
+
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    with pytest.raises(KernelLaunchError) as caught:
+        await km.start_kernel()
+    return caught.value

@@ -9,9 +9,8 @@ import zmq
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
-from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.k8s.manifests import CURVE_UNSUPPORTED
-from tests.helpers import k8s_config
+from tests.helpers import failed_launch, k8s_config
 from tests.helpers import managed_objects as kernel_objects
 from tests.kernel_io import run_code
 
@@ -85,12 +84,9 @@ async def test_required_against_a_kernel_that_cannot_encrypt_fails_at_once(sim_c
     (site / "sitecustomize.py").write_text(  # an image whose pyzmq was built without libsodium
         "import zmq\n_has = zmq.has\nzmq.has = lambda feature: False if feature == 'curve' else _has(feature)\n")
     python = tmp_path / "python-without-curve"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
     km = AsyncKernelManager(kernel_name=vgpu_spec("orion-curve", 1, "4Gi"),
                             config=required(kernel_python=str(python)))
-    with pytest.raises(KernelLaunchError) as caught:
-        await km.start_kernel()
-    assert caught.value.reason == "exited"
-    assert CURVE_UNSUPPORTED in str(caught.value)
+    error = await failed_launch(km, python, f"PYTHONPATH={site} exec {sys.executable} \"$@\"")
+    assert error.reason == "exited"
+    assert CURVE_UNSUPPORTED in str(error)
     assert kernel_objects(sim_cluster, "pods") == [] and kernel_objects(sim_cluster, "secrets") == []
