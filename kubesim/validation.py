@@ -10,9 +10,10 @@ import re
 from .errors import ApiError, invalid
 from .selectors import is_extended_resource, parse_quantity
 
-KINDS = {"pods": "Pod", "secrets": "Secret", "events": "Event", "nodes": "Node", "namespaces": "Namespace"}
+KINDS = {"pods": "Pod", "secrets": "Secret", "events": "Event", "nodes": "Node", "namespaces": "Namespace",
+         "serviceaccounts": "ServiceAccount"}
 PLURALS = {kind: plural for plural, kind in KINDS.items()}
-NAMESPACED = {"pods", "secrets", "events"}
+NAMESPACED = {"pods", "secrets", "events", "serviceaccounts"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -25,11 +25,20 @@ from .errors import KernelLaunchError
 from .launch import KernelLaunch
 from .pool import PoolSnapshot
 from .vgpu import VGPURequest, VGPURequestError
-from .wire import PORT_NAMES, connection_info, fresh_ports, ports_of
+from .wire import (
+    CULL_FIELDS,
+    LINE_ERROR,
+    LINE_PROGRESS,
+    LINE_QUEUED,
+    LINE_READY,
+    PORT_NAMES,
+    connection_info,
+    fresh_ports,
+    ports_of,
+)
 
 log = logging.getLogger("orion_jupyter.broker")
 TERMINAL_PHASES = ("Succeeded", "Failed")
-CULL_FIELDS = ("cull_at", "cull_warning", "keeps_left", "exempt")
 STALL_SECONDS = 90.0  # a launch stream silent this long is broken (the broker sends a queue line every 20 s)
 
 
@@ -98,12 +107,12 @@ class BrokerClient:
             nonlocal last_line
             last_line = time.monotonic()
             lines.append(item)
-            if "queued" in item and isinstance(item["queued"], dict):
-                self.waiting[kernel_id] = item["queued"]
-                queued(item["queued"])
-            elif "progress" in item:
+            if LINE_QUEUED in item and isinstance(item[LINE_QUEUED], dict):
+                self.waiting[kernel_id] = item[LINE_QUEUED]
+                queued(item[LINE_QUEUED])
+            elif LINE_PROGRESS in item:
                 self.waiting.pop(kernel_id, None)
-                progress(str(item["progress"]))
+                progress(str(item[LINE_PROGRESS]))
 
         reader = JSONLines(on_item)
         # no total time limit: a launch may wait its turn for long; a stream silent for too long is broken
@@ -128,10 +137,10 @@ class BrokerClient:
         finally:
             self.waiting.pop(kernel_id, None)
         for item in lines:
-            if "ready" in item:
-                return item["ready"]
-            if "error" in item:
-                error = item["error"]
+            if LINE_READY in item:
+                return item[LINE_READY]
+            if LINE_ERROR in item:
+                error = item[LINE_ERROR]
                 reason = error.get("reason") if error.get("reason") in KernelLaunchError.REASONS else "api"
                 raise KernelLaunchError(reason, error.get("message", "the launch failed"))
         raise BrokerError("the vGPU broker ended the launch without an answer")

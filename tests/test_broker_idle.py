@@ -44,3 +44,19 @@ def test_a_malformed_status_changes_nothing():
         message["content"] = content
         assert BrokerKernels._observe(kernel, message) is False
     assert kernel.execution_state == "idle"
+
+
+def test_the_cull_fields_the_rules_answer_are_the_ones_the_wire_names():
+    from orion_jupyter.core.idle import Culler, CullRules
+    from orion_jupyter.progress import ProgressLog
+    from orion_jupyter.wire import CULL_FIELDS
+
+    class NoKernels:
+        def kernel_ids(self): return []
+        def activity(self, kernel_id): return None
+        def owner(self, kernel_id): return None
+        def parks(self, kernel_id): return False
+        async def stop_idle(self, kernel_id): raise AssertionError("nothing to stop")
+
+    fields = Culler(NoKernels(), ProgressLog(), CullRules()).fields("k1")
+    assert tuple(fields) == CULL_FIELDS and fields["cull_at"] is None and fields["exempt"] is False

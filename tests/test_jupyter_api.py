@@ -17,12 +17,11 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.session import Session
-from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually
+from tests.helpers import eventually, fetch_json
 
 SPEC = "orion-1x1gi"
 
@@ -55,11 +54,7 @@ def server(jp_serverapp, jp_asyncio_loop, spec):
 
 
 async def post(jp_fetch, *path, body):
-    try:
-        response = await jp_fetch(*path, method="POST", body=json.dumps(body))
-    except HTTPClientError as err:
-        return err.code, json.loads(err.response.body)
-    return response.code, json.loads(response.body)
+    return await fetch_json(jp_fetch, *path, method="POST", body=json.dumps(body))
 
 
 def problems(caplog):

@@ -41,7 +41,7 @@ from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QU
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
-from ..wire import LaunchBody, parse_launch, ports_of
+from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, LaunchBody, parse_launch, ports_of
 from .service import Broker
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
@@ -150,13 +150,13 @@ class KernelsHandler(BrokerHandler):
                 if done:
                     waiting.turn.result()
                     QUEUE_WAIT.observe(time.time() - waiting.since)
-                    self._line({"progress": "a vGPU is free: starting the kernel"})
+                    self._line({LINE_PROGRESS: "a vGPU is free: starting the kernel"})
                     return True
                 if broker.queue.find(waiting.kernel_id) is waiting:
-                    self._line({"queued": broker.queue.describe(waiting)})
+                    self._line({LINE_QUEUED: broker.queue.describe(waiting)})
         except KernelLaunchError as err:
             LAUNCHES.labels("cancelled" if err.reason == "cancelled" else "failed").inc()
-            self._line({"error": {"reason": err.reason, "message": str(err)}})
+            self._line({LINE_ERROR: {"reason": err.reason, "message": str(err)}})
             return False
         finally:
             QUEUED.labels(waiting.course or "-").dec()
@@ -184,21 +184,21 @@ class KernelsHandler(BrokerHandler):
             claimed = None
         try:
             if claimed:
-                self._line({"progress": f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
+                self._line({LINE_PROGRESS: f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
                 ready = await broker.warm.claim(ClaimRequest(ask.kernel_id, ask.cwd, ask.server_name,
                                                              ask.kernel_spec_name), self.user, course)
             else:
-                self._line({"progress": f"starting a kernel with {ask.request.describe()} for {self.user}"})
+                self._line({LINE_PROGRESS: f"starting a kernel with {ask.request.describe()} for {self.user}"})
                 ready = await self._start_pod(ask, image, course)
         except KernelLaunchError as err:
             LAUNCHES.labels("failed").inc()
-            self._line({"error": {"reason": err.reason, "message": str(err)}})
+            self._line({LINE_ERROR: {"reason": err.reason, "message": str(err)}})
             return self.finish()
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
         broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
                                    ready["ip"], key, ports, curve_serverkey=ask.curve[0])
-        self._line({"ready": ready})
+        self._line({LINE_READY: ready})
         self.finish()
 
     async def _start_pod(self, ask: LaunchBody, image: str, course: str) -> dict[str, Any]:
@@ -208,7 +208,7 @@ class KernelsHandler(BrokerHandler):
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
                        volume_mounts=broker.volume_mounts, curve=ask.curve)
-        name, kernel = await broker.site.start(plan, lambda message: self._line({"progress": message}))
+        name, kernel = await broker.site.start(plan, lambda message: self._line({LINE_PROGRESS: message}))
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}
 
