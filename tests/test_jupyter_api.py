@@ -131,7 +131,9 @@ def test_server_exits_on_the_first_sigterm_after_a_refusal(tmp_path, state_file)
         client = BlockingKernelClient(connection_file=str(tmp_path / "rt" / f"kernel-{started['id']}.json"))
         client.load_connection_file()
         client.start_channels()
-        client.wait_for_ready(timeout=60)  # the kernel runs (a kernel stopped while it imports prints a traceback)
+        # the kernel runs (a kernel stopped while it imports prints a traceback); on a busy machine its heartbeat
+        # may answer late, which wait_for_ready takes for a dead kernel
+        eventually(lambda: client.wait_for_ready(timeout=30) or True, timeout=90, retry_on=(RuntimeError,))
         client.stop_channels()
         server.send_signal(signal.SIGTERM)
         log, _ = server.communicate(timeout=60)
@@ -140,7 +142,9 @@ def test_server_exits_on_the_first_sigterm_after_a_refusal(tmp_path, state_file)
             server.kill()
             server.communicate()
     assert server.returncode == 0, log
-    assert "Traceback" not in log and "404" not in log, log
+    assert not [line for line in log.splitlines() if line.startswith("[E ")], log  # no error lines at all
+    after_refusal = log[log.index("409 POST /api/kernels"):]
+    assert "Traceback" not in after_refusal and "404" not in after_refusal, log
     assert log.count("0 of 1 are free") == 2, log  # tornado's line and the API's "wrote error", no traceback
     assert not pid_alive(kernel_pid)
     assert started["id"] not in state_file.read_text()
