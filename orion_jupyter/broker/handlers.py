@@ -218,6 +218,9 @@ class KernelsHandler(BrokerHandler):
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
         claimed = broker.warm.reserved_for(ask.kernel_id)
+        if claimed and any(ask.curve):  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            broker.warm.unreserve(ask.kernel_id)
+            claimed = None
         try:
             if claimed:
                 self._line({LINE_PROGRESS: f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
@@ -233,7 +236,7 @@ class KernelsHandler(BrokerHandler):
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
         broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
-                                   ready["ip"], key, ports)
+                                   ready["ip"], key, ports, curve_serverkey=ask.curve[0])
         self._line({LINE_READY: ready})
         self.finish()
 
@@ -243,7 +246,8 @@ class KernelsHandler(BrokerHandler):
         plan = PodPlan(kernel_id=ask.kernel_id, user=self.user, request=ask.request, image=image, key=ask.key,
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
-                       volume_mounts=broker.volume_mounts, annotations={ANNOTATION_LAUNCHING: "true"})
+                       volume_mounts=broker.volume_mounts, annotations={ANNOTATION_LAUNCHING: "true"},
+                       curve=ask.curve)
         name, kernel = await broker.site.start(plan, lambda message: self._line({LINE_PROGRESS: message}))
         try:
             await broker.site.launched(name)  # before its server hears of it: never an orphan it uses

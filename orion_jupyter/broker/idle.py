@@ -114,12 +114,13 @@ class BrokerKernels:
             kernel.watcher.cancel()
 
     def watch(self, kernel_id: str, pod: str, user: str, course: str, vgpus: int, ip: str, key: str,
-              ports: tuple[int, ...]) -> None:
-        """Follow a kernel this broker started or handed over: its iopub status messages."""
+              ports: tuple[int, ...], curve_serverkey: str = "") -> None:
+        """Follow a kernel this broker started or handed over: its iopub status messages (over CurveZMQ with
+        the kernel's public key when it encrypts)."""
         self._forget(kernel_id)
         kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus)
-        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key,
-                                                            iopub_port(ports)))
+        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key, iopub_port(ports),
+                                                            curve_serverkey))
 
     @staticmethod
     def _observe(kernel: Observed, message: dict) -> bool:
@@ -137,7 +138,8 @@ class BrokerKernels:
         kernel.execution_state = content["execution_state"]
         return changed
 
-    async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int) -> None:
+    async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int,
+                      curve_serverkey: str = "") -> None:
         import zmq
         import zmq.asyncio
         from jupyter_client.session import Session
@@ -146,6 +148,9 @@ class BrokerKernels:
         socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
         socket.linger = 0
         socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if curve_serverkey:
+            socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+            socket.curve_serverkey = curve_serverkey.encode()
         socket.connect(f"tcp://{ip}:{port}")
         try:
             while True:
