@@ -37,7 +37,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(marker)
         if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
-        if {"slow", "browser"} & {m.name for m in item.iter_markers()}:
+        markers = {m.name for m in item.iter_markers()}
+        if "upstream" in markers:  # jupyter_client's and jupyter_server's own suites: a worker's long task
+            item.add_marker(pytest.mark.xdist_group("upstream"))
+        elif {"slow", "browser"} & markers:
             # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) the heavy tests (a hub, a JupyterLab, a
             # browser, torch) run one after another on one worker while the other runs the rest
             item.add_marker(pytest.mark.xdist_group("heavy"))
