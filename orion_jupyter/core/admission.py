@@ -80,12 +80,13 @@ class Admission:
     """Quotas per user and per course, the fair queue and warm kernels, over an :class:`AdmissionHost`."""
 
     def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
-                 warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None):
+                 warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None,
+                 head_max_wait: float = 120.0):
         self.host = host
         self.ledger = ledger
         self.queue_courses = frozenset(queue_courses)
         self.warm = warm
-        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over)
+        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait)
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""
