@@ -392,6 +392,8 @@ def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["ok"], (result["step"], result.get("error"), result)
     assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
+    # The notebook moves onto each resumed kernel over its own connection: no websocket dropped half-made.
+    assert "Uncaught exception" not in lab_server.log.read_text(), lab_server.log.read_text()[-4000:]
     assert result["kernel_item"].startswith("Python 3 · 1 vGPU · 2 GiB"), result["kernel_item"]
 
     # 1. Park: the kernel is gone (its vGPU free), the notebook stays open and says "parked".
