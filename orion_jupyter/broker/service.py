@@ -28,6 +28,7 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from ..core.admission import Admission
+from ..core.budgets import BudgetConfig, Budgets
 from ..core.idle import CullRules
 from ..core.ledger import Ledger, Quota
 from ..core.warm import WarmKernels
@@ -40,10 +41,11 @@ from ..metrics import HANDOVER
 from ..names import ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from .budgets import BudgetMeter
 from .idle import broker_culler
 from .pods import ClassPods
 
-COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
+COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps", "budget"}
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -73,6 +75,13 @@ class Broker(Application, ClassSettings):
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing.")
+    budgets = Dict(config=True,
+                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
+                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
+                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
+                        "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
+                        "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
+                        "the reason and a launch refused until the reset.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_keepalive = Float(20.0, config=True,
@@ -155,6 +164,8 @@ class Broker(Application, ClassSettings):
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0)
         ledger = Ledger(per_user, courses)
+        budget_config = BudgetConfig.parse(self.budgets, self.courses, self.lab_timezone)
+        self.budgets: Budgets | None = Budgets(budget_config) if budget_config.enabled else None
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
@@ -178,9 +189,10 @@ class Broker(Application, ClassSettings):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe)
+                                   handed_over=HANDOVER.observe, budgets=self.budgets)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
+        self.budget_meter = BudgetMeter(self.budgets, self.pods) if self.budgets is not None else None
         self.culler = broker_culler(
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
@@ -273,6 +285,9 @@ class Broker(Application, ClassSettings):
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
+        if self.budget_meter is not None:
+            await self.budget_meter.start()
+            timers.append(PeriodicCallback(self.budget_meter.meter, self.budgets.config.interval * 1000))
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
             await self.reap()  # after a restart: what the broker left behind, at once
