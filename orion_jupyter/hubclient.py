@@ -343,6 +343,13 @@ class BrokerView:
         code, _ = await self.client.call("DELETE", f"api/queue/{kernel_id}")
         return code == 200
 
+    async def budget(self) -> dict[str, Any]:
+        """The user's vGPU-hour budget as the broker meters it ("2.5 of 10 vGPU-hours left this week · ...")."""
+        code, body = await self.client.call("GET", "api/budget")
+        if code != 200 or not isinstance(body, dict):
+            raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
+        return body
+
 
 def queue_message(place: dict[str, Any]) -> str:
     """'waiting for a vGPU: position 3 in course ai101, about 2 min'."""

@@ -17,11 +17,11 @@ USER_NAME = r"[^/]{1,255}"
 
 class BudgetHandler(BrokerHandler):
     async def get(self) -> None:
-        broker = self.broker
-        if broker.budgets is None or broker.budget_meter is None:
+        meter = self.broker.budget_meter
+        if meter is None:
             return self.reply({"budget": None, "text": "no vGPU-hour budgets in this class"})
-        summary = broker.budgets.summary(self.user, broker.admission.course_of(self.groups))
-        self.reply({**summary, "warning": broker.budget_meter.warning(student(self.user))})
+        summary = meter.budgets.summary(self.user, self.broker.admission.course_of(self.groups))
+        self.reply({**summary, "warning": meter.warning(student(self.user))})
 
 
 class BudgetsHandler(BrokerHandler):
@@ -36,8 +36,8 @@ class TopupHandler(BrokerHandler):
         """An instructor adds hours to ``user``'s budget for this window (a student cannot top up anyone)."""
         if not self.instructor:
             return self.refuse(403, "only instructors may top up a budget")
-        broker = self.broker
-        if broker.budgets is None or broker.budget_meter is None:
+        broker, meter = self.broker, self.broker.budget_meter
+        if meter is None:
             return self.refuse(409, "this class has no vGPU-hour budgets (c.Broker.budgets)")
         body = self.json_body()
         if body is None:
@@ -46,9 +46,9 @@ class TopupHandler(BrokerHandler):
         if set(body) != {"hours"} or isinstance(hours, bool) or not isinstance(hours, int | float) \
                 or not math.isfinite(hours) or not 0 < hours <= 10_000:
             return self.refuse(400, 'send {"hours": N} with N more than 0 and at most 10000', field="hours")
-        broker.budgets.topup(user, float(hours))
-        await broker.budget_meter.save()
-        self.reply({"user": user, **broker.budgets.summary(user, broker.admission.course_of(
+        meter.budgets.topup(user, float(hours))
+        await meter.save()
+        self.reply({"user": user, **meter.budgets.summary(user, broker.admission.course_of(
             await broker.hub.groups(user)))})
 
 

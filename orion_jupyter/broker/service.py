@@ -165,7 +165,7 @@ class Broker(Application, ClassSettings):
                          if self.max_memory_per_user else 0)
         ledger = Ledger(per_user, courses)
         budget_config = BudgetConfig.parse(self.budgets, self.courses, self.lab_timezone)
-        self.budgets: Budgets | None = Budgets(budget_config) if budget_config.enabled else None
+        budgets = Budgets(budget_config) if budget_config.enabled else None
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
@@ -189,10 +189,10 @@ class Broker(Application, ClassSettings):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe, budgets=self.budgets)
+                                   handed_over=HANDOVER.observe, budgets=budgets)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
-        self.budget_meter = BudgetMeter(self.budgets, self.pods) if self.budgets is not None else None
+        self.budget_meter = BudgetMeter(budgets, self.pods) if budgets is not None else None
         self.culler = broker_culler(
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
@@ -287,7 +287,7 @@ class Broker(Application, ClassSettings):
             self.warm.wake()
         if self.budget_meter is not None:
             await self.budget_meter.start()
-            timers.append(PeriodicCallback(self.budget_meter.meter, self.budgets.config.interval * 1000))
+            timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
             await self.reap()  # after a restart: what the broker left behind, at once
