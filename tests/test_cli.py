@@ -117,7 +117,7 @@ def test_installed_specs_carry_the_vgpu_logo(tmp_path):
 
 @pytest.mark.parametrize(("config", "message"), [
     ("c.Broker.courses = {'ai101': {'vgpus': 2, 'qeue': True}}",
-     "c.Broker.courses['ai101'] has no setting \"qeue\"; use cull_idle_seconds"),
+     "c.Broker.courses['ai101'] has no setting \"qeue\"; use budget, cull_idle_seconds"),
     ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': -1}]",
      "c.Broker.warm_pools[0].size must be a whole number"),
     ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': 2, "
