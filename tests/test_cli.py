@@ -128,6 +128,7 @@ def test_installed_specs_carry_the_vgpu_logo(tmp_path):
      "c.Broker.budgets.reset.weekly must be a time of day like"),
     ("c.Broker.courses = {'ai101': {'budget': {'student': -1}}}",
      "c.Broker.courses['ai101'].budget.student must be a number of hours"),
+    ("c.Broker.courses = {'ai101': {'weight': 0}}", "c.Broker.courses['ai101'].weight must be a number more than 0"),
     ("c.Broker.courses = {'ai101': {'vgpus': 2}}", "no Kubernetes cluster to use"),
 ])
 def test_the_broker_refuses_a_bad_setting_in_one_line(tmp_path, config, message):

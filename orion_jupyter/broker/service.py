@@ -29,6 +29,7 @@ from traitlets.config import Application
 
 from ..core.admission import Admission
 from ..core.budgets import BudgetConfig, Budgets
+from ..core.fairshare import FairShare
 from ..core.idle import CullRules
 from ..core.ledger import Ledger, Quota
 from ..core.warm import WarmKernels
@@ -45,7 +46,8 @@ from .budgets import BudgetMeter
 from .idle import broker_culler
 from .pods import ClassPods
 
-COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps", "budget"}
+COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps", "budget",
+               "weight"}
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -82,6 +84,15 @@ class Broker(Application, ClassSettings):
                         "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
                         "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
                         "the reason and a launch refused until the reset.")
+    fair_share_half_life = Float(0.0, config=True,
+                                 help="Seconds in which a course's and a student's remembered vGPU use halves; with it "
+                                      "the next free vGPU goes to the course with the least use against its 'weight' "
+                                      "(c.Broker.courses[group]['weight'], default 1) and, within a course, to the "
+                                      "student with the least use (first come first served breaking ties), e.g. "
+                                      "604800 (a week). 0: first come, first served per course.")
+    fair_share_max_wait = Float(1800.0, config=True,
+                                help="Seconds after which a waiting launch goes ahead of the fair order (the "
+                                     "longest-waiting first), so no student with much past use starves; 0: never.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_keepalive = Float(20.0, config=True,
@@ -166,6 +177,8 @@ class Broker(Application, ClassSettings):
         ledger = Ledger(per_user, courses)
         budget_config = BudgetConfig.parse(self.budgets, self.courses, self.lab_timezone)
         budgets = Budgets(budget_config) if budget_config.enabled else None
+        fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
+        fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
@@ -189,10 +202,12 @@ class Broker(Application, ClassSettings):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe, budgets=budgets)
+                                   handed_over=HANDOVER.observe, budgets=budgets, fair=fair)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.budget_meter = BudgetMeter(budgets, self.pods) if budgets is not None else None
+        if fair is not None:
+            fair.running = self.pods.holdings
         self.culler = broker_culler(
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,

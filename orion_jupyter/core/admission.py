@@ -27,6 +27,7 @@ from ..errors import KernelLaunchError, stopped_kernel
 from ..protocols import WarmClaims
 from ..vgpu import VGPURequest, VGPURequestError
 from .budgets import Budgets
+from .fairshare import FairShare
 from .ledger import Holding, Ledger, holding_of
 from .queue import LaunchQueue, Waiting
 
@@ -83,13 +84,14 @@ class Admission:
 
     def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
                  warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None,
-                 budgets: Budgets | None = None):
+                 budgets: Budgets | None = None, fair: FairShare | None = None):
         self.host = host
         self.budgets = budgets
+        self.fair = fair
         self.ledger = ledger
         self.queue_courses = frozenset(queue_courses)
         self.warm = warm
-        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over)
+        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, fair.order if fair else None)
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""

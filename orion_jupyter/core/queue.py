@@ -3,8 +3,9 @@
 A launch that finds its course's quota or the pool full waits here (when the course has ``queue``
 on) instead of failing. Each user waits with at most one launch; a released vGPU (a kernel pod
 gone, a launch that failed) wakes the queue, and only its head may take what is free: when the
-head does not fit, nobody behind it starts. The estimate is the position times the recent time
-between releases.
+head does not fit, nobody behind it starts. With an ``order`` (``core.fairshare``), each line is kept in
+fair order (least decayed use first, overdue launches ahead) and the courses take free vGPUs in the
+order it gives, one launch at a time. The estimate is the position times the recent time between releases.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class LaunchQueue:
     it fits now; ``unreserve(kernel_id)`` gives back a reservation that a cancel overtook."""
 
     def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None],
-                 handed_over: Callable[[float], None] = lambda seconds: None):
+                 handed_over: Callable[[float], None] = lambda seconds: None,
+                 order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None):
         self.admit = admit
+        self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
         self.lines: dict[str, list[Waiting]] = {}
@@ -101,6 +104,8 @@ class LaunchQueue:
                                  f"{other['course']}, kernel {other['kernel_id']}); one launch may wait at a time: "
                                  "wait for it, or cancel it first")
         self.lines.setdefault(waiting.course, []).append(waiting)
+        if self.order is not None:
+            self.order(self.lines)
         self._tell(waiting.course)
 
     def leave(self, waiting: Waiting, error: KernelLaunchError | None = None) -> bool:
@@ -144,7 +149,7 @@ class LaunchQueue:
         self._again = True
         while self._again:
             self._again = False
-            for course in list(self.lines):
+            for course in self.order(self.lines) if self.order is not None else list(self.lines):
                 started = False
                 line = self.lines.get(course, [])
                 while line:
@@ -154,15 +159,20 @@ class LaunchQueue:
                     if head not in line:  # cancelled while admit ran: give its reservation back
                         self.unreserve(head.kernel_id)
                         continue
-                    line.pop(0)
+                    line.remove(head)  # not pop(0): a join may have re-sorted the line while admit ran
                     if self._released_at is not None:
                         self.handed_over(time.monotonic() - self._released_at)
                     head.turn.set_result(True)
                     started = True
+                    if self.order is not None:  # the next free vGPU goes by the order again
+                        self._again = True
+                        break
                 if not line:
                     self.lines.pop(course, None)
                 if started:
                     self._tell(course)
+                    if self.order is not None:
+                        break
         self._released_at = None
 
     def _tell(self, course: str) -> None:
