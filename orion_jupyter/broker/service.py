@@ -37,6 +37,7 @@ from ..core.warm_config import WarmConfig, check_keys
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
 from ..k8s.launcher import KernelPolicies, PodSite
+from ..k8s.state_store import ConfigMapStore, Section
 from ..k8s.view import KubernetesView, pod_user
 from ..metrics import HANDOVER
 from ..names import ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
@@ -138,6 +139,9 @@ class Broker(Application, ClassSettings):
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
                       help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
                            "NetworkPolicy admits only it until a claim.")
+    state_configmap = Unicode("orion-broker-state", config=True,
+                              help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
+                                   "top-ups and fair-share memory, so a restarted broker continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -205,7 +209,11 @@ class Broker(Application, ClassSettings):
                                    handed_over=HANDOVER.observe, budgets=budgets, fair=fair)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
-        self.budget_meter = BudgetMeter(budgets, self.pods) if budgets is not None else None
+        self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
+                                          {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
+        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
+            if budgets is not None else None
+        self.fair = fair
         if fair is not None:
             fair.running = self.pods.holdings
         self.culler = broker_culler(
@@ -252,6 +260,11 @@ class Broker(Application, ClassSettings):
             log.warning("could not renew the broker's Lease %s: %s", self.lease_name, err.reason)
             if err.status == 404:
                 await self.hold_lease()
+
+    async def save_fair_share(self) -> None:
+        if self.fair is not None:
+            self.fair.meter()
+            await self.state_store.save("fairshare", self.fair.state())
 
     # -- reaping --------------------------------------------------------------------------
     async def reap(self) -> list[str]:
@@ -300,6 +313,9 @@ class Broker(Application, ClassSettings):
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
+        if self.fair is not None:
+            self.fair.restore(await self.state_store.load("fairshare") or {})
+            timers.append(PeriodicCallback(self.save_fair_share, 30_000))
         if self.budget_meter is not None:
             await self.budget_meter.start()
             timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))
