@@ -356,7 +356,9 @@ def queue_message(place: dict[str, Any]) -> str:
     where = f" in course {place['course']}" if place.get("course") else ""
     estimate = place.get("estimate_seconds")
     about = ""
-    if isinstance(estimate, int | float):
+    if isinstance(place.get("wait"), str) and place.get("wait_p50_seconds") is not None:
+        about = f", {place['wait'][:80]}"  # the broker's p50/p80 from what it knows
+    elif isinstance(estimate, int | float):
         about = f", about {max(round(estimate / 60), 1)} min" if estimate >= 60 else f", about {round(estimate)} s"
     return f"waiting for a vGPU: position {place.get('position')}{where}{about}"
 

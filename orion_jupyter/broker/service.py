@@ -46,6 +46,7 @@ from ..vgpu import VGPURequestError, parse_memory
 from .budgets import BudgetMeter
 from .idle import broker_culler
 from .pods import ClassPods
+from .waits import BrokerWaits
 
 COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps", "budget",
                "weight"}
@@ -220,6 +221,9 @@ class Broker(Application, ClassSettings):
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
+        self.waits = BrokerWaits(self.pods, self.culler.cull_at, budgets,
+                                 lambda course: bool(course in courses and courses[course].vgpus))
+        self.queue.describe_more = self.waits.describe_more
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return self.is_instructor_named(name, groups)
@@ -299,7 +303,8 @@ class Broker(Application, ClassSettings):
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
-        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop)]
+        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop),
+                        self.cluster.pods.subscribe(self.waits.on_pod, loop)]
         if self.cluster.others is not None:  # another team's pod gone frees room too
             unsubscribes.append(self.cluster.others.subscribe(
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))

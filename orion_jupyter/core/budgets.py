@@ -267,6 +267,12 @@ class Budgets:
                     f"({max(left, 0):.2f} left, {first:.3f} needed to start); it resets {self.resets_text()}")
         return None
 
+    def runs_out_in(self, holding: Holding) -> float | None:
+        """Seconds until ``holding``'s budget (its student's or course's) is used up at its rate; None: never."""
+        per_hour = self.config.per_hour(holding)
+        left = [x for a in self.accounts(holding) if (x := self.left(a, holding.course)) is not None]
+        return max(min(left), 0.0) / per_hour * 3600 if left and per_hour else None
+
     def topup(self, user: str, amount: float) -> float:
         """Add ``amount`` to ``user``'s budget for this window; what they have now."""
         self._roll(self.clock())

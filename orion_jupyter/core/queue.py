@@ -60,6 +60,7 @@ class LaunchQueue:
                  order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None):
         self.admit = admit
         self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
+        self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
         self.lines: dict[str, list[Waiting]] = {}
@@ -92,7 +93,8 @@ class LaunchQueue:
         position = self.position(waiting)
         return {"kernel_id": waiting.kernel_id, "user": waiting.user, "course": waiting.course,
                 "position": position, "ahead": position - 1, "estimate_seconds": self.estimate(position),
-                "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details}
+                "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details,
+                **(self.describe_more(waiting, self.lines[waiting.course][:position]) if self.describe_more else {})}
 
     # -- joining and leaving --------------------------------------------------------------
     def join(self, waiting: Waiting) -> None:
