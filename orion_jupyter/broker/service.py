@@ -78,7 +78,8 @@ class Broker(Application, ClassSettings):
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
-                        "come first served, instead of failing.")
+                        "come first served, instead of failing. 'budget' ({'student': 5, 'course': 200} vGPU-hours) "
+                        "and 'weight' (its fair share of the pool): see c.Broker.budgets and fair_share_half_life.")
     budgets = Dict(config=True,
                    help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
                         "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
@@ -222,7 +223,9 @@ class Broker(Application, ClassSettings):
             self.courses, self.cull_interval_seconds,
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
         self.waits = BrokerWaits(self.pods, self.culler.cull_at, budgets,
-                                 lambda course: bool(course in courses and courses[course].vgpus))
+                                 lambda course: bool(course in courses and courses[course].vgpus),
+                                 weight=lambda course: fair.weights.get(course, 1.0) if fair else 1.0,
+                                 waiting_courses=lambda: list(self.queue.lines))
         self.queue.describe_more = self.waits.describe_more
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:

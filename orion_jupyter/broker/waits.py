@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from ..core.budgets import Budgets
-from ..core.estimates import Draws, Running, WaitEstimator, wait_text
+from ..core.estimates import Draws, Running, WaitEstimator, needed, wait_text
 from ..core.ledger import Holding
 from ..core.queue import Waiting
 from ..k8s.view import pod_course, pod_request
@@ -40,13 +40,16 @@ class BrokerWaits:
 
     def __init__(self, pods: ClassPods, cull_at: Callable[[str], datetime | None], budgets: Budgets | None,
                  course_quota: Callable[[str], bool], estimator: WaitEstimator | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, weight: Callable[[str], float] = lambda course: 1.0,
+                 waiting_courses: Callable[[], Iterable[str]] = tuple):
         self.pods = pods
         self.cull_at = cull_at
         self.budgets = budgets
         self.course_quota = course_quota  # a course with a vGPU quota waits for its own releases
         self.estimator = estimator or WaitEstimator()
         self.clock = clock
+        self.weight = weight  # a course's fair-share weight (1 without fair share: the lines take turns)
+        self.waiting_courses = waiting_courses  # the courses with launches waiting now
         self._drawn: dict[str, tuple[float, Draws]] = {}  # per scope (a course, or "" for the pool)
         self._ended: OrderedDict[str, None] = OrderedDict()  # uids already observed (DELETED follows Succeeded)
 
@@ -90,7 +93,11 @@ class BrokerWaits:
         if draws is None or now - drawn_at > REFRESH_SECONDS:
             draws = self.estimator.draw(self.running(scope))
             self._drawn[scope] = (now, draws)
-        estimate = draws.estimate(sum(w.holding.vgpus for w in ahead))
+        vgpus = sum(w.holding.vgpus for w in ahead)
+        if not scope:  # on a shared pool, the other courses waiting take their share of the releases
+            vgpus = needed(vgpus, self.weight(waiting.course),
+                           [self.weight(c) for c in {*self.waiting_courses(), waiting.course}])
+        estimate = draws.estimate(vgpus)
         return {"wait_p50_seconds": estimate["p50"], "wait_p80_seconds": estimate["p80"], "wait": wait_text(estimate)}
 
 

@@ -93,6 +93,13 @@ class Draws:
                 for name, q in (("p50", 0.5), ("p80", 0.8))}
 
 
+def needed(vgpus_ahead: int, weight: float, waiting_weights: Iterable[float]) -> int:
+    """vGPUs that must come free before a launch starts, when its course (of ``weight``) gets only its share
+    of the pool's releases while other courses (``waiting_weights``, its own included) wait as well."""
+    total = sum(waiting_weights) or weight
+    return math.ceil(vgpus_ahead * total / weight) if weight > 0 else vgpus_ahead
+
+
 def wait_text(estimate: dict[str, float | None]) -> str:
     """'about 6 min, 80 % within 11 min' (or what is not known)."""
     def minutes(seconds: float) -> str:
@@ -106,4 +113,4 @@ def wait_text(estimate: dict[str, float | None]) -> str:
     return f"about {minutes(p50)}, 80 % within {minutes(p80)}"
 
 
-__all__ = ["Draws", "Running", "WaitEstimator", "wait_text"]
+__all__ = ["Draws", "Running", "WaitEstimator", "needed", "wait_text"]
