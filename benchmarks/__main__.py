@@ -1,5 +1,5 @@
-"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,semester,demos] [--json PATH] [--markdown]
-[--show PATH]
+"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,semester,demos,park] [--json PATH]
+[--markdown] [--show PATH] [--park-gib]
 
 Runs the benchmarks, prints a table (each measurement, and the target it is held against with a
 pass/MISS mark) and writes every number to JSON with the machine it ran on. Targets are reported,
@@ -23,11 +23,11 @@ from . import common
 from .common import ROOT, Row, Section
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
-SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "semester", "demos")
+SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "semester", "demos", "park")
 
 
 def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[], Section]]]]:
-    from . import broker, burst, classroom, demos, launch, scale, semester
+    from . import broker, burst, classroom, demos, launch, park, scale, semester
 
     quick = args.quick
     return {
@@ -38,6 +38,7 @@ def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[],
         "scale": [("scale", lambda: scale.run(quick))],
         "semester": [("semester", lambda: semester.run(quick))],
         "demos": [("demos", lambda: demos.run(quick, args.demos_device))],
+        "park": [("park", lambda: park.run(quick, args.park_gib))],
     }
 
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(with --markdown: for the README)")
     parser.add_argument("--demos-device", default=None,
                         help="run the demos section on this device even without CUDA (e.g. cpu, to check it works)")
+    parser.add_argument("--park-gib", action="store_true",
+                        help="the park section parks and resumes 1 GiB namespaces too (needs ~4 GiB of memory)")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))

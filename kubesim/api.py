@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from . import groups
+from . import groups, rbac
 from .errors import ApiError, status_object
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Watcher
@@ -26,7 +26,7 @@ from .validation import KINDS, NAMESPACED
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster import SimCluster
 
-RESOURCES = {"pods", "secrets", "configmaps", "events", "nodes", "namespaces"}
+RESOURCES = {"pods", "secrets", "configmaps", "events", "nodes", "namespaces", "serviceaccounts"}
 BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 LIVENESS_CHECK = 2.0  # seconds between checks that a quiet watch's client is still there
 
@@ -251,6 +251,7 @@ class Handler(BaseHTTPRequestHandler):
             refusal = cluster.faults.forbidden(verb, resource, namespace)
             if refusal is not None:
                 raise ApiError(403, "Forbidden", refusal, {"kind": resource.split("/")[0]})
+            rbac.authorize(cluster, verb, (groups.group_of(parts) or ("",))[0], resource, namespace, name)
             if cluster.faults.latency and not watch:
                 time.sleep(cluster.faults.latency)
             action(self._body(raw))
@@ -296,6 +297,9 @@ class Handler(BaseHTTPRequestHandler):
                 if watching:
                     return "watch", plural, namespace, None, True, lambda _: self._watch(plural, namespace)
                 return "list", plural, namespace, None, False, lambda _: self._list(plural, namespace)
+            if method == "POST" and plural in rbac.REVIEW_KINDS:
+                return "create", plural, None, None, False, lambda body: self._send(
+                    201, rbac.review(self.server.cluster, plural, body))
             if method == "POST":
                 return "create", plural, namespace, None, False, lambda body: self._create(plural, namespace, body)
             if method == "DELETE":

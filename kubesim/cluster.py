@@ -100,6 +100,8 @@ class SimCluster:
         self.node_controller = NodeController(self.store, self.kubelets)
         self.bookmark_interval = bookmark_interval
         self.namespaces: set[str] = set()
+        # who the kubeconfig's token is: None authorizes everything; a user makes RBAC decide (kubesim/rbac.py)
+        self.rbac_user: str | None = None
         self.requests: list[RequestRecord] = []
         self._requests_lock = threading.Lock()
         self._nodes = list(nodes or [])

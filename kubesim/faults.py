@@ -27,6 +27,7 @@ class Faults:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._image_errors: list[tuple[str, str]] = []
+        self._bare_images: list[str] = []  # images whose Python has nothing but its standard library
         self._forbidden: list[tuple[str, str, bool]] = []  # (verb, resource, cluster scope only)
         self._oom: list[tuple[str, float]] = []  # (pod name pattern, seconds after the container starts)
         self.schedule_delay = 0.0  # seconds before the scheduler considers a new pod
@@ -118,10 +119,21 @@ class Faults:
                     return reason
         return None
 
+    def bare_python_image(self, pattern: str) -> None:
+        """Images matching ``pattern`` (fnmatch) have a Python with only its standard library (no
+        ipykernel, no numpy): their containers' ``python`` runs without site-packages (``-S``)."""
+        with self._lock:
+            self._bare_images.append(pattern)
+
+    def is_bare_python(self, image: str) -> bool:
+        with self._lock:
+            return any(fnmatch.fnmatchcase(image, pattern) for pattern in self._bare_images)
+
     def clear(self) -> None:
         with self._lock:
             self._failures.clear()
             self._image_errors.clear()
+            self._bare_images.clear()
             self._forbidden.clear()
             self._oom.clear()
         self.schedule_delay = 0.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,13 +20,21 @@ GPU_NODE = {
 }
 
 
-@pytest.fixture
-def sim_cluster(monkeypatch):
-    """A started SimCluster with one process-kubelet node "gpu-1"; KUBECONFIG points at it."""
-    cluster = SimCluster(nodes=[SimNode("gpu-1", allocatable=dict(GPU_NODE))], python=sys.executable).start()
+@contextlib.contextmanager
+def running_cluster(monkeypatch, nodes: list[SimNode]) -> Iterator[SimCluster]:
+    """A started SimCluster of ``nodes`` with KUBECONFIG pointing at it; stopped afterwards, and no pod
+    process may outlive it."""
+    cluster = SimCluster(nodes=nodes, python=sys.executable).start()
     monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig_path)
     try:
         yield cluster
     finally:
         cluster.stop()
     assert cluster.running_processes() == [], "pod processes outlived the simulated cluster"
+
+
+@pytest.fixture
+def sim_cluster(monkeypatch):
+    """A started SimCluster with one process-kubelet node "gpu-1"; KUBECONFIG points at it."""
+    with running_cluster(monkeypatch, [SimNode("gpu-1", allocatable=dict(GPU_NODE))]) as cluster:
+        yield cluster

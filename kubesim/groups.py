@@ -2,18 +2,22 @@
 
 Stored as plain objects (no controller) except where a module adds behaviour: resource.k8s.io
 (kubesim/dra.py), NetworkPolicies (stored, not enforced: kubesim pods share the host network) and
-Leases (the broker's liveness; owners of kernel pods for the garbage collector).
+Leases (the broker's liveness; owners of kernel pods for the garbage collector), RBAC objects and the
+access reviews evaluated from them (kubesim/rbac.py).
 """
 
 from __future__ import annotations
 
-from . import dra, validation
+from . import dra, rbac, validation
 
 EXTRA = {
     ("networking.k8s.io", "v1"): ({"networkpolicies": "NetworkPolicy"}, {"networkpolicies"}),
     ("coordination.k8s.io", "v1"): ({"leases": "Lease"}, {"leases"}),
+    (rbac.GROUP, "v1"): (rbac.RBAC_KINDS, rbac.RBAC_NAMESPACED),
 }
-GROUPS = {(dra.GROUP, dra.VERSION): (dra.KINDS, dra.NAMESPACED), **EXTRA}
+# Answered, never stored (kubesim/rbac.py): not registered as stored kinds.
+REVIEWS = {(rbac.REVIEW_GROUP, "v1"): (rbac.REVIEW_KINDS, set())}
+GROUPS = {(dra.GROUP, dra.VERSION): (dra.KINDS, dra.NAMESPACED), **EXTRA, **REVIEWS}
 
 
 def register() -> None:

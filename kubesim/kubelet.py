@@ -759,6 +759,8 @@ class PodWorker:
         argv = command + args if command else ["sleep", "infinity"]  # no image entrypoint to run
         if argv[0] in ("python", "python3"):
             argv[0] = self.kubelet.python
+            if self.kubelet.faults.is_bare_python(self.container["image"]):
+                argv.insert(1, "-S")  # the image's Python has no site-packages
         # TMPDIR stands in for a container's private /tmp (files written there go with the pod).
         tmp = os.path.join(self.dir, "tmp")
         os.makedirs(tmp, exist_ok=True)

@@ -11,9 +11,9 @@ from .errors import ApiError, invalid
 from .selectors import is_extended_resource, parse_quantity
 
 KINDS = {"pods": "Pod", "secrets": "Secret", "configmaps": "ConfigMap", "events": "Event", "nodes": "Node",
-         "namespaces": "Namespace"}
+         "namespaces": "Namespace", "serviceaccounts": "ServiceAccount"}
 PLURALS = {kind: plural for plural, kind in KINDS.items()}
-NAMESPACED = {"pods", "secrets", "configmaps", "events"}
+NAMESPACED = {"pods", "secrets", "configmaps", "events", "serviceaccounts"}
 CONFIG_MAP_LIMIT = 1048576  # bytes of a ConfigMap's data, as the API server allows
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .vgpu import format_allocation
 
 PREFIX = "ORION_JUPYTER_"
 
@@ -30,6 +33,15 @@ ENV_NAMES = {
 # Where a kernel pod finds the connection file mounted from its Secret (not part of the allocation).
 CONNECTION_FILE_ENV = PREFIX + "CONNECTION_FILE"
 _INTEGER_FIELDS = {"vgpus", "memory_mib", "compute_percent"}
+# Orion's remote mode (scenario 3): the kernel's backend as it is shown, and what that means.
+REMOTE_BACKEND = "orion-remote"
+REMOTE_NOTE = "remote, allocated when CUDA starts"
+
+
+def allocation_label(vgpus: Any, memory_mib: Any, compute_percent: Any, backend: str) -> str:
+    """A kernel's ``label`` (the labextension shows it as is): '1 vGPU · 4 GiB', plus the remote note."""
+    text = format_allocation(vgpus, memory_mib, compute_percent)
+    return f"{text} ({REMOTE_NOTE})" if backend == REMOTE_BACKEND and vgpus else text
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .allocation import REMOTE_BACKEND
 from .vgpu import VGPURequest, VGPURequestError
 
 _RESOURCE_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -152,6 +153,43 @@ class KaiSettings:
 
 
 @dataclass(frozen=True)
+class OrionSettings:
+    """Orion's mode. ``local``: the device plugin's virtaitech.com/gpu on GPU nodes (scenario 1).
+    ``remote`` (scenario 3): the kernel pod asks Kubernetes for no GPU and may run on any node
+    (``node_selector``: e.g. the CPU nodes); the Orion client in it takes its vGPUs from the
+    ``controller`` (host:port) when CUDA starts and frees them when the process exits."""
+
+    mode: str = "local"
+    controller: str = ""
+    node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def remote(self) -> bool:
+        return self.mode == "remote"
+
+    @classmethod
+    def from_config(cls, value: Mapping[str, Any] | OrionSettings) -> OrionSettings:
+        if isinstance(value, OrionSettings):
+            return value
+        known = {"mode", "controller", "node_selector"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise VGPURequestError(
+                "orion", unknown[0], f'Orion setting "{unknown[0]}" is not known; use {", ".join(sorted(known))}')
+        settings = cls(mode=str(value.get("mode", "local")), controller=str(value.get("controller") or ""),
+                       node_selector=dict(value.get("node_selector") or {}))
+        if settings.mode not in ("local", "remote"):
+            raise VGPURequestError("orion", settings.mode,
+                                   f'Orion mode "{settings.mode}" is not known; use local or remote')
+        if settings.remote and not re.match(r"^[A-Za-z0-9.\-\[\]:]+:\d+$", settings.controller):
+            raise VGPURequestError(
+                "orion", settings.controller or None,
+                f'Orion remote mode needs the controller\'s address as host:port, not "{settings.controller}"; set '
+                '{"mode": "remote", "controller": "orion-controller.orion-system.svc.cluster.local:9123"}')
+        return settings
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     description: str
@@ -167,6 +205,17 @@ class Backend:
     dra_flavors: tuple[DraFlavor, ...] = ()  # dra: ResourceClaimTemplates instead of extended resources
     kai: KaiSettings | None = None  # kai: KAI Scheduler annotations and queue label instead
     scheduler_name: str | None = None  # the pod's schedulerName the backend needs (kai-scheduler)
+    orion: OrionSettings | None = None  # orion: local (device plugin) or remote (the controller, scenario 3)
+
+    @property
+    def remote(self) -> bool:
+        """Orion's remote mode: no extended resource; the controller hands out vGPUs when CUDA starts."""
+        return self.orion is not None and self.orion.remote
+
+    @property
+    def label(self) -> str:
+        """The backend as kernels, pods and views show it (orion-remote in Orion's remote mode)."""
+        return REMOTE_BACKEND if self.remote else self.name
 
     @property
     def uses_claims(self) -> bool:
@@ -176,7 +225,7 @@ class Backend:
     def resources(self, request: VGPURequest) -> dict[str, int]:
         """Extended-resource limits (requests must equal them); empty for a CPU-only kernel,
         and for the dra and kai backends (a claim, or annotations, carry the request)."""
-        if request.count == 0 or self.dra_flavors or self.kai is not None:
+        if request.count == 0 or self.dra_flavors or self.kai is not None or self.remote:
             return {}
         limits = {self.count_resource: request.count}
         if self.memory_resource:
@@ -193,8 +242,13 @@ class Backend:
             env[self.count_env] = str(request.count)
         if self.memory_env:
             env[self.memory_env] = str(request.memory_mib)
-        if self.compute_env and request.compute_percent is not None:
-            env[self.compute_env] = str(request.compute_percent)
+        compute = request.compute_percent
+        if compute is None and self.remote:
+            compute = 100  # Orion needs ORION_RATIO for a remote vGPU: a whole GPU's compute unless asked
+        if self.compute_env and compute is not None:
+            env[self.compute_env] = str(compute)
+        if self.remote:  # the controller whose free vGPUs the launch counted
+            controller = self.orion.controller
         if self.controller_env and controller:
             env[self.controller_env] = controller
         return env
@@ -202,10 +256,18 @@ class Backend:
     def with_overrides(
         self, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None,
         *, dra: Mapping[str, Any] | None = None, kai: Mapping[str, Any] | None = None,
+        orion: Mapping[str, Any] | None = None,
     ) -> Backend:
         """Site configuration: resource and env names; ``dra={'flavors': ['mig', 'hami', {...}]}``
-        (in order of preference: several make a firstAvailable list); ``kai={...}`` (KaiSettings)."""
+        (in order of preference: several make a firstAvailable list); ``kai={...}`` (KaiSettings);
+        ``orion={'mode': 'remote', 'controller': 'host:9123'}`` (OrionSettings)."""
         changes: dict[str, Any] = {}
+        if orion:
+            if self.orion is None:
+                raise VGPURequestError(
+                    "orion", self.name, f'backend "{self.name}" takes no Orion settings; use backend orion')
+            changes["orion"] = OrionSettings.from_config(orion)
+            changes["supports_host_ipc"] = not changes["orion"].remote  # a remote server shares no memory
         if dra:
             if not self.dra_flavors:
                 raise VGPURequestError(
@@ -261,6 +323,7 @@ BACKENDS: dict[str, Backend] = {
         compute_env="ORION_RATIO",
         controller_env="ORION_CONTROLLER",
         supports_host_ipc=True,
+        orion=OrionSettings(),
     ),
     "hami": Backend(
         name="hami",
@@ -298,6 +361,7 @@ BACKENDS: dict[str, Backend] = {
 def get_backend(
     name: str, resource_names: Mapping[str, str] | None = None, env_names: Mapping[str, str] | None = None,
     *, dra: Mapping[str, Any] | None = None, kai: Mapping[str, Any] | None = None,
+    orion: Mapping[str, Any] | None = None,
 ) -> Backend:
     try:
         backend = BACKENDS[name]
@@ -305,6 +369,6 @@ def get_backend(
         raise VGPURequestError(
             "backend", name, f'vGPU backend "{name}" is not known; use one of {", ".join(BACKENDS)}'
         ) from None
-    if resource_names or env_names or dra or kai:
-        return backend.with_overrides(resource_names, env_names, dra=dra, kai=kai)
+    if resource_names or env_names or dra or kai or orion:
+        return backend.with_overrides(resource_names, env_names, dra=dra, kai=kai, orion=orion)
     return backend

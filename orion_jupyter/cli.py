@@ -39,7 +39,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    specs = kernelspecs.vgpu_specs()
+    specs = kernelspecs.vgpu_specs(kernelspecs.listing_manager())
     rows = []
     for name, spec in sorted(specs.items()):
         config = spec.metadata["kernel_provisioner"].get("config", {})
@@ -67,6 +67,8 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    folders = sorted({str(Path(r["path"]).parent) for r in rows})
+    print(f"Installed in {', '.join(folders)}")
     return 0
 
 
@@ -80,6 +82,11 @@ def _remove(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .k8s.rbac import rbac_manifests
 
+    if args.orion_stack:
+        return _orion_stack(args)
+    stack_only = [f for f in _STACK_FLAGS if getattr(args, f) not in (None, False)]
+    if stack_only:
+        return _usage_error(f"--{stack_only[0].replace('_', '-')} is for the Orion stack: add --orion-stack")
     if not args.hub:
         for flag in ("values", "hub_service_account", "broker_image"):
             if getattr(args, flag):
@@ -99,6 +106,30 @@ def _manifests(args: argparse.Namespace) -> int:
                                 create_service_account=not args.hub_service_account)
     if args.backend == "dra":
         docs += _claim_templates(args)
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+_STACK_FLAGS = ("remote", "gpu_node_selector", "controller_node_selector", "vgpus_per_gpu", "cuda", "bind_net",
+                "rdma", "controller_image", "plugin_image", "server_image")
+
+
+def _orion_stack(args: argparse.Namespace) -> int:
+    """The Orion Controller, device plugin and Orion Server (`--orion-stack`): what the tutorial edits by hand."""
+    from .k8s.orion_stack import OrionStack, orion_stack_manifests, parse_selector
+
+    if args.hub or args.values or args.backend:
+        return _usage_error("--orion-stack renders Orion's own components; render the RBAC in a second call")
+    stack = OrionStack(
+        namespace=args.namespace,
+        gpu_node_selector=parse_selector(args.gpu_node_selector or "", "gpu-node-selector"),
+        controller_node_selector=parse_selector(args.controller_node_selector or "", "controller-node-selector"),
+        vgpus_per_gpu=2 if args.vgpus_per_gpu is None else args.vgpus_per_gpu, cuda=args.cuda or "10.0",
+        remote=args.remote, bind_net=args.bind_net or "", rdma=args.rdma,
+        **{k: v for k in ("controller_image", "plugin_image", "server_image") if (v := getattr(args, k))},
+    )
+    docs = orion_stack_manifests(stack)
+    print(f"# Orion stack in namespace {stack.namespace}; kernels reach the controller at {stack.controller_address}")
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     return 0
 
@@ -149,14 +180,10 @@ def _claim_templates(args: argparse.Namespace) -> list[dict]:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .k8s.client import api_client, cluster_configured, default_namespace
+    from .k8s.client import api_client, default_namespace
     from .k8s.gc import collect_garbage
 
-    if args.kubeconfig and not Path(args.kubeconfig).expanduser().is_file():
-        raise VGPURequestError("kubeconfig", args.kubeconfig, f"--kubeconfig {args.kubeconfig} is not a file")
-    if not cluster_configured(args.kubeconfig):
-        raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
-                                                   "no ~/.kube/config); give --kubeconfig FILE")
+    _require_cluster(args.kubeconfig)
     if args.min_age < 0:
         raise VGPURequestError("min_age", args.min_age, "--min-age must be 0 or more seconds")
     namespace = args.namespace or default_namespace(args.kubeconfig)
@@ -173,6 +200,24 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_cluster(kubeconfig: str) -> None:
+    """A kubeconfig that exists, or a cluster found otherwise (in a pod, KUBECONFIG, ~/.kube/config)."""
+    from .k8s.client import cluster_configured
+
+    if kubeconfig and not Path(kubeconfig).expanduser().is_file():
+        raise VGPURequestError("kubeconfig", kubeconfig, f"--kubeconfig {kubeconfig} is not a file")
+    if not cluster_configured(kubeconfig):
+        raise VGPURequestError("kubeconfig", None, "no Kubernetes cluster is configured (not in a pod, no KUBECONFIG, "
+                                                   "no ~/.kube/config); give --kubeconfig FILE")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check.command import run_command
+
+    _require_cluster(args.kubeconfig)
+    return run_command(args)
+
+
 def _broker(args: argparse.Namespace, extra: list[str]) -> int:
     from .broker.app import main as broker_main
 
@@ -182,7 +227,8 @@ def _broker(args: argparse.Namespace, extra: list[str]) -> int:
 def _lab(args: argparse.Namespace, extra: list[str]) -> int:
     from .lab import run_lab
 
-    return run_lab(kubernetes=args.kubernetes, presets=args.presets, home=args.home, jupyter_args=extra)
+    return run_lab(kubernetes=args.kubernetes, presets=args.presets, home=args.home, jupyter_args=extra,
+                   workspace=args.workspace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     manifests = commands.add_parser("manifests", help="print the RBAC a Jupyter server (or, with --hub, the broker) "
                                                       "needs, as YAML")
-    manifests.add_argument("--namespace", required=True, help="namespace the kernel pods run in")
+    manifests.add_argument("--namespace", required=True,
+                           help="namespace the kernel pods run in (with --orion-stack: Orion's namespace)")
     manifests.add_argument("--service-account",
                            help="service account to create and bind: the Jupyter server's (default jupyter) or, "
                                 "with --hub, the broker's (default orion-broker)")
@@ -242,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--dra-flavor", action="append", metavar="FLAVOR",
                            help="with --backend dra: hami, mig, gpu or mig:<profile>, repeated in order of "
                                 "preference (several make a firstAvailable list); default hami")
+    stack = manifests.add_argument_group("the Orion stack (--orion-stack)")
+    stack.add_argument("--orion-stack", action="store_true",
+                       help="print instead Orion's own components: the controller (Deployment + Service), the device "
+                            "plugin and Orion Server (DaemonSets on the GPU nodes), in --namespace")
+    stack.add_argument("--gpu-node-selector", metavar="KEY=VALUE[,...]", help="the GPU nodes, e.g. gpu=true")
+    stack.add_argument("--controller-node-selector", metavar="KEY=VALUE[,...]",
+                       help="pin the controller (one per pool) to these nodes")
+    stack.add_argument("--vgpus-per-gpu", type=int, metavar="N", help="vGPUs per physical GPU (VGPU); default 2")
+    stack.add_argument("--cuda", choices=["10.0", "9.0"], help="CUDA of the Orion Server image; default 10.0")
+    stack.add_argument("--remote", action="store_true",
+                       help="scenario 3: servers for clients on other nodes (no shared memory; see --bind-net, --rdma)")
+    stack.add_argument("--bind-net", metavar="DEVICE",
+                       help="with --remote: the network device the servers bind (BIND_NET, e.g. ib0); "
+                            "default: the node's IP (BIND_ADDR)")
+    stack.add_argument("--rdma", action="store_true", help="with --remote: RDMA between clients and servers")
+    for part in ("controller", "plugin", "server"):
+        stack.add_argument(f"--{part}-image", metavar="NAME:TAG", help=f"the Orion {part} image")
     manifests.set_defaults(func=_manifests)
 
     gc = commands.add_parser("gc",
@@ -253,6 +317,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds an object must exist before it is collected "
                          "(a launch in progress is never touched); default 600")
     gc.set_defaults(func=_gc)
+
+    check = commands.add_parser(
+        "check", help="check that the cluster is ready for vGPU kernels (API, RBAC, GPUs, Orion controller, network "
+                      "policy, a canary kernel): one line per check, exit 0 only when every required check passes")
+    check.add_argument("--namespace", help="the kernels' namespace; default: the configuration's, else the context's")
+    check.add_argument("--hub", action="store_true",
+                       help="hub mode: check the broker's rights, that single-user servers have none, and that "
+                            "NetworkPolicy is enforced")
+    check.add_argument("--config", metavar="FILE",
+                       help="the Jupyter server's (or, with --hub, the broker's) Python config file, for its "
+                            "c.VGPUProvisioner settings (backend, image, orion...)")
+    check.add_argument("--kubeconfig", default="",
+                       help="kubeconfig file; default: in-cluster, KUBECONFIG, ~/.kube/config")
+    check.add_argument("--service-account", metavar="NAME",
+                       help="check the rights of this service account (SubjectAccessReview, as a cluster admin) "
+                            "instead of the identity running the check")
+    check.add_argument("--singleuser-service-account", default="default", metavar="NAME",
+                       help="with --hub: the service account of single-user servers; default 'default'")
+    check.add_argument("--backend", choices=["orion", "hami", "nvidia", "dra", "kai"], help="override the backend")
+    check.add_argument("--remote", action="store_true", help="Orion's remote mode (needs a controller address)")
+    check.add_argument("--orion-controller", metavar="HOST:PORT", help="the Orion controller's address")
+    check.add_argument("--image", help="the kernel image of the canary; default: the configuration's")
+    check.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds the canary kernel and the probes may take to start; default 120")
+    check.add_argument("--no-canary", action="store_true", help="start no canary kernel pod")
+    check.add_argument("--output", choices=["text", "json"], default="text", help="text (default) or json")
+    check.set_defaults(func=_check)
 
     broker = commands.add_parser(
         "broker", help="run the vGPU broker, a JupyterHub service that launches every server's kernels (hub mode); "
@@ -268,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--home",
                      help="where orion-jupyter keeps its kernel specs and config "
                           "(default ~/.local/share/orion-jupyter)")
+    lab.add_argument("--workspace",
+                     help="the folder JupyterLab serves, where new notebooks and the demo copies go; created "
+                          "with the quickstart and demo notebooks (default ~/orion-notebooks)")
     lab.set_defaults(func=_lab, passes_extra=True)
     return parser
 

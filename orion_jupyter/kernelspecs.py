@@ -159,6 +159,21 @@ def load_presets(path: str | Path) -> list[VGPUKernelSpec]:
     return specs
 
 
+def lab_home() -> Path:
+    """Where `orion-jupyter lab` keeps its kernel specs (data/kernels) and server config (config/)."""
+    return Path("~/.local/share/orion-jupyter").expanduser()
+
+
+def listing_manager(home: Path | None = None) -> KernelSpecManager:
+    """Jupyter's kernel spec folders and, where it exists, the one `orion-jupyter lab` installs into
+    (outside Jupyter's own path, so the CLI lists what `lab` serves)."""
+    manager = KernelSpecManager()
+    lab = (home or lab_home()) / "data" / "kernels"
+    if lab.is_dir() and str(lab) not in manager.kernel_dirs:
+        manager.kernel_dirs = [*manager.kernel_dirs, str(lab)]
+    return manager
+
+
 def logo_path() -> Path | None:
     """The vGPU icon: packaged in the wheel, or the labextension's in a source tree."""
     here = Path(__file__).resolve().parent

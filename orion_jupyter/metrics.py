@@ -17,6 +17,18 @@ KERNEL_LAUNCH_FAILURES = Counter(
     "vGPU kernel launches that failed, by reason (unschedulable, image, exited, deleted, evicted, timeout, api).",
     ["reason"],
 )
+SNAPSHOT_SECONDS = Histogram(
+    "orion_jupyter_snapshot_seconds",
+    "Seconds a park (save, verify, stop) or a resume (start, restore) took, by action and outcome "
+    "(ok, or the refusal's reason: too_big, disk, busy, damaged, ...).",
+    ["action", "outcome"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+SNAPSHOT_BYTES = Counter(
+    "orion_jupyter_snapshot_bytes",
+    "Bytes of snapshots written by parks and read by resumes, by action.",
+    ["action"],
+)
 
 # -- a class (hub mode's broker; warm kernels count here in both modes) ----------------------------------
 CLASS_REGISTRY = CollectorRegistry()

@@ -17,6 +17,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
+from .allocation import allocation_label
 from .clusters import cluster_kind, make_driver
 from .config import KernelPolicy
 from .core.ledger import LAUNCHES_IN_PROGRESS, Quota, holding_of, user_holdings
@@ -118,7 +119,8 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             self.driver = make_driver(self, self.parent, self.kernel_spec)
         await self.driver.view.start()
         policy = KernelPolicy(parent=self)
-        await policy.check(request, image=self.image, view=self.driver.view, backend=backend)
+        # Remote vGPUs are taken when CUDA starts, not by Kubernetes: the controller's free count is the only gate.
+        await policy.check(request, image=self.image, view=self.driver.view, backend=backend, capacity=backend.remote)
         limit = policy.max_vgpus_per_user  # held against it until the view counts the kernel
         held = await self.driver.view.vgpus_by_kernel(self.user) if limit and request.count else {}
         LAUNCHES_IN_PROGRESS.reserve(holding_of(self.kernel_id, self.user, "", request),
@@ -215,11 +217,13 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
 
     def allocation_summary(self) -> dict[str, Any]:
         """This kernel's allocation for the server extension's views."""
-        summary: dict[str, Any] = {"user": self.user, "backend": self.backend,
+        backend = self.launch.backend.label if self.launch else self.backend
+        summary: dict[str, Any] = {"user": self.user, "backend": backend,
                                    "cluster": self.driver.name if self.driver else None}
         summary.update(self.request.as_dict() if self.request
                        else {"vgpus": None, "memory_mib": None, "compute_percent": None})
-        summary["label"] = self.request.describe() if self.request else ""
+        summary["label"] = (allocation_label(self.request.count, self.request.memory_mib, self.request.compute_percent,
+                                             backend) if self.request else "")
         summary.update(self.handle.info() if self.handle else {})
         return summary
 

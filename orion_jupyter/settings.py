@@ -74,6 +74,12 @@ class KernelSettings(LoggingConfigurable):
     orion_controller = Unicode("", config=True,
                                help="ORION_CONTROLLER for the Orion client in the kernel (host:port); "
                                     "empty: the image's own.")
+    orion = Dict(config=True,
+                 help="Settings of the orion backend: {'mode': 'local'} (default: virtaitech.com/gpu from the device "
+                      "plugin on GPU nodes) or {'mode': 'remote'} (scenario 3: the kernel pod asks for no GPU and may "
+                      "run on any node; its Orion client takes vGPUs from the controller when CUDA starts), with "
+                      "'controller' (host:port; default orion_controller) and 'node_selector' (e.g. the CPU nodes). "
+                      "Deploy the servers with `orion-jupyter manifests --orion-stack --remote`.")
     host_ipc = Bool(False, config=True,
                     help="Give Orion kernels hostIPC (faster client-server transfer; "
                          "shares the node's IPC namespace: a security trade-off).")
@@ -208,8 +214,9 @@ class KernelSettings(LoggingConfigurable):
 
     def backend_named(self, name: str) -> Backend:
         """A backend with this server's overrides (the dra / kai settings only for their own backend)."""
-        return get_backend(name, self.resource_names, self.env_names,
-                           dra=self.dra if name == "dra" else None, kai=self.kai if name == "kai" else None)
+        orion = {"controller": self.orion_controller, **self.orion} if name == "orion" and self.orion else None
+        return get_backend(name, self.resource_names, self.env_names, dra=self.dra if name == "dra" else None,
+                           kai=self.kai if name == "kai" else None, orion=orion)
 
     def resolve_request(self, override: VGPURequest | Mapping[str, Any] | None = None) -> VGPURequest:
         """The spec's request, with a caller's on top: a checked ``VGPURequest`` (the server's own start path)

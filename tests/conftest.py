@@ -25,6 +25,7 @@ MODULE_MARKERS = {
     "test_notebooks.py": ("torch", "slow"),
     "test_widgets.py": ("torch",),
     "test_usage.py": ("torch",),
+    "test_park.py": ("torch",),
     "test_benchmarks_smoke.py": ("slow",),
     "test_hub_fixture.py": ("slow",),
 }
@@ -99,14 +100,26 @@ def _free_port() -> int:
 @pytest.fixture
 def lab_server(tmp_path):
     """The README's run command (`scripts/lab`) on a free loopback port, local backend, own HOME."""
-    port, token = _free_port(), uuid.uuid4().hex
     root = tmp_path / "notebooks"
     root.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER") and k != "KUBECONFIG"}
+    yield from _serve_lab(tmp_path, root, [f"--ServerApp.root_dir={root}"])
+
+
+@pytest.fixture
+def lab_workspace_server(tmp_path):
+    """`scripts/lab` as a newcomer runs it: no folder given, so it serves its workspace (~/orion-notebooks)."""
+    yield from _serve_lab(tmp_path, tmp_path / "orion-notebooks", [])
+
+
+def _serve_lab(tmp_path, root, args):
+    port, token = _free_port(), uuid.uuid4().hex
+    # JUPYTER_PATH stays: a developer's own labextension build, put first on it, is the one served.
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("JUPYTER") and k != "JUPYTER_PATH") and k != "KUBECONFIG"}
     env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
     server = subprocess.Popen(
         [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}"],
+         f"--ServerApp.token={token}", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lab = LabServer(f"http://127.0.0.1:{port}", token, root)
 

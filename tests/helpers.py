@@ -74,3 +74,16 @@ def managed_objects(cluster: Any, kind: str, namespace: str = "class-ai101") -> 
     """This project's objects of ``kind`` in ``namespace`` of the simulated cluster."""
     return [o for o in cluster.objects(kind, namespace)
             if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "orion-jupyter"]
+
+
+async def fetch_json(jp_fetch: Callable[..., Any], *path: str, **kwargs: Any) -> tuple[int, Any]:
+    """(status, JSON body or None) of ``jp_fetch(*path, **kwargs)``, an error status included."""
+    import json
+
+    from tornado.httpclient import HTTPClientError
+
+    try:
+        response = await jp_fetch(*path, **kwargs)
+    except HTTPClientError as err:
+        return err.code, json.loads(err.response.body) if err.response and err.response.body else None
+    return response.code, json.loads(response.body) if response.body else None

@@ -26,11 +26,11 @@ def numbers(value):
             yield from numbers(item)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(330)
 def test_quick_run_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=230, check=False)
+                         capture_output=True, text=True, timeout=320, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     report = json.loads(out.read_text())
     # every section below ran (a section added since is checked by its own assertions, if any)
@@ -40,6 +40,10 @@ def test_quick_run_writes_every_section(tmp_path):
         assert "error" not in data, (name, data.get("traceback"))
         if name != "demos":
             assert all(math.isfinite(v) for v in numbers(data)), (name, data)
+
+    park = report["sections"]["park"]
+    assert [r["kind"] for r in park["runs"]] == ["numpy"] and park["runs"][0]["same_data"] is True
+    assert park["runs"][0]["bytes"] >= 10 * 2**20 and park["runs"][0]["not_restored"] == {}
 
     launch = report["sections"]["launch"]
     for key in ("vgpu_ms", "local_ms", "overhead_ms"):

@@ -55,6 +55,7 @@ def test_the_cull_fields_the_rules_answer_are_the_ones_the_wire_names():
         def kernel_ids(self): return []
         def activity(self, kernel_id): return None
         def owner(self, kernel_id): return None
+        def parks(self, kernel_id): return False
         async def stop_idle(self, kernel_id): raise AssertionError("nothing to stop")
 
     fields = Culler(NoKernels(), ProgressLog(), CullRules()).fields("k1")

@@ -11,7 +11,8 @@ BROWSER_DIR = Path(__file__).parent / "browser"
 
 def test_widget_renders_in_jupyterlab(lab_server, tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from orion_jupyter.widgets import VGPUPanel\npanel = VGPUPanel()\npanel")])
+        "from orion_jupyter.widgets import VGPUPanel\npanel = VGPUPanel()\npanel"), nbformat.v4.new_code_cell(
+        "import time\nblob = []\nfor _ in range(12):\n    blob.append(bytearray(40_000_000))\n    time.sleep(1)")])
     notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
                                        "language": "python"}
     nbformat.write(notebook, lab_server.root / "widget.ipynb")
@@ -27,3 +28,11 @@ def test_widget_renders_in_jupyterlab(lab_server, tmp_path):
     assert "no GPU: running on CPU" in text
     assert any("Run" in b for b in result["buttons"]) and result["progress_bars"] >= 1
     assert screenshot.stat().st_size > 10_000
+    # The card: a chart of RAM (a CPU-only pool here) that moves while a cell runs, the CPU figure and
+    # no GPU figures (no NVML here), and how it updates.
+    before, after = result["chart_during"]
+    assert before and after and before != after and result["running_after"], result
+    assert result["chart_caption"].startswith("RAM used (no GPU: a CPU-only pool): "), result["chart_caption"]
+    [load] = [t for t in result["load_text"] if t.startswith("CPU ")]
+    assert "GPU" not in load and "temp" not in load, load
+    assert "from a background thread (comm messages), also while a cell runs" in text

@@ -12,6 +12,7 @@ from orion_jupyter.config import KernelPolicy
 from orion_jupyter.local import LocalPool
 from orion_jupyter.provisioner import VGPUProvisioner
 from orion_jupyter.server.app import OrionJupyter
+from orion_jupyter.server.snapshots import Snapshots
 from orion_jupyter.settings import ClassSettings, KernelSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ SECTIONS = {KernelSettings: ("VGPUProvisioner",), ClassSettings: ("OrionJupyter"
 
 
 @pytest.mark.parametrize("cls", [KernelSettings, ClassSettings, VGPUProvisioner, KernelPolicy, LocalPool, OrionJupyter,
-                                 Broker], ids=lambda c: c.__name__)
+                                 Broker, Snapshots], ids=lambda c: c.__name__)
 def test_every_option_is_documented_with_help(cls):
     for name, trait in cls.class_own_traits(config=True).items():
         assert trait.help, f"{cls.__name__}.{name} has no help"

@@ -7,14 +7,13 @@ import uuid
 
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, User
-from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.cli import main as cli
 from orion_jupyter.names import slug
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually_async
+from tests.helpers import eventually_async, fetch_json
 
 NS = "class-sec"
 
@@ -64,11 +63,7 @@ def api(jp_fetch, jp_serverapp, specs, sim_cluster, jp_asyncio_loop):
             kwargs["body"] = json.dumps(body)
         elif method in ("POST", "PUT"):
             kwargs["body"] = "{}"
-        try:
-            response = await jp_fetch("orion", "api", *path.split("/"), **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body) if err.response and err.response.body else None
-        return response.code, json.loads(response.body) if response.body else None
+        return await fetch_json(jp_fetch, "orion", "api", *path.split("/"), **kwargs)
 
     yield call
     jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_all(now=True))

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider, User
-from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
@@ -25,7 +24,7 @@ from orion_jupyter.cli import main
 from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.local import VGPU_RESOURCE, LocalPool, _process_start
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually_async
+from tests.helpers import eventually_async, fetch_json
 
 TOKENS = {"alice-token": "alice", "bob-token": "bob"}
 LAB_TOKEN = uuid.uuid4().hex  # the one token of a plain `orion-jupyter lab` server
@@ -120,11 +119,7 @@ def api(jp_fetch, jp_serverapp, specs, identity, jp_asyncio_loop):
             kwargs["body"] = json.dumps(body)
         elif method in ("POST", "PUT"):
             kwargs["body"] = "{}"
-        try:
-            response = await jp_fetch("orion", "api", *path.split("/"), **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body) if err.response and err.response.body else None
-        return response.code, json.loads(response.body) if response.body else None
+        return await fetch_json(jp_fetch, "orion", "api", *path.split("/"), **kwargs)
 
     yield call
     jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_all(now=True))

@@ -10,6 +10,7 @@ opens the MNIST demo from its launcher card. Notebook 7 (`jupyter notebook`) loa
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -110,7 +111,10 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["exempt_requests"] == [{"kernel_id": "k-bob", "exempt": True},
                                          {"kernel_id": "k-bob", "exempt": False}]
 
-    # Stop in the sidebar shut the kernel down.
+    # Stop in the sidebar asks first (Cancel keeps the kernel), then shuts the kernel down.
+    assert result["stop_question"].startswith("Stop Untitled") and "variables and any running cell are lost" in \
+        result["stop_question"], result["stop_question"]
+    assert result["kernels_after_cancel"] == 1
     assert result["kernels_after_stop"] == []
     assert "No vGPU kernels" in result["mine_text_after_stop"]
 
@@ -232,9 +236,10 @@ def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
 def notebook7_server(tmp_path, monkeypatch):
     """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
     backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
-    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
-                   capture_output=True)
-    for name in [n for n in os.environ if n.startswith("JUPYTER")]:
+    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
+        subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
+                       capture_output=True)
+    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
@@ -293,6 +298,12 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     assert result["tree"]["activated"] == plugins and result["notebook"]["activated"] == plugins
     assert len(result["tree"]["commands"]) == 3
     assert "vGPU Notebook…" in result["file_new_items"], result["file_new_items"]
+    # The tree's New dropdown: after the kernels, New vGPU notebook…, the demos and the vGPU panel,
+    # which opens on the tree page with the pool.
+    items = result["tree_new_items"]
+    assert items.index("Python 3 · 1 vGPU · 2 GiB") < items.index("New vGPU notebook…"), items
+    assert items[-4:] == ["New vGPU notebook…", "MNIST on vGPU", "FaceNet on vGPU", "Show the vGPU panel"], items
+    assert "4 of 4 vGPUs free" in result["tree_panel_pool"], result["tree_panel_pool"]
     assert result["status_items"] == 0
 
     # The sidebar: the notebook's vGPU kernel and the pool with one slot held.
@@ -307,3 +318,54 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     assert result["kernels"] == 2
     for shot in ("nb7-tree", "nb7-notebook", "nb7-new"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
+    """The launcher's vGPU cards each with its own icon, the demos after the kernels; a full pool:
+    the dialog's reason and disabled Start; a refused kernel card's message wrapped, no notebook left."""
+    run = subprocess.run(["node", str(BROWSER_DIR / "firsthour.mjs"), lab_server.base, lab_server.token,
+                          str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], (result["step"], result.get("error"), result)
+
+    # Launcher: the Notebook section (kernels, then New vGPU notebook…), right after it the demos.
+    titles = [s["title"] for s in result["sections"]]
+    assert titles.index("vGPU demos") == titles.index("Notebook") + 1, titles
+    cards = {s["title"]: s["cards"] for s in result["sections"]}
+    notebook, demos = cards["Notebook"], cards["vGPU demos"]
+    assert [c["label"] for c in demos] == ["MNIST on vGPU", "FaceNet on vGPU"]
+    icons = {c["label"]: c["icon"] for c in notebook + demos}
+    kernel_icon = icons["Python 3 · 1 vGPU · 2 GiB"]
+    assert kernel_icon.endswith("/kernelspecs/orion-1x2gi/logo-svg.svg"), kernel_icon
+    mine = [icons["New vGPU notebook…"], icons["MNIST on vGPU"], icons["FaceNet on vGPU"]]
+    assert icons["New vGPU notebook…"].startswith("data:image/svg+xml,")
+    assert len(set(mine)) == 3 and all("<svg" in i for i in mine[1:]), mine
+
+    # Full pool: every spec refused with the pool's reason; the dialog says why and what to do.
+    assert result["fill_0"] == result["fill_1"] == 201, result
+    assert all(can is False and why for _, can, why in result["specs_full"]), result["specs_full"]
+    blocked = result["blocked_text"]
+    # (the pool's reason, with its advice, as the server words it)
+    assert blocked.startswith("No vGPU kernel can start now. Not enough vGPUs free: ") and "Stop a kernel" in blocked
+    assert result["start_disabled"] and result["start_title"] == blocked
+    assert all(d.endswith("unavailable: not enough vGPUs free right now") for d in result["spec_details"]), \
+        result["spec_details"]
+
+    # A kernel card on the full pool: the server's sentence wrapped in JupyterLab's error dialog; the
+    # empty notebook it made is removed once the error is closed, and a notification says so.
+    refusal = result["refusal"]
+    assert refusal["text"] and refusal["whiteSpace"] == "pre-wrap" and refusal["fits"], refusal
+    assert result["untitled_while_error"], result
+    assert result["untitled_after"] == [] and result["notebook_panels_after"] == 0, result
+    assert "was removed: its kernel could not start" in result["removed_notice"], result["removed_notice"]
+    # (ipywidgets' manager throws on a notebook whose session never came: its error, not ours)
+    assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
+    for shot in ("launcher", "full-pool-dialog", "refused-card"):
+        assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
+    # ORION_UPDATE_SCREENSHOTS=1: the README's screenshots (docs/screenshots) are this run's.
+    if os.environ.get("ORION_UPDATE_SCREENSHOTS") == "1":
+        docs = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        for shot in ("launcher", "full-pool-dialog"):
+            shutil.copyfile(tmp_path / f"{shot}.png", docs / f"{shot}.png")

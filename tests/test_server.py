@@ -11,7 +11,7 @@ from traitlets.config import Config
 
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
-from tests.helpers import eventually_async
+from tests.helpers import eventually_async, fetch_json
 
 NS = "class-ai101"
 TOKENS = {"alice-token": "alice", "bob-token": "bob", "teacher-token": "teacher"}
@@ -66,11 +66,7 @@ def api(jp_fetch, jp_serverapp, specs, sim_cluster, jp_asyncio_loop):
             kwargs["body"] = json.dumps(body)
         elif method in ("POST", "PUT"):
             kwargs["body"] = "{}"
-        try:
-            response = await jp_fetch("orion", "api", *path.split("/"), **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body) if err.response and err.response.body else None
-        return response.code, json.loads(response.body) if response.body else None
+        return await fetch_json(jp_fetch, "orion", "api", *path.split("/"), **kwargs)
 
     yield call
     # stop kernels while the cluster still runs (the server's own cleanup comes after it is gone)

@@ -355,3 +355,17 @@ def test_listing_the_demos_imports_no_demo_and_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['MNIST', 'FaceNet'] ['orion_jupyter.demos.common', 'orion_jupyter.demos.registry']"
+
+
+def test_cpu_only_pool_is_named_as_intended(monkeypatch):
+    """A local kernel on the CPU-only pool (its slots hide every GPU): the widget says it runs on the
+    CPU as intended, with RAM, and gives no CUDA advice; a kernel that was meant to see a GPU gets it."""
+    monkeypatch.setattr(widget_allocation, "_torch_module", lambda import_it=False: types.SimpleNamespace(
+        __version__="2.14.1", get_num_threads=lambda: 2, cuda=types.SimpleNamespace(is_available=lambda: False)))
+    local = KernelAllocation.from_env({ENV_NAMES[k]: v for k, v in {**FAKE, "cluster": "local"}.items()})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    lines = w.describe_devices(local)
+    assert "granted 1 vGPU(s) of a CPU-only pool (no GPU on this machine): it runs on the CPU, as intended" in lines[1]
+    assert not any("CUDA build" in line for line in lines)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert "check that the image has a CUDA build of PyTorch" in w.describe_devices(local)[1]

@@ -99,6 +99,8 @@ export interface ISpec {
   memory_mib?: number;
   compute_percent?: number | null;
   can_start: boolean | null;
+  /** Why `can_start` is false (the pool's shortage, a quota), when the server says. */
+  why_not?: string;
   error?: string;
 }
 

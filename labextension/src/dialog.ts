@@ -7,11 +7,19 @@ import { Dialog, showErrorMessage } from '@jupyterlab/apputils';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
-import { APIError, ISpec, errorText, getSpecs, isCancelled, startKernel } from './api';
+import {
+  APIError,
+  ISpec,
+  errorText,
+  getPool,
+  getSpecs,
+  isCancelled,
+  startKernel
+} from './api';
 import { h } from './dom';
 import { formatAllocation, formatMib, memoryQuantity, parseMemory } from './format';
 import { ILaunchContext, currentFolder, openOnKernel, serverPath, withProgress } from './launch';
-import { ILaunchValues, checkLaunch } from './validate';
+import { ILaunchValues, checkLaunch, nothingCanStart, queueNote } from './validate';
 
 const SLIDER_STEP_MIB = 256;
 
@@ -40,19 +48,33 @@ export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
   }
   let values: ILaunchValues | null = null;
   let refusal: IRefusal | null = null;
+  const blocked = nothingCanStart(specs, trans);
+  const queue = blocked ? '' : queueNote(specs, await getPool().catch(() => null), trans);
   for (;;) {
     const form: LaunchForm = new LaunchForm(specs, trans, ctx.model.sliderMaxMib, values, refusal);
+    form.showBlocked(blocked || queue);
     const dialog: Dialog<ILaunchValues> = new Dialog<ILaunchValues>({
       title: trans.__('New vGPU notebook'),
       body: form,
-      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: trans.__('Start') })],
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.okButton({ label: queue ? trans.__('Wait in the queue') : trans.__('Start') })
+      ],
       focusNodeSelector: refusal?.field
         ? 'input.orion-mod-refused'
         : 'input[name="orion-spec"]:checked'
     });
     dialog.addClass('orion-LaunchDialog');
+    if (blocked) {
+      // Start says why it cannot (its tooltip); Enter does not start either (below).
+      const start = dialog.node.querySelector<HTMLButtonElement>('.jp-Dialog-footer .jp-mod-accept');
+      if (start) {
+        start.disabled = true;
+        start.title = blocked;
+      }
+    }
     const result: Dialog.IResult<ILaunchValues> = await dialog.launch();
-    if (!result.button.accept || !result.value) {
+    if (!result.button.accept || !result.value || blocked) {
       return;
     }
     const typed: ILaunchValues = result.value;
@@ -107,6 +129,7 @@ export class LaunchForm extends Widget {
   private readonly slider = h('input', { type: 'range' });
   private readonly vgpus = h('input', { type: 'number', name: 'vgpus', min: '0' });
   private readonly error = h('div', { class: 'orion-LaunchForm-error', role: 'alert' });
+  private readonly blocked = h('div', { class: 'orion-LaunchForm-blocked', role: 'status' });
 
   constructor(
     specs: ISpec[],
@@ -127,7 +150,9 @@ export class LaunchForm extends Widget {
       this.memory.value = memoryQuantity(Number(this.slider.value));
       this.syncSlider();
     };
+    this.blocked.hidden = true;
     this.node.append(
+      this.blocked,
       h(
         'fieldset',
         { class: 'orion-LaunchForm-specs' },
@@ -157,6 +182,12 @@ export class LaunchForm extends Widget {
       this.syncSlider();
     }
     this.showError(refusal?.message ?? '', refusal?.field);
+  }
+
+  /** Why nothing can start now ('' hides it). */
+  showBlocked(reason: string): void {
+    this.blocked.textContent = reason;
+    this.blocked.hidden = !reason;
   }
 
   /** The values as typed; the dialog's result. */
@@ -189,7 +220,7 @@ export class LaunchForm extends Widget {
       'label',
       {
         class: `orion-SpecOption${unavailable ? ' orion-mod-unavailable' : ''}`,
-        title: unavailable || spec.name
+        title: spec.why_not || unavailable || spec.name
       },
       radio,
       h('span', { class: 'orion-SpecOption-name' }, spec.display_name),

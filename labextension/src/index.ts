@@ -20,7 +20,7 @@ import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 import { getAllocations, getClass, getPool, getQueue } from './api';
 import { newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
-import { vgpuIcon, vgpuIconUrl } from './icon';
+import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
 import { DEMOS, ILaunchContext, openDemo } from './launch';
 import {
   DEFAULT_REFRESH_MS,
@@ -29,10 +29,14 @@ import {
   VGPUModel
 } from './model';
 import { VGPUPanel } from './panel';
+import { extendNewMenu } from './newmenu';
 import { QueueStatus, offerToOpen } from './queue';
+import { removeRefusedNotebooks } from './refusal';
 import { VGPUStatus } from './statusbar';
 
 const PLUGIN = '@orion-jupyter/labextension';
+/** The demos' launcher section: after Notebook (0), before Console (20). */
+const DEMO_CATEGORY_RANK = 10;
 
 namespace CommandIDs {
   export const newNotebook = 'orion-jupyter:new-vgpu-notebook';
@@ -124,13 +128,13 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
       caption: trans.__(
         'Start a vGPU kernel with the memory you choose and open a new notebook on it, in the file browser\'s folder'
       ),
-      icon: vgpuIcon,
+      icon: newNotebookIcon,
       execute: () => newVGPUNotebook(ctx)
     });
     app.commands.addCommand(CommandIDs.openDemo, {
       label: args => DEMOS.find(d => d.name === args.name)?.label(trans) ?? String(args.name),
       caption: trans.__('Start a vGPU kernel for this demo notebook and open it'),
-      icon: vgpuIcon,
+      icon: args => DEMO_ICONS[String(args.name)]?.icon ?? vgpuIcon,
       describedBy: {
         args: {
           type: 'object',
@@ -141,23 +145,33 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
       execute: args => openDemo(ctx, String(args.name))
     });
     palette?.addItem({ command: CommandIDs.newNotebook, category });
+    if (defaultBrowser) {
+      void extendNewMenu(app, defaultBrowser, [
+        { command: CommandIDs.newNotebook },
+        ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
+        { command: CommandIDs.showPanel }
+      ]);
+    }
     for (const demo of DEMOS) {
       palette?.addItem({ command: CommandIDs.openDemo, category, args: { name: demo.name } });
     }
-    // Next to the default kernel's card, after the kernel specs' own cards.
+    // Among the Notebook cards (the kernels', each with the vGPU kernel logo).
     launcher?.add({
       command: CommandIDs.newNotebook,
       category: 'Notebook',
       rank: Infinity,
-      kernelIconUrl: vgpuIconUrl
+      kernelIconUrl: iconUrl(newNotebookSvg)
     });
+    // The demos in a section of their own right after the Notebook section (rank 0; Console is 20),
+    // so they never stand before the kernels.
     for (const demo of DEMOS) {
       launcher?.add({
         command: CommandIDs.openDemo,
         args: { name: demo.name },
-        category: 'Notebook',
-        rank: Infinity,
-        kernelIconUrl: vgpuIconUrl
+        category: trans.__('vGPU demos'),
+        categoryRank: DEMO_CATEGORY_RANK,
+        rank: DEMOS.indexOf(demo),
+        kernelIconUrl: iconUrl(DEMO_ICONS[demo.name]?.svg ?? newNotebookSvg)
       });
     }
   }
@@ -205,4 +219,17 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin];
+const refusalPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:refused-notebooks`,
+  description:
+    'A new, empty notebook whose kernel the server refused (e.g. a full vGPU pool) is removed once the error is read.',
+  autoStart: true,
+  optional: [INotebookTracker, ITranslator],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker | null, translator: ITranslator | null) => {
+    if (tracker) {
+      removeRefusedNotebooks(app, tracker, (translator ?? nullTranslator).load(DOMAIN));
+    }
+  }
+};
+
+export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin, refusalPlugin];

@@ -124,12 +124,12 @@ export class VGPUPanel extends Widget {
         k.execution_state === 'idle' && idle !== null
           ? trans.__('idle %1', formatDuration(idle, trans))
           : (k.execution_state ?? '');
+      const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, k.compute_percent, trans);
       const stop = actionButton(
         trans.__('Stop'),
         trans.__('Shut down kernel %1', k.kernel_id),
-        () => this.stopKernel(k.kernel_id)
+        () => this.stopKernel(k.kernel_id, `${k.path ?? k.kernel_id} (${label})`)
       );
-      const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, k.compute_percent, trans);
       const warning = cullWarning(k, this.model, trans);
       return card(k.kernel_id, k.kernel_spec, label, stop, [
         k.path ?? trans.__('no notebook'),
@@ -223,7 +223,23 @@ export class VGPUPanel extends Widget {
     await this.model.refresh();
   }
 
-  private async stopKernel(id: string): Promise<void> {
+  /**
+   * Stop asks first, as the class view does: a stopped kernel's variables and running cells are
+   * gone, and no undo could bring them back (a new kernel would start empty).
+   */
+  private async stopKernel(id: string, what: string): Promise<void> {
+    const trans = this.trans;
+    const answer = await showDialog({
+      title: trans.__('Stop vGPU kernel'),
+      body: trans.__(
+        'Stop %1? Its variables and any running cell are lost; its vGPU is freed for others.',
+        what
+      ),
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Stop') })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
     try {
       await this.kernels.shutdown(id);
     } catch (error) {

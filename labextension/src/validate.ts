@@ -1,8 +1,10 @@
 // The "New vGPU notebook" form's check before anything is sent: the server's own rules
 // (vgpu.parse_count, VGPURequest.parse) and words, so a typo is named at once, in the dialog.
-// Whether the pool can serve the request is the server's to say (409, with the short resource).
+// Whether the pool can serve the request is the server's to say (409, with the short resource);
+// what the specs it listed say about now (nothing can start; hub mode: a launch will queue) is here.
 import { TranslationBundle, nullTranslator } from '@jupyterlab/translation';
 
+import { IPool, ISpec } from './api';
 import { DOMAIN, MAX_VGPUS, readMemory } from './format';
 
 /** What the form holds, as typed. */
@@ -113,4 +115,38 @@ export function checkLaunch(
     };
   }
   return { request: { spec: values.spec, vgpus: count.count, memory } };
+}
+
+/**
+ * Why no spec can start now (every one refused, e.g. the pool is full), or '' when one can: the
+ * server's reason for the first refused spec, and what the user can do. A spec whose start the
+ * server cannot judge (hub mode: the broker queues a launch) does not block.
+ */
+export function nothingCanStart(specs: ISpec[], trans: TranslationBundle): string {
+  if (!specs.length || specs.some(s => s.can_start !== false && !s.error)) {
+    return '';
+  }
+  const reason = specs.map(s => s.why_not || s.error).find(Boolean);
+  // The server's reason ends with its advice; without one, the dialog gives it.
+  return reason
+    ? trans.__('No vGPU kernel can start now. %1', reason)
+    : trans.__(
+        'No vGPU kernel can start now. Stop a vGPU kernel you no longer use (the vGPU sidebar), or try again when one is free.'
+      );
+}
+
+/**
+ * Hub mode (the broker decides at launch, so no spec says whether it can start) with no vGPU free:
+ * a launch waits in the queue; the dialog says so and its button offers it. '' otherwise.
+ */
+export function queueNote(specs: ISpec[], pool: IPool | null, trans: TranslationBundle): string {
+  const total = pool?.visible ? pool.totals[pool.count_resource] : undefined;
+  if (!total || total.free > 0 || !specs.some(s => s.can_start === null && !s.error)) {
+    return '';
+  }
+  return trans.__(
+    'No vGPU is free now (%1 of %2 in use): a launch waits in the queue for one, with its place shown, and you may cancel it while it waits.',
+    total.allocated,
+    total.allocatable
+  );
 }

@@ -70,12 +70,16 @@ class BrokerKernels:
         kernel = self.kernels.get(kernel_id)
         return kernel.user if kernel else None
 
-    async def stop_idle(self, kernel_id: str) -> None:
+    def parks(self, kernel_id: str) -> bool:
+        return False  # the broker cannot reach a kernel's shell; parking in hub mode is still to come
+
+    async def stop_idle(self, kernel_id: str) -> str | None:
         kernel = self.kernels.get(kernel_id)
         if kernel is None:
-            return
+            return None
         await self.pods.site.stop(kernel.pod, STOPPED_BY_IDLE)
         self._forget(kernel_id)
+        return None
 
     # -- keeping the table ----------------------------------------------------------------------
     def _sync(self) -> None:

@@ -75,12 +75,16 @@ class KernelActivity:
 
 
 class CullTarget(Protocol):
-    """The kernels a culler judges and stops (a server's kernel manager, or the broker's followed pods)."""
+    """The kernels a culler judges and gives back (a server's kernel manager, or the broker's followed pods).
+
+    ``parks(kernel_id)``: an idle kernel is parked (its namespace saved to its owner's storage) rather than
+    stopped; ``stop_idle`` then answers the snapshot's id (None: the kernel was stopped)."""
 
     def kernel_ids(self) -> list[str]: ...  # every live kernel the target knows
     def activity(self, kernel_id: str) -> KernelActivity | None: ...  # None: not a kernel holding vGPUs
     def owner(self, kernel_id: str) -> str | None: ...
-    async def stop_idle(self, kernel_id: str) -> None: ...
+    def parks(self, kernel_id: str) -> bool: ...
+    async def stop_idle(self, kernel_id: str) -> str | None: ...
 
 
 class Culler:
@@ -245,7 +249,8 @@ class Culler:
         since = self.idle_since(kernel_id) or now
         left = self.keeps_left(kernel_id)
         idle, stops_in = duration((now - since).total_seconds()), duration((at - now).total_seconds())
-        message = (f"idle for {idle}: stops in {stops_in} ({iso(at)}) to free its vGPU unless kept "
+        verb = "parks" if self.target.parks(kernel_id) else "stops"
+        message = (f"idle for {idle}: {verb} in {stops_in} ({iso(at)}) to free its vGPU unless kept "
                    f"({left} keep{'' if left == 1 else 's'} left)")
         self.progress.record(kernel_id, message, stage="cull", level="warning", cull_at=iso(at))
         self.log.warning("vGPU kernel %s of %s %s", kernel_id, self.target.owner(kernel_id), message)
@@ -255,11 +260,11 @@ class Culler:
         activity = self.target.activity(kernel_id)
         owner = self.target.owner(kernel_id) or ""
         last = (activity.last_activity if activity else None) or now
-        message = f"stopped after {duration((now - last).total_seconds())} idle, its vGPU is free again"
+        idle = duration((now - last).total_seconds())
         self._culling.add(kernel_id)
-        self.log.info("stopping vGPU kernel %s of %s: idle since %s", kernel_id, owner, iso(last))
+        self.log.info("giving back vGPU kernel %s of %s: idle since %s", kernel_id, owner, iso(last))
         try:
-            await self.target.stop_idle(kernel_id)
+            snapshot = await self.target.stop_idle(kernel_id)
         except Exception as err:  # noqa: BLE001 - the next round tries again
             self.log.exception("idle vGPU kernel %s could not be stopped", kernel_id)
             self.progress.record(kernel_id, f"could not be stopped after being idle: {err}", stage="cull",
@@ -273,5 +278,11 @@ class Culler:
         self.culled[kernel_id] = owner
         while len(self.culled) > MAX_CULLED:
             self.culled.popitem(last=False)
-        self.progress.record(kernel_id, message, stage="cull", level="info", culled=True)
+        if snapshot:
+            message = (f"parked after {idle} idle, its vGPU is free again: resume snapshot {snapshot} to get its "
+                       "variables back")
+            self.progress.record(kernel_id, message, stage="cull", level="info", culled=True, snapshot=snapshot)
+        else:
+            message = f"stopped after {idle} idle, its vGPU is free again"
+            self.progress.record(kernel_id, message, stage="cull", level="info", culled=True)
         self.log.info("vGPU kernel %s of %s %s", kernel_id, owner, message)

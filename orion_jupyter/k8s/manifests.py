@@ -143,7 +143,7 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
         **backend_fields["annotations"],
         **opts.annotations,
         ANNOTATION_USER: opts.user,
-        ANNOTATION_BACKEND: opts.backend.name,
+        ANNOTATION_BACKEND: opts.backend.label,
         ANNOTATION_REQUEST: json.dumps(opts.request.as_dict(), sort_keys=True),
         ANNOTATION_RESOURCES: json.dumps(resources, sort_keys=True),
     }
@@ -186,7 +186,9 @@ def build_kernel_manifests(opts: KernelPodOptions) -> KernelManifests:
 def _backend_fields(opts: KernelPodOptions) -> dict[str, dict]:
     """What the backend itself puts on the pod: kai's queue label, annotations and scheduler."""
     if opts.backend.kai is None:
-        spec = {"schedulerName": opts.backend.scheduler_name} if opts.backend.scheduler_name else {}
+        spec: dict[str, Any] = {"schedulerName": opts.backend.scheduler_name} if opts.backend.scheduler_name else {}
+        if opts.backend.remote and opts.backend.orion.node_selector:  # remote vGPUs: e.g. the CPU nodes
+            spec["nodeSelector"] = dict(opts.backend.orion.node_selector)
         return {"labels": {}, "annotations": {}, "spec": spec}
     try:
         return pod_fields(opts.request, opts.course, opts.backend.kai, container=CONTAINER_NAME)
@@ -204,7 +206,7 @@ def _memory_cap(opts: KernelPodOptions) -> str:
 def _env(opts: KernelPodOptions) -> list[dict]:
     allocation = KernelAllocation(
         cluster="kubernetes",
-        backend=opts.backend.name,
+        backend=opts.backend.label,
         vgpus=opts.request.count,
         memory_mib=opts.request.memory_mib,
         compute_percent=opts.request.compute_percent,

@@ -4,7 +4,8 @@ Extended-resource backends (orion, hami, nvidia) count what pods hold on each no
 backend's pool is its devices (ResourceSlices) less what this namespace's claims hold, and a
 kernel's row names the device and slice its claim got; the kai backend leaves placement to KAI
 Scheduler (the pool cannot say whether a share fits: only a share larger than any GPU is refused
-before a pod exists).
+before a pod exists). Orion's remote mode (scenario 3) holds nothing Kubernetes counts: its pool
+is what the Orion controller says over HTTP (orion_controller.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from ..allocation import REMOTE_BACKEND, allocation_label
 from ..backends import Backend
 from ..names import (
     ANNOTATION_BACKEND,
@@ -26,6 +28,7 @@ from ..names import (
     TERMINAL_PHASES,
     slug,
 )
+from ..orion_controller import ControllerPool, remote_shortage
 from ..pool import PoolSnapshot, extended_limits
 from ..protocols import DirectMode
 from ..vgpu import VGPURequest, format_mib, usage_fields
@@ -94,6 +97,9 @@ def pod_summary(pod: dict) -> dict[str, Any]:
         "last_activity": last_activity,
         "idle_seconds": seconds_since(last_activity),
         **usage_fields(request, pod_usage(pod)),
+        **({"label": allocation_label(request.get("vgpus"), request.get("memory_mib"), request.get("compute_percent"),
+                                      REMOTE_BACKEND)}
+           if annotations.get(ANNOTATION_BACKEND) == REMOTE_BACKEND else {}),
     }
 
 
@@ -116,6 +122,13 @@ class KubernetesView(DirectMode):
         self.clusters = clusters
         self.backend = backend
         self.count_resource = backend.count_resource
+        self._controllers: dict[str, ControllerPool] = {}
+
+    def _controller(self, backend: Backend) -> ControllerPool:
+        address = backend.orion.controller if backend.orion is not None else ""
+        if address not in self._controllers:
+            self._controllers[address] = ControllerPool(address)
+        return self._controllers[address]
 
     @property
     def namespace(self) -> str:
@@ -128,18 +141,26 @@ class KubernetesView(DirectMode):
             await claims.dra_synced(self.clusters[0])
 
     async def pool(self) -> PoolSnapshot:
+        if self.backend.remote:
+            return await self._controller(self.backend).read()
         return self.last_pool()
 
     def last_pool(self) -> PoolSnapshot:
         return self._pool_for(self.backend)
 
     def _pool_for(self, backend: Backend) -> PoolSnapshot:
-        """dra: devices from the ResourceSlices; else extended resources per node."""
+        """dra: devices from the ResourceSlices; remote Orion: the controller's last answer; else extended
+        resources per node."""
+        if backend.remote:
+            return self._controller(backend).last()
         return claims.dra_pool_of(self.clusters[0]) if backend.uses_claims else self.clusters[0].pool()
 
     async def can_serve(self, request: VGPURequest, backend: Backend) -> bool | None:
         if request.count == 0:
             return True
+        if backend.remote:  # asked afresh: the count decides whether this launch starts
+            pool = await self._controller(backend).read(fresh=True)
+            return pool.visible and pool.can_serve({backend.count_resource: request.count})
         pool = self._pool_for(backend)
         if pool.oversize_message(request.memory_mib):
             return False
@@ -160,6 +181,8 @@ class KubernetesView(DirectMode):
         return total is None or total.free - held_back >= request.count
 
     async def shortage(self, request: VGPURequest, backend: Backend) -> str:
+        if backend.remote:
+            return remote_shortage(self._controller(backend).last(), backend.orion.controller, request.count)
         pool = self._pool_for(backend)
         oversize = pool.oversize_message(request.memory_mib)
         if oversize:

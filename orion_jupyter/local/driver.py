@@ -82,7 +82,7 @@ class LocalDriver:
     def environment(launch: KernelLaunch, slots: list[tuple[int, int]]) -> dict[str, str]:
         request = launch.request
         allocation = KernelAllocation(
-            cluster="local", backend=launch.backend.name, vgpus=request.count, memory_mib=request.memory_mib,
+            cluster="local", backend=launch.backend.label, vgpus=request.count, memory_mib=request.memory_mib,
             compute_percent=request.compute_percent, kernel_id=launch.kernel_id, user=launch.user,
             memory_cap="cooperative" if request.count else "none", node_name=socket.gethostname(),
             namespace="", pod_ip="127.0.0.1",

@@ -51,7 +51,7 @@ class LocalView(DirectMode):
         kernels = [
             {"pod": None, "namespace": None, "user": entry.get("user", ""), "kernel_id": kernel_id,
              "node": "local", "phase": "Running" if entry.get("pid") else "Pending", "reason": "",
-             "backend": self.backend.name, **(entry.get("request") or {}),
+             "backend": self.backend.label, **(entry.get("request") or {}),
              "started": None, "last_activity": None, "idle_seconds": None, "pid": entry.get("pid")}
             for kernel_id, entry in holders.items()
         ]

@@ -10,7 +10,7 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
-from traitlets import Float, Int, List, Unicode
+from traitlets import Float, Int, List, Unicode, default
 
 from ..clusters import import_launch_side
 from ..core.idle import Culler, CullRules
@@ -19,6 +19,7 @@ from ..settings import ClassSettings
 from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
+from .snapshots import Snapshots, SnapshotService, snapshot_routes
 from .state import OrionState
 from .usage import UsageSampler
 from .warm import make_warm_pool
@@ -80,6 +81,13 @@ class OrionJupyter(ExtensionApp, ClassSettings):
     activity_report_interval = Float(60.0, config=True,
                                      help="Seconds between writes of kernels' last activity onto their pods "
                                           "(for idle time in the class view); 0: never.")
+
+    @default("cull_idle_seconds")
+    def _one_person_keeps_idle_kernels(self) -> float:
+        # `orion-jupyter lab` (ORION_JUPYTER_LAB=1): one person on their own machine keeps idle kernels.
+        # A default, not a config file of lab's: ~/.jupyter and an operator's config still set it.
+        return 0.0 if os.environ.get("ORION_JUPYTER_LAB") == "1" else 1800.0
+
     warm_kernels = Int(0, config=True,
                        help="Direct mode on Kubernetes: kernel pods of warm_kernel_spec this server keeps started; a "
                             "launch of that shape takes one (no pod start to wait for) and the pool refills. Each "
@@ -98,17 +106,19 @@ class OrionJupyter(ExtensionApp, ClassSettings):
             COLLECTOR.registered = True
         COLLECTOR.state = self.state  # one server per process reports (the newest)
         self._activity_timer = None
+        snapshots = SnapshotService(self.state, Snapshots(parent=self))
+        self.settings["orion_jupyter_snapshots"] = snapshots
         if self.state.view.decides_culling:  # hub mode: the broker culls, from the kernels' own activity
             self.culler: Culler | BackendCulling = BackendCulling(self.state.view)
         else:
-            self.culler = Culler(ServerKernels(self.state.kernels), PROGRESS,
+            self.culler = Culler(ServerKernels(self.state.kernels, snapshots), PROGRESS,
                                  CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(routes(r"/orion/api"))
+        self.handlers.extend(routes(r"/orion/api") + snapshot_routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         warm_kernel_manager(serverapp.kernel_manager)

@@ -4,21 +4,29 @@ this server shows its fields and passes Keep and Exempt on (:class:`BackendCulli
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from jupyter_server.utils import ensure_async
 
 from ..core.idle import KernelActivity, NotCullable
+from ..snapshot import SnapshotError
 from .kernels import VGPUKernels
+from .snapshots import SnapshotService
+
+log = logging.getLogger("orion_jupyter.culling")
 
 
 class ServerKernels:
     """This server's vGPU kernels as a ``core.idle.CullTarget``: the kernel manager's own ``execution_state``
-    and ``last_activity`` (jupyter_server keeps them from the kernel's iopub; the usage probe is untracked)."""
+    and ``last_activity`` (jupyter_server keeps them from the kernel's iopub; the usage probe is untracked).
+    Where ``snapshots`` can park (``Snapshots.park_idle``, a backend with the owner's storage), an idle kernel
+    is parked; a park that fails (a full disk, a limit) logs why and the kernel is stopped as before."""
 
-    def __init__(self, kernels: VGPUKernels):
+    def __init__(self, kernels: VGPUKernels, snapshots: SnapshotService | None = None):
         self.kernels = kernels
         self.kernel_manager = kernels.kernel_manager
+        self.snapshots = snapshots
 
     def kernel_ids(self) -> list[str]:
         return list(self.kernel_manager.list_kernel_ids())
@@ -36,8 +44,18 @@ class ServerKernels:
     def owner(self, kernel_id: str) -> str | None:
         return self.kernels.kernel_user(kernel_id)
 
-    async def stop_idle(self, kernel_id: str) -> None:
+    def parks(self, kernel_id: str) -> bool:
+        return self.snapshots is not None and self.snapshots.parks_idle()
+
+    async def stop_idle(self, kernel_id: str) -> str | None:
+        if self.parks(kernel_id):
+            try:
+                report = await self.snapshots.park(kernel_id, self.owner(kernel_id) or "")
+                return report["snapshot"]
+            except SnapshotError as err:
+                log.warning("idle kernel %s could not be parked (%s); stopping it instead", kernel_id, err)
         await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+        return None
 
 
 class BackendCulling:

@@ -19,6 +19,8 @@ DEMOS = {
     "mnist": "MNIST: train a small CNN on the vGPU",
     "facenet": "FaceNet: detect, embed and compare faces on the vGPU",
 }
+#: vGPU memory a demo needs (MiB in all): it starts on the smallest spec with this much.
+DEMO_MEMORY_MIB = {"mnist": 0, "facenet": 4096}
 
 
 def notebooks_dir() -> Path:
@@ -28,12 +30,16 @@ def notebooks_dir() -> Path:
 
 
 class Demos:
-    def __init__(self, progress: ProgressLog, folder: str, default_spec: Callable[[], str], cell_timeout: int):
+    def __init__(self, progress: ProgressLog, folder: str, default_spec: Callable[[int], str], cell_timeout: int):
         self.progress = progress
         self.folder = folder.strip("/")
         self.default_spec = default_spec
         self.cell_timeout = cell_timeout
         self._runs: set[asyncio.Task] = set()
+
+    def spec_for(self, name: str) -> str:
+        """The kernel spec the demo starts on when the request names none."""
+        return self.default_spec(DEMO_MEMORY_MIB.get(name, 0))
 
     def names(self) -> list[str]:
         return list(DEMOS)

@@ -203,7 +203,7 @@ class DemoHandler(OrionHandler):
         run = body.pop("run", False)
         if not isinstance(run, bool):
             return self.refuse(400, f'field "run" must be true or false, not {json.dumps(run)}', field="run")
-        body.setdefault("spec", self.state.demos.default_spec())
+        body.setdefault("spec", self.state.demos.spec_for(name))
         if not body["spec"]:
             return self.refuse(400, 'field "spec" is missing and no vGPU kernel spec is installed to default to',
                                field="spec")

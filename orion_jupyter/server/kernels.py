@@ -119,7 +119,8 @@ class VGPUKernels:
         return [{**kernel, "path": paths.get(kernel["kernel_id"])}
                 for kernel in self.allocations() if access.owns(user, kernel.get("user", ""))]
 
-    def default_spec(self, preferred: str = "") -> str:
+    def default_spec(self, preferred: str = "", min_memory_mib: int = 0) -> str:
+        """``preferred``, else the smallest vGPU spec with at least ``min_memory_mib`` in all (else the smallest)."""
         if preferred:
             return preferred
         candidates = []
@@ -130,7 +131,8 @@ class VGPUKernels:
                 continue
             if request.count:
                 candidates.append((request.total_memory_mib, name))
-        return min(candidates)[1] if candidates else ""
+        large_enough = [c for c in candidates if c[0] >= min_memory_mib]
+        return min(large_enough or candidates)[1] if candidates else ""
 
     def warm_shape(self, spec_name: str) -> tuple[VGPURequest, str] | None:
         """The request and image of a vGPU kernel spec (the default one when ``spec_name`` is empty)."""
@@ -245,6 +247,8 @@ class VGPUKernels:
             try:  # the same checks a start runs: policy, image allow-list, this user's quota, capacity
                 await self.plan({"spec": name}, username)
                 view["can_start"] = await self.view.can_serve(request, backend)
+                if view["can_start"] is False:  # the dialog says why ("no vGPU free: 4 of 4 in use")
+                    view["why_not"] = await self.view.shortage(request, backend)
             except (VGPURequestError, KernelLaunchError) as err:
                 view.update(can_start=False, why_not=str(err))
             out.append(view)

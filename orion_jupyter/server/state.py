@@ -28,8 +28,8 @@ class OrionState:
         self.kernels = VGPUKernels(serverapp, self.settings, self.view, usage)
         self.activity = ActivityReporter(self.kernels, self.view)
         self.progress = PROGRESS
-        self.demos = Demos(PROGRESS, app.demo_folder, lambda: self.kernels.default_spec(app.demo_spec),
-                           app.demo_cell_timeout)
+        self.demos = Demos(PROGRESS, app.demo_folder,
+                           lambda min_mib=0: self.kernels.default_spec(app.demo_spec, min_mib), app.demo_cell_timeout)
 
     def is_instructor(self, user: Any) -> bool:
         return self.access.is_instructor(user)

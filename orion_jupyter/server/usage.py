@@ -168,24 +168,10 @@ class UsageSampler:
 
     def _client(self, km: Any) -> Any:
         import zmq.asyncio
-        from jupyter_client.asynchronous import AsyncKernelClient
 
         if self._context is None:
             self._context = zmq.asyncio.Context()
-        # A session id of its own: every km.client() clones the manager's session, whose id is the ZMQ
-        # identity of its sockets; two clients with one identity steal each other's replies (the
-        # kernel's ROUTER drops ours once the other one disconnects).
-        session = km.session.clone()
-        session.session = str(uuid.uuid4())
-        client = km.client(context=self._context, session=session)
-        if not isinstance(client, AsyncKernelClient):  # a blocking manager: never block the loop
-            info = {**km.get_connection_info(), "session": session}
-            info.pop("key", None), info.pop("signature_scheme", None)
-            for name in ("curve_publickey", "curve_secretkey"):
-                if isinstance(info.get(name), str):
-                    info[name] = info[name].encode("ascii")
-            client = AsyncKernelClient(**info, context=self._context)
-        return client
+        return kernel_client(km, self._context)
 
     async def _ask(self, client: Any) -> dict[str, Any] | None:
         msg = client.session.msg("usage_request", {})
@@ -197,6 +183,26 @@ class UsageSampler:
                 return reading_from_reply(reply.get("content") or {})
             # a late reply to an earlier probe: skip it
         return None
+
+
+def kernel_client(km: Any, context: Any) -> Any:
+    """An asyncio client of ``km``'s kernel with a session id of its own, for a few messages beside the user's."""
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    # A session id of its own: every km.client() clones the manager's session, whose id is the ZMQ
+    # identity of its sockets; two clients with one identity steal each other's replies (the
+    # kernel's ROUTER drops ours once the other one disconnects).
+    session = km.session.clone()
+    session.session = str(uuid.uuid4())
+    client = km.client(context=context, session=session)
+    if not isinstance(client, AsyncKernelClient):  # a blocking manager: never block the loop
+        info = {**km.get_connection_info(), "session": session}
+        info.pop("key", None), info.pop("signature_scheme", None)
+        for name in ("curve_publickey", "curve_secretkey"):
+            if isinstance(info.get(name), str):
+                info[name] = info[name].encode("ascii")
+        client = AsyncKernelClient(**info, context=context)
+    return client
 
 
 def _is_vgpu_kernel(km: Any) -> bool:

@@ -25,8 +25,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..allocation import KernelAllocation
-from ..vgpu import format_allocation, format_mib
+from ..allocation import REMOTE_BACKEND, REMOTE_NOTE, KernelAllocation, allocation_label
+from ..vgpu import format_mib
 
 MIB = 1024 * 1024
 CONTEXT_RESERVE_MIB = 512
@@ -64,7 +64,8 @@ def summarize_allocation(allocation: KernelAllocation | None) -> str:
     if allocation is None:
         return NOT_ORION
     a = allocation
-    parts = [f"{a.cluster or '?'} · {a.backend or '?'}", format_allocation(a.vgpus, a.memory_mib, a.compute_percent)]
+    parts = [f"{a.cluster or '?'} · {a.backend or '?'}",
+             allocation_label(a.vgpus, a.memory_mib, a.compute_percent, a.backend)]
     if a.pod_name:
         parts.append(f"pod {a.pod_name}" + (f" on {a.node_name}" if a.node_name else ""))
     elif a.node_name:
@@ -82,7 +83,7 @@ def describe_allocation(allocation: KernelAllocation | None) -> dict[str, str]:
     return {
         "cluster": a.cluster or "?",
         "backend": a.backend or "?",
-        "vgpus": str(a.vgpus),
+        "vgpus": f"{a.vgpus} ({REMOTE_NOTE})" if a.backend == REMOTE_BACKEND and a.vgpus else str(a.vgpus),
         "memory": (
             f"{a.memory_mib} MiB per vGPU ({format_mib(a.memory_mib)}"
             + (f", {format_mib(a.memory_mib * a.vgpus)} in all)" if a.vgpus > 1 else ")")
@@ -126,6 +127,11 @@ def _device_totals(torch: Any) -> list[int]:
     return _TOTALS
 
 
+def _cpu_only_pool(allocation: KernelAllocation) -> bool:
+    """A local kernel whose slots hide every GPU (the local pool's CPU-only slots set it empty)."""
+    return allocation.cluster == "local" and os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+
+
 def describe_devices(allocation: KernelAllocation | None = None) -> list[str]:
     """One line per device the framework sees, or why there is none."""
     torch = _torch_module(import_it=True)
@@ -133,7 +139,10 @@ def describe_devices(allocation: KernelAllocation | None = None) -> list[str]:
         return ["PyTorch is not installed in this kernel: no framework devices to show"]
     if not torch.cuda.is_available():
         lines = [f"no GPU: running on CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)"]
-        if allocation is not None and allocation.vgpus > 0:
+        if allocation is not None and allocation.vgpus > 0 and _cpu_only_pool(allocation):
+            lines.append(f"this kernel was granted {allocation.vgpus} vGPU(s) of a CPU-only pool (no GPU on this "
+                         "machine): it runs on the CPU, as intended; its memory is RAM")
+        elif allocation is not None and allocation.vgpus > 0:
             lines.append(
                 f"this kernel was granted {allocation.vgpus} vGPU(s) but PyTorch sees no CUDA device:"
                 " check that the image has a CUDA build of PyTorch and that the vGPU runtime is reachable"

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ipywidgets as widgets
+import psutil
 
 from ..allocation import KernelAllocation
 from ..demos.registry import DemoSettings
@@ -21,6 +22,7 @@ from .allocation import (
     summarize_allocation,
     vgpu_memory_mib,
 )
+from .chart import MemoryHistory, load_text
 from .runner import DemoRunner
 
 __all__ = ["VGPUPanel"]
@@ -65,18 +67,32 @@ class VGPUPanel(widgets.VBox):
         )
         self.memory_bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="memory")
         self.memory_label = widgets.Label(value="")
+        self.history = MemoryHistory()
+        self.chart = widgets.HTML(value="")
+        self.load = widgets.Label(value="")
+        self._process = psutil.Process()
+        self._process.cpu_percent(interval=None)  # the first reading starts the measurement
+        # ipykernel's subshells would need the front end to open one; a thread's comm messages
+        # reach the page while a cell runs in any ipykernel.
+        self.updates = widgets.HTML(value=f"<small>updates every {refresh_s:g} s from a background thread "
+                                          "(comm messages), also while a cell runs</small>")
         self.refreshes = 0
         self.runner = DemoRunner(slider_limits(vgpu_memory_mib(self.allocation)), settings)
         self.runner.plot.observe(lambda _change: self.refresh(), names="outputs")
 
+        # The allocation in full (its one-line summary is at the top): folded, for a compact card.
+        self.details = widgets.Accordion(children=[self.allocation_grid], selected_index=None)
+        self.details.set_title(0, "allocation details")
         super().__init__(
             children=[
-                title,
-                self.summary,
-                self.allocation_grid,
+                widgets.HBox([title, self.summary]),
+                self.chart,
+                self.load,
+                widgets.HBox([self.memory_bar, self.memory_label]),
+                self.updates,
+                self.details,
                 widgets.HTML(value="<b>devices</b>"),
                 self.devices_label,
-                widgets.HBox([self.memory_bar, self.memory_label]),
                 widgets.HTML(value="<b>demo</b>"),
                 self.runner,
             ],
@@ -94,6 +110,9 @@ class VGPUPanel(widgets.VBox):
         reading = read_memory(self.allocation)
         self.refreshes += 1
         self.memory_label.value = reading.text
+        self.history.add(reading.used)
+        self.chart.value = self.history.svg(reading.limit, reading.on_gpu)
+        self.load.value = load_text(self._process)
         if reading.fraction is None:
             self.memory_bar.layout.display = "none"
             self.memory_bar.value = 0.0

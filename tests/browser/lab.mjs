@@ -14,3 +14,14 @@ export const kernelIdle = async (page, path, timeout = 60000) => (await page.wai
   const text = item?.textContent.trim() ?? '';
   return /\| Idle$/.test(text) && text;
 }, path.source, { timeout, polling: 100 })).jsonValue();
+
+// Debian's chromium (no browser download), headless, quiet: what every browser script starts.
+export const launchChromium = async () => {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+           '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  });
+};

@@ -147,6 +147,14 @@ try {
 
   result.step = 'stop';
   await card.first().locator('button', { hasText: 'Stop' }).click();
+  // Stop asks first: Cancel keeps the kernel, the dialog's Stop stops it.
+  const confirm = page.locator('.jp-Dialog', { hasText: 'Stop vGPU kernel' });
+  result.stop_question = await confirm.locator('.jp-Dialog-body').innerText();
+  await confirm.locator('.jp-Dialog-button', { hasText: 'Cancel' }).click();
+  await confirm.waitFor({ state: 'detached' });
+  result.kernels_after_cancel = (await api('/api/kernels')).length;
+  await card.first().locator('button', { hasText: 'Stop' }).click();
+  await confirm.locator('.jp-Dialog-button.jp-mod-accept', { hasText: 'Stop' }).click();
   await card.first().waitFor({ state: 'detached' });
   result.mine_text_after_stop = await panel.locator('.orion-Panel-mine').innerText();
   result.kernels_after_stop = await api('/api/kernels');

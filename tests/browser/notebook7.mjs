@@ -104,6 +104,17 @@ try {
   await page.keyboard.press('Escape');
   await page.keyboard.press('Escape');
   await page.screenshot({ path: `${shots}/nb7-tree.png` });
+  // The tree's own "New" dropdown: the vGPU items after the kernels; the vGPU panel from it.
+  result.step = 'tree new menu';
+  await page.locator('.jp-DropdownMenu .lm-MenuBar-itemLabel', { hasText: 'New' }).click();
+  await page.locator('.lm-Menu:visible .lm-Menu-itemLabel', { hasText: 'New vGPU notebook…' }).waitFor();
+  result.tree_new_items = await page.locator('.lm-Menu:visible .lm-Menu-itemLabel').allInnerTexts();
+  await page.screenshot({ path: `${shots}/nb7-new-menu.png` });
+  await page.locator('.lm-Menu:visible .lm-Menu-itemLabel', { hasText: 'Show the vGPU panel' }).click();
+  const treePanel = page.locator('#orion-vgpu-panel');
+  await treePanel.locator('.orion-Bar-text').first().waitFor();
+  result.tree_panel_pool = await treePanel.locator('.orion-Panel-pool').innerText();
+  await page.screenshot({ path: `${shots}/nb7-tree-panel.png` });
 
   result.step = 'notebook';
   await page.goto(`${base}/notebooks/${notebookPath}?token=${token}`);

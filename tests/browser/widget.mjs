@@ -41,6 +41,21 @@ try {
   result.buttons = await widget.locator('button').allInnerTexts();
   result.progress_bars = await widget.locator('.widget-hprogress, .widget-progress').count();
   await page.screenshot({ path: screenshot, fullPage: true });
+  // The second cell runs for a while, taking memory step by step: the chart (its thread's comm
+  // messages) moves meanwhile, the cell still running ("[*]").
+  const points = () => widget.locator('.orion-chart polyline').getAttribute('points');
+  const second = page.locator('.jp-Cell').nth(1);
+  await second.locator('.jp-InputArea-editor').click();
+  await page.keyboard.press('Shift+Enter');
+  await page.waitForFunction(() => document.querySelectorAll('.jp-Cell .jp-InputPrompt')[1]?.textContent.includes('*'));
+  await page.waitForTimeout(3000);
+  result.chart_during = [await points()];
+  await page.waitForTimeout(4000);
+  result.chart_during.push(await points());
+  result.running_after = (await second.locator('.jp-InputPrompt').innerText()).includes('*');
+  result.chart_caption = await widget.locator('.orion-chart').innerText();
+  result.load_text = await widget.locator('.widget-label').allInnerTexts();
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '-running.png'), fullPage: true });
   result.ok = true;
 } catch (error) {
   result.error = String(error);

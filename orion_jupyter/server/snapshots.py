@@ -1,0 +1,361 @@
+"""Park and resume in direct mode: the REST handlers, where snapshots live, and the kernel's part.
+
+Park sends the kernel one silent execute request whose user expression runs
+``orion_jupyter.snapshot.park`` (nothing reaches the user's history); the server then reads the
+snapshot back against its checksums and only then shuts the kernel down through the kernel
+manager, which frees its vGPU. Resume starts a kernel as any launch does (the same checks, the
+same refusal when the pool is full) and restores the snapshot into it before answering.
+
+Snapshots are loaded only from the owner's own folder under ``Snapshots.location``, by an id the
+server checks; a request never names a path.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.utils import ensure_async
+from tornado import web
+from traitlets import Bool, Float, Int, Unicode
+from traitlets.config import Configurable
+
+from .. import snapshot
+from ..kernelspecs import vgpu_specs
+from ..metrics import SNAPSHOT_BYTES, SNAPSHOT_SECONDS
+from ..snapshot import SnapshotError
+from .handlers import OrionHandler
+from .kernels import checked_path
+from .usage import kernel_client
+
+STATUS = {"not_found": 404, "bad_id": 404, "too_big": 413, "disk": 507, "damaged": 422, "timeout": 504,
+          "unsupported": 501, "location": 409, "busy": 409, "kernel": 500, "no_kernel": 500}
+
+
+class Snapshots(Configurable):
+    """Where snapshots of parked kernels live, and how large they may grow."""
+
+    location = Unicode("", config=True,
+                       help="Folder of snapshots (one private folder per user inside it). Local backend: default "
+                            "<Jupyter data folder>/orion-snapshots. Direct mode on Kubernetes: a path inside the "
+                            "kernel pod on storage it keeps (not supported yet). Refused when other users can "
+                            "write it or the folder holding it (a class-shared volume).")
+    max_snapshot_bytes = Int(4 << 30, config=True, help="Bytes one snapshot may take; a larger park is refused.")
+    max_user_bytes = Int(16 << 30, config=True,
+                         help="Bytes all of one user's snapshots may take together; a park past it is refused.")
+    timeout_seconds = Float(600.0, config=True,
+                            help="Seconds the kernel may take to save or restore a snapshot.")
+    park_idle = Bool(True, config=True,
+                     help="Idle culling parks a vGPU kernel (its variables saved here) instead of stopping it, where "
+                          "this backend keeps snapshots (the local backend so far); a park that fails stops it.")
+
+
+@contextmanager
+def timed(action: str) -> Iterator[None]:
+    """Records the seconds of a park or resume, with its outcome, in the metrics."""
+    started, outcome = time.monotonic(), "error"
+    try:
+        yield
+        outcome = "ok"
+    except SnapshotError as err:
+        outcome = err.reason
+        raise
+    except Exception as err:  # a launch refused as any launch (its reason), or a fault (its class)
+        outcome = str(getattr(err, "reason", "") or type(err).__name__)
+        raise
+    finally:
+        SNAPSHOT_SECONDS.labels(action, outcome).observe(time.monotonic() - started)
+
+
+def answer_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The kernel's report from a user expression's display data: its JSON, or its plain text where a
+    kernel shows no JSON (a literal, never evaluated)."""
+    if isinstance(data.get("application/json"), dict):
+        return data["application/json"]
+    try:
+        value = ast.literal_eval(data.get("text/plain", ""))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise SnapshotError("kernel", "the kernel's answer could not be read; it keeps running")
+    return value
+
+
+async def idle_soon(km: Any, seconds: float = 2.0) -> bool:
+    """Whether the kernel is idle, or turns idle within ``seconds`` (a cell that just ended: its idle
+    status may reach the server a moment after its reply reached the user)."""
+    deadline = time.monotonic() + seconds
+    while getattr(km, "execution_state", None) == "busy":
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+class SnapshotService:
+    """Park, list, resume and delete, for one server (``state`` is the extension's OrionState)."""
+
+    def __init__(self, state: Any, settings: Snapshots):
+        self.state = state
+        self.settings = settings
+        self.kernel_manager = state.kernels.kernel_manager
+        self.parking: set[str] = set()
+        self.resuming: set[str] = set()
+        self.writing: set[Path] = set()  # snapshots being written now (their .partial folders)
+
+    def base(self) -> Path:
+        if self.state.view.kind != "local":
+            raise SnapshotError("unsupported", "park and resume work with the local backend so far; on Kubernetes "
+                                               "they come with the kernel's storage (Snapshots.location)")
+        return Path(self.settings.location or Path(jupyter_data_dir()) / "orion-snapshots")
+
+    def parks_idle(self) -> bool:
+        """Idle culling parks here: it is on, and this backend keeps snapshots."""
+        return self.settings.park_idle and self.state.view.kind == "local"
+
+    def folder(self, owner: str, create: bool) -> Path | None:
+        return snapshot.user_folder(self.base(), owner, create)
+
+    def find(self, owner: str, snapshot_id: str) -> tuple[Path, dict[str, Any]]:
+        """A complete snapshot of ``owner``'s; another user's, a bad or unknown id: not found."""
+        folder = self.folder(owner, create=False) if snapshot.is_id(snapshot_id) else None
+        if folder is None or not (folder / snapshot_id).is_dir():
+            raise SnapshotError("not_found", f'no snapshot "{snapshot_id[:80]}" of yours')
+        manifest = snapshot.read_manifest(folder / snapshot_id)
+        if manifest.get("owner") != owner or manifest.get("id") != snapshot_id:
+            raise SnapshotError("not_found", f'no snapshot "{snapshot_id}" of yours')
+        return folder / snapshot_id, manifest
+
+    def list(self, owner: str) -> list[dict[str, Any]]:
+        folder = self.folder(owner, create=False)
+        out = []
+        for path in sorted(folder.iterdir(), reverse=True) if folder else []:
+            if not snapshot.is_id(path.name):
+                continue  # a park under way (.partial) or not ours
+            try:
+                manifest = snapshot.read_manifest(path)
+            except SnapshotError as err:
+                out.append({"id": path.name, "error": str(err)})
+                continue
+            kernel = manifest.get("kernel") or {}
+            out.append({"id": path.name, "created": manifest.get("created"), "bytes": manifest.get("bytes"),
+                        "spec": kernel.get("spec"), "path": kernel.get("path"), "vgpu": kernel.get("vgpu"),
+                        "saved": sorted([n for e in manifest["entries"] for n in e["names"]]
+                                        + list(manifest.get("modules") or {})),
+                        "not_saved": manifest.get("not_saved") or {}})
+        return out
+
+    def delete(self, owner: str, snapshot_id: str) -> None:
+        path, _manifest = self.find(owner, snapshot_id)
+        if snapshot_id in self.resuming:
+            raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed; delete it afterwards")
+        shutil.rmtree(path)
+
+    async def ask(self, kernel_id: str, function: str, **arguments: Any) -> dict[str, Any]:
+        """``snapshot.<function>(**arguments)`` in the kernel, by one silent execute request."""
+        import zmq.asyncio
+
+        km = self.kernel_manager.get_kernel(kernel_id)
+        expression = (f"__import__('orion_jupyter.snapshot', fromlist=['answer'])"
+                      f".answer({function!r}, {json.dumps(arguments)!r})")
+        client = kernel_client(km, zmq.asyncio.Context.instance())
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        try:
+            reply = await client.execute("", silent=True, store_history=False, user_expressions={"orion": expression},
+                                         reply=True, timeout=self.settings.timeout_seconds)
+        except TimeoutError:
+            raise SnapshotError("timeout", f"the kernel did not {function} in {self.settings.timeout_seconds:g} s; "
+                                           "it keeps running") from None
+        finally:
+            client.stop_channels()
+        result = (reply["content"].get("user_expressions") or {}).get("orion") or {}
+        if result.get("status") != "ok":
+            raise SnapshotError("kernel", f"the kernel could not {function} ({result.get('ename', 'no answer')}: "
+                                          f"{result.get('evalue', reply['content'].get('evalue', ''))}); its image "
+                                          "needs orion-jupyter and dill. The kernel keeps running")
+        answer = answer_of(result.get("data") or {})
+        if "error" in answer:
+            raise SnapshotError(answer.get("reason", "kernel"), answer["error"])
+        return answer
+
+    async def park(self, kernel_id: str, owner: str) -> dict[str, Any]:
+        """Save the kernel's namespace; once the snapshot reads back whole, shut the kernel down."""
+        km = self.kernel_manager.get_kernel(kernel_id)
+        if kernel_id in self.parking:
+            raise SnapshotError("busy", f"kernel {kernel_id} is being parked already")
+        if not await idle_soon(km):
+            raise SnapshotError("busy", f"kernel {kernel_id} is running a cell; park it once it is idle "
+                                        "(or interrupt it first)")
+        if not await ensure_async(km.is_alive()):
+            raise SnapshotError("busy", f"kernel {kernel_id} is not running (it died or is restarting); "
+                                        "there is nothing to park")
+        folder = self.folder(owner, create=True)
+        target = folder / snapshot.new_id()
+        self.forget_partial(folder)
+        self.parking.add(kernel_id)
+        self.writing.add(target)
+        try:
+            with timed("park"):
+                report = await self._park(kernel_id, owner, target)
+        finally:
+            self.parking.discard(kernel_id)
+            self.writing.discard(target)
+        SNAPSHOT_BYTES.labels("park").inc(report["bytes"])
+        return {"snapshot": report["snapshot"], "saved": report["saved"], "not_saved": report["not_saved"],
+                "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
+
+    def forget_partial(self, folder: Path) -> None:
+        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit."""
+        for path in folder.glob("*" + snapshot.PARTIAL):
+            if path.with_name(path.name[:-len(snapshot.PARTIAL)]) not in self.writing:
+                shutil.rmtree(path, ignore_errors=True)
+
+    async def _park(self, kernel_id: str, owner: str, target: Path) -> dict[str, Any]:
+        report = await self.ask(kernel_id, "park", folder=str(target), owner=owner,
+                                limit_bytes=self.settings.max_snapshot_bytes,
+                                user_limit_bytes=self.settings.max_user_bytes, info=await self.kernel_info(kernel_id))
+        bad = snapshot.damaged(target, snapshot.read_manifest(target))
+        if bad:
+            shutil.rmtree(target, ignore_errors=True)
+            raise SnapshotError("disk", f"the snapshot did not read back whole ({', '.join(sorted(bad))}); "
+                                        "nothing was parked and the kernel keeps running")
+        await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+        return report
+
+    async def kernel_info(self, kernel_id: str) -> dict[str, Any]:
+        """What the manifest records of the kernel: its spec, vGPU request and notebook."""
+        km = self.kernel_manager.get_kernel(kernel_id)
+        provisioner = self.state.kernels.provisioner(kernel_id)
+        path = None
+        for session in await ensure_async(self.state.kernels.serverapp.session_manager.list_sessions()):
+            if (session.get("kernel") or {}).get("id") == kernel_id:
+                path = session.get("path")
+        return {"kernel_id": kernel_id, "spec": km.kernel_name, "path": path,
+                "vgpu": provisioner.allocation_summary() if provisioner else None}
+
+    async def resume(self, owner: str, snapshot_id: str, spec: str | None) -> dict[str, Any]:
+        """A new kernel (``spec``, or the parked one's) with the snapshot restored in it."""
+        path, manifest = self.find(owner, snapshot_id)
+        if snapshot_id in self.resuming:
+            raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed already")
+        self.resuming.add(snapshot_id)
+        try:
+            with timed("resume"):
+                result = await self._resume(path, manifest, owner, spec)
+        finally:
+            self.resuming.discard(snapshot_id)
+        SNAPSHOT_BYTES.labels("resume").inc(manifest.get("bytes") or 0)
+        return result
+
+    async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None) -> dict[str, Any]:
+        kernel = manifest.get("kernel") or {}
+        spec = spec or kernel.get("spec")
+        notebook = checked_path(kernel.get("path") if isinstance(kernel.get("path"), str) else None)
+        if spec in vgpu_specs():  # as any launch: policy, quota, capacity (a full pool refuses)
+            kernel_id = (await self.state.kernels.start({"spec": spec}, owner, path=notebook))["id"]
+        elif spec in self.kernel_manager.kernel_spec_manager.find_kernel_specs():
+            kernel_id = await ensure_async(self.kernel_manager.start_kernel(kernel_name=spec, path=notebook))
+        else:
+            raise SnapshotError("bad_spec", f'no kernel spec named "{str(spec)[:80]}" to resume on')
+        try:
+            report = await self.ask(kernel_id, "restore", folder=str(path), owner=owner)
+        except BaseException:
+            await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+            raise
+        saved = {n for e in manifest["entries"] for n in e["names"]} | set(manifest.get("modules") or {})
+        kept = bool(saved - set(report["restored"]))  # something did not come back: keep it to try again
+        if not kept:
+            shutil.rmtree(path, ignore_errors=True)
+        return {"kernel_id": kernel_id, "spec": spec, "path": notebook, "snapshot": path.name,
+                "restored": report["restored"], "not_restored": report["not_restored"], "moved": report["moved"],
+                "snapshot_kept": kept}
+
+
+class SnapshotHandler(OrionHandler):
+    @property
+    def snapshots(self) -> SnapshotService:
+        return self.settings["orion_jupyter_snapshots"]
+
+    async def answer(self, work: Any, status: int = 200) -> None:
+        try:
+            self.reply(await work, status)
+        except SnapshotError as err:
+            self.refuse(STATUS.get(err.reason, 400), str(err), reason=err.reason)
+
+
+class ParkHandler(SnapshotHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        """Park one of the caller's kernels (an instructor: anyone's); the snapshot is the kernel user's."""
+        if kernel_id not in self.kernel_manager:
+            return self.refuse(404, f'no kernel "{kernel_id[:80]}" of yours')
+        owner = self.state.kernels.kernel_user(kernel_id)
+        if owner is None:  # a kernel started through Jupyter's own API: the server user's
+            owner = self.username if self.state.access.owns(self.current_user, self.state.access.server_user) else None
+        elif not self.state.access.owns(self.current_user, owner):
+            owner = None
+        if owner is None:
+            return self.refuse(404, f'no kernel "{kernel_id}" of yours')
+        await self.answer(self.snapshots.park(kernel_id, owner), 201)
+
+
+class SnapshotsHandler(SnapshotHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.answer(self._list())
+
+    async def _list(self) -> dict[str, Any]:
+        return {"snapshots": self.snapshots.list(self.username)}
+
+
+class ResumeHandler(SnapshotHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, snapshot_id: str) -> None:
+        body = self.json_body()
+        if body is None:
+            return
+        spec = body.get("spec")
+        if set(body) - {"spec"} or not (spec is None or isinstance(spec, str)):
+            return self.refuse(400, 'send {} or {"spec": "<kernel spec>"} (the parked kernel\'s spec by default)',
+                               field="spec")
+        try:
+            await self.answer(self.snapshots.resume(self.username, snapshot_id, spec or None))
+        except SnapshotError as err:
+            self.refuse(STATUS.get(err.reason, 400), str(err), reason=err.reason)
+
+    async def answer(self, work: Any, status: int = 200) -> None:
+        result = await self.or_refuse(work)  # a launch refused as any launch (a full pool: 409)
+        if result is not None:
+            self.reply(result, status)
+
+
+class DeleteHandler(SnapshotHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, snapshot_id: str) -> None:
+        await self.answer(self._delete(snapshot_id))
+
+    async def _delete(self, snapshot_id: str) -> dict[str, Any]:
+        self.snapshots.delete(self.username, snapshot_id)
+        return {"deleted": snapshot_id}
+
+
+def snapshot_routes(prefix: str) -> list[tuple[str, type]]:
+    return [
+        (rf"{prefix}/kernels/([^/]+)/park", ParkHandler),
+        (rf"{prefix}/snapshots", SnapshotsHandler),
+        (rf"{prefix}/snapshots/([^/]+)/resume", ResumeHandler),
+        (rf"{prefix}/snapshots/([^/]+)", DeleteHandler),
+    ]
