@@ -88,7 +88,7 @@ def _manifests(args: argparse.Namespace) -> int:
     if stack_only:
         return _usage_error(f"--{stack_only[0].replace('_', '-')} is for the Orion stack: add --orion-stack")
     if not args.hub:
-        for flag in ("values", "hub_service_account", "broker_image"):
+        for flag in ("values", "hub_service_account", "broker_image", "kernel_egress"):
             if getattr(args, flag):
                 return _usage_error(f"--{flag.replace('_', '-')} is for hub mode: add --hub")
         docs = rbac_manifests(args.namespace, args.service_account or "jupyter", read_nodes=not args.no_nodes,
@@ -96,14 +96,18 @@ def _manifests(args: argparse.Namespace) -> int:
     elif args.values:
         return _hub_values(args)
     else:
-        from .k8s.hub_manifests import BROKER_SERVICE, broker_manifests
+        from .k8s.hub_manifests import BROKER_SERVICE, broker_manifests, kernel_network_defaults
 
         if args.service_account and args.hub_service_account:
             return _usage_error("--service-account (a new account) or --hub-service-account (an existing one), "
                                 "not both")
+        try:
+            network = kernel_network_defaults(args.namespace, args.kernel_egress or ())
+        except ValueError as err:
+            return _usage_error(str(err))
         docs = broker_manifests(args.namespace, args.hub_service_account or args.service_account or BROKER_SERVICE,
                                 read_nodes=not args.no_nodes, read_all_pods=args.read_all_pods, backend=args.backend,
-                                create_service_account=not args.hub_service_account)
+                                create_service_account=not args.hub_service_account) + network
     if args.backend == "dra":
         docs += _claim_templates(args)
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
@@ -277,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--broker-image; with --presets, embeds them and installs their kernel specs)")
     manifests.add_argument("--broker-image", metavar="NAME:TAG",
                            help="with --hub --values: the hub image, with orion-jupyter installed")
+    manifests.add_argument("--kernel-egress", action="append", metavar="CIDR[:PORT]",
+                           help="with --hub: what students' kernels may reach besides DNS (repeat it), e.g. the "
+                                "Orion controller 10.0.0.5/32:9123 or 0.0.0.0/0:443; the rest is denied by the "
+                                "kernels' default-deny NetworkPolicy")
     manifests.add_argument("--no-nodes", action="store_true", help="no read access to nodes (no pool view)")
     manifests.add_argument("--read-all-pods", action="store_true",
                            help="read pods cluster-wide, so the pool counts what other workloads hold on GPU nodes")

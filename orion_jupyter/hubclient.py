@@ -237,7 +237,7 @@ class BrokerKernel:
     async def kill(self) -> None:
         await self.terminate(0)
 
-    async def cleanup(self) -> None:
+    async def cleanup(self, restart: bool = False) -> None:
         code, body = await self.client.call("DELETE", f"api/kernels/{self.kernel_id}")
         if code not in (200, 404):
             log.error("the broker did not stop kernel %s (%s): %s", self.kernel_id, code, body)
@@ -373,8 +373,9 @@ class BrokerDriver:
 
     async def pre_launch(self, launch: KernelLaunch, kwargs: dict[str, Any]) -> dict[str, Any]:
         previous = [self._connection.get(name) for name in PORT_NAMES]
-        self._connection = connection_info(launch.ports or fresh_ports(previous), launch.key, launch.kernel_spec_name,
-                                           signature_scheme=launch.signature_scheme)
+        self._connection = {**connection_info(launch.ports or fresh_ports(previous), launch.key,
+                                              launch.kernel_spec_name, signature_scheme=launch.signature_scheme),
+                            **launch.curve_fields()}
         kwargs["cmd"] = ["python", "-m", "ipykernel_launcher"]  # the broker builds the pod's command
         return kwargs
 
@@ -389,7 +390,7 @@ class BrokerDriver:
                 "compute": request.compute_percent, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
                 "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
                 "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in PORT_NAMES},
-                "cwd": launch.cwd, "image": launch.pod.image}
+                "cwd": launch.cwd, "image": launch.pod.image, **launch.curve_fields()}
         def on_queued(place: dict[str, Any]) -> None:
             PROGRESS.record(launch.kernel_id, queue_message(place), stage="queue",
                             queued={k: place.get(k) for k in ("position", "ahead", "estimate_seconds")})

@@ -90,11 +90,16 @@ class VGPUKernelSpec:
             "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": self.display_name,
             "language": "python",
-            "interrupt_mode": "message",
+            # A pod takes interrupts by message, a local process by signal (the provisioner sets the mode of
+            # the backend it runs on; this is what other readers of the spec see).
+            "interrupt_mode": "signal" if self.options.get("cluster") == "local" else "message",
             "metadata": {
                 "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": self.provisioner_config()},
                 "orion_jupyter": {"description": self.description, **self.request.as_dict()},
                 "debugger": True,
+                # ipykernel encrypts with CurveZMQ when the kernel manager's transport_encryption asks for it;
+                # an image whose kernel cannot ends the launch with that reason.
+                "supported_encryption": ["curve"],
             },
         }
 

@@ -56,6 +56,16 @@ class KernelLaunch:
     wait_for_capacity: bool = False
     orion_controller: str | None = None
     cwd: str = ""  # the notebook's folder, relative to the server's root ('' = the root)
+    # CurveZMQ keys (Z85) when the kernel manager's transport_encryption asks for them; like ``key``, they
+    # travel only where the kernel reads its connection file.
+    curve_publickey: str = ""
+    curve_secretkey: str = ""
+
+    def curve_fields(self) -> dict[str, str]:
+        """The connection file's CurveZMQ fields (none: plaintext, as jupyter_client without encryption)."""
+        if not self.curve_secretkey:
+            return {}
+        return {"curve_publickey": self.curve_publickey, "curve_secretkey": self.curve_secretkey}
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,9 @@ class PodPlan:
     volume_mounts: Sequence[Mapping[str, Any]] = ()
     warm: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys of the launch, Z85; empty: plaintext
 
     @property
     def connection(self) -> dict[str, Any]:
-        return connection_info(self.ports, self.key, self.kernel_spec_name)
+        curve = {"curve_publickey": self.curve[0], "curve_secretkey": self.curve[1]} if self.curve[1] else {}
+        return {**connection_info(self.ports, self.key, self.kernel_spec_name), **curve}

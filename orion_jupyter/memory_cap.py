@@ -105,9 +105,16 @@ def install(environ: dict | None = None) -> str:
     return f"vGPU memory cap of {allocation.memory_mib} MiB installed (cooperative)"
 
 
-# The ipykernel option that runs install() as the kernel starts (cap + usage_reply hook); a no-op in an
-# image without orion-jupyter.
-KERNEL_ARGUMENT = (
-    "--IPKernelApp.exec_lines=[\"__import__('importlib.util').util.find_spec('orion_jupyter') "
-    "and __import__('orion_jupyter.memory_cap', fromlist=['install']).install()\"]"
-)
+def load_ipython_extension(ipython: Any) -> None:
+    """The kernel's start hook, as an IPython extension (``KERNEL_ARGUMENT``)."""
+    install()
+
+
+# Loads the hook in an IPython kernel. ``extra_extensions`` is IPython's list for the command line, so the
+# user's own ``c.IPKernelApp.exec_lines`` / ``extensions`` (ipython_kernel_config.py) stay as they are.
+KERNEL_ARGUMENT = "--IPKernelApp.extra_extensions=orion_jupyter.memory_cap"
+
+
+def runs_ipykernel(argv: Any) -> bool:
+    """Whether a kernel spec's command starts an IPython kernel (the hook is an ipykernel option)."""
+    return any(isinstance(arg, str) and arg.split(".")[0] in ("ipykernel_launcher", "ipykernel") for arg in argv or ())

@@ -34,6 +34,9 @@ ANNOTATION_USAGE = f"{DOMAIN}/usage"
 
 ANNOTATION_WARM_SHAPE = f"{DOMAIN}/warm-shape"
 ANNOTATION_CLAIMED = f"{DOMAIN}/claimed-at"
+# On a broker's kernel pod until its server is told it is ready: a pod that still has it after its launch
+# ended (the broker was killed) is no server's kernel, and the reaper deletes it.
+ANNOTATION_LAUNCHING = f"{DOMAIN}/launching"
 
 # Pod phases after which a pod holds nothing.
 TERMINAL_PHASES = ("Succeeded", "Failed")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
@@ -36,6 +38,7 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
     spec_problem: VGPURequestError | None = None  # a kernel spec option that is refused, raised in pre_launch
     driver: Driver | None = None
     handle: KernelHandle | None = None
+    cwd: str | None = None  # the kernel's folder on the server (the notebook's)
     _launch_started = 0.0
 
     def __init__(self, **kwargs: Any):
@@ -100,7 +103,21 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             wait_for_capacity=self.wait_for_capacity,
             orion_controller=self.orion_controller or None,
             cwd=self._server_folder(cwd),
+            **self._curve_keys(),
         )
+
+    def _curve_keys(self) -> dict[str, str]:
+        """CurveZMQ keys as jupyter_client's LocalProvisioner provisions them: when the kernel manager's
+        ``transport_encryption`` is ``required`` (it already refused a spec without curve) or ``auto`` with
+        a spec that declares curve; kept across restarts, like the session key."""
+        km = self.parent
+        policy_of = getattr(km, "_transport_encryption_policy", None)
+        policy = policy_of() if policy_of is not None else "disabled"
+        if policy == "disabled" or (policy == "auto" and not km._kernel_supports_curve_encryption()):
+            return {}
+        if km.curve_publickey is None or km.curve_secretkey is None:
+            km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
+        return {"curve_publickey": km.curve_publickey.decode(), "curve_secretkey": km.curve_secretkey.decode()}
 
     # -- the provisioner API ------------------------------------------------------------------
     @property
@@ -117,6 +134,8 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
         backend = self.backend_model()  # invalid resource/env overrides fail here, before anything exists
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
             self.driver = make_driver(self, self.parent, self.kernel_spec)
+        if self.kernel_spec is not None:  # jupyter_client interrupts as the spec says: per backend
+            self.kernel_spec.interrupt_mode = getattr(self.driver, "interrupt_mode", "message")
         await self.driver.view.start()
         policy = KernelPolicy(parent=self)
         # Remote vGPUs are taken when CUDA starts, not by Kubernetes: the controller's free count is the only gate.
@@ -134,7 +153,8 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             parent.last_activity = datetime.now(UTC)
         PROGRESS.record(self.kernel_id, f"starting a kernel with {request.describe()} ({self.driver.name})")
         try:
-            kwargs = await super().pre_launch(**kwargs)
+            kwargs = await super().pre_launch(**kwargs)  # the one place the spec's env templates are applied
+            self.cwd = kwargs.get("cwd") or os.getcwd()
             self.launch = self._launch_description(request, kwargs.get("env") or {}, kwargs.get("cwd"))
             return await self.driver.pre_launch(self.launch, kwargs)
         except KernelLaunchError as err:
@@ -185,7 +205,20 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
     async def cleanup(self, restart: bool = False) -> None:
         if self.handle:
             handle, self.handle = self.handle, None
-            await handle.cleanup()
+            await handle.cleanup(restart=restart)
+
+    def resolve_path(self, path: str) -> str | None:
+        """A path the kernel names, as a path of this server (``/api/resolvePath``). Local: as jupyter_client's
+        LocalProvisioner does. A pod's folder is the notebook's folder mapped into it, so a relative path
+        resolves against that folder on the server; the pod's absolute paths are not the server's."""
+        resolve = getattr(self.driver, "resolve_path", None)
+        if resolve is not None:
+            return resolve(path)
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or not self.cwd:
+            return None
+        resolved = (Path(self.cwd) / candidate).resolve()
+        return resolved.as_posix() if resolved.exists() else None
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 2.0 * self.termination_grace_seconds)

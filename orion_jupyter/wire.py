@@ -59,8 +59,9 @@ SHELL_REQUESTS = frozenset({"execute_request", "complete_request", "inspect_requ
 
 # -- the broker's launch protocol ------------------------------------------------------------------
 LAUNCH_FIELDS = frozenset({"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key",
-                           "signature_scheme", "ports", "cwd", "image"})
+                           "signature_scheme", "ports", "cwd", "image", "curve_publickey", "curve_secretkey"})
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
+_Z85_RE = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
 
 @dataclass(frozen=True)
 class LaunchBody:
@@ -72,6 +73,7 @@ class LaunchBody:
     ports: tuple[int, ...]  # in PORT_NAMES order
     cwd: str
     image: str | None
+    curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys, Z85; empty: plaintext
 
 
 def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
@@ -110,8 +112,12 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
     image = body.get("image")
     if image is not None:
         image = _text(body, "image", 512)
+    curve = (_text(body, "curve_publickey", 40, ""), _text(body, "curve_secretkey", 40, ""))
+    if any(curve) and not all(_Z85_RE.match(k) for k in curve):
+        raise VGPURequestError("curve_secretkey", None, 'fields "curve_publickey" and "curve_secretkey" must both be '
+                                                        "CurveZMQ keys (40 Z85 characters)")
     return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
-                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image)
+                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve)
 
 
 # The lines of POST api/kernels' answer: {"queued": place} while it waits, {"progress": text}..., then

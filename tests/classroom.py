@@ -76,7 +76,8 @@ class BrokerProcess:
 @contextmanager
 def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list[str] | Callable[[], list[str]], *,
                    users: list[str], instructors: tuple[str, ...] = ("teacher",),
-                   groups: dict[str, list[str]] | None = None) -> Iterator[tuple]:
+                   groups: dict[str, list[str]] | None = None,
+                   singleuser_env: dict[str, str] | None = None) -> Iterator[tuple]:
     """A hub with ``users`` (those not in ``instructors`` in group COURSE, or as ``groups`` says) and the
     broker configured by ``broker_config`` (lines of its config file); yields (hub, broker)."""
     specs = tmp_path / "specs"
@@ -90,7 +91,8 @@ def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list
                 **{group: {"users": members} for group, members in (
                     groups or {COURSE: [u for u in users if u not in instructors]}).items()}},
         singleuser_env={"JUPYTER_PATH": str(specs / "share" / "jupyter"),
-                        "ORION_JUPYTER_BROKER_URL": f"http://127.0.0.1:{port}/services/{BROKER}/"})
+                        "ORION_JUPYTER_BROKER_URL": f"http://127.0.0.1:{port}/services/{BROKER}/",
+                        **(singleuser_env or {})})
     broker.start(hub.api_url)
     try:
         yield hub, broker

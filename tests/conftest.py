@@ -37,7 +37,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(marker)
         if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
-        if {"slow", "browser"} & {m.name for m in item.iter_markers()}:
+        markers = {m.name for m in item.iter_markers()}
+        if "upstream" in markers:  # jupyter_client's and jupyter_server's own suites: a worker's long task
+            item.add_marker(pytest.mark.xdist_group("upstream"))
+        elif {"slow", "browser"} & markers:
             # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) the heavy tests (a hub, a JupyterLab, a
             # browser, torch) run one after another on one worker while the other runs the rest
             item.add_marker(pytest.mark.xdist_group("heavy"))
@@ -85,6 +88,7 @@ class LabServer:
     base: str
     token: str
     root: Path
+    log: Path | None = None  # the server's output, for a test to read (no uncaught exceptions)
 
     @property
     def headers(self) -> dict:
@@ -117,18 +121,20 @@ def _serve_lab(tmp_path, root, args):
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("JUPYTER") and k != "JUPYTER_PATH") and k != "KUBECONFIG"}
     env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
-    server = subprocess.Popen(
-        [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.token={token}", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lab = LabServer(f"http://127.0.0.1:{port}", token, root)
+    log = tmp_path / "lab-server.log"
+    with log.open("w") as output:  # a file, not a pipe nobody reads (a full pipe would block the server)
+        server = subprocess.Popen(
+            [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.token={token}", *args],
+            env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    lab = LabServer(f"http://127.0.0.1:{port}", token, root, log)
 
     def up() -> bool:
         try:
             urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
             return True
         except OSError:
-            assert server.poll() is None, server.stdout.read()
+            assert server.poll() is None, log.read_text()
             return False
 
     try:

@@ -87,3 +87,17 @@ async def fetch_json(jp_fetch: Callable[..., Any], *path: str, **kwargs: Any) ->
     except HTTPClientError as err:
         return err.code, json.loads(err.response.body) if err.response and err.response.body else None
     return response.code, json.loads(response.body) if response.body else None
+
+
+async def failed_launch(km: Any, script: Any, body: str) -> Any:
+    """Start ``km``'s kernel with ``script`` (a path) written as a shell script standing in for the kernel
+    image's python; the launch must fail: its KernelLaunchError."""
+    import pytest
+
+    from orion_jupyter.errors import KernelLaunchError
+
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    with pytest.raises(KernelLaunchError) as caught:
+        await km.start_kernel()
+    return caught.value

@@ -218,3 +218,25 @@ async def test_a_student_in_no_course_has_only_the_user_quota():
     assert admission.course_of(["students", "AI_101"]) == "AI_101"
     decision = await decide(admission, Launch("k1", "eve", ("students",), TWO, "image:1"))
     assert isinstance(decision, Admitted) and decision.holding.course == ""
+
+
+async def test_cpu_only_launches_stop_at_the_kernel_cap_and_others_still_launch():
+    """A CPU-only kernel holds no vGPU but is a pod on a node: a student's stop at the per-user cap with a
+    clear refusal, a course's at its own; classmates still launch (issue 24: 108 pods filled a node)."""
+    cpu = VGPURequest.parse(0, None)
+    admission, cls = make({"AI_101": Quota(kernels=5)}, per_user=Quota(kernels=3), free=1)
+    decisions = await asyncio.gather(*(decide(admission, launch(f"c{i}", "eve", "AI_101", cpu)) for i in range(20)))
+    admitted = [d for d in decisions if isinstance(d, Admitted)]
+    assert len(admitted) == 3, decisions
+    for decision in admitted:
+        cls.started(admission, decision.holding)
+    refused = [d for d in decisions if isinstance(d, Refused)]
+    assert all(d.error.field == "kernels" and "4 for you at once, CPU-only ones included" in str(d.error)
+               and "allows 3 per user" in str(d.error) for d in refused), refused[0]
+    vgpu = await decide(admission, launch("v1", "ann", "AI_101"))  # the vGPU is still free for a classmate
+    assert isinstance(vgpu, Admitted), vgpu
+    cls.started(admission, vgpu.holding)
+    assert isinstance(await decide(admission, launch("c-ben", "ben", "AI_101", cpu)), Admitted)
+    course_full = await decide(admission, launch("c-cem", "cem", "AI_101", cpu))  # 5 in the course already
+    assert isinstance(course_full, Refused) and isinstance(course_full.error, CourseFull)
+    assert "course AI_101" in str(course_full.error) and course_full.error.field == "kernels"

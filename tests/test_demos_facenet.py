@@ -269,3 +269,16 @@ def test_triplet_loss_is_zero_only_when_separated_by_the_margin():
     active = float(facenet.triplet_loss(nearly, labels, mining="batch_all"))
     overall = float(facenet.triplet_loss(nearly, labels, mining="batch_all", reduction="all"))
     assert active > overall > 0
+
+
+def test_detection_labels_are_readable_on_the_photo():
+    """Each face box carries its label in a legible size, on a solid background of the box's colour."""
+    from orion_jupyter.demos.facenet.detection import FaceDetection
+    from orion_jupyter.demos.facenet.plots import plot_detections
+
+    photo = Image.fromarray(np.full((120, 160, 3), 200, dtype=np.uint8))
+    found = FaceDetection(np.array([[20.0, 30.0, 80.0, 100.0]]), np.array([0.987]), torch.zeros(1, 3, 160, 160))
+    fig = plot_detections([photo], [found], names=["ann"])
+    [label] = [t for t in fig.axes[0].texts]
+    assert label.get_text() == "face 99%" and label.get_fontsize() >= 12
+    assert label.get_bbox_patch() is not None and fig.axes[0].title.get_fontsize() >= 12

@@ -197,6 +197,7 @@ def test_offline_fallback_writes_digits_beside_mnist_and_says_why(tmp_path, no_n
     assert data.notice.startswith(f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded")
     assert "Continuing OFFLINE with scikit-learn's digits (not MNIST)" in data.notice
     assert mnist.MIRROR_ENV in data.advice and common.DATA_DIR_ENV in data.advice
+    assert mnist.MIRROR_ENV not in data.notice  # the advice is said once, not twice in other words
     assert not any((root / "MNIST" / "raw" / name).exists() for name in mnist.IDX_FILES.values())
     result = mnist.train(epochs=1, batch_size=64, data=data, device="cpu", limit_train=200)
     assert result.dataset == mnist.DIGITS_SOURCE and result.summary().startswith(mnist.DIGITS_SOURCE)

@@ -22,7 +22,9 @@ from orion_jupyter.k8s.hub_manifests import (
     PRESETS_MOUNT,
     broker_manifests,
     broker_url,
+    kernel_network_defaults,
     kernel_network_policy,
+    selects,
     z2jh_username_label,
     z2jh_values,
 )
@@ -119,8 +121,6 @@ def test_broker_cluster_reads():
 # ---------------------------------------------------------------- the kernel pod's NetworkPolicy
 
 
-def selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
 
 
 def admits(policy: dict, pod_labels: dict, source_labels: dict, port: int) -> bool:
@@ -348,18 +348,40 @@ def test_cli_prints_the_broker_rbac_which_validates_strictly(tmp_path, capsys):
     assert main(["manifests", "--hub", "--namespace", NS]) == 0
     out = capsys.readouterr().out
     docs = list(yaml.safe_load_all(out))
-    assert docs == broker_manifests(NS)
-    assert validate_cli_output(tmp_path, out) == len(docs) == 5
+    assert docs == broker_manifests(NS) + kernel_network_defaults(NS)
+    assert validate_cli_output(tmp_path, out) == len(docs) == 7
 
     assert main(["manifests", "--hub", "--namespace", NS, "--hub-service-account", "hub", "--read-all-pods"]) == 0
     out = capsys.readouterr().out
     docs = list(yaml.safe_load_all(out))
-    assert [d["kind"] for d in docs] == ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
-    assert docs == broker_manifests(NS, "hub", read_all_pods=True, create_service_account=False)
-    assert validate_cli_output(tmp_path, out) == 4
+    assert [d["kind"] for d in docs] == ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+                                         "NetworkPolicy", "NetworkPolicy"]
+    assert docs == broker_manifests(NS, "hub", read_all_pods=True, create_service_account=False) \
+        + kernel_network_defaults(NS)
+    assert validate_cli_output(tmp_path, out) == 6
     # Direct mode is unchanged.
     assert main(["manifests", "--namespace", NS]) == 0
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == rbac_manifests(NS)
+
+
+def test_kernel_pods_fail_closed_and_egress_is_dns_and_what_the_operator_allows(tmp_path, capsys):
+    """Issue 24: `manifests --hub` rendered no NetworkPolicy; kernels had ingress rules only."""
+    assert main(["manifests", "--hub", "--namespace", NS, "--kernel-egress", "10.0.0.5/32:9123",
+                 "--kernel-egress", "0.0.0.0/0:443", "--kernel-egress", "fd00::/8"]) == 0
+    out = capsys.readouterr().out
+    validate_cli_output(tmp_path, out)
+    policies = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out) if d["kind"] == "NetworkPolicy"}
+    deny, egress = policies["orion-kernels-default-deny"]["spec"], policies["orion-kernels-egress"]["spec"]
+    # every kernel pod: nothing in, nothing out, unless another policy allows it
+    kernel = kernel_pod("alice", KERNEL_ID)
+    assert selects(deny["podSelector"], kernel["metadata"]["labels"])
+    assert selects(egress["podSelector"], kernel["metadata"]["labels"])
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
+    assert egress["egress"][0]["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert egress["egress"][1:] == [
+        {"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}], "ports": [{"protocol": "TCP", "port": 9123}]},
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+        {"to": [{"ipBlock": {"cidr": "fd00::/8"}}]}]
 
 
 def test_cli_prints_the_values_snippet(presets, capsys):
@@ -382,6 +404,9 @@ def test_cli_prints_the_values_snippet(presets, capsys):
     (["--hub", "--values"], "--values needs --broker-image"),
     (["--hub", "--values", "--broker-image", "hub"], "needs a tag"),
     (["--hub", "--service-account", "a", "--hub-service-account", "hub"], "not both"),
+    (["--hub", "--kernel-egress", "10.0.0.5:99999"], "the port must be 1-65535"),
+    (["--hub", "--kernel-egress", "example.com"], "is not CIDR or CIDR:PORT"),
+    (["--kernel-egress", "10.0.0.0/8"], "--kernel-egress is for hub mode"),
 ])
 def test_cli_refuses_hub_options_out_of_place(argv, message, capsys):
     assert main(["manifests", "--namespace", NS, *argv]) == 2

@@ -14,6 +14,7 @@ import pytest
 from kubesim import SimCluster, SimNode
 from kubesim.fixtures import GPU_NODE
 from orion_jupyter.core.warm_config import roster_label
+from orion_jupyter.k8s.hub_manifests import selects
 from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
 from tests.helpers import eventually_async
 
@@ -85,6 +86,7 @@ async def test_a_pool_of_four_serves_four_launches_by_hand_over_and_refills(hub_
             policy = big_cluster.get("networkpolicies", NS, pods[user])
             peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
             assert peer["hub.jupyter.org/username"] == user  # the kernel's ports: only from its user's server
+            assert selects(policy["spec"]["podSelector"], pod["metadata"]["labels"])  # and it still covers the pod
             # the kernel knows who claimed it, and works in its user's folder
             assert await hub.kernel_ws_execute(user, kernel["id"], CODE) == f"{user} {kernel['id']} {user}-rows"
 
@@ -140,6 +142,8 @@ async def test_a_roster_is_prewarmed_at_the_window_start_and_the_unclaimed_kerne
         for user in ("alice", "bob"):
             kernel = await start_vgpu_kernel(hub, user)
             assert await own_pod(hub, user, kernel["id"]) == roster[user]
+            pod, policy = (sim_cluster.get(kind, NS, roster[user]) for kind in ("pods", "networkpolicies"))
+            assert selects(policy["spec"]["podSelector"], pod["metadata"]["labels"])  # the claim kept it isolated
             assert await hub.kernel_ws_execute(user, kernel["id"], CODE) == f"{user} {kernel['id']} {user}-rows"
 
         # carol never came: her kernel is stopped after the grace period; the claimed ones stay

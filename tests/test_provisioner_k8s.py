@@ -10,7 +10,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
 from orion_jupyter.errors import KernelLaunchError
-from tests.helpers import eventually_async, k8s_config
+from tests.helpers import eventually_async, failed_launch, k8s_config
 from tests.helpers import managed_objects as kernel_objects
 from tests.kernel_io import run_code
 
@@ -144,15 +144,13 @@ async def test_image_pull_failure_fails_fast(sim_cluster, vgpu_spec):
 
 async def test_crashing_kernel_command_fails_fast_with_its_output(sim_cluster, vgpu_spec, tmp_path):
     fake_python = tmp_path / "python-without-ipykernel"
-    fake_python.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'ipykernel'\" >&2\nexit 1\n")
-    fake_python.chmod(0o755)
     km = AsyncKernelManager(kernel_name=vgpu_spec("orion-crash", 1, "4Gi"),
                             config=k8s_config(kernel_python=str(fake_python)))
-    with pytest.raises(KernelLaunchError) as caught:
-        await km.start_kernel()
-    assert caught.value.reason == "exited"
-    assert str(caught.value).startswith("the kernel exited with code 1 before it was ready")
-    assert "No module named 'ipykernel'" in str(caught.value)
+    error = await failed_launch(km, fake_python,
+                                "echo \"ModuleNotFoundError: No module named 'ipykernel'\" >&2\nexit 1")
+    assert error.reason == "exited"
+    assert str(error).startswith("the kernel exited with code 1 before it was ready")
+    assert "No module named 'ipykernel'" in str(error)
     assert kernel_objects(sim_cluster, "pods") == [] and kernel_objects(sim_cluster, "secrets") == []
 
 

@@ -117,3 +117,30 @@ def test_a_kernel_pod_just_deleted_is_not_counted_as_another_teams():
     assert (held.free, held.others) == (0, 1)  # someone else's pod: it holds the vGPU
     freed = pool_from_cluster([node], [], [gone], not_foreign={"u-1"}).totals()["virtaitech.com/gpu"]
     assert (freed.free, freed.others) == (1, 0)
+
+
+async def test_a_head_that_cannot_fit_blocks_those_behind_only_for_a_bounded_time():
+    """Issue 24: a head asking for more vGPUs than are free idled them for everyone behind it. After
+    head_max_wait, those behind that fit start; the head keeps its place and is served first on a release."""
+    room, now = Room(0), [1000.0]
+    queue = LaunchQueue(room.admit, room.unreserve, head_max_wait=60, clock=lambda: now[0])
+    big, b, c = waiting("big", 3), waiting("b", 1), waiting("c", 1)
+    for w in (big, b, c):
+        queue.join(w)
+    room.free = 2
+    queue.released()
+    await settle()
+    assert room.admitted == [] and not b.turn.done()  # within the bound: nobody overtakes the head
+    now[0] += 59
+    queue.wake()
+    await settle()
+    assert room.admitted == []
+    now[0] += 2  # the head has blocked for longer than head_max_wait
+    queue.wake()
+    await settle()
+    assert room.admitted == ["k-b", "k-c"] and b.turn.result() and c.turn.result()
+    assert queue.position(big) == 1 and not big.turn.done()
+    room.free = 3
+    queue.released()
+    await settle()
+    assert room.admitted == ["k-b", "k-c", "k-big"] and big.turn.result() is True

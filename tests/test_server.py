@@ -280,7 +280,10 @@ async def test_demo_mnist_runs_headless_on_a_vgpu_kernel(api, jp_root_dir, tmp_p
     events = body["events"]
     final = events[-1]
     assert final.get("finished") and final["level"] == "info", events[-3:]
-    assert final["message"] == "finished: wrote orion-demos/mnist.executed.ipynb"
+    assert final["message"] == ("finished: wrote orion-demos/mnist.executed.ipynb; its kernel is stopped and its vGPU "
+                                "free again")
+    code, kernels = await api("GET", "allocations")
+    assert started["kernel_id"] not in [k["kernel_id"] for k in kernels["kernels"]]  # its slot is not kept
     assert any(e["message"].startswith("cell 1/") for e in events)
 
     executed = json.loads((jp_root_dir / "orion-demos" / "mnist.executed.ipynb").read_text())

@@ -7,7 +7,7 @@ import { Notification, showErrorMessage } from '@jupyterlab/apputils';
 import { PathExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
-import { Kernel } from '@jupyterlab/services';
+import { Kernel, SessionAPI } from '@jupyterlab/services';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { UUID } from '@lumino/coreutils';
 import { Poll } from '@lumino/polling';
@@ -178,6 +178,9 @@ export async function withProgress<T>(
 /**
  * Opens `path` on the kernel just started: its session is created (or moved) onto that kernel
  * first, so the notebook attaches to it wherever it is opened, then the document is opened.
+ * The session is made through the sessions REST API alone: a session connection would open a
+ * kernel websocket only to close it at once, and a websocket closed while the server still
+ * prepares it fails there with an uncaught exception and a 500 (jupyter_server#1265).
  */
 export async function openOnKernel(
   ctx: ILaunchContext,
@@ -185,22 +188,27 @@ export async function openOnKernel(
   kernel: Pick<IStartedKernel, 'id' | 'name'>
 ): Promise<void> {
   const sessions = ctx.app.serviceManager.sessions;
+  const settings = ctx.app.serviceManager.serverSettings;
   const local = serverPath(ctx, path);
   const existing = await sessions.findByPath(local);
   if (!existing) {
-    const session = await sessions.startNew({
-      path: local,
-      type: 'notebook',
-      name: PathExt.basename(local),
-      // The sessions API takes a running kernel's id (JupyterLab's SessionContext sends it too).
-      kernel: { id: kernel.id } as Partial<Pick<Kernel.IModel, 'name'>>
-    });
-    session.dispose(); // this connection only; the session stays
+    await SessionAPI.startSession(
+      {
+        path: local,
+        type: 'notebook',
+        name: PathExt.basename(local),
+        // The sessions API takes a running kernel's id (JupyterLab's SessionContext sends it too).
+        kernel: { id: kernel.id } as Partial<Pick<Kernel.IModel, 'name'>>
+      },
+      settings
+    );
   } else if (existing.kernel?.id !== kernel.id) {
-    const session = sessions.connectTo({ model: existing });
-    await session.changeKernel({ id: kernel.id });
-    session.dispose();
+    await SessionAPI.updateSession(
+      { id: existing.id, kernel: { id: kernel.id } },
+      settings
+    );
   }
+  await sessions.refreshRunning();
   const preference = { id: kernel.id, name: kernel.name };
   if (ctx.docManager) {
     ctx.docManager.open(path, 'default', preference);

@@ -13,22 +13,27 @@ GET    api/pool               the pool
 GET    api/class              every kernel (instructors)
 DELETE api/class/{pod}        stop any kernel (instructors)
 POST   api/pods/{pod}/report  last activity / memory in use of one of the caller's kernels
-GET    metrics                Prometheus (no user names)
+GET    metrics                Prometheus (no user names): with a token, or directly from c.Broker.metrics_allow
+
+No request body is read before its token is checked (the handlers stream their bodies, and prepare
+authenticates first); none larger than c.Broker.max_body_bytes is read at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 from tornado import web
+from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from ..config import KernelPolicy
 from ..core.admission import KernelExists, Launch, Queued, Refused
 from ..core.idle import NotCullable
 from ..core.queue import Waiting
@@ -38,17 +43,23 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, LaunchBody, parse_launch, ports_of
 from .service import Broker
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
+MAX_GRACE = 3600  # seconds a stopped kernel may take to end
 
 
+HUB_ERRORS = (HTTPClientError, OSError, TimeoutError, ValueError)  # the hub down, slow or answering nonsense
+
+
+@web.stream_request_body  # prepare (the token) runs before any of the body is read
 class BrokerHandler(JSONReplies, web.RequestHandler):
     user = ""
+    token = ""
     groups: list[str] = []
 
     @property
@@ -58,19 +69,39 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """Token-authenticated API: no cookies, no cross-site forms."""
 
+    def data_received(self, chunk: bytes) -> None:
+        if not self._finished:  # refused already (no token): what still arrives is dropped
+            self._chunks.append(chunk)
+
+    def json_body(self) -> dict[str, Any] | None:
+        self.request.body = b"".join(self._chunks)
+        return super().json_body()
+
     async def prepare(self) -> None:
+        self._chunks: list[bytes] = []
         match = re.match(r"(?:token|bearer)\s+(.+)", self.request.headers.get("Authorization", ""), re.IGNORECASE)
         if not match:
             self.refuse(401, "a hub token is needed: Authorization: token <JUPYTERHUB_API_TOKEN>")
             return
-        model = await self.broker.hub.identify(match.group(1))
-        allowed = {"access:services", f"access:services!service={self.broker.service_name}"}
-        if model is None or not allowed & set(model.get("scopes") or []):
+        try:
+            model = await self.may_use(match.group(1))
+            if model is not None:
+                self.groups = await self.broker.hub.groups(model["name"])
+        except HUB_ERRORS as err:
+            self.refuse(503, f"JupyterHub does not answer ({err}), so the broker cannot tell who you are; "
+                             "try again in a minute", reason="hub-unavailable")
+            return
+        if model is None:
             self.refuse(403, f"this token may not use the vGPU broker (it needs access:services!service="
                              f"{self.broker.service_name})")
             return
-        self.user = model["name"]
-        self.groups = await self.broker.hub.groups(self.user)
+        self.user, self.token = model["name"], match.group(1)
+
+    async def may_use(self, token: str) -> dict[str, Any] | None:
+        """The hub's model of the token's owner when the token may use the broker, else None."""
+        model = await self.broker.hub.identify(token)
+        allowed = {"access:services", f"access:services!service={self.broker.service_name}"}
+        return model if model is not None and allowed & set(model.get("scopes") or []) else None
 
     @property
     def instructor(self) -> bool:
@@ -96,13 +127,21 @@ class KernelsHandler(BrokerHandler):
         broker = self.broker
         try:
             ask = parse_launch(body)
+            servers = await broker.hub.servers(self.user)
+            if ask.server_name not in servers:  # it names whose kernels the reaper keeps: only the caller's own
+                raise VGPURequestError("server_name", ask.server_name,
+                                       f'"{short(ask.server_name)}" is not one of your running servers '
+                                       f"({', '.join(repr(s) for s in sorted(servers)) or 'none'})")
             image = ask.image or broker.settings.image
             # per-kernel limits, the image, a request larger than any device: refused at once, never queued
-            await KernelPolicy(parent=broker).check(ask.request, image=image, view=broker.view)
+            await broker.kernel_policy.check(ask.request, image=image, view=broker.view)
         except VGPURequestError as err:
             return self._refused(Refused(err))
         except KernelLaunchError as err:
             return self._refused(Refused(err))
+        except HUB_ERRORS as err:
+            return self.refuse(503, f"JupyterHub does not answer ({err}); try again in a minute",
+                               reason="hub-unavailable")
         decision = await broker.admission.decide(
             Launch(ask.kernel_id, self.user, tuple(self.groups), ask.request, image, ask.server_name,
                    {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name}),
@@ -179,6 +218,9 @@ class KernelsHandler(BrokerHandler):
     async def _launch(self, ask: LaunchBody, image: str, course: str) -> None:
         broker = self.broker
         claimed = broker.warm.reserved_for(ask.kernel_id)
+        if claimed and any(ask.curve):  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            broker.warm.unreserve(ask.kernel_id)
+            claimed = None
         try:
             if claimed:
                 self._line({LINE_PROGRESS: f"handing over a warm kernel with {ask.request.describe()} to {self.user}"})
@@ -194,7 +236,7 @@ class KernelsHandler(BrokerHandler):
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
         broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
-                                   ready["ip"], key, ports)
+                                   ready["ip"], key, ports, curve_serverkey=ask.curve[0])
         self._line({LINE_READY: ready})
         self.finish()
 
@@ -204,8 +246,14 @@ class KernelsHandler(BrokerHandler):
         plan = PodPlan(kernel_id=ask.kernel_id, user=self.user, request=ask.request, image=image, key=ask.key,
                        ports=ask.ports, kernel_spec_name=ask.kernel_spec_name, course=course,
                        server_name=ask.server_name, working_dir=working_dir, volumes=broker.volumes,
-                       volume_mounts=broker.volume_mounts)
+                       volume_mounts=broker.volume_mounts, annotations={ANNOTATION_LAUNCHING: "true"},
+                       curve=ask.curve)
         name, kernel = await broker.site.start(plan, lambda message: self._line({LINE_PROGRESS: message}))
+        try:
+            await broker.site.launched(name)  # before its server hears of it: never an orphan it uses
+        except KernelLaunchError:
+            await broker.site.delete_kernel(name)
+            raise
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}
 
@@ -235,9 +283,25 @@ class KernelHandler(BrokerHandler):
         if not pods:
             return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
         grace = self.get_query_argument("grace", "0")
-        for pod in pods:
-            await self.broker.site.delete_kernel(pod["metadata"]["name"], int(grace) if grace.isdigit() else 0)
-        self.reply({"stopped": [p["metadata"]["name"] for p in pods]})
+        if not re.fullmatch(r"[0-9]{1,4}", grace) or int(grace) > MAX_GRACE:  # ASCII digits: int('²') fails
+            return self.refuse(400, f"grace {grace!r} is not a whole number of seconds from 0 to {MAX_GRACE}",
+                               field="grace")
+        names = [p["metadata"]["name"] for p in pods]
+        for name in names:
+            await self.broker.site.delete_kernel(name, int(grace))
+        left = [name for name in names if not await self._gone_or_going(name)]
+        if left:
+            return self.refuse(502, f"Kubernetes did not stop {', '.join(left)}; try again", stopped=[
+                name for name in names if name not in left])
+        self.reply({"stopped": names})
+
+    async def _gone_or_going(self, name: str) -> bool:
+        cluster = self.broker.cluster
+        try:
+            pod = await cluster.request(cluster.core.read_namespaced_pod, name, cluster.namespace)
+        except ApiException as err:
+            return err.status == 404
+        return bool(pod["metadata"].get("deletionTimestamp"))
 
 
 class KeepHandler(BrokerHandler):
@@ -299,11 +363,19 @@ class WatchHandler(BrokerHandler):
                     self.write(json.dumps(state("ADDED", pod)) + "\n")
             self.write(json.dumps({"synced": True}) + "\n")
             await self.flush()
+            recheck = self.broker.watch_recheck_seconds
+            checked = time.monotonic()
             while True:
                 try:
-                    item = await asyncio.wait_for(changes.get(), 30)
+                    item = await asyncio.wait_for(changes.get(), min(30.0, recheck))
                 except TimeoutError:
                     item = {"keepalive": True}
+                if time.monotonic() - checked >= recheck:
+                    checked = time.monotonic()
+                    if not await self._still_allowed():
+                        self.write(json.dumps({LINE_ERROR: {"reason": "unauthorized", "message":
+                                                         "this stream's token was revoked"}}) + "\n")
+                        return self.finish()
                 self.write(json.dumps(item) + "\n")
                 await self.flush()
         except StreamClosedError:
@@ -314,6 +386,14 @@ class WatchHandler(BrokerHandler):
 
     def on_connection_close(self) -> None:
         pass
+
+    async def _still_allowed(self) -> bool:
+        """The token still may use the broker, as the same user (the hub down: yes, until it answers)."""
+        try:
+            model = await self.may_use(self.token)
+        except HUB_ERRORS:
+            return True
+        return model is not None and model["name"] == self.user
 
 
 def kernel_state(kind: str, pod: dict) -> dict:
@@ -365,10 +445,26 @@ class ReportHandler(BrokerHandler):
         self.reply({"reported": ok})
 
 
-class MetricsHandler(web.RequestHandler):
+class MetricsHandler(BrokerHandler):
+    async def prepare(self) -> None:
+        """A hub token, unless the scraper connects directly from an allowed address (c.Broker.metrics_allow)."""
+        if "X-Forwarded-For" not in self.request.headers and allowed_address(self.request.remote_ip,
+                                                                             self.broker.metrics_allow):
+            self._chunks = []
+            return
+        await super().prepare()
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4")
         self.finish(generate_latest(CLASS_REGISTRY))
+
+
+def allowed_address(address: str | None, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+        return any(ip in ipaddress.ip_network(network, strict=False) for network in networks)
+    except ValueError:
+        return False
 
 
 def routes(prefix: str) -> list:

@@ -12,14 +12,17 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 log = logging.getLogger("orion_jupyter.broker")
-GROUPS_CACHE_SECONDS = 30.0
 
 
 class HubClient:
-    def __init__(self, api_url: str, token: str):
+    """``cache_seconds``: how long a user's groups and servers are reused (an instructor removed from the
+    instructors group loses the class view within it)."""
+
+    def __init__(self, api_url: str, token: str, cache_seconds: float = 5.0):
         self.api_url = api_url.rstrip("/")
         self.token = token
-        self._groups: dict[str, tuple[float, list[str]]] = {}
+        self.cache_seconds = cache_seconds
+        self._user_models: dict[str, tuple[float, dict[str, Any]]] = {}
 
     async def _get(self, path: str, token: str | None = None) -> Any:
         headers = {"Authorization": f"token {token or self.token}",
@@ -38,14 +41,20 @@ class HubClient:
             raise
         return model if isinstance(model, dict) and model.get("kind", "user") == "user" else None
 
-    async def groups(self, name: str) -> list[str]:
-        cached = self._groups.get(name)
-        if cached and time.monotonic() - cached[0] < GROUPS_CACHE_SECONDS:
+    async def _user(self, name: str) -> dict[str, Any]:
+        cached = self._user_models.get(name)
+        if cached and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
         model = await self._get(f"users/{quote(name, safe='')}")
-        groups = sorted(model.get("groups") or [])
-        self._groups[name] = (time.monotonic(), groups)
-        return groups
+        self._user_models[name] = (time.monotonic(), model)
+        return model
+
+    async def groups(self, name: str) -> list[str]:
+        return sorted((await self._user(name)).get("groups") or [])
+
+    async def servers(self, name: str) -> set[str]:
+        """The names of a user's servers the hub knows ('' is the default server)."""
+        return set((await self._user(name)).get("servers") or {})
 
     async def members(self, group: str) -> list[str]:
         """The users of a hub group (read:groups, or read:users:groups through the users list)."""

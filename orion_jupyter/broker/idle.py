@@ -7,7 +7,8 @@ state and the last activity, as jupyter_server's kernel manager reads them. The 
 core's (``core/idle.py`` ``Culler``: the warning, keeps, exemptions), applied here per course
 (``cull_idle_seconds``, ``cull_warning_seconds``, ``cull_max_keeps`` in ``c.Broker.courses``, else
 the broker's defaults) to the broker's kernels, a ``CullTarget``. A kernel whose iopub the broker
-cannot watch (one a previous broker started) is judged by its last reported activity.
+cannot watch (one a previous broker started, or whose follower broke) is judged by its last reported
+activity; a reported time is a student's word: it counts only with a zone and never later than now.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core.idle import Culler, CullRules, KernelActivity
+from ..core.idle import Culler, CullRules, KernelActivity, reported_time
 from ..k8s.view import pod_course, pod_request, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
@@ -58,10 +59,12 @@ class BrokerKernels:
         return list(self.kernels)
 
     def get_kernel(self, kernel_id: str) -> Observed | None:
+        if kernel_id not in self.kernels:  # a kernel of a previous broker: known at once, not at the next round
+            self._sync()
         return self.kernels.get(kernel_id)
 
     def activity(self, kernel_id: str) -> KernelActivity | None:
-        kernel = self.kernels.get(kernel_id)
+        kernel = self.get_kernel(kernel_id)
         if kernel is None or not kernel.vgpus:
             return None
         return KernelActivity(kernel.last_activity, kernel.execution_state)
@@ -99,12 +102,9 @@ class BrokerKernels:
                                                             pod_request(pod).get("vgpus") or 0)
             if kernel.watcher is None:
                 reported = (meta.get("annotations") or {}).get(ANNOTATION_LAST_ACTIVITY)
-                if reported:
-                    try:
-                        kernel.last_activity = max(kernel.last_activity, datetime.fromisoformat(
-                            reported.replace("Z", "+00:00")))
-                    except ValueError:
-                        pass
+                moment = reported_time(reported) if reported else None
+                if moment is not None:
+                    kernel.last_activity = max(kernel.last_activity, moment)
         for kernel_id in [k for k in self.kernels if k not in live]:
             self._forget(kernel_id)
 
@@ -114,12 +114,13 @@ class BrokerKernels:
             kernel.watcher.cancel()
 
     def watch(self, kernel_id: str, pod: str, user: str, course: str, vgpus: int, ip: str, key: str,
-              ports: tuple[int, ...]) -> None:
-        """Follow a kernel this broker started or handed over: its iopub status messages."""
+              ports: tuple[int, ...], curve_serverkey: str = "") -> None:
+        """Follow a kernel this broker started or handed over: its iopub status messages (over CurveZMQ with
+        the kernel's public key when it encrypts)."""
         self._forget(kernel_id)
         kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus)
-        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key,
-                                                            iopub_port(ports)))
+        kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key, iopub_port(ports),
+                                                            curve_serverkey))
 
     @staticmethod
     def _observe(kernel: Observed, message: dict) -> bool:
@@ -137,7 +138,8 @@ class BrokerKernels:
         kernel.execution_state = content["execution_state"]
         return changed
 
-    async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int) -> None:
+    async def _follow(self, kernel_id: str, kernel: Observed, ip: str, key: str, port: int,
+                      curve_serverkey: str = "") -> None:
         import zmq
         import zmq.asyncio
         from jupyter_client.session import Session
@@ -146,6 +148,9 @@ class BrokerKernels:
         socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
         socket.linger = 0
         socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if curve_serverkey:
+            socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+            socket.curve_serverkey = curve_serverkey.encode()
         socket.connect(f"tcp://{ip}:{port}")
         try:
             while True:
@@ -164,13 +169,15 @@ class BrokerKernels:
         finally:
             socket.close(0)
             kernel.watcher = None
+            # judged by reports from now on: a state the follower last saw ("busy") would spare it forever
+            kernel.execution_state = "idle"
 
 
 def course_rules(defaults: CullRules, courses: dict[str, dict[str, Any]], kernels: BrokerKernels):
     """The rules of a kernel's course (its exact hub group), else the broker's defaults."""
 
     def rules(kernel_id: str) -> CullRules:
-        kernel = kernels.get_kernel(kernel_id)
+        kernel = kernels.kernels.get(kernel_id)
         course = courses.get(kernel.course) if kernel is not None and kernel.course else None
         if not course:
             return defaults

@@ -27,6 +27,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
+from ..config import KernelPolicy
 from ..core.admission import Admission
 from ..core.budgets import BudgetConfig, Budgets
 from ..core.fairshare import FairShare
@@ -40,7 +41,7 @@ from ..k8s.launcher import KernelPolicies, PodSite
 from ..k8s.state_store import ConfigMapStore, Section
 from ..k8s.view import KubernetesView, pod_user
 from ..metrics import HANDOVER
-from ..names import ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
+from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
 from .budgets import BudgetMeter
@@ -48,8 +49,27 @@ from .idle import broker_culler
 from .pods import ClassPods
 from .waits import BrokerWaits
 
-COURSE_KEYS = {"vgpus", "memory", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps", "budget",
-               "weight"}
+COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps",
+               "budget", "weight"}
+
+# What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
+SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
+
+
+def safe_policy(policy: KernelPolicy, images: list[str]) -> KernelPolicy:
+    """``policy`` with the broker's safe defaults where the operator set nothing: only ``images`` (the
+    broker's image and its warm kernels'), at most 4 vGPUs and 48 GiB of vGPU memory per kernel."""
+    if not policy.allowed_images:
+        policy.allowed_images = sorted(set(images))
+    for name, value in SAFE_POLICY.items():
+        if not getattr(policy, name):
+            setattr(policy, name, value)
+    return policy
+
+
+# Students' kernel pods get these unless c.VGPUProvisioner sets its own: a pod without requests lets
+# one student's kernels crowd a node; one without limits lets one kernel starve its neighbours.
+KERNEL_POD_DEFAULTS = {"cpu_request": "100m", "cpu_limit": "2", "memory_request": "256Mi", "memory_limit": "4Gi"}
 
 log = logging.getLogger("orion_jupyter.broker")
 
@@ -74,6 +94,19 @@ class Broker(Application, ClassSettings):
     hub_api_url = Unicode(config=True, help="The hub's API; default $JUPYTERHUB_API_URL.")
     api_token = Unicode(config=True, help="The broker's own hub token (scopes: list:users, read:users:groups, "
                                           "read:servers); default $JUPYTERHUB_API_TOKEN.")
+    hub_cache_seconds = Float(5.0, config=True,
+                              help="Seconds a user's groups and servers, as the hub said them, are reused: an "
+                                   "instructor removed from the instructors group loses the class view within it.")
+    max_body_bytes = Int(64 * 1024, config=True,
+                         help="Largest request body the broker accepts (a launch is well under 1 KiB); a larger one "
+                              "is refused before it is read, and no body is read before its token is checked.")
+    metrics_allow = List(Unicode(), ["127.0.0.1/32", "::1/128"], config=True,
+                         help="Addresses (CIDRs) that may read /metrics without a token, when they connect directly "
+                              "(not through the hub's proxy); anyone else needs a hub token that may use the "
+                              "broker. Add your Prometheus' pod network to scrape without one.")
+    watch_recheck_seconds = Float(30.0, config=True,
+                                  help="Seconds between checks that the token of an open watch stream is still valid; "
+                                       "a revoked token ends its stream.")
     courses = Dict(Dict(), config=True,
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
                         "student's course is the first of their groups named here (its quota, its queue). With "
@@ -98,10 +131,19 @@ class Broker(Application, ClassSettings):
                                      "longest-waiting first), so no student with much past use starves; 0: never.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
+    queue_head_max_wait = Float(120.0, config=True,
+                                help="Seconds the head of a course's queue, not fitting, holds back the launches "
+                                     "behind it; then those behind that fit may start (the head keeps its place "
+                                     "and is served first on every release).")
     queue_keepalive = Float(20.0, config=True,
                             help="Seconds between the queue position lines a waiting launch's stream gets.")
-    max_vgpus_per_user = Float(0, config=True,
-                               help="Most vGPUs one user holds at once across all servers; 0: no limit.")
+    max_vgpus_per_user = Float(4, config=True,
+                               help="Most vGPUs one user holds at once across all servers; 0: no limit (loosen on "
+                                    "purpose).")
+    max_kernels_per_user = Int(8, config=True,
+                               help="Most kernels one user runs at once across all servers, CPU-only ones included "
+                                    "(each is a pod on a node); 0: no limit (loosen on purpose). A course may cap "
+                                    "its own with 'kernels' in c.Broker.courses.")
     max_memory_per_user = Unicode("", config=True,
                                   help="Most vGPU memory one user holds at once, e.g. '16Gi'; empty: none.")
     volumes = List(Dict(), config=True,
@@ -174,21 +216,27 @@ class Broker(Application, ClassSettings):
         from .hub import HubClient
 
         self.settings = KernelSettings(parent=self)  # the pod shape: c.VGPUProvisioner in the broker's config
+        for name, value in KERNEL_POD_DEFAULTS.items():  # no kernel pod without requests and limits
+            if getattr(self.settings, name) is None:
+                setattr(self.settings, name, value)
         for group, entry in self.courses.items():
             check_keys(entry, COURSE_KEYS, f"c.Broker.courses[{group!r}]")
         courses = {group: Quota(int(q.get("vgpus", 0)), parse_memory(q["memory"], f"course {group} memory")
-                                if q.get("memory") else 0) for group, q in self.courses.items()}
+                                if q.get("memory") else 0, int(q.get("kernels", 0)))
+                   for group, q in self.courses.items()}
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
-                         if self.max_memory_per_user else 0)
+                         if self.max_memory_per_user else 0, self.max_kernels_per_user)
         ledger = Ledger(per_user, courses)
         budget_config = BudgetConfig.parse(self.budgets, self.courses, self.lab_timezone)
         budgets = Budgets(budget_config) if budget_config.enabled else None
         fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
         fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
+        self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
+            entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
-        self.hub = HubClient(self.hub_api_url, self.api_token)
+        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds)
         try:
             api = api_client(self.settings.kubeconfig, self.settings.kube_context)
         except ConfigException as err:
@@ -208,7 +256,8 @@ class Broker(Application, ClassSettings):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe, budgets=budgets, fair=fair)
+                                   handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait,
+                                   budgets=budgets, fair=fair)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
@@ -275,27 +324,35 @@ class Broker(Application, ClassSettings):
 
     # -- reaping --------------------------------------------------------------------------
     async def reap(self) -> list[str]:
-        """Delete the kernel pods whose server the hub does not run (never a pod younger than reap_grace)."""
+        """Delete the kernel pods whose server the hub does not run, or whose launch died before its server
+        was told (never a pod younger than reap_grace), and the Secrets and NetworkPolicies of launches
+        that died before their pod existed."""
+        reaped = await self.site.sweep(self.reap_grace)
         try:
             running = await self.hub.running_servers()
         except Exception as err:  # noqa: BLE001 - the hub down is no reason to guess: reap nothing
-            log.warning("cannot ask the hub which servers run (%s); reaping nothing this time", err)
-            return []
+            log.warning("cannot ask the hub which servers run (%s); reaping no pod this time", err)
+            return reaped
         now = datetime.now(UTC)
-        reaped = []
         for pod in self.cluster.kernel_pods():
             meta = pod["metadata"]
             annotations = meta.get("annotations") or {}
             if ANNOTATION_SERVER not in annotations or LABEL_WARM in (meta.get("labels") or {}):
                 continue  # not a broker's kernel (a direct-mode server's in the same namespace), or warm
             kernel_id = (meta.get("labels") or {}).get(LABEL_KERNEL_ID, "")
-            if (pod_user(pod), annotations[ANNOTATION_SERVER]) in running or kernel_id in self.pods.ledger.pending:
+            if kernel_id in self.pods.ledger.pending or meta["name"] in self.site.starting:
+                continue  # a launch of this broker, in progress
+            # a pod still "launching" here was started by a broker that died before its server heard of it:
+            # nobody will ever use it, though its server runs
+            orphan = ANNOTATION_LAUNCHING in annotations
+            if not orphan and (pod_user(pod), annotations[ANNOTATION_SERVER]) in running:
                 continue
             created = datetime.fromisoformat(str(meta.get("creationTimestamp", _now())).replace("Z", "+00:00"))
             if (now - created).total_seconds() < self.reap_grace:
                 continue
-            log.info("reaping kernel pod %s of %s: server %r is not running", meta["name"], pod_user(pod),
-                     annotations[ANNOTATION_SERVER])
+            log.info("reaping kernel pod %s of %s: %s", meta["name"], pod_user(pod),
+                     "its launch died before its server was told" if orphan
+                     else f"server {annotations[ANNOTATION_SERVER]!r} is not running")
             await self.site.delete_kernel(meta["name"])
             reaped.append(meta["name"])
         return reaped
@@ -315,7 +372,8 @@ class Broker(Application, ClassSettings):
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
-            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1")
+            self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
+            max_body_size=self.max_body_bytes)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.warm.enabled:

@@ -84,14 +84,15 @@ class Admission:
 
     def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
                  warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None,
-                 budgets: Budgets | None = None, fair: FairShare | None = None):
+                 head_max_wait: float = 120.0, budgets: Budgets | None = None, fair: FairShare | None = None):
         self.host = host
         self.budgets = budgets
         self.fair = fair
         self.ledger = ledger
         self.queue_courses = frozenset(queue_courses)
         self.warm = warm
-        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, fair.order if fair else None)
+        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait,
+                                 order=fair.order if fair else None)
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""

@@ -46,6 +46,19 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def reported_time(text: str, now: datetime | None = None) -> datetime | None:
+    """A time someone else reports (a student's server: a kernel's last activity), as the culler may use it:
+    ISO-8601 with a zone only (a naive time cannot be compared), never later than ``now`` (a time in the
+    future would keep a kernel forever, or overflow the cull time); None when it is no such time."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return None
+    return min(moment.astimezone(UTC), now or datetime.now(UTC))
+
+
 def duration(seconds: float) -> str:
     """``45 s``, ``30 min``, ``2 h``, ``1 h 30 min``."""
     seconds = max(int(round(seconds)), 0)
@@ -165,7 +178,8 @@ class Culler:
                 or activity.execution_state in NOT_IDLE:
             return None
         kept = self._kept.get(kernel_id)
-        return max(activity.last_activity, kept[0]) if kept else activity.last_activity
+        since = max(activity.last_activity, kept[0]) if kept else activity.last_activity
+        return min(since, datetime.now(UTC))  # a target's clock ahead of ours must not postpone the cull
 
     def cull_at(self, kernel_id: str) -> datetime | None:
         """When the kernel will be stopped if it stays idle; None when it is busy, exempt or never culled."""
@@ -177,12 +191,17 @@ class Culler:
 
     def fields(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:
         """What an allocations row shows: ``cull_at`` (ISO-8601 UTC or None), ``cull_warning``,
-        ``keeps_left`` and ``exempt``."""
-        at = self.cull_at(kernel_id)
-        now = now or datetime.now(UTC)
-        warning = timedelta(seconds=self.rules(kernel_id).warning_seconds)
-        return {"cull_at": iso(at), "cull_warning": at is not None and now >= at - warning,  # wire.CULL_FIELDS
-                "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id)}
+        ``keeps_left`` and ``exempt``. A kernel whose fields cannot be computed shows none (logged): one
+        bad kernel must not break a view of many."""
+        try:
+            at = self.cull_at(kernel_id)
+            now = now or datetime.now(UTC)
+            warning = timedelta(seconds=self.rules(kernel_id).warning_seconds)
+            return {"cull_at": iso(at), "cull_warning": at is not None and now >= at - warning,  # wire.CULL_FIELDS
+                    "keeps_left": self.keeps_left(kernel_id), "exempt": self.is_exempt(kernel_id)}
+        except Exception:  # noqa: BLE001 - see above
+            self.log.exception("could not compute the idle fields of kernel %s", kernel_id)
+            return {"cull_at": None, "cull_warning": False, "keeps_left": None, "exempt": self.is_exempt(kernel_id)}
 
     # -- acting ---------------------------------------------------------------------------------
     def keep(self, kernel_id: str, now: datetime | None = None) -> dict[str, Any]:

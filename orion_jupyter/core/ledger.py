@@ -32,6 +32,7 @@ class CourseFull(VGPURequestError):
 class Quota:
     vgpus: int = 0  # 0: no limit
     memory_mib: int = 0
+    kernels: int = 0  # kernels at once, CPU-only ones included (each is a pod on a node); 0: no limit
 
 
 class Ledger:
@@ -77,6 +78,11 @@ class Ledger:
     def _check(holding: Holding, held: Iterable[Holding], quota: Quota, whose: str, per: str,
                error: type[VGPURequestError] = VGPURequestError) -> None:
         held = list(held)
+        if quota.kernels and len(held) + 1 > quota.kernels:
+            raise error(
+                "kernels", len(held) + 1,
+                f"one more kernel would make {len(held) + 1} for {whose} at once, CPU-only ones included; the class "
+                f"allows {quota.kernels} {per}: shut down a kernel you no longer use (Kernel > Shut Down Kernel)")
         vgpus = sum(h.vgpus for h in held)
         if quota.vgpus and vgpus + holding.vgpus > quota.vgpus:
             raise error(

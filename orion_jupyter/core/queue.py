@@ -2,10 +2,13 @@
 
 A launch that finds its course's quota or the pool full waits here (when the course has ``queue``
 on) instead of failing. Each user waits with at most one launch; a released vGPU (a kernel pod
-gone, a launch that failed) wakes the queue, and only its head may take what is free: when the
-head does not fit, nobody behind it starts. With an ``order`` (``core.fairshare``), each line is kept in
-fair order (least decayed use first, overdue launches ahead) and the courses take free vGPUs in the
-order it gives, one launch at a time. The estimate is the position times the recent time between releases.
+gone, a launch that failed) wakes the queue, and the head is served first: while it does not fit,
+nobody behind it starts, for at most ``head_max_wait`` seconds. After that, those behind it that fit
+may start (backfill) while the head keeps its place and is tried first on every release: a head
+asking for more vGPUs than come free together must not idle free vGPUs for everyone behind it. With
+an ``order`` (``core.fairshare``), each line is kept in fair order (least decayed use first, overdue
+launches ahead) and the courses take free vGPUs in the order it gives, one launch at a time. The
+estimate is the position times the recent time between releases.
 """
 
 from __future__ import annotations
@@ -56,13 +59,17 @@ class LaunchQueue:
     it fits now; ``unreserve(kernel_id)`` gives back a reservation that a cancel overtook."""
 
     def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None],
-                 handed_over: Callable[[float], None] = lambda seconds: None,
+                 handed_over: Callable[[float], None] = lambda seconds: None, head_max_wait: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic,
                  order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None):
         self.admit = admit
         self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
         self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
+        self.head_max_wait = head_max_wait
+        self.clock = clock
+        self._blocked: dict[str, float] = {}  # course -> since when its head has not fit (clock seconds)
         self.lines: dict[str, list[Waiting]] = {}
         self.releases: deque[float] = deque(maxlen=RECENT_RELEASES)  # monotonic times of recent releases
         self._pumping: asyncio.Task | None = None
@@ -154,14 +161,20 @@ class LaunchQueue:
             for course in self.order(self.lines) if self.order is not None else list(self.lines):
                 started = False
                 line = self.lines.get(course, [])
-                while line:
-                    head = line[0]
+                skip = 0  # how many at the front are passed over (the head, once it blocked long enough)
+                while len(line) > skip:
+                    head = line[skip]
                     if not await self.admit(head):
-                        break
+                        if skip or not self._may_pass(course, head):
+                            break
+                        skip = 1
+                        continue
                     if head not in line:  # cancelled while admit ran: give its reservation back
                         self.unreserve(head.kernel_id)
                         continue
-                    line.remove(head)  # not pop(0): a join may have re-sorted the line while admit ran
+                    line.remove(head)  # not by index: a join may have re-sorted the line while admit ran
+                    if not skip:
+                        self._blocked.pop(course, None)
                     if self._released_at is not None:
                         self.handed_over(time.monotonic() - self._released_at)
                     head.turn.set_result(True)
@@ -171,11 +184,22 @@ class LaunchQueue:
                         break
                 if not line:
                     self.lines.pop(course, None)
+                    self._blocked.pop(course, None)
                 if started:
                     self._tell(course)
                     if self.order is not None:
                         break
         self._released_at = None
+
+    def _may_pass(self, course: str, head: Waiting) -> bool:
+        """Whether those behind ``head`` (which does not fit) may start: once it has blocked head_max_wait."""
+        now = self.clock()
+        since = self._blocked.setdefault(course, now)
+        if now - since >= self.head_max_wait:
+            return True
+        if since == now:  # first blocked now: look again when the wait is up, released vGPUs or not
+            asyncio.get_running_loop().call_later(self.head_max_wait, self.wake)
+        return False
 
     def _tell(self, course: str) -> None:
         for waiting in self.lines.get(course, []):

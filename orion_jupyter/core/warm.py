@@ -26,7 +26,7 @@ from ..allocation import ENV_NAMES
 from ..errors import KernelLaunchError
 from ..launch import PodPlan
 from ..metrics import WARM_CLAIMS, WARM_IDLE, WARM_MISSES
-from ..names import ANNOTATION_WARM_SHAPE, LABEL_WARM, TERMINAL_PHASES, slug
+from ..names import ANNOTATION_CLAIMED, ANNOTATION_USER, ANNOTATION_WARM_SHAPE, LABEL_WARM, TERMINAL_PHASES, slug
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequest
 from ..wire import PORT_NAMES, connection_info, fresh_ports
@@ -234,9 +234,9 @@ class WarmKernels:
         except Exception as err:  # noqa: BLE001 - the hub down: no pre-warm this window, launches start cold
             log.warning("cannot read group %s from the hub (%s); no roster pre-warm", roster.course, err)
             return
-        started = 0
+        started, served = 0, self._served_since(opened)
         for user in members:
-            if any(k.user == user for k in self.kernels.values()):
+            if user in served or any(k.user == user for k in self.kernels.values()):
                 continue
             if not await self.host.has_room(roster.shape.request):
                 log.warning("no room to pre-warm more kernels for course %s: %d of %d students get one; the "
@@ -247,6 +247,25 @@ class WarmKernels:
                                 volumes=self.host.user_volumes, volume_mounts=self.host.user_volume_mounts,
                                 working_dir=self.host.home_mount_path or None))
         log.info("pre-warming %d kernels for course %s", started, roster.course)
+
+    def _served_since(self, opened: datetime) -> set[str]:
+        """Users with a live kernel started or claimed since the window opened: a restarted process (whose
+        ``prewarmed`` is empty) must not pre-warm a second kernel for them."""
+        served = set()
+        for pod in self.host.kernel_pods():
+            meta = pod["metadata"]
+            annotations = meta.get("annotations") or {}
+            if LABEL_WARM in (meta.get("labels") or {}) or meta.get("deletionTimestamp") \
+                    or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                continue
+            since = annotations.get(ANNOTATION_CLAIMED) or meta.get("creationTimestamp") or ""
+            try:
+                moment = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moment.tzinfo is not None and moment >= opened:
+                served.add(annotations.get(ANNOTATION_USER, ""))
+        return served
 
     def _plan(self, shape: WarmShape, user: str, pool: str) -> dict[str, Any]:
         ports = fresh_ports()

@@ -282,8 +282,10 @@ class KubeCluster:
     # -- launch ------------------------------------------------------------------------------
     async def launch(self, manifests: KernelManifests, *, timeout: float, count_resource: str,
                      wait_when_unschedulable: bool = False,
-                     progress: Callable[[str], None] | None = None) -> PodKernel:
-        """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both."""
+                     progress: Callable[[str], None] | None = None,
+                     created: Callable[[str], None] = lambda kind: None) -> PodKernel:
+        """Create the kernel's Secret and Pod, wait until it is Ready; on failure delete both. ``created``
+        hears "secret" and "pod" as each exists."""
         await self.ensure_started()
         name = manifests.name
         if progress is not None:
@@ -296,7 +298,9 @@ class KubeCluster:
             if manifests.claim_template is not None:  # dra: made once per process, reused by every launch
                 await ensure_claim_template(self, manifests.claim_template)
             await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
+            created("secret")
             pod = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
+            created("pod")
             owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
             try:
                 state = await asyncio.wait_for(waiter.result, timeout)

@@ -74,8 +74,9 @@ class KubernetesDriver:
         if stopped_by:
             raise stopped_kernel(stopped_by)
         previous = [self._connection.get(name) for name in PORT_NAMES]
-        self._connection = connection_info(launch.ports or fresh_ports(previous), launch.key, launch.kernel_spec_name,
-                                           signature_scheme=launch.signature_scheme)
+        self._connection = {**connection_info(launch.ports or fresh_ports(previous), launch.key,
+                                              launch.kernel_spec_name, signature_scheme=launch.signature_scheme),
+                            **launch.curve_fields()}
         self.manifests = build_kernel_manifests(
             pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
         kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
@@ -100,6 +101,8 @@ class KubernetesDriver:
     async def _claim_warm(self, launch: KernelLaunch) -> tuple[PodKernel, KernelConnectionInfo] | None:
         """A warm kernel of this shape handed over (c.OrionJupyter.warm_kernels), or None: start one."""
         pool = self.warm
+        if launch.curve_secretkey:  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            return None
         if pool is None or not pool.reserve(launch.kernel_id, launch.user, launch.request, launch.pod.image, ""):
             return None
         PROGRESS.record(launch.kernel_id, "handing over a warm kernel")

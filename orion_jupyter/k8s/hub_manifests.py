@@ -11,6 +11,7 @@ Everything here is data (no cluster calls); `z2jh_values` only reads the presets
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -47,7 +48,8 @@ SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
 BROKER_HUB_SCOPES = ["list:users", "read:users:groups", "read:servers"]
 
 # The broker's Role: the kernel pods of direct mode (pods, logs, Secrets it may create and delete but
-# never read or list, events) and what hub mode adds.
+# never read or list, events) and what hub mode adds. A launch that died before its pod existed is found
+# by its NetworkPolicy (listed), and its Secret of the same name deleted without being read.
 BROKER_RULES = KERNEL_RULES + [
     # One NetworkPolicy per kernel pod: its ports only from its user's server.
     # patch: the policy is owned by its pod once it exists, and a warm kernel's is bound to its claimer.
@@ -79,6 +81,67 @@ def broker_manifests(namespace: str, service_account: str = BROKER_SERVICE, read
         f"{BROKER_ROLE}-pool-reader-{namespace}", pool_reader_rules(read_nodes, read_all_pods, dra),
         create_service_account=create_service_account,
     )
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a Kubernetes label selector (``matchLabels`` and ``matchExpressions``, ANDed) selects ``labels``."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        present = key in labels
+        if not {"In": present and labels.get(key) in values, "NotIn": not present or labels.get(key) not in values,
+                "Exists": present, "DoesNotExist": not present}.get(operator, False):
+            return False
+    return True
+
+
+KERNEL_PODS = {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "kernel"}}
+DEFAULT_DENY = "orion-kernels-default-deny"
+KERNEL_EGRESS = "orion-kernels-egress"
+
+
+def kernel_network_defaults(namespace: str, egress: Iterable[str] = ()) -> list[dict]:
+    """The namespace's NetworkPolicies for every kernel pod, so that a kernel's network fails closed:
+
+    - ``orion-kernels-default-deny``: no ingress and no egress. A kernel's own policy (made with it by the
+      broker) admits its user's server; a policy lost, late or selecting nothing leaves the kernel shut,
+      never open to every pod.
+    - ``orion-kernels-egress``: DNS (kube-system's kube-dns, UDP and TCP 53) and each of ``egress``, what
+      the operator allows students' code to reach: ``CIDR`` or ``CIDR:PORT`` (e.g. the Orion controller,
+      a package mirror, ``0.0.0.0/0:443`` for the web over HTTPS). Replies to the connections a kernel
+      accepts need no rule (policies are stateful).
+    """
+    check_k8s_name("namespace", namespace)
+    rules: list[dict[str, Any]] = [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }]
+    for entry in egress:
+        network, _, port = entry.rpartition(":") if entry.count(":") == 1 or "]:" in entry else (entry, "", "")
+        network = network.strip("[]")
+        try:
+            cidr = str(ipaddress.ip_network(network, strict=False))
+            port_number = int(port) if port else None
+        except ValueError:
+            raise ValueError(f"kernel egress {entry!r} is not CIDR or CIDR:PORT (e.g. 10.0.0.5/32:9123, "
+                             "0.0.0.0/0:443)") from None
+        if port_number is not None and not 0 < port_number < 65536:
+            raise ValueError(f"kernel egress {entry!r}: the port must be 1-65535")
+        rule: dict[str, Any] = {"to": [{"ipBlock": {"cidr": cidr}}]}
+        if port_number is not None:
+            rule["ports"] = [{"protocol": "TCP", "port": port_number}]
+        rules.append(rule)
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "kernel-network"}
+    return [
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": DEFAULT_DENY, "namespace": namespace, "labels": dict(labels)},
+         "spec": {"podSelector": KERNEL_PODS, "policyTypes": ["Ingress", "Egress"]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": KERNEL_EGRESS, "namespace": namespace, "labels": dict(labels)},
+         "spec": {"podSelector": KERNEL_PODS, "policyTypes": ["Egress"], "egress": rules}},
+    ]
 
 
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")

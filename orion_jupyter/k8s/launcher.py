@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -22,22 +24,33 @@ from ..names import (
     ANNOTATION_CLAIMED,
     ANNOTATION_COURSE,
     ANNOTATION_KERNEL_SPEC,
+    ANNOTATION_LAUNCHING,
     ANNOTATION_SERVER,
     ANNOTATION_USER,
     LABEL_COURSE,
     LABEL_KERNEL_ID,
     LABEL_USER,
     LABEL_WARM,
+    MANAGED_SELECTOR,
     slug,
 )
 from ..protocols import ClaimRequest
 from ..wire import iopub_port
 from .cluster import KubeCluster
 from .driver import pod_options
-from .hub_manifests import kernel_network_policy, z2jh_username_label
+from .hub_manifests import kernel_network_policy, selects, z2jh_username_label
 from .manifests import build_kernel_manifests, secret_owner_patch
 
 log = logging.getLogger("orion_jupyter.k8s")
+# Tests only: the step of a launch ("policy", "secret", "pod") after which this process SIGKILLs itself,
+# as a crash there would (what a launch leaves behind must then be owned, and swept by the reaper).
+DIE_AFTER_ENV = "ORION_JUPYTER_DIE_AFTER"
+
+
+def _created(step: str) -> None:
+    if os.environ.get(DIE_AFTER_ENV) == step:
+        log.warning("%s=%s: killing this process after the launch's %s", DIE_AFTER_ENV, step, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Mapping], user: str,
@@ -90,9 +103,19 @@ class KernelPolicies:
     async def create(self, policy: dict) -> None:
         await self.cluster.request(self.api.create_namespaced_network_policy, self.cluster.namespace, policy)
 
-    async def patch_spec(self, name: str, policy: dict) -> None:
+    async def replace_spec(self, name: str, policy: dict) -> None:
+        """The policy's spec written whole (a JSON patch ``replace``): a merge patch would keep the old
+        ``matchLabels`` beside the new selector, and the two together select no pod at all."""
         await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
-                                   {"spec": policy["spec"]})
+                                   [{"op": "replace", "path": "/spec", "value": policy["spec"]}])
+
+    async def check_selects(self, name: str, pod_labels: Mapping[str, str]) -> None:
+        """Read the policy back: it must select the pod as labelled now, else KernelLaunchError (the caller
+        deletes the pod rather than leave it open)."""
+        policy = await self.cluster.request(self.api.read_namespaced_network_policy, name, self.cluster.namespace)
+        if not selects((policy.get("spec") or {}).get("podSelector") or {}, pod_labels):
+            raise KernelLaunchError("api", f"the NetworkPolicy {name} does not select its kernel pod after the "
+                                           "hand-over; the kernel is stopped rather than left open")
 
     async def owned_by_pod(self, name: str) -> None:
         """The policy goes with its pod."""
@@ -126,6 +149,22 @@ class PodSite:
     orion_controller: str | None = None
     owner: dict[str, str] | None = None
     policies: KernelPolicies | None = None
+    starting: set[str] = field(default_factory=set)  # pod names whose objects are being created now
+
+    def owner_references(self) -> list[dict[str, Any]]:
+        """What everything a launch creates is owned by from the moment it exists (the host's owner)."""
+        if not self.owner:
+            return []
+        return [{"apiVersion": self.owner.get("apiVersion", "v1"), "kind": self.owner.get("kind", "Pod"),
+                 "name": self.owner["name"], "uid": self.owner["uid"], "blockOwnerDeletion": False}]
+
+    async def launched(self, pod_name: str) -> None:
+        """Its server is about to hear the kernel is ready: it is no longer an orphan if this process dies."""
+        try:
+            await self.cluster.request(self.cluster.core.patch_namespaced_pod, pod_name, self.cluster.namespace,
+                                       {"metadata": {"annotations": {ANNOTATION_LAUNCHING: None}}})
+        except ApiException as err:
+            raise KernelLaunchError("api", f"Kubernetes refused to mark the kernel started: {err.reason}") from None
 
     async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
         """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success."""
@@ -139,6 +178,36 @@ class PodSite:
         if self.policies is not None:
             await self.policies.delete(pod_name)
 
+    async def sweep(self, grace_seconds: float) -> list[str]:
+        """Delete what a launch that died before its pod existed left: its NetworkPolicy (created first, owned
+        by the host's owner, listed here) and its Secret of the same name (deleted unread: Secrets are never
+        listed); never those being created now or younger than ``grace_seconds``; what was swept, by name.
+        Once its pod exists, both are the pod's and go with it."""
+        if not self.owner or self.policies is None:
+            return []
+        try:
+            found = await self.cluster.request(self.policies.api.list_namespaced_network_policy,
+                                               self.cluster.namespace, label_selector=MANAGED_SELECTOR)
+        except ApiException as err:
+            log.warning("cannot list NetworkPolicies to sweep what dead launches left: %s", err.reason)
+            return []
+        now, swept = datetime.now(UTC), []
+        for policy in found.get("items") or []:
+            meta = policy["metadata"]
+            name = meta["name"]
+            if not any(ref.get("uid") == self.owner["uid"] for ref in meta.get("ownerReferences") or []) \
+                    or name in self.starting or self.cluster.pod(name) is not None:
+                continue
+            created = datetime.fromisoformat(str(meta.get("creationTimestamp") or now.isoformat())
+                                             .replace("Z", "+00:00"))
+            if (now - created).total_seconds() < grace_seconds:
+                continue
+            log.info("sweeping the NetworkPolicy and Secret %s: its launch died before its pod existed", name)
+            await self.cluster.delete_kernel_objects(name)  # the Secret (and a pod, if one came meanwhile)
+            await self.policies.delete(name)
+            swept.append(name)
+        return swept
+
     async def hand_over(self, name: str, warm_kernel_id: str, ask: ClaimRequest, user: str, course: str,
                         ports: tuple[int, ...]) -> None:
         """A claimed warm pod becomes ``user``'s: first its NetworkPolicy (selecting both ids, so the pod is
@@ -146,10 +215,12 @@ class PodSite:
         kernel_label = slug(ask.kernel_id, 63)
         try:
             if self.policies is not None:
-                await self.policies.patch_spec(name, self.policies.build(
+                await self.policies.replace_spec(name, self.policies.build(
                     name, kernel_label, user, ports, also_kernel_label=slug(warm_kernel_id, 63)))
-            await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
-                                       {"metadata": claimed_metadata(ask, user, course)})
+            pod = await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
+                                             {"metadata": claimed_metadata(ask, user, course)})
+            if self.policies is not None:
+                await self.policies.check_selects(name, (pod.get("metadata") or {}).get("labels") or {})
         except ApiException as err:
             raise KernelLaunchError("api", f"Kubernetes refused the hand-over: {err.reason}") from None
 
@@ -169,14 +240,22 @@ class PodSite:
         manifests = build_kernel_manifests(options)
         add_user_storage(manifests.pod, plan.volumes, plan.volume_mounts, plan.user, plan.server_name or "")
         name = manifests.name
+        owners = self.owner_references()
+        if owners:  # owned from creation: a crash before the pod exists leaves nothing unowned
+            manifests.secret["metadata"]["ownerReferences"] = owners
+        self.starting.add(name)
         try:
             if self.policies is not None:
-                await self.policies.create(self.policies.build(
-                    name, manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID], plan.user, plan.ports))
+                policy = self.policies.build(name, manifests.pod["metadata"]["labels"][LABEL_KERNEL_ID], plan.user,
+                                             plan.ports)
+                if owners:
+                    policy["metadata"]["ownerReferences"] = owners
+                await self.policies.create(policy)
+                _created("policy")
             loop = asyncio.get_running_loop()  # pod events arrive on the watch's thread
             kernel = await self.cluster.launch(
                 manifests, timeout=launch.timeout, count_resource=self.backend.count_resource,
-                wait_when_unschedulable=launch.wait_for_capacity,
+                wait_when_unschedulable=launch.wait_for_capacity, created=_created,
                 progress=None if progress is None else lambda message: loop.call_soon_threadsafe(progress, message))
         except (KernelLaunchError, ApiException) as err:
             if self.policies is not None:
@@ -184,6 +263,8 @@ class PodSite:
             if isinstance(err, KernelLaunchError):
                 raise
             raise KernelLaunchError("api", f"Kubernetes refused the launch: {err.reason}") from None
+        finally:
+            self.starting.discard(name)
         if self.policies is not None:
             await self.policies.owned_by_pod(name)
         return name, kernel

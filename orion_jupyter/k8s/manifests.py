@@ -40,21 +40,36 @@ from .kai import pod_fields
 CONNECTION_DIR = "/etc/orion-jupyter"
 CONNECTION_KEY = "connection.json"
 CONTAINER_NAME = "kernel"
+CURVE_UNSUPPORTED = ("transport encryption (CurveZMQ) is required, but this kernel image cannot encrypt: it needs an "
+                     "ipykernel that reads curve keys from its connection file (ipykernel 7) and pyzmq with libsodium")
 
 # Runs in the kernel image (any Python 3 with ipykernel, old Orion client images included):
-# ipykernel binds to the connection file's "ip", so copy the Secret's file with the pod IP set.
+# ipykernel binds to the connection file's "ip", so copy the Secret's file with the pod IP set. With
+# CurveZMQ keys in the file, a kernel that cannot use them (old ipykernel, pyzmq without libsodium) would
+# talk plaintext or not at all: it exits at once with the reason instead. The memory-cap hook is loaded
+# only where the image has orion-jupyter.
 KERNEL_ENTRYPOINT = (
-    "import json, os, sys, tempfile\n"
+    "import json, os, sys, tempfile, importlib.util\n"
     f"src = os.environ['{CONNECTION_FILE_ENV}']\n"
     "with open(src) as f:\n"
     "    info = json.load(f)\n"
+    "if info.get('curve_secretkey'):\n"
+    "    try:\n"
+    "        import zmq\n"
+    "        from ipykernel.kernelapp import IPKernelApp\n"
+    "        ok = bool(zmq.has('curve')) and 'curve_secretkey' in IPKernelApp.class_trait_names()\n"
+    "    except Exception:\n"
+    "        ok = False\n"
+    "    if not ok:\n"
+    f"        sys.exit('{CURVE_UNSUPPORTED}')\n"
     f"info['ip'] = os.environ.get('{ENV_NAMES['pod_ip']}') or '0.0.0.0'\n"
     f"path = os.path.join(tempfile.gettempdir(), 'orion-kernel-%s.json' % os.environ['{ENV_NAMES['kernel_id']}'])\n"
     "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
     "with os.fdopen(fd, 'w') as f:\n"
     "    json.dump(info, f)\n"
+    f"args = [a for a in sys.argv[1:] if a != '{KERNEL_ARGUMENT}' or importlib.util.find_spec('orion_jupyter')]\n"
     # run ipykernel in this interpreter (a second one would cost its start-up time on every launch)
-    "sys.argv = ['ipykernel_launcher', '-f', path] + sys.argv[1:]\n"
+    "sys.argv = ['ipykernel_launcher', '-f', path] + args\n"
     "import runpy\n"
     "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)\n"
 )

@@ -103,7 +103,7 @@ class PodKernel:
         self._stopping = True
         await self.cluster.delete_pod(self.name, 0)
 
-    async def cleanup(self) -> None:
+    async def cleanup(self, restart: bool = False) -> None:
         await self.cluster.delete_kernel_objects(self.name)
 
     def info(self) -> dict[str, str]:

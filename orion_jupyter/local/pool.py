@@ -159,8 +159,9 @@ class LocalPool(LoggingConfigurable):
         return valid, {k: v for k, v in table.items() if k not in valid}, ""
 
     @contextlib.contextmanager
-    def _table(self, *, writing: bool = True) -> Iterator[dict[str, Any]]:
-        """The slot table, locked for the duration, with dead holders already removed.
+    def _table(self, *, writing: bool = True, releasing: str = "") -> Iterator[dict[str, Any]]:
+        """The slot table, locked for the duration, with dead holders already removed (``releasing``: the
+        kernel being released, whose ended process is no news).
 
         A table that cannot be read is never overwritten (the slots it records may be held):
         readers see it as empty, and a launch is refused with what to do.
@@ -179,7 +180,8 @@ class LocalPool(LoggingConfigurable):
             for kernel_id in unknown:
                 self.log.warning("the vGPU slot table %s holds an entry %r it cannot read; it is kept", path, kernel_id)
             for kernel_id in [k for k, entry in table.items() if not self._held(entry)]:
-                self.log.info("reclaiming the vGPU slot of kernel %s (its process is gone)", kernel_id)
+                if kernel_id != releasing:
+                    self.log.info("reclaiming the vGPU slot of kernel %s (its process is gone)", kernel_id)
                 del table[kernel_id]
             yield table
             if not damaged:
@@ -289,5 +291,5 @@ class LocalPool(LoggingConfigurable):
                 table[kernel_id].update(pid=pid, pid_start=_process_start(pid))
 
     def release(self, kernel_id: str) -> None:
-        with self._table() as table:
+        with self._table(releasing=kernel_id) as table:
             table.pop(kernel_id, None)

@@ -19,6 +19,7 @@ from ..settings import ClassSettings
 from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
+from .refusals import answer_refusals
 from .snapshots import Snapshots, SnapshotService, snapshot_routes
 from .state import OrionState
 from .usage import UsageSampler
@@ -96,6 +97,7 @@ class OrionJupyter(ExtensionApp, ClassSettings):
                                help="The vGPU kernel spec of the warm kernels; empty: the default vGPU spec.")
 
     def initialize_settings(self) -> None:
+        answer_refusals(self.serverapp.kernel_manager, self.serverapp.session_manager)
         if not self.server_owner:
             self.server_owner = os.environ.get("JUPYTERHUB_USER", "")
         self.usage = UsageSampler(self.serverapp.kernel_manager, self.usage_sample_interval, self.log)

@@ -91,8 +91,19 @@ class Demos:
             await client.async_execute()
             await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook},
                                                      executed_path))
-            record(f"finished: wrote {executed_path}", done=len(code_cells), total=len(code_cells),
-                   output=executed_path, finished=True)
+            await self._stop(kernel_id, kernel_manager)
+            record(f"finished: wrote {executed_path}; its kernel is stopped and its vGPU free again",
+                   done=len(code_cells), total=len(code_cells), output=executed_path, finished=True)
         except Exception as err:  # noqa: BLE001 - report any failure of a headless run to the user
             log.exception("demo %s failed", name)
+            await self._stop(kernel_id, kernel_manager)
             record(f"demo failed: {err}", level="error", finished=True)
+
+    @staticmethod
+    async def _stop(kernel_id: str, kernel_manager: Any) -> None:
+        """A headless run's kernel was started for it alone: once it ends, its vGPU goes back to the pool."""
+        if kernel_id in kernel_manager:
+            try:
+                await ensure_async(kernel_manager.shutdown_kernel(kernel_id))
+            except Exception:  # noqa: BLE001 - the run's outcome is what the user reads; the culler may still stop it
+                log.exception("the kernel %s of a finished demo run could not be stopped", kernel_id)

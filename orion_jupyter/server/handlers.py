@@ -16,7 +16,7 @@ from ..core.idle import NotCullable
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
 from ..vgpu import VGPURequestError
-from .kernels import KernelIdTaken
+from .refusals import refusal_status
 
 AUTH_RESOURCE = "orion"
 DEMO_FIELDS = ("spec", "vgpus", "memory", "compute", "kernel_id", "run")
@@ -60,9 +60,9 @@ class OrionHandler(JSONReplies, ExtensionHandlerMixin, APIHandler):
         try:
             return await work
         except VGPURequestError as err:
-            self.refuse(409 if isinstance(err, KernelIdTaken) else 400, str(err), field=err.field)
+            self.refuse(refusal_status(err), str(err), field=err.field)
         except KernelLaunchError as err:
-            self.refuse(409 if err.reason in ("unschedulable", "cancelled") else 503, str(err), reason=err.reason)
+            self.refuse(refusal_status(err), str(err), reason=err.reason)
         return None
 
 

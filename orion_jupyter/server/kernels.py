@@ -19,6 +19,7 @@ from ..protocols import BackendView
 from ..provisioner import VGPUProvisioner
 from ..settings import KernelSettings
 from ..vgpu import VGPURequest, VGPURequestError, short, usage_fields
+from .refusals import Refused
 
 START_FIELDS = ("spec", "vgpus", "memory", "compute", "path", "kernel_id")
 MAX_PATH_CHARS = 1024
@@ -50,6 +51,8 @@ class StartPlan:
 
 class KernelIdTaken(VGPURequestError):
     """A kernel id that names a kernel which exists or is starting (a double click, or a guess)."""
+
+    http_status = 409
 
 
 def spec_config(spec: Any) -> dict[str, Any]:
@@ -209,6 +212,8 @@ class VGPUKernels:
         try:
             await ensure_async(self.kernel_manager.start_kernel(
                 kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=plan.request, orion_user=username))
+        except Refused as refused:  # this server's kernel manager answers Jupyter's API; ours answers itself
+            raise refused.error from None
         except BaseException:
             # jupyter_client keeps a kernel whose start failed among its pending ones (shutdown_all then
             # trips over it at server exit); nothing of it exists, so forget it.

@@ -72,8 +72,10 @@ def plot_detections(
         ax.imshow(load_image(image))
         for (x1, y1, x2, y2), p in zip(found.boxes, found.probs, strict=True):
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", lw=2))
-            ax.text(x1, y1 - 4, f"{p:.3f}", color="lime", fontsize=8)
-        ax.set_title(f"{names[i] if names else i}: {len(found.boxes)} face(s)", fontsize=9)
+            # readable on any photo: larger, black on the box's own green
+            ax.text(x1, y1 - 4, f"face {p:.0%}", color="black", fontsize=12, fontweight="bold", va="bottom",
+                    bbox={"facecolor": "lime", "edgecolor": "none", "pad": 1.5})
+        ax.set_title(f"{names[i] if names else i}: {len(found.boxes)} face(s)", fontsize=12)
         ax.axis("off")
     return fig
 

@@ -354,8 +354,10 @@ def load_data_or_digits(
     digits = _digits_root(root)
     data = load_data(digits, download=False, limit_train=limit_train, limit_test=limit_test)
     n_train, n_test = data.sizes
+    # why, in its first line (and the download's error); how to get real MNIST is the advice, said once
+    why = [line for line in str(unavailable).splitlines() if not line.startswith("Put the four files")]
     notice = (
-        f"{unavailable}\n\nContinuing OFFLINE with scikit-learn's digits (not MNIST): {n_train:,} training"
+        "\n".join(why) + f"\n\nContinuing OFFLINE with scikit-learn's digits (not MNIST): {n_train:,} training"
         f" and {n_test:,} test images, written as MNIST files in {digits}."
     )
     return dataclasses.replace(data, source=DIGITS_SOURCE, notice=notice, advice=how_to_get_mnist(root))
