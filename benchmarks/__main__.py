@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,demos,park] [--json PATH]
+"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,semester,demos,park] [--json PATH]
 [--markdown] [--show PATH] [--park-gib]
 
 Runs the benchmarks, prints a table (each measurement, and the target it is held against with a
@@ -23,11 +23,11 @@ from . import common
 from .common import ROOT, Row, Section
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
-SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "demos", "park")
+SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "semester", "demos", "park")
 
 
 def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[], Section]]]]:
-    from . import broker, burst, classroom, demos, launch, park, scale
+    from . import broker, burst, classroom, demos, launch, park, scale, semester
 
     quick = args.quick
     return {
@@ -36,6 +36,7 @@ def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[],
         "broker": [("broker", lambda: broker.run(quick))],
         "classroom": [("classroom", lambda: classroom.run(quick))],
         "scale": [("scale", lambda: scale.run(quick))],
+        "semester": [("semester", lambda: semester.run(quick))],
         "demos": [("demos", lambda: demos.run(quick, args.demos_device))],
         "park": [("park", lambda: park.run(quick, args.park_gib))],
     }

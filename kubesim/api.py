@@ -26,7 +26,7 @@ from .validation import KINDS, NAMESPACED
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster import SimCluster
 
-RESOURCES = {"pods", "secrets", "events", "nodes", "namespaces", "serviceaccounts"}
+RESOURCES = {"pods", "secrets", "configmaps", "events", "nodes", "namespaces", "serviceaccounts"}
 BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 LIVENESS_CHECK = 2.0  # seconds between checks that a quiet watch's client is still there
 

@@ -10,10 +10,11 @@ import re
 from .errors import ApiError, invalid
 from .selectors import is_extended_resource, parse_quantity
 
-KINDS = {"pods": "Pod", "secrets": "Secret", "events": "Event", "nodes": "Node", "namespaces": "Namespace",
-         "serviceaccounts": "ServiceAccount"}
+KINDS = {"pods": "Pod", "secrets": "Secret", "configmaps": "ConfigMap", "events": "Event", "nodes": "Node",
+         "namespaces": "Namespace", "serviceaccounts": "ServiceAccount"}
 PLURALS = {kind: plural for plural, kind in KINDS.items()}
-NAMESPACED = {"pods", "secrets", "events", "serviceaccounts"}
+NAMESPACED = {"pods", "secrets", "configmaps", "events", "serviceaccounts"}
+CONFIG_MAP_LIMIT = 1048576  # bytes of a ConfigMap's data, as the API server allows
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -279,6 +280,23 @@ def default_and_validate_secret(secret: dict) -> None:
         raise invalid("Secret", name, causes)
 
 
+def validate_configmap(configmap: dict) -> None:
+    """Keys as a Secret's, values strings, at most 1 MiB of data (what the API server checks)."""
+    name = configmap["metadata"]["name"]
+    causes = validate_metadata("ConfigMap", configmap)
+    data = configmap.get("data") or {}
+    for key, value in data.items():
+        if not _CONFIG_KEY.match(key) or len(key) > 253:
+            causes.append((f"data[{key}]", "FieldValueInvalid", f'Invalid value: "{key}": '
+                           "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str):
+            causes.append((f"data[{key}]", "FieldValueInvalid", "Invalid value: a ConfigMap's values are strings"))
+    if sum(len(k) + len(str(v).encode()) for k, v in data.items()) > CONFIG_MAP_LIMIT:
+        causes.append(("data", "FieldValueTooLong", f"Too long: must have at most {CONFIG_MAP_LIMIT} bytes"))
+    if causes:
+        raise invalid("ConfigMap", name, causes)
+
+
 def validate_event(event: dict) -> None:
     causes = [c for c in validate_metadata("Event", event) if c[0] != "metadata.name"]
     if not _DNS_SUBDOMAIN.match(event["metadata"]["name"]):
@@ -295,6 +313,8 @@ def prepare(plural: str, obj: dict, creating: bool) -> None:
         validate_pod(obj)
     elif plural == "secrets":
         default_and_validate_secret(obj)
+    elif plural == "configmaps":
+        validate_configmap(obj)
     elif plural == "events":
         validate_event(obj)
     elif plural == "nodes":

@@ -343,13 +343,22 @@ class BrokerView:
         code, _ = await self.client.call("DELETE", f"api/queue/{kernel_id}")
         return code == 200
 
+    async def budget(self) -> dict[str, Any]:
+        """The user's vGPU-hour budget as the broker meters it ("2.5 of 10 vGPU-hours left this week · ...")."""
+        code, body = await self.client.call("GET", "api/budget")
+        if code != 200 or not isinstance(body, dict):
+            raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
+        return body
+
 
 def queue_message(place: dict[str, Any]) -> str:
     """'waiting for a vGPU: position 3 in course ai101, about 2 min'."""
     where = f" in course {place['course']}" if place.get("course") else ""
     estimate = place.get("estimate_seconds")
     about = ""
-    if isinstance(estimate, int | float):
+    if isinstance(place.get("wait"), str) and place.get("wait_p50_seconds") is not None:
+        about = f", {place['wait'][:80]}"  # the broker's p50/p80 from what it knows
+    elif isinstance(estimate, int | float):
         about = f", about {max(round(estimate / 60), 1)} min" if estimate >= 60 else f", about {round(estimate)} s"
     return f"waiting for a vGPU: position {place.get('position')}{where}{about}"
 

@@ -90,6 +90,7 @@ class BackendView(Protocol):
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
     async def waiting(self, user: str) -> list[dict[str, Any]]: ...  # ``user``'s launches waiting in a queue
     async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
+    async def budget(self) -> dict[str, Any]: ...  # this server's user's vGPU-hour budget ({"budget": None}: none)
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,6 @@ class DirectMode:
 
     async def cancel_waiting(self, kernel_id: str) -> bool:
         return False
+
+    async def budget(self) -> dict[str, Any]:
+        return {"budget": None, "text": "vGPU-hour budgets are the broker's (hub mode)"}

@@ -34,7 +34,8 @@ def test_quick_run_writes_every_section(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     report = json.loads(out.read_text())
     # every section below ran (a section added since is checked by its own assertions, if any)
-    assert {"launch", "launch_server", "burst", "burst_server", "broker", "scale", "demos"} <= set(report["sections"])
+    assert {"launch", "launch_server", "burst", "burst_server", "broker", "scale", "semester", "demos"} <= set(
+        report["sections"])
     for name, data in report["sections"].items():
         assert "error" not in data, (name, data.get("traceback"))
         if name != "demos":
@@ -52,6 +53,11 @@ def test_quick_run_writes_every_section(tmp_path):
     for key in ("overhead_after_listen_ms", "pod_running_to_listening_ms", "pod_ready_after_return_ms"):
         assert launch[key]["n"] == 2, key
     assert launch["overhead_after_listen_ms"]["median"] >= 0 and launch["pod_ready_after_return_ms"]["median"] > 0
+
+    semester = report["sections"]["semester"]  # every launch started or was refused; budgets held to a minute
+    assert semester["launches"] == semester["started"] + semester["refused_budget"] > 0
+    assert semester["left_waiting"] == semester["left_reserved"] == 0
+    assert semester["budget_overshoot_vgpu_h"] <= semester["one_tick_vgpu_h"]
 
     first = report["sections"]["launch_server"]
     assert first["first_ms"]["total"] > 0 and first["later_ms"]["total"]["n"] == first["later_launches"] == 3

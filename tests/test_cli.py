@@ -118,13 +118,18 @@ def test_installed_specs_carry_the_vgpu_logo(tmp_path):
 
 @pytest.mark.parametrize(("config", "message"), [
     ("c.Broker.courses = {'ai101': {'vgpus': 2, 'qeue': True}}",
-     "c.Broker.courses['ai101'] has no setting \"qeue\"; use cull_idle_seconds"),
+     "c.Broker.courses['ai101'] has no setting \"qeue\"; use budget, cull_idle_seconds"),
     ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': -1}]",
      "c.Broker.warm_pools[0].size must be a whole number"),
     ("c.Broker.warm_pools = [{'name': 'gpu', 'vgpus': 1, 'memory': '1Gi', 'size': 2, "
      "'volumes': [{'name': 'home', 'persistentVolumeClaim': {'claimName': 'claim-{username}'}}]}]",
      "cannot name the user; use c.Broker.rosters"),
     ("c.Broker.rosters = {'ai101': {'vgpus': 1, 'hours': {'start': '9am'}}}", "must be a time of day like"),
+    ("c.Broker.budgets = {'student': 10, 'reset': {'weekly': 'tuesday 9am'}}",
+     "c.Broker.budgets.reset.weekly must be a time of day like"),
+    ("c.Broker.courses = {'ai101': {'budget': {'student': -1}}}",
+     "c.Broker.courses['ai101'].budget.student must be a number of hours"),
+    ("c.Broker.courses = {'ai101': {'weight': 0}}", "c.Broker.courses['ai101'].weight must be a number more than 0"),
     ("c.Broker.courses = {'ai101': {'vgpus': 2}}", "no Kubernetes cluster to use"),
 ])
 def test_the_broker_refuses_a_bad_setting_in_one_line(tmp_path, config, message):

@@ -416,7 +416,8 @@ class ClassHandler(BrokerHandler):
             return self.refuse(403, "the class view is for instructors")
         rows = await self.broker.view.class_kernels(None)
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
-                                 "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True})
+                                 "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True,
+                    "budgets": self.broker.budget_meter.rows() if self.broker.budget_meter else []})
 
 
 class ClassPodHandler(BrokerHandler):

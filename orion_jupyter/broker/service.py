@@ -29,6 +29,8 @@ from traitlets.config import Application
 
 from ..config import KernelPolicy
 from ..core.admission import Admission
+from ..core.budgets import BudgetConfig, Budgets
+from ..core.fairshare import FairShare
 from ..core.idle import CullRules
 from ..core.ledger import Ledger, Quota
 from ..core.warm import WarmKernels
@@ -36,15 +38,19 @@ from ..core.warm_config import WarmConfig, check_keys
 from ..k8s.client import api_client, default_namespace
 from ..k8s.cluster import KubeCluster
 from ..k8s.launcher import KernelPolicies, PodSite
+from ..k8s.state_store import ConfigMapStore, Section
 from ..k8s.view import KubernetesView, pod_user
 from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from .budgets import BudgetMeter
 from .idle import broker_culler
 from .pods import ClassPods
+from .waits import BrokerWaits
 
-COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps"}
+COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps",
+               "budget", "weight"}
 
 # What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
 SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
@@ -105,7 +111,24 @@ class Broker(Application, ClassSettings):
                    help="Courses by hub group: {'ai101': {'vgpus': 16, 'memory': '96Gi', 'queue': True}}; a "
                         "student's course is the first of their groups named here (its quota, its queue). With "
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
-                        "come first served, instead of failing.")
+                        "come first served, instead of failing. 'budget' ({'student': 5, 'course': 200} vGPU-hours) "
+                        "and 'weight' (its fair share of the pool): see c.Broker.budgets and fair_share_half_life.")
+    budgets = Dict(config=True,
+                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
+                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
+                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
+                        "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
+                        "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
+                        "the reason and a launch refused until the reset.")
+    fair_share_half_life = Float(0.0, config=True,
+                                 help="Seconds in which a course's and a student's remembered vGPU use halves; with it "
+                                      "the next free vGPU goes to the course with the least use against its 'weight' "
+                                      "(c.Broker.courses[group]['weight'], default 1) and, within a course, to the "
+                                      "student with the least use (first come first served breaking ties), e.g. "
+                                      "604800 (a week). 0: first come, first served per course.")
+    fair_share_max_wait = Float(1800.0, config=True,
+                                help="Seconds after which a waiting launch goes ahead of the fair order (the "
+                                     "longest-waiting first), so no student with much past use starves; 0: never.")
     queue_max_wait = Float(3600.0, config=True,
                            help="Seconds a launch may wait in its course's queue; then it is refused with the reason.")
     queue_head_max_wait = Float(120.0, config=True,
@@ -160,6 +183,9 @@ class Broker(Application, ClassSettings):
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
                       help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
                            "NetworkPolicy admits only it until a claim.")
+    state_configmap = Unicode("orion-broker-state", config=True,
+                              help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
+                                   "top-ups and fair-share memory, so a restarted broker continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -201,6 +227,10 @@ class Broker(Application, ClassSettings):
         per_user = Quota(int(self.max_vgpus_per_user), parse_memory(self.max_memory_per_user, "max_memory_per_user")
                          if self.max_memory_per_user else 0, self.max_kernels_per_user)
         ledger = Ledger(per_user, courses)
+        budget_config = BudgetConfig.parse(self.budgets, self.courses, self.lab_timezone)
+        budgets = Budgets(budget_config) if budget_config.enabled else None
+        fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
+        fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
@@ -226,13 +256,26 @@ class Broker(Application, ClassSettings):
                               volumes=self.volumes, volume_mounts=self.volume_mounts,
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
-                                   handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait)
+                                   handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait,
+                                   budgets=budgets, fair=fair)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
+        self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
+                                          {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
+        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
+            if budgets is not None else None
+        self.fair = fair
+        if fair is not None:
+            fair.running = self.pods.holdings
         self.culler = broker_culler(
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
+        self.waits = BrokerWaits(self.pods, self.culler.cull_at, budgets,
+                                 lambda course: bool(course in courses and courses[course].vgpus),
+                                 weight=lambda course: fair.weights.get(course, 1.0) if fair else 1.0,
+                                 waiting_courses=lambda: list(self.queue.lines))
+        self.queue.describe_more = self.waits.describe_more
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return self.is_instructor_named(name, groups)
@@ -273,6 +316,11 @@ class Broker(Application, ClassSettings):
             log.warning("could not renew the broker's Lease %s: %s", self.lease_name, err.reason)
             if err.status == 404:
                 await self.hold_lease()
+
+    async def save_fair_share(self) -> None:
+        if self.fair is not None:
+            self.fair.meter()
+            await self.state_store.save("fairshare", self.fair.state())
 
     # -- reaping --------------------------------------------------------------------------
     async def reap(self) -> list[str]:
@@ -315,7 +363,8 @@ class Broker(Application, ClassSettings):
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
-        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop)]
+        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop),
+                        self.cluster.pods.subscribe(self.waits.on_pod, loop)]
         if self.cluster.others is not None:  # another team's pod gone frees room too
             unsubscribes.append(self.cluster.others.subscribe(
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
@@ -330,6 +379,12 @@ class Broker(Application, ClassSettings):
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
+        if self.fair is not None:
+            self.fair.restore(await self.state_store.load("fairshare") or {})
+            timers.append(PeriodicCallback(self.save_fair_share, 30_000))
+        if self.budget_meter is not None:
+            await self.budget_meter.start()
+            timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
             await self.reap()  # after a restart: what the broker left behind, at once

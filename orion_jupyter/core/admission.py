@@ -5,7 +5,8 @@ The order of the decision, in one place (the broker's HTTP handler only translat
 1. a launch larger than its course may ever hold, or than the largest node offers, never waits;
 2. a kernel id that exists, starts or waits already is refused (409), and so is the restart of a
    kernel an instructor or the idle rule stopped;
-3. the user's own quota: waiting cannot help a user who holds their share (400);
+3. the user's own quota: waiting cannot help a user who holds their share (400); nor can it help a
+   user (or course) whose vGPU-hour budget is used up until the window resets (400, ``budget``);
 4. the student's own roster kernel, ready, is theirs at once: it was set aside for them, so it takes
    nobody's place in line and only their own quota applies;
 5. with the course's queue on, nobody overtakes the line: a launch waits while others wait;
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 from ..errors import KernelLaunchError, stopped_kernel
 from ..protocols import WarmClaims
 from ..vgpu import VGPURequest, VGPURequestError
+from .budgets import Budgets
+from .fairshare import FairShare
 from .ledger import Holding, Ledger, holding_of
 from .queue import LaunchQueue, Waiting
 
@@ -81,12 +84,15 @@ class Admission:
 
     def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
                  warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None,
-                 head_max_wait: float = 120.0):
+                 head_max_wait: float = 120.0, budgets: Budgets | None = None, fair: FairShare | None = None):
         self.host = host
+        self.budgets = budgets
+        self.fair = fair
         self.ledger = ledger
         self.queue_courses = frozenset(queue_courses)
         self.warm = warm
-        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait)
+        self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait,
+                                 order=fair.order if fair else None)
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""
@@ -120,6 +126,9 @@ class Admission:
             self.ledger.check_user(holding, self.host.holdings())  # a user's own share: waiting cannot help
         except VGPURequestError as err:
             return Refused(err)
+        out_of_budget = self.budgets.refusal(holding) if self.budgets is not None else None
+        if out_of_budget is not None:
+            return Refused(out_of_budget)
         own = self._take_own_warm(holding, launch)
         if own is not None:
             return own

@@ -5,7 +5,9 @@ on) instead of failing. Each user waits with at most one launch; a released vGPU
 gone, a launch that failed) wakes the queue, and the head is served first: while it does not fit,
 nobody behind it starts, for at most ``head_max_wait`` seconds. After that, those behind it that fit
 may start (backfill) while the head keeps its place and is tried first on every release: a head
-asking for more vGPUs than come free together must not idle free vGPUs for everyone behind it. The
+asking for more vGPUs than come free together must not idle free vGPUs for everyone behind it. With
+an ``order`` (``core.fairshare``), each line is kept in fair order (least decayed use first, overdue
+launches ahead) and the courses take free vGPUs in the order it gives, one launch at a time. The
 estimate is the position times the recent time between releases.
 """
 
@@ -58,8 +60,11 @@ class LaunchQueue:
 
     def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None],
                  handed_over: Callable[[float], None] = lambda seconds: None, head_max_wait: float = 120.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None):
         self.admit = admit
+        self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
+        self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
         self.head_max_wait = head_max_wait
@@ -95,7 +100,8 @@ class LaunchQueue:
         position = self.position(waiting)
         return {"kernel_id": waiting.kernel_id, "user": waiting.user, "course": waiting.course,
                 "position": position, "ahead": position - 1, "estimate_seconds": self.estimate(position),
-                "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details}
+                "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details,
+                **(self.describe_more(waiting, self.lines[waiting.course][:position]) if self.describe_more else {})}
 
     # -- joining and leaving --------------------------------------------------------------
     def join(self, waiting: Waiting) -> None:
@@ -107,6 +113,8 @@ class LaunchQueue:
                                  f"{other['course']}, kernel {other['kernel_id']}); one launch may wait at a time: "
                                  "wait for it, or cancel it first")
         self.lines.setdefault(waiting.course, []).append(waiting)
+        if self.order is not None:
+            self.order(self.lines)
         self._tell(waiting.course)
 
     def leave(self, waiting: Waiting, error: KernelLaunchError | None = None) -> bool:
@@ -150,7 +158,7 @@ class LaunchQueue:
         self._again = True
         while self._again:
             self._again = False
-            for course in list(self.lines):
+            for course in self.order(self.lines) if self.order is not None else list(self.lines):
                 started = False
                 line = self.lines.get(course, [])
                 skip = 0  # how many at the front are passed over (the head, once it blocked long enough)
@@ -164,18 +172,23 @@ class LaunchQueue:
                     if head not in line:  # cancelled while admit ran: give its reservation back
                         self.unreserve(head.kernel_id)
                         continue
-                    line.remove(head)
+                    line.remove(head)  # not by index: a join may have re-sorted the line while admit ran
                     if not skip:
                         self._blocked.pop(course, None)
                     if self._released_at is not None:
                         self.handed_over(time.monotonic() - self._released_at)
                     head.turn.set_result(True)
                     started = True
+                    if self.order is not None:  # the next free vGPU goes by the order again
+                        self._again = True
+                        break
                 if not line:
                     self.lines.pop(course, None)
                     self._blocked.pop(course, None)
                 if started:
                     self._tell(course)
+                    if self.order is not None:
+                        break
         self._released_at = None
 
     def _may_pass(self, course: str, head: Waiting) -> bool:

@@ -58,6 +58,9 @@ BROKER_RULES = KERNEL_RULES + [
     # The broker's Lease: the owner of the kernel pods (they go when the broker's Lease goes) and who leads.
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "update", "patch", "delete"]},
+    # The broker's state that outlives it (budgets' use, fair-share memory): one ConfigMap, replaced with
+    # resourceVersion checks.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "update"]},
     # Users' storage (z2jh's claim-{username}), mounted into their kernel pods.
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]},
 ]

@@ -1,4 +1,4 @@
-"""REST handlers under {base_url}/orion/api/: allocations, pool, specs, kernels, events, demos, class."""
+"""REST handlers under {base_url}/orion/api/: allocations, pool, specs, kernels, events, budget, demos, class."""
 
 from __future__ import annotations
 
@@ -176,6 +176,14 @@ class QueuedHandler(OrionHandler):
         self.reply({"cancelled": kernel_id})
 
 
+class BudgetHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """This user's vGPU-hour budget (hub mode: the broker's meter), for the status bar and sidebar."""
+        self.reply(await self.state.view.budget())
+
+
 class DemosHandler(OrionHandler):
     @web.authenticated
     @authorized
@@ -265,6 +273,7 @@ def routes(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/events", EventsHandler),
         (rf"{prefix}/queue", QueueHandler),
         (rf"{prefix}/queue/([^/]+)", QueuedHandler),
+        (rf"{prefix}/budget", BudgetHandler),
         (rf"{prefix}/demos", DemosHandler),
         (rf"{prefix}/demos/([a-z0-9_-]+)", DemoHandler),
         (rf"{prefix}/class", ClassHandler),

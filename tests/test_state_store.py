@@ -1,0 +1,75 @@
+"""The broker's state in a ConfigMap of the simulated cluster: written with resourceVersion checks (a stale
+writer re-reads and keeps the other sections), too-large data refused by the API server as Kubernetes does,
+and a restarted broker's budget meter and fair share continue from it."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from orion_jupyter.broker.budgets import BudgetMeter
+from orion_jupyter.core.budgets import Budgets
+from orion_jupyter.core.fairshare import FairShare
+from orion_jupyter.k8s.cluster import KubeCluster
+from orion_jupyter.k8s.state_store import ConfigMapStore, Section
+from tests.test_budgets import Clock, FakePods, config, kernel
+
+NS = "default"
+
+
+@pytest.fixture
+def kube(sim_cluster):
+    cluster = KubeCluster(sim_cluster.api_client(), NS, watch_nodes=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+async def test_writes_check_the_resource_version_and_keep_the_other_sections(kube, sim_cluster):
+    first, second = ConfigMapStore(kube, NS, "orion-broker-state"), ConfigMapStore(kube, NS, "orion-broker-state")
+    assert await first.load("budgets") is None
+    await first.save("budgets", {"used": {"user:ann": 1.5}})
+    assert await second.load("budgets") == {"used": {"user:ann": 1.5}}
+    await first.save("fairshare", {"use": {"course:ai101": [10.0, 1.0]}})  # second's resourceVersion is stale now
+    await second.save("budgets", {"used": {"user:ann": 2.0}})
+    assert second.conflicts == 1
+    third = ConfigMapStore(kube, NS, "orion-broker-state")
+    assert await third.load("budgets") == {"used": {"user:ann": 2.0}}
+    assert await third.load("fairshare") == {"use": {"course:ai101": [10.0, 1.0]}}  # not lost to the stale write
+    stored = client.CoreV1Api(sim_cluster.api_client()).read_namespaced_config_map("orion-broker-state", NS)
+    stale = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="orion-broker-state", resource_version="1"),
+                               data={"budgets": "{}"})
+    with pytest.raises(ApiException) as caught:  # kubesim refuses a stale replace as the API server does
+        client.CoreV1Api(sim_cluster.api_client()).replace_namespaced_config_map("orion-broker-state", NS, stale)
+    assert caught.value.status == 409 and stored.data["budgets"] == '{"used":{"user:ann":2.0}}'
+    with pytest.raises(ApiException) as caught:
+        client.CoreV1Api(sim_cluster.api_client()).create_namespaced_config_map(NS, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="too-big"), data={"x": "0" * 1_048_577}))
+    assert caught.value.status == 422
+
+
+async def test_a_restarted_broker_continues_budgets_and_fair_share_from_the_configmap(kube):
+    clock = Clock()
+    pods = FakePods([kernel("ann", 1, "k-ann")])
+    meter = BudgetMeter(Budgets(config(), clock), pods, Section(ConfigMapStore(kube, NS, "state"), "budgets"))
+    await meter.start()
+    await meter.meter()
+    clock.now += 3600
+    await meter.meter()
+    meter.budgets.topup("ann", 2)
+    await meter.save()
+    fair = FairShare({}, half_life=3600, bound=0, running=pods.holdings, clock=clock)
+    fair.meter()
+    clock.now += 3600
+    fair.meter()
+    store = ConfigMapStore(kube, NS, "state")
+    await store.save("fairshare", fair.state())
+
+    again = BudgetMeter(Budgets(config(), clock), pods, Section(ConfigMapStore(kube, NS, "state"), "budgets"))
+    await again.start()
+    assert again.budgets.summary("ann", "ai101")["text"].startswith("11.0 of 12 vGPU-hours left")
+    later = FairShare({}, half_life=3600, bound=0, clock=clock)
+    later.restore(await ConfigMapStore(kube, NS, "state").load("fairshare"))
+    assert later.decayed("user:ann") == pytest.approx(3600)
