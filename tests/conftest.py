@@ -31,6 +31,7 @@ MODULE_MARKERS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (its own hook of the same name)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in MODULE_MARKERS.get(item.path.name, ()):
