@@ -39,12 +39,15 @@ def pytest_collection_modifyitems(config, items):
         if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
         markers = {m.name for m in item.iter_markers()}
-        if "upstream" in markers:  # jupyter_client's and jupyter_server's own suites: a worker's long task
+        # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) each group runs one test after another on one
+        # worker: the real hubs, the JupyterLab / browser / torch tests, and jupyter's own suites apart, so the
+        # two workers share the heavy work while no two hubs (or two JupyterLabs) compete for the cores
+        if "upstream" in markers:
             item.add_marker(pytest.mark.xdist_group("upstream"))
+        elif "hub_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("hub"))
         elif {"slow", "browser"} & markers:
-            # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) the heavy tests (a hub, a JupyterLab, a
-            # browser, torch) run one after another on one worker while the other runs the rest
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+            item.add_marker(pytest.mark.xdist_group("lab"))
 
 
 @pytest.fixture

@@ -127,10 +127,10 @@ async def test_a_roster_is_prewarmed_at_the_window_start_and_the_unclaimed_kerne
 
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*students, "teacher"]) as (hub, broker):
         await hub.wait_for_service(BROKER, "metrics")
+        assert not warm_pods(sim_cluster)  # the window has not opened yet (it opens 30 s after the broker starts)
         await asyncio.gather(*(hub.start_server(user) for user in students))
         for user in students:
             (hub.home(user) / "data.csv").write_text(f"{user}-rows")
-        assert not warm_pods(sim_cluster)  # the window has not opened yet
         # at the window's start: one kernel per student of the course, with their storage
         await eventually_async(lambda: warm_summary(hub, "alice"), timeout=90,
                                until=lambda s: s.get(roster_label(COURSE), {}).get("ready") == 3)

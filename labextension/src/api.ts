@@ -335,9 +335,15 @@ export interface IResumed {
   snapshot_kept?: boolean;
 }
 
-/** This user's parked kernels; a server that keeps none here answers an error (501 on Kubernetes). */
-export const getSnapshots = async (): Promise<ISnapshot[]> =>
-  (await requestAPI<{ snapshots: ISnapshot[] }>('snapshots')).snapshots;
+/** This user's parked kernels; a server that keeps none here says so (supported: false; older ones answer 501),
+ * which rejects with status 501 so the model stops asking. */
+export const getSnapshots = async (): Promise<ISnapshot[]> => {
+  const answer = await requestAPI<{ snapshots: ISnapshot[]; supported?: boolean }>('snapshots');
+  if (answer.supported === false) {
+    throw Object.assign(new Error('this server keeps no snapshots'), { status: 501 });
+  }
+  return answer.snapshots;
+};
 
 /** Saves the kernel's variables, then stops it (its vGPU is free at once). */
 export const parkKernel = (kernelId: string): Promise<IParked> =>

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ def notebooks_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
 
 
+MAX_FINISHED = 500  # finished runs whose owners are remembered (for their events)
+
+
 class Demos:
     def __init__(self, progress: ProgressLog, folder: str, default_spec: Callable[[int], str], cell_timeout: int):
         self.progress = progress
@@ -36,6 +40,7 @@ class Demos:
         self.default_spec = default_spec
         self.cell_timeout = cell_timeout
         self._runs: set[asyncio.Task] = set()
+        self.finished: OrderedDict[str, str] = OrderedDict()  # kernel id -> owner, of runs that stopped their kernel
 
     def spec_for(self, name: str) -> str:
         """The kernel spec the demo starts on when the request names none."""
@@ -66,12 +71,18 @@ class Demos:
         """Take back a copy made for a launch that then failed."""
         await ensure_async(contents_manager.delete_file(path))
 
-    def run_headless(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
-        task = asyncio.ensure_future(self._run(name, path, kernel_id, contents_manager, kernel_manager))
+    def run_headless(self, name: str, path: str, kernel_id: str, owner: str, contents_manager: Any,
+                     kernel_manager: Any) -> None:
+        task = asyncio.ensure_future(self._run(name, path, kernel_id, owner, contents_manager, kernel_manager))
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
-    async def _run(self, name: str, path: str, kernel_id: str, contents_manager: Any, kernel_manager: Any) -> None:
+    def owner_of_finished(self, kernel_id: str) -> str | None:
+        """Who ran a headless demo whose kernel is stopped now (its events stay theirs to read)."""
+        return self.finished.get(kernel_id)
+
+    async def _run(self, name: str, path: str, kernel_id: str, owner: str, contents_manager: Any,
+                   kernel_manager: Any) -> None:
         from nbclient import NotebookClient
 
         record = lambda message, **kw: self.progress.record(kernel_id, message, stage="demo", **kw)  # noqa: E731
@@ -91,17 +102,19 @@ class Demos:
             await client.async_execute()
             await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": notebook},
                                                      executed_path))
-            await self._stop(kernel_id, kernel_manager)
+            await self._stop(kernel_id, owner, kernel_manager)
             record(f"finished: wrote {executed_path}; its kernel is stopped and its vGPU free again",
                    done=len(code_cells), total=len(code_cells), output=executed_path, finished=True)
         except Exception as err:  # noqa: BLE001 - report any failure of a headless run to the user
             log.exception("demo %s failed", name)
-            await self._stop(kernel_id, kernel_manager)
+            await self._stop(kernel_id, owner, kernel_manager)
             record(f"demo failed: {err}", level="error", finished=True)
 
-    @staticmethod
-    async def _stop(kernel_id: str, kernel_manager: Any) -> None:
+    async def _stop(self, kernel_id: str, owner: str, kernel_manager: Any) -> None:
         """A headless run's kernel was started for it alone: once it ends, its vGPU goes back to the pool."""
+        self.finished[kernel_id] = owner
+        while len(self.finished) > MAX_FINISHED:
+            self.finished.popitem(last=False)
         if kernel_id in kernel_manager:
             try:
                 await ensure_async(kernel_manager.shutdown_kernel(kernel_id))

@@ -109,9 +109,10 @@ class EventsHandler(OrionHandler):
         kernel_id = self.get_query_argument("kernel", "")
         if not kernel_id:
             return self.refuse(400, 'query parameter "kernel" is missing; use events?kernel=KERNEL_ID')
-        culled_owner = self.culler.owner_of_culled(kernel_id)  # a kernel stopped for being idle: its last words
+        # a kernel stopped for being idle, or by its finished demo run: its last words stay its owner's
+        ended_owner = self.culler.owner_of_culled(kernel_id) or self.state.demos.owner_of_finished(kernel_id)
         if not (self.state.may_see_kernel(self.current_user, kernel_id) or (
-                culled_owner is not None and self.state.access.owns(self.current_user, culled_owner))):
+                ended_owner is not None and self.state.access.owns(self.current_user, ended_owner))):
             return self.refuse(404, f'no kernel "{kernel_id}" of yours')
         try:
             after = int(self.get_query_argument("after", "0"))
@@ -217,7 +218,8 @@ class DemoHandler(OrionHandler):
                 await self.state.demos.unplace(path, self.contents_manager)
             return
         if run:
-            self.state.demos.run_headless(name, path, model["id"], self.contents_manager, self.kernel_manager)
+            self.state.demos.run_headless(name, path, model["id"], model["vgpu"]["user"] if model.get("vgpu") else
+                                          self.username, self.contents_manager, self.kernel_manager)
         self.reply({"path": path, "kernel_id": model["id"], "kernel": model, "running": run}, 201)
 
 

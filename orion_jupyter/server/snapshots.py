@@ -113,14 +113,17 @@ class SnapshotService:
         self.writing: set[Path] = set()  # snapshots being written now (their .partial folders)
 
     def base(self) -> Path:
-        if self.state.view.kind != "local":
+        if not self.supported():
             raise SnapshotError("unsupported", "park and resume work with the local backend so far; on Kubernetes "
                                                "they come with the kernel's storage (Snapshots.location)")
         return Path(self.settings.location or Path(jupyter_data_dir()) / "orion-snapshots")
 
+    def supported(self) -> bool:
+        return self.state.view.kind == "local"
+
     def parks_idle(self) -> bool:
         """Idle culling parks here: it is on, and this backend keeps snapshots."""
-        return self.settings.park_idle and self.state.view.kind == "local"
+        return self.settings.park_idle and self.supported()
 
     def folder(self, owner: str, create: bool) -> Path | None:
         return snapshot.user_folder(self.base(), owner, create)
@@ -316,7 +319,11 @@ class SnapshotsHandler(SnapshotHandler):
         await self.answer(self._list())
 
     async def _list(self) -> dict[str, Any]:
-        return {"snapshots": self.snapshots.list(self.username)}
+        """The caller's snapshots; where this backend keeps none (hub mode, Kubernetes so far) an empty list
+        that says so, not an error: the page asks on every refresh."""
+        if not self.snapshots.supported():
+            return {"snapshots": [], "supported": False}
+        return {"snapshots": self.snapshots.list(self.username), "supported": True}
 
 
 class ResumeHandler(SnapshotHandler):
