@@ -273,7 +273,7 @@ async def test_unknown_and_other_users_snapshots_answer_404(api, jp_serverapp):
     for method, path, body in (("POST", f"snapshots/{sid}/resume", {}), ("DELETE", f"snapshots/{sid}", None)):
         code, refused = await api(method, path, body, user="bob")
         assert code == 404 and refused["message"] == f'no snapshot "{sid}" of yours', refused
-    assert (await api("GET", "snapshots", user="bob"))[1] == {"snapshots": []}
+    assert (await api("GET", "snapshots", user="bob"))[1] == {"snapshots": [], "supported": True}
     for bad in ("20260101T000000Z-00000000", "..", "%2e%2e%2Fetc", "x" * 300):
         code, refused = await api("POST", f"snapshots/{bad}/resume")
         assert code == 404, (bad, refused)

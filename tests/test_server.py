@@ -159,6 +159,16 @@ async def test_bad_requests_are_400_and_create_nothing(api, sim_cluster, jp_serv
     assert sim_cluster.count_requests(verb="create") == 0
 
 
+async def test_a_backend_without_snapshots_says_so_and_parks_nothing(api, sim_cluster):
+    """On Kubernetes (so far) nothing is parked: the list says so (the page stops asking) and a park is 501."""
+    code, body = await api("GET", "snapshots")
+    assert (code, body) == (200, {"snapshots": [], "supported": False})
+    code, kernel = await api("POST", "kernels", {"spec": "orion-1x4gi"})
+    assert code == 201, kernel
+    code, refused = await api("POST", f"kernels/{kernel['id']}/park")
+    assert code == 501 and "local backend" in refused["message"], refused
+
+
 async def test_not_json_is_400(api, jp_fetch):
     with pytest.raises(HTTPClientError) as caught:
         await jp_fetch("orion", "api", "kernels", method="POST", body="{nope", headers=as_user("alice"))
