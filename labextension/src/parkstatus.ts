@@ -4,20 +4,17 @@
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { IDisposable } from '@lumino/disposable';
-import { ISignal, Signal } from '@lumino/signaling';
-import { Widget } from '@lumino/widgets';
 
 import { CurrentSession } from './current';
 import { actionButton, h } from './dom';
 import { formatClock, formatParked, formatSize } from './format';
 import { IVGPUModel } from './model';
 import { Parking } from './park';
+import { ToggledStatusItem } from './statusitem';
 
-export class ParkStatus extends Widget {
-  private active = false;
+export class ParkStatus extends ToggledStatusItem {
   private readonly session: CurrentSession;
   private readonly interest: IDisposable;
-  private readonly _activeStateChanged = new Signal<this, void>(this);
 
   constructor(
     private readonly model: IVGPUModel,
@@ -39,14 +36,6 @@ export class ParkStatus extends Widget {
     });
     tracker.currentChanged.connect(this.watchCurrent, this);
     this.watchCurrent();
-  }
-
-  get isActive(): boolean {
-    return this.active;
-  }
-
-  get activeStateChanged(): ISignal<this, void> {
-    return this._activeStateChanged;
   }
 
   dispose(): void {
@@ -106,10 +95,6 @@ export class ParkStatus extends Widget {
       );
     }
     this.node.replaceChildren(...shown);
-    const active = shown.length > 0;
-    if (active !== this.active) {
-      this.active = active;
-      this._activeStateChanged.emit();
-    }
+    this.setActive(shown.length > 0);
   }
 }

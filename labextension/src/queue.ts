@@ -4,7 +4,6 @@
 // a notification offering to open its notebook once its kernel runs.
 import { Dialog, Notification, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { TranslationBundle } from '@jupyterlab/translation';
-import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { IQueueEntry, cancelQueued, errorText } from './api';
@@ -12,6 +11,7 @@ import { actionButton, h } from './dom';
 import { formatDuration, formatQueueStatus, formatQueued } from './format';
 import { ILaunchContext, openOnKernel } from './launch';
 import { IQueueLeft, IVGPUModel } from './model';
+import { ToggledStatusItem } from './statusitem';
 
 /** Gives up a waiting launch's place (its pending start then ends quietly); errors are shown. */
 export async function cancelLaunch(
@@ -31,9 +31,7 @@ export async function cancelLaunch(
 }
 
 /** "vGPU queue: 3rd" while a launch of this user waits; click: the waiting launches. */
-export class QueueStatus extends Widget {
-  private readonly _activeStateChanged = new Signal<this, void>(this);
-  private active = false;
+export class QueueStatus extends ToggledStatusItem {
 
   constructor(
     private readonly model: IVGPUModel,
@@ -47,14 +45,6 @@ export class QueueStatus extends Widget {
     this.render();
   }
 
-  get isActive(): boolean {
-    return this.active;
-  }
-
-  get activeStateChanged(): ISignal<this, void> {
-    return this._activeStateChanged;
-  }
-
   dispose(): void {
     if (this.isDisposed) {
       return;
@@ -66,15 +56,12 @@ export class QueueStatus extends Widget {
   private render(): void {
     const { trans } = this;
     const waiting = this.model.waiting;
-    const was = this.active;
-    this.active = waiting.length > 0;
-    this.node.textContent = this.active ? formatQueueStatus(waiting, trans) : '';
-    this.node.title = this.active
+    const shown = waiting.length > 0;
+    this.node.textContent = shown ? formatQueueStatus(waiting, trans) : '';
+    this.node.title = shown
       ? [...waiting.map(w => describe(w, trans)), trans.__('Click to see or cancel')].join('\n')
       : '';
-    if (was !== this.active) {
-      this._activeStateChanged.emit();
-    }
+    this.setActive(shown);
   }
 }
 
