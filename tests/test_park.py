@@ -397,7 +397,7 @@ async def test_a_location_other_users_can_write_is_refused(api, jp_serverapp, sn
 
 # -- the kernel-side engine alone ----------------------------------------------------------------
 def test_the_kernels_answer_is_read_as_json_or_a_literal():
-    from orion_jupyter.server.snapshots import answer_of
+    from orion_jupyter.kernel_calls import answer_of
     from orion_jupyter.snapshot import Report, SnapshotError
 
     report = Report(snapshot="x", saved=["a"], not_saved={})

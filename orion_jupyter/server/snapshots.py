@@ -12,9 +12,7 @@ server checks; a request never names a path.
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from .. import snapshot
+from ..kernel_calls import call_snapshot
 from ..kernelspecs import vgpu_specs
 from ..metrics import SNAPSHOT_BYTES, SNAPSHOT_SECONDS
 from ..snapshot import SnapshotError
@@ -74,20 +73,6 @@ def timed(action: str) -> Iterator[None]:
         raise
     finally:
         SNAPSHOT_SECONDS.labels(action, outcome).observe(time.monotonic() - started)
-
-
-def answer_of(data: dict[str, Any]) -> dict[str, Any]:
-    """The kernel's report from a user expression's display data: its JSON, or its plain text where a
-    kernel shows no JSON (a literal, never evaluated)."""
-    if isinstance(data.get("application/json"), dict):
-        return data["application/json"]
-    try:
-        value = ast.literal_eval(data.get("text/plain", ""))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        value = None
-    if not isinstance(value, dict):
-        raise SnapshotError("kernel", "the kernel's answer could not be read; it keeps running")
-    return value
 
 
 async def idle_soon(km: Any, seconds: float = 2.0) -> bool:
@@ -164,31 +149,15 @@ class SnapshotService:
         shutil.rmtree(path)
 
     async def ask(self, kernel_id: str, function: str, **arguments: Any) -> dict[str, Any]:
-        """``snapshot.<function>(**arguments)`` in the kernel, by one silent execute request."""
+        """``snapshot.<function>(**arguments)`` in the kernel, through a client of its own."""
         import zmq.asyncio
 
-        km = self.kernel_manager.get_kernel(kernel_id)
-        expression = (f"__import__('orion_jupyter.snapshot', fromlist=['answer'])"
-                      f".answer({function!r}, {json.dumps(arguments)!r})")
-        client = kernel_client(km, zmq.asyncio.Context.instance())
+        client = kernel_client(self.kernel_manager.get_kernel(kernel_id), zmq.asyncio.Context.instance())
         client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
         try:
-            reply = await client.execute("", silent=True, store_history=False, user_expressions={"orion": expression},
-                                         reply=True, timeout=self.settings.timeout_seconds)
-        except TimeoutError:
-            raise SnapshotError("timeout", f"the kernel did not {function} in {self.settings.timeout_seconds:g} s; "
-                                           "it keeps running") from None
+            return await call_snapshot(client, function, arguments, self.settings.timeout_seconds)
         finally:
             client.stop_channels()
-        result = (reply["content"].get("user_expressions") or {}).get("orion") or {}
-        if result.get("status") != "ok":
-            raise SnapshotError("kernel", f"the kernel could not {function} ({result.get('ename', 'no answer')}: "
-                                          f"{result.get('evalue', reply['content'].get('evalue', ''))}); its image "
-                                          "needs orion-jupyter and dill. The kernel keeps running")
-        answer = answer_of(result.get("data") or {})
-        if "error" in answer:
-            raise SnapshotError(answer.get("reason", "kernel"), answer["error"])
-        return answer
 
     async def park(self, kernel_id: str, owner: str) -> dict[str, Any]:
         """Save the kernel's namespace; once the snapshot reads back whole, shut the kernel down."""
