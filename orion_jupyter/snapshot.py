@@ -37,6 +37,8 @@ from typing import Any
 FORMAT = 1
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
+# In the user's own storage (hub mode: the server's root, mounted at c.Broker.home_mount_path in kernel pods).
+HOME_FOLDER = ".orion-snapshots"
 ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 IPYTHON_CACHE = re.compile(r"^(In|Out|_|__|___|_i{1,3}|_i?\d+|_oh|_ih|_dh)$")
 CHUNK = 1 << 20
