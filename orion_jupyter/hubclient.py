@@ -32,6 +32,7 @@ from .wire import (
     LINE_QUEUED,
     LINE_READY,
     PORT_NAMES,
+    TICKET,
     connection_info,
     fresh_ports,
     ports_of,
@@ -40,6 +41,7 @@ from .wire import (
 log = logging.getLogger("orion_jupyter.broker")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 STALL_SECONDS = 90.0  # a launch stream silent this long is broken (the broker sends a queue line every 20 s)
+COME_BACK_SECONDS = 300.0  # a waiting launch whose stream broke tries this long to come back for its place
 
 
 class BrokerError(KernelLaunchError):
@@ -47,6 +49,10 @@ class BrokerError(KernelLaunchError):
 
     def __init__(self, message: str):
         super().__init__("api", message)
+
+
+class StreamBroke(BrokerError):
+    """The launch's stream broke (the broker went away, the network dropped, or it fell silent)."""
 
 
 class BrokerRefusal(Exception):
@@ -98,23 +104,65 @@ class BrokerClient:
     async def launch(self, body: dict[str, Any], timeout: float, progress: Callable[[str], None],
                      queued: Callable[[dict[str, Any]], None] = lambda place: None) -> dict[str, Any]:
         """POST a launch and follow its stream until the kernel is ready (after its turn in the queue,
-        if it waits); raises its refusal or failure."""
-        lines: list[dict] = []
+        if it waits); raises its refusal or failure. A waiting launch whose stream breaks comes back for
+        its place with the ticket of its queue lines (for up to COME_BACK_SECONDS of trying)."""
         kernel_id = body["kernel_id"]
-        last_line = time.monotonic()
+        ticket = ""
+        left_queue = False  # a progress line came: the launch is no longer waiting
 
         def on_item(item: dict) -> None:
-            nonlocal last_line
-            last_line = time.monotonic()
-            lines.append(item)
+            nonlocal ticket, left_queue
             if LINE_QUEUED in item and isinstance(item[LINE_QUEUED], dict):
-                self.waiting[kernel_id] = item[LINE_QUEUED]
-                queued(item[LINE_QUEUED])
+                place = item[LINE_QUEUED]
+                ticket = str(place.get(TICKET) or ticket)
+                self.waiting[kernel_id] = {k: v for k, v in place.items() if k != TICKET}
+                queued(self.waiting[kernel_id])
             elif LINE_PROGRESS in item:
+                left_queue = True
                 self.waiting.pop(kernel_id, None)
                 progress(str(item[LINE_PROGRESS]))
 
-        reader = JSONLines(on_item)
+        broke_at, delay = None, 0.5
+        try:
+            while True:
+                try:
+                    answer = await self._launch_stream({**body, TICKET: ticket} if ticket else body, timeout,
+                                                       on_item)
+                    break
+                except StreamBroke as err:
+                    broke_at = broke_at or time.monotonic()
+                    if not ticket or left_queue or time.monotonic() - broke_at > COME_BACK_SECONDS:
+                        raise
+                    log.warning("kernel %s: %s; coming back for its place in the queue in %.1f s", kernel_id, err,
+                                delay)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+        except asyncio.CancelledError:
+            if ticket and not left_queue:  # nobody will come back for it: give the place up now
+                asyncio.ensure_future(self.call("DELETE", f"api/queue/{kernel_id}"))
+            raise
+        finally:
+            self.waiting.pop(kernel_id, None)
+        if LINE_READY in answer:
+            return answer[LINE_READY]
+        error = answer[LINE_ERROR]
+        reason = error.get("reason") if error.get("reason") in KernelLaunchError.REASONS else "api"
+        raise KernelLaunchError(reason, error.get("message", "the launch failed"))
+
+    async def _launch_stream(self, body: dict[str, Any], timeout: float,
+                             on_item: Callable[[dict], None]) -> dict[str, Any]:
+        """One POST api/kernels, its lines read to the end: its ready or error line (StreamBroke when the
+        stream ended without one, or could not be followed)."""
+        lines: list[dict] = []
+        last_line = time.monotonic()
+
+        def on_line(item: dict) -> None:
+            nonlocal last_line
+            last_line = time.monotonic()
+            lines.append(item)
+            on_item(item)
+
+        reader = JSONLines(on_line)
         # no total time limit: a launch may wait its turn for long; a stream silent for too long is broken
         request = self._request("POST", "api/kernels", body, request_timeout=0, streaming_callback=reader.feed)
         fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(request))
@@ -122,28 +170,26 @@ class BrokerClient:
             while not fetch.done():
                 await asyncio.wait({fetch}, timeout=5)
                 if not fetch.done() and time.monotonic() - last_line > max(STALL_SECONDS, timeout + 30):
-                    fetch.cancel()
-                    raise BrokerError(f"the vGPU broker at {self.url} stopped answering during the launch")
+                    raise StreamBroke(f"the vGPU broker at {self.url} stopped answering during the launch")
             fetch.result()
         except HTTPClientError as err:
             if err.response is None:
-                raise BrokerError(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
+                raise StreamBroke(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
             refusal = _json(err.response.body if err.response.body else bytes(reader.buffer)) or {}
             message = refusal.get("message") or f"the vGPU broker refused the launch ({err.code})"
             if refusal.get("field"):
                 raise VGPURequestError(refusal["field"], None, message) from None
             raise KernelLaunchError(refusal.get("reason") if refusal.get("reason") in KernelLaunchError.REASONS
                                     else "unschedulable" if err.code == 409 else "api", message) from None
+        except OSError as err:
+            raise StreamBroke(f"the vGPU broker at {self.url} cannot be reached: {err}") from None
         finally:
-            self.waiting.pop(kernel_id, None)
-        for item in lines:
-            if LINE_READY in item:
-                return item[LINE_READY]
-            if LINE_ERROR in item:
-                error = item[LINE_ERROR]
-                reason = error.get("reason") if error.get("reason") in KernelLaunchError.REASONS else "api"
-                raise KernelLaunchError(reason, error.get("message", "the launch failed"))
-        raise BrokerError("the vGPU broker ended the launch without an answer")
+            if not fetch.done():
+                fetch.cancel()
+        answer = next((item for item in lines if LINE_READY in item or LINE_ERROR in item), None)
+        if answer is None or not isinstance(answer.get(LINE_ERROR, {}), dict):
+            raise StreamBroke(f"the vGPU broker at {self.url} ended the launch's stream without an answer")
+        return answer
 
     async def watching(self) -> None:
         """Follow this user's kernels (one stream per process), resuming with capped, jittered backoff."""

@@ -59,8 +59,10 @@ SHELL_REQUESTS = frozenset({"execute_request", "complete_request", "inspect_requ
 
 # -- the broker's launch protocol ------------------------------------------------------------------
 LAUNCH_FIELDS = frozenset({"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key",
-                           "signature_scheme", "ports", "cwd", "image", "curve_publickey", "curve_secretkey"})
+                           "signature_scheme", "ports", "cwd", "image", "curve_publickey", "curve_secretkey",
+                           "ticket"})  # "ticket": see TICKET below
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
+_TICKET_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _Z85_RE = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class LaunchBody:
     cwd: str
     image: str | None
     curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys, Z85; empty: plaintext
+    ticket: str = ""  # a waiting launch coming back for its place (its queued lines' ticket); empty: a new launch
 
 
 def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
@@ -116,13 +119,18 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
     if any(curve) and not all(_Z85_RE.match(k) for k in curve):
         raise VGPURequestError("curve_secretkey", None, 'fields "curve_publickey" and "curve_secretkey" must both be '
                                                         "CurveZMQ keys (40 Z85 characters)")
+    ticket = _text(body, "ticket", 64, "")
+    if ticket and not _TICKET_RE.match(ticket):
+        raise VGPURequestError("ticket", None, 'field "ticket" must be the ticket of the launch\'s queued lines')
     return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
-                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve)
+                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve, ticket)
 
 
 # The lines of POST api/kernels' answer: {"queued": place} while it waits, {"progress": text}..., then
-# {"ready": fields} or {"error": {"reason", "message"}}.
+# {"ready": fields} or {"error": {"reason", "message"}}. A queued line's place has a "ticket": the same
+# launch sent again with it (after its stream broke) keeps its place.
 LINE_QUEUED, LINE_PROGRESS, LINE_READY, LINE_ERROR = "queued", "progress", "ready", "error"
+TICKET = "ticket"
 # What a kernel row says of idle culling (the broker's and the server's alike).
 # cull_parks: an idle kernel is parked (its variables saved), not just stopped.
 CULL_FIELDS = ("cull_at", "cull_warning", "keeps_left", "exempt", "cull_parks")

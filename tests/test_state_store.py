@@ -1,8 +1,10 @@
 """The broker's state in a ConfigMap of the simulated cluster: written with resourceVersion checks (a stale
 writer re-reads and keeps the other sections), too-large data refused by the API server as Kubernetes does,
-and a restarted broker's budget meter and fair share continue from it."""
+and a restarted broker's budget meter, fair share and queue order continue from it."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from kubernetes import client
@@ -11,9 +13,12 @@ from kubernetes.client.exceptions import ApiException
 from orion_jupyter.broker.budgets import BudgetMeter
 from orion_jupyter.core.budgets import Budgets
 from orion_jupyter.core.fairshare import FairShare
+from orion_jupyter.core.places import KeptPlaces, new_ticket
+from orion_jupyter.core.queue import LaunchQueue
 from orion_jupyter.k8s.cluster import KubeCluster
 from orion_jupyter.k8s.state_store import ConfigMapStore, Section
 from tests.test_budgets import Clock, FakePods, config, kernel
+from tests.test_queue import Room, waiting
 
 NS = "default"
 
@@ -73,3 +78,27 @@ async def test_a_restarted_broker_continues_budgets_and_fair_share_from_the_conf
     later = FairShare({}, half_life=3600, bound=0, clock=clock)
     later.restore(await ConfigMapStore(kube, NS, "state").load("fairshare"))
     assert later.decayed("user:ann") == pytest.approx(3600)
+
+
+async def test_a_restarted_broker_restores_the_queue_order_from_the_configmap(kube):
+    room = Room(0)
+    queue = LaunchQueue(room.admit, room.unreserve)
+    places = KeptPlaces(queue, lambda kernel_id: None, Section(ConfigMapStore(kube, NS, "state"), "queue"))
+    await ConfigMapStore(kube, NS, "state").save("budgets", {"used": {"user:ann": 1.0}})
+    for user in ("carol", "alice", "bob"):
+        w = waiting(user)
+        queue.join(w)
+        places.hold(w, asyncio.get_running_loop().create_future(), new_ticket())
+    await places.save()
+
+    room2 = Room(0)  # the broker restarted
+    queue2 = LaunchQueue(room2.admit, room2.unreserve)
+    again = KeptPlaces(queue2, lambda kernel_id: None, Section(ConfigMapStore(kube, NS, "state"), "queue"))
+    assert await again.restore(exists=lambda kernel_id: False) == 3
+    assert [w.user for w in queue2.waiting()] == ["carol", "alice", "bob"]
+    assert await ConfigMapStore(kube, NS, "state").load("budgets") == {"used": {"user:ann": 1.0}}  # kept beside it
+    room2.free = 1
+    queue2.released()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert room2.admitted == ["k-carol"]

@@ -1,7 +1,8 @@
 """The broker's HTTP API (under its service prefix); every request carries a hub token.
 
 POST   api/kernels            launch; answers a stream of JSON lines: {"queued"}... while it waits its turn,
-                              {"progress"}..., then {"ready"} or {"error"}
+                              {"progress"}..., then {"ready"} or {"error"}; the same launch with its queued
+                              lines' "ticket" comes back for its place after its stream broke (core.places)
 GET    api/kernels            the caller's kernels
 DELETE api/kernels/{id}       stop one of the caller's kernels
 POST   api/kernels/{id}/keep  restart an idle kernel's clock (owner or instructor)
@@ -26,6 +27,7 @@ import ipaddress
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -36,6 +38,7 @@ from tornado.iostream import StreamClosedError
 
 from ..core.admission import KernelExists, Launch, Queued, Refused
 from ..core.idle import NotCullable
+from ..core.places import new_ticket
 from ..core.queue import Waiting
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
@@ -46,7 +49,7 @@ from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QU
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE, LABEL_KERNEL_ID
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
-from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, LaunchBody, parse_launch, ports_of
+from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, TICKET, LaunchBody, parse_launch, ports_of
 from .service import Broker
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
@@ -114,6 +117,7 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
 
 class KernelsHandler(BrokerHandler):
     waiting: Waiting | None = None
+    stream: asyncio.Future | None = None  # resolved when this stream lets go of its launch's place in the queue
 
     async def get(self) -> None:
         rows = await self.broker.view.class_kernels(self.user)
@@ -142,27 +146,57 @@ class KernelsHandler(BrokerHandler):
         except HUB_ERRORS as err:
             return self.refuse(503, f"JupyterHub does not answer ({err}); try again in a minute",
                                reason="hub-unavailable")
-        decision = await broker.admission.decide(
-            Launch(ask.kernel_id, self.user, tuple(self.groups), ask.request, image, ask.server_name,
-                   {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name}),
-            self._line)
+        self.stream = asyncio.get_running_loop().create_future()
+        ticket = ask.ticket or new_ticket()
+        if ask.ticket:
+            decision = self._come_back(ask)
+        else:
+            decision = await broker.admission.decide(
+                Launch(ask.kernel_id, self.user, tuple(self.groups), ask.request, image, ask.server_name,
+                       {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name}),
+                self._queue_lines(ticket))
+            if isinstance(decision, Queued):
+                broker.places.hold(decision.waiting, self.stream, ticket)
         if isinstance(decision, Refused):
             return self._refused(decision)
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
+        kept = False  # the stream broke while the launch waited: its place (and a turn that came) is kept
         try:
             if isinstance(decision, Queued):
                 self.waiting = decision.waiting
-                if not await self._wait_turn(decision.waiting):
+                turn = await self._wait_turn(decision.waiting)
+                kept = turn is None
+                if not turn:
                     return self.finish()
+                broker.places.taken(ask.kernel_id)
             PENDING_LAUNCHES.inc()
             try:
-                await self._launch(ask, image, broker.admission.course_of(self.groups))
+                await self._launch(ask, image, decision.waiting.course if isinstance(decision, Queued)
+                                   else broker.admission.course_of(self.groups))
             finally:
                 PENDING_LAUNCHES.dec()
         finally:
-            broker.admission.release(ask.kernel_id)
-            broker.queue.wake()  # what this launch did not end up holding may start the next one
+            if not kept:
+                broker.admission.release(ask.kernel_id)
+                broker.queue.wake()  # what this launch did not end up holding may start the next one
+
+    def _come_back(self, ask: LaunchBody) -> Queued | Refused:
+        """The caller's waiting launch, back with its ticket after its stream broke: its place, if it still has one."""
+        waiting = self.broker.places.resume(ask.kernel_id, self.user, ask.ticket, ask.request, self.stream,
+                                            self._queue_lines(ask.ticket))
+        if waiting is None:
+            return Refused(KernelLaunchError("cancelled", f'no waiting launch "{short(ask.kernel_id)}" of yours to '
+                                                          "come back to: its place in the queue was given up"))
+        if self.broker.queue.find(waiting.kernel_id) is waiting:  # where it stands, at once
+            waiting.notify({LINE_QUEUED: self.broker.queue.describe(waiting)})
+        return Queued(waiting)
+
+    def _queue_lines(self, ticket: str) -> Callable[[dict], None]:
+        """This stream's queue lines, each with the ticket that brings the launch back for its place."""
+        def line(item: dict) -> None:
+            self._line({LINE_QUEUED: {**item[LINE_QUEUED], TICKET: ticket}} if LINE_QUEUED in item else item)
+        return line
 
     def _refused(self, refusal: Refused) -> None:
         LAUNCHES.labels("refused").inc()
@@ -173,26 +207,32 @@ class KernelsHandler(BrokerHandler):
             return self.refuse(400, str(err), field=err.field)
         return self.refuse(409, str(err), reason=err.reason)
 
-    async def _wait_turn(self, waiting: Waiting) -> bool:
-        """Stream the queue position until the launch's turn; False when it left the line (an error line said why)."""
+    async def _wait_turn(self, waiting: Waiting) -> bool | None:
+        """Stream the queue position until the launch's turn; False when it left the line (an error line said
+        why); None when this stream let go of it (broke, or another came back for it) and the place is kept."""
         broker = self.broker
         QUEUED.labels(waiting.course or "-").inc()
-        deadline = asyncio.get_running_loop().time() + broker.queue_max_wait
         try:
             while True:
-                left = deadline - asyncio.get_running_loop().time()
+                left = waiting.since + broker.queue_max_wait - time.time()
                 if left <= 0:
-                    broker.queue.leave(waiting)
-                    raise KernelLaunchError("timeout", f"no vGPU came free for this launch in "
-                                                       f"{broker.queue_max_wait:g} s of waiting; try again later")
-                done, _ = await asyncio.wait({waiting.turn}, timeout=min(broker.queue_keepalive, left))
-                if done:
+                    timeout = KernelLaunchError("timeout", f"no vGPU came free for this launch in "
+                                                           f"{broker.queue_max_wait:g} s of waiting; try again later")
+                    broker.queue.leave(waiting, timeout)
+                    raise timeout
+                await asyncio.wait({waiting.turn, self.stream}, timeout=min(broker.queue_keepalive, left),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if waiting.turn.done() and waiting.turn.exception() is not None:
+                    waiting.turn.result()  # it left the line: raises why
+                if not broker.places.follows(waiting.kernel_id, self.stream):
+                    return None
+                if waiting.turn.done():
                     waiting.turn.result()
                     QUEUE_WAIT.observe(time.time() - waiting.since)
                     self._line({LINE_PROGRESS: "a vGPU is free: starting the kernel"})
                     return True
                 if broker.queue.find(waiting.kernel_id) is waiting:
-                    self._line({LINE_QUEUED: broker.queue.describe(waiting)})
+                    waiting.notify({LINE_QUEUED: broker.queue.describe(waiting)})
         except KernelLaunchError as err:
             LAUNCHES.labels("cancelled" if err.reason == "cancelled" else "failed").inc()
             self._line({LINE_ERROR: {"reason": err.reason, "message": str(err)}})
@@ -202,9 +242,12 @@ class KernelsHandler(BrokerHandler):
             self.waiting = None
 
     def on_connection_close(self) -> None:
-        """The server that asked went away while its launch waited: its place is given up."""
-        if self.waiting is not None:
-            self.broker.queue.leave(self.waiting, KernelLaunchError("cancelled", "the server that asked went away"))
+        """The server that asked went away while its launch waited: its place waits c.Broker.queue_resume_grace
+        seconds for it to come back with its ticket, then is given up."""
+        if self.waiting is not None and self.stream is not None:
+            self.broker.places.let_go(self.waiting.kernel_id, self.stream)
+            if not self.stream.done():
+                self.stream.set_result(None)
 
     def _line(self, item: dict) -> None:
         if self._finished:  # an event that arrives after the answer is complete

@@ -30,9 +30,10 @@ from traitlets.config import Application
 from ..config import KernelPolicy
 from ..core.admission import Admission
 from ..core.budgets import BudgetConfig, Budgets
-from ..core.fairshare import FairShare
+from ..core.fairshare import FairShare, check_seconds
 from ..core.idle import CullRules
 from ..core.ledger import Ledger, Quota
+from ..core.places import KeptPlaces
 from ..core.warm import WarmKernels
 from ..core.warm_config import WarmConfig, check_keys
 from ..k8s.client import api_client, default_namespace
@@ -135,6 +136,12 @@ class Broker(Application, ClassSettings):
                                 help="Seconds the head of a course's queue, not fitting, holds back the launches "
                                      "behind it; then those behind that fit may start (the head keeps its place "
                                      "and is served first on every release).")
+    queue_resume_grace = Float(60.0, config=True,
+                               help="Seconds a waiting launch whose stream broke (its server's connection dropped, "
+                                    "the broker restarted) keeps its place in the queue for its server to come back "
+                                    "with the launch's ticket; then the place is given up. The queue's order is kept "
+                                    "in c.Broker.state_configmap, so a restarted broker continues it. 0: given up "
+                                    "at once.")
     queue_keepalive = Float(20.0, config=True,
                             help="Seconds between the queue position lines a waiting launch's stream gets.")
     max_vgpus_per_user = Float(4, config=True,
@@ -185,7 +192,8 @@ class Broker(Application, ClassSettings):
                            "NetworkPolicy admits only it until a claim.")
     state_configmap = Unicode("orion-broker-state", config=True,
                               help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups and fair-share memory, so a restarted broker continues them.")
+                                   "top-ups, fair-share memory and the queue's order, so a restarted broker "
+                                   "continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -231,6 +239,7 @@ class Broker(Application, ClassSettings):
         budgets = Budgets(budget_config) if budget_config.enabled else None
         fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
         fair = fair if fair.half_life else None  # checked either way; off: first come, first served
+        resume_grace = check_seconds(self.queue_resume_grace, "c.Broker.queue_resume_grace")
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
         self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
@@ -264,6 +273,8 @@ class Broker(Application, ClassSettings):
                                           {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
         self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
             if budgets is not None else None
+        self.places = KeptPlaces(self.queue, self.admission.release, Section(self.state_store, "queue"),
+                                 resume_grace)
         self.fair = fair
         if fair is not None:
             fair.running = self.pods.holdings
@@ -369,6 +380,7 @@ class Broker(Application, ClassSettings):
             unsubscribes.append(self.cluster.others.subscribe(
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
         await self.hold_lease()
+        await self.places.restore(self.pods.kernel_exists)  # the queue an earlier broker kept, before anyone new
         await self.warm.adopt_or_clean()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(

@@ -65,6 +65,7 @@ class LaunchQueue:
         self.admit = admit
         self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
         self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
+        self.changed: Callable[[], None] = lambda: None  # who waits, or in what order, changed (core.places saves)
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
         self.head_max_wait = head_max_wait
@@ -115,6 +116,7 @@ class LaunchQueue:
         self.lines.setdefault(waiting.course, []).append(waiting)
         if self.order is not None:
             self.order(self.lines)
+        self.changed()
         self._tell(waiting.course)
 
     def leave(self, waiting: Waiting, error: KernelLaunchError | None = None) -> bool:
@@ -128,6 +130,7 @@ class LaunchQueue:
         if error is not None and not waiting.turn.done():
             waiting.turn.set_exception(error)
             waiting.turn.exception()  # retrieved here: nobody may await a cancelled launch's turn
+        self.changed()
         self._tell(waiting.course)
         self.wake()
         return True
@@ -178,6 +181,7 @@ class LaunchQueue:
                     if self._released_at is not None:
                         self.handed_over(time.monotonic() - self._released_at)
                     head.turn.set_result(True)
+                    self.changed()
                     started = True
                     if self.order is not None:  # the next free vGPU goes by the order again
                         self._again = True
