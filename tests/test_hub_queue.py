@@ -1,5 +1,7 @@
 """The fair queue of hub mode, through a real JupyterHub: six students launch at once on a course of
-two vGPUs; two start, four wait in line, a cancel gives up a place, each release starts the next."""
+two vGPUs; two start, four wait in line, a cancel gives up a place, each release starts the next. And a
+broker SIGKILLed mid-queue: restarted, it keeps the line's order and the budgets, and the waiting
+launches' servers come back for their places."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.classroom import BROKER, COURSE, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, NS, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
 
@@ -103,3 +105,61 @@ async def test_six_students_two_vgpus_first_come_first_served(queue_hub, sim_clu
     last = running[-1]
     output = await hub.kernel_ws_execute(last, kernel_ids[last], "import os; print(os.environ['ORION_JUPYTER_USER'])")
     assert output == last
+
+
+@pytest.fixture
+def restart_hub(hub_factory, sim_cluster, tmp_path):
+    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 1, 'queue': True}}}}", "c.Broker.queue_keepalive = 1.0",
+              "c.Broker.budgets = {'student': 10, 'reset': {'weekly': 'tue 09:00'}, 'interval': 1}",
+              "c.Broker.queue_resume_grace = 120.0"]
+    with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS[:4], "teacher"]) as hub_broker:
+        yield hub_broker
+
+
+def kept_places(sim_cluster) -> list[str]:
+    """The users of the queue's places as the broker's state ConfigMap keeps them, in order."""
+    state = next((c for c in sim_cluster.objects("configmaps", NS) if c["metadata"]["name"] == "orion-broker-state"),
+                 None)
+    return [p["user"] for p in json.loads(((state or {}).get("data") or {}).get("queue") or "{}").get("places", [])]
+
+
+@pytest.mark.timeout(300)
+async def test_a_broker_restart_mid_queue_keeps_the_order_and_the_budgets(restart_hub, sim_cluster):
+    hub, broker = restart_hub
+    first, *line = STUDENTS[:4]
+    await hub.wait_for_service(BROKER, "metrics")
+    await asyncio.gather(*(hub.start_server(user) for user in [first, *line, "teacher"]))
+    kernel_ids = {user: str(uuid.uuid4()) for user in [first, *line]}
+    assert (await launch(hub, first, kernel_ids[first]))[0] == 201
+    launches = {}
+    for user in line:  # one after another: the line's order is the order they asked in
+        launches[user] = asyncio.ensure_future(launch(hub, user, kernel_ids[user]))
+        await eventually_async(lambda u=user: places(hub, [u]), timeout=30, until=lambda found: len(found) == 1)
+    await in_line(hub, line)
+    teacher = await hub.server_token("teacher")
+    await hub.service_api(BROKER, "POST", f"api/budgets/{line[0]}/topup", {"hours": 2}, token=teacher)
+    student_token = await hub.server_token(first)
+    used = await eventually_async(lambda: hub.service_api(BROKER, "GET", "api/budget", token=student_token),
+                                  timeout=30, until=lambda b: b["used"] > 0)
+    await eventually_async(lambda: asyncio.sleep(1.5, kept_places(sim_cluster)), timeout=30,
+                           until=lambda kept: kept == line)  # the order is in the cluster; a meter interval passed
+
+    broker.kill()  # mid-queue: the three streams break, their servers come back for their places
+    broker.start(hub.api_url)
+    await hub.wait_for_service(BROKER, "metrics")
+    await in_line(hub, line)  # the same order, through each student's own server
+    assert not any(task.done() for task in launches.values())
+    assert len(kernel_objects(sim_cluster)["pods"]) == 1
+    again = await hub.service_api(BROKER, "GET", "api/budget", token=student_token)
+    assert again["used"] >= used["used"] > 0, (used, again)  # the meter continued, not restarted at 0
+    topped = await hub.service_api(BROKER, "GET", "api/budget", token=await hub.server_token(line[0]))
+    assert topped["budget"] == 12, topped  # the instructor's top-up survived
+
+    # the first waiting gets the next free vGPU, and only they
+    await hub.server_api(first, "DELETE", f"api/kernels/{kernel_ids[first]}")
+    code, body = await asyncio.wait_for(launches[line[0]], 60)
+    assert code == 201, body
+    assert not any(launches[user].done() for user in line[1:])
+    await in_line(hub, line[1:])
+    for user in line[1:]:
+        launches[user].cancel()
