@@ -1,5 +1,5 @@
-"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,semester,demos,park] [--json PATH]
-[--markdown] [--show PATH] [--park-gib]
+"""python -m benchmarks [--quick] [--only launch,burst,broker,classroom,scale,semester,university,demos,park]
+[--json PATH] [--markdown] [--show PATH] [--park-gib]
 
 Runs the benchmarks, prints a table (each measurement, and the target it is held against with a
 pass/MISS mark) and writes every number to JSON with the machine it ran on. Targets are reported,
@@ -23,11 +23,11 @@ from . import common
 from .common import ROOT, Row, Section
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
-SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "semester", "demos", "park")
+SECTIONS = ("launch", "burst", "broker", "classroom", "scale", "semester", "university", "demos", "park")
 
 
 def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[], Section]]]]:
-    from . import broker, burst, classroom, demos, launch, park, scale, semester
+    from . import broker, burst, classroom, demos, launch, park, scale, semester, university
 
     quick = args.quick
     return {
@@ -37,6 +37,7 @@ def _runners(args: argparse.Namespace) -> dict[str, list[tuple[str, Callable[[],
         "classroom": [("classroom", lambda: classroom.run(quick))],
         "scale": [("scale", lambda: scale.run(quick))],
         "semester": [("semester", lambda: semester.run(quick))],
+        "university": [("university", lambda: university.run(quick))],
         "demos": [("demos", lambda: demos.run(quick, args.demos_device))],
         "park": [("park", lambda: park.run(quick, args.park_gib))],
     }

@@ -98,15 +98,16 @@ class FakeHub:
     """The hub API calls the broker makes, on a free loopback port, served from a thread of this process.
 
     ``GET /hub/api/user`` (token ``tok-<user>``): who the token is, with access to the broker;
-    ``GET /hub/api/users/{name}``: their groups (``ai101``); ``GET /hub/api/users``: every user with
-    their default server running (so the broker reaps nothing). The last two need the broker's own
+    ``GET /hub/api/users/{name}``: their groups (``groups[name]``, default ``ai101``); ``GET /hub/api/users``:
+    every user with their default server running (so the broker reaps nothing). The last two need the broker's own
     service token, as the hub's do. ``counts``: requests answered, by endpoint.
     """
 
-    def __init__(self, users: list[str], service_token: str):
+    def __init__(self, users: list[str], service_token: str, groups: dict[str, list[str]] | None = None):
         from tornado.netutil import bind_sockets
 
         self.users = list(users)
+        self.groups = dict(groups or {})
         self.service_token = service_token
         self.counts: collections.Counter[str] = collections.Counter()
         self._sockets = bind_sockets(0, "127.0.0.1")
@@ -165,9 +166,8 @@ class FakeHub:
         return web.Application([(r"/hub/api/user", Whoami), (r"/hub/api/users/([^/]+)", User),
                                 (r"/hub/api/users", Users)])
 
-    @staticmethod
-    def model(name: str) -> dict[str, Any]:
-        return {"name": name, "kind": "user", "groups": [COURSE], "servers": {"": {}}}
+    def model(self, name: str) -> dict[str, Any]:
+        return {"name": name, "kind": "user", "groups": self.groups.get(name, [COURSE]), "servers": {"": {}}}
 
     async def _serve(self) -> None:
         from tornado.httpserver import HTTPServer

@@ -47,6 +47,7 @@ from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
 from .budgets import BudgetMeter
 from .idle import broker_culler
+from .looplag import LoopLag
 from .pods import ClassPods
 from .waits import BrokerWaits
 
@@ -403,9 +404,12 @@ class Broker(Application, ClassSettings):
         for timer in timers:
             timer.start()
         self.culler.start()
+        lag = LoopLag()
+        lag.start()
         try:
             await asyncio.Event().wait()
         finally:
+            lag.stop()
             for timer in timers:
                 timer.stop()
             for unsubscribe in unsubscribes:
