@@ -46,7 +46,7 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE, LABEL_KERNEL_ID
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE
 from ..protocols import ClaimRequest
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, TICKET, LaunchBody, parse_launch, ports_of
@@ -320,9 +320,7 @@ class QueuedHandler(BrokerHandler):
 
 class KernelHandler(BrokerHandler):
     async def delete(self, kernel_id: str) -> None:
-        pods = [p for p in self.broker.cluster.kernel_pods()
-                if (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id
-                and self.own_pod(p["metadata"]["name"])]
+        pods = [p for p in self.broker.pods.kernel_pods_of(kernel_id) if self.own_pod(p["metadata"]["name"])]
         if not pods:
             return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
         grace = self.get_query_argument("grace", "0")

@@ -10,9 +10,10 @@ from typing import Any
 from ..core.ledger import Holding, Ledger
 from ..core.warm import WarmKernels
 from ..k8s.launcher import PodSite, SiteHost
-from ..k8s.view import KubernetesView, pod_course, pod_request, pod_user
-from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES, slug
+from ..k8s.view import KubernetesView
+from ..names import slug
 from ..vgpu import VGPURequest
+from .pod_index import KernelPodIndex
 
 
 class ClassPods(SiteHost):
@@ -31,27 +32,22 @@ class ClassPods(SiteHost):
         self.user_volume_mounts = tuple(volume_mounts)
         self.home_mount_path = home_mount_path
         self.warm: WarmKernels | None = None
+        self.index = KernelPodIndex(self.cluster)
 
     # -- reading the class's state ----------------------------------------------------------------
     def is_warm(self, pod_name: str) -> bool:
         return self.warm is not None and pod_name in self.warm.kernels
 
     def holdings(self) -> list[Holding]:
-        """What every live, claimed kernel pod of the namespace holds, from the watch cache."""
-        out = []
-        for pod in self.cluster.kernel_pods():
-            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or LABEL_WARM in (
-                    pod["metadata"].get("labels") or {}):
-                continue  # a warm kernel is nobody's until claimed
-            request = pod_request(pod)
-            vgpus = request.get("vgpus") or 0
-            out.append(Holding((pod["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID, ""), pod_user(pod),
-                               pod_course(pod), vgpus, vgpus * (request.get("memory_mib") or 0)))
-        return out
+        """What every live, claimed kernel pod of the namespace holds (a warm kernel is nobody's until claimed)."""
+        return self.index.holdings()
 
     def kernel_exists(self, kernel_id: str) -> bool:
-        return any((p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == kernel_id
-                   for p in self.cluster.kernel_pods())
+        return bool(self.index.pod_names(kernel_id))
+
+    def kernel_pods_of(self, kernel_id: str) -> list[dict]:
+        """The pods of one kernel id (the watch cache's)."""
+        return [pod for name in self.index.pod_names(kernel_id) if (pod := self.cluster.pod(name)) is not None]
 
     def stopped_by(self, kernel_id: str) -> str | None:
         return self.cluster.stopped_by.get(slug(kernel_id, 63))
@@ -69,9 +65,7 @@ class ClassPods(SiteHost):
     async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
         """Some node fits ``request``, counting the accepted launches whose pods are not placed yet and the
         warm kernels being started."""
-        placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
-                  if (p.get("spec") or {}).get("nodeName")}
-        unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
+        unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and not self.index.placed(k))
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
         return await self.view.has_room(request, self.site.backend, unplaced + starting)
 

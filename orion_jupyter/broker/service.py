@@ -74,6 +74,9 @@ def safe_policy(policy: KernelPolicy, images: list[str]) -> KernelPolicy:
 KERNEL_POD_DEFAULTS = {"cpu_request": "100m", "cpu_limit": "2", "memory_request": "256Mi", "memory_limit": "4Gi"}
 
 log = logging.getLogger("orion_jupyter.broker")
+# Connections not yet accepted: a university's servers launching (or coming back after a restart) at once
+# overflow tornado's default of 128, and the kernel then resets them.
+LISTEN_BACKLOG = 2048
 
 
 def _now() -> str:
@@ -386,7 +389,7 @@ class Broker(Application, ClassSettings):
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
-            max_body_size=self.max_body_bytes)
+            max_body_size=self.max_body_bytes, backlog=LISTEN_BACKLOG)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
         timers = [PeriodicCallback(self.renew_lease, 15_000)]
         if self.warm.enabled:

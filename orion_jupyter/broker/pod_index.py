@@ -1,0 +1,90 @@
+"""The class's kernel pods as admission reads them, kept up to date from the pod watch's events.
+
+Every decision (a launch, each queue head tried on a release) asks what every live kernel pod holds, whether
+a kernel id has a pod, and which are placed. Read from the watch cache, that is a scan of every pod (and a
+JSON parse of each one's request) per question: with thousands of pods in the namespace, most of the broker's
+CPU. Here each pod is read once per event instead. The index subscribes to the watch on the broker's loop
+before the first launch does, so for any event it is updated before a launch hears of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+from ..core.ledger import Holding
+from ..k8s.cluster import KubeCluster
+from ..k8s.view import pod_course, pod_request, pod_user
+from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
+
+
+class Entry(NamedTuple):
+    kernel_id: str
+    holding: Holding | None  # None: ended, or warm (nobody's until claimed)
+    placed: bool  # bound to a node
+
+
+def entry_of(pod: dict) -> Entry:
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
+    kernel_id = labels.get(LABEL_KERNEL_ID, "")
+    placed = bool((pod.get("spec") or {}).get("nodeName"))
+    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or LABEL_WARM in labels:
+        return Entry(kernel_id, None, placed)
+    request = pod_request(pod)
+    vgpus = request.get("vgpus") or 0
+    return Entry(kernel_id, Holding(kernel_id, pod_user(pod), pod_course(pod), vgpus,
+                                    vgpus * (request.get("memory_mib") or 0)), placed)
+
+
+class KernelPodIndex:
+    """Pod name -> what it holds; kernel id -> its pods. Built on first use (on the running loop)."""
+
+    def __init__(self, cluster: KubeCluster):
+        self.cluster = cluster
+        self.pods: dict[str, Entry] = {}
+        self.kernels: dict[str, set[str]] = {}
+        self._live: dict[str, Holding] = {}
+        self._following = False
+
+    def _follow(self) -> None:
+        if self._following:
+            return
+        self._following = True
+        # subscribed first, then read: an event between the two is applied again, to the same result
+        self.cluster.pods.subscribe(self.on_pod, asyncio.get_running_loop())
+        for pod in self.cluster.kernel_pods():
+            self.on_pod("ADDED", pod)
+
+    def on_pod(self, kind: str, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        old = self.pods.pop(name, None)
+        if old is not None:
+            self._live.pop(name, None)
+            names = self.kernels.get(old.kernel_id)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.kernels[old.kernel_id]
+        if kind == "DELETED":
+            return
+        entry = self.pods[name] = entry_of(pod)
+        self.kernels.setdefault(entry.kernel_id, set()).add(name)
+        if entry.holding is not None:
+            self._live[name] = entry.holding
+
+    # -- what admission asks -------------------------------------------------------------------------
+    def holdings(self) -> list[Holding]:
+        self._follow()
+        return list(self._live.values())
+
+    def pod_names(self, kernel_id: str) -> list[str]:
+        self._follow()
+        return sorted(self.kernels.get(kernel_id, ()))
+
+    def placed(self, kernel_id: str) -> bool:
+        self._follow()
+        return any(self.pods[name].placed for name in self.kernels.get(kernel_id, ()))
+
+
+__all__ = ["KernelPodIndex"]
