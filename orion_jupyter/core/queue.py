@@ -40,6 +40,7 @@ class Waiting:
     since: float = field(default_factory=time.time)
     turn: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     details: dict[str, Any] = field(default_factory=dict)  # what the caller shows: spec, memory
+    told: int = 0  # the position its stream was last told (0: none yet)
 
     @property
     def kernel_id(self) -> str:
@@ -206,8 +207,11 @@ class LaunchQueue:
         return False
 
     def _tell(self, course: str) -> None:
-        for waiting in self.lines.get(course, []):
-            waiting.notify({"queued": self.describe(waiting)})
+        """A line changed: those whose place in it moved hear it (the others at their next keepalive)."""
+        for position, waiting in enumerate(self.lines.get(course, []), 1):
+            if waiting.told != position:
+                waiting.told = position
+                waiting.notify({"queued": self.describe(waiting)})
 
 
 __all__ = ["LaunchQueue", "Waiting"]
