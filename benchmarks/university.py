@@ -50,6 +50,7 @@ VGPU = "virtaitech.com/gpu"
 NODE_VGPUS = 10
 HOLD_SECONDS = 1.0  # a started kernel is stopped this long after its ready line
 IDLE_SECONDS = 3.0
+CONNECT_TIMEOUT = 300.0  # a thousand connections at once: the broker accepts them in turn
 LAG_TARGET_MS = 50.0
 CPU_TARGET_MS = 10.0
 MEMORY_TARGET_MB = 300.0
@@ -117,7 +118,7 @@ class Students:
         headers = {"Authorization": f"token tok-{user}", "Content-Type": "application/json"}
         try:
             await client.fetch(HTTPRequest(url, "POST", headers=headers, body=json.dumps(body), request_timeout=0,
-                                           streaming_callback=on_chunk))
+                                           connect_timeout=CONNECT_TIMEOUT, streaming_callback=on_chunk))
         except OSError as err:  # never answered: counted as such
             result["message"] = f"{type(err).__name__}: {err}"
             return result
@@ -135,9 +136,13 @@ class Students:
             return result
         if result["outcome"] == "started":
             await asyncio.sleep(self.hold)
-            stop = await client.fetch(HTTPRequest(f"{url}/{body['kernel_id']}", "DELETE", headers=headers),
-                                      raise_error=False)
-            result["stop_code"] = stop.code
+            try:
+                stop = await client.fetch(HTTPRequest(f"{url}/{body['kernel_id']}", "DELETE", headers=headers,
+                                                      connect_timeout=CONNECT_TIMEOUT,
+                                                      request_timeout=CONNECT_TIMEOUT), raise_error=False)
+                result["stop_code"] = stop.code
+            except OSError as err:
+                result["stop_code"] = type(err).__name__
         return result
 
 
@@ -162,15 +167,20 @@ def lag_buckets(port: int) -> dict[float, float]:
     return out
 
 
-def lag_p(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float, int]:
-    """The bucket bound (ms) under which ``q`` of the samples between two readings fell, and how many samples."""
+def lag_p(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float | None, int]:
+    """The bucket bound (ms) under which ``q`` of the samples between two readings fell (None: above the
+    largest bound, or no samples), and how many samples."""
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
     total = counts[-1] if counts else 0
     for bound, count in zip(bounds, counts, strict=True):
-        if total and count >= q * total:
+        if total and count >= q * total and bound != float("inf"):
             return bound * 1000, int(total)
-    return float("inf"), int(total)
+    return None, int(total)
+
+
+def _at_most(ms: float | None) -> str:
+    return "above the largest bucket (5 s)" if ms is None else f"<= {ms:g} ms"
 
 
 def _broker_pods(port: int, user: str) -> int:
@@ -232,8 +242,8 @@ def _burst(broker: BrokerProcess, cluster: Any, students: list[str], section: Se
                 f"{fmt_ms(first_ms.get('p99', 0))}, max {fmt_ms(first_ms.get('max', 0))}",
                 f"{n} of {n}", len(answered) == n, check=True)
     section.row("broker event-loop lag during the burst (its own histogram, p99 bucket)",
-                f"p50 <= {lag50:g} ms, p99 <= {lag99:g} ms ({samples} samples)",
-                f"p99 <= {LAG_TARGET_MS:g} ms", lag99 <= LAG_TARGET_MS)
+                f"p50 {_at_most(lag50)}, p99 {_at_most(lag99)} ({samples} samples)",
+                f"p99 <= {LAG_TARGET_MS:g} ms", lag99 is not None and lag99 <= LAG_TARGET_MS)
     section.row("  cross-check: GET metrics from outside, every 20 ms",
                 f"p50 {fmt_ms(outside_ms.get('median', 0))}, p99 {fmt_ms(outside_ms.get('p99', 0))} "
                 f"(n={outside_ms.get('n', 0)})")
@@ -290,7 +300,7 @@ def _watch(broker: BrokerProcess, cluster: Any, students: list[str], courses: di
                 rss / 1e6 <= MEMORY_TARGET_MB)
     section.row(f"  {len(few)} launches at once with {in_watch:,} pods in the watch",
                 f"{started_few} started; broker CPU {cpu * 1000 / len(few):.1f} ms per launch, loop lag p99 "
-                f"<= {lag99:g} ms")
+                f"{_at_most(lag99)}")
 
 
 def run(quick: bool = False) -> Section:

@@ -115,3 +115,21 @@ def test_quick_run_writes_every_section(tmp_path):
     assert machine["cpu_cores"] and machine["python"] and machine["date"]
     assert report["rows"] and report["wall_s"] > 0
     assert "targets met:" in run.stdout
+
+
+@pytest.mark.timeout(200)
+def test_quick_university_answers_every_launch(tmp_path):
+    """The university section at a tiny size (4 courses of 10 students on 10 vGPUs, 400 pods in the watch)."""
+    out = tmp_path / "university.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "university", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=190, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    university = json.loads(out.read_text())["sections"]["university"]
+    assert "error" not in university, university.get("traceback")
+    # every launch answered and, the queues moving as kernels stopped, every student had a kernel
+    assert university["students"] == university["answered"] == 40 and university["outcomes"] == {"started": 40}
+    assert 0 < university["queued"] <= 30 and university["stop_codes"] == {"200": 40}
+    assert university["loop_lag_samples"] > 0 and university["loop_lag_p99_ms"] is not None
+    assert university["broker_cpu_s"] > 0 and university["broker_net_cpu_ms_per_launch"] >= 0
+    assert university["watch_pods"] == 400 and university["broker_rss_mb"] > 0
+    assert university["watch_started"] == university["watch_launches"] == 20

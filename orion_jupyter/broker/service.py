@@ -11,6 +11,7 @@ removes them once the broker is uninstalled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -386,6 +387,8 @@ class Broker(Application, ClassSettings):
         await self.hold_lease()
         await self.places.restore(self.pods.kernel_exists)  # the queue an earlier broker kept, before anyone new
         await self.warm.adopt_or_clean()
+        gc.collect()
+        gc.freeze()  # what starting made (modules, the client's models) stays: full collections skip it, and pause less
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",

@@ -152,7 +152,7 @@ class KeptPlaces:
     def state(self) -> dict[str, Any]:
         """Every kept place, in the order it is served: those whose turn came, then each line in order."""
         in_line = [w for line in self.queue.lines.values() for w in line]
-        turned = [p.waiting for p in self.places.values() if p.waiting.turn.done() and p.waiting not in in_line]
+        turned = [p.waiting for p in self.places.values() if p.waiting.turn.done() and not p.waiting.turn.exception()]
         return {"places": [_entry(w, self.places[w.kernel_id].ticket_hash) for w in [*turned, *in_line]
                            if w.kernel_id in self.places]}
 
