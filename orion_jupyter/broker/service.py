@@ -11,7 +11,6 @@ removes them once the broker is uninstalled.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import socket
@@ -46,6 +45,7 @@ from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from . import heap
 from .budgets import BudgetMeter
 from .idle import broker_culler
 from .looplag import LoopLag
@@ -376,6 +376,7 @@ class Broker(Application, ClassSettings):
     # -- running --------------------------------------------------------------------------
     async def serve(self, routes: Callable[[str], list]) -> None:
         """Set up, then answer ``routes(prefix)`` (the HTTP API, broker/handlers.py) until cancelled."""
+        heap.limit_arenas()
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
@@ -387,14 +388,13 @@ class Broker(Application, ClassSettings):
         await self.hold_lease()
         await self.places.restore(self.pods.kernel_exists)  # the queue an earlier broker kept, before anyone new
         await self.warm.adopt_or_clean()
-        gc.collect()
-        gc.freeze()  # what starting made (modules, the client's models) stays: full collections skip it, and pause less
+        heap.started()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
             max_body_size=self.max_body_bytes, backlog=LISTEN_BACKLOG)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
-        timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        timers = [PeriodicCallback(self.renew_lease, 15_000), PeriodicCallback(heap.give_back, 60_000)]
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()

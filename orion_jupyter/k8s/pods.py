@@ -140,15 +140,17 @@ def trim_pod(pod: dict) -> dict:
         },
         "status": {
             **{k: status[k] for k in ("phase", "reason", "message", "podIP") if k in status},
-            "conditions": [{k: c[k] for k in _CONDITION_KEYS if k in c} for c in status.get("conditions") or []],
+            "conditions": [{k: c[k] for k in _CONDITION_KEYS if k in c} for c in status.get("conditions") or []
+                           if c.get("type") in _CONDITION_TYPES],
             "containerStatuses": [{k: c[k] for k in _CONTAINER_KEYS if k in c}
                                   for c in status.get("containerStatuses") or []],
         },
     })
 
 
+_CONDITION_TYPES = ("Ready", "PodScheduled", "DisruptionTarget")  # what launch states and end reasons read
 _CONDITION_KEYS = ("type", "status", "reason", "message")
-_CONTAINER_KEYS = ("name", "image", "ready", "state", "lastState")
+_CONTAINER_KEYS = ("name", "image", "state")
 _SHARED_TEXT = 64  # characters: names, label values, phases; longer texts are rarely alike
 
 
