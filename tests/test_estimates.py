@@ -115,7 +115,7 @@ async def test_the_broker_estimates_from_cull_times_budgets_and_ended_kernels():
 
 def test_calibration_learns_what_the_model_misses_and_then_holds_p80():
     """A model that tells a third of the real waits (later arrivals jumped ahead): as told, p80 is exceeded
-    nearly always; scaled by the course's observed ratios it is exceeded about 20 % of the time."""
+    most of the time; set from the course's observed ratios it is exceeded about 20 % of the time."""
     truth = random.Random(7)
     calibration = Calibration(min_observed=10, keep=50)
     model = {"p50": 600.0, "p80": 900.0}
@@ -133,6 +133,7 @@ def test_calibration_learns_what_the_model_misses_and_then_holds_p80():
     assert calibration.adjust("Physics 2", model) == model  # per course
     assert calibration.adjust("AI_101", {"p50": None, "p80": None}) == {"p50": None, "p80": None}  # unknown stays
     assert calibration.adjust("AI_101", {"p50": 600.0, "p80": None})["p80"] is None
+    assert calibration.adjust("AI_101", model)["p50"] == 600.0  # the model's point estimate stays
 
 
 async def test_the_broker_calibrates_with_the_real_waits_of_launches_that_started():
@@ -151,7 +152,9 @@ async def test_the_broker_calibrates_with_the_real_waits_of_launches_that_starte
         waits.on_pod("ADDED", kernel_pod(f"w{i}", "AI_101", now[0]))
     assert list(waits.calibration.ratios["AI_101"]) == [3.0, 3.0, 3.0]
     late = Waiting(Holding("w9", "s9", "AI_101", 1, 4096), VGPURequest.parse(1, "4Gi"), lambda _: None)
-    assert waits.describe_more(late, [late])["wait_p50_seconds"] == 360.0
+    told = waits.describe_more(late, [late])
+    assert (told["wait_p50_seconds"], told["wait_p80_seconds"]) == (120.0, 360.0)
+    assert told["wait"] == "about 2 min, 80 % within 6 min"
 
 
 def test_the_server_shows_the_broker_estimate_when_known_else_the_old_one():
