@@ -311,7 +311,8 @@ class Budgets:
             return {"budget": None, "used": round(used, 3), "unit": unit, "text": f"no {unit} budget"}
         left = max(limit - used, 0.0)
         return {"budget": round(limit, 3), "used": round(used, 3), "left": round(left, 3), "unit": unit,
-                "course": course, "resets": self.resets().isoformat(),
+                "course": course, "resets": self.resets().isoformat(), "resets_text": self.resets_text(),
+                "period": "term" if self.config.reset.term else "week",
                 "text": f"{left:.1f} of {limit:g} {unit} left {period} · resets {self.resets_text()}",
                 "warning": self.warning(account)}
 
