@@ -9,7 +9,7 @@ import { IBudget, IBudgetRow, errorText, topUpBudget } from './api';
 import { actionButton, h } from './dom';
 import { DOMAIN } from './format';
 import { IVGPUModel, Part } from './model';
-import { ToggledStatusItem } from './statusitem';
+import { ModelStatusItem } from './statusitem';
 
 const plain: TranslationBundle = nullTranslator.load(DOMAIN);
 
@@ -57,27 +57,13 @@ function budgetTitle(b: IBudget & { budget: number }, trans: TranslationBundle):
 }
 
 /** The status bar's budget line; shown only where a budget applies. */
-export class BudgetStatus extends ToggledStatusItem {
-  constructor(
-    private readonly model: IVGPUModel,
-    private readonly trans: TranslationBundle
-  ) {
-    super();
-    this.addClass('jp-StatusBar-TextItem');
-    this.addClass('orion-BudgetStatus');
-    model.changed.connect(this.render, this);
+export class BudgetStatus extends ModelStatusItem {
+  constructor(model: IVGPUModel, trans: TranslationBundle) {
+    super(model, trans, 'orion-BudgetStatus');
     this.render();
   }
 
-  dispose(): void {
-    if (this.isDisposed) {
-      return;
-    }
-    this.model.changed.disconnect(this.render, this);
-    super.dispose();
-  }
-
-  private render(): void {
+  protected render(): void {
     const part = this.model.budget;
     if (part?.status === 'rejected' && this.isActive) {
       // Keep the line; say why it may be stale.
