@@ -9,7 +9,10 @@ and kept across a server restart; GET budget answers the broker's shape."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -206,3 +209,18 @@ def test_a_restarted_server_continues_use_and_top_ups(tmp_path, meter):
     store.path.write_text("{not json")
     assert ServerBudgets.configured(Settings, meter.kernels, meter.target, PROGRESS, "alice", "", store).summary(
         "alice")["used"] == 0  # an unreadable file: the window starts from nothing
+
+
+def test_a_bad_budget_stops_the_server_at_start_naming_the_value(tmp_path):
+    """Not a server without the extension (its kernels would start unmetered): one line, exit 2."""
+    config = tmp_path / "jupyter_server_config.json"
+    config.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {"orion_jupyter": True}},
+                                  "VGPUProvisioner": {"cluster": "local"},
+                                  "OrionJupyter": {"budgets": {"student": -1}}}))
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "jupyter_server", "--no-browser", "--port=0",
+                          f"--ServerApp.root_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    [line] = [x for x in run.stderr.splitlines() if "c.OrionJupyter.budgets" in x]
+    assert "c.OrionJupyter.budgets.student must be a number of hours, 0 or more" in line, run.stderr[-2000:]

@@ -18,6 +18,7 @@ from ..clusters import import_launch_side
 from ..core.idle import Culler, CullRules
 from ..progress import PROGRESS
 from ..settings import ClassSettings
+from ..vgpu import VGPURequestError
 from .budgets import BUDGET_FILE, BudgetFile, ServerBudgets
 from .culling import BackendCulling, ServerKernels
 from .handlers import routes
@@ -122,10 +123,15 @@ class OrionJupyter(ExtensionApp, ClassSettings):
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
         if not self.state.view.decides_budgets:  # hub mode: the broker meters, from its own ledger
-            self.state.budgets = ServerBudgets.configured(
-                self, self.state.kernels, ServerKernels(self.state.kernels, snapshots), PROGRESS,
-                self.state.settings.user, self.state.settings.course,
-                BudgetFile(Path(jupyter_data_dir()) / BUDGET_FILE))
+            try:
+                self.state.budgets = ServerBudgets.configured(
+                    self, self.state.kernels, ServerKernels(self.state.kernels, snapshots), PROGRESS,
+                    self.state.settings.user, self.state.settings.course,
+                    BudgetFile(Path(jupyter_data_dir()) / BUDGET_FILE))
+            except VGPURequestError as err:
+                # Not a warning and a server without the extension: its kernels would start unmetered.
+                self.log.critical("%s", err)
+                raise SystemExit(2) from None
             self.state.budgets.guard(self.serverapp.kernel_manager)
             self.state.kernels.start_checks.append(self.state.budgets.check)
 
