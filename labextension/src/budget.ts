@@ -18,6 +18,11 @@ export function applies(b: IBudget | null | undefined): b is IBudget & { budget:
   return !!b && typeof b.budget === 'number' && b.budget > 0;
 }
 
+/** Warned (80 %, 95 %) or used up: shown in the warning colour. */
+export function urgent(b: IBudget): boolean {
+  return !!b.warning || (typeof b.left === 'number' && b.left <= 0);
+}
+
 /** "2.5 of 10 vGPU-hours left this week · resets Tue 09:00" (the reset in the lab's time zone, as the server says). */
 export function formatBudget(b: IBudget, trans: TranslationBundle = plain): string {
   if (!applies(b)) {
@@ -74,7 +79,7 @@ export class BudgetStatus extends ModelStatusItem {
     const shown = applies(b);
     this.node.textContent = shown ? formatBudget(b, this.trans) : '';
     this.node.title = shown ? budgetTitle(b, this.trans) : '';
-    this.toggleClass('orion-mod-warning', shown && !!b.warning);
+    this.toggleClass('orion-mod-warning', shown && urgent(b));
     this.setActive(shown);
   }
 }
@@ -86,7 +91,7 @@ export function renderBudgetLine(into: HTMLElement, part: Part<IBudget>, trans: 
   if (applies(b)) {
     into.textContent = formatBudget(b, trans);
     into.title = budgetTitle(b, trans);
-    into.classList.toggle('orion-mod-warning', !!b.warning);
+    into.classList.toggle('orion-mod-warning', urgent(b));
   }
 }
 
@@ -107,7 +112,7 @@ export function renderBudgetRows(
       h(
         'div',
         {
-          class: 'orion-Budget' + (row.warning || !row.left ? ' orion-mod-warning' : ''),
+          class: 'orion-Budget' + (urgent(row) ? ' orion-mod-warning' : ''),
           'data-user': row.user,
           title: row.text
         },

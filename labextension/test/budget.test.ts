@@ -6,7 +6,7 @@ vi.mock('@jupyterlab/apputils', () => ({ InputDialog: {}, showErrorMessage: vi.f
 vi.mock('@lumino/widgets', () => ({ Widget: class {} })); // the status bar item's base: no DOM here
 
 import type { IBudget, IBudgetRow } from '../src/api';
-import { applies, formatBudget, formatBudgetRow } from '../src/budget';
+import { applies, formatBudget, formatBudgetRow, urgent } from '../src/budget';
 import { VGPUModel } from '../src/model';
 
 const WEEK: IBudget = {
@@ -40,6 +40,12 @@ describe('budget formatting', () => {
     expect(applies(WEEK)).toBe(true);
     expect(formatBudget(none)).toBe('no vGPU-hour budget on this server');
     expect(formatBudget({ ...WEEK, resets_text: undefined, text: 'older text' })).toBe('older text');
+  });
+
+  it('is urgent once warned or used up', () => {
+    expect(urgent(WEEK)).toBe(false);
+    expect(urgent({ ...WEEK, warning: { level: 0.8, message: '80% of your budget is used' } })).toBe(true);
+    expect(urgent({ ...WEEK, left: 0 })).toBe(true);
   });
 
   it("reads a student's row as use of budget and what is left", () => {
