@@ -30,6 +30,8 @@ from tests.test_hardening_local import TokenUsers  # alice and bob, told apart b
 GPU_SPEC, CPU_SPEC = "orion-1x1gi", "orion-cpu"
 POOL = {"gpus": 0, "cpu_slots": 3, "cpu_slot_memory": "4Gi"}
 BUDGET = {"student": 1, "reset": {"weekly": "tue 09:00"}, "interval": 60}  # 1 vGPU-hour a week per user
+# GET /orion/api/budget's fields, in direct mode and (tests/test_hub_budgets.py) hub mode alike.
+BUDGET_FIELDS = {"budget", "used", "left", "unit", "course", "resets", "resets_text", "period", "text", "warning"}
 
 
 class Clock:
@@ -107,7 +109,8 @@ async def run_out(meter, clock, minutes: int) -> list[str]:
 
 async def test_warned_then_parked_with_the_reason_then_refused_with_the_reset_time(api, jp_serverapp, meter, clock):
     code, mine = await api("GET", "budget")
-    assert code == 200 and mine["budget"] == 1 and mine["unit"] == "vGPU-hours" and mine["warning"] is None, mine
+    assert code == 200 and set(mine) == BUDGET_FIELDS, mine
+    assert mine["budget"] == 1 and mine["unit"] == "vGPU-hours" and mine["warning"] is None, mine
     assert mine["text"] == "1.0 of 1 vGPU-hours left this week · resets Tue 09:00", mine
     kernel_id = await start(api)
     cpu_kernel = await start(api, CPU_SPEC)  # CPU-only kernels cost nothing

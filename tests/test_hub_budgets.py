@@ -12,6 +12,7 @@ import pytest
 from tests.classroom import BROKER, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
+from tests.test_direct_budgets import BUDGET_FIELDS  # the same shape as a direct-mode server's
 
 BUDGET = 0.003  # vGPU-hours: about 11 s of one vGPU
 
@@ -38,7 +39,7 @@ async def test_a_budget_runs_out_is_refused_until_reset_and_an_instructor_tops_i
         await hub.start_server(user)
     student, teacher = await hub.server_token("student1"), await hub.server_token("teacher")
     mine = await hub.server_api("student1", "GET", "orion/api/budget")
-    assert mine["budget"] == BUDGET and mine["unit"] == "vGPU-hours", mine
+    assert set(mine) == BUDGET_FIELDS and mine["budget"] == BUDGET and mine["unit"] == "vGPU-hours", mine
     assert mine["text"].endswith(f"of {BUDGET:g} vGPU-hours left this week · resets Tue 09:00"), mine
 
     await start_vgpu_kernel(hub, "student1")
