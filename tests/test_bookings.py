@@ -249,9 +249,11 @@ async def test_a_booking_is_honoured_while_the_queue_is_long():
 
     ml = [await started(f"m{i}", f"ml{i}", "ML 2") for i in range(6)]
     assert [type(d) for d in ml] == [Admitted, Admitted, Queued, Queued, Queued, Queued]
-    assert isinstance(await started("a0", "ann", "AI_101"), Admitted)
+    dan = await decide(admission, launch("d0", "dan", "AI_101", VGPURequest.parse(2, "4Gi")))  # not the booked shape
+    assert isinstance(dan, Queued)
+    assert isinstance(await started("a0", "ann", "AI_101"), Admitted)  # past dan: the booking's capacity is ann's
     assert isinstance(await started("a1", "bob", "AI_101"), Admitted)
-    cy = await started("a2", "cy", "AI_101")  # the booking's two run; cy waits in line
+    cy = await started("a2", "cy", "AI_101")  # the booking's two run; cy waits in line behind dan
     assert isinstance(cy, Queued) and sum(h.vgpus for h in host.running) == 4
     host.gone(admission, "a0")  # a booked kernel ends: its vGPU goes back to the booking, not to ML 2's line
     assert await asyncio.wait_for(cy.waiting.turn, 5) is True

@@ -98,6 +98,8 @@ class Admission:
         self.warm = warm
         self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait,
                                  order=fair.order if fair else None)
+        if bookings is not None:
+            self.queue.first = self._booked_first
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""
@@ -137,7 +139,8 @@ class Admission:
         own = self._take_own_warm(holding, launch)
         if own is not None:
             return own
-        booked = self.bookings is not None and self.bookings.serving(holding, self._in_use(holding)) is not None
+        bookings = self._bookings_open()
+        booked = bookings is not None and bookings.serving(holding, self.in_use(holding.kernel_id)) is not None
         if booked or not (queues and self.queue.ahead_in(course) > 0):  # nobody overtakes the line
             refusal = await self._take(holding, launch)
             if refusal is None:
@@ -171,8 +174,9 @@ class Admission:
             self.ledger.reserve(holding, self.host.holdings())
         except VGPURequestError as err:
             return err
-        hold = self.bookings.hold(holding, self._in_use(holding), self.warm.ready_of if self.warm else lambda r: 0) \
-            if self.bookings is not None else Hold()
+        bookings = self._bookings_open()
+        hold = bookings.hold(holding, self.in_use(holding.kernel_id), self.warm.ready_of if self.warm else
+                             lambda request: 0) if bookings is not None else Hold()
         if self.warm is not None and self.warm.reserve(holding.kernel_id, holding.user, launch.request, launch.image,
                                                        launch.server_name, keep=hold.warm):
             return None
@@ -181,12 +185,23 @@ class Admission:
             return KernelLaunchError("unschedulable", await self.host.shortage(launch.request))
         return None
 
-    def _in_use(self, holding: Holding) -> list[Holding]:
-        """Every kernel held or being started, but the launch ``holding`` itself (what bookings count)."""
+    def in_use(self, but: str = "") -> list[Holding]:
+        """Every kernel held or being started but the launch ``but`` (what bookings count as used)."""
         held = {h.kernel_id: h for h in self.host.holdings()}
         held.update(self.ledger.pending)
-        held.pop(holding.kernel_id, None)
+        held.pop(but, None)
         return list(held.values())
+
+    def _booked_first(self, line: list[Waiting]) -> None:
+        """Open bookings' launches to the front of their line (in their order), the others after them."""
+        bookings = self._bookings_open()
+        if bookings is not None:
+            booked = bookings.booked(line, self.in_use())
+            line.sort(key=lambda waiting: waiting.kernel_id not in booked)
+
+    def _bookings_open(self) -> Bookings | None:
+        """The bookings when one is open now (else nothing is held back for them)."""
+        return self.bookings if self.bookings is not None and self.bookings.open() else None
 
     async def admit_waiting(self, waiting: Waiting) -> bool:
         """The queue's head may start now (its holding is then reserved)."""

@@ -275,6 +275,18 @@ class Bookings:
         unused = self.unused(running)
         return next((b for b in self.open() if unused[b.id] and b.fits(holding)), None)
 
+    def booked(self, waiting: Iterable[Any], running: Iterable[Holding]) -> set[str]:
+        """The kernel ids of those ``waiting`` (each with a ``holding``, in line order) the open bookings'
+        unused kernels serve."""
+        unused, bookings = self.unused(running), self.open()
+        out = set()
+        for item in waiting:
+            booking = next((b for b in bookings if unused[b.id] and b.fits(item.holding)), None)
+            if booking is not None:
+                unused[booking.id] -= 1
+                out.add(item.holding.kernel_id)
+        return out
+
     def hold(self, holding: Holding, running: Iterable[Holding],
              warm_ready: Callable[[VGPURequest], int] = lambda request: 0) -> Hold:
         """What the launch ``holding`` must leave to the open bookings it is not one of. Warm kernels of a
