@@ -22,6 +22,8 @@ from orion_jupyter.core.bookings import (
     parse_static,
 )
 from orion_jupyter.core.ledger import Holding, Ledger, Quota
+from orion_jupyter.core.warm import WarmKernels
+from orion_jupyter.core.warm_config import WarmConfig
 from orion_jupyter.vgpu import VGPURequest, VGPURequestError
 from tests.test_admission import FakeClass, decide, launch
 
@@ -263,3 +265,59 @@ async def test_a_booking_is_honoured_while_the_queue_is_long():
     host.gone(admission, "a1")
     assert await asyncio.wait_for(ml[2].waiting.turn, 5) is True
     assert not ml[3].waiting.turn.done()
+
+
+class WarmHost:
+    """A WarmHost whose kernels start at once (pod name, IP) and stay running."""
+
+    user_volumes, user_volume_mounts, home_mount_path = (), (), ""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def pod(self, name):
+        return {"metadata": {"name": name}, "status": {"phase": "Running"}} if name in self.names else None
+
+    def kernel_pods(self):
+        return [self.pod(name) for name in self.names]
+
+    async def has_room(self, request):
+        return True
+
+    async def roster_members(self, course):
+        return []
+
+    async def start_pod(self, plan):
+        self.names.append(f"warm-{len(self.names)}")
+        return self.names[-1], "10.0.0.1"
+
+    async def delete_kernel(self, name):
+        self.names.remove(name)
+
+
+class Line:
+    def __init__(self, waiting):
+        self.items = waiting
+
+    def waiting(self, user=None):
+        return self.items
+
+    def wake(self):
+        pass
+
+
+async def test_a_warm_pool_of_the_booked_shape_keeps_the_booking_s_kernels_ready_even_while_others_wait():
+    config = WarmConfig.parse([{"name": "one", "vgpus": 1, "memory": "4Gi", "size": 1,
+                                "hours": {"start": "13:00", "end": "14:00"}}], {}, "img:1", "Europe/Berlin")
+    other = type("W", (), {"request": VGPURequest.parse(2, "4Gi"), "image": "img:1"})()  # waits for another shape
+    host, wanted = WarmHost(), {ONE: 2}
+    warm = WarmKernels(host, config, Line([other]))
+    warm.booked = lambda request: wanted.get(request, 0)
+    await warm.tick(MONDAY_8)  # outside the pool's hours, a launch waiting: only the booking's two
+    await asyncio.gather(*warm._starting)
+    assert len(host.names) == 2 and warm.ready_of(ONE) == 2
+    assert warm.reserve("k-stranger", "zed", ONE, "img:1", "", keep=2) is None  # they stand for the booking
+    assert warm.reserve("k-booked", "ann", ONE, "img:1", "", keep=0) in host.names
+    wanted[ONE] = 0  # the window closed: the unclaimed one is stopped
+    await warm.tick(MONDAY_8)
+    assert len(host.names) == 1 and warm.ready_of(ONE) == 0

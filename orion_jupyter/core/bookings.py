@@ -388,7 +388,9 @@ class Bookings:
             except (VGPURequestError, KeyError, TypeError, ValueError) as err:
                 log.warning("a kept booking cannot be read back (%s); dropped", err)
                 continue
-            if booking.end > now and booking.id not in self.items:
+            if booking.course not in self.rules.courses:
+                log.warning("a kept booking of %s is dropped: no such course in c.Broker.courses", booking.course)
+            elif booking.end > now and booking.id not in self.items:
                 self.items[booking.id] = booking
 
 
