@@ -7,7 +7,8 @@ hands it over: the kernel is told who claimed it (one silent ``execute_request``
 ``ORION_JUPYTER_USER``, ``ORION_JUPYTER_KERNEL_ID`` and the notebook's folder), the host points it at
 its user (NetworkPolicy, labels), and the kernel manager gets the kernel's key and ports
 (jupyter_client takes the provisioner's connection info as the truth). Pools refill in the
-background, but not while a launch waits in a queue: a freed vGPU goes to the queue first.
+background, but not while a launch waits in a queue: a freed vGPU goes to the queue first (save the
+kernels an open booking keeps ready for its launches, ``booked``).
 """
 
 from __future__ import annotations
