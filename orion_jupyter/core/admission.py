@@ -139,9 +139,8 @@ class Admission:
         own = self._take_own_warm(holding, launch)
         if own is not None:
             return own
-        bookings = self._bookings_open()
-        booked = bookings is not None and bookings.serving(holding, self.in_use(holding.kernel_id)) is not None
-        if booked or not (queues and self.queue.ahead_in(course) > 0):  # nobody overtakes the line
+        # nobody overtakes the line, but a launch of an open booking: its capacity was kept for it
+        if not (queues and self.queue.ahead_in(course) > 0) or self._booked(holding):
             refusal = await self._take(holding, launch)
             if refusal is None:
                 return Admitted(holding, self.warm.reserved_for(launch.kernel_id) if self.warm else None)
@@ -198,6 +197,10 @@ class Admission:
         if bookings is not None:
             booked = bookings.booked(line, self.in_use())
             line.sort(key=lambda waiting: waiting.kernel_id not in booked)
+
+    def _booked(self, holding: Holding) -> bool:
+        bookings = self._bookings_open()
+        return bookings is not None and bookings.serving(holding, self.in_use(holding.kernel_id)) is not None
 
     def _bookings_open(self) -> Bookings | None:
         """The bookings when one is open now (else nothing is held back for them)."""

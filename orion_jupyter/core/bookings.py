@@ -256,12 +256,21 @@ class Bookings:
     # -- what the open bookings use -----------------------------------------------------------------
     def assign(self, bookings: Iterable[Booking], running: Iterable[Holding]) -> dict[str, list[str]]:
         """Which kernels count toward which booking (each kernel at most one, each booking at most its count)."""
-        free = list(running)
+        by_shape: dict[tuple[str, int, int], list[Holding]] = {}  # one pass over the class's kernels
+        for holding in running:
+            by_shape.setdefault((holding.course, holding.vgpus, holding.memory_mib), []).append(holding)
+        taken: set[str] = set()
         out: dict[str, list[str]] = {}
         for booking in bookings:
-            mine = [h for h in free if booking.fits(h)][:booking.count]
-            out[booking.id] = [h.kernel_id for h in mine]
-            free = [h for h in free if h not in mine]
+            shape = by_shape.get((booking.course, booking.request.count, booking.request.total_memory_mib), [])
+            mine = []
+            for holding in shape:
+                if len(mine) == booking.count:
+                    break
+                if holding.kernel_id not in taken and (not booking.user or holding.user == booking.user):
+                    mine.append(holding.kernel_id)
+                    taken.add(holding.kernel_id)
+            out[booking.id] = mine
         return out
 
     def unused(self, running: Iterable[Holding], now: datetime | None = None) -> dict[str, int]:
