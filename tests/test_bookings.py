@@ -321,3 +321,12 @@ async def test_a_warm_pool_of_the_booked_shape_keeps_the_booking_s_kernels_ready
     wanted[ONE] = 0  # the window closed: the unclaimed one is stopped
     await warm.tick(MONDAY_8)
     assert len(host.names) == 1 and warm.ready_of(ONE) == 0
+
+
+@pytest.mark.parametrize("value", ["yes", True, 0, -1, 10_000, float("nan")])
+def test_a_course_s_student_bookings_setting_is_checked(value):
+    with pytest.raises(VGPURequestError) as caught:
+        BookingRules.parse({"AI_101": {"student_bookings": value}}, COURSES, Quota(), BERLIN)
+    assert caught.value.field == "c.Broker.courses['AI_101'].student_bookings" and "most hours" in str(caught.value)
+    assert BookingRules.parse({"AI_101": {"student_bookings": 1.5}, "ML 2": {"student_bookings": False}}, COURSES,
+                              Quota(), BERLIN).student_hours == {"AI_101": 1.5}
