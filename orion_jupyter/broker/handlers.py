@@ -417,7 +417,8 @@ class ClassHandler(BrokerHandler):
         rows = await self.broker.view.class_kernels(None)
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
                                  "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True,
-                    "budgets": self.broker.budget_meter.rows() if self.broker.budget_meter else []})
+                    "budgets": self.broker.budget_meter.rows() if self.broker.budget_meter else [],
+                    "bookings": self.broker.booked.rows()})
 
 
 class ClassPodHandler(BrokerHandler):

@@ -29,6 +29,7 @@ from traitlets.config import Application
 
 from ..config import KernelPolicy
 from ..core.admission import Admission
+from ..core.bookings import BookingRules, Bookings, parse_static
 from ..core.budgets import BudgetConfig, Budgets
 from ..core.fairshare import FairShare
 from ..core.idle import CullRules
@@ -44,13 +45,14 @@ from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from .bookings import BrokerBookings
 from .budgets import BudgetMeter
 from .idle import broker_culler
 from .pods import ClassPods
 from .waits import BrokerWaits
 
 COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps",
-               "budget", "weight"}
+               "budget", "weight", "student_bookings"}
 
 # What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
 SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
@@ -173,9 +175,17 @@ class Broker(Application, ClassSettings):
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
                       help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
                            "NetworkPolicy admits only it until a claim.")
+    bookings = List(config=True,
+                    help="Bookings kept from the config: [{'course': 'AI_101', 'vgpus': 1, 'memory': '4Gi', 'count': "
+                         "10, 'start': '2026-12-08T09:00', 'end': '2026-12-08T11:00'}] (times without an offset are in "
+                         "lab_timezone; optional 'user': one student of the course). During the window the booked "
+                         "vGPUs are held back from others' launches and the course's (student's) launches of that "
+                         "shape take them first. Instructors (of a course's hub group) book more through POST "
+                         "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
+                         "most hours one of theirs may last.")
     state_configmap = Unicode("orion-broker-state", config=True,
                               help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups and fair-share memory, so a restarted broker continues them.")
+                                   "top-ups, fair-share memory and bookings, so a restarted broker continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -222,6 +232,8 @@ class Broker(Application, ClassSettings):
         fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
         fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
+        booking_rules = BookingRules.parse(self.courses, courses, per_user, warm_config.zone)
+        bookings, static_bookings = Bookings(booking_rules), parse_static(self.bookings, booking_rules)
         self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
@@ -247,11 +259,13 @@ class Broker(Application, ClassSettings):
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
                                    handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait,
-                                   budgets=budgets, fair=fair)
+                                   budgets=budgets, fair=fair, bookings=bookings)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
                                           {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
+        self.booked = BrokerBookings(bookings, static_bookings, self.pods, self.admission, self.warm,
+                                     Section(self.state_store, "bookings"))
         self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
             if budgets is not None else None
         self.fair = fair
@@ -360,12 +374,13 @@ class Broker(Application, ClassSettings):
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
         await self.hold_lease()
         await self.warm.adopt_or_clean()
+        await self.booked.start()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
             max_body_size=self.max_body_bytes)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
-        timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        timers = [PeriodicCallback(self.renew_lease, 15_000), PeriodicCallback(self.booked.prune, 5_000)]
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
