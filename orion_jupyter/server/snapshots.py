@@ -66,8 +66,9 @@ class Snapshots(Configurable):
     timeout_seconds = Float(600.0, config=True,
                             help="Seconds the kernel may take to save or restore a snapshot.")
     park_idle = Bool(True, config=True,
-                     help="Idle culling parks a vGPU kernel (its variables saved here) instead of stopping it, where "
-                          "this backend keeps snapshots (the local backend so far); a park that fails stops it.")
+                     help="Direct mode: idle culling parks a vGPU kernel (its variables saved here) instead of "
+                          "stopping it, where this server keeps snapshots (the local backend; on Kubernetes with "
+                          "location and kernel_location); a park that fails stops it. Hub mode: the broker culls.")
 
 
 @contextmanager
