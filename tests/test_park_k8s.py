@@ -56,8 +56,12 @@ def storage(tmp_path):
 
 
 @pytest.fixture
-def jp_server_config(sim_cluster, storage):
-    return storage_config(storage)
+def jp_server_config(request, sim_cluster, storage, tmp_path):
+    config = storage_config(storage)
+    if getattr(request, "param", None) == "no mount":  # kernel_location where no pod mounts the storage
+        config.VGPUProvisioner.volumes = config.VGPUProvisioner.volume_mounts = []
+        config.Snapshots.kernel_location = str(tmp_path / "pod-disk" / HOME_FOLDER)
+    return config
 
 
 async def run(serverapp, kernel_id: str, code: str) -> str:
@@ -137,6 +141,31 @@ async def test_a_shared_location_is_refused_and_the_kernel_keeps_running(api, jp
     assert kernel["id"] in jp_serverapp.kernel_manager
     assert await run(jp_serverapp, kernel["id"], "print(x)") == "1"
     assert list(storage.iterdir()) == []
+
+
+@pytest.mark.parametrize("jp_server_config", ["no mount"], indirect=True)
+async def test_a_kernel_pod_without_the_storage_neither_parks_nor_resumes(api, jp_serverapp, storage, tmp_path):
+    """kernel_location set, but no volume mounted there: the pod writes its own disk (here: the host's, as
+    kubesim runs a pod without mounts), which this server does not read."""
+    pod_disk = tmp_path / "pod-disk" / HOME_FOLDER
+    code, kernel = await api("POST", "kernels", {"spec": SPEC})
+    assert code == 201, kernel
+    await run(jp_serverapp, kernel["id"], "x = 41")
+    code, refused = await api("POST", f"kernels/{kernel['id']}/park")
+    assert code == 409 and refused["reason"] == "location", refused
+    assert f"which is not this server's {storage / HOME_FOLDER / 'alice'}/" in refused["message"]
+    assert "its pod does not mount the snapshot storage (c.VGPUProvisioner.volumes" in refused["message"]
+    assert kernel["id"] in jp_serverapp.kernel_manager and await run(jp_serverapp, kernel["id"], "print(x)") == "41"
+    assert list((storage / HOME_FOLDER / "alice").iterdir()) == []
+
+    # the snapshot where this server keeps them, but not where a new pod looks: the resume says so, keeps it
+    [written] = (pod_disk / "alice").iterdir()
+    written.rename(storage / HOME_FOLDER / "alice" / written.name)
+    kernels = set(jp_serverapp.kernel_manager.list_kernel_ids())
+    code, refused = await api("POST", f"snapshots/{written.name}/resume")
+    assert code == 409 and "the new kernel does not see the snapshot at " in refused["message"], refused
+    assert set(jp_serverapp.kernel_manager.list_kernel_ids()) == kernels  # the new kernel is stopped
+    assert (storage / HOME_FOLDER / "alice" / written.name / "manifest.json").is_file()
 
 
 # -- where each mode keeps snapshots, without a cluster ------------------------------------------------

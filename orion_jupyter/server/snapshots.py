@@ -158,6 +158,13 @@ class SnapshotService:
         return Where(Path(settings.location), PurePosixPath(settings.kernel_location),
                      "c.VGPUProvisioner.volumes / volume_mounts at c.Snapshots.kernel_location")
 
+    def path_in_kernel(self, where: Where, kernel_id: str, owner: str, snapshot_id: str) -> str:
+        """The snapshot as ``kernel_id`` sees it: at the pods' side of ``where`` for a vGPU kernel, at this
+        server's own path for a kernel it runs as a process beside itself (a spec without the provisioner)."""
+        if self.state.kernels.provisioner(kernel_id) is None:
+            return str(where.server / snapshot.user_part(owner) / snapshot_id)
+        return where.kernel_path(owner, snapshot_id)
+
     def parks_idle(self) -> bool:
         """Idle culling parks here: it is on, and this backend keeps snapshots (hub mode: the broker culls)."""
         if not self.settings.park_idle or self.state.view.kind == "broker":
@@ -249,7 +256,7 @@ class SnapshotService:
 
     async def _park(self, kernel_id: str, owner: str, target: Path, where: Where) -> dict[str, Any]:
         """The kernel writes at its side of ``where``; this server reads the snapshot back at its own."""
-        written = where.kernel_path(owner, target.name)
+        written = self.path_in_kernel(where, kernel_id, owner, target.name)
         report = await self.ask(kernel_id, "park", folder=written, owner=owner,
                                 limit_bytes=self.settings.max_snapshot_bytes,
                                 user_limit_bytes=self.settings.max_user_bytes, info=await self.kernel_info(kernel_id))
@@ -285,15 +292,15 @@ class SnapshotService:
         self.resuming.add(snapshot_id)
         try:
             with timed("resume"):
-                result = await self._resume(path, manifest, owner, spec, where.kernel_path(owner, snapshot_id))
+                result = await self._resume(path, manifest, owner, spec, where)
         finally:
             self.resuming.discard(snapshot_id)
         SNAPSHOT_BYTES.labels("resume").inc(manifest.get("bytes") or 0)
         return result
 
     async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None,
-                      kernel_path: str) -> dict[str, Any]:
-        """``path``: the snapshot as this server sees it; ``kernel_path``: as the new kernel does."""
+                      where: Where) -> dict[str, Any]:
+        """``path``: the snapshot as this server sees it (in ``where``); the new kernel reads it at its side."""
         kernel = manifest.get("kernel") or {}
         spec = spec or kernel.get("spec")
         notebook = checked_path(kernel.get("path") if isinstance(kernel.get("path"), str) else None)
@@ -303,10 +310,15 @@ class SnapshotService:
             kernel_id = await ensure_async(self.kernel_manager.start_kernel(kernel_name=spec, path=notebook))
         else:
             raise SnapshotError("bad_spec", f'no kernel spec named "{str(spec)[:80]}" to resume on')
+        in_kernel = self.path_in_kernel(where, kernel_id, owner, path.name)
         try:
-            report = await self.ask(kernel_id, "restore", folder=kernel_path, owner=owner)
-        except BaseException:
+            report = await self.ask(kernel_id, "restore", folder=in_kernel, owner=owner)
+        except BaseException as err:
             await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+            if isinstance(err, SnapshotError) and err.reason == "not_found":  # found here, not in the new pod
+                raise SnapshotError("location", f"the new kernel does not see the snapshot at {in_kernel}: its pod "
+                                                f"does not mount the snapshot storage ({where.mounted_by}); the "
+                                                "snapshot is kept") from None
             raise
         saved = {n for e in manifest["entries"] for n in e["names"]} | set(manifest.get("modules") or {})
         kept = bool(saved - set(report["restored"]))  # something did not come back: keep it to try again
