@@ -4,13 +4,10 @@ the reset time, a student cannot top up, an instructor can (and sees everyone's 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.classroom import BROKER, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.classroom import BROKER, class_hub_with, kernel_objects, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
-from tests.hub import HubHTTPError
 
 BUDGET = 0.003  # vGPU-hours: about 11 s of one vGPU
 
@@ -21,12 +18,6 @@ def budget_hub(hub_factory, sim_cluster, tmp_path):
               "c.Broker.lab_timezone = 'Europe/Berlin'"]
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=["student1", "teacher"]) as hub_broker:
         yield hub_broker
-
-
-async def refused(call) -> tuple[int, dict]:
-    with pytest.raises(HubHTTPError) as caught:
-        await call
-    return caught.value.code, json.loads(caught.value.body)
 
 
 @pytest.mark.timeout(300)

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from orion_jupyter.snapshot import HOME_FOLDER
-from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
-from tests.hub import HubHTTPError
 
 STUDENTS = ["ann", "ben"]
 
@@ -37,17 +36,6 @@ def park_hub(hub_factory, sim_cluster, tmp_path):
 async def kernel_value(hub, user: str, kernel_id: str, expression: str) -> Any:
     """``expression`` evaluated in a kernel of ``user``'s server, as JSON (nothing added to its namespace)."""
     return json.loads(await hub.kernel_ws_execute(user, kernel_id, f"print(__import__('json').dumps({expression}))"))
-
-
-async def refusal(request) -> tuple[int, dict]:
-    """The status and body of a request that must be refused."""
-    with pytest.raises(HubHTTPError) as caught:
-        await request
-    return caught.value.code, json.loads(caught.value.body)
-
-
-def pod_users(cluster) -> list[str]:
-    return sorted(p["metadata"]["annotations"]["orion-jupyter.io/user"] for p in cluster.objects("pods", NS))
 
 
 @pytest.mark.timeout(300)
@@ -75,18 +63,18 @@ async def test_a_student_parks_and_resumes_in_hub_mode(park_hub, sim_cluster):
     assert pod_users(sim_cluster) == ["ben"]
 
     # a resume while the course's vGPU is taken is refused as ann's launch would be, and loses nothing
-    launch_code, launch_refused = await refusal(start_vgpu_kernel(hub, "ann"))
-    code, refused = await refusal(hub.server_api("ann", "POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {}))
-    assert (code, refused["message"]) == (launch_code, launch_refused["message"]), (refused, launch_refused)
-    assert f"course {COURSE}" in refused["message"], refused
+    launch_code, launch_refusal = await refused(start_vgpu_kernel(hub, "ann"))
+    code, refusal = await refused(hub.server_api("ann", "POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {}))
+    assert (code, refusal["message"]) == (launch_code, launch_refusal["message"]), (refusal, launch_refusal)
+    assert f"course {COURSE}" in refusal["message"], refusal
     listing = await hub.server_api("ann", "GET", "orion/api/snapshots")
     assert [s["id"] for s in listing["snapshots"]] == [parked["snapshot"]] and folder.is_dir()
 
     # ann's snapshot is not ben's: 404 from his server, and his own list is empty
     for method, path, body in (("POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {}),
                                ("DELETE", f"orion/api/snapshots/{parked['snapshot']}", None)):
-        code, refused = await refusal(hub.server_api("ben", method, path, body))
-        assert code == 404 and refused["message"] == f'no snapshot "{parked["snapshot"]}" of yours', refused
+        code, refusal = await refused(hub.server_api("ben", method, path, body))
+        assert code == 404 and refusal["message"] == f'no snapshot "{parked["snapshot"]}" of yours', refusal
     assert (await hub.server_api("ben", "GET", "orion/api/snapshots"))["snapshots"] == []
 
     # ben stops; ann resumes on the freed vGPU with her variables back

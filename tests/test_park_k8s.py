@@ -129,17 +129,22 @@ async def test_park_and_resume_a_kernel_pod(api, jp_serverapp, sim_cluster, stor
     assert not folder.exists() and resumed["snapshot_kept"] is False  # all came back: the snapshot is done
 
 
+async def park_refused_for_location(api, serverapp) -> dict:
+    """A new kernel's park refused for where its snapshot would go (409); the kernel keeps its variable."""
+    code, kernel = await api("POST", "kernels", {"spec": SPEC})
+    assert code == 201, kernel
+    await run(serverapp, kernel["id"], "x = 41")
+    code, refused = await api("POST", f"kernels/{kernel['id']}/park")
+    assert code == 409 and refused["reason"] == "location", refused
+    assert kernel["id"] in serverapp.kernel_manager and await run(serverapp, kernel["id"], "print(x)") == "41"
+    return refused
+
+
 @pytest.mark.parametrize("shared", ["group", "other"])
 async def test_a_shared_location_is_refused_and_the_kernel_keeps_running(api, jp_serverapp, storage, shared):
     storage.chmod(0o770 if shared == "group" else 0o1777)  # a class-shared volume
-    code, kernel = await api("POST", "kernels", {"spec": SPEC})
-    assert code == 201, kernel
-    await run(jp_serverapp, kernel["id"], "x = 1")
-    code, refused = await api("POST", f"kernels/{kernel['id']}/park")
-    assert code == 409 and refused["reason"] == "location", refused
+    refused = await park_refused_for_location(api, jp_serverapp)
     assert f"{storage} is writable by other users" in refused["message"]
-    assert kernel["id"] in jp_serverapp.kernel_manager
-    assert await run(jp_serverapp, kernel["id"], "print(x)") == "1"
     assert list(storage.iterdir()) == []
 
 
@@ -148,14 +153,9 @@ async def test_a_kernel_pod_without_the_storage_neither_parks_nor_resumes(api, j
     """kernel_location set, but no volume mounted there: the pod writes its own disk (here: the host's, as
     kubesim runs a pod without mounts), which this server does not read."""
     pod_disk = tmp_path / "pod-disk" / HOME_FOLDER
-    code, kernel = await api("POST", "kernels", {"spec": SPEC})
-    assert code == 201, kernel
-    await run(jp_serverapp, kernel["id"], "x = 41")
-    code, refused = await api("POST", f"kernels/{kernel['id']}/park")
-    assert code == 409 and refused["reason"] == "location", refused
+    refused = await park_refused_for_location(api, jp_serverapp)
     assert f"which is not this server's {storage / HOME_FOLDER / 'alice'}/" in refused["message"]
     assert "its pod does not mount the snapshot storage (c.VGPUProvisioner.volumes" in refused["message"]
-    assert kernel["id"] in jp_serverapp.kernel_manager and await run(jp_serverapp, kernel["id"], "print(x)") == "41"
     assert list((storage / HOME_FOLDER / "alice").iterdir()) == []
 
     # the snapshot where this server keeps them, but not where a new pod looks: the resume says so, keeps it
