@@ -4,6 +4,7 @@ the same folder at c.Snapshots.location, the kernel writes it at c.Snapshots.ker
 
 import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
@@ -127,6 +128,27 @@ async def test_park_and_resume_a_kernel_pod(api, jp_serverapp, sim_cluster, stor
     data = np.arange(24, dtype=np.float64).reshape(4, 6) / 7
     assert after == before == {"data": hashlib.sha256(data.tobytes()).hexdigest(), "scaled": 6, "np": 4.0}
     assert not folder.exists() and resumed["snapshot_kept"] is False  # all came back: the snapshot is done
+
+
+async def test_idle_culling_parks_a_kernel_pod_into_its_storage(api, jp_serverapp, sim_cluster, storage):
+    culler = jp_serverapp.web_app.settings["orion_jupyter_culler"]
+    code, kernel = await api("POST", "kernels", {"spec": SPEC})
+    assert code == 201, kernel
+    await run(jp_serverapp, kernel["id"], "answer = 42")
+    code, rows = await api("GET", "allocations")
+    assert [r["cull_parks"] for r in rows["kernels"] if r["kernel_id"] == kernel["id"]] == [True]
+
+    async def cull_when_due() -> list[str]:  # idle once the cell's last messages are in; then at its time
+        at = culler.cull_at(kernel["id"])
+        return await culler.run_once(now=at + timedelta(seconds=1)) if at is not None else []
+
+    await eventually_async(cull_when_due, timeout=20, until=lambda culled: culled == [kernel["id"]])
+    assert kernel["id"] not in jp_serverapp.kernel_manager
+    assert sim_cluster.get("pods", NS, kernel["vgpu"]["pod_name"]) is None
+    [parked] = (storage / HOME_FOLDER / "alice").iterdir()
+    assert json.loads((parked / "manifest.json").read_text())["entries"][0]["names"] == ["answer"]
+    code, resumed = await api("POST", f"snapshots/{parked.name}/resume")
+    assert code == 200 and await run(jp_serverapp, resumed["kernel_id"], "print(answer)") == "42"
 
 
 async def park_refused_for_location(api, serverapp) -> dict:
