@@ -248,3 +248,16 @@ async def test_a_kernel_that_mounts_the_users_storage_never_takes_a_warm_kernel(
                           volumes=({"name": "home", "hostPath": {"path": "/srv/alice"}},),
                           volume_mounts=({"name": "home", "mountPath": MOUNT},))
     assert await driver._claim_warm(launch) is None and warm.asked == []
+
+
+def test_a_park_under_way_in_the_same_storage_is_left_alone(tmp_path):
+    """Hub mode: the broker may be parking another kernel of the user into the same folder right now."""
+    from orion_jupyter import snapshot
+
+    folder = snapshot.user_folder(tmp_path / HOME_FOLDER, "ann")
+    under_way, dead, odd = (folder / (name + snapshot.PARTIAL) for name in (
+        snapshot.new_id(), "20260101T000000Z-0badf00d", "20261399T000000Z-0badf00d"))
+    for path in (under_way, dead, odd):
+        path.mkdir()
+    service(SimpleNamespace(kind="local"), tmp_path, timeout_seconds=600).forget_partial(folder)
+    assert under_way.is_dir() and not dead.exists() and not odd.exists()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -249,10 +250,16 @@ class SnapshotService:
                 "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
 
     def forget_partial(self, folder: Path) -> None:
-        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit."""
+        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit.
+        A park begun less than ``timeout_seconds`` ago (its id says when) may be under way, here or by the
+        broker in the same storage (hub mode), and is left alone."""
+        started_since = datetime.now(UTC) - timedelta(seconds=self.settings.timeout_seconds)
         for path in folder.glob("*" + snapshot.PARTIAL):
-            if path.with_name(path.name[:-len(snapshot.PARTIAL)]) not in self.writing:
-                shutil.rmtree(path, ignore_errors=True)
+            snapshot_id = path.name[:-len(snapshot.PARTIAL)]
+            begun = snapshot.id_time(snapshot_id)
+            if path.with_name(snapshot_id) in self.writing or (begun is not None and begun > started_since):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
     async def _park(self, kernel_id: str, owner: str, target: Path, where: Where) -> dict[str, Any]:
         """The kernel writes at its side of ``where``; this server reads the snapshot back at its own."""
