@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from traitlets.config import Config
 
 from orion_jupyter.server.snapshots import Snapshots, SnapshotService
 from orion_jupyter.snapshot import HOME_FOLDER, SnapshotError
@@ -40,10 +41,10 @@ print(json.dumps({"data": hashlib.sha256(data.tobytes()).hexdigest(), "scaled": 
 """
 
 
-def storage_config(storage: Path, **snapshots) -> object:
+def storage_config(storage: Path) -> Config:
     """The server on the simulated cluster, kernel pods mounting ``storage`` at MOUNT."""
     config = server_config(Snapshots={"location": str(storage / HOME_FOLDER), "max_snapshot_bytes": LIMIT,
-                                      "kernel_location": f"{MOUNT}/{HOME_FOLDER}", **snapshots})
+                                      "kernel_location": f"{MOUNT}/{HOME_FOLDER}"})
     config.VGPUProvisioner.volumes = [{"name": "home", "hostPath": {"path": str(storage)}}]
     config.VGPUProvisioner.volume_mounts = [{"name": "home", "mountPath": MOUNT}]
     return config
