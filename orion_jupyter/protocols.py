@@ -76,6 +76,7 @@ class BackendView(Protocol):
     uses_images: bool  # whether a kernel's image matters (the image allow-list applies)
     decides_instructors: bool  # True: the backend (the broker) says who is an instructor, by PermissionError
     decides_culling: bool  # True: the backend (the broker) stops idle kernels; cull_fields / keep / set_exempt
+    decides_budgets: bool  # True: the backend (the broker) meters budgets; budget / topup_budget / budget_rows
 
     async def start(self) -> None: ...
     async def pool(self) -> PoolSnapshot: ...
@@ -90,7 +91,6 @@ class BackendView(Protocol):
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
     async def waiting(self, user: str) -> list[dict[str, Any]]: ...  # ``user``'s launches waiting in a queue
     async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
-    async def budget(self) -> dict[str, Any]: ...  # this server's user's vGPU-hour budget ({"budget": None}: none)
 
 
 @dataclass(frozen=True)
@@ -120,15 +120,13 @@ class WarmClaims(Protocol):
 
 class DirectMode:
     """For a view of direct mode: launches never wait in a queue there, and this server culls its own
-    idle kernels (in hub mode the broker does both)."""
+    idle kernels and meters its own budgets (in hub mode the broker does all three)."""
 
     decides_culling = False
+    decides_budgets = False
 
     async def waiting(self, user: str) -> list[dict[str, Any]]:
         return []
 
     async def cancel_waiting(self, kernel_id: str) -> bool:
         return False
-
-    async def budget(self) -> dict[str, Any]:
-        return {"budget": None, "text": "vGPU-hour budgets are the broker's (hub mode)"}

@@ -275,6 +275,18 @@ class ClassSettings(LoggingConfigurable):
                          help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
                               "idle clock) in one idle stretch; activity in the kernel gives them back.")
     cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
+    budgets = Dict(config=True,
+                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
+                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
+                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
+                        "'4Gi', 'rate': 0.5}], 'interval': 60}; 'student' is per user (direct mode: each user of "
+                        "this server), 'course' for all kernels of the course (direct mode: c.VGPUProvisioner.course); "
+                        "the broker's courses may set their own in c.Broker.courses[group]['budget'] = {'student': 5, "
+                        "'course': 200}. 0 or empty: no budget. At zero a kernel is parked (where snapshots are kept) "
+                        "or stopped, with the reason, and a launch is refused until the reset.")
+    lab_timezone = Unicode("", config=True,
+                           help="The time zone of budgets' weekly reset and of the broker's warm pools' and rosters' "
+                                "hours (an IANA name such as 'Europe/Berlin'); empty: this machine's local time.")
 
     def is_instructor_named(self, name: str, groups: Iterable[str]) -> bool:
         """An exact user name in ``instructors``, or a member of an instructor group."""

@@ -113,13 +113,6 @@ class Broker(Application, ClassSettings):
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing. 'budget' ({'student': 5, 'course': 200} vGPU-hours) "
                         "and 'weight' (its fair share of the pool): see c.Broker.budgets and fair_share_half_life.")
-    budgets = Dict(config=True,
-                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
-                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
-                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
-                        "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
-                        "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
-                        "the reason and a launch refused until the reset.")
     fair_share_half_life = Float(0.0, config=True,
                                  help="Seconds in which a course's and a student's remembered vGPU use halves; with it "
                                       "the next free vGPU goes to the course with the least use against its 'weight' "
@@ -175,9 +168,6 @@ class Broker(Application, ClassSettings):
                         "with their own storage (c.Broker.volumes): {'ai101': {'vgpus': 1, 'memory': '4Gi', "
                         "'hours': {'days': 'tue', 'start': '09:00', 'end': '11:00'}, 'grace': 1200}}; those not "
                         "claimed 'grace' seconds after the start are stopped.")
-    lab_timezone = Unicode("", config=True,
-                           help="The time zone of warm pools' and rosters' hours (an IANA name such as "
-                                "'Europe/Berlin'); empty: the broker's local time.")
     warm_interval = Float(5.0, config=True,
                           help="Seconds between checks that warm pools are full and rosters pre-warmed.")
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
