@@ -264,6 +264,7 @@ class BrokerView:
         self._last_pool = PoolSnapshot()
         self._rows: dict[str, dict[str, Any]] = {}
         self._budget_rows: list[dict[str, Any]] = []
+        self.home = ""  # where kernel pods mount this user's server root, as the broker last said
 
     async def start(self) -> None:
         return None
@@ -272,8 +273,17 @@ class BrokerView:
         code, body = await self.client.call("GET", "api/pool")
         if code == 200 and isinstance(body, dict):
             self.count_resource = body.get("count_resource", self.count_resource)
+            self.home = body["home"] if isinstance(body.get("home"), str) else ""
             self._last_pool = PoolSnapshot.from_dict(body)
         return self._last_pool
+
+    async def kernel_home(self) -> str:
+        """Where kernel pods mount this user's server root (the broker's c.Broker.home_mount_path; '': they
+        mount no storage of the user's). Asked again until the broker names one: it does not change while
+        it runs."""
+        if not self.home:
+            await self.pool()
+        return self.home
 
     def last_pool(self) -> PoolSnapshot:
         return self._last_pool

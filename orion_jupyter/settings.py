@@ -123,6 +123,14 @@ class KernelSettings(LoggingConfigurable):
     extra_env = Dict(Unicode(), config=True, help="Extra environment for kernels (never the server's own environment).")
     labels = Dict(Unicode(), config=True, help="Extra labels on kernel pods.")
     annotations = Dict(Unicode(), config=True, help="Extra annotations on kernel pods.")
+    volumes = List(Dict(), config=True,
+                   help="Direct mode on Kubernetes: volumes of every kernel pod, KubeSpawner's shape with {username} "
+                        "and {servername} templates, e.g. the user's storage for snapshots of parked kernels "
+                        "(c.Snapshots.kernel_location). A kernel that mounts volumes never takes a warm kernel "
+                        "(those start before anyone claims them). Hub mode: c.Broker.volumes.")
+    volume_mounts = List(Dict(), config=True,
+                         help="Direct mode on Kubernetes: mounts of those volumes in the kernel container, e.g. "
+                              "[{'name': 'home', 'mountPath': '/home/jovyan'}]; templated like volumes.")
     scheduler_name = Unicode(None, allow_none=True, config=True,
                              help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
     run_as_user = Int(1000, config=True, help="UID kernel containers run as (never root).")

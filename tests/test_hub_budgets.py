@@ -5,13 +5,10 @@ everyone's use in the class view)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.classroom import BROKER, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.classroom import BROKER, class_hub_with, kernel_objects, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
-from tests.hub import HubHTTPError
 from tests.test_direct_budgets import BUDGET_FIELDS  # the same shape as a direct-mode server's
 
 BUDGET = 0.003  # vGPU-hours: about 11 s of one vGPU
@@ -23,12 +20,6 @@ def budget_hub(hub_factory, sim_cluster, tmp_path):
               "c.Broker.lab_timezone = 'Europe/Berlin'"]
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=["student1", "teacher"]) as hub_broker:
         yield hub_broker
-
-
-async def refused(call) -> tuple[int, dict]:
-    with pytest.raises(HubHTTPError) as caught:
-        await call
-    return caught.value.code, json.loads(caught.value.body)
 
 
 @pytest.mark.timeout(300)

@@ -407,7 +407,8 @@ class PoolHandler(BrokerHandler):
     async def get(self) -> None:
         pool = await self.broker.view.pool()
         self.reply({**pool.as_dict(), "count_resource": self.broker.view.count_resource,
-                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary()})  # held, unclaimed
+                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary(),  # held, unclaimed
+                    "home": self.broker.home_mount_path})  # the user's storage in kernel pods ('': none)
 
 
 class ClassHandler(BrokerHandler):
