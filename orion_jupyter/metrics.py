@@ -51,7 +51,10 @@ WARM_MISSES = Counter("orion_jupyter_broker_warm_misses",
 WARM_IDLE = Counter("orion_jupyter_broker_warm_idle_seconds",
                     "Seconds warm kernels held a vGPU unclaimed (their cost), counted when claimed or stopped.",
                     registry=CLASS_REGISTRY)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
 LOOP_LAG = Histogram("orion_jupyter_broker_loop_lag_seconds",
-                     "How late the broker's event loop ran a timer due every 50 ms (a loop busy with other work).",
-                     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5),
-                     registry=CLASS_REGISTRY)
+                     "How late the broker's event loop ran a timer due every 50 ms (a loop busy with other work, or "
+                     "a node short of CPU).", buckets=LAG_BUCKETS, registry=CLASS_REGISTRY)
+LOOP_BUSY = Histogram("orion_jupyter_broker_loop_busy_seconds",
+                      "The same lateness less the time the loop's thread waited for a CPU meanwhile (Linux): the "
+                      "broker's own share.", buckets=LAG_BUCKETS, registry=CLASS_REGISTRY)
