@@ -130,6 +130,7 @@ def test_quick_university_answers_every_launch(tmp_path):
     assert university["students"] == university["answered"] == 40 and university["outcomes"] == {"started": 40}
     assert 0 < university["queued"] <= 30 and university["stop_codes"] == {"200": 40}
     assert university["loop_lag_samples"] > 0 and university["loop_lag_p99_ms"] is not None
+    assert university["loop_busy_p99_ms"] is not None and university["loop_thread_cpu_wait_s"] >= 0
     assert university["broker_cpu_s"] > 0 and university["broker_net_cpu_ms_per_launch"] >= 0
     assert university["watch_pods"] == 400 and university["broker_rss_mb"] > 0
     assert university["watch_started"] == university["watch_launches"] == 20

@@ -1,0 +1,94 @@
+"""What keeps one broker fast for a university (benchmarks/university.py measures it): the kernel pods as
+admission reads them kept from the watch's events (broker/pod_index.py), the watch cache's pods compacted
+(k8s/pods.py), the loop's lag sampled with and without its thread's waits for a CPU (broker/looplag.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from orion_jupyter.broker.looplag import LoopLag
+from orion_jupyter.broker.pod_index import KernelPodIndex
+from orion_jupyter.core.ledger import Holding
+from orion_jupyter.k8s.pods import trim_pod
+
+
+def kernel_pod(name: str, kernel_id: str, user: str, vgpus: int = 1, node: str | None = None,
+               phase: str = "Pending", warm: bool = False) -> dict:
+    labels = {"app.kubernetes.io/managed-by": "orion-jupyter", "orion-jupyter.io/kernel-id": kernel_id,
+              "orion-jupyter.io/course": "ai101", **({"orion-jupyter.io/warm": "true"} if warm else {})}
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "labels": labels,
+                         "annotations": {"orion-jupyter.io/user": user, "orion-jupyter.io/course": "ai101",
+                                         "orion-jupyter.io/vgpu-request": json.dumps(
+                                             {"vgpus": vgpus, "memory_mib": 1024, "compute_percent": None})}},
+            "spec": {"nodeName": node, "containers": [{"name": "kernel", "resources": {}}]},
+            "status": {"phase": phase}}
+
+
+class Watch:
+    def __init__(self):
+        self.listeners = []
+
+    def subscribe(self, listener, loop=None):
+        self.listeners.append(listener)
+        return lambda: None
+
+
+class Cluster:
+    def __init__(self, pods):
+        self.pods = Watch()
+        self._pods = pods
+
+    def kernel_pods(self):
+        return list(self._pods)
+
+
+async def test_the_index_follows_the_watch_events():
+    cluster = Cluster([kernel_pod("p-a", "k-a", "ann", node="n1", phase="Running")])
+    index = KernelPodIndex(cluster)
+    assert index.holdings() == [Holding("k-a", "ann", "ai101", 1, 1024)]  # read once, then followed
+    assert index.pod_names("k-a") == ["p-a"] and index.placed("k-a") and index.pod_names("k-b") == []
+    (listener,) = cluster.pods.listeners
+    listener("ADDED", kernel_pod("p-b", "k-b", "ben", vgpus=2))
+    assert not index.placed("k-b") and index.pod_names("k-b") == ["p-b"]
+    listener("MODIFIED", kernel_pod("p-b", "k-b", "ben", vgpus=2, node="n2"))
+    assert index.placed("k-b") and sorted(h.user for h in index.holdings()) == ["ann", "ben"]
+    listener("MODIFIED", kernel_pod("p-a", "k-a", "ann", node="n1", phase="Succeeded"))  # ended: holds nothing
+    assert [h.user for h in index.holdings()] == ["ben"] and index.pod_names("k-a") == ["p-a"]
+    listener("ADDED", kernel_pod("p-w", "k-w", "", warm=True))  # a warm kernel is nobody's until claimed
+    assert [h.user for h in index.holdings()] == ["ben"]
+    listener("DELETED", kernel_pod("p-b", "k-b", "ben", vgpus=2, node="n2"))
+    listener("DELETED", kernel_pod("p-a", "k-a", "ann"))
+    assert index.holdings() == [] and index.pod_names("k-b") == [] and not index.placed("k-b")
+    assert set(index.kernels) == {"k-w"}
+
+
+def test_cached_pods_share_their_names_and_keep_what_is_read():
+    def parsed(i):
+        pod = kernel_pod(f"p-{i}", f"k-{i}", "ann", node="n1", phase="Running")
+        pod["status"]["conditions"] = [{"type": t, "status": "True", "lastTransitionTime": "2026-12-07T07:00:00Z"}
+                                       for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
+        pod["status"]["containerStatuses"] = [{"name": "kernel", "ready": True, "imageID": "sha256:1", "image": "x",
+                                               "state": {"running": {"startedAt": "2026-12-07T07:00:00Z"}}}]
+        return trim_pod(json.loads(json.dumps(pod)))  # each event is parsed into new strings
+
+    one, two = parsed(1), parsed(2)
+    assert one["status"]["phase"] is two["status"]["phase"]  # one "Running" for every pod
+    assert next(iter(one["metadata"]["labels"])) is next(iter(two["metadata"]["labels"]))
+    assert [c["type"] for c in one["status"]["conditions"]] == ["PodScheduled", "Ready"]
+    assert one["status"]["containerStatuses"] == [{"name": "kernel", "image": "x",
+                                                  "state": {"running": {"startedAt": "2026-12-07T07:00:00Z"}}}]
+    assert one["metadata"]["name"] == "p-1" and one["spec"]["nodeName"] == "n1"
+
+
+async def test_the_loop_lag_and_the_busy_part_of_it():
+    lags, busy = [], []
+    sampler = LoopLag(interval=0.01, observe=lags.append, observe_busy=busy.append)
+    sampler.start()
+    await asyncio.sleep(0.05)
+    time.sleep(0.1)  # the loop kept busy: the next tick is late by about that much
+    await asyncio.sleep(0.03)
+    sampler.stop()
+    assert max(lags) >= 0.08 and len(busy) == len(lags)
+    assert max(busy) <= max(lags) and max(busy) >= 0.05  # a busy loop, not one waiting for a CPU
