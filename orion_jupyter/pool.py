@@ -6,6 +6,7 @@ Computed from caches (the shared watches, or the local slot table), never with a
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -223,11 +224,63 @@ def extended_limits(pod: Mapping) -> dict[str, int]:
     return held
 
 
+class HeldByNode:
+    """What this project's pods hold on each node (extended resources), kept pod by pod: ``apply`` each watch
+    event (from the watch's own thread) and the pool is summed per node, not per pod, after every change
+    (20,000 pods: ~35 ms a sum otherwise, after each of a burst's events)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pods: dict[tuple[str, str], tuple[str, str, dict[str, int]]] = {}  # key -> (uid, node, held)
+        self._nodes: dict[str, dict[str, int]] = {}
+        self._on_node: dict[str, int] = {}  # node -> how many of the pods are on it
+        self.version = 0  # bumped after every change of the sums
+
+    def apply(self, kind: str, pod: Mapping) -> None:
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        counted = bool(kind != "DELETED" and node and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES)
+        held = extended_limits(pod) if counted else {}
+        with self._lock:
+            old = self._pods.pop(key, None)
+            if old is not None and old[1]:
+                self._count(old[1], old[2], -1)
+            if kind != "DELETED":
+                self._pods[key] = (meta.get("uid") or "", node if counted else "", held)
+                if counted:
+                    self._count(node, held, 1)
+            self.version += 1
+
+    def _count(self, node: str, held: Mapping[str, int], sign: int) -> None:
+        sums = self._nodes.setdefault(node, {})
+        for resource, amount in held.items():
+            sums[resource] = sums.get(resource, 0) + sign * amount
+        self._on_node[node] = self._on_node.get(node, 0) + sign
+        if not self._on_node[node]:
+            del self._on_node[node], self._nodes[node]
+
+    def sums(self, uids: bool = False) -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+        """Per node, what the pods hold (and, with ``uids``, every pod's uid)."""
+        with self._lock:
+            return ({node: dict(held) for node, held in self._nodes.items()},
+                    frozenset(uid for uid, _, _ in self._pods.values()) if uids else frozenset())
+
+
 def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping],
                       foreign: Iterable[Mapping] | None = None, not_foreign: Container[str] = ()) -> PoolSnapshot:
     """The pool from node objects, this project's kernel pods and (when visible) every other pod
     bound to a node that holds extended resources (except the uids in ``not_foreign``: this project's
     pods just deleted, which a cluster-wide watch may still hold for a moment)."""
+    held = HeldByNode()
+    for pod in pods:
+        held.apply("ADDED", pod)
+    return pool_from_held(nodes, held, foreign, not_foreign)
+
+
+def pool_from_held(nodes: Iterable[Mapping] | None, held: HeldByNode, foreign: Iterable[Mapping] | None = None,
+                   not_foreign: Container[str] = ()) -> PoolSnapshot:
+    """``pool_from_cluster`` with this project's pods already summed per node."""
     by_node: dict[str, NodePool] = {}
     for node in nodes or []:
         meta = node.get("metadata", {})
@@ -239,15 +292,12 @@ def pool_from_cluster(nodes: Iterable[Mapping] | None, pods: Iterable[Mapping],
             resources={r: ResourceCount(allocatable=_amount(v)) for r, v in allocatable.items() if "/" in r},
             device_memory_mib=_amount(labels.get(GPU_MEMORY_LABEL)) or None,
         )
-    for pod in pods:
-        node_name = pod.get("spec", {}).get("nodeName")
-        if not node_name or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
-            continue
+    sums, ours = held.sums(uids=foreign is not None)
+    for node_name, amounts in sums.items():
         node = by_node.setdefault(node_name, NodePool(name=node_name))
-        for resource, amount in extended_limits(pod).items():
+        for resource, amount in amounts.items():
             node.resources.setdefault(resource, ResourceCount()).allocated += amount
     if foreign is not None:
-        ours = {(p.get("metadata") or {}).get("uid") for p in pods}
         for node in by_node.values():
             for count in node.resources.values():
                 count.others = 0

@@ -1,6 +1,7 @@
 """What keeps one broker fast for a university (benchmarks/university.py measures it): the kernel pods as
 admission reads them kept from the watch's events (broker/pod_index.py), the watch cache's pods compacted
-(k8s/pods.py), the loop's lag sampled with and without its thread's waits for a CPU (broker/looplag.py)."""
+(k8s/pods.py), the pool summed per node from the watch's events (pool.py), the loop's lag sampled with and
+without its thread's waits for a CPU (broker/looplag.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from orion_jupyter.broker.looplag import LoopLag
 from orion_jupyter.broker.pod_index import KernelPodIndex
 from orion_jupyter.core.ledger import Holding
 from orion_jupyter.k8s.pods import trim_pod
+from orion_jupyter.pool import HeldByNode, pool_from_cluster, pool_from_held
 
 
 def kernel_pod(name: str, kernel_id: str, user: str, vgpus: int = 1, node: str | None = None,
@@ -92,3 +94,24 @@ async def test_the_loop_lag_and_the_busy_part_of_it():
     sampler.stop()
     assert max(lags) >= 0.08 and len(busy) == len(lags)
     assert max(busy) <= max(lags) and max(busy) >= 0.05  # a busy loop, not one waiting for a CPU
+
+
+def test_the_pool_summed_per_node_from_events_is_the_pool_summed_per_pod():
+    def pod(name, node, vgpus, phase="Running"):
+        return {"metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+                "spec": {"nodeName": node, "containers": [{"resources": {"limits": {"virtaitech.com/gpu": str(vgpus),
+                                                                                    "cpu": "1"}}}]},
+                "status": {"phase": phase}}
+
+    nodes = [{"metadata": {"name": n, "labels": {}}, "status": {"allocatable": {"virtaitech.com/gpu": "8"}}}
+             for n in ("n1", "n2")]
+    foreign = [pod("theirs", "n2", 3), {**pod("ours-too", "n1", 1), "metadata": {"uid": "uid-b"}}]
+    held = HeldByNode()
+    for kind, obj in (("ADDED", pod("a", None, 1)), ("MODIFIED", pod("a", "n1", 1)), ("ADDED", pod("b", "n1", 2)),
+                      ("ADDED", pod("c", "n3", 1)), ("MODIFIED", pod("c", "n3", 1, "Succeeded")),
+                      ("ADDED", pod("d", "n2", 4)), ("DELETED", pod("d", "n2", 4))):
+        held.apply(kind, obj)
+    now = [pod("a", "n1", 1), pod("b", "n1", 2), pod("c", "n3", 1, "Succeeded")]
+    assert pool_from_held(nodes, held, foreign).as_dict() == pool_from_cluster(nodes, now, foreign).as_dict()
+    assert pool_from_held(nodes, held).totals()["virtaitech.com/gpu"].allocated == 3
+    assert pool_from_held(nodes, held, foreign).totals()["virtaitech.com/gpu"].allocated == 6  # b is ours, not theirs

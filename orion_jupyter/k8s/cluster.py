@@ -25,7 +25,7 @@ from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
-from ..pool import PoolSnapshot, pool_from_cluster
+from ..pool import HeldByNode, PoolSnapshot, pool_from_held
 from ..protocols import WarmClaims
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
@@ -89,6 +89,8 @@ class KubeCluster:
         self.warm: WarmClaims | None = None  # warm kernels a direct-mode server keeps here (server/warm.py)
         self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
         self.pods.subscribe(self._remember_stops)
+        self.held = HeldByNode()  # what the kernel pods hold per node, for the pool
+        self.pods.subscribe(self.held.apply)
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
@@ -169,14 +171,14 @@ class KubeCluster:
         """The pool, recomputed only after the pods or nodes changed (callers must not modify it)."""
         nodes_visible = self.nodes is not None and self.nodes.lists > 0
         others_visible = self.others is not None and self.others.lists > 0
-        version = (self.pods.version, self.nodes.version if nodes_visible else -1,
+        version = (self.held.version, self.nodes.version if nodes_visible else -1,
                    self.others.version if others_visible else -1)
         warnings = tuple(w for w in (watch.warning() for watch in self._watches()) if w)
         version = (*version, warnings)
         cached = self._pool_cache
         if cached is None or cached[0] != version:
-            snapshot = pool_from_cluster(self.nodes.items() if nodes_visible else None, self.pods.items(),
-                                         self.others.items() if others_visible else None, not_foreign=self.gone_uids)
+            snapshot = pool_from_held(self.nodes.items() if nodes_visible else None, self.held,
+                                      self.others.items() if others_visible else None, not_foreign=self.gone_uids)
             snapshot.warnings = list(warnings)  # a watch failing for a while: what the pool shows may be stale
             self._pool_cache = cached = (version, snapshot)
         return cached[1]
