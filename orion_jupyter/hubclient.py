@@ -110,9 +110,11 @@ class BrokerClient:
         kernel_id = body["kernel_id"]
         ticket = ""
         left_queue = False  # a progress line came: the launch is no longer waiting
+        broke_at, delay = None, 0.5  # since when, and how long until the next try, while the stream is broken
 
         def on_item(item: dict) -> None:
-            nonlocal ticket, left_queue
+            nonlocal ticket, left_queue, broke_at, delay
+            broke_at, delay = None, 0.5  # the broker answers (again)
             if LINE_QUEUED in item and isinstance(item[LINE_QUEUED], dict):
                 place = item[LINE_QUEUED]
                 ticket = str(place.get(TICKET) or ticket)
@@ -123,7 +125,6 @@ class BrokerClient:
                 self.waiting.pop(kernel_id, None)
                 progress(str(item[LINE_PROGRESS]))
 
-        broke_at, delay = None, 0.5
         try:
             while True:
                 try:
