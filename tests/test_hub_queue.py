@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.classroom import BROKER, COURSE, NS, class_hub_with, kernel_objects, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, NS, SPEC, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
 
@@ -116,6 +116,15 @@ def restart_hub(hub_factory, sim_cluster, tmp_path):
         yield hub_broker
 
 
+async def launch_through_a_restart(hub, user: str, kernel_id: str) -> tuple[int, dict]:
+    """``launch``, its request allowed to last through the broker's restart and the line's moves."""
+    try:
+        return 201, await hub.server_api(user, "POST", "orion/api/kernels", {"spec": SPEC, "kernel_id": kernel_id},
+                                         timeout=240)
+    except HubHTTPError as err:
+        return err.code, json.loads(err.body)
+
+
 def kept_places(sim_cluster) -> list[str]:
     """The users of the queue's places as the broker's state ConfigMap keeps them, in order."""
     state = next((c for c in sim_cluster.objects("configmaps", NS) if c["metadata"]["name"] == "orion-broker-state"),
@@ -133,7 +142,7 @@ async def test_a_broker_restart_mid_queue_keeps_the_order_and_the_budgets(restar
     assert (await launch(hub, first, kernel_ids[first]))[0] == 201
     launches = {}
     for user in line:  # one after another: the line's order is the order they asked in
-        launches[user] = asyncio.ensure_future(launch(hub, user, kernel_ids[user]))
+        launches[user] = asyncio.ensure_future(launch_through_a_restart(hub, user, kernel_ids[user]))
         await eventually_async(lambda u=user: places(hub, [u]), timeout=30, until=lambda found: len(found) == 1)
     await in_line(hub, line)
     teacher = await hub.server_token("teacher")
