@@ -13,8 +13,8 @@ def test_widget_renders_in_jupyterlab(lab_server, tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from orion_jupyter.widgets import VGPUPanel\npanel = VGPUPanel()\npanel"), nbformat.v4.new_code_cell(
         "import time\nblob = []\nfor _ in range(12):\n    blob.append(bytearray(40_000_000))\n    time.sleep(1)")])
-    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
-                                       "language": "python"}
+    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "language": "python",
+                                       "display_name": "Python\u00a03 · 1\u00a0vGPU · 2\u00a0GiB"}
     nbformat.write(notebook, lab_server.root / "widget.ipynb")
     screenshot = tmp_path / "widget.png"
     run = subprocess.run(["node", str(BROWSER_DIR / "widget.mjs"), lab_server.base, lab_server.token, "widget.ipynb",

@@ -8,7 +8,13 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import {
+  ICommandPalette,
+  IKernelStatusModel,
+  ISessionContext,
+  ISessionContextDialogs,
+  Toolbar
+} from '@jupyterlab/apputils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
@@ -21,6 +27,7 @@ import { getAllocations, getClass, getPool, getQueue, getSnapshots } from './api
 import { newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
+import { RealGrantNames } from './kernelname';
 import { DEMOS, ILaunchContext, openDemo } from './launch';
 import {
   DEFAULT_REFRESH_MS,
@@ -253,4 +260,28 @@ const refusalPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin, refusalPlugin];
+const kernelNamePlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:kernel-name`,
+  description:
+    "A notebook's vGPU kernel named by what the server granted it (8 GiB asked of the 4 GiB spec: \"1 vGPU · 8 GiB\"), in the toolbar and the status bar's kernel item.",
+  autoStart: true,
+  requires: [IVGPUModel],
+  optional: [INotebookTracker, IKernelStatusModel, ISessionContextDialogs, ITranslator],
+  activate: (
+    _: JupyterFrontEnd,
+    model: IVGPUModel,
+    tracker: INotebookTracker | null,
+    kernelStatus: IKernelStatusModel | null,
+    dialogs: ISessionContextDialogs | null,
+    translator: ITranslator | null
+  ) => {
+    if (tracker) {
+      const nameItem = (context: ISessionContext) =>
+        Toolbar.createKernelNameItem(context, dialogs ?? undefined, translator ?? undefined);
+      const trans = (translator ?? nullTranslator).load(DOMAIN);
+      new RealGrantNames(model, tracker, kernelStatus, nameItem, trans);
+    }
+  }
+};
+
+export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin, refusalPlugin, kernelNamePlugin];
