@@ -1,8 +1,9 @@
 // The orion-jupyter extension in Notebook 7 (`jupyter notebook`), in Debian's chromium: its plugins
 // activate on the tree and notebook pages (no status bar there), File > New offers "vGPU Notebook…",
 // the vGPU sidebar shows the notebook's kernel, and "New vGPU notebook…" opens the new notebook (in
-// a new tab, as Notebook 7 does) on the kernel it started. Every browser console error is collected;
-// those that come from the extension (its files, its plugins, its REST API) are told apart.
+// a new tab, as Notebook 7 does) on the kernel it started, the toolbar naming that kernel's grant.
+// Every browser console error is collected; those that come from the extension (its files, its
+// plugins, its REST API) are told apart.
 // Prints one JSON line. Usage: node notebook7.mjs BASE_URL TOKEN NOTEBOOK_PATH SCREENSHOT_DIR
 import { chromium } from 'playwright-core';
 
@@ -136,13 +137,15 @@ try {
   await page.evaluate(() => { void window.jupyterapp.commands.execute('orion-jupyter:new-vgpu-notebook'); });
   await page.locator('.orion-LaunchDialog').waitFor();
   await page.locator('.orion-LaunchDialog input[value="orion-1x2gi"]').check();
+  await page.locator('.orion-LaunchDialog input[name="memory"]').fill('3Gi');  // more than the spec's 2 GiB
   const opened = context.waitForEvent('page', { timeout: 60000 });
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
   const tab = await opened;
   await kernelRuns(tab, 'new_tab');
   result.new_tab = new URL(tab.url()).pathname;
   const kernelName = tab.locator('.jp-KernelName').first();
-  await tab.waitForFunction((node) => !node.textContent.includes('No Kernel'), await kernelName.elementHandle());
+  // (named by its grant once the page has the kernel's allocation from the server)
+  await tab.waitForFunction((node) => /3\sGiB/.test(node.textContent), await kernelName.elementHandle());
   result.new_tab_kernel_name = await kernelName.innerText();
   await tab.screenshot({ path: `${shots}/nb7-new.png` });
   result.sessions = await page.evaluate(async () =>
