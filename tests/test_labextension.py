@@ -89,7 +89,7 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["slider_max"] == str(32 * 1024)
 
     # A new notebook opened on the kernel the dialog started: the 2 GiB spec, 3 GiB asked for.
-    assert result["kernel_name"] == SPEC_1X2GI
+    assert result["kernel_name"] == "Python\u00a03 · 1\u00a0vGPU · 3\u00a0GiB", result["kernel_name"]  # its grant
     [session] = result["sessions"]
     assert session["path"].startswith("Untitled") and session["path"].endswith(".ipynb")
     assert session["kernel"]["name"] == "orion-1x2gi"
