@@ -1,6 +1,8 @@
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -114,21 +116,42 @@ def lab_server(tmp_path):
 
 
 @pytest.fixture
-def lab_workspace_server(tmp_path):
-    """`scripts/lab` as a newcomer runs it: no folder given, so it serves its workspace (~/orion-notebooks)."""
-    yield from _serve_lab(tmp_path, tmp_path / "orion-notebooks", [])
+def fresh_clone(tmp_path) -> Path:
+    """This checkout as a newcomer's fresh clone: the files git has or would add (as they are now,
+    committed or not; nothing ignored, nothing built) in a new repository, committed."""
+    clone = tmp_path / "clone"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout
+    for name in filter(None, listed.split(b"\0")):
+        source, target = ROOT / os.fsdecode(name), clone / os.fsdecode(name)
+        if source.is_file() or source.is_symlink():  # (a file deleted but not yet committed is not)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)
+    git = ["git", "-c", "user.name=newcomer", "-c", "user.email=newcomer@example.org", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "fresh clone"]):
+        subprocess.run([*git, *args], cwd=clone, check=True, capture_output=True)
+    return clone
 
 
-def _serve_lab(tmp_path, root, args):
+@pytest.fixture
+def lab_workspace_server(tmp_path, fresh_clone):
+    """`scripts/lab` as a newcomer runs it in a fresh clone: no folder given, so it serves its workspace
+    (~/orion-notebooks). The clone's own code runs, in this test environment (no bootstrap there)."""
+    yield from _serve_lab(tmp_path, tmp_path / "orion-notebooks", [], checkout=fresh_clone,
+                          env={"ORION_JUPYTER_PYTHON": sys.executable})
+
+
+def _serve_lab(tmp_path, root, args, checkout=ROOT, env=None):
     port, token = _free_port(), uuid.uuid4().hex
     # JUPYTER_PATH stays: a developer's own labextension build, put first on it, is the one served.
+    extra = env or {}
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("JUPYTER") and k != "JUPYTER_PATH") and k != "KUBECONFIG"}
-    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
+    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"), **extra)
     log = tmp_path / "lab-server.log"
     with log.open("w") as output:  # a file, not a pipe nobody reads (a full pipe would block the server)
         server = subprocess.Popen(
-            [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+            [str(checkout / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.token={token}", *args],
             env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
     lab = LabServer(f"http://127.0.0.1:{port}", token, root, log)
