@@ -325,7 +325,21 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     [new] = [s for s in result["sessions"] if s["path"] != "vgpu.ipynb"]
     assert result["new_tab"].endswith(new["path"]) and new["name"] == "orion-1x2gi"
     assert result["kernels"] == 2
-    for shot in ("nb7-tree", "nb7-notebook", "nb7-new"):
+
+    # A full pool (two more kernels over the REST API): the dialog says why, its Start disabled.
+    assert result["blocked_text"].startswith("No vGPU kernel can start now. Not enough vGPUs free: "), result
+    assert result["start_disabled"]
+    # The tree's New menu: its vGPU spec item starts the kernel first, so the refusal is the server's
+    # sentence in a dialog that wraps it, and no notebook is made and no tab opened.
+    assert result["refusal_title"] == f"Could not start {SPEC_1X2GI}"
+    assert result["refusal"]["text"].startswith("Not enough vGPUs free: ") and "Stop a kernel" in \
+        result["refusal"]["text"] and result["refusal"]["fits"], result["refusal"]
+    assert result["tabs_opened"] == 0 and result["untitled_after"] == result["untitled_before"], result
+    assert result["refusals_logged"] == 1  # (the browser's console line for the 409, and nothing else)
+    # The sidebar's Stop asks first; Cancel keeps the kernel.
+    assert "Its variables and any running cell are lost" in result["stop_question"], result["stop_question"]
+    assert result["kernels_after_cancel"] == 4
+    for shot in ("nb7-tree", "nb7-notebook", "nb7-new", "nb7-full-pool-dialog", "nb7-refused", "nb7-stop"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
 
 

@@ -24,10 +24,10 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
 import { getAllocations, getClass, getPool, getQueue, getSnapshots } from './api';
-import { newVGPUNotebook } from './dialog';
+import { newNotebookOnSpec, newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
-import { RealGrantNames } from './kernelname';
+import { RealGrantNames, specGrant } from './kernelname';
 import { DEMOS, ILaunchContext, openDemo } from './launch';
 import {
   DEFAULT_REFRESH_MS,
@@ -50,6 +50,7 @@ const DEMO_CATEGORY_RANK = 10;
 namespace CommandIDs {
   export const newNotebook = 'orion-jupyter:new-vgpu-notebook';
   export const openDemo = 'orion-jupyter:open-demo';
+  export const newOnSpec = 'orion-jupyter:new-notebook-on-spec';
   export const showPanel = 'orion-jupyter:show-vgpu-panel';
 }
 
@@ -163,12 +164,31 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
       execute: args => openDemo(ctx, String(args.name))
     });
     palette?.addItem({ command: CommandIDs.newNotebook, category });
+    // A vGPU spec's item in Notebook 7's New menu (newmenu.ts): the kernel first, then the notebook.
+    const vgpuSpec = (name: string) => {
+      const spec = app.serviceManager.kernelspecs.specs?.kernelspecs[name];
+      const grant = specGrant(spec?.metadata);
+      return spec && grant ? { name, display_name: spec.display_name, vgpus: grant.vgpus } : null;
+    };
+    app.commands.addCommand(CommandIDs.newOnSpec, {
+      label: args => vgpuSpec(String(args.spec))?.display_name ?? String(args.spec),
+      caption: trans.__('Start this vGPU kernel, then open a new notebook on it'),
+      execute: args => {
+        const spec = vgpuSpec(String(args.spec));
+        return spec ? newNotebookOnSpec(ctx, spec) : undefined;
+      }
+    });
     if (defaultBrowser) {
-      void extendNewMenu(app, defaultBrowser, [
-        { command: CommandIDs.newNotebook },
-        ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
-        { command: CommandIDs.showPanel }
-      ]);
+      void extendNewMenu(
+        app,
+        defaultBrowser,
+        [
+          { command: CommandIDs.newNotebook },
+          ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
+          { command: CommandIDs.showPanel }
+        ],
+        name => (vgpuSpec(name) ? { command: CommandIDs.newOnSpec, args: { spec: name } } : null)
+      );
     }
     for (const demo of DEMOS) {
       palette?.addItem({ command: CommandIDs.openDemo, category, args: { name: demo.name } });

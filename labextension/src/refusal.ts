@@ -70,10 +70,13 @@ async function remove(
   panel: NotebookPanel,
   trans: TranslationBundle
 ): Promise<void> {
+  if (panel.isDisposed) {
+    return; // (its model, too: nothing to read)
+  }
   const { context } = panel;
   const model = context.model;
   const sources = model ? Array.from(model.cells, cell => cell.sharedModel.getSource()) : [];
-  if (panel.isDisposed || panel.sessionContext.session || !isFreshNotebook(context.path, sources)) {
+  if (panel.sessionContext.session || !isFreshNotebook(context.path, sources)) {
     return;
   }
   const path = context.path;
