@@ -3,7 +3,9 @@
 // vGPU held by two kernels started here over the REST API): "New vGPU notebook…" says why nothing
 // can start and its Start is disabled; a kernel's launcher card shows JupyterLab's "Error Starting
 // Kernel" with the server's sentence wrapped, and the empty notebook it created is removed once
-// that is read. Prints one JSON line. Usage: node firsthour.mjs BASE_URL TOKEN SCREENSHOT_DIR
+// that is read. The kernel tiles' labels as laid out, line by line. Then the 4 GiB spec launched with
+// 8 GiB from the dialog: what names that kernel (toolbar, kernel status, ours, the sidebar), also
+// after a reload. Prints one JSON line. Usage: node firsthour.mjs BASE_URL TOKEN SCREENSHOT_DIR
 import { kernelIdle, launchChromium } from './lab.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
@@ -137,6 +139,14 @@ try {
   result.grant_picker = await picker.locator('.jp-Dialog-header').innerText();
   await picker.locator('.jp-Dialog-button', { hasText: 'Cancel' }).click();
   await picker.waitFor({ state: 'detached' });
+  // After a reload the notebook comes back on its kernel, named by its grant again.
+  await page.reload();
+  await kernelIdle(page, /^Untitled\d*\.ipynb$/);
+  await page.waitForFunction(() => [document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-KernelName'),
+    ...document.querySelectorAll('#jp-main-statusbar [title^="Change kernel"]')]
+    .every((node) => node && /8\sGiB/.test(node.textContent)));
+  result.reload_toolbar = await page.locator('.jp-NotebookPanel:visible .jp-KernelName').first().innerText();
+  result.reload_kernel_status = await page.locator('#jp-main-statusbar [title^="Change kernel for"]').innerText();
   result.ok = true;
 } catch (error) {
   result.error = String(error);
