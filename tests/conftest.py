@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orion_jupyter import kernelspecs
+from orion_jupyter.lab import prepare
 from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually
 
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in MODULE_MARKERS.get(item.path.name, ()):
             item.add_marker(marker)
-        if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
+        if {"lab_server", "notebook7_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
         markers = {m.name for m in item.iter_markers()}
         # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) each group runs one test after another on one
@@ -167,6 +168,52 @@ def _serve_lab(tmp_path, root, args, checkout=ROOT, env=None):
     try:
         eventually(up, timeout=120, interval=0.3, message="JupyterLab did not come up in 120 s")
         yield lab
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def notebook7_server(tmp_path, monkeypatch):
+    """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
+    backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
+    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
+        subprocess.run([str(ROOT / "scripts" / "bootstrap")], check=True, capture_output=True)
+    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    env = prepare(tmp_path / "orion-jupyter", kubernetes=False, presets=None)
+    port, token = _free_port(), uuid.uuid4().hex
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    argv = [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            # window.jupyterapp, for the browser to ask which plugins activated
+            "--JupyterNotebookApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--allow-root")
+    log = tmp_path / "notebook-server.log"
+    with log.open("w") as output:  # a file, not a pipe nobody reads
+        server = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    notebook = LabServer(f"http://127.0.0.1:{port}", token, root, log)
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{notebook.base}/api/status", headers=notebook.headers),
+                                   timeout=5)
+            return True
+        except OSError:
+            assert server.poll() is None, log.read_text()
+            return False
+
+    try:
+        eventually(up, timeout=120, interval=0.3, message="Notebook 7 did not come up in 120 s")
+        yield notebook
     finally:
         server.terminate()
         try:

@@ -14,17 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import pytest
-
-from orion_jupyter.lab import prepare
-from tests.conftest import LabServer, _free_port
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 NAME = "@orion-jupyter/labextension"
@@ -238,49 +233,6 @@ def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
 
     for shot in ("queue-dialog", "queue-reload", "queue-2nd", "idle-warning", "no-keeps", "cancelled"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
-
-
-@pytest.fixture
-def notebook7_server(tmp_path, monkeypatch):
-    """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
-    backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
-    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
-        subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
-                       capture_output=True)
-    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-    env = prepare(tmp_path / "orion-jupyter", kubernetes=False, presets=None)
-    port, token = _free_port(), uuid.uuid4().hex
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    argv = [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-            # window.jupyterapp, for the browser to ask which plugins activated
-            "--JupyterNotebookApp.expose_app_in_browser=True"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        argv.append("--allow-root")
-    server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    notebook = LabServer(f"http://127.0.0.1:{port}", token, root)
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                _get(notebook, "/api/status")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "Notebook 7 did not come up in 120 s"
-                time.sleep(0.3)
-        yield notebook
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_labextension_in_notebook7(notebook7_server, tmp_path):
