@@ -155,19 +155,24 @@ def _serve_lab(tmp_path, root, args, checkout=ROOT, env=None):
             [str(checkout / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.token={token}", *args],
             env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
-    lab = LabServer(f"http://127.0.0.1:{port}", token, root, log)
+    yield from _until_stopped(server, LabServer(f"http://127.0.0.1:{port}", token, root, log), "JupyterLab")
+
+
+def _until_stopped(server: subprocess.Popen, served: LabServer, what: str):
+    """Yields `served` once its server answers (within 120 s), and stops the server afterwards."""
 
     def up() -> bool:
         try:
-            urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
+            urllib.request.urlopen(urllib.request.Request(f"{served.base}/api/status", headers=served.headers),
+                                   timeout=5)
             return True
         except OSError:
-            assert server.poll() is None, log.read_text()
+            assert server.poll() is None, served.log.read_text()
             return False
 
     try:
-        eventually(up, timeout=120, interval=0.3, message="JupyterLab did not come up in 120 s")
-        yield lab
+        eventually(up, timeout=120, interval=0.3, message=f"{what} did not come up in 120 s")
+        yield served
     finally:
         server.terminate()
         try:
@@ -200,27 +205,7 @@ def notebook7_server(tmp_path, monkeypatch):
     log = tmp_path / "notebook-server.log"
     with log.open("w") as output:  # a file, not a pipe nobody reads
         server = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
-    notebook = LabServer(f"http://127.0.0.1:{port}", token, root, log)
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(urllib.request.Request(f"{notebook.base}/api/status", headers=notebook.headers),
-                                   timeout=5)
-            return True
-        except OSError:
-            assert server.poll() is None, log.read_text()
-            return False
-
-    try:
-        eventually(up, timeout=120, interval=0.3, message="Notebook 7 did not come up in 120 s")
-        yield notebook
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    yield from _until_stopped(server, LabServer(f"http://127.0.0.1:{port}", token, root, log), "Notebook 7")
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import type { IAllocation } from '../src/api';
 import { grantedName, specGrant, unbrokenPhrases } from '../src/kernelname';
+import { allocation } from './allocation';
 
 const cases: { unbroken_phrases: { text: string; unbroken: string }[] } = JSON.parse(
   readFileSync(fileURLToPath(new URL('../../tests/memory_cases.json', import.meta.url)), 'utf-8')
@@ -17,30 +17,8 @@ const NB = '\u00a0';
 const SPEC_1X4GI = `Python${NB}3 · 1${NB}vGPU · 4${NB}GiB`;
 const GRANT_1X4GI = { vgpus: 1, memory_mib: 4096, compute_percent: null };
 
-function allocation(
-  vgpus: number | null,
-  memoryMib: number | null,
-  compute: number | null = null
-): IAllocation {
-  return {
-    kernel_id: 'k1',
-    kernel_spec: 'orion-1x4gi',
-    path: 'Untitled.ipynb',
-    user: 'ann',
-    backend: 'orion',
-    cluster: null,
-    vgpus,
-    memory_mib: memoryMib,
-    compute_percent: compute,
-    pod: null,
-    node: 'vm',
-    phase: 'Running',
-    reason: '',
-    started: null,
-    last_activity: null,
-    execution_state: 'idle'
-  };
-}
+const granted = (vgpus: number | null, memoryMib: number | null, compute: number | null = null) =>
+  allocation('k1', { vgpus, memory_mib: memoryMib, compute_percent: compute });
 
 describe('unbrokenPhrases (vgpu.unbroken_phrases)', () => {
   it.each(cases.unbroken_phrases.map(row => [row.text, row]))('%s', (_, row) => {
@@ -62,29 +40,29 @@ describe('specGrant', () => {
 
 describe('grantedName', () => {
   it("keeps the spec's name when the grant is the spec's, or not known yet", () => {
-    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, allocation(1, 4096))).toBe(SPEC_1X4GI);
+    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, granted(1, 4096))).toBe(SPEC_1X4GI);
     expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, null)).toBe(SPEC_1X4GI);
-    expect(grantedName('Python 3 (ipykernel)', null, allocation(1, 8192))).toBe('Python 3 (ipykernel)');
+    expect(grantedName('Python 3 (ipykernel)', null, granted(1, 8192))).toBe('Python 3 (ipykernel)');
   });
 
   it('names the real grant in place of the spec\'s', () => {
-    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, allocation(1, 8192))).toBe(
+    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, granted(1, 8192))).toBe(
       `Python${NB}3 · 1${NB}vGPU · 8${NB}GiB`
     );
-    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, allocation(2, 3072))).toBe(
+    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, granted(2, 3072))).toBe(
       `Python${NB}3 · 2${NB}vGPUs × 3${NB}GiB`
     );
-    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, allocation(1, 4096, 50))).toBe(
+    expect(grantedName(SPEC_1X4GI, GRANT_1X4GI, granted(1, 4096, 50))).toBe(
       `Python${NB}3 · 1${NB}vGPU · 4${NB}GiB · 50%${NB}compute`
     );
     // a spec name written with plain spaces (an older install) is read the same way
-    expect(grantedName('Python 3 · 1 vGPU · 4 GiB', GRANT_1X4GI, allocation(1, 8192))).toBe(
+    expect(grantedName('Python 3 · 1 vGPU · 4 GiB', GRANT_1X4GI, granted(1, 8192))).toBe(
       `Python 3 · 1${NB}vGPU · 8${NB}GiB`
     );
   });
 
   it("puts the real grant after a name an instructor wrote without the spec's grant", () => {
-    expect(grantedName('Deep learning (large)', GRANT_1X4GI, allocation(1, 8192))).toBe(
+    expect(grantedName('Deep learning (large)', GRANT_1X4GI, granted(1, 8192))).toBe(
       `Deep learning (large) · 1${NB}vGPU · 8${NB}GiB`
     );
   });
