@@ -295,3 +295,15 @@ async def test_ask_kernel_parks_a_real_kernel_over_its_shell_port(tmp_path):
         assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
     finally:
         await km.shutdown_kernel(now=True)
+
+
+def test_park_all_without_a_running_broker_or_its_token_says_so(capsys, monkeypatch):
+    from orion_jupyter.broker.app import main
+    from tests.hub import free_port
+
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["--park-all", f"--Broker.url={url}"]) == 2
+    assert "the broker's token is needed" in capsys.readouterr().err
+    assert main(["--park-all", f"--Broker.url={url}", "--Broker.api_token=t0ken"]) == 2
+    assert f"no broker answers at {url}/services/orion-broker/api/park-all" in capsys.readouterr().err
