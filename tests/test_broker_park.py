@@ -126,7 +126,8 @@ async def test_a_park_saves_into_the_users_own_storage_then_stops_the_pod_at_onc
     snapshot_id = report["snapshot"]
     assert snapshot.is_id(snapshot_id)
     # the exact user from the pod's annotation (never its label), in the folder the user's server reads
-    assert call["owner"] == USER and call["folder"] == f"{HOME}/.orion-snapshots/{snapshot.user_part(USER)}/{snapshot_id}"
+    assert call["owner"] == USER
+    assert call["folder"] == f"{HOME}/.orion-snapshots/{snapshot.user_part(USER)}/{snapshot_id}"
     assert (call["limit_bytes"], call["user_limit_bytes"], call["timeout"]) == (1 << 20, 4 << 20, 30.0)
     assert call["info"]["spec"] == "orion-1x1gi" and call["info"]["parked_by"] == "instructor"
     assert call["connection"].ip == "10.0.0.7" and call["session"].startswith("orion-broker-park-")
@@ -138,7 +139,7 @@ async def test_a_park_saves_into_the_users_own_storage_then_stops_the_pod_at_onc
     assert stop["by"].startswith(f"teacher, parked as snapshot {snapshot_id}")
     assert "k1" not in kernels.kernels
     [row] = parking.rows()
-    assert row["user"] == USER and row["snapshots"] == 1 and row["bytes"] == 1234 and row["last_snapshot"] == snapshot_id
+    assert (row["user"], row["snapshots"], row["bytes"], row["last_snapshot"]) == (USER, 1, 1234, snapshot_id)
     again = BrokerParking(pods, kernels, parking.limits, store)  # a restarted broker keeps counting
     await again.start()
     assert again.rows() == parking.rows()
