@@ -19,7 +19,9 @@ from orion_jupyter.broker.idle import STOPPED_BY_IDLE, BrokerKernels, broker_cul
 from orion_jupyter.broker.parking import BrokerParking, KernelConnection, ParkLimits, ask_kernel, checked_report
 from orion_jupyter.core.idle import CullRules
 from orion_jupyter.core.ledger import Holding
+from orion_jupyter.k8s.cluster import KubeCluster
 from orion_jupyter.k8s.launcher import KernelPolicies
+from orion_jupyter.k8s.state_store import ConfigMapStore, Section
 from orion_jupyter.names import (
     ANNOTATION_COURSE,
     ANNOTATION_KERNEL_SPEC,
@@ -84,19 +86,8 @@ class FakeKernel:
         return self.answer(arguments)
 
 
-class MemoryStore:
-    def __init__(self):
-        self.saved = None
-
-    async def load(self):
-        return self.saved
-
-    async def save(self, state):
-        self.saved = json.loads(json.dumps(state))
-
-
 def setup(kernel_ids=("k1",), kernel: FakeKernel | None = None, home: str = HOME, watched: bool = True,
-          store: MemoryStore | None = None, idle_seconds: float = 60):
+          store: Section | None = None, idle_seconds: float = 60):
     pods = FakePods(list(kernel_ids))
     culler = broker_culler(pods, CullRules(idle_seconds, 10, 3), {}, 30, changed=lambda kernel_id: None)
     kernels: BrokerKernels = culler.target
@@ -117,8 +108,9 @@ def kernels_observed(kernel_id: str):
                     connection=KernelConnection("10.0.0.7", "k" * 32, PORTS))
 
 
-async def test_a_park_saves_into_the_users_own_storage_then_stops_the_pod_at_once_and_is_counted():
-    kernel, store = FakeKernel(), MemoryStore()
+async def test_a_park_saves_into_the_users_own_storage_then_stops_the_pod_at_once_and_is_counted(sim_cluster):
+    kube = KubeCluster(sim_cluster.api_client(), "default", watch_nodes=False)
+    kernel, store = FakeKernel(), Section(ConfigMapStore(kube, "default", "orion-broker-state"), "parks")
     pods, _culler, kernels, parking = setup(kernel=kernel, store=store)
     assert parking.why_not("k1") is None and kernels.parks("k1")
     report = await parking.park("k1", "instructor", "teacher")
@@ -140,9 +132,12 @@ async def test_a_park_saves_into_the_users_own_storage_then_stops_the_pod_at_onc
     assert "k1" not in kernels.kernels
     [row] = parking.rows()
     assert (row["user"], row["snapshots"], row["bytes"], row["last_snapshot"]) == (USER, 1, 1234, snapshot_id)
-    again = BrokerParking(pods, kernels, parking.limits, store)  # a restarted broker keeps counting
+    # a restarted broker keeps counting, from its state ConfigMap
+    again = BrokerParking(pods, kernels, parking.limits, Section(ConfigMapStore(kube, "default", "orion-broker-state"),
+                                                                 "parks"))
     await again.start()
     assert again.rows() == parking.rows()
+    kube.close()
 
 
 @pytest.mark.parametrize("answer", [
