@@ -8,7 +8,6 @@ through her server's REST API with her variables back."""
 from __future__ import annotations
 
 import asyncio
-import json
 import stat
 import subprocess
 import sys
@@ -17,9 +16,8 @@ import uuid
 import pytest
 
 from orion_jupyter import snapshot
-from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
-from tests.hub import HubHTTPError
 
 STUDENTS = ["ann", "ben", "cat"]
 IDLE_SECONDS = 8
@@ -36,23 +34,12 @@ def parking_hub(hub_factory, sim_cluster, tmp_path):
         yield hub_broker
 
 
-def pod_users(cluster) -> list[str]:
-    return sorted(p["metadata"]["annotations"]["orion-jupyter.io/user"] for p in cluster.objects("pods", NS)
-                  if not p["metadata"].get("deletionTimestamp"))
-
-
 def snapshots_in_home(hub, user: str) -> dict[str, dict]:
     """The snapshots in the user's own storage (their server root), by id: their manifests."""
     folder = hub.home(user) / snapshot.HOME_FOLDER / snapshot.user_part(user)
     if not folder.is_dir():
         return {}
     return {path.name: snapshot.read_manifest(path) for path in folder.iterdir() if snapshot.is_id(path.name)}
-
-
-async def refused(call) -> tuple[int, dict]:
-    with pytest.raises(HubHTTPError) as caught:
-        await call
-    return caught.value.code, json.loads(caught.value.body)
 
 
 async def exempt(hub, kernel_id: str) -> None:
