@@ -33,6 +33,7 @@ from orion_jupyter.names import (
 )
 from orion_jupyter.snapshot import SnapshotError
 from orion_jupyter.wire import PORT_NAMES
+from tests.helpers import eventually_async
 
 HOME = "/home/jovyan"
 PORTS = (41001, 41002, 41003, 41004, 41005)
@@ -303,3 +304,34 @@ def test_park_all_without_a_running_broker_or_its_token_says_so(capsys, monkeypa
     assert "the broker's token is needed" in capsys.readouterr().err
     assert main(["--park-all", f"--Broker.url={url}", "--Broker.api_token=t0ken"]) == 2
     assert f"no broker answers at {url}/services/orion-broker/api/park-all" in capsys.readouterr().err
+
+
+async def test_a_kernel_slow_to_park_holds_back_no_other_culling():
+    """A student's kernel that never answers the park keeps its round waiting up to the time limit; the timer's
+    next rounds still cull the others (and do not judge the slow one again)."""
+    answered = asyncio.Event()
+    kernel = FakeKernel()
+
+    async def ask(connection, session_id, arguments, timeout):
+        if arguments["info"]["kernel_id"] == "slow":
+            await answered.wait()
+        return await kernel(connection, session_id, arguments, timeout)
+
+    pods, culler, kernels, _parking = setup(("slow", "k2"), kernel=ask)
+    culler.interval_seconds = 0.05
+    culler.start()
+    try:
+        await eventually_async(lambda: [s["pod"] for s in pods.site.stopped], timeout=10,
+                               until=lambda stopped: stopped == ["pod-k2"])
+        pods.pods["pod-k3"] = {**pods.pods["pod-k2"], "metadata": {**pods.pods["pod-k2"]["metadata"], "name": "pod-k3",
+                                                                   "labels": {LABEL_KERNEL_ID: "k3"}}}
+        kernels.kernels["k3"] = kernels_observed("k3")  # a kernel that went idle long ago, while slow still parks
+        await eventually_async(lambda: [s["pod"] for s in pods.site.stopped], timeout=10,
+                               until=lambda stopped: stopped == ["pod-k2", "pod-k3"])
+        assert [call["info"]["kernel_id"] for call in kernel.calls] == ["k2", "k3"]  # slow was asked once only
+        answered.set()
+        await eventually_async(lambda: [s["pod"] for s in pods.site.stopped], timeout=10,
+                               until=lambda stopped: stopped == ["pod-k2", "pod-k3", "pod-slow"])
+    finally:
+        culler.stop()
+        answered.set()
