@@ -81,9 +81,9 @@ async def test_culling_parks_into_the_students_storage_and_the_vgpu_goes_to_the_
     code, answer = await refused(hub.service_api(BROKER, "POST", f"api/kernels/{bens_id}/park", {},
                                                  token=tokens["ann"]))
     assert code == 404 and "of yours" in answer["message"]
-    code, answer = await refused(hub.service_api(BROKER, "POST", "api/class/park", {"course": COURSE},
-                                                 token=tokens["ann"]))
-    assert code == 403
+    for path, body in (("api/class/park", {"course": COURSE}), ("api/park-all", {})):
+        code, answer = await refused(hub.service_api(BROKER, "POST", path, body, token=tokens["ann"]))
+        assert code == 403, path
     await hub.kernel_ws_execute("ben", bens_id, "y = [1, 2, 3]")
     parked = await hub.service_api(BROKER, "POST", f"api/kernels/{bens_id}/park", {}, token=tokens["teacher"],
                                    timeout=120)

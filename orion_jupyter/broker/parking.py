@@ -147,9 +147,9 @@ class BrokerParking:
         if not self.limits.home:
             return ("no user storage is mounted in kernel pods (c.Broker.home_mount_path), so the broker has "
                     "nowhere to park a kernel; it can only stop it")
-        kernel = self.kernels.get_kernel(kernel_id)
+        kernel = self.kernels.kernels.get(kernel_id)  # no resync: asked for every row of every view
         if kernel is None:
-            return f'no running kernel "{kernel_id[:80]}"'
+            return f'the broker follows no running kernel "{kernel_id[:80]}"'
         if kernel.connection is None:
             return ("the broker holds no connection to this kernel (a broker before a restart started it); "
                     "it can only be stopped")
@@ -182,7 +182,7 @@ class BrokerParking:
         why = self.why_not(kernel_id)
         if why is not None:
             raise SnapshotError("unsupported", why)
-        kernel = self.kernels.get_kernel(kernel_id)
+        kernel = self.kernels.kernels[kernel_id]
         if kernel.execution_state == "busy":
             raise SnapshotError("busy", f"kernel {kernel_id} is running a cell; park it once it is idle "
                                         "(or interrupt it first)")
@@ -232,7 +232,7 @@ class BrokerParking:
                 try:
                     return await self.park(kernel_id, trigger, by)
                 except SnapshotError as err:
-                    kernel = self.kernels.get_kernel(kernel_id)
+                    kernel = self.kernels.kernels.get(kernel_id)
                     return {"kernel_id": kernel_id, "user": kernel.user if kernel else None, "reason": err.reason,
                             "message": str(err)}
 
