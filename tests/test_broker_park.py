@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import sys
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -241,6 +242,13 @@ async def test_parking_many_reports_each():
     assert parking.rows()[0]["snapshots"] == 2 and "k2" in kernels.kernels
 
 
+async def test_a_kernel_cannot_claim_more_bytes_than_its_limit():
+    _pods, _culler, _kernels, parking = setup(kernel=FakeKernel(lambda args: {
+        "snapshot": args["folder"].rsplit("/", 1)[1], "saved": [], "not_saved": {}, "bytes": 10**18}))
+    assert (await parking.park("k1", "owner", USER))["bytes"] == 1 << 20
+    assert parking.rows()[0]["bytes"] == 1 << 20
+
+
 def test_a_report_is_read_as_data():
     good = {"snapshot": "20261207T000000Z-0000abcd", "saved": ["a" * 5000], "not_saved": {"f": "file"}, "bytes": 3,
             "extra": "ignored"}
@@ -262,14 +270,23 @@ def test_the_kernels_policy_admits_the_broker_on_shell_and_iopub_only():
 
 
 @pytest.mark.timeout(120)
-async def test_ask_kernel_parks_a_real_kernel_over_its_shell_port(tmp_path):
-    """The broker's own client (a shell socket with its own identity, a cap on the answer) against a real
-    ipykernel: the snapshot lands in the user's folder, private, with the manifest naming its owner."""
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "curve"])
+async def test_ask_kernel_parks_a_real_kernel_over_its_shell_port(tmp_path, encrypted):
+    """The broker's own client (a shell socket with its own identity and key pair, a cap on the answer) against a
+    real ipykernel, plaintext or CurveZMQ (the broker knows only the kernel's public key): the snapshot lands in
+    the user's folder, private, with the manifest naming its owner."""
+    from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
-    km = AsyncKernelManager(kernel_name="python3")
+    spec = tmp_path / "kernels" / "curvy"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "curvy",
+        "language": "python", "metadata": {"supported_encryption": ["curve"]}}))
+    km = AsyncKernelManager(kernel_name="curvy", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]),
+                            transport_encryption="required" if encrypted else "disabled")
     await km.start_kernel()
     try:
         client = km.client()
@@ -279,7 +296,9 @@ async def test_ask_kernel_parks_a_real_kernel_over_its_shell_port(tmp_path):
                              timeout=30)
         client.stop_channels()
         info = km.get_connection_info()
-        connection = KernelConnection(info["ip"], info["key"].decode(), tuple(info[name] for name in PORT_NAMES))
+        assert bool(km.curve_publickey) is encrypted
+        connection = KernelConnection(info["ip"], info["key"].decode(), tuple(info[name] for name in PORT_NAMES),
+                                      km.curve_publickey.decode() if encrypted else "")
         snapshot_id = snapshot.new_id()
         folder = home / ".orion-snapshots" / "ann" / snapshot_id
         report = await ask_kernel(connection, "orion-broker-park-test",

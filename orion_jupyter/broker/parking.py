@@ -212,6 +212,7 @@ class BrokerParking:
             kernel.parking_session = ""
             BROKER_PARKS.labels(trigger, outcome).inc()
             BROKER_PARK_SECONDS.labels(outcome).observe(time.monotonic() - started)
+        report["bytes"] = min(report["bytes"], self.limits.max_snapshot_bytes)  # more was never allowed: not believed
         BROKER_PARKED_BYTES.inc(report["bytes"])
         log.info("kernel %s of %s parked (%s) as snapshot %s: %d bytes, %d names saved, %d not", kernel_id, owner,
                  trigger, snapshot_id, report["bytes"], len(report["saved"]), len(report["not_saved"]))
