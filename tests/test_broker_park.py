@@ -354,3 +354,13 @@ async def test_a_kernel_slow_to_park_holds_back_no_other_culling():
     finally:
         culler.stop()
         answered.set()
+
+
+def test_a_parked_kernels_watch_line_names_its_snapshot():
+    from orion_jupyter.broker.handlers import kernel_state
+
+    pod = FakePods(["k1"]).pods["pod-k1"]
+    assert kernel_state("MODIFIED", pod)["snapshot"] is None
+    pod["metadata"]["annotations"][ANNOTATION_PARKED] = "20261207T000000Z-0000abcd"
+    line = kernel_state("DELETED", pod)
+    assert line["snapshot"] == "20261207T000000Z-0000abcd" and line["deleted"] is True and line["kernel_id"] == "k1"
