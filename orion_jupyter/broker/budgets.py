@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..core.budgets import Budgets, Crossed
+from ..core.budgets import Budgets
 from ..core.ledger import Holding
 from .parking import stop_kernel_pods
 from .pods import ClassPods
@@ -19,7 +19,7 @@ STOPPED_FOR_BUDGET = "the vGPU-hour budget (broker)"
 
 
 class BudgetMeter:
-    """``meter()`` on a timer; ``warnings`` holds each account's last warning for the REST answers."""
+    """``meter()`` on a timer; each account's last warning is the core meter's (``Budgets.warning``)."""
 
     def __init__(self, budgets: Budgets, pods: ClassPods, store: Any | None = None,
                  give_back: Callable[[str, str], Awaitable[Any]] | None = None):
@@ -28,7 +28,6 @@ class BudgetMeter:
         self.store = store  # a ConfigMap-backed state store (None: the meter lives in memory only)
         # (kernel id, why) -> the kernel parked or stopped (the broker's BrokerParking.give_back); else stopped
         self.give_back = give_back or (lambda kernel_id, why: stop_kernel_pods(self.pods, kernel_id, why))
-        self.warnings: dict[str, Crossed] = {}
         self.given_back: list[str] = []  # kernel ids given back for budget, newest last
 
     async def start(self) -> None:
@@ -41,7 +40,6 @@ class BudgetMeter:
     async def meter(self) -> list[Holding]:
         crossed, out = self.budgets.meter(self.pods.holdings())
         for warning in crossed:
-            self.warnings[warning.account] = warning
             log.info("budget of %s: %d %% used, %.2f left", warning.account, warning.level * 100, warning.left)
         for holding in out:
             await self.give_back_for_budget(holding)
@@ -60,16 +58,10 @@ class BudgetMeter:
 
     def rows(self) -> list[dict[str, Any]]:
         """Use and what is left per student with use, a top-up or a kernel this window (the class view's rows)."""
-        courses = {**self.budgets.courses, **{h.user: h.course for h in self.pods.holdings()}}
-        users = {a.removeprefix("user:") for a in [*self.budgets.used, *self.budgets.topups] if a.startswith("user:")}
-        return [{"user": user, **self.budgets.summary(user, courses.get(user, ""))}
-                for user in sorted(users | set(courses))]
+        return self.budgets.rows(self.pods.holdings())
 
     def warning(self, account: str) -> dict[str, Any] | None:
-        crossed = self.warnings.get(account)
-        if crossed is None or self.budgets.warned.get(account) != crossed.level:
-            return None  # a top-up or a new window took it back
-        return {"level": crossed.level, "message": f"{crossed.level:.0%} of your budget is used"}
+        return self.budgets.warning(account)
 
 
 __all__ = ["STOPPED_FOR_BUDGET", "BudgetMeter"]

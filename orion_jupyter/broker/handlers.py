@@ -475,7 +475,8 @@ class PoolHandler(BrokerHandler):
     async def get(self) -> None:
         pool = await self.broker.view.pool()
         self.reply({**pool.as_dict(), "count_resource": self.broker.view.count_resource,
-                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary()})  # held, unclaimed
+                    "backend": self.broker.backend.name, "warm": self.broker.warm.summary(),  # held, unclaimed
+                    "home": self.broker.home_mount_path})  # the user's storage in kernel pods ('': none)
 
 
 class ClassHandler(BrokerHandler):
@@ -486,6 +487,7 @@ class ClassHandler(BrokerHandler):
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
                                  "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True,
                     "budgets": self.broker.budget_meter.rows() if self.broker.budget_meter else [],
+                    "bookings": self.broker.booked.rows(),
                     "parked": self.broker.parking.rows()})
 
 

@@ -29,6 +29,7 @@ from traitlets.config import Application
 
 from ..config import KernelPolicy
 from ..core.admission import Admission
+from ..core.bookings import BookingRules, Bookings, parse_static
 from ..core.budgets import BudgetConfig, Budgets
 from ..core.fairshare import FairShare
 from ..core.idle import CullRules
@@ -44,6 +45,7 @@ from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from .bookings import BrokerBookings
 from .budgets import BudgetMeter
 from .idle import broker_culler
 from .parking import BrokerParking, ParkLimits
@@ -51,7 +53,7 @@ from .pods import ClassPods
 from .waits import BrokerWaits
 
 COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps",
-               "budget", "weight"}
+               "budget", "weight", "student_bookings"}
 
 # What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
 SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
@@ -115,13 +117,6 @@ class Broker(Application, ClassSettings):
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing. 'budget' ({'student': 5, 'course': 200} vGPU-hours) "
                         "and 'weight' (its fair share of the pool): see c.Broker.budgets and fair_share_half_life.")
-    budgets = Dict(config=True,
-                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
-                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
-                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
-                        "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
-                        "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
-                        "the reason and a launch refused until the reset.")
     fair_share_half_life = Float(0.0, config=True,
                                  help="Seconds in which a course's and a student's remembered vGPU use halves; with it "
                                       "the next free vGPU goes to the course with the least use against its 'weight' "
@@ -196,17 +191,22 @@ class Broker(Application, ClassSettings):
                         "with their own storage (c.Broker.volumes): {'ai101': {'vgpus': 1, 'memory': '4Gi', "
                         "'hours': {'days': 'tue', 'start': '09:00', 'end': '11:00'}, 'grace': 1200}}; those not "
                         "claimed 'grace' seconds after the start are stopped.")
-    lab_timezone = Unicode("", config=True,
-                           help="The time zone of warm pools' and rosters' hours (an IANA name such as "
-                                "'Europe/Berlin'); empty: the broker's local time.")
     warm_interval = Float(5.0, config=True,
                           help="Seconds between checks that warm pools are full and rosters pre-warmed.")
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
                       help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
                            "NetworkPolicy admits only it until a claim.")
+    bookings = List(config=True,
+                    help="Bookings kept from the config: [{'course': 'AI_101', 'vgpus': 1, 'memory': '4Gi', 'count': "
+                         "10, 'start': '2026-12-08T09:00', 'end': '2026-12-08T11:00'}] (times without an offset are in "
+                         "lab_timezone; optional 'user': one student of the course). During the window the booked "
+                         "vGPUs are held back from others' launches and the course's (student's) launches of that "
+                         "shape take them first. Instructors (of a course's hub group) book more through POST "
+                         "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
+                         "most hours one of theirs may last.")
     state_configmap = Unicode("orion-broker-state", config=True,
                               help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups and fair-share memory, so a restarted broker continues them.")
+                                   "top-ups, fair-share memory and bookings, so a restarted broker continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -253,6 +253,8 @@ class Broker(Application, ClassSettings):
         fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
         fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
+        booking_rules = BookingRules.parse(self.courses, courses, per_user, warm_config.zone)
+        bookings, static_bookings = Bookings(booking_rules), parse_static(self.bookings, booking_rules)
         self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
@@ -278,11 +280,13 @@ class Broker(Application, ClassSettings):
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
                                    handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait,
-                                   budgets=budgets, fair=fair)
+                                   budgets=budgets, fair=fair, bookings=bookings)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
                                           {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
+        self.booked = BrokerBookings(bookings, static_bookings, self.pods, self.admission, self.warm,
+                                     Section(self.state_store, "bookings"))
         self.fair = fair
         if fair is not None:
             fair.running = self.pods.holdings
@@ -403,12 +407,13 @@ class Broker(Application, ClassSettings):
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
         await self.hold_lease()
         await self.warm.adopt_or_clean()
+        await self.booked.start()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
             max_body_size=self.max_body_bytes)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
-        timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        timers = [PeriodicCallback(self.renew_lease, 15_000), PeriodicCallback(self.booked.prune, 5_000)]
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()

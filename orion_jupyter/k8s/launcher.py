@@ -39,7 +39,7 @@ from ..wire import host_ports
 from .cluster import KubeCluster
 from .driver import pod_options
 from .hub_manifests import kernel_network_policy, selects, z2jh_username_label
-from .manifests import build_kernel_manifests, secret_owner_patch
+from .manifests import add_user_storage, build_kernel_manifests, secret_owner_patch
 
 log = logging.getLogger("orion_jupyter.k8s")
 # Tests only: the step of a launch ("policy", "secret", "pod") after which this process SIGKILLs itself,
@@ -51,27 +51,6 @@ def _created(step: str) -> None:
     if os.environ.get(DIE_AFTER_ENV) == step:
         log.warning("%s=%s: killing this process after the launch's %s", DIE_AFTER_ENV, step, step)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Mapping], user: str,
-                     server_name: str) -> None:
-    """The user's volumes (KubeSpawner's {username} / {servername} templates) in a kernel pod."""
-    values = {"username": slug(user, 63) if user else "", "servername": slug(server_name, 63) if server_name else ""}
-
-    def fill(item: Any) -> Any:
-        if isinstance(item, str):
-            return item.format(**values)
-        if isinstance(item, dict):
-            return {k: fill(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [fill(v) for v in item]
-        return item
-
-    if volumes:
-        pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), *fill(list(volumes))]
-    if mounts:
-        container = pod["spec"]["containers"][0]
-        container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(list(mounts))]
 
 
 class KernelPolicies:
