@@ -124,11 +124,9 @@ async def test_culling_parks_into_the_students_storage_and_the_vgpu_goes_to_the_
 
     # ann resumes through her server (hub mode's resume: the server finds the snapshot in her storage)
     listing = await hub.server_api("ann", "GET", "orion/api/snapshots")
-    if not listing.get("supported"):
-        pytest.skip("the parked snapshot is in ann's storage; resuming it in hub mode comes with the server's "
-                    "hub-mode snapshots (branch k8spark)")
-    assert parked_id in [s["id"] for s in listing["snapshots"]]
+    assert listing["supported"] is True and [s["id"] for s in listing["snapshots"]] == [parked_id], listing
     resumed = await hub.server_api("ann", "POST", f"orion/api/snapshots/{parked_id}/resume", {}, timeout=120)
     assert sorted(resumed["restored"]) == ["double", "np", "rows", "x"] and "batches" in resumed["not_restored"]
     assert await hub.kernel_ws_execute("ann", resumed["kernel_id"], "print(double(x), int(np.sum(rows)))") \
         == "84 499500"
+    assert pod_users(sim_cluster) == ["ann"]  # on the course's vGPU again, through the broker like any launch
