@@ -7,7 +7,8 @@ that works for a while, then idles until the idle rule stops it 30 minutes later
 through ``core.admission.Admission`` (budgets of 8 vGPU-hours per student and week, reset Monday
 00:00; the fair queue with a 3-day half-life and a 2-hour bound), is metered each simulated minute
 (``core.budgets``: a kernel out of budget is stopped), and gets a wait estimate when it joins the
-queue (``core.estimates``: cull times of idle kernels, budgets running out, observed lifetimes).
+queue (``core.estimates``: cull times of idle kernels, budgets running out, observed lifetimes, scaled by
+how the course's earlier waits compared with what they were told).
 Simulated time runs on an injected clock. Reported:
 
 * Jain's fairness index of vGPU-hours per student within each course (1: all equal; students'
@@ -31,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from orion_jupyter.core.admission import Admission, Launch, Queued, Refused
 from orion_jupyter.core.budgets import BudgetConfig, Budgets
-from orion_jupyter.core.estimates import Running, WaitEstimator, needed
+from orion_jupyter.core.estimates import Calibration, Running, WaitEstimator, needed
 from orion_jupyter.core.fairshare import FairShare
 from orion_jupyter.core.ledger import Holding, Ledger, Quota
 from orion_jupyter.vgpu import VGPURequest
@@ -87,10 +88,12 @@ async def simulate(weeks: int, seed: int = 42) -> dict:
     fair = FairShare({c: w for c, (w, _) in COURSES.items()}, 3 * 86400, 7200, running=pool.holdings, clock=clock)
     admission = Admission(pool, ledger, list(COURSES), budgets=budgets, fair=fair)
     estimator = WaitEstimator(seed=seed)
+    calibration = Calibration()
     students = [(f"{c}-{i:03d}", c) for c, (_, n) in COURSES.items() for i in range(n)]
     hours = {user: 0.0 for user, _ in students}
     contended = dict.fromkeys(COURSES, 0.0)
-    waiting: dict[str, tuple[Queued, float, dict, float]] = {}  # kernel id -> (decision, joined, estimate, works)
+    # kernel id -> (decision, joined, the model's estimate, the estimate told, works)
+    waiting: dict[str, tuple[Queued, float, dict, dict, float]] = {}
     busy: set[str] = set()
     errors, over_p80, unknown, refused, started, count, overshoot = [], 0, 0, 0, 0, 0, 0.0
     end = START + weeks * 7 * 86400
@@ -124,7 +127,8 @@ async def simulate(weeks: int, seed: int = 42) -> dict:
                 draws = estimator.draw([Running(r[0].vgpus, now[0] - r[1], r[0].course, "1x4096",
                                                 r[3] - now[0] if now[0] >= r[2] else None)
                                         for r in pool.running.values()])
-                waiting[kernel_id] = (decision, now[0], draws.estimate(ahead), works)
+                model = draws.estimate(ahead)
+                waiting[kernel_id] = (decision, now[0], model, calibration.adjust(course, model), works)
             else:
                 start(decision.holding, works)
         if waiting:
@@ -143,10 +147,11 @@ async def simulate(weeks: int, seed: int = 42) -> dict:
             admission.queue.released()
         for _ in range(10):  # the queue's pump runs before the next arrivals, as on the broker's loop
             await asyncio.sleep(0)
-        for kernel_id, (decision, joined, estimate, works) in list(waiting.items()):
+        for kernel_id, (decision, joined, model, estimate, works) in list(waiting.items()):
             if decision.waiting.turn.done():
                 del waiting[kernel_id]
                 real = now[0] - joined
+                calibration.observe(decision.waiting.course, model["p50"], real)
                 if estimate["p50"] is None:
                     unknown += 1
                 else:

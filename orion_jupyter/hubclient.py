@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from jupyter_client.connect import KernelConnectionInfo
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -254,6 +255,7 @@ class BrokerView:
     uses_images = True
     decides_instructors = True
     decides_culling = True
+    decides_budgets = True
 
     def __init__(self, client: BrokerClient, backend: Backend):
         self.client = client
@@ -261,6 +263,8 @@ class BrokerView:
         self.count_resource = backend.count_resource
         self._last_pool = PoolSnapshot()
         self._rows: dict[str, dict[str, Any]] = {}
+        self._budget_rows: list[dict[str, Any]] = []
+        self.home = ""  # where kernel pods mount this user's server root, as the broker last said
 
     async def start(self) -> None:
         return None
@@ -269,8 +273,17 @@ class BrokerView:
         code, body = await self.client.call("GET", "api/pool")
         if code == 200 and isinstance(body, dict):
             self.count_resource = body.get("count_resource", self.count_resource)
+            self.home = body["home"] if isinstance(body.get("home"), str) else ""
             self._last_pool = PoolSnapshot.from_dict(body)
         return self._last_pool
+
+    async def kernel_home(self) -> str:
+        """Where kernel pods mount this user's server root (the broker's c.Broker.home_mount_path; '': they
+        mount no storage of the user's). Asked again until the broker names one: it does not change while
+        it runs."""
+        if not self.home:
+            await self.pool()
+        return self.home
 
     def last_pool(self) -> PoolSnapshot:
         return self._last_pool
@@ -298,6 +311,7 @@ class BrokerView:
             raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
         rows = body.get("kernels") or []
         self._rows = {row["pod"]: row for row in rows if row.get("pod")}
+        self._budget_rows = (body.get("budgets") or []) if user is None else []
         return rows
 
     def find_kernel(self, name: str) -> dict[str, Any] | None:
@@ -348,6 +362,20 @@ class BrokerView:
         code, body = await self.client.call("GET", "api/budget")
         if code != 200 or not isinstance(body, dict):
             raise BrokerError((body or {}).get("message") or f"the vGPU broker answered {code}")
+        return body
+
+    def budget_rows(self) -> list[dict[str, Any]]:
+        """Each student's use and what is left, as the broker's class view last said (instructors)."""
+        return self._budget_rows
+
+    async def topup_budget(self, user: str, hours: float) -> dict[str, Any]:
+        """An instructor adds ``hours`` to ``user``'s budget; the broker's refusal (403, 409, 400) with its reason."""
+        code, body = await self.client.call("POST", f"api/budgets/{quote(user, safe='')}/topup", {"hours": hours})
+        message = (body or {}).get("message") or f"the vGPU broker answered {code}"
+        if code in (400, 403, 404, 409):
+            raise BrokerRefusal(code, message)
+        if code != 200 or not isinstance(body, dict):
+            raise BrokerError(message)
         return body
 
 

@@ -56,6 +56,8 @@ class KernelLaunch:
     wait_for_capacity: bool = False
     orion_controller: str | None = None
     cwd: str = ""  # the notebook's folder, relative to the server's root ('' = the root)
+    volumes: tuple[Mapping[str, Any], ...] = ()  # direct mode on Kubernetes: the user's storage (templated)
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
     # CurveZMQ keys (Z85) when the kernel manager's transport_encryption asks for them; like ``key``, they
     # travel only where the kernel reads its connection file.
     curve_publickey: str = ""

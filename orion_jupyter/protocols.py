@@ -76,6 +76,7 @@ class BackendView(Protocol):
     uses_images: bool  # whether a kernel's image matters (the image allow-list applies)
     decides_instructors: bool  # True: the backend (the broker) says who is an instructor, by PermissionError
     decides_culling: bool  # True: the backend (the broker) stops idle kernels; cull_fields / keep / set_exempt
+    decides_budgets: bool  # True: the backend (the broker) meters budgets; budget / topup_budget / budget_rows
 
     async def start(self) -> None: ...
     async def pool(self) -> PoolSnapshot: ...
@@ -90,7 +91,6 @@ class BackendView(Protocol):
     async def annotate(self, name: str, annotations: dict[str, str]) -> bool: ...
     async def waiting(self, user: str) -> list[dict[str, Any]]: ...  # ``user``'s launches waiting in a queue
     async def cancel_waiting(self, kernel_id: str) -> bool: ...  # False: it does not wait (any more)
-    async def budget(self) -> dict[str, Any]: ...  # this server's user's vGPU-hour budget ({"budget": None}: none)
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,13 @@ class WarmClaims(Protocol):
 
     ``reserve`` picks a ready one for the launch ``kernel_id`` (its name, or None: start one), without
     awaiting; ``claim`` hands the reserved one over and answers the ready fields (``pod_name``, ``ip``,
-    ``key``, ``ports``); ``unreserve`` gives back a reservation the launch did not use.
+    ``key``, ``ports``); ``unreserve`` gives back a reservation the launch did not use. ``keep``: ready
+    pool kernels of the shape that stand for bookings the launch is not one of (``core.bookings``).
     """
 
     def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str,
-                own_only: bool = False) -> str | None: ...
+                own_only: bool = False, keep: int = 0) -> str | None: ...
+    def ready_of(self, request: VGPURequest) -> int: ...  # a pool's unclaimed kernels of this shape
     def reserved_for(self, kernel_id: str) -> str | None: ...
     def unreserve(self, kernel_id: str) -> None: ...
     async def claim(self, ask: ClaimRequest, user: str, course: str) -> dict[str, Any]: ...
@@ -120,15 +122,13 @@ class WarmClaims(Protocol):
 
 class DirectMode:
     """For a view of direct mode: launches never wait in a queue there, and this server culls its own
-    idle kernels (in hub mode the broker does both)."""
+    idle kernels and meters its own budgets (in hub mode the broker does all three)."""
 
     decides_culling = False
+    decides_budgets = False
 
     async def waiting(self, user: str) -> list[dict[str, Any]]:
         return []
 
     async def cancel_waiting(self, kernel_id: str) -> bool:
         return False
-
-    async def budget(self) -> dict[str, Any]:
-        return {"budget": None, "text": "vGPU-hour budgets are the broker's (hub mode)"}

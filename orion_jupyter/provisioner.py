@@ -103,6 +103,8 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
             wait_for_capacity=self.wait_for_capacity,
             orion_controller=self.orion_controller or None,
             cwd=self._server_folder(cwd),
+            volumes=tuple(self.volumes),
+            volume_mounts=tuple(self.volume_mounts),
             **self._curve_keys(),
         )
 

@@ -123,6 +123,14 @@ class KernelSettings(LoggingConfigurable):
     extra_env = Dict(Unicode(), config=True, help="Extra environment for kernels (never the server's own environment).")
     labels = Dict(Unicode(), config=True, help="Extra labels on kernel pods.")
     annotations = Dict(Unicode(), config=True, help="Extra annotations on kernel pods.")
+    volumes = List(Dict(), config=True,
+                   help="Direct mode on Kubernetes: volumes of every kernel pod, KubeSpawner's shape with {username} "
+                        "and {servername} templates, e.g. the user's storage for snapshots of parked kernels "
+                        "(c.Snapshots.kernel_location). A kernel that mounts volumes never takes a warm kernel "
+                        "(those start before anyone claims them). Hub mode: c.Broker.volumes.")
+    volume_mounts = List(Dict(), config=True,
+                         help="Direct mode on Kubernetes: mounts of those volumes in the kernel container, e.g. "
+                              "[{'name': 'home', 'mountPath': '/home/jovyan'}]; templated like volumes.")
     scheduler_name = Unicode(None, allow_none=True, config=True,
                              help="schedulerName, e.g. 'hami-scheduler' or 'orion-scheduler'.")
     run_as_user = Int(1000, config=True, help="UID kernel containers run as (never root).")
@@ -267,6 +275,18 @@ class ClassSettings(LoggingConfigurable):
                          help="Times the owner may keep an idle vGPU kernel (POST kernels/{id}/keep restarts its "
                               "idle clock) in one idle stretch; activity in the kernel gives them back.")
     cull_interval_seconds = Float(30.0, config=True, help="Seconds between checks for idle vGPU kernels.")
+    budgets = Dict(config=True,
+                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
+                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
+                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
+                        "'4Gi', 'rate': 0.5}], 'interval': 60}; 'student' is per user (direct mode: each user of "
+                        "this server), 'course' for all kernels of the course (direct mode: c.VGPUProvisioner.course); "
+                        "the broker's courses may set their own in c.Broker.courses[group]['budget'] = {'student': 5, "
+                        "'course': 200}. 0 or empty: no budget. At zero a kernel is parked (where snapshots are kept) "
+                        "or stopped, with the reason, and a launch is refused until the reset.")
+    lab_timezone = Unicode("", config=True,
+                           help="The time zone of budgets' weekly reset and of the broker's warm pools' and rosters' "
+                                "hours (an IANA name such as 'Europe/Berlin'); empty: this machine's local time.")
 
     def is_instructor_named(self, name: str, groups: Iterable[str]) -> bool:
         """An exact user name in ``instructors``, or a member of an instructor group."""

@@ -68,6 +68,14 @@ def is_id(value: Any) -> bool:
     return isinstance(value, str) and bool(ID_PATTERN.match(value))
 
 
+def id_time(snapshot_id: str) -> datetime | None:
+    """When the park of ``snapshot_id`` began (None: not an id of a real time)."""
+    try:
+        return datetime.strptime(snapshot_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if is_id(snapshot_id) else None
+    except ValueError:
+        return None
+
+
 def user_part(user: str) -> str:
     """The folder of ``user``: the name where it is plainly safe, else a hash (one folder per exact name)."""
     if re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", user) and not re.fullmatch(r"u-[0-9a-f]{40}", user):

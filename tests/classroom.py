@@ -4,6 +4,7 @@ instructors (tests/test_hub*.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -13,9 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from orion_jupyter import kernelspecs
 from orion_jupyter.vgpu import VGPURequest
-from tests.hub import free_port, hub_service
+from tests.hub import HubHTTPError, free_port, hub_service
 
 NS = "hub-class"
 BROKER = "orion-broker"
@@ -108,3 +111,15 @@ def kernel_objects(cluster) -> dict[str, list[str]]:
 
 async def start_vgpu_kernel(hub, user: str, **fields) -> dict:
     return await hub.server_api(user, "POST", "orion/api/kernels", {"spec": SPEC, **fields})
+
+
+def pod_users(cluster) -> list[str]:
+    """The users of the kernel pods in the class namespace, sorted."""
+    return sorted(p["metadata"]["annotations"]["orion-jupyter.io/user"] for p in cluster.objects("pods", NS))
+
+
+async def refused(call) -> tuple[int, dict]:
+    """The status and JSON body of a hub request that must be refused."""
+    with pytest.raises(HubHTTPError) as caught:
+        await call
+    return caught.value.code, json.loads(caught.value.body)

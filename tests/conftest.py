@@ -23,6 +23,7 @@ pytest_plugins = ["pytest_jupyter.jupyter_server", "kubesim.fixtures", "tests.hu
 MODULE_MARKERS = {
     "test_browser.py": ("browser", "slow"),
     "test_labextension.py": ("browser", "slow"),
+    "test_budget_browser.py": ("browser", "slow"),
     "test_demos_facenet.py": ("torch", "slow"),
     "test_demos_mnist.py": ("torch", "slow"),
     "test_notebooks.py": ("torch", "slow"),

@@ -36,11 +36,11 @@ class FakeClass:
     def stopped_by(self, kernel_id: str) -> str | None:
         return self.stopped.get(kernel_id)
 
-    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
+    async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool:
         await asyncio.sleep(0)  # another launch may run meanwhile, as on the broker's loop
         held = sum(h.vgpus for h in self.running)
         pending = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and not self.kernel_exists(k))
-        return self.free - held - pending >= request.count
+        return self.free - held - pending - held_back >= request.count
 
     async def largest_node(self) -> int | None:
         return self.largest
@@ -65,12 +65,15 @@ class OwnRoster:
         self.own = dict(own)
         self.reserved: dict[str, str] = {}
 
-    def reserve(self, kernel_id, user, request, image, server_name, own_only=False):
+    def reserve(self, kernel_id, user, request, image, server_name, own_only=False, keep=0):
         name = self.own.pop(user, None)
         if name is None:
             return None
         self.reserved[kernel_id] = name
         return name
+
+    def ready_of(self, request):
+        return 0
 
     def reserved_for(self, kernel_id):
         return self.reserved.get(kernel_id)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from orion_jupyter.broker.waits import BrokerWaits
-from orion_jupyter.core.estimates import Running, WaitEstimator, wait_text
+from orion_jupyter.core.estimates import Calibration, Running, WaitEstimator, wait_text
 from orion_jupyter.core.ledger import Holding
 from orion_jupyter.core.queue import Waiting
 from orion_jupyter.names import ANNOTATION_COURSE, ANNOTATION_REQUEST, LABEL_KERNEL_ID
@@ -111,6 +111,50 @@ async def test_the_broker_estimates_from_cull_times_budgets_and_ended_kernels():
     assert len(waits.estimator.observed[("AI_101", "1x4096")]) == 5
     waits._drawn.clear()
     assert waits.describe_more(line[1], line)["wait_p50_seconds"] == 1800 - 60  # b, 1 min old, has 29 to go
+
+
+def test_calibration_learns_what_the_model_misses_and_then_holds_p80():
+    """A model that tells a third of the real waits (later arrivals jumped ahead): as told, p80 is exceeded
+    most of the time; set from the course's observed ratios it is exceeded about 20 % of the time."""
+    truth = random.Random(7)
+    calibration = Calibration(min_observed=10, keep=50)
+    model = {"p50": 600.0, "p80": 900.0}
+    assert calibration.adjust("AI_101", model) == model  # nothing seen yet: as the model says
+    over_told = over_calibrated = 0
+    for i in range(400):
+        real = 3 * truth.expovariate(1 / 600)
+        told = calibration.adjust("AI_101", model)
+        if i >= 50:
+            over_told += real > model["p80"]
+            over_calibrated += real > told["p80"]
+        calibration.observe("AI_101", model["p50"], real)
+    assert over_told / 350 > 0.5  # about 61 %
+    assert 0.1 <= over_calibrated / 350 <= 0.3
+    assert calibration.adjust("Physics 2", model) == model  # per course
+    assert calibration.adjust("AI_101", {"p50": None, "p80": None}) == {"p50": None, "p80": None}  # unknown stays
+    assert calibration.adjust("AI_101", {"p50": 600.0, "p80": None})["p80"] is None
+    assert calibration.adjust("AI_101", model)["p50"] == 600.0  # the model's point estimate stays
+
+
+async def test_the_broker_calibrates_with_the_real_waits_of_launches_that_started():
+    now = [1_000_000.0]
+    pods = Pods([kernel_pod("a", "AI_101", now[0] - 600)])
+    cull = {"a": datetime.fromtimestamp(now[0] + 120, UTC)}
+    waits = BrokerWaits(pods, cull.get, None, course_quota=lambda course: True, clock=lambda: now[0])
+    waits.calibration = Calibration(min_observed=3, keep=10)
+    for i in range(3):  # told 2 min, each started after 6 min
+        waiting = Waiting(Holding(f"w{i}", f"s{i}", "AI_101", 1, 4096), VGPURequest.parse(1, "4Gi"), lambda _: None)
+        assert waits.describe_more(waiting, [waiting])["wait_p50_seconds"] == 120.0
+        waits.describe_more(waiting, [waiting])  # told again while waiting: the first told counts
+        now[0] += 360
+        cull["a"] = datetime.fromtimestamp(now[0] + 120, UTC)
+        waits._drawn.clear()
+        waits.on_pod("ADDED", kernel_pod(f"w{i}", "AI_101", now[0]))
+    assert list(waits.calibration.ratios["AI_101"]) == [3.0, 3.0, 3.0]
+    late = Waiting(Holding("w9", "s9", "AI_101", 1, 4096), VGPURequest.parse(1, "4Gi"), lambda _: None)
+    told = waits.describe_more(late, [late])
+    assert (told["wait_p50_seconds"], told["wait_p80_seconds"]) == (120.0, 360.0)
+    assert told["wait"] == "about 2 min, 80 % within 6 min"
 
 
 def test_the_server_shows_the_broker_estimate_when_known_else_the_old_one():

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.classroom import BROKER, COURSE, NS, class_hub_with, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
 
@@ -35,10 +35,6 @@ async def row(hub, user: str, kernel_id: str) -> dict:
 
 def when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def pod_users(cluster) -> list[str]:
-    return sorted(p["metadata"]["annotations"]["orion-jupyter.io/user"] for p in cluster.objects("pods", NS))
 
 
 @pytest.mark.timeout(300)

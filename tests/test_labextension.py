@@ -421,6 +421,11 @@ def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
     [culled] = result["snapshots_culled"]
     assert culled["path"] == "park.ipynb" and culled["saved"] == ["answer"]
     assert "park.ipynb" in result["panel_culled"], result["panel_culled"]
+    # ... on another kernel the user picked (every spec offered, the parked one first): a bigger slice.
+    assert result["resume_on_selected"] == "orion-1x2gi" and result["resume_on_options"][0] == "orion-1x2gi"
+    assert {"python3", "orion-1x4gi"} <= set(result["resume_on_options"]), result["resume_on_options"]
+    [bigger] = result["sessions_resumed_on"]
+    assert bigger["path"] == "park.ipynb" and bigger["kernel_name"] == "orion-1x4gi", bigger
     assert result["answer_twice_output"] == "84"
 
     # 4. Delete asks; Cancel keeps the snapshot; Delete removes it and the status bar item hides.

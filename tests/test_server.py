@@ -159,14 +159,18 @@ async def test_bad_requests_are_400_and_create_nothing(api, sim_cluster, jp_serv
     assert sim_cluster.count_requests(verb="create") == 0
 
 
-async def test_a_backend_without_snapshots_says_so_and_parks_nothing(api, sim_cluster):
-    """On Kubernetes (so far) nothing is parked: the list says so (the page stops asking) and a park is 501."""
+async def test_a_backend_without_snapshots_says_so_and_parks_nothing(api, sim_cluster, jp_serverapp):
+    """On Kubernetes without storage for snapshots nothing is parked: the list says so and why (the page stops
+    asking) and a park is 501, the kernel still running."""
     code, body = await api("GET", "snapshots")
-    assert (code, body) == (200, {"snapshots": [], "supported": False})
+    assert (code, body["snapshots"], body["supported"]) == (200, [], False)
+    assert "c.VGPUProvisioner.volumes" in body["reason"], body
+    assert "(c.Snapshots.location and c.Snapshots.kernel_location not set)" in body["reason"], body
     code, kernel = await api("POST", "kernels", {"spec": "orion-1x4gi"})
     assert code == 201, kernel
     code, refused = await api("POST", f"kernels/{kernel['id']}/park")
-    assert code == 501 and "local backend" in refused["message"], refused
+    assert code == 501 and refused["message"] == body["reason"], refused
+    assert kernel["id"] in jp_serverapp.kernel_manager
 
 
 async def test_not_json_is_400(api, jp_fetch):
@@ -189,7 +193,7 @@ async def test_authentication_and_who_sees_what(api, jp_fetch, sim_cluster):
     pod = alices["vgpu"]["pod_name"]
 
     code, bob_view = await api("GET", "class", user="bob")
-    assert bob_view == {"kernels": [], "instructor": False}
+    assert bob_view == {"kernels": [], "instructor": False, "budgets": []}
     code, _ = await api("GET", "allocations", user="bob")
     assert _["kernels"] == []
     code, _ = await api("GET", "events", user="bob", kernel=alices["id"])

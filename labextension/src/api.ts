@@ -131,6 +131,8 @@ export interface IClassKernel {
 export interface IClass {
   kernels: IClassKernel[];
   instructor: boolean;
+  /** Each student's vGPU-hour budget, for instructors (newer servers). */
+  budgets?: IBudgetRow[];
 }
 
 /** A launch progress message (GET events). */
@@ -365,3 +367,36 @@ export const deleteSnapshot = (snapshotId: string): Promise<{ deleted: string }>
 export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/** A vGPU-hour budget (GET budget), the same shape in direct and hub mode; `budget` null: none applies. */
+export interface IBudget {
+  budget: number | null;
+  used?: number;
+  left?: number;
+  /** "vGPU-hours" or "vGPU-memory-GiB-hours". */
+  unit?: string;
+  course?: string;
+  /** When the window resets (ISO-8601), and the same as the lab's clock says it ("Tue 09:00"). */
+  resets?: string;
+  resets_text?: string;
+  period?: 'week' | 'term';
+  /** The server's sentence: "2.5 of 10 vGPU-hours left this week · resets Tue 09:00". */
+  text: string;
+  /** The last warning level crossed (80 %, 95 %), until a top-up or the reset. */
+  warning?: { level: number; message: string } | null;
+}
+
+/** One student's use and what is left (the `budgets` of GET class; instructors). */
+export interface IBudgetRow extends IBudget {
+  user: string;
+}
+
+/** This user's vGPU-hour budget. */
+export const getBudget = (): Promise<IBudget> => requestAPI<IBudget>('budget');
+
+/** Instructors: `hours` more for `user` in this window; the student's new budget. */
+export const topUpBudget = (user: string, hours: number): Promise<IBudgetRow> =>
+  requestAPI<IBudgetRow>(`budgets/${encodeURIComponent(user)}/topup`, {
+    method: 'POST',
+    body: JSON.stringify({ hours })
+  });

@@ -23,13 +23,15 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
-import { getAllocations, getClass, getPool, getQueue, getSnapshots } from './api';
+import { getAllocations, getBudget, getClass, getPool, getQueue, getSnapshots } from './api';
+import { BudgetStatus } from './budget';
 import { newNotebookOnSpec, newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
 import { RealGrantNames, specGrant } from './kernelname';
 import { DEMOS, ILaunchContext, openDemo } from './launch';
 import {
+  DEFAULT_BUDGET_REFRESH_MS,
   DEFAULT_REFRESH_MS,
   DEFAULT_SLIDER_MAX_MIB,
   IVGPUModel,
@@ -68,7 +70,8 @@ const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
         pool: getPool,
         classKernels: getClass,
         queue: getQueue,
-        snapshots: getSnapshots
+        snapshots: getSnapshots,
+        budget: getBudget
       },
       { kernels: app.serviceManager.kernels }
     );
@@ -81,6 +84,8 @@ const modelPlugin: JupyterFrontEndPlugin<IVGPUModel> = {
             const gib = Number(loaded.get('sliderMaxMemory').composite);
             model.refreshInterval = seconds > 0 ? seconds * 1000 : DEFAULT_REFRESH_MS;
             model.sliderMaxMib = gib > 0 ? gib * 1024 : DEFAULT_SLIDER_MAX_MIB;
+            const budgetSeconds = Number(loaded.get('budgetRefreshInterval').composite);
+            model.budgetInterval = budgetSeconds > 0 ? budgetSeconds * 1000 : DEFAULT_BUDGET_REFRESH_MS;
           };
           apply();
           loaded.changed.connect(apply);
@@ -267,6 +272,39 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+/** The status bar's vGPU-hour budget line, where a budget applies (the sidebar shows it too). */
+const budgetPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:budget`,
+  description:
+    'The status bar\'s "2.5 of 10 vGPU-hours left this week · resets Tue 09:00", where a vGPU-hour budget applies.',
+  autoStart: true,
+  requires: [IVGPUModel],
+  optional: [IStatusBar, ITranslator],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IVGPUModel,
+    statusBar: IStatusBar | null,
+    translator: ITranslator | null
+  ) => {
+    if (!statusBar) {
+      return; // Notebook 7 has no status bar (its vGPU sidebar shows the budget)
+    }
+    const item = new BudgetStatus(model, (translator ?? nullTranslator).load(DOMAIN));
+    item.node.onclick = () => {
+      if (app.commands.hasCommand(CommandIDs.showPanel)) {
+        void app.commands.execute(CommandIDs.showPanel);
+      }
+    };
+    statusBar.registerStatusItem(`${PLUGIN}:budget`, {
+      item,
+      align: 'left',
+      rank: 6.5,
+      isActive: () => item.isActive,
+      activeStateChanged: item.activeStateChanged
+    });
+  }
+};
+
 const refusalPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:refused-notebooks`,
   description:
@@ -304,4 +342,12 @@ const kernelNamePlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [modelPlugin, panelPlugin, newNotebookPlugin, statusPlugin, refusalPlugin, kernelNamePlugin];
+export default [
+  modelPlugin,
+  panelPlugin,
+  newNotebookPlugin,
+  statusPlugin,
+  budgetPlugin,
+  refusalPlugin,
+  kernelNamePlugin
+];

@@ -8,7 +8,7 @@ import { IDisposable } from '@lumino/disposable';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import type { IAllocation, IClass, IPool, IQueueEntry, ISnapshot } from './api';
+import type { IAllocation, IBudget, IClass, IPool, IQueueEntry, ISnapshot } from './api';
 
 /** What a view needs now: nothing, this server's allocations, or also the pool and the class. */
 export type Interest = 'none' | 'allocations' | 'all';
@@ -22,6 +22,8 @@ export interface IVGPUSource {
   queue?(): Promise<IQueueEntry[]>;
   /** This user's parked kernels (GET snapshots); a source without it parks nothing. */
   snapshots?(): Promise<ISnapshot[]>;
+  /** This user's vGPU-hour budget (GET budget); a source without it has none. */
+  budget?(): Promise<IBudget>;
 }
 
 /** A launch that left the queue and that no flow of this page waits for (one from before a reload). */
@@ -57,6 +59,10 @@ export interface IVGPUModel extends IDisposable {
   readonly canPark: boolean;
   /** The newest readable snapshot of the notebook at `path` (the server's path), or null. */
   parkedFor(path: string | null | undefined): ISnapshot | null;
+  /** This user's vGPU-hour budget as last fetched (null before the first fetch). */
+  readonly budget: Part<IBudget>;
+  /** How often the budget is fetched, in ms (setting budgetRefreshInterval). */
+  budgetInterval: number;
   /** Poll interval in ms (setting refreshInterval); errors back off up to 6 times it. */
   refreshInterval: number;
   /** The dialog's memory slider maximum, in MiB (setting sliderMaxMemory). */
@@ -77,6 +83,7 @@ export const IVGPUModel = new Token<IVGPUModel>(
 );
 
 export const DEFAULT_REFRESH_MS = 5_000;
+export const DEFAULT_BUDGET_REFRESH_MS = 30_000;
 export const DEFAULT_SLIDER_MAX_MIB = 32 * 1024;
 
 const RANK: Record<Interest, number> = { none: 0, allocations: 1, all: 2 };
@@ -99,12 +106,23 @@ export class VGPUModel implements IVGPUModel {
   private readonly own = new Set<string>();
   /** Launches gone from the queue, not started by this page, until their kernel shows (or time is up). */
   private readonly leaving = new Map<string, { entry: IQueueEntry; until: number }>();
-  private inflight: { interest: Interest; queue: boolean; done: Promise<void> } | null = null;
+  private inflight: {
+    interest: Interest;
+    queue: boolean;
+    budget: boolean;
+    done: Promise<void>;
+  } | null = null;
   private _refreshInterval: number;
   private _disposed = false;
   private readonly kernels?: { runningChanged: ISignal<unknown, unknown> };
   private kernelIds: string | null = null;
   sliderMaxMib = DEFAULT_SLIDER_MAX_MIB;
+  // -- the budget: asked at start-up, then every budgetInterval (whatever the views need), never
+  // again once the server says none applies (or knows no budgets: 404).
+  private _budget: Part<IBudget> = null;
+  private budgetAt = 0;
+  private noBudget = false;
+  budgetInterval = DEFAULT_BUDGET_REFRESH_MS;
 
   constructor(
     private readonly source: IVGPUSource,
@@ -119,7 +137,8 @@ export class VGPUModel implements IVGPUModel {
       factory: () => this.fetch(),
       frequency: this.frequency(),
       // No requests while the browser tab is hidden or no view needs anything.
-      standby: () => hidden() || (this.interest() === 'none' && !this.wantsQueue()),
+      standby: () =>
+        hidden() || (this.interest() === 'none' && !this.wantsQueue() && !this.wantsBudget()),
       name: 'orion-jupyter:vgpu'
     });
     this.kernels = options.kernels;
@@ -174,6 +193,10 @@ export class VGPUModel implements IVGPUModel {
 
   get snapshots(): Part<ISnapshot[]> {
     return this._snapshots;
+  }
+
+  get budget(): Part<IBudget> {
+    return this._budget;
   }
 
   get canPark(): boolean {
@@ -271,6 +294,24 @@ export class VGPUModel implements IVGPUModel {
     );
   }
 
+  private wantsBudget(): boolean {
+    return (
+      !!this.source.budget &&
+      !this.noBudget &&
+      (this._budget === null || Date.now() - this.budgetAt >= this.budgetInterval)
+    );
+  }
+
+  /** Takes the budget's answer; a server without budgets (none applies, or 404) is not asked again. */
+  private tookBudget(answer: PromiseSettledResult<IBudget>): void {
+    this._budget = answer;
+    this.budgetAt = Date.now();
+    this.noBudget =
+      answer.status === 'fulfilled'
+        ? answer.value.budget === null
+        : (answer.reason as { status?: number })?.status === 404;
+  }
+
   private frequency() {
     const interval = this._refreshInterval;
     return { interval, backoff: true, max: 6 * interval };
@@ -294,13 +335,19 @@ export class VGPUModel implements IVGPUModel {
   private fetch(): Promise<void> {
     const interest = this.interest();
     const queue = this.wantsQueue();
+    const budget = this.wantsBudget();
     const current = this.inflight;
-    if (current && RANK[current.interest] >= RANK[interest] && (current.queue || !queue)) {
+    if (
+      current &&
+      RANK[current.interest] >= RANK[interest] &&
+      (current.queue || !queue) &&
+      (current.budget || !budget)
+    ) {
       return current.done;
     }
     const before = current ? current.done.catch(() => undefined) : Promise.resolve();
-    const done = before.then(() => this.fetchNow(interest, queue));
-    const entry = { interest, queue, done };
+    const done = before.then(() => this.fetchNow(interest, queue, budget));
+    const entry = { interest, queue, budget, done };
     this.inflight = entry;
     const clear = () => {
       if (this.inflight === entry) {
@@ -311,8 +358,8 @@ export class VGPUModel implements IVGPUModel {
     return done;
   }
 
-  private async fetchNow(interest: Interest, queue: boolean): Promise<void> {
-    if (this._disposed || (interest === 'none' && !queue)) {
+  private async fetchNow(interest: Interest, queue: boolean, budget: boolean): Promise<void> {
+    if (this._disposed || (interest === 'none' && !queue && !budget)) {
       return;
     }
     const all = interest === 'all';
@@ -322,12 +369,13 @@ export class VGPUModel implements IVGPUModel {
       this.queueAsked = false;
     }
     const snapshots = withAllocations && !!this.source.snapshots && !this.noSnapshots;
-    const [allocations, pool, klass, waiting, parked] = await Promise.allSettled([
+    const [allocations, pool, klass, waiting, parked, budgetAnswer] = await Promise.allSettled([
       withAllocations ? this.source.allocations() : Promise.resolve(null),
       all ? this.source.pool() : Promise.resolve(null),
       all ? this.source.classKernels() : Promise.resolve(null),
       queue && this.source.queue ? this.source.queue() : Promise.resolve(null),
-      snapshots ? this.source.snapshots!() : Promise.resolve(null)
+      snapshots ? this.source.snapshots!() : Promise.resolve(null),
+      budget ? this.source.budget!() : Promise.resolve(null)
     ]);
     if (this._disposed) {
       return;
@@ -351,6 +399,9 @@ export class VGPUModel implements IVGPUModel {
       this._snapshots = parked as PromiseSettledResult<ISnapshot[]>;
       const status = parked.status === 'rejected' && (parked.reason as { status?: number })?.status;
       this.noSnapshots = status === 404 || status === 501;
+    }
+    if (budget) {
+      this.tookBudget(budgetAnswer as PromiseSettledResult<IBudget>);
     }
     if (all) {
       this._pool = pool as PromiseSettledResult<IPool>;

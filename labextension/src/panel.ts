@@ -18,6 +18,7 @@ import {
   setExempt,
   stopClassPod
 } from './api';
+import { renderBudgetLine, renderBudgetRows } from './budget';
 import { cullWarning } from './culling';
 import { Child, actionButton, h } from './dom';
 import {
@@ -44,6 +45,8 @@ export class VGPUPanel extends Widget {
   private readonly parked = h('div', { class: 'orion-Panel-parked' });
   private readonly parkedSection: HTMLElement;
   private readonly classBody = h('div', { class: 'orion-Panel-class' });
+  private readonly budgetLine = h('div', { class: 'orion-Panel-budget' });
+  private readonly classBudgets = h('div', { class: 'orion-Panel-budgets' });
   private readonly classOrder = h('select', {
     class: 'jp-mod-styled orion-Panel-classOrder',
     name: 'orion-class-order'
@@ -74,9 +77,11 @@ export class VGPUPanel extends Widget {
     );
     this.classOrder.onchange = () => this.render();
     this.classSection = section(trans.__('Class'), this.classBody, this.classOrder);
+    this.classSection.append(this.classBudgets);
     this.parkedSection = section(trans.__('Parked notebooks'), this.parked);
     this.node.append(
       h('h2', { class: 'orion-Panel-title' }, trans.__('vGPU')),
+      this.budgetLine,
       section(trans.__('My vGPU kernels'), this.mine),
       this.parkedSection,
       section(trans.__('Pool'), this.pool),
@@ -119,6 +124,10 @@ export class VGPUPanel extends Widget {
     // Students see no class section; an error in it is shown (it may be the instructor's).
     this.classSection.hidden = klass?.status !== 'rejected' && !shown?.instructor;
     fill(this.classBody, klass, trans, c => this.renderClass(c));
+    renderBudgetLine(this.budgetLine, model.budget, trans);
+    this.classBudgets.replaceChildren(
+      ...renderBudgetRows(shown?.budgets, !!shown?.instructor, model, trans)
+    );
     this.classOrder.hidden = !shown?.kernels.length;
   }
 

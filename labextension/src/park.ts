@@ -9,6 +9,7 @@ import { IDocumentManager } from '@jupyterlab/docmanager';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { ISignal, Signal } from '@lumino/signaling';
+import { Widget } from '@lumino/widgets';
 
 import { ISnapshot, deleteSnapshot, errorText, parkKernel, resumeSnapshot } from './api';
 import { Child, actionButton, h } from './dom';
@@ -77,10 +78,10 @@ export class Parking {
   }
 
   /**
-   * Resumes the snapshot on a new kernel (the parked one's spec) and moves its notebook onto it:
-   * the notebook open in `context` (or any open on the snapshot's path), else it opens.
+   * Resumes the snapshot on a new kernel (`spec`, else the parked one's) and moves its notebook onto
+   * it: the notebook open in `context` (or any open on the snapshot's path), else it opens.
    */
-  async resume(snapshot: ISnapshot, context?: ISessionContext | null): Promise<void> {
+  async resume(snapshot: ISnapshot, context?: ISessionContext | null, spec?: string): Promise<void> {
     const { model, trans } = this.ctx;
     const what = snapshot.path || snapshot.id;
     await this.work(snapshot.id, async () => {
@@ -89,7 +90,7 @@ export class Parking {
       });
       let resumed;
       try {
-        resumed = await resumeSnapshot(snapshot.id);
+        resumed = await resumeSnapshot(snapshot.id, spec);
       } catch (error) {
         // A full pool refuses as any launch does; the snapshot stays.
         Notification.update({
@@ -125,6 +126,26 @@ export class Parking {
       });
     });
     await model.refresh();
+  }
+
+  /**
+   * Resume on a kernel the user picks: the parked spec first, then every other spec this server
+   * offers (a CPU-only kernel to keep preparing, a bigger slice to train); the server checks it
+   * as any launch.
+   */
+  async resumeOn(snapshot: ISnapshot): Promise<void> {
+    const { app, trans } = this.ctx;
+    await app.serviceManager.kernelspecs.ready;
+    const specs = app.serviceManager.kernelspecs.specs?.kernelspecs ?? {};
+    const body = new SpecChoice(snapshot.spec, specs, trans);
+    const answer = await showDialog({
+      title: trans.__('Resume %1 on…', snapshot.path || snapshot.id),
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: trans.__('Resume') })]
+    });
+    if (answer.button.accept && answer.value) {
+      await this.resume(snapshot, null, answer.value);
+    }
   }
 
   /** Delete asks first: the variables in the snapshot are gone for good. */
@@ -184,7 +205,43 @@ export class Parking {
   }
 }
 
-/** The sidebar's parked notebooks: path, size, age and spec, each with Resume and Delete. */
+/** The resume dialog's body: one choice of kernel spec, the parked one selected. */
+class SpecChoice extends Widget implements Dialog.IBodyWidget<string> {
+  private readonly select: HTMLSelectElement;
+
+  constructor(
+    parked: string | null | undefined,
+    specs: Record<string, { display_name: string } | undefined>,
+    trans: TranslationBundle
+  ) {
+    super();
+    this.addClass('orion-ResumeOn');
+    this.select = document.createElement('select');
+    this.select.className = 'jp-mod-styled orion-ResumeOn-spec';
+    this.select.setAttribute('aria-label', trans.__('Kernel to resume on'));
+    const label = (name: string): string => specs[name]?.display_name ?? name;
+    const names = Object.keys(specs).sort((a, b) =>
+      a === parked ? -1 : b === parked ? 1 : label(a).localeCompare(label(b))
+    );
+    for (const name of names) {
+      const text = name === parked ? trans.__('%1 (as parked)', label(name)) : label(name);
+      const option = new Option(text, name);
+      option.selected = name === parked;
+      this.select.append(option);
+    }
+    const hint = document.createElement('p');
+    hint.textContent = trans.__(
+      'The variables come back on the kernel you choose; its vGPU is asked for as any launch.'
+    );
+    this.node.append(hint, this.select);
+  }
+
+  getValue(): string {
+    return this.select.value;
+  }
+}
+
+/** The sidebar's parked notebooks: path, size, age and spec, each with Resume, Resume on… and Delete. */
 export function renderParked(
   snapshots: ISnapshot[],
   parking: Parking,
@@ -219,6 +276,12 @@ export function renderParked(
       'div',
       { class: 'orion-Kernel-tools orion-Parked-tools' },
       resume,
+      actionButton(
+        trans.__('Resume on…'),
+        trans.__('Resume on another kernel: CPU-only, or a bigger slice'),
+        () => parking.resumeOn(s),
+        'plain'
+      ),
       actionButton(trans.__('Delete'), trans.__('Delete this snapshot'), () => parking.remove(s))
     );
     const saved = s.saved?.length ?? 0;

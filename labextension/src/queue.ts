@@ -11,7 +11,7 @@ import { actionButton, h } from './dom';
 import { formatDuration, formatQueueStatus, formatQueued } from './format';
 import { ILaunchContext, openOnKernel } from './launch';
 import { IQueueLeft, IVGPUModel } from './model';
-import { ToggledStatusItem } from './statusitem';
+import { ModelStatusItem } from './statusitem';
 
 /** Gives up a waiting launch's place (its pending start then ends quietly); errors are shown. */
 export async function cancelLaunch(
@@ -31,29 +31,14 @@ export async function cancelLaunch(
 }
 
 /** "vGPU queue: 3rd" while a launch of this user waits; click: the waiting launches. */
-export class QueueStatus extends ToggledStatusItem {
-
-  constructor(
-    private readonly model: IVGPUModel,
-    private readonly trans: TranslationBundle
-  ) {
-    super();
-    this.addClass('jp-StatusBar-TextItem');
-    this.addClass('orion-QueueStatus');
-    model.changed.connect(this.render, this);
+export class QueueStatus extends ModelStatusItem {
+  constructor(model: IVGPUModel, trans: TranslationBundle) {
+    super(model, trans, 'orion-QueueStatus');
     this.node.onclick = () => void showQueue(this.model, this.trans);
     this.render();
   }
 
-  dispose(): void {
-    if (this.isDisposed) {
-      return;
-    }
-    this.model.changed.disconnect(this.render, this);
-    super.dispose();
-  }
-
-  private render(): void {
+  protected render(): void {
     const { trans } = this;
     const waiting = this.model.waiting;
     const shown = waiting.length > 0;

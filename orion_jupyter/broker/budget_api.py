@@ -7,9 +7,8 @@ POST   api/budgets/{user}/topup   {"hours": 2}: add to a student's budget for th
 
 from __future__ import annotations
 
-import math
-
-from ..core.budgets import student
+from ..core.budgets import topup_hours
+from ..vgpu import VGPURequestError
 from .handlers import BrokerHandler
 
 USER_NAME = r"[^/]{1,255}"
@@ -20,8 +19,7 @@ class BudgetHandler(BrokerHandler):
         meter = self.broker.budget_meter
         if meter is None:
             return self.reply({"budget": None, "text": "no vGPU-hour budgets in this class"})
-        summary = meter.budgets.summary(self.user, self.broker.admission.course_of(self.groups))
-        self.reply({**summary, "warning": meter.warning(student(self.user))})
+        self.reply(meter.budgets.summary(self.user, self.broker.admission.course_of(self.groups)))
 
 
 class BudgetsHandler(BrokerHandler):
@@ -42,11 +40,11 @@ class TopupHandler(BrokerHandler):
         body = self.json_body()
         if body is None:
             return
-        hours = body.get("hours")
-        if set(body) != {"hours"} or isinstance(hours, bool) or not isinstance(hours, int | float) \
-                or not math.isfinite(hours) or not 0 < hours <= 10_000:
-            return self.refuse(400, 'send {"hours": N} with N more than 0 and at most 10000', field="hours")
-        meter.budgets.topup(user, float(hours))
+        try:
+            hours = topup_hours(body)
+        except VGPURequestError as err:
+            return self.refuse(400, str(err), field=err.field)
+        meter.budgets.topup(user, hours)
         await meter.save()
         self.reply({"user": user, **meter.budgets.summary(user, broker.admission.course_of(
             await broker.hub.groups(user)))})

@@ -66,14 +66,14 @@ class ClassPods(SiteHost):
     async def shortage(self, request: VGPURequest) -> str:
         return await self.view.shortage(request, self.site.backend)
 
-    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
-        """Some node fits ``request``, counting the accepted launches whose pods are not placed yet and the
-        warm kernels being started."""
+    async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool:
+        """Some node fits ``request``, counting the accepted launches whose pods are not placed yet, the
+        warm kernels being started and ``held_back`` (what open bookings keep from this launch)."""
         placed = {(p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) for p in self.cluster.kernel_pods()
                   if (p.get("spec") or {}).get("nodeName")}
         unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in placed)
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
-        return await self.view.has_room(request, self.site.backend, unplaced + starting)
+        return await self.view.has_room(request, self.site.backend, unplaced + starting + held_back)
 
     async def roster_members(self, course: str) -> list[str]:
         return [user for user in await self.members(course) if not self.is_instructor(user, [])]

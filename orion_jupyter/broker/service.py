@@ -29,6 +29,7 @@ from traitlets.config import Application
 
 from ..config import KernelPolicy
 from ..core.admission import Admission
+from ..core.bookings import BookingRules, Bookings, parse_static
 from ..core.budgets import BudgetConfig, Budgets
 from ..core.fairshare import FairShare
 from ..core.idle import CullRules
@@ -44,13 +45,15 @@ from ..metrics import HANDOVER
 from ..names import ANNOTATION_LAUNCHING, ANNOTATION_SERVER, LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 from ..settings import ClassSettings, KernelSettings
 from ..vgpu import VGPURequestError, parse_memory
+from .bookings import BrokerBookings
 from .budgets import BudgetMeter
 from .idle import broker_culler
+from .parking import BrokerParking, ParkLimits
 from .pods import ClassPods
 from .waits import BrokerWaits
 
 COURSE_KEYS = {"vgpus", "memory", "kernels", "queue", "cull_idle_seconds", "cull_warning_seconds", "cull_max_keeps",
-               "budget", "weight"}
+               "budget", "weight", "student_bookings"}
 
 # What a student may ask for unless the operator's c.KernelPolicy says otherwise (loosen on purpose).
 SAFE_POLICY = {"max_vgpus": 4, "max_memory": "48Gi"}
@@ -86,6 +89,7 @@ class Broker(Application, ClassSettings):
                           help="A Python config file (c.Broker..., c.VGPUProvisioner... for the pods).")
     aliases = {"config": "Broker.config_file", "ip": "Broker.ip", "port": "Broker.port",
                "namespace": "VGPUProvisioner.namespace"}
+    flags = {"park-all": ({"Broker": {"park_all": True}}, "Park every kernel of the running broker, then exit.")}
     url = Unicode(config=True, help="The broker's URL as the hub knows it; default $JUPYTERHUB_SERVICE_URL.")
     ip = Unicode("", config=True, help="Address to listen on (e.g. 0.0.0.0 in the hub pod); default: the URL's host.")
     port = Int(0, config=True, help="Port to listen on; default: the URL's port.")
@@ -113,13 +117,6 @@ class Broker(Application, ClassSettings):
                         "'queue' on, a launch that finds the course's quota or the pool full waits its turn, first "
                         "come first served, instead of failing. 'budget' ({'student': 5, 'course': 200} vGPU-hours) "
                         "and 'weight' (its fair share of the pool): see c.Broker.budgets and fair_share_half_life.")
-    budgets = Dict(config=True,
-                   help="vGPU-hour budgets, metered live: {'unit': 'vgpu-hours' (or 'vgpu-memory-gib-hours'), "
-                        "'student': 10, 'course': 0, 'reset': {'weekly': 'tue 09:00'} (lab_timezone) or {'term': "
-                        "['2026-09-01', '2026-12-20']}, 'warn': [0.8, 0.95], 'rates': [{'vgpus': 1, 'memory': "
-                        "'4Gi', 'rate': 0.5}], 'interval': 60}; a course's own in c.Broker.courses[group]['budget'] "
-                        "= {'student': 5, 'course': 200}. 0 or empty: no budget. At zero a kernel is stopped with "
-                        "the reason and a launch refused until the reset.")
     fair_share_half_life = Float(0.0, config=True,
                                  help="Seconds in which a course's and a student's remembered vGPU use halves; with it "
                                       "the next free vGPU goes to the course with the least use against its 'weight' "
@@ -155,7 +152,26 @@ class Broker(Application, ClassSettings):
                               "'mountPath': '/home/jovyan'}]; templated like volumes.")
     home_mount_path = Unicode("", config=True,
                               help="Where the user's server root is mounted in kernel pods; a kernel starts in the "
-                                   "notebook's folder below it. Empty: the image's working directory.")
+                                   "notebook's folder below it, and a parked kernel's snapshot goes to "
+                                   "<it>/.orion-snapshots/<user>/. Empty: the image's working directory, and the "
+                                   "broker parks no kernel (it can only stop them).")
+    park_idle = Bool(True, config=True,
+                     help="Idle culling and a used-up vGPU-hour budget park a vGPU kernel (its variables saved to the "
+                          "user's storage under home_mount_path) before stopping it; a park that fails stops it with "
+                          "the reason. Instructors and --park-all park either way. Needs home_mount_path.")
+    park_timeout_seconds = Float(600.0, config=True,
+                                 help="Seconds a kernel may take to save its variables when the broker parks it; "
+                                      "then the park fails (the kernel keeps running, or culling stops it).")
+    max_snapshot_bytes = Int(4 << 30, config=True,
+                             help="Bytes one snapshot of a kernel the broker parks may take; a larger park is "
+                                  "refused by the kernel.")
+    max_user_snapshot_bytes = Int(16 << 30, config=True,
+                                  help="Bytes all of one user's snapshots may take together (in their own storage) "
+                                       "when the broker parks one of their kernels.")
+    park_all = Bool(False, config=True,
+                    help="`orion-jupyter broker --park-all`: ask the running broker (c.Broker.url, with its own "
+                         "token c.Broker.api_token) to park every kernel, print what was parked and what was not, "
+                         "and exit (1 when some kernel was not parked); then stop the broker for maintenance.")
     network_policies = Bool(True, config=True,
                             help="Give each kernel pod a NetworkPolicy that admits its ports only from its user's "
                                  "server pod.")
@@ -175,17 +191,22 @@ class Broker(Application, ClassSettings):
                         "with their own storage (c.Broker.volumes): {'ai101': {'vgpus': 1, 'memory': '4Gi', "
                         "'hours': {'days': 'tue', 'start': '09:00', 'end': '11:00'}, 'grace': 1200}}; those not "
                         "claimed 'grace' seconds after the start are stopped.")
-    lab_timezone = Unicode("", config=True,
-                           help="The time zone of warm pools' and rosters' hours (an IANA name such as "
-                                "'Europe/Berlin'); empty: the broker's local time.")
     warm_interval = Float(5.0, config=True,
                           help="Seconds between checks that warm pools are full and rosters pre-warmed.")
     pod_labels = Dict(value_trait=Unicode(), default_value={"app": "jupyterhub", "component": "hub"}, config=True,
                       help="Labels of the broker's own pod (z2jh's hub pod by default): a warm kernel's "
                            "NetworkPolicy admits only it until a claim.")
+    bookings = List(config=True,
+                    help="Bookings kept from the config: [{'course': 'AI_101', 'vgpus': 1, 'memory': '4Gi', 'count': "
+                         "10, 'start': '2026-12-08T09:00', 'end': '2026-12-08T11:00'}] (times without an offset are in "
+                         "lab_timezone; optional 'user': one student of the course). During the window the booked "
+                         "vGPUs are held back from others' launches and the course's (student's) launches of that "
+                         "shape take them first. Instructors (of a course's hub group) book more through POST "
+                         "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
+                         "most hours one of theirs may last.")
     state_configmap = Unicode("orion-broker-state", config=True,
                               help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups and fair-share memory, so a restarted broker continues them.")
+                                   "top-ups, fair-share memory and bookings, so a restarted broker continues them.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -232,6 +253,8 @@ class Broker(Application, ClassSettings):
         fair: FairShare | None = FairShare.parse(self.courses, self.fair_share_half_life, self.fair_share_max_wait)
         fair = fair if fair.half_life else None  # checked either way; off: first come, first served
         warm_config = WarmConfig.parse(self.warm_pools, self.rosters, self.settings.image, self.lab_timezone)
+        booking_rules = BookingRules.parse(self.courses, courses, per_user, warm_config.zone)
+        bookings, static_bookings = Bookings(booking_rules), parse_static(self.bookings, booking_rules)
         self.kernel_policy = safe_policy(KernelPolicy(parent=self), [self.settings.image, *(
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
@@ -257,13 +280,13 @@ class Broker(Application, ClassSettings):
                               home_mount_path=self.home_mount_path)
         self.admission = Admission(self.pods, ledger, [g for g, q in self.courses.items() if q.get("queue")],
                                    handed_over=HANDOVER.observe, head_max_wait=self.queue_head_max_wait,
-                                   budgets=budgets, fair=fair)
+                                   budgets=budgets, fair=fair, bookings=bookings)
         self.queue = self.admission.queue
         self.warm = self.pods.warm = self.admission.warm = WarmKernels(self.pods, warm_config, self.queue)
         self.state_store = ConfigMapStore(self.cluster, self.namespace, self.state_configmap,
                                           {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
-        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
-            if budgets is not None else None
+        self.booked = BrokerBookings(bookings, static_bookings, self.pods, self.admission, self.warm,
+                                     Section(self.state_store, "bookings"))
         self.fair = fair
         if fair is not None:
             fair.running = self.pods.holdings
@@ -271,6 +294,12 @@ class Broker(Application, ClassSettings):
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
+        self.parking = self.culler.target.parking = BrokerParking(
+            self.pods, self.culler.target, self.park_limits(), Section(self.state_store, "parks"))
+        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets"),
+                                        give_back=lambda kernel_id, why: self.parking.give_back(kernel_id, why,
+                                                                                                "budget")) \
+            if budgets is not None else None
         self.waits = BrokerWaits(self.pods, self.culler.cull_at, budgets,
                                  lambda course: bool(course in courses and courses[course].vgpus),
                                  weight=lambda course: fair.weights.get(course, 1.0) if fair else 1.0,
@@ -279,6 +308,14 @@ class Broker(Application, ClassSettings):
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return self.is_instructor_named(name, groups)
+
+    def park_limits(self) -> ParkLimits:
+        for name in ("park_timeout_seconds", "max_snapshot_bytes", "max_user_snapshot_bytes"):
+            if not getattr(self, name) > 0:
+                raise VGPURequestError(name, getattr(self, name),
+                                       f"c.Broker.{name} is {getattr(self, name)!r}; it must be more than 0")
+        return ParkLimits(self.home_mount_path, self.max_snapshot_bytes, self.max_user_snapshot_bytes,
+                          self.park_timeout_seconds, self.park_idle)
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""
@@ -370,18 +407,20 @@ class Broker(Application, ClassSettings):
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))
         await self.hold_lease()
         await self.warm.adopt_or_clean()
+        await self.booked.start()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
             self.port or address.port or 80, self.ip or address.hostname or "127.0.0.1",
             max_body_size=self.max_body_bytes)
         log.info("orion-jupyter broker on %s%s, kernels in namespace %s", self.url, self.prefix, self.namespace)
-        timers = [PeriodicCallback(self.renew_lease, 15_000)]
+        timers = [PeriodicCallback(self.renew_lease, 15_000), PeriodicCallback(self.booked.prune, 5_000)]
         if self.warm.enabled:
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
         if self.fair is not None:
             self.fair.restore(await self.state_store.load("fairshare") or {})
             timers.append(PeriodicCallback(self.save_fair_share, 30_000))
+        await self.parking.start()
         if self.budget_meter is not None:
             await self.budget_meter.start()
             timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))

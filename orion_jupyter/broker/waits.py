@@ -1,7 +1,8 @@
 """The broker's wait estimates (``core.estimates``) from what it knows: its kernel pods (how long each has
 run), their idle cull times, their budgets running out, and the lifetimes of the kernels that ended, per
 course and shape. A queue place then shows ``wait_p50_seconds``, ``wait_p80_seconds`` and ``wait``
-("about 6 min, 80 % within 11 min", or "unknown")."""
+("about 6 min, 80 % within 11 min", or "unknown"), scaled by how the course's earlier waits compared with
+what they were told (``core.estimates.Calibration``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..core.budgets import Budgets
-from ..core.estimates import Draws, Running, WaitEstimator, needed, wait_text
+from ..core.estimates import Calibration, Draws, Running, WaitEstimator, needed, wait_text
 from ..core.ledger import Holding
 from ..core.queue import Waiting
 from ..k8s.view import pod_course, pod_request
@@ -52,10 +53,18 @@ class BrokerWaits:
         self.waiting_courses = waiting_courses  # the courses with launches waiting now
         self._drawn: dict[str, tuple[float, Draws]] = {}  # per scope (a course, or "" for the pool)
         self._ended: OrderedDict[str, None] = OrderedDict()  # uids already observed (DELETED follows Succeeded)
+        self.calibration = Calibration()
+        # kernel id -> (course, joined at, the model's p50 then): compared with the real wait once its pod exists
+        self._told: OrderedDict[str, tuple[str, float, float | None]] = OrderedDict()
 
     def on_pod(self, kind: str, pod: dict) -> None:
-        """A claimed kernel pod ended: one more observed lifetime of its course and shape."""
+        """A waiting launch's pod exists: its real wait, for the calibration. A claimed kernel pod ended: one
+        more observed lifetime of its course and shape."""
         meta = pod["metadata"]
+        told = self._told.pop((meta.get("labels") or {}).get(LABEL_KERNEL_ID, ""), None)
+        if told is not None and kind != "DELETED":
+            course, joined, p50 = told
+            self.calibration.observe(course, p50, max(self.clock() - joined, 0.0))
         ended = kind == "DELETED" or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
         started = _started(pod)
         if not ended or started is None or LABEL_WARM in (meta.get("labels") or {}) or meta.get("uid") in self._ended:
@@ -98,6 +107,11 @@ class BrokerWaits:
             vgpus = needed(vgpus, self.weight(waiting.course),
                            [self.weight(c) for c in {*self.waiting_courses(), waiting.course}])
         estimate = draws.estimate(vgpus)
+        if waiting.kernel_id not in self._told:  # what it was told when it joined
+            self._told[waiting.kernel_id] = (waiting.course, self.clock(), estimate["p50"])
+            while len(self._told) > 1000:  # launches cancelled while waiting never get a pod
+                self._told.popitem(last=False)
+        estimate = self.calibration.adjust(waiting.course, estimate)
         return {"wait_p50_seconds": estimate["p50"], "wait_p80_seconds": estimate["p80"], "wait": wait_text(estimate)}
 
 

@@ -9,9 +9,11 @@ The order of the decision, in one place (the broker's HTTP handler only translat
    user (or course) whose vGPU-hour budget is used up until the window resets (400, ``budget``);
 4. the student's own roster kernel, ready, is theirs at once: it was set aside for them, so it takes
    nobody's place in line and only their own quota applies;
-5. with the course's queue on, nobody overtakes the line: a launch waits while others wait;
+5. with the course's queue on, nobody overtakes the line: a launch waits while others wait; except a
+   launch of an open booking (``core.bookings``) with a kernel left: that capacity was kept for it;
 6. else the course's quota and the pool (a warm kernel of the shape, or room on a node) decide; a
    launch that does not fit waits in its course's queue when the course has one, else is refused.
+   What open bookings keep and do not use yet is held back from every launch not theirs.
 
 From the duplicate check to the reservation nothing awaits, so two launches of one id, or of one
 user against their quota, cannot both pass. A course is its exact hub group name everywhere here.
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 from ..errors import KernelLaunchError, stopped_kernel
 from ..protocols import WarmClaims
 from ..vgpu import VGPURequest, VGPURequestError
+from .bookings import Bookings, Hold
 from .budgets import Budgets
 from .fairshare import FairShare
 from .ledger import Holding, Ledger, holding_of
@@ -42,7 +45,7 @@ class AdmissionHost(Protocol):
     def holdings(self) -> list[Holding]: ...  # what every live, claimed kernel pod holds now
     def kernel_exists(self, kernel_id: str) -> bool: ...  # a kernel pod with this id
     def stopped_by(self, kernel_id: str) -> str | None: ...  # who stopped a kernel of this id, if anyone
-    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool: ...
+    async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool: ...
     async def largest_node(self) -> int | None: ...  # vGPUs of the largest node (None: unknown)
     async def shortage(self, request: VGPURequest) -> str: ...  # why the pool cannot serve it now
 
@@ -84,8 +87,10 @@ class Admission:
 
     def __init__(self, host: AdmissionHost, ledger: Ledger, queue_courses: Iterable[str],
                  warm: WarmClaims | None = None, handed_over: Callable[[float], None] = lambda seconds: None,
-                 head_max_wait: float = 120.0, budgets: Budgets | None = None, fair: FairShare | None = None):
+                 head_max_wait: float = 120.0, budgets: Budgets | None = None, fair: FairShare | None = None,
+                 bookings: Bookings | None = None):
         self.host = host
+        self.bookings = bookings
         self.budgets = budgets
         self.fair = fair
         self.ledger = ledger
@@ -93,6 +98,8 @@ class Admission:
         self.warm = warm
         self.queue = LaunchQueue(self.admit_waiting, self.release, handed_over, head_max_wait,
                                  order=fair.order if fair else None)
+        if bookings is not None:
+            self.queue.first = self._booked_first
 
     def course_of(self, groups: Iterable[str]) -> str:
         """A student's course: the first of their groups (in sorted order) that the class configures."""
@@ -132,7 +139,8 @@ class Admission:
         own = self._take_own_warm(holding, launch)
         if own is not None:
             return own
-        if not (queues and self.queue.ahead_in(course) > 0):  # nobody overtakes the line
+        # nobody overtakes the line, but a launch of an open booking: its capacity was kept for it
+        if not (queues and self.queue.ahead_in(course) > 0) or self._booked(holding):
             refusal = await self._take(holding, launch)
             if refusal is None:
                 return Admitted(holding, self.warm.reserved_for(launch.kernel_id) if self.warm else None)
@@ -165,13 +173,38 @@ class Admission:
             self.ledger.reserve(holding, self.host.holdings())
         except VGPURequestError as err:
             return err
+        bookings = self._bookings_open()
+        hold = bookings.hold(holding, self.in_use(holding.kernel_id), self.warm.ready_of if self.warm else
+                             lambda request: 0) if bookings is not None else Hold()
         if self.warm is not None and self.warm.reserve(holding.kernel_id, holding.user, launch.request, launch.image,
-                                                       launch.server_name):
+                                                       launch.server_name, keep=hold.warm):
             return None
-        if not await self.host.has_room(launch.request, holding.kernel_id):
+        if not await self.host.has_room(launch.request, holding.kernel_id, hold.vgpus):
             self.ledger.release(holding.kernel_id)
             return KernelLaunchError("unschedulable", await self.host.shortage(launch.request))
         return None
+
+    def in_use(self, but: str = "") -> list[Holding]:
+        """Every kernel held or being started but the launch ``but`` (what bookings count as used)."""
+        held = {h.kernel_id: h for h in self.host.holdings()}
+        held.update(self.ledger.pending)
+        held.pop(but, None)
+        return list(held.values())
+
+    def _booked_first(self, line: list[Waiting]) -> None:
+        """Open bookings' launches to the front of their line (in their order), the others after them."""
+        bookings = self._bookings_open()
+        if bookings is not None:
+            booked = bookings.booked(line, self.in_use())
+            line.sort(key=lambda waiting: waiting.kernel_id not in booked)
+
+    def _booked(self, holding: Holding) -> bool:
+        bookings = self._bookings_open()
+        return bookings is not None and bookings.serving(holding, self.in_use(holding.kernel_id)) is not None
+
+    def _bookings_open(self) -> Bookings | None:
+        """The bookings when one is open now (else nothing is held back for them)."""
+        return self.bookings if self.bookings is not None and self.bookings.open() else None
 
     async def admit_waiting(self, waiting: Waiting) -> bool:
         """The queue's head may start now (its holding is then reserved)."""

@@ -31,6 +31,19 @@ COURSE_BUDGET_KEYS = {"student", "course"}
 RATE_KEYS = {"vgpus", "memory", "rate"}
 
 
+MAX_TOPUP_HOURS = 10_000
+
+
+def topup_hours(body: Mapping[str, Any]) -> float:
+    """The hours of a top-up request ``{"hours": N}``, checked (VGPURequestError naming ``hours`` otherwise)."""
+    hours = body.get("hours")
+    if set(body) != {"hours"} or isinstance(hours, bool) or not isinstance(hours, int | float) \
+            or not math.isfinite(hours) or not 0 < hours <= MAX_TOPUP_HOURS:
+        raise VGPURequestError("hours", hours if set(body) == {"hours"} else sorted(body),
+                               f'send {{"hours": N}} with N more than 0 and at most {MAX_TOPUP_HOURS}')
+    return float(hours)
+
+
 class BudgetExhausted(VGPURequestError):
     """A launch refused because the caller's (or their course's) budget is used up until the window resets."""
 
@@ -273,6 +286,11 @@ class Budgets:
         left = [x for a in self.accounts(holding) if (x := self.left(a, holding.course)) is not None]
         return max(min(left), 0.0) / per_hour * 3600 if left and per_hour else None
 
+    def warning(self, account: str) -> dict[str, Any] | None:
+        """The last warning level ``account`` crossed in this window (a top-up or a new window takes it back)."""
+        level = self.warned.get(account)
+        return {"level": level, "message": f"{level:.0%} of your budget is used"} if level else None
+
     def topup(self, user: str, amount: float) -> float:
         """Add ``amount`` to ``user``'s budget for this window; what they have now."""
         self._roll(self.clock())
@@ -293,8 +311,17 @@ class Budgets:
             return {"budget": None, "used": round(used, 3), "unit": unit, "text": f"no {unit} budget"}
         left = max(limit - used, 0.0)
         return {"budget": round(limit, 3), "used": round(used, 3), "left": round(left, 3), "unit": unit,
-                "course": course, "resets": self.resets().isoformat(),
-                "text": f"{left:.1f} of {limit:g} {unit} left {period} · resets {self.resets_text()}"}
+                "course": course, "resets": self.resets().isoformat(), "resets_text": self.resets_text(),
+                "period": "term" if self.config.reset.term else "week",
+                "text": f"{left:.1f} of {limit:g} {unit} left {period} · resets {self.resets_text()}",
+                "warning": self.warning(account)}
+
+    def rows(self, running: Iterable[Holding]) -> list[dict[str, Any]]:
+        """Use and what is left per student with use, a top-up or a kernel (``running``) this window: the
+        class view's rows."""
+        courses = {**self.courses, **{h.user: h.course for h in running}}
+        users = {a.removeprefix("user:") for a in [*self.used, *self.topups] if a.startswith("user:")}
+        return [{"user": user, **self.summary(user, courses.get(user, ""))} for user in sorted(users | set(courses))]
 
     # -- what survives a restart --------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -315,4 +342,4 @@ class Budgets:
         self.courses = {str(k): str(v) for k, v in dict(state.get("courses") or {}).items()}
 
 
-__all__ = ["BudgetConfig", "BudgetExhausted", "Budgets", "Crossed", "Reset"]
+__all__ = ["BudgetConfig", "BudgetExhausted", "Budgets", "Crossed", "Reset", "topup_hours"]

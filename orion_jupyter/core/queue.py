@@ -65,6 +65,7 @@ class LaunchQueue:
         self.admit = admit
         self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
         self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
+        self.first: Callable[[list[Waiting]], None] | None = None  # moves open bookings' launches to the front
         self.unreserve = unreserve
         self.handed_over = handed_over  # seconds from a release to the head's turn
         self.head_max_wait = head_max_wait
@@ -161,6 +162,8 @@ class LaunchQueue:
             for course in self.order(self.lines) if self.order is not None else list(self.lines):
                 started = False
                 line = self.lines.get(course, [])
+                if self.first is not None:  # what a booking keeps is its launches', whoever waits longer
+                    self.first(line)
                 skip = 0  # how many at the front are passed over (the head, once it blocked long enough)
                 while len(line) > skip:
                     head = line[skip]

@@ -7,7 +7,8 @@ hands it over: the kernel is told who claimed it (one silent ``execute_request``
 ``ORION_JUPYTER_USER``, ``ORION_JUPYTER_KERNEL_ID`` and the notebook's folder), the host points it at
 its user (NetworkPolicy, labels), and the kernel manager gets the kernel's key and ports
 (jupyter_client takes the provisioner's connection info as the truth). Pools refill in the
-background, but not while a launch waits in a queue: a freed vGPU goes to the queue first.
+background, but not while a launch waits in a queue: a freed vGPU goes to the queue first (save the
+kernels an open booking keeps ready for its launches, ``booked``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -103,6 +104,8 @@ class WarmKernels:
         self.kernels: dict[str, WarmKernel] = {}  # pod name -> what this process started
         self.reserved: dict[str, str] = {}  # launch kernel id -> the warm pod it will claim
         self.prewarmed: set[tuple[str, datetime]] = set()  # (course, window start) already pre-warmed
+        # kernels of a shape that open bookings want ready (core.bookings), started even while launches wait
+        self.booked: Callable[[VGPURequest], int] = lambda request: 0
         self._starting: set[asyncio.Task] = set()
         self._ticking = False
 
@@ -115,14 +118,14 @@ class WarmKernels:
 
     # -- reserving one for a launch -------------------------------------------------------------
     def reserve(self, kernel_id: str, user: str, request: VGPURequest, image: str, server_name: str,
-                own_only: bool = False) -> str | None:
+                own_only: bool = False, keep: int = 0) -> str | None:
         """Take a ready warm kernel of this shape for the launch ``kernel_id``: the user's roster kernel
-        first (default server only: it holds that server's storage), else (unless ``own_only``) a pool's;
-        None: none ready."""
+        first (default server only: it holds that server's storage), else (unless ``own_only``) a pool's
+        beyond the ``keep`` that stand for bookings; None: none ready."""
         key = WarmShape(request, image).key
         free = [k for k in self.kernels.values() if k.ready and not k.taken_by and k.shape_key == key]
         mine = [k for k in free if k.user and k.user == user and not server_name]
-        pooled = [] if own_only else [k for k in free if not k.user]
+        pooled = [] if own_only else [k for k in free if not k.user][keep:]
         chosen = (mine or pooled or [None])[0]
         if chosen is None:
             if not own_only and any(p.shape.key == key and p.size for p in self.pools):
@@ -131,6 +134,11 @@ class WarmKernels:
         chosen.taken_by = kernel_id
         self.reserved[kernel_id] = chosen.name
         return chosen.name
+
+    def ready_of(self, request: VGPURequest) -> int:
+        """A pool's unclaimed kernels of ``request``'s shape, ready or starting (any image)."""
+        shapes = {pool.name for pool in self.pools if pool.shape.request == request}
+        return sum(1 for k in self.kernels.values() if k.pool in shapes and not k.taken_by)
 
     def reserved_for(self, kernel_id: str) -> str | None:
         return self.reserved.get(kernel_id)
@@ -199,16 +207,19 @@ class WarmKernels:
             queued = self.queue.waiting() if self.queue is not None else []
             waiting = bool(queued)
             wanted_shapes = {WarmShape(w.request, w.image).key for w in queued}
+            booked_shapes: set[VGPURequest] = set()
             for pool in self.pools:
                 have = [k for k in self.kernels.values() if k.pool == pool.name and not k.taken_by]
-                want = pool.size if pool.window.opened_at(now) else 0
+                booked = 0 if pool.shape.request in booked_shapes else self.booked(pool.shape.request)
+                booked_shapes.add(pool.shape.request)  # the first pool of a shape keeps the bookings' kernels
+                want = (pool.size if pool.window.opened_at(now) else 0) + booked
                 if waiting and pool.shape.key not in wanted_shapes:
-                    want = 0  # launches wait: a warm kernel none of them can use gives its vGPU to the queue
+                    want = booked  # launches wait: a warm kernel none of them can use gives its vGPU to the queue
                 if len(have) > want:
                     for kernel in sorted(have, key=lambda k: k.ready)[:len(have) - want]:
                         await self.stop_kernel(kernel)
-                elif len(have) < want and not waiting:
-                    for _ in range(want - len(have)):
+                elif len(have) < (booked if waiting else want):  # bookings' capacity is theirs, queue or not
+                    for _ in range((booked if waiting else want) - len(have)):
                         if not await self.host.has_room(pool.shape.request):
                             break
                         self._start(PodPlan(**self._plan(pool.shape, "", pool.name), volumes=pool.volumes,

@@ -15,7 +15,7 @@ from ..progress import PROGRESS
 from ..protocols import ClaimRequest, WarmClaims
 from ..wire import PORT_NAMES, connection_info, fresh_ports, ports_of
 from .cluster import KubeCluster, PodKernel
-from .manifests import KernelManifests, KernelPodOptions, build_kernel_manifests
+from .manifests import KernelManifests, KernelPodOptions, add_user_storage, build_kernel_manifests
 from .view import KubernetesView
 
 
@@ -79,6 +79,8 @@ class KubernetesDriver:
                             **launch.curve_fields()}
         self.manifests = build_kernel_manifests(
             pod_options(launch, self.cluster.namespace, self._connection, secrets.token_hex(3)))
+        add_user_storage(self.manifests.pod, launch.volumes, launch.volume_mounts, launch.user,
+                         os.environ.get("JUPYTERHUB_SERVER_NAME", ""))
         kwargs["cmd"] = self.manifests.pod["spec"]["containers"][0]["command"]
         return kwargs
 
@@ -102,6 +104,8 @@ class KubernetesDriver:
         """A warm kernel of this shape handed over (c.OrionJupyter.warm_kernels), or None: start one."""
         pool = self.warm
         if launch.curve_secretkey:  # warm pods hold plaintext connection files: an encrypted kernel starts fresh
+            return None
+        if launch.volumes or launch.volume_mounts:  # warm pods start before anyone claims them: no user's storage
             return None
         if pool is None or not pool.reserve(launch.kernel_id, launch.user, launch.request, launch.pod.image, ""):
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,3 +323,24 @@ def secret_owner_patch(pod: Mapping[str, Any]) -> dict:
             ]
         }
     }
+
+
+def add_user_storage(pod: dict, volumes: Sequence[Mapping], mounts: Sequence[Mapping], user: str,
+                     server_name: str) -> None:
+    """The user's volumes (KubeSpawner's {username} / {servername} templates) in a kernel pod."""
+    values = {"username": slug(user, 63) if user else "", "servername": slug(server_name, 63) if server_name else ""}
+
+    def fill(item: Any) -> Any:
+        if isinstance(item, str):
+            return item.format(**values)
+        if isinstance(item, dict):
+            return {k: fill(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [fill(v) for v in item]
+        return item
+
+    if volumes:
+        pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), *fill(list(volumes))]
+    if mounts:
+        container = pod["spec"]["containers"][0]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *fill(list(mounts))]

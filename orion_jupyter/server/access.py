@@ -27,8 +27,9 @@ class Access:
         self.one_person = one_person
 
     def is_instructor(self, user: Any) -> bool:
+        """By the name the request acts as: on a one-person server the server's user (token logins are anonymous)."""
         groups = (getattr(user, "hub_user", None) or {}).get("groups") or []
-        return self.app.is_instructor_named(user.username, groups)
+        return self.app.is_instructor_named(self.kernel_user(user), groups)
 
     def kernel_user(self, user: Any) -> str:
         """The name kernels started by this request's user carry."""

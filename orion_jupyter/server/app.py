@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
@@ -16,6 +18,8 @@ from ..clusters import import_launch_side
 from ..core.idle import Culler, CullRules
 from ..progress import PROGRESS
 from ..settings import ClassSettings
+from ..vgpu import VGPURequestError
+from .budgets import BUDGET_FILE, BudgetFile, ServerBudgets
 from .culling import BackendCulling, ServerKernels
 from .handlers import routes
 from .metrics import COLLECTOR
@@ -118,6 +122,18 @@ class OrionJupyter(ExtensionApp, ClassSettings):
                                  interval_seconds=self.cull_interval_seconds, log=self.log)
         self.settings["orion_jupyter_culler"] = self.culler
         self.state.kernels.row_fields.append(self.culler.fields)
+        if not self.state.view.decides_budgets:  # hub mode: the broker meters, from its own ledger
+            try:
+                self.state.budgets = ServerBudgets.configured(
+                    self, self.state.kernels, ServerKernels(self.state.kernels, snapshots), PROGRESS,
+                    self.state.settings.user, self.state.settings.course,
+                    BudgetFile(Path(jupyter_data_dir()) / BUDGET_FILE))
+            except VGPURequestError as err:
+                # Not a warning and a server without the extension: its kernels would start unmetered.
+                self.log.critical("%s", err)
+                raise SystemExit(2) from None
+            self.state.budgets.guard(self.serverapp.kernel_manager)
+            self.state.kernels.start_checks.append(self.state.budgets.check)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes(r"/orion/api") + snapshot_routes(r"/orion/api"))
@@ -131,6 +147,8 @@ class OrionJupyter(ExtensionApp, ClassSettings):
             self._activity_timer = PeriodicCallback(self.state.report_activity, self.activity_report_interval * 1000)
             self._activity_timer.start()
         self.culler.start()
+        if self.state.budgets is not None:
+            self.state.budgets.start()
         shape = self.state.kernels.warm_shape(self.warm_kernel_spec) if self.warm_kernels > 0 else None
         self.warm_pool = make_warm_pool(self.state.settings, self.state.view, self.warm_kernels, *shape) \
             if shape else None
@@ -143,6 +161,8 @@ class OrionJupyter(ExtensionApp, ClassSettings):
         if self._activity_timer is not None:
             self._activity_timer.stop()
         self.culler.stop()
+        if self.state.budgets is not None:
+            self.state.budgets.stop()
         self.usage.stop()
         if COLLECTOR.state is self.state:
             COLLECTOR.state = None

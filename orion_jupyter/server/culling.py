@@ -48,12 +48,16 @@ class ServerKernels:
         return self.snapshots is not None and self.snapshots.parks_idle()
 
     async def stop_idle(self, kernel_id: str) -> str | None:
+        return await self.park_or_stop(kernel_id, "idle")
+
+    async def park_or_stop(self, kernel_id: str, why: str) -> str | None:
+        """Park the kernel where this server can, else (or when the park fails) stop it; the snapshot's id or None."""
         if self.parks(kernel_id):
             try:
                 report = await self.snapshots.park(kernel_id, self.owner(kernel_id) or "")
                 return report["snapshot"]
             except SnapshotError as err:
-                log.warning("idle kernel %s could not be parked (%s); stopping it instead", kernel_id, err)
+                log.warning("kernel %s (%s) could not be parked (%s); stopping it instead", kernel_id, why, err)
         await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
         return None
 

@@ -12,6 +12,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
 
+from ..core.budgets import topup_hours
 from ..core.idle import NotCullable
 from ..errors import KernelLaunchError
 from ..jsonapi import JSONReplies
@@ -110,7 +111,8 @@ class EventsHandler(OrionHandler):
         if not kernel_id:
             return self.refuse(400, 'query parameter "kernel" is missing; use events?kernel=KERNEL_ID')
         # a kernel stopped for being idle, or by its finished demo run: its last words stay its owner's
-        ended_owner = self.culler.owner_of_culled(kernel_id) or self.state.demos.owner_of_finished(kernel_id)
+        ended_owner = (self.culler.owner_of_culled(kernel_id) or self.state.demos.owner_of_finished(kernel_id)
+                       or (self.state.budgets.owner_of_given_back(kernel_id) if self.state.budgets else None))
         if not (self.state.may_see_kernel(self.current_user, kernel_id) or (
                 ended_owner is not None and self.state.access.owns(self.current_user, ended_owner))):
             return self.refuse(404, f'no kernel "{kernel_id}" of yours')
@@ -181,8 +183,31 @@ class BudgetHandler(OrionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """This user's vGPU-hour budget (hub mode: the broker's meter), for the status bar and sidebar."""
-        self.reply(await self.state.view.budget())
+        """This user's vGPU-hour budget (direct mode: this server's meter; hub mode: the broker's), for the status
+        bar and the sidebar."""
+        self.reply(await self.state.budget(self.username))
+
+
+class TopupHandler(OrionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, user: str) -> None:
+        """``{"hours": 2}``: an instructor adds to ``user``'s budget for this window (hub mode: the broker decides
+        who is an instructor)."""
+        if not (self.is_instructor or self.state.view.decides_budgets):
+            return self.refuse(403, "only instructors may top up a budget")
+        body = self.json_body()
+        if body is None:
+            return
+        try:
+            self.reply(await self.state.topup(user, topup_hours(body)))
+        except VGPURequestError as err:
+            self.refuse(refusal_status(err), str(err), field=err.field)
+        except Exception as err:
+            status = getattr(err, "status", None)  # the broker's refusal (not an instructor, no budgets), its reason
+            if status not in (400, 403, 404, 409):
+                raise
+            self.refuse(status, str(err))
 
 
 class DemosHandler(OrionHandler):
@@ -243,7 +268,8 @@ class ClassHandler(OrionHandler):
         if sort == "waste":  # most granted-and-unused memory first (unknown use last), then the longest idle
             kernels.sort(key=lambda k: (k.get("waste_bytes") is None, -(k.get("waste_bytes") or 0),
                                         -(k.get("idle_seconds") or 0)))
-        self.reply({"kernels": kernels, "instructor": instructor})
+        self.reply({"kernels": kernels, "instructor": instructor,
+                    "budgets": self.state.budget_rows() if instructor else []})
 
 
 class ClassPodHandler(OrionHandler):
@@ -276,6 +302,7 @@ def routes(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/queue", QueueHandler),
         (rf"{prefix}/queue/([^/]+)", QueuedHandler),
         (rf"{prefix}/budget", BudgetHandler),
+        (rf"{prefix}/budgets/([^/]{{1,255}})/topup", TopupHandler),
         (rf"{prefix}/demos", DemosHandler),
         (rf"{prefix}/demos/([a-z0-9_-]+)", DemoHandler),
         (rf"{prefix}/class", ClassHandler),

@@ -75,6 +75,7 @@ class VGPUKernels:
         self.starting: dict[str, str] = {}  # kernel id -> user, for launches through this API
         self.starting_paths: dict[str, str | None] = {}  # kernel id -> its notebook, while it starts
         self.row_fields: list[Callable[[str], dict[str, Any]]] = []  # more fields of a kernel's row (culling)
+        self.start_checks: list[Callable[[str, VGPURequest], None]] = []  # more refusals of a plan (budgets)
 
     def provisioner(self, kernel_id: str) -> VGPUProvisioner | None:
         if kernel_id not in self.kernel_manager:  # get_kernel answers 404 itself for unknown ids
@@ -195,6 +196,8 @@ class VGPUKernels:
                            backend=spec_backend(self.settings, self.view, spec), capacity=True)
         held = user_holdings(username, await self.view.vgpus_by_kernel(username))
         LAUNCHES_IN_PROGRESS.check_user(holding_of("", username, "", request), held, Quota(policy.max_vgpus_per_user))
+        for check in self.start_checks:
+            check(username, request)
         return StartPlan(spec_name, request, kernel_id)
 
     async def start(self, body: dict[str, Any], username: str, path: str | None = None,

@@ -6,8 +6,13 @@ snapshot back against its checksums and only then shuts the kernel down through 
 manager, which frees its vGPU. Resume starts a kernel as any launch does (the same checks, the
 same refusal when the pool is full) and restores the snapshot into it before answering.
 
-Snapshots are loaded only from the owner's own folder under ``Snapshots.location``, by an id the
-server checks; a request never names a path.
+One folder of snapshots has two sides (:class:`Where`): this server reads, lists, verifies and deletes
+at its own path, the kernel writes and reads at the path its pod sees. Local backend: one path,
+``Snapshots.location``. Direct mode on Kubernetes: ``Snapshots.location`` here and
+``Snapshots.kernel_location`` in kernel pods (which mount it: ``VGPUProvisioner.volumes``). Hub mode:
+the user's storage, this server's root here and the broker's ``home_mount_path`` in kernel pods, each
+with ``snapshot.HOME_FOLDER`` in it. Snapshots are loaded only from the owner's own folder in it, by an
+id the server checks; a request never names a path.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
@@ -28,6 +35,7 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from .. import snapshot
+from ..errors import KernelLaunchError
 from ..kernel_calls import call_snapshot
 from ..kernelspecs import vgpu_specs
 from ..metrics import SNAPSHOT_BYTES, SNAPSHOT_SECONDS
@@ -37,25 +45,31 @@ from .kernels import checked_path
 from .usage import kernel_client
 
 STATUS = {"not_found": 404, "bad_id": 404, "too_big": 413, "disk": 507, "damaged": 422, "timeout": 504,
-          "unsupported": 501, "location": 409, "busy": 409, "kernel": 500, "no_kernel": 500}
+          "unsupported": 501, "location": 409, "busy": 409, "kernel": 500, "no_kernel": 500, "unavailable": 503}
 
 
 class Snapshots(Configurable):
     """Where snapshots of parked kernels live, and how large they may grow."""
 
     location = Unicode("", config=True,
-                       help="Folder of snapshots (one private folder per user inside it). Local backend: default "
-                            "<Jupyter data folder>/orion-snapshots. Direct mode on Kubernetes: a path inside the "
-                            "kernel pod on storage it keeps (not supported yet). Refused when other users can "
-                            "write it or the folder holding it (a class-shared volume).")
+                       help="Folder of snapshots as this server sees it (one private folder per user inside it). "
+                            "Local backend: default <Jupyter data folder>/orion-snapshots. Direct mode on Kubernetes: "
+                            "the server's path of storage kernel pods mount (with kernel_location: both, or no "
+                            "snapshots). Hub mode: not used (<server root>/.orion-snapshots). Refused when other "
+                            "users can write it or the folder holding it (a class-shared volume).")
+    kernel_location = Unicode("", config=True,
+                              help="Direct mode on Kubernetes: the same folder as location, inside kernel pods "
+                                   "(mounted with c.VGPUProvisioner.volumes / volume_mounts), e.g. "
+                                   "/home/jovyan/.orion-snapshots. Kernel pods and this server write it as one user.")
     max_snapshot_bytes = Int(4 << 30, config=True, help="Bytes one snapshot may take; a larger park is refused.")
     max_user_bytes = Int(16 << 30, config=True,
                          help="Bytes all of one user's snapshots may take together; a park past it is refused.")
     timeout_seconds = Float(600.0, config=True,
                             help="Seconds the kernel may take to save or restore a snapshot.")
     park_idle = Bool(True, config=True,
-                     help="Idle culling parks a vGPU kernel (its variables saved here) instead of stopping it, where "
-                          "this backend keeps snapshots (the local backend so far); a park that fails stops it.")
+                     help="Direct mode: idle culling parks a vGPU kernel (its variables saved here) instead of "
+                          "stopping it, where this server keeps snapshots (the local backend; on Kubernetes with "
+                          "location and kernel_location); a park that fails stops it. Hub mode: the broker culls.")
 
 
 @contextmanager
@@ -86,6 +100,18 @@ async def idle_soon(km: Any, seconds: float = 2.0) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Where:
+    """The folder of snapshots as this server sees it (``server``) and as kernel pods see it (``kernel``)."""
+
+    server: Path
+    kernel: PurePosixPath
+    mounted_by: str = ""  # the settings that mount it in kernel pods, for a park whose files this server misses
+
+    def kernel_path(self, owner: str, snapshot_id: str) -> str:
+        return str(self.kernel / snapshot.user_part(owner) / snapshot_id)
+
+
 class SnapshotService:
     """Park, list, resume and delete, for one server (``state`` is the extension's OrionState)."""
 
@@ -97,25 +123,62 @@ class SnapshotService:
         self.resuming: set[str] = set()
         self.writing: set[Path] = set()  # snapshots being written now (their .partial folders)
 
-    def base(self) -> Path:
-        if not self.supported():
-            raise SnapshotError("unsupported", "park and resume work with the local backend so far; on Kubernetes "
-                                               "they come with the kernel's storage (Snapshots.location)")
-        return Path(self.settings.location or Path(jupyter_data_dir()) / "orion-snapshots")
+    async def where(self) -> Where:
+        """Where this backend keeps snapshots, or SnapshotError("unsupported") saying why it keeps none."""
+        view = self.state.view
+        if view.kind != "broker":
+            return self.direct_where()
+        try:
+            home = await view.kernel_home()
+        except KernelLaunchError as err:  # the broker down: nothing is lost, try again
+            raise SnapshotError("unavailable", f"the vGPU broker does not answer ({err}); try again in a minute") \
+                from None
+        if not home:
+            raise SnapshotError("unsupported", "park and resume need your storage in kernel pods, and the vGPU "
+                                               "broker's kernel pods mount none of yours: its operator sets "
+                                               "c.Broker.home_mount_path with c.Broker.volumes / volume_mounts")
+        root = Path(self.state.kernels.serverapp.root_dir).expanduser()
+        return Where(root / snapshot.HOME_FOLDER, PurePosixPath(home) / snapshot.HOME_FOLDER,
+                     "the broker's c.Broker.volumes / volume_mounts at c.Broker.home_mount_path")
 
-    def supported(self) -> bool:
-        return self.state.view.kind == "local"
+    def direct_where(self) -> Where:
+        """Direct mode: the local backend's one path, or Kubernetes' configured pair."""
+        settings = self.settings
+        if self.state.view.kind == "local":
+            base = Path(settings.location or Path(jupyter_data_dir()) / "orion-snapshots")
+            return Where(base, PurePosixPath(base))
+        if not (settings.location and settings.kernel_location):
+            missing = [f"c.Snapshots.{name}" for name in ("location", "kernel_location") if not getattr(settings, name)]
+            raise SnapshotError("unsupported", "park and resume on Kubernetes need storage that kernel pods mount "
+                                               "(c.VGPUProvisioner.volumes / volume_mounts) and where it is: "
+                                               "c.Snapshots.location on this server, c.Snapshots.kernel_location "
+                                               f"in kernel pods ({' and '.join(missing)} not set)")
+        if not PurePosixPath(settings.kernel_location).is_absolute():
+            raise SnapshotError("location", f"c.Snapshots.kernel_location {settings.kernel_location!r} is not an "
+                                            "absolute path")
+        return Where(Path(settings.location), PurePosixPath(settings.kernel_location),
+                     "c.VGPUProvisioner.volumes / volume_mounts at c.Snapshots.kernel_location")
+
+    def path_in_kernel(self, where: Where, kernel_id: str, owner: str, snapshot_id: str) -> str:
+        """The snapshot as ``kernel_id`` sees it: at the pods' side of ``where`` for a vGPU kernel, at this
+        server's own path for a kernel it runs as a process beside itself (a spec without the provisioner)."""
+        if self.state.kernels.provisioner(kernel_id) is None:
+            return str(where.server / snapshot.user_part(owner) / snapshot_id)
+        return where.kernel_path(owner, snapshot_id)
 
     def parks_idle(self) -> bool:
-        """Idle culling parks here: it is on, and this backend keeps snapshots."""
-        return self.settings.park_idle and self.supported()
+        """Idle culling parks here: it is on, and this backend keeps snapshots (hub mode: the broker culls)."""
+        if not self.settings.park_idle or self.state.view.kind == "broker":
+            return False
+        try:
+            self.direct_where()
+        except SnapshotError:
+            return False
+        return True
 
-    def folder(self, owner: str, create: bool) -> Path | None:
-        return snapshot.user_folder(self.base(), owner, create)
-
-    def find(self, owner: str, snapshot_id: str) -> tuple[Path, dict[str, Any]]:
+    def find(self, where: Where, owner: str, snapshot_id: str) -> tuple[Path, dict[str, Any]]:
         """A complete snapshot of ``owner``'s; another user's, a bad or unknown id: not found."""
-        folder = self.folder(owner, create=False) if snapshot.is_id(snapshot_id) else None
+        folder = snapshot.user_folder(where.server, owner, create=False) if snapshot.is_id(snapshot_id) else None
         if folder is None or not (folder / snapshot_id).is_dir():
             raise SnapshotError("not_found", f'no snapshot "{snapshot_id[:80]}" of yours')
         manifest = snapshot.read_manifest(folder / snapshot_id)
@@ -123,8 +186,8 @@ class SnapshotService:
             raise SnapshotError("not_found", f'no snapshot "{snapshot_id}" of yours')
         return folder / snapshot_id, manifest
 
-    def list(self, owner: str) -> list[dict[str, Any]]:
-        folder = self.folder(owner, create=False)
+    async def list(self, owner: str) -> list[dict[str, Any]]:
+        folder = snapshot.user_folder((await self.where()).server, owner, create=False)
         out = []
         for path in sorted(folder.iterdir(), reverse=True) if folder else []:
             if not snapshot.is_id(path.name):
@@ -142,8 +205,8 @@ class SnapshotService:
                         "not_saved": manifest.get("not_saved") or {}})
         return out
 
-    def delete(self, owner: str, snapshot_id: str) -> None:
-        path, _manifest = self.find(owner, snapshot_id)
+    async def delete(self, owner: str, snapshot_id: str) -> None:
+        path, _manifest = self.find(await self.where(), owner, snapshot_id)
         if snapshot_id in self.resuming:
             raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed; delete it afterwards")
         shutil.rmtree(path)
@@ -170,14 +233,15 @@ class SnapshotService:
         if not await ensure_async(km.is_alive()):
             raise SnapshotError("busy", f"kernel {kernel_id} is not running (it died or is restarting); "
                                         "there is nothing to park")
-        folder = self.folder(owner, create=True)
+        where = await self.where()
+        folder = snapshot.user_folder(where.server, owner, create=True)
         target = folder / snapshot.new_id()
         self.forget_partial(folder)
         self.parking.add(kernel_id)
         self.writing.add(target)
         try:
             with timed("park"):
-                report = await self._park(kernel_id, owner, target)
+                report = await self._park(kernel_id, owner, target, where)
         finally:
             self.parking.discard(kernel_id)
             self.writing.discard(target)
@@ -186,15 +250,27 @@ class SnapshotService:
                 "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
 
     def forget_partial(self, folder: Path) -> None:
-        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit."""
+        """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit.
+        A park begun less than ``timeout_seconds`` ago (its id says when) may be under way, here or by the
+        broker in the same storage (hub mode), and is left alone."""
+        started_since = datetime.now(UTC) - timedelta(seconds=self.settings.timeout_seconds)
         for path in folder.glob("*" + snapshot.PARTIAL):
-            if path.with_name(path.name[:-len(snapshot.PARTIAL)]) not in self.writing:
-                shutil.rmtree(path, ignore_errors=True)
+            snapshot_id = path.name[:-len(snapshot.PARTIAL)]
+            begun = snapshot.id_time(snapshot_id)
+            if path.with_name(snapshot_id) in self.writing or (begun is not None and begun > started_since):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
-    async def _park(self, kernel_id: str, owner: str, target: Path) -> dict[str, Any]:
-        report = await self.ask(kernel_id, "park", folder=str(target), owner=owner,
+    async def _park(self, kernel_id: str, owner: str, target: Path, where: Where) -> dict[str, Any]:
+        """The kernel writes at its side of ``where``; this server reads the snapshot back at its own."""
+        written = self.path_in_kernel(where, kernel_id, owner, target.name)
+        report = await self.ask(kernel_id, "park", folder=written, owner=owner,
                                 limit_bytes=self.settings.max_snapshot_bytes,
                                 user_limit_bytes=self.settings.max_user_bytes, info=await self.kernel_info(kernel_id))
+        if not target.is_dir():  # a pod without the storage (a warm kernel, a missing mount) wrote its own disk
+            raise SnapshotError("location", f"the kernel saved its snapshot at {written}, which is not this "
+                                            f"server's {target}: its pod does not mount the snapshot storage "
+                                            f"({where.mounted_by}); nothing was parked and the kernel keeps running")
         bad = snapshot.damaged(target, snapshot.read_manifest(target))
         if bad:
             shutil.rmtree(target, ignore_errors=True)
@@ -216,19 +292,22 @@ class SnapshotService:
 
     async def resume(self, owner: str, snapshot_id: str, spec: str | None) -> dict[str, Any]:
         """A new kernel (``spec``, or the parked one's) with the snapshot restored in it."""
-        path, manifest = self.find(owner, snapshot_id)
+        where = await self.where()
+        path, manifest = self.find(where, owner, snapshot_id)
         if snapshot_id in self.resuming:
             raise SnapshotError("busy", f"snapshot {snapshot_id} is being resumed already")
         self.resuming.add(snapshot_id)
         try:
             with timed("resume"):
-                result = await self._resume(path, manifest, owner, spec)
+                result = await self._resume(path, manifest, owner, spec, where)
         finally:
             self.resuming.discard(snapshot_id)
         SNAPSHOT_BYTES.labels("resume").inc(manifest.get("bytes") or 0)
         return result
 
-    async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None) -> dict[str, Any]:
+    async def _resume(self, path: Path, manifest: dict[str, Any], owner: str, spec: str | None,
+                      where: Where) -> dict[str, Any]:
+        """``path``: the snapshot as this server sees it (in ``where``); the new kernel reads it at its side."""
         kernel = manifest.get("kernel") or {}
         spec = spec or kernel.get("spec")
         notebook = checked_path(kernel.get("path") if isinstance(kernel.get("path"), str) else None)
@@ -238,10 +317,15 @@ class SnapshotService:
             kernel_id = await ensure_async(self.kernel_manager.start_kernel(kernel_name=spec, path=notebook))
         else:
             raise SnapshotError("bad_spec", f'no kernel spec named "{str(spec)[:80]}" to resume on')
+        in_kernel = self.path_in_kernel(where, kernel_id, owner, path.name)
         try:
-            report = await self.ask(kernel_id, "restore", folder=str(path), owner=owner)
-        except BaseException:
+            report = await self.ask(kernel_id, "restore", folder=in_kernel, owner=owner)
+        except BaseException as err:
             await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
+            if isinstance(err, SnapshotError) and err.reason == "not_found":  # found here, not in the new pod
+                raise SnapshotError("location", f"the new kernel does not see the snapshot at {in_kernel}: its pod "
+                                                f"does not mount the snapshot storage ({where.mounted_by}); the "
+                                                "snapshot is kept") from None
             raise
         saved = {n for e in manifest["entries"] for n in e["names"]} | set(manifest.get("modules") or {})
         kept = bool(saved - set(report["restored"]))  # something did not come back: keep it to try again
@@ -288,11 +372,14 @@ class SnapshotsHandler(SnapshotHandler):
         await self.answer(self._list())
 
     async def _list(self) -> dict[str, Any]:
-        """The caller's snapshots; where this backend keeps none (hub mode, Kubernetes so far) an empty list
-        that says so, not an error: the page asks on every refresh."""
-        if not self.snapshots.supported():
-            return {"snapshots": [], "supported": False}
-        return {"snapshots": self.snapshots.list(self.username), "supported": True}
+        """The caller's snapshots; where this backend keeps none (no storage in kernel pods) an empty list
+        that says so and why, not an error: the page asks on every refresh."""
+        try:
+            return {"snapshots": await self.snapshots.list(self.username), "supported": True}
+        except SnapshotError as err:
+            if err.reason != "unsupported":
+                raise
+            return {"snapshots": [], "supported": False, "reason": str(err)}
 
 
 class ResumeHandler(SnapshotHandler):
@@ -324,7 +411,7 @@ class DeleteHandler(SnapshotHandler):
         await self.answer(self._delete(snapshot_id))
 
     async def _delete(self, snapshot_id: str) -> dict[str, Any]:
-        self.snapshots.delete(self.username, snapshot_id)
+        await self.snapshots.delete(self.username, snapshot_id)
         return {"deleted": snapshot_id}
 
 

@@ -30,6 +30,20 @@ class OrionState:
         self.progress = PROGRESS
         self.demos = Demos(PROGRESS, app.demo_folder,
                            lambda min_mib=0: self.kernels.default_spec(app.demo_spec, min_mib), app.demo_cell_timeout)
+        self.budgets: Any = None  # direct mode: this server's meter (server.budgets); hub mode: the broker's
+
+    async def budget(self, user: str) -> dict[str, Any]:
+        """``user``'s vGPU-hour budget, the same shape in both modes: "2.5 of 10 vGPU-hours left this week · ..."."""
+        return self.budgets.summary(user) if self.budgets is not None else await self.view.budget()
+
+    def budget_rows(self) -> list[dict[str, Any]]:
+        """Each user's use and what is left (the class view's, instructors)."""
+        return self.budgets.rows() if self.budgets is not None else self.view.budget_rows()
+
+    async def topup(self, user: str, hours: float) -> dict[str, Any]:
+        if self.budgets is not None:
+            return self.budgets.topup(user, hours)
+        return await self.view.topup_budget(user, hours)
 
     def is_instructor(self, user: Any) -> bool:
         return self.access.is_instructor(user)

@@ -23,7 +23,8 @@ const api = (path, init = {}) => page.evaluate(async ({ path, init, token }) => 
   return { status: response.status, body: await response.json().catch(() => null) };
 }, { path, init, token });
 const kernelIdle = () => sharedKernelIdle(page, new RegExp(`^${notebook.replace('.', '\\.')}$`), 90000);
-const sessions = async () => (await api('/api/sessions')).body.map((s) => ({ path: s.path, kernel: s.kernel?.id }));
+const sessions = async () => (await api('/api/sessions')).body.map((s) => ({ path: s.path, kernel: s.kernel?.id,
+  kernel_name: s.kernel?.name }));
 const snapshots = async () => (await api('/orion/api/snapshots')).body.snapshots;
 
 const park = page.locator('.orion-ParkStatus');
@@ -109,10 +110,18 @@ try {
   const resumedToasts = () => [...document.querySelectorAll('.Toastify__toast')]
     .filter((t) => t.textContent.includes('Resumed')).length;
   const before = await page.evaluate(resumedToasts);
-  await card.first().locator('button', { hasText: 'Resume' }).click();
+  // Resume on another kernel: the dialog offers every spec, the parked one first; a bigger slice here.
+  await card.first().locator('button', { hasText: 'Resume on…' }).click();
+  const choice = page.locator('.jp-Dialog .orion-ResumeOn-spec');
+  await choice.waitFor();
+  result.resume_on_options = await choice.locator('option').evaluateAll((os) => os.map((o) => o.value));
+  result.resume_on_selected = await choice.inputValue();
+  await choice.selectOption('orion-1x4gi');
+  await page.locator('.jp-Dialog .jp-Dialog-button.jp-mod-accept', { hasText: 'Resume' }).click();
   await page.waitForFunction(`(${resumedToasts})() > ${before}`, null, { timeout: 90000 });
   result.panel_resume_toast = await toast('Resumed');
   result.kernel_item_panel_resumed = await kernelIdle();
+  result.sessions_resumed_on = await sessions();
   result.answer_twice_output = await runCell(2, true);
 
   // 4. Park again; Delete in the sidebar asks, Cancel keeps it, Delete deletes it.

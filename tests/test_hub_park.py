@@ -1,0 +1,88 @@
+"""Park and resume in hub mode, through a real JupyterHub: a student's kernel pod saves its variables
+into the student's own storage (their server's root, mounted in kernel pods at the broker's
+home_mount_path), its vGPU goes back to the course, and a resume is a launch like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from orion_jupyter.snapshot import HOME_FOLDER
+from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, refused, start_vgpu_kernel
+from tests.helpers import eventually_async
+
+STUDENTS = ["ann", "ben"]
+
+CELLS = """
+import numpy as np
+data = np.arange(10) * 1.5
+def shifted(value):
+    return value + 1
+squares = (i * i for i in range(3))
+"""
+
+
+@pytest.fixture
+def park_hub(hub_factory, sim_cluster, tmp_path):
+    """One vGPU for the course, no queue: a launch past it is refused at once."""
+    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 1}}}}"]
+    with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS, "teacher"]) as hub_broker:
+        yield hub_broker
+
+
+async def kernel_value(hub, user: str, kernel_id: str, expression: str) -> Any:
+    """``expression`` evaluated in a kernel of ``user``'s server, as JSON (nothing added to its namespace)."""
+    return json.loads(await hub.kernel_ws_execute(user, kernel_id, f"print(__import__('json').dumps({expression}))"))
+
+
+@pytest.mark.timeout(300)
+async def test_a_student_parks_and_resumes_in_hub_mode(park_hub, sim_cluster):
+    hub, _broker = park_hub
+    await hub.wait_for_service(BROKER, "metrics")
+    await asyncio.gather(*(hub.start_server(user) for user in STUDENTS))
+    listing = await hub.server_api("ann", "GET", "orion/api/snapshots")
+    assert listing == {"snapshots": [], "supported": True}, listing
+
+    ann = (await start_vgpu_kernel(hub, "ann"))["id"]
+    await hub.kernel_ws_execute("ann", ann, CELLS)
+    before = await kernel_value(hub, "ann", ann, "[data.tolist(), shifted(1)]")
+
+    parked = await hub.server_api("ann", "POST", f"orion/api/kernels/{ann}/park", {})
+    assert {"data", "shifted", "np"} <= set(parked["saved"]), parked
+    assert parked["not_saved"]["squares"].startswith("a generator: ")
+    # in ann's own storage: her server's root, which her kernel pod mounted
+    folder = hub.home("ann") / HOME_FOLDER / "ann" / parked["snapshot"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["owner"] == "ann" and manifest["kernel"]["vgpu"]["vgpus"] == 1
+    # the kernel is gone and the course's one vGPU is free: ben starts on it
+    await eventually_async(lambda: asyncio.sleep(0, pod_users(sim_cluster)), timeout=30, until=lambda users: not users)
+    ben = (await start_vgpu_kernel(hub, "ben"))["id"]
+    assert pod_users(sim_cluster) == ["ben"]
+
+    # a resume while the course's vGPU is taken is refused as ann's launch would be, and loses nothing
+    launch_code, launch_refusal = await refused(start_vgpu_kernel(hub, "ann"))
+    code, refusal = await refused(hub.server_api("ann", "POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {}))
+    assert (code, refusal["message"]) == (launch_code, launch_refusal["message"]), (refusal, launch_refusal)
+    assert f"course {COURSE}" in refusal["message"], refusal
+    listing = await hub.server_api("ann", "GET", "orion/api/snapshots")
+    assert [s["id"] for s in listing["snapshots"]] == [parked["snapshot"]] and folder.is_dir()
+
+    # ann's snapshot is not ben's: 404 from his server, and his own list is empty
+    for method, path, body in (("POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {}),
+                               ("DELETE", f"orion/api/snapshots/{parked['snapshot']}", None)):
+        code, refusal = await refused(hub.server_api("ben", method, path, body))
+        assert code == 404 and refusal["message"] == f'no snapshot "{parked["snapshot"]}" of yours', refusal
+    assert (await hub.server_api("ben", "GET", "orion/api/snapshots"))["snapshots"] == []
+
+    # ben stops; ann resumes on the freed vGPU with her variables back
+    await hub.server_api("ben", "DELETE", f"api/kernels/{ben}")
+    await eventually_async(lambda: asyncio.sleep(0, pod_users(sim_cluster)), timeout=30, until=lambda users: not users)
+    resumed = await hub.server_api("ann", "POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {})
+    assert set(resumed["not_restored"]) == {"squares"} and resumed["snapshot_kept"] is False, resumed
+    assert pod_users(sim_cluster) == ["ann"]
+    assert await kernel_value(hub, "ann", resumed["kernel_id"], "[data.tolist(), shifted(1)]") == before
+    assert await kernel_value(hub, "ann", resumed["kernel_id"], "float(np.sqrt(16.0))") == 4.0
+    assert not folder.exists()
