@@ -62,9 +62,9 @@ class Pool:
     def stopped_by(self, kernel_id: str) -> str | None:
         return None
 
-    async def has_room(self, request: VGPURequest, kernel_id: str = "") -> bool:
+    async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool:
         pending = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and k not in self.running)
-        return VGPUS - len(self.running) - pending >= request.count
+        return VGPUS - len(self.running) - pending - held_back >= request.count
 
     async def largest_node(self) -> int | None:
         return VGPUS

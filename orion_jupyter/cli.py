@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     broker = commands.add_parser(
         "broker", help="run the vGPU broker, a JupyterHub service that launches every server's kernels (hub mode); "
-                       "options as --Broker.courses=... / --config FILE")
+                       "options as --Broker.courses=... / --config FILE; --park-all: the running broker parks "
+                       "every kernel (before maintenance), then this exits")
     broker.set_defaults(func=_broker, passes_extra=True)
 
     lab = commands.add_parser("lab",

@@ -20,7 +20,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from .backends import get_backend
 from .settings import KernelSettings
-from .vgpu import VGPURequest, VGPURequestError
+from .vgpu import VGPURequest, VGPURequestError, unbroken_phrases
 
 PROVISIONER_NAME = "orion-vgpu-provisioner"
 MAX_NAME_CHARS = 64
@@ -71,8 +71,8 @@ class VGPUKernelSpec:
             problem = probe.apply_spec_options(self.options)
             if problem is not None:
                 raise problem
-        if not self.display_name:
-            self.display_name = f"{self.language_name} · {self.request.describe()}"
+        if not self.display_name:  # (a name the instructor wrote stays as written)
+            self.display_name = unbroken_phrases(f"{self.language_name} · {self.request.describe()}")
 
     def provisioner_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"vgpus": self.request.count}

@@ -51,6 +51,18 @@ WARM_MISSES = Counter("orion_jupyter_broker_warm_misses",
 WARM_IDLE = Counter("orion_jupyter_broker_warm_idle_seconds",
                     "Seconds warm kernels held a vGPU unclaimed (their cost), counted when claimed or stopped.",
                     registry=CLASS_REGISTRY)
+# Parks the broker asks a kernel for (hub mode); resumes are the user's server's (SNAPSHOT_*), not the broker's.
+BROKER_PARKS = Counter("orion_jupyter_broker_parks",
+                       "Kernels the broker asked to park, by trigger (idle, budget, owner, instructor, course, "
+                       "maintenance) and outcome (ok, or the reason: busy, timeout, kernel, too_big, disk, location).",
+                       ["trigger", "outcome"], registry=CLASS_REGISTRY)
+BROKER_PARK_SECONDS = Histogram("orion_jupyter_broker_park_seconds",
+                                "Seconds from the broker's park request to the kernel's answer, by outcome.",
+                                ["outcome"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+                                registry=CLASS_REGISTRY)
+BROKER_PARKED_BYTES = Counter("orion_jupyter_broker_parked_bytes",
+                              "Bytes of the snapshots kernels reported writing for the broker's parks (the kernel's "
+                              "own count: the broker cannot read users' storage).", registry=CLASS_REGISTRY)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
 LOOP_LAG = Histogram("orion_jupyter_broker_loop_lag_seconds",
                      "How late the broker's event loop ran a timer due every 50 ms (a loop busy with other work, or "

@@ -28,6 +28,8 @@ ANNOTATION_KERNEL_SPEC = f"{DOMAIN}/kernel-spec"
 ANNOTATION_RESOURCES = f"{DOMAIN}/resources"
 ANNOTATION_LAST_ACTIVITY = f"{DOMAIN}/last-activity"
 ANNOTATION_STOPPED_BY = f"{DOMAIN}/stopped-by"
+# The snapshot a stopped kernel was parked as (hub mode: the broker parked it into its user's storage).
+ANNOTATION_PARKED = f"{DOMAIN}/parked-snapshot"
 ANNOTATION_SERVER = f"{DOMAIN}/server"  # hub mode: the user's server (name) a kernel belongs to
 # {"memory_used": bytes, "memory_source": ..., "memory_sampled_at": ...}: the kernel's last usage sample
 ANNOTATION_USAGE = f"{DOMAIN}/usage"

@@ -278,6 +278,17 @@ def format_allocation(vgpus: int | None, memory_mib: int | None, compute_percent
     return text
 
 
+NO_BREAK_SPACE = "\u00a0"
+# A space with a word on both sides (not one beside a " · " or " × " between phrases).
+_INSIDE_PHRASE = re.compile(r"(?<=[^\s·×]) (?=[^\s·×])")
+
+
+def unbroken_phrases(text: str) -> str:
+    """'Python 3 · 1 vGPU · 4 GiB' with no-break spaces inside 'Python 3', '1 vGPU' and '4 GiB': a
+    launcher tile's label then wraps only between phrases, never as '1 vGPU · 4' / 'GiB'."""
+    return _INSIDE_PHRASE.sub(NO_BREAK_SPACE, text)
+
+
 def plural_vgpus(count: int) -> str:
     return "1 vGPU" if count == 1 else f"{count} vGPUs"
 

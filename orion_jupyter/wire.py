@@ -51,6 +51,13 @@ def iopub_port(ports: Iterable[int]) -> int:
     return dict(zip(PORT_NAMES, ports, strict=True))["iopub_port"]
 
 
+def host_ports(ports: Iterable[int]) -> tuple[int, int]:
+    """The ports of a user's kernel the broker's pod reaches: shell (one silent execute request that parks
+    it) and iopub (its execution state, for idle culling)."""
+    named = dict(zip(PORT_NAMES, ports, strict=True))
+    return named["shell_port"], named["iopub_port"]
+
+
 # Requests on a kernel's shell channel: the kernel's work for its user. Its status messages answering these
 # (and nothing else: a usage probe or kernel_info on the control channel) say whether it is busy.
 SHELL_REQUESTS = frozenset({"execute_request", "complete_request", "inspect_request", "history_request",

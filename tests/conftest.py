@@ -1,6 +1,8 @@
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orion_jupyter import kernelspecs
+from orion_jupyter.lab import prepare
 from orion_jupyter.vgpu import VGPURequest
 from tests.helpers import eventually
 
@@ -37,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in MODULE_MARKERS.get(item.path.name, ()):
             item.add_marker(marker)
-        if {"lab_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
+        if {"lab_server", "notebook7_server", "hub_factory"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("slow")
         markers = {m.name for m in item.iter_markers()}
         # with pytest-xdist (scripts/test: -n 2 --dist loadgroup) each group runs one test after another on one
@@ -115,36 +118,62 @@ def lab_server(tmp_path):
 
 
 @pytest.fixture
-def lab_workspace_server(tmp_path):
-    """`scripts/lab` as a newcomer runs it: no folder given, so it serves its workspace (~/orion-notebooks)."""
-    yield from _serve_lab(tmp_path, tmp_path / "orion-notebooks", [])
+def fresh_clone(tmp_path) -> Path:
+    """This checkout as a newcomer's fresh clone: the files git has or would add (as they are now,
+    committed or not; nothing ignored, nothing built) in a new repository, committed."""
+    clone = tmp_path / "clone"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout
+    for name in filter(None, listed.split(b"\0")):
+        source, target = ROOT / os.fsdecode(name), clone / os.fsdecode(name)
+        if source.is_file() or source.is_symlink():  # (a file deleted but not yet committed is not)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)
+    git = ["git", "-c", "user.name=newcomer", "-c", "user.email=newcomer@example.org", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "fresh clone"]):
+        subprocess.run([*git, *args], cwd=clone, check=True, capture_output=True)
+    return clone
 
 
-def _serve_lab(tmp_path, root, args):
+@pytest.fixture
+def lab_workspace_server(tmp_path, fresh_clone):
+    """`scripts/lab` as a newcomer runs it in a fresh clone: no folder given, so it serves its workspace
+    (~/orion-notebooks). The clone's own code runs, in this test environment (no bootstrap there)."""
+    yield from _serve_lab(tmp_path, tmp_path / "orion-notebooks", [], checkout=fresh_clone,
+                          env={"ORION_JUPYTER_PYTHON": sys.executable})
+
+
+def _serve_lab(tmp_path, root, args, checkout=ROOT, env=None):
     port, token = _free_port(), uuid.uuid4().hex
     # JUPYTER_PATH stays: a developer's own labextension build, put first on it, is the one served.
+    extra = env or {}
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("JUPYTER") and k != "JUPYTER_PATH") and k != "KUBECONFIG"}
-    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"))
+    env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "no-kubeconfig"), **extra)
     log = tmp_path / "lab-server.log"
     with log.open("w") as output:  # a file, not a pipe nobody reads (a full pipe would block the server)
         server = subprocess.Popen(
-            [str(ROOT / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+            [str(checkout / "scripts" / "lab"), "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.token={token}", *args],
             env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
-    lab = LabServer(f"http://127.0.0.1:{port}", token, root, log)
+    yield from _until_stopped(server, LabServer(f"http://127.0.0.1:{port}", token, root, log), "JupyterLab")
+
+
+def _until_stopped(server: subprocess.Popen, served: LabServer, what: str):
+    """Yields `served` once its server answers (within 120 s), and stops the server afterwards."""
 
     def up() -> bool:
         try:
-            urllib.request.urlopen(urllib.request.Request(f"{lab.base}/api/status", headers=lab.headers), timeout=5)
+            urllib.request.urlopen(urllib.request.Request(f"{served.base}/api/status", headers=served.headers),
+                                   timeout=5)
             return True
         except OSError:
-            assert server.poll() is None, log.read_text()
+            assert server.poll() is None, served.log.read_text()
             return False
 
     try:
-        eventually(up, timeout=120, interval=0.3, message="JupyterLab did not come up in 120 s")
-        yield lab
+        eventually(up, timeout=120, interval=0.3, message=f"{what} did not come up in 120 s")
+        yield served
     finally:
         server.terminate()
         try:
@@ -152,6 +181,32 @@ def _serve_lab(tmp_path, root, args):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture
+def notebook7_server(tmp_path, monkeypatch):
+    """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
+    backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
+    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
+        subprocess.run([str(ROOT / "scripts" / "bootstrap")], check=True, capture_output=True)
+    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    env = prepare(tmp_path / "orion-jupyter", kubernetes=False, presets=None)
+    port, token = _free_port(), uuid.uuid4().hex
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    argv = [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            # window.jupyterapp, for the browser to ask which plugins activated
+            "--JupyterNotebookApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--allow-root")
+    log = tmp_path / "notebook-server.log"
+    with log.open("w") as output:  # a file, not a pipe nobody reads
+        server = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    yield from _until_stopped(server, LabServer(f"http://127.0.0.1:{port}", token, root, log), "Notebook 7")
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ async def test_queue_position_then_notebook_opens_in_real_hub(one_vgpu_hub, tmp_
 
     # 2. Ann's kernel stopped: ben's launch left the queue and his new notebook opened on that kernel.
     assert re.fullmatch(r"Untitled\d*\.ipynb", result["tab"]), result["tab"]
-    assert result["kernel_item"] == "Python 3 · 1 vGPU · 1 GiB | Idle", result["kernel_item"]
+    assert result["kernel_item"] == "Python\u00a03 · 1\u00a0vGPU · 1\u00a0GiB | Idle", result["kernel_item"]
     assert result["kernel_status"] == "idle"
     assert result["cell_output"] == "ben", result["cell_output"]
     assert {"path": result["tab"], "kernel": kernel_id} in result["sessions"], result["sessions"]

@@ -22,7 +22,7 @@ def data_dir(tmp_path, monkeypatch):
 def test_install_list_remove(data_dir, capsys):
     assert main(["kernelspec", "install", "--user", "--name", "orion-1x4gi", "--vgpus", "1", "--memory", "4Gi"]) == 0
     spec = json.loads((data_dir / "kernels" / "orion-1x4gi" / "kernel.json").read_text())
-    assert spec["display_name"] == "Python 3 · 1 vGPU · 4 GiB"
+    assert spec["display_name"] == "Python\u00a03 · 1\u00a0vGPU · 4\u00a0GiB"
     assert spec["interrupt_mode"] == "message"  # a pod by default; local processes take signals
     assert spec["metadata"]["supported_encryption"] == ["curve"]
     assert spec["metadata"]["kernel_provisioner"] == {

@@ -169,7 +169,7 @@ async def test_a_follower_survives_a_list_status_and_a_broken_one_leaves_the_ker
                 break
         assert kernel.watcher is None and kernel.execution_state == "idle"
     finally:
-        kernels._forget("k1")
+        kernels.forget("k1")
         pub.close(0)
 
 

@@ -1,7 +1,7 @@
 """`./scripts/lab` as a newcomer runs it in a fresh clone: it serves a workspace of its own
 (~/orion-notebooks, with the quickstart and demo notebooks), so a new notebook and both demos, run to
-the end, leave `git status` of the clone as it was; `orion-jupyter kernelspec list` shows the specs
-`lab` installed; idle kernels are not stopped."""
+the end, leave the clone's `git status` clean; `orion-jupyter kernelspec list` shows the specs `lab`
+installed; idle kernels are not stopped."""
 
 import json
 import os
@@ -12,16 +12,13 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.test_notebooks import NO_INTERNET
 
 
-def _git_status() -> set[str]:
-    """The clone's untracked files and changed notebooks (a fresh clone: none). Edits a developer makes
-    elsewhere in the tree meanwhile do not count."""
-    lines = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    return {line for line in lines if line.startswith("??") or "notebooks/" in line}
+def _git_status(clone) -> list[str]:
+    """What `git status` says of the clone: every file new or changed (a fresh clone: nothing)."""
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
+                          capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 @pytest.fixture
@@ -32,8 +29,6 @@ def small_demos(monkeypatch):
                         # ... but this test's own requests to the server go straight to it
                         "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}.items():
         monkeypatch.setenv(name, value)
-    before = _git_status()
-    yield before
 
 
 def _call(lab, method, path, body=None):
@@ -43,8 +38,9 @@ def _call(lab, method, path, body=None):
         return json.loads(response.read() or b"null")
 
 
-def test_scripts_lab_serves_its_workspace_not_the_clone(small_demos, lab_workspace_server, tmp_path):
+def test_scripts_lab_serves_its_workspace_not_the_clone(small_demos, fresh_clone, lab_workspace_server, tmp_path):
     lab, workspace = lab_workspace_server, lab_workspace_server.root
+    assert _git_status(fresh_clone) == []
     assert sorted(str(p.relative_to(workspace)) for p in workspace.rglob("*.ipynb")) == [
         "orion-demos/facenet.ipynb", "orion-demos/mnist.ipynb", "quickstart.ipynb"]
 
@@ -76,7 +72,7 @@ def test_scripts_lab_serves_its_workspace_not_the_clone(small_demos, lab_workspa
     assert {r["kernel_id"]: r["cull_at"] for r in rows} == {kernel["id"]: None}
     _call(lab, "DELETE", f"/api/kernels/{kernel['id']}")
 
-    assert _git_status() == small_demos  # nothing new or changed in the clone
+    assert _git_status(fresh_clone) == []  # nothing new or changed in the clone
 
     # The CLI lists the specs `lab` installed (in its own folder, not Jupyter's default path).
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}

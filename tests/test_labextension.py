@@ -7,26 +7,27 @@ the sidebar, asks for more memory than the pool has, starts one in the file brow
 opens the MNIST demo from its launcher card. Notebook 7 (`jupyter notebook`) loads the extension too.
 """
 
+import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from orion_jupyter.lab import prepare
-from tests.conftest import LabServer, _free_port
-
 BROWSER_DIR = Path(__file__).parent / "browser"
 NAME = "@orion-jupyter/labextension"
+# The display names of the specs `orion-jupyter lab` installs: no-break spaces inside each phrase, so
+# a launcher tile wraps between phrases only (vgpu.unbroken_phrases).
+SPEC_1X2GI = "Python\u00a03 · 1\u00a0vGPU · 2\u00a0GiB"
+SPEC_1X4GI = "Python\u00a03 · 1\u00a0vGPU · 4\u00a0GiB"
+SPEC_2X4GI = "Python\u00a03 · 2\u00a0vGPUs × 4\u00a0GiB"
 
 
 def _get(lab, path):
@@ -75,8 +76,7 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert "No vGPU kernels" in result["mine_text_before"]
 
     # The dialog lists the three specs; 3Gi reads back as 3 GiB.
-    assert [s.splitlines()[0] for s in result["specs"]] == [
-        "Python 3 · 1 vGPU · 2 GiB", "Python 3 · 1 vGPU · 4 GiB", "Python 3 · 2 vGPUs × 4 GiB"]
+    assert [s.splitlines()[0] for s in result["specs"]] == [SPEC_1X2GI, SPEC_1X4GI, SPEC_2X4GI]
     assert result["memory_hint"] == "= 3 GiB"
     # "4G" is 4·10⁹ bytes, as the server reads it (tests/memory_cases.json); the slider's maximum
     # is the sliderMaxMemory setting's default, 32 GiB.
@@ -84,7 +84,7 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["slider_max"] == str(32 * 1024)
 
     # A new notebook opened on the kernel the dialog started: the 2 GiB spec, 3 GiB asked for.
-    assert result["kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
+    assert result["kernel_name"] == "Python\u00a03 · 1\u00a0vGPU · 3\u00a0GiB", result["kernel_name"]  # its grant
     [session] = result["sessions"]
     assert session["path"].startswith("Untitled") and session["path"].endswith(".ipynb")
     assert session["kernel"]["name"] == "orion-1x2gi"
@@ -143,7 +143,7 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     [demo_session] = [s for s in result["demo_sessions"] if s["path"] == demo["path"]]
     assert demo_session["kernel"] == demo["kernel_id"] and demo_session["name"] == "orion-1x2gi"
     assert sorted(result["demo_kernels"]) == sorted([in_labs["kernel"], demo["kernel_id"]])
-    assert result["demo_kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
+    assert result["demo_kernel_name"] == SPEC_1X2GI
     assert result["demo_status_text"].startswith("vGPU: 1 × 2 GiB"), result["demo_status_text"]
 
     for shot in ("panel", "dialog", "notebook", "memory-used", "class", "refused", "demo"):
@@ -235,56 +235,13 @@ def test_classroom_capacity_in_jupyterlab(short_culling, lab_server, tmp_path):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
 
 
-@pytest.fixture
-def notebook7_server(tmp_path, monkeypatch):
-    """Notebook 7 (`jupyter notebook`) as lab_server runs JupyterLab: a free loopback port, the local
-    backend, its own HOME, and the kernel specs and server config `orion-jupyter lab` prepares."""
-    if not os.environ.get("ORION_JUPYTER_PYTHON"):  # an environment given as it is (scripts/lab) needs none
-        subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "bootstrap")], check=True,
-                       capture_output=True)
-    for name in [n for n in os.environ if n.startswith("JUPYTER") and n != "JUPYTER_PATH"]:  # (as lab_server)
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-    env = prepare(tmp_path / "orion-jupyter", kubernetes=False, presets=None)
-    port, token = _free_port(), uuid.uuid4().hex
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    argv = [sys.executable, "-m", "notebook", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-            # window.jupyterapp, for the browser to ask which plugins activated
-            "--JupyterNotebookApp.expose_app_in_browser=True"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        argv.append("--allow-root")
-    server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    notebook = LabServer(f"http://127.0.0.1:{port}", token, root)
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                _get(notebook, "/api/status")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "Notebook 7 did not come up in 120 s"
-                time.sleep(0.3)
-        yield notebook
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def test_labextension_in_notebook7(notebook7_server, tmp_path):
     server = notebook7_server
     config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
                                   _get(server, "/tree"), re.S).group(1))
     assert NAME in [e["name"] for e in config["federated_extensions"]]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
-    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
+    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": SPEC_1X2GI,
                                        "language": "python"}
     nbformat.write(notebook, server.root / "vgpu.ipynb")
 
@@ -304,7 +261,7 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
     # The tree's New dropdown: after the kernels, New vGPU notebook…, the demos and the vGPU panel,
     # which opens on the tree page with the pool.
     items = result["tree_new_items"]
-    assert items.index("Python 3 · 1 vGPU · 2 GiB") < items.index("New vGPU notebook…"), items
+    assert items.index(SPEC_1X2GI) < items.index("New vGPU notebook…"), items
     assert items[-4:] == ["New vGPU notebook…", "MNIST on vGPU", "FaceNet on vGPU", "Show the vGPU panel"], items
     assert "4 of 4 vGPUs free" in result["tree_panel_pool"], result["tree_panel_pool"]
     assert result["status_items"] == 0
@@ -315,17 +272,33 @@ def test_labextension_in_notebook7(notebook7_server, tmp_path):
 
     # "New vGPU notebook…": a new tab with the new notebook, on the kernel the dialog started.
     assert re.fullmatch(r"/notebooks/Untitled\d*\.ipynb", result["new_tab"]), result["new_tab"]
-    assert result["new_tab_kernel_name"] == "Python 3 · 1 vGPU · 2 GiB"
+    # (3 GiB asked of the 2 GiB spec: the toolbar names the kernel's grant)
+    assert result["new_tab_kernel_name"] == "Python\u00a03 · 1\u00a0vGPU · 3\u00a0GiB", result["new_tab_kernel_name"]
     [new] = [s for s in result["sessions"] if s["path"] != "vgpu.ipynb"]
     assert result["new_tab"].endswith(new["path"]) and new["name"] == "orion-1x2gi"
     assert result["kernels"] == 2
-    for shot in ("nb7-tree", "nb7-notebook", "nb7-new"):
+
+    # A full pool (two more kernels over the REST API): the dialog says why, its Start disabled.
+    assert result["blocked_text"].startswith("No vGPU kernel can start now. Not enough vGPUs free: "), result
+    assert result["start_disabled"]
+    # The tree's New menu: its vGPU spec item starts the kernel first, so the refusal is the server's
+    # sentence in a dialog that wraps it, and no notebook is made and no tab opened.
+    assert result["refusal_title"] == f"Could not start {SPEC_1X2GI}"
+    assert result["refusal"]["text"].startswith("Not enough vGPUs free: ") and "Stop a kernel" in \
+        result["refusal"]["text"] and result["refusal"]["fits"], result["refusal"]
+    assert result["tabs_opened"] == 0 and result["untitled_after"] == result["untitled_before"], result
+    assert result["refusals_logged"] == 1  # (the browser's console line for the 409, and nothing else)
+    # The sidebar's Stop asks first; Cancel keeps the kernel.
+    assert "Its variables and any running cell are lost" in result["stop_question"], result["stop_question"]
+    assert result["kernels_after_cancel"] == 4
+    for shot in ("nb7-tree", "nb7-notebook", "nb7-new", "nb7-full-pool-dialog", "nb7-refused", "nb7-stop"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
 
 
 def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
-    """The launcher's vGPU cards each with its own icon, the demos after the kernels; a full pool:
-    the dialog's reason and disabled Start; a refused kernel card's message wrapped, no notebook left."""
+    """The launcher's vGPU cards each with its own icon, the demos after the kernels, their labels
+    wrapped between phrases only; a full pool: the dialog's reason and disabled Start; a refused kernel
+    card's message wrapped, no notebook left; an 8 GiB kernel of the 4 GiB spec named by its grant."""
     run = subprocess.run(["node", str(BROWSER_DIR / "firsthour.mjs"), lab_server.base, lab_server.token,
                           str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR)
     assert run.returncode == 0, run.stderr
@@ -339,7 +312,7 @@ def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
     notebook, demos = cards["Notebook"], cards["vGPU demos"]
     assert [c["label"] for c in demos] == ["MNIST on vGPU", "FaceNet on vGPU"]
     icons = {c["label"]: c["icon"] for c in notebook + demos}
-    kernel_icon = icons["Python 3 · 1 vGPU · 2 GiB"]
+    kernel_icon = icons[SPEC_1X2GI]
     assert kernel_icon.endswith("/kernelspecs/orion-1x2gi/logo-svg.svg"), kernel_icon
     mine = [icons["New vGPU notebook…"], icons["MNIST on vGPU"], icons["FaceNet on vGPU"]]
     assert icons["New vGPU notebook…"].startswith("data:image/svg+xml,")
@@ -364,7 +337,32 @@ def test_first_hour_launcher_and_full_pool(lab_server, tmp_path):
     assert "was removed: its kernel could not start" in result["removed_notice"], result["removed_notice"]
     # (ipywidgets' manager throws on a notebook whose session never came: its error, not ours)
     assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
-    for shot in ("launcher", "full-pool-dialog", "refused-card"):
+    # The 4 GiB spec launched with 8 GiB: JupyterLab's toolbar and kernel status name the kernel by its
+    # grant, as ours does, and nothing on the page says 4 GiB (the launcher's tiles are not shown then).
+    granted = "Python\u00a03 · 1\u00a0vGPU · 8\u00a0GiB"
+    assert result["grant_toolbar"] == granted, result["grant_toolbar"]
+    # (the kernel status item: "<name> | <status>", the status as it was then)
+    assert result["grant_kernel_status"].split(" | ")[0] == granted, result["grant_kernel_status"]
+    assert result["grant_status"].startswith("vGPU: 1 × 8 GiB"), result["grant_status"]
+    assert "1 × 8 GiB" in result["grant_card"], result["grant_card"]
+    [(path, spec, _)] = result["grant_sessions"]
+    assert spec == "orion-1x4gi" and re.fullmatch(r"Untitled\d*\.ipynb", path), result["grant_sessions"]
+    assert not re.search(r"(?<![\d.])4\s*GiB", result["grant_page_text"]), result["grant_page_text"]
+    assert result["grant_picker"] == "Select Kernel"  # the toolbar's kernel name still opens the picker
+    # After a page reload (the notebook restored before the page knows the kernel's allocation).
+    assert result["reload_toolbar"] == granted, result["reload_toolbar"]
+    assert result["reload_kernel_status"].split(" | ")[0] == granted, result["reload_kernel_status"]
+
+    # Every vGPU kernel tile (Notebook and Console) wraps between phrases only, and shows all its lines.
+    assert len(result["tile_lines"]) == 6, result["tile_lines"]
+    for tile in result["tile_lines"]:
+        lines = tile["lines"]
+        assert re.sub(r"\s", "", "".join(lines)) == re.sub(r"\s", "", tile["label"]), tile  # every line read
+        assert all(a.rstrip().endswith(("·", "×")) or b.lstrip().startswith(("·", "×"))
+                   for a, b in itertools.pairwise(lines)), tile
+        assert tile["shown_whole"], tile
+
+    for shot in ("launcher", "full-pool-dialog", "refused-card", "real-grant"):
         assert (tmp_path / f"{shot}.png").stat().st_size > 10_000, shot
     update_screenshots(tmp_path, "launcher", "full-pool-dialog")
 
@@ -383,7 +381,7 @@ def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
     parks too and the notebook says so; the sidebar's parked notebooks with Resume and Delete."""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in (
         "answer = 42", "print(answer)", "print(answer * 2)")])
-    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": "Python 3 · 1 vGPU · 2 GiB",
+    notebook.metadata["kernelspec"] = {"name": "orion-1x2gi", "display_name": SPEC_1X2GI,
                                        "language": "python"}
     nbformat.write(notebook, lab_server.root / "park.ipynb")
     run = subprocess.run(["node", str(BROWSER_DIR / "park.mjs"), lab_server.base, lab_server.token, str(tmp_path),
@@ -394,7 +392,7 @@ def test_park_and_resume_in_jupyterlab(short_culling, lab_server, tmp_path):
     assert not [e for e in result["errors"] if "@orion-jupyter" in e], result["errors"]
     # The notebook moves onto each resumed kernel over its own connection: no websocket dropped half-made.
     assert "Uncaught exception" not in lab_server.log.read_text(), lab_server.log.read_text()[-4000:]
-    assert result["kernel_item"].startswith("Python 3 · 1 vGPU · 2 GiB"), result["kernel_item"]
+    assert result["kernel_item"].startswith(SPEC_1X2GI), result["kernel_item"]
 
     # 1. Park: the kernel is gone (its vGPU free), the notebook stays open and says "parked".
     assert "save this notebook's variables and stop its kernel" in result["park_title"], result["park_title"]

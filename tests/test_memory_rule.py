@@ -1,8 +1,8 @@
 """One memory rule on both sides: orion_jupyter.vgpu and the labextension read tests/memory_cases.json.
 
-The labextension's unit tests (labextension/test/format.test.ts, `npm test`) check its readMemory,
-readCount, formatMib and formatAllocation against the same rows, so "4G" is 3814 MiB in the dialog
-exactly as on the server.
+The labextension's unit tests (labextension/test/format.test.ts and kernelname.test.ts, `npm test`)
+check its readMemory, readCount, formatMib, formatAllocation and unbrokenPhrases against the same rows,
+so "4G" is 3814 MiB in the dialog exactly as on the server.
 """
 
 import json
@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from orion_jupyter.vgpu import VGPURequestError, format_allocation, format_mib, parse_count, parse_memory
+from orion_jupyter.vgpu import (
+    VGPURequestError,
+    format_allocation,
+    format_mib,
+    parse_count,
+    parse_memory,
+    unbroken_phrases,
+)
 
 CASES = json.loads((Path(__file__).parent / "memory_cases.json").read_text())
 
@@ -49,6 +56,11 @@ def test_format_mib(row):
 @pytest.mark.parametrize("row", CASES["format_allocation"], ids=lambda row: row["text"])
 def test_format_allocation(row):
     assert format_allocation(row["vgpus"], row["memory_mib"], row["compute_percent"]) == row["text"]
+
+
+@pytest.mark.parametrize("row", CASES["unbroken_phrases"], ids=lambda row: row["text"])
+def test_unbroken_phrases(row):
+    assert unbroken_phrases(row["text"]) == row["unbroken"]
 
 
 def test_the_table_covers_both_kinds_of_units():

@@ -73,6 +73,20 @@ print(json.dumps({"data": hashlib.sha256(data.tobytes()).hexdigest(),
 """
 
 
+# After a resume: one more training step, and what the cells' code sees.
+TRAIN_AGAIN = """
+train_step()
+import hashlib, json
+factor = 10
+print(json.dumps({"params": [hashlib.sha256(t.detach().numpy().tobytes()).hexdigest()
+                             for t in model.state_dict().values()],
+                  "step": int(opt.state_dict()["state"][0]["step"]),
+                  "shared": opt.param_groups[0]["params"][0] is model.layer.weight,
+                  "np": float(np.sqrt(16.0)), "scaled": scaled(2), "norm": p.norm(),
+                  "same_class": type(p) is Point and type(model) is Net}))
+"""
+
+
 def reference_after_two_steps() -> list[str]:
     """The model's parameters after two training steps, computed here without any park."""
     space: dict = {"__name__": "reference"}
@@ -168,18 +182,7 @@ async def test_park_then_resume_on_a_vgpu_kernel(api, jp_serverapp, pool, tmp_pa
 
     after = json.loads(await run(jp_serverapp, new_id, FINGERPRINT))
     assert after == before  # equal values, checked by checksums
-    out = await run(jp_serverapp, new_id, """
-train_step()
-import hashlib, json
-factor = 10
-print(json.dumps({"params": [hashlib.sha256(t.detach().numpy().tobytes()).hexdigest()
-                             for t in model.state_dict().values()],
-                  "step": int(opt.state_dict()["state"][0]["step"]),
-                  "shared": opt.param_groups[0]["params"][0] is model.layer.weight,
-                  "np": float(np.sqrt(16.0)), "scaled": scaled(2), "norm": p.norm(),
-                  "same_class": type(p) is Point and type(model) is Net}))
-""")
-    result = json.loads(out)
+    result = json.loads(await run(jp_serverapp, new_id, TRAIN_AGAIN))
     assert result["step"] == 2 and result["shared"] is True  # training continues from the same step
     assert result["params"] == reference_after_two_steps()
     assert result["np"] == 4.0 and result["same_class"] is True

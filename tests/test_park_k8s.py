@@ -16,6 +16,8 @@ from orion_jupyter.server.snapshots import Snapshots, SnapshotService
 from orion_jupyter.snapshot import HOME_FOLDER, SnapshotError
 from tests.helpers import eventually_async
 from tests.kernel_io import run_in_kernel
+from tests.test_park import CELLS as STUDENT_CELLS
+from tests.test_park import FINGERPRINT, TRAIN_AGAIN, reference_after_two_steps
 from tests.test_server import NS, kernel_pods, server_config
 from tests.test_server import api as api  # noqa: F401 - the fixture, on this module's server config
 from tests.test_server import specs as specs  # noqa: F401
@@ -24,20 +26,11 @@ SPEC = "orion-1x4gi"
 MOUNT = "/home/jovyan"  # where kernel pods see the storage
 LIMIT = 1_000_000  # bytes one snapshot may take
 
-CELLS = f"""
-import numpy as np
-data = np.arange(24, dtype=np.float64).reshape(4, 6) / 7
-def scaled(value):
-    return value * 3
-squares = (i * i for i in range(3))
+# The student's notebook of tests/test_park.py (data, a torch model and its optimizer after one training step,
+# cell-defined functions and classes, `import numpy as np`, a generator), an open file, and a large array.
+CELLS = STUDENT_CELLS + f"""
 notes = open({MOUNT + '/notes.txt'!r}, 'w')
 big = np.ones(200_000)  # 1.6 MB: over the limit
-"""
-
-FINGERPRINT = """
-import hashlib, json
-print(json.dumps({"data": hashlib.sha256(data.tobytes()).hexdigest(), "scaled": scaled(2),
-                  "np": float(np.sqrt(16.0))}))
 """
 
 
@@ -96,7 +89,7 @@ async def test_park_and_resume_a_kernel_pod(api, jp_serverapp, sim_cluster, stor
     assert await free_vgpus(api) == 3
     code, parked = await api("POST", f"kernels/{kernel_id}/park")
     assert code == 201, parked
-    assert {"data", "scaled", "np"} <= set(parked["saved"])
+    assert {"data", "model", "opt", "np", "torch", "train_step", "scaled", "Net", "Point", "p"} <= set(parked["saved"])
     assert parked["not_saved"]["squares"].startswith("a generator: ")
     assert parked["not_saved"]["notes"].startswith("an open file: ")
     folder = storage / HOME_FOLDER / "alice" / parked["snapshot"]  # the pod wrote it into the storage it mounts
@@ -127,7 +120,11 @@ async def test_park_and_resume_a_kernel_pod(api, jp_serverapp, sim_cluster, stor
     assert await free_vgpus(api) == 3  # the new kernel holds a vGPU again
     after = json.loads(await run(jp_serverapp, new_id, FINGERPRINT))
     data = np.arange(24, dtype=np.float64).reshape(4, 6) / 7
-    assert after == before == {"data": hashlib.sha256(data.tobytes()).hexdigest(), "scaled": 6, "np": 4.0}
+    assert after == before and after["data"] == hashlib.sha256(data.tobytes()).hexdigest()  # equal checksums
+    trained = json.loads(await run(jp_serverapp, new_id, TRAIN_AGAIN))
+    assert trained["step"] == 2 and trained["shared"] is True  # training continues from the same step
+    assert trained["params"] == reference_after_two_steps()
+    assert trained["np"] == 4.0 and trained["same_class"] is True and trained["scaled"] == 20
     assert not folder.exists() and resumed["snapshot_kept"] is False  # all came back: the snapshot is done
 
 

@@ -9,7 +9,9 @@ import { Widget } from '@lumino/widgets';
 
 import {
   APIError,
+  IKernelRequest,
   ISpec,
+  IStartedKernel,
   errorText,
   getPool,
   getSpecs,
@@ -84,7 +86,6 @@ export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
       refusal = { message: check.message, field: check.field };
       continue;
     }
-    const folder = currentFolder(ctx);
     const request = check.request;
     const title = trans.__(
       'Starting a vGPU kernel: %1',
@@ -92,9 +93,7 @@ export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
     );
     let kernel;
     try {
-      kernel = await withProgress(ctx, title, kernelId =>
-        startKernel({ ...request, path: serverPath(ctx, folder), kernel_id: kernelId })
-      );
+      kernel = await startInFolder(ctx, request, title);
     } catch (error) {
       if (isCancelled(error)) {
         return; // its place in the queue was given up (the notification's Cancel): done
@@ -106,19 +105,61 @@ export async function newVGPUNotebook(ctx: ILaunchContext): Promise<void> {
       };
       continue;
     }
-    void ctx.model.refresh();
-    try {
-      const notebook = await (ctx.docManager
-        ? ctx.docManager.newUntitled({ path: folder, type: 'notebook' })
-        : ctx.app.serviceManager.contents.newUntitled({ path: folder, type: 'notebook' }));
-      await openOnKernel(ctx, notebook.path, kernel);
-    } catch (error) {
-      await showErrorMessage(
-        trans.__('The vGPU kernel runs, but its notebook could not be opened'),
-        errorText(error)
-      );
+    await openNewNotebook(ctx, kernel);
+    return;
+  }
+}
+
+/**
+ * A vGPU spec's item in Notebook 7's New menu: its kernel is started first (progress and queue as in
+ * the dialog), then a new notebook opens on it. A refusal (a full pool) says why and leaves nothing
+ * behind, where Notebook 7's own item would open an empty notebook on no kernel without a word.
+ */
+export async function newNotebookOnSpec(
+  ctx: ILaunchContext,
+  spec: { name: string; display_name: string; vgpus: number }
+): Promise<void> {
+  const { trans } = ctx;
+  let kernel;
+  try {
+    kernel = await startInFolder(
+      ctx,
+      { spec: spec.name, vgpus: spec.vgpus },
+      trans.__('Starting %1…', spec.display_name)
+    );
+  } catch (error) {
+    if (!isCancelled(error)) {
+      await showErrorMessage(trans.__('Could not start %1', spec.display_name), errorText(error));
     }
     return;
+  }
+  await openNewNotebook(ctx, kernel);
+}
+
+/** Starts a kernel in the file browser's folder, its progress shown; a refusal throws. */
+function startInFolder(
+  ctx: ILaunchContext,
+  request: IKernelRequest,
+  title: string
+): Promise<IStartedKernel> {
+  const path = serverPath(ctx, currentFolder(ctx));
+  return withProgress(ctx, title, kernelId => startKernel({ ...request, path, kernel_id: kernelId }));
+}
+
+/** A new notebook in the file browser's folder, opened on the kernel just started. */
+async function openNewNotebook(ctx: ILaunchContext, kernel: IStartedKernel): Promise<void> {
+  void ctx.model.refresh();
+  const folder = currentFolder(ctx);
+  try {
+    const notebook = await (ctx.docManager
+      ? ctx.docManager.newUntitled({ path: folder, type: 'notebook' })
+      : ctx.app.serviceManager.contents.newUntitled({ path: folder, type: 'notebook' }));
+    await openOnKernel(ctx, notebook.path, kernel);
+  } catch (error) {
+    await showErrorMessage(
+      ctx.trans.__('The vGPU kernel runs, but its notebook could not be opened'),
+      errorText(error)
+    );
   }
 }
 

@@ -8,7 +8,13 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import {
+  ICommandPalette,
+  IKernelStatusModel,
+  ISessionContext,
+  ISessionContextDialogs,
+  Toolbar
+} from '@jupyterlab/apputils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
@@ -19,9 +25,10 @@ import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
 import { getAllocations, getBudget, getClass, getPool, getQueue, getSnapshots } from './api';
 import { BudgetStatus } from './budget';
-import { newVGPUNotebook } from './dialog';
+import { newNotebookOnSpec, newVGPUNotebook } from './dialog';
 import { DOMAIN } from './format';
 import { DEMO_ICONS, iconUrl, newNotebookIcon, newNotebookSvg, vgpuIcon } from './icon';
+import { RealGrantNames, specGrant } from './kernelname';
 import { DEMOS, ILaunchContext, openDemo } from './launch';
 import {
   DEFAULT_BUDGET_REFRESH_MS,
@@ -45,6 +52,7 @@ const DEMO_CATEGORY_RANK = 10;
 namespace CommandIDs {
   export const newNotebook = 'orion-jupyter:new-vgpu-notebook';
   export const openDemo = 'orion-jupyter:open-demo';
+  export const newOnSpec = 'orion-jupyter:new-notebook-on-spec';
   export const showPanel = 'orion-jupyter:show-vgpu-panel';
 }
 
@@ -161,12 +169,31 @@ const newNotebookPlugin: JupyterFrontEndPlugin<void> = {
       execute: args => openDemo(ctx, String(args.name))
     });
     palette?.addItem({ command: CommandIDs.newNotebook, category });
+    // A vGPU spec's item in Notebook 7's New menu (newmenu.ts): the kernel first, then the notebook.
+    const vgpuSpec = (name: string) => {
+      const spec = app.serviceManager.kernelspecs.specs?.kernelspecs[name];
+      const grant = specGrant(spec?.metadata);
+      return spec && grant ? { name, display_name: spec.display_name, vgpus: grant.vgpus } : null;
+    };
+    app.commands.addCommand(CommandIDs.newOnSpec, {
+      label: args => vgpuSpec(String(args.spec))?.display_name ?? String(args.spec),
+      caption: trans.__('Start this vGPU kernel, then open a new notebook on it'),
+      execute: args => {
+        const spec = vgpuSpec(String(args.spec));
+        return spec ? newNotebookOnSpec(ctx, spec) : undefined;
+      }
+    });
     if (defaultBrowser) {
-      void extendNewMenu(app, defaultBrowser, [
-        { command: CommandIDs.newNotebook },
-        ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
-        { command: CommandIDs.showPanel }
-      ]);
+      void extendNewMenu(
+        app,
+        defaultBrowser,
+        [
+          { command: CommandIDs.newNotebook },
+          ...DEMOS.map(d => ({ command: CommandIDs.openDemo, args: { name: d.name } })),
+          { command: CommandIDs.showPanel }
+        ],
+        name => (vgpuSpec(name) ? { command: CommandIDs.newOnSpec, args: { spec: name } } : null)
+      );
     }
     for (const demo of DEMOS) {
       palette?.addItem({ command: CommandIDs.openDemo, category, args: { name: demo.name } });
@@ -291,11 +318,36 @@ const refusalPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+const kernelNamePlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:kernel-name`,
+  description:
+    "A notebook's vGPU kernel named by what the server granted it (8 GiB asked of the 4 GiB spec: \"1 vGPU · 8 GiB\"), in the toolbar and the status bar's kernel item.",
+  autoStart: true,
+  requires: [IVGPUModel],
+  optional: [INotebookTracker, IKernelStatusModel, ISessionContextDialogs, ITranslator],
+  activate: (
+    _: JupyterFrontEnd,
+    model: IVGPUModel,
+    tracker: INotebookTracker | null,
+    kernelStatus: IKernelStatusModel | null,
+    dialogs: ISessionContextDialogs | null,
+    translator: ITranslator | null
+  ) => {
+    if (tracker) {
+      const nameItem = (context: ISessionContext) =>
+        Toolbar.createKernelNameItem(context, dialogs ?? undefined, translator ?? undefined);
+      const trans = (translator ?? nullTranslator).load(DOMAIN);
+      new RealGrantNames(model, tracker, kernelStatus, nameItem, trans);
+    }
+  }
+};
+
 export default [
   modelPlugin,
   panelPlugin,
   newNotebookPlugin,
   statusPlugin,
   budgetPlugin,
-  refusalPlugin
+  refusalPlugin,
+  kernelNamePlugin
 ];

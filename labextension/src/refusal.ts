@@ -10,6 +10,8 @@ import { TranslationBundle } from '@jupyterlab/translation';
 
 const UNTITLED = /^Untitled\d*\.ipynb$/;
 const DIALOG_POLL_MS = 200;
+/** How long the error dialog is looked for (in polls) before the notebook goes without it. */
+const DIALOG_TRIES = 25;
 
 /** Whether the notebook is new and empty: untitled, at most one empty cell (its kernel metadata
  * may have changed: nothing the user typed). */
@@ -36,20 +38,34 @@ function watch(app: JupyterFrontEnd, panel: NotebookPanel, trans: TranslationBun
   const onSession = (_: unknown, change: { oldValue: unknown; newValue: unknown }) => {
     session.sessionChanged.disconnect(onSession);
     if (change.oldValue === null && change.newValue === null) {
-      setTimeout(() => {
-        const dialogs = document.querySelectorAll('.jp-Dialog');
-        void closed(dialogs[dialogs.length - 1] ?? null).then(() => remove(app, panel, trans));
-      }, DIALOG_POLL_MS);
+      const before = new Set(document.querySelectorAll('.jp-Dialog'));
+      void errorClosed(before).then(() => remove(app, panel, trans));
     }
   };
   session.sessionChanged.connect(onSession);
 }
 
-/** Resolves once the error dialog is closed (the user read it), or at once without one. */
-function closed(dialog: Element | null): Promise<void> {
+/**
+ * Resolves once the error dialog that follows the failure is closed (the user read it), or when none
+ * came. It is the first new dialog without a kernel choice in it: JupyterLab's "Select Kernel" may
+ * open right after it, and stays open after it.
+ */
+function errorClosed(before: Set<Element>): Promise<void> {
   return new Promise(resolve => {
-    const check = () =>
-      dialog?.isConnected ? setTimeout(check, DIALOG_POLL_MS) : resolve();
+    let error: Element | null = null;
+    let tries = 0;
+    const check = () => {
+      error ??=
+        [...document.querySelectorAll('.jp-Dialog')].find(
+          d => !before.has(d) && !d.querySelector('select')
+        ) ?? null;
+      const waiting = error ? error.isConnected : ++tries < DIALOG_TRIES;
+      if (waiting) {
+        setTimeout(check, DIALOG_POLL_MS);
+      } else {
+        resolve();
+      }
+    };
     setTimeout(check, DIALOG_POLL_MS);
   });
 }
@@ -70,10 +86,13 @@ async function remove(
   panel: NotebookPanel,
   trans: TranslationBundle
 ): Promise<void> {
+  if (panel.isDisposed) {
+    return; // (its model, too: nothing to read)
+  }
   const { context } = panel;
   const model = context.model;
   const sources = model ? Array.from(model.cells, cell => cell.sharedModel.getSource()) : [];
-  if (panel.isDisposed || panel.sessionContext.session || !isFreshNotebook(context.path, sources)) {
+  if (panel.sessionContext.session || !isFreshNotebook(context.path, sources)) {
     return;
   }
   const path = context.path;

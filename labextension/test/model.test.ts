@@ -4,28 +4,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import type { IAllocation, IClass, IPool, IQueueEntry } from '../src/api';
 import { IQueueLeft, VGPUModel } from '../src/model';
-
-function allocation(kernel_id: string, extra: Partial<IAllocation> = {}): IAllocation {
-  return {
-    kernel_id,
-    kernel_spec: 'orion-1x2gi',
-    path: null,
-    user: 'me',
-    backend: 'orion',
-    cluster: 'local',
-    vgpus: 1,
-    memory_mib: 3072,
-    compute_percent: null,
-    pod: null,
-    node: 'vm',
-    phase: 'Running',
-    reason: '',
-    started: null,
-    last_activity: null,
-    execution_state: 'idle',
-    ...extra
-  };
-}
+import { allocation } from './allocation';
 
 function fakeSource() {
   const calls = { allocations: 0, pool: 0, classKernels: 0 };

@@ -6,6 +6,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { IAllocation, ISnapshot } from '../src/api';
 import { formatClock, formatParked, formatSize, parkReport, resumeReport } from '../src/format';
 import { VGPUModel } from '../src/model';
+import { allocation as anAllocation } from './allocation';
 
 describe('park formatting', () => {
   it('writes a snapshot size in KiB below 1 MiB', () => {
@@ -69,24 +70,8 @@ describe('park formatting', () => {
   });
 });
 
-const allocation = (kernel_id: string): IAllocation => ({
-  kernel_id,
-  kernel_spec: 'orion-1x2gi',
-  path: 'a.ipynb',
-  user: 'me',
-  backend: 'orion',
-  cluster: 'local',
-  vgpus: 1,
-  memory_mib: 2048,
-  compute_percent: null,
-  pod: null,
-  node: 'vm',
-  phase: 'Running',
-  reason: '',
-  started: null,
-  last_activity: null,
-  execution_state: 'idle'
-});
+const allocation = (kernel_id: string): IAllocation =>
+  anAllocation(kernel_id, { path: 'a.ipynb', memory_mib: 2048 });
 
 const snapshot = (id: string, path: string | null, extra: Partial<ISnapshot> = {}): ISnapshot => ({
   id,

@@ -1,15 +1,17 @@
 """The broker's budget meter: every metering interval, charge the class's running kernels (its own pod
-cache, ``ClassPods.holdings``), log the warnings crossed, give back the kernels out of budget, and keep
-the meter's state in the class namespace (``core.state_store``) so a restarted broker continues it."""
+cache, ``ClassPods.holdings``), log the warnings crossed, give back the kernels out of budget (parked
+where the broker can park them, ``broker/parking.py``), and keep the meter's state in the class
+namespace (``core.state_store``) so a restarted broker continues it."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..core.budgets import Budgets
 from ..core.ledger import Holding
-from ..names import LABEL_KERNEL_ID
+from .parking import stop_kernel_pods
 from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
@@ -19,10 +21,13 @@ STOPPED_FOR_BUDGET = "the vGPU-hour budget (broker)"
 class BudgetMeter:
     """``meter()`` on a timer; each account's last warning is the core meter's (``Budgets.warning``)."""
 
-    def __init__(self, budgets: Budgets, pods: ClassPods, store: Any | None = None):
+    def __init__(self, budgets: Budgets, pods: ClassPods, store: Any | None = None,
+                 give_back: Callable[[str, str], Awaitable[Any]] | None = None):
         self.budgets = budgets
         self.pods = pods
         self.store = store  # a ConfigMap-backed state store (None: the meter lives in memory only)
+        # (kernel id, why) -> the kernel parked or stopped (the broker's BrokerParking.give_back); else stopped
+        self.give_back = give_back or (lambda kernel_id, why: stop_kernel_pods(self.pods, kernel_id, why))
         self.given_back: list[str] = []  # kernel ids given back for budget, newest last
 
     async def start(self) -> None:
@@ -46,12 +51,9 @@ class BudgetMeter:
             await self.store.save(self.budgets.state())
 
     async def give_back_for_budget(self, holding: Holding) -> None:
-        """The one seam where a kernel out of budget leaves: stopped with the reason (park/resume may park it)."""
-        pods = [p["metadata"]["name"] for p in self.pods.cluster.kernel_pods()
-                if (p["metadata"].get("labels") or {}).get(LABEL_KERNEL_ID) == holding.kernel_id]
-        for name in pods:
-            log.info("stopping kernel pod %s of %s: its vGPU-hour budget is used up", name, holding.user)
-            await self.pods.site.stop(name, STOPPED_FOR_BUDGET)
+        """The one seam where a kernel out of budget leaves: parked where it can be, else stopped, with the reason."""
+        log.info("giving back kernel %s of %s: its vGPU-hour budget is used up", holding.kernel_id, holding.user)
+        await self.give_back(holding.kernel_id, STOPPED_FOR_BUDGET)
         self.given_back = [*self.given_back[-99:], holding.kernel_id]
 
     def rows(self) -> list[dict[str, Any]]:

@@ -7,12 +7,17 @@ GET    api/kernels            the caller's kernels
 DELETE api/kernels/{id}       stop one of the caller's kernels
 POST   api/kernels/{id}/keep  restart an idle kernel's clock (owner or instructor)
 POST   api/kernels/{id}/exempt  {"exempt": bool}: spare a kernel from idle culling (instructors)
+POST   api/kernels/{id}/park  save a kernel's variables to its user's storage, then stop it (owner or instructor)
 GET    api/queue              the caller's launches waiting in their course's queue (instructors: all)
 DELETE api/queue/{id}         take a waiting launch out of the queue
 GET    api/watch              a stream of JSON lines: the caller's kernels, then every change of one
 GET    api/pool               the pool
-GET    api/class              every kernel (instructors)
+GET    api/class              every kernel, budgets, and per student what the broker parked (instructors)
 DELETE api/class/{pod}        stop any kernel (instructors)
+POST   api/class/park         {"course": "<hub group>"}: park every kernel of a course, e.g. at the end of a lab
+                              (instructors)
+POST   api/park-all           park every kernel before maintenance (instructors, or the broker's own token:
+                              `orion-jupyter broker --park-all`)
 POST   api/pods/{pod}/report  last activity / memory in use of one of the caller's kernels
 GET    metrics                Prometheus (no user names): with a token, or directly from c.Broker.metrics_allow
 
@@ -23,6 +28,7 @@ authenticates first); none larger than c.Broker.max_body_bytes is read at all.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import re
@@ -46,8 +52,9 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_USAGE
+from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_PARKED, ANNOTATION_USAGE
 from ..protocols import ClaimRequest
+from ..snapshot import SnapshotError
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, TICKET, LaunchBody, parse_launch, ports_of
 from .service import Broker
@@ -57,6 +64,9 @@ MAX_GRACE = 3600  # seconds a stopped kernel may take to end
 
 
 HUB_ERRORS = (HTTPClientError, OSError, TimeoutError, ValueError)  # the hub down, slow or answering nonsense
+# A park's refusal (broker/parking.py) as an HTTP status: the kernel keeps running in every case.
+PARK_STATUS = {"unsupported": 409, "busy": 409, "location": 409, "bad_id": 409, "too_big": 413, "disk": 507,
+               "timeout": 504, "kernel": 502}
 
 
 @web.stream_request_body  # prepare (the token) runs before any of the body is read
@@ -80,14 +90,18 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
         self.request.body = b"".join(self._chunks)
         return super().json_body()
 
+    def given_token(self) -> str | None:
+        match = re.match(r"(?:token|bearer)\s+(.+)", self.request.headers.get("Authorization", ""), re.IGNORECASE)
+        return match.group(1) if match else None
+
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
-        match = re.match(r"(?:token|bearer)\s+(.+)", self.request.headers.get("Authorization", ""), re.IGNORECASE)
-        if not match:
+        token = self.given_token()
+        if not token:
             self.refuse(401, "a hub token is needed: Authorization: token <JUPYTERHUB_API_TOKEN>")
             return
         try:
-            model = await self.may_use(match.group(1))
+            model = await self.may_use(token)
             if model is not None:
                 self.groups = await self.broker.hub.groups(model["name"])
         except HUB_ERRORS as err:
@@ -98,7 +112,7 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
             self.refuse(403, f"this token may not use the vGPU broker (it needs access:services!service="
                              f"{self.broker.service_name})")
             return
-        self.user, self.token = model["name"], match.group(1)
+        self.user, self.token = model["name"], token
 
     async def may_use(self, token: str) -> dict[str, Any] | None:
         """The hub's model of the token's owner when the token may use the broker, else None."""
@@ -372,6 +386,58 @@ class ExemptHandler(BrokerHandler):
         self.reply(self.broker.culler.exempt(kernel_id, body["exempt"]))
 
 
+class ParkHandler(BrokerHandler):
+    async def post(self, kernel_id: str) -> None:
+        """Park one kernel (its owner's, or an instructor's for anyone's): its variables saved to its user's
+        storage, then stopped; a park that fails answers why and the kernel keeps running."""
+        kernel = self.broker.culler.target.get_kernel(kernel_id)
+        if kernel is None or not (kernel.user == self.user or self.instructor):
+            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" of yours')
+        trigger = "owner" if kernel.user == self.user else "instructor"
+        try:
+            self.reply(await self.broker.parking.park(kernel_id, trigger, self.user), 201)
+        except SnapshotError as err:
+            self.refuse(PARK_STATUS.get(err.reason, 502), str(err), reason=err.reason, kernel_id=kernel_id)
+
+
+class ParkCourseHandler(BrokerHandler):
+    async def post(self) -> None:
+        """``{"course": "<hub group>"}``: an instructor parks every kernel of that course (the end of a lab)."""
+        if not self.instructor:
+            return self.refuse(403, "only instructors may park a course's kernels")
+        body = self.json_body()
+        if body is None:
+            return
+        course = body.get("course")
+        kernels = self.broker.culler.target
+        if set(body) != {"course"} or not isinstance(course, str) or not course:
+            return self.refuse(400, 'send {"course": "<hub group>"}, the course whose kernels to park', field="course")
+        ids = [k for k in kernels.kernel_ids() if kernels.kernels[k].course == course]
+        if not ids and course not in self.broker.courses:
+            return self.refuse(404, f'no course "{short(course)}" in this class (courses: '
+                                    f"{', '.join(sorted(self.broker.courses)) or 'none configured'})", field="course")
+        self.reply({"course": course, **await self.broker.parking.park_many(ids, "course", self.user)})
+
+
+class ParkAllHandler(BrokerHandler):
+    operator = False
+
+    async def prepare(self) -> None:
+        """An instructor's token, or the broker's own (the operator's `orion-jupyter broker --park-all`)."""
+        token, own = self.given_token(), self.broker.api_token
+        if token and own and hmac.compare_digest(token.encode(), own.encode()):
+            self._chunks, self.operator = [], True
+            return
+        await super().prepare()
+
+    async def post(self) -> None:
+        """Park every kernel the broker follows (before maintenance); what was not parked keeps running."""
+        if not (self.operator or self.instructor):
+            return self.refuse(403, "only instructors (or the broker's operator) may park every kernel")
+        by = "the broker's operator (maintenance)" if self.operator else f"{self.user} (maintenance)"
+        self.reply(await self.broker.parking.park_many(self.broker.culler.target.kernel_ids(), "maintenance", by))
+
+
 class WatchHandler(BrokerHandler):
     """The caller's kernels as they change, one JSON line each; a line every 30 s keeps proxies open."""
 
@@ -438,8 +504,10 @@ class WatchHandler(BrokerHandler):
 
 
 def kernel_state(kind: str, pod: dict) -> dict:
+    """One line of a watch stream; ``snapshot``: the id the broker parked the kernel as, when it did."""
     summary = pod_summary(pod)
     return {"kernel_id": summary["kernel_id"], "pod": summary["pod"], "phase": summary["phase"],
+            "snapshot": (pod["metadata"].get("annotations") or {}).get(ANNOTATION_PARKED),
             "deleted": kind == "DELETED", "exit_code": container_exit_code(pod), "reason": container_end_reason(pod)
             or summary["reason"], "node": summary["node"], "ip": (pod.get("status") or {}).get("podIP")}
 
@@ -460,7 +528,8 @@ class ClassHandler(BrokerHandler):
         self.reply({"kernels": [{**row, **self.broker.culler.fields(row["kernel_id"]),
                                  "warm": self.broker.pods.is_warm(row["pod"])} for row in rows], "instructor": True,
                     "budgets": self.broker.budget_meter.rows() if self.broker.budget_meter else [],
-                    "bookings": self.broker.booked.rows()})
+                    "bookings": self.broker.booked.rows(),
+                    "parked": self.broker.parking.rows()})
 
 
 class ClassPodHandler(BrokerHandler):
@@ -517,11 +586,14 @@ def routes(prefix: str) -> list:
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})", KernelHandler),
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})/keep", KeepHandler),
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})/exempt", ExemptHandler),
+        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/park", ParkHandler),
         (rf"{base}/api/queue", QueueHandler),
         (rf"{base}/api/queue/([0-9a-f-]{{36}})", QueuedHandler),
         (rf"{base}/api/watch", WatchHandler),
         (rf"{base}/api/pool", PoolHandler),
         (rf"{base}/api/class", ClassHandler),
+        (rf"{base}/api/class/park", ParkCourseHandler),
+        (rf"{base}/api/park-all", ParkAllHandler),
         (rf"{base}/api/class/([a-z0-9.-]+)", ClassPodHandler),
         (rf"{base}/api/pods/([a-z0-9.-]+)/report", ReportHandler),
         (rf"{base}/metrics", MetricsHandler),

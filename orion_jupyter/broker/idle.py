@@ -6,7 +6,9 @@ NetworkPolicy admits the broker on that one port), whose ``status`` messages giv
 state and the last activity, as jupyter_server's kernel manager reads them. The rules are the
 core's (``core/idle.py`` ``Culler``: the warning, keeps, exemptions), applied here per course
 (``cull_idle_seconds``, ``cull_warning_seconds``, ``cull_max_keeps`` in ``c.Broker.courses``, else
-the broker's defaults) to the broker's kernels, a ``CullTarget``. A kernel whose iopub the broker
+the broker's defaults) to the broker's kernels, a ``CullTarget``; where the kernel can be parked
+(``broker/parking.py``: the user's storage is mounted, the broker holds the kernel's connection)
+culling parks it and then stops it. A kernel whose iopub the broker
 cannot watch (one a previous broker started, or whose follower broke) is judged by its last reported
 activity; a reported time is a student's word: it counts only with a zone and never later than now.
 """
@@ -25,6 +27,7 @@ from ..k8s.view import pod_course, pod_request, pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, LABEL_KERNEL_ID
 from ..progress import ProgressLog
 from ..wire import SHELL_REQUESTS, iopub_port
+from .parking import BrokerParking, KernelConnection
 from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
@@ -43,6 +46,8 @@ class Observed:
     last_activity: datetime = field(default_factory=lambda: datetime.now(UTC))
     execution_state: str = "idle"
     watcher: asyncio.Task | None = None
+    connection: KernelConnection | None = None  # known for kernels this broker started or handed over
+    parking_session: str = ""  # the session of the broker's park request now: its busy / idle is not activity
 
 
 class BrokerKernels:
@@ -52,6 +57,7 @@ class BrokerKernels:
         self.pods = pods
         self.kernels: dict[str, Observed] = {}  # kernel id -> observed state
         self.changed = changed  # a kernel's culling fields may have changed (its owner's watch stream)
+        self.parking: BrokerParking | None = None  # set by the broker: culling parks where it can
 
     # -- what the Culler reads ----------------------------------------------------------------
     def kernel_ids(self) -> list[str]:
@@ -74,14 +80,17 @@ class BrokerKernels:
         return kernel.user if kernel else None
 
     def parks(self, kernel_id: str) -> bool:
-        return False  # the broker cannot reach a kernel's shell; parking in hub mode is still to come
+        return self.parking is not None and self.parking.parks_when_giving_back(kernel_id)
 
     async def stop_idle(self, kernel_id: str) -> str | None:
+        """Parked (the snapshot's id) where it can be, else stopped with the reason (a failed park's too)."""
         kernel = self.kernels.get(kernel_id)
         if kernel is None:
             return None
+        if self.parking is not None:
+            return await self.parking.give_back(kernel_id, STOPPED_BY_IDLE, "idle")
         await self.pods.site.stop(kernel.pod, STOPPED_BY_IDLE)
-        self._forget(kernel_id)
+        self.forget(kernel_id)
         return None
 
     # -- keeping the table ----------------------------------------------------------------------
@@ -106,9 +115,9 @@ class BrokerKernels:
                 if moment is not None:
                     kernel.last_activity = max(kernel.last_activity, moment)
         for kernel_id in [k for k in self.kernels if k not in live]:
-            self._forget(kernel_id)
+            self.forget(kernel_id)
 
-    def _forget(self, kernel_id: str) -> None:
+    def forget(self, kernel_id: str) -> None:
         kernel = self.kernels.pop(kernel_id, None)
         if kernel is not None and kernel.watcher is not None:
             kernel.watcher.cancel()
@@ -116,9 +125,10 @@ class BrokerKernels:
     def watch(self, kernel_id: str, pod: str, user: str, course: str, vgpus: int, ip: str, key: str,
               ports: tuple[int, ...], curve_serverkey: str = "") -> None:
         """Follow a kernel this broker started or handed over: its iopub status messages (over CurveZMQ with
-        the kernel's public key when it encrypts)."""
-        self._forget(kernel_id)
-        kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus)
+        the kernel's public key when it encrypts); its connection is kept for parking it."""
+        self.forget(kernel_id)
+        kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus,
+                                                    connection=KernelConnection(ip, key, tuple(ports), curve_serverkey))
         kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key, iopub_port(ports),
                                                             curve_serverkey))
 
@@ -126,8 +136,12 @@ class BrokerKernels:
     def _observe(kernel: Observed, message: dict) -> bool:
         """What one signed iopub message says, read as jupyter_server reads it: only the kernel's answers to
         shell requests (a cell, a completion, a comm) are activity and set the execution state; a probe's
-        on the control channel (a usage sample, kernel_info) is neither. True: the execution state changed."""
-        parent = (message.get("parent_header") or {}).get("msg_type")
+        on the control channel (a usage sample, kernel_info) is neither, nor the broker's own park request.
+        True: the execution state changed."""
+        parent_header = message.get("parent_header") or {}
+        if kernel.parking_session and parent_header.get("session") == kernel.parking_session:
+            return False
+        parent = parent_header.get("msg_type")
         if parent in SHELL_REQUESTS or kernel.execution_state == "busy":
             kernel.last_activity = datetime.now(UTC)
         content = message.get("content")

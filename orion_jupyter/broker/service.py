@@ -51,6 +51,7 @@ from .bookings import BrokerBookings
 from .budgets import BudgetMeter
 from .idle import broker_culler
 from .looplag import LoopLag
+from .parking import BrokerParking, ParkLimits
 from .pods import ClassPods
 from .waits import BrokerWaits
 
@@ -94,6 +95,7 @@ class Broker(Application, ClassSettings):
                           help="A Python config file (c.Broker..., c.VGPUProvisioner... for the pods).")
     aliases = {"config": "Broker.config_file", "ip": "Broker.ip", "port": "Broker.port",
                "namespace": "VGPUProvisioner.namespace"}
+    flags = {"park-all": ({"Broker": {"park_all": True}}, "Park every kernel of the running broker, then exit.")}
     url = Unicode(config=True, help="The broker's URL as the hub knows it; default $JUPYTERHUB_SERVICE_URL.")
     ip = Unicode("", config=True, help="Address to listen on (e.g. 0.0.0.0 in the hub pod); default: the URL's host.")
     port = Int(0, config=True, help="Port to listen on; default: the URL's port.")
@@ -162,7 +164,26 @@ class Broker(Application, ClassSettings):
                               "'mountPath': '/home/jovyan'}]; templated like volumes.")
     home_mount_path = Unicode("", config=True,
                               help="Where the user's server root is mounted in kernel pods; a kernel starts in the "
-                                   "notebook's folder below it. Empty: the image's working directory.")
+                                   "notebook's folder below it, and a parked kernel's snapshot goes to "
+                                   "<it>/.orion-snapshots/<user>/. Empty: the image's working directory, and the "
+                                   "broker parks no kernel (it can only stop them).")
+    park_idle = Bool(True, config=True,
+                     help="Idle culling and a used-up vGPU-hour budget park a vGPU kernel (its variables saved to the "
+                          "user's storage under home_mount_path) before stopping it; a park that fails stops it with "
+                          "the reason. Instructors and --park-all park either way. Needs home_mount_path.")
+    park_timeout_seconds = Float(600.0, config=True,
+                                 help="Seconds a kernel may take to save its variables when the broker parks it; "
+                                      "then the park fails (the kernel keeps running, or culling stops it).")
+    max_snapshot_bytes = Int(4 << 30, config=True,
+                             help="Bytes one snapshot of a kernel the broker parks may take; a larger park is "
+                                  "refused by the kernel.")
+    max_user_snapshot_bytes = Int(16 << 30, config=True,
+                                  help="Bytes all of one user's snapshots may take together (in their own storage) "
+                                       "when the broker parks one of their kernels.")
+    park_all = Bool(False, config=True,
+                    help="`orion-jupyter broker --park-all`: ask the running broker (c.Broker.url, with its own "
+                         "token c.Broker.api_token) to park every kernel, print what was parked and what was not, "
+                         "and exit (1 when some kernel was not parked); then stop the broker for maintenance.")
     network_policies = Bool(True, config=True,
                             help="Give each kernel pod a NetworkPolicy that admits its ports only from its user's "
                                  "server pod.")
@@ -280,8 +301,6 @@ class Broker(Application, ClassSettings):
                                           {"app.kubernetes.io/managed-by": "orion-jupyter-broker"})
         self.booked = BrokerBookings(bookings, static_bookings, self.pods, self.admission, self.warm,
                                      Section(self.state_store, "bookings"))
-        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets")) \
-            if budgets is not None else None
         self.places = KeptPlaces(self.queue, self.admission.release, Section(self.state_store, "queue"),
                                  resume_grace)
         self.fair = fair
@@ -291,6 +310,12 @@ class Broker(Application, ClassSettings):
             self.pods, CullRules(self.cull_idle_seconds, self.cull_warning_seconds, self.cull_max_keeps),
             self.courses, self.cull_interval_seconds,
             changed=lambda kernel_id: [f(kernel_id) for f in list(self.cull_listeners)])
+        self.parking = self.culler.target.parking = BrokerParking(
+            self.pods, self.culler.target, self.park_limits(), Section(self.state_store, "parks"))
+        self.budget_meter = BudgetMeter(budgets, self.pods, Section(self.state_store, "budgets"),
+                                        give_back=lambda kernel_id, why: self.parking.give_back(kernel_id, why,
+                                                                                                "budget")) \
+            if budgets is not None else None
         self.waits = BrokerWaits(self.pods, self.culler.cull_at, budgets,
                                  lambda course: bool(course in courses and courses[course].vgpus),
                                  weight=lambda course: fair.weights.get(course, 1.0) if fair else 1.0,
@@ -299,6 +324,14 @@ class Broker(Application, ClassSettings):
 
     def is_instructor(self, name: str, groups: list[str]) -> bool:
         return self.is_instructor_named(name, groups)
+
+    def park_limits(self) -> ParkLimits:
+        for name in ("park_timeout_seconds", "max_snapshot_bytes", "max_user_snapshot_bytes"):
+            if not getattr(self, name) > 0:
+                raise VGPURequestError(name, getattr(self, name),
+                                       f"c.Broker.{name} is {getattr(self, name)!r}; it must be more than 0")
+        return ParkLimits(self.home_mount_path, self.max_snapshot_bytes, self.max_user_snapshot_bytes,
+                          self.park_timeout_seconds, self.park_idle)
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         """A kernel pod gone (or ended) gives its vGPUs back: the queue's heads may start."""
@@ -407,6 +440,7 @@ class Broker(Application, ClassSettings):
         if self.fair is not None:
             self.fair.restore(await self.state_store.load("fairshare") or {})
             timers.append(PeriodicCallback(self.save_fair_share, 30_000))
+        await self.parking.start()
         if self.budget_meter is not None:
             await self.budget_meter.start()
             timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))

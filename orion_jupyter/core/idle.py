@@ -122,6 +122,7 @@ class Culler:
         self._culling: set[str] = set()
         self.culled: OrderedDict[str, str] = OrderedDict()  # kernel id -> owner, of kernels this culler stopped
         self._timer: PeriodicCallback | None = None
+        self._rounds: set[asyncio.Task] = set()  # rounds still culling (a park may take its whole time limit)
         self._enabled = enabled  # None: on when the default rule culls
 
     @property
@@ -140,7 +141,14 @@ class Culler:
             self._timer.stop()
             self._timer = None
 
-    async def _tick(self) -> None:
+    def _tick(self) -> None:
+        """One round, not awaited by the timer: a kernel slow to park (up to the park's time limit) must not
+        hold back the warnings and culls of the next rounds (a kernel being culled is not judged again)."""
+        task = asyncio.ensure_future(self._round())
+        self._rounds.add(task)
+        task.add_done_callback(self._rounds.discard)
+
+    async def _round(self) -> None:
         try:
             await self.run_once()
         except Exception:  # noqa: BLE001 - one bad round must not stop the timer

@@ -334,7 +334,8 @@ def z2jh_values(broker_image: str, namespace: str, presets_path: str | Path | No
                      {"podSelector": {"matchLabels": {Z2JH_COMPONENT_LABEL: Z2JH_PROXY}}}],
             "ports": [dict(broker_port)],
         }], "egress": [
-            # the broker to kernel pods: a warm kernel's ports until its claim, then only its iopub (idle culling)
+            # the broker to kernel pods: a warm kernel's ports until its claim, then its iopub (idle culling) and
+            # shell (parking it); each kernel's own NetworkPolicy admits no more
             {"to": [{"podSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "kernel"}}}],
              "ports": [dict(kernel_ports_rule)]},
         ]},

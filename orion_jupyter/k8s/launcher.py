@@ -35,7 +35,7 @@ from ..names import (
     slug,
 )
 from ..protocols import ClaimRequest
-from ..wire import iopub_port
+from ..wire import host_ports
 from .cluster import KubeCluster
 from .driver import pod_options
 from .hub_manifests import kernel_network_policy, selects, z2jh_username_label
@@ -55,7 +55,8 @@ def _created(step: str) -> None:
 
 class KernelPolicies:
     """Per-kernel NetworkPolicies (hub mode): a kernel's ports only from its user's server pod, its
-    iopub port from the host's own pod (idle culling); a warm kernel's, every port from the host only."""
+    iopub and shell ports from the host's own pod (idle culling follows iopub; a park is one request on
+    shell); a warm kernel's, every port from the host only."""
 
     def __init__(self, cluster: KubeCluster, host_pod_labels: Mapping[str, str]):
         self.cluster = cluster
@@ -75,8 +76,9 @@ class KernelPolicies:
         from_host = [{"podSelector": {"matchLabels": dict(self.host_pod_labels)}}]
         if not user:
             spec["ingress"][0]["from"] = from_host
-        else:  # the host follows the kernel's execution state (idle culling): its iopub port, and only that
-            spec["ingress"].append({"from": from_host, "ports": [{"protocol": "TCP", "port": iopub_port(ports)}]})
+        else:  # the host follows the kernel's execution state (iopub: idle culling) and parks it (shell)
+            spec["ingress"].append({"from": from_host, "ports": [{"protocol": "TCP", "port": port}
+                                                                 for port in host_ports(ports)]})
         return policy
 
     async def create(self, policy: dict) -> None:
@@ -151,9 +153,10 @@ class PodSite:
         if self.policies is not None:
             await self.policies.delete(pod_name)
 
-    async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5) -> None:
+    async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
+                   annotations: dict[str, str] | None = None) -> None:
         """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped."""
-        await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds)
+        await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds, annotations)
         if self.policies is not None:
             await self.policies.delete(pod_name)
 

@@ -3,8 +3,10 @@
 // vGPU held by two kernels started here over the REST API): "New vGPU notebook…" says why nothing
 // can start and its Start is disabled; a kernel's launcher card shows JupyterLab's "Error Starting
 // Kernel" with the server's sentence wrapped, and the empty notebook it created is removed once
-// that is read. Prints one JSON line. Usage: node firsthour.mjs BASE_URL TOKEN SCREENSHOT_DIR
-import { launchChromium } from './lab.mjs';
+// that is read. The kernel tiles' labels as laid out, line by line. Then the 4 GiB spec launched with
+// 8 GiB from the dialog: what names that kernel (toolbar, kernel status, ours, the sidebar), also
+// after a reload. Prints one JSON line. Usage: node firsthour.mjs BASE_URL TOKEN SCREENSHOT_DIR
+import { kernelIdle, launchChromium } from './lab.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
 const browser = await launchChromium();
@@ -33,6 +35,29 @@ try {
         ?? c.querySelector('.jp-LauncherCard-icon svg')?.outerHTML ?? '',
     })),
   })));
+  // Each kernel tile's label as the browser laid it out: its lines (one Range per character; a line
+  // starts where a character stands lower than the one before), and whether the card shows them all.
+  result.tile_lines = await page.locator('.jp-LauncherCard').evaluateAll((cards) => cards
+    .filter((card) => /\/kernelspecs\/orion-/.test(card.querySelector('img')?.getAttribute('src') ?? ''))
+    .map((card) => {
+      const p = card.querySelector('.jp-LauncherCard-label p');
+      const text = p.firstChild;
+      const range = document.createRange();
+      const lines = [];
+      let last = null;
+      for (let i = 0; i < text.length; i++) {
+        range.setStart(text, i);
+        range.setEnd(text, i + 1);
+        const rect = range.getClientRects()[0];
+        if (!rect || rect.width === 0) continue;  // a space the line break swallowed
+        if (last === null || rect.top > last.top + 1) lines.push('');
+        last = rect;
+        lines[lines.length - 1] += text.data[i];
+      }
+      // (the label clips what overflows it, and the card what overflows the card)
+      const bottom = Math.min(p.parentElement.getBoundingClientRect().bottom, card.getBoundingClientRect().bottom);
+      return { label: text.data, lines, shown_whole: last !== null && last.bottom <= bottom + 0.5 };
+    }));
   await page.screenshot({ path: `${shots}/launcher.png` });
 
   result.step = 'fill the pool';
@@ -81,6 +106,47 @@ try {
   result.untitled_after = (await api('/api/contents')).body.content.map((c) => c.name)
     .filter((n) => /^Untitled/.test(n));
   result.notebook_panels_after = await page.locator('.jp-NotebookPanel').count();
+  for (const id of started.splice(0)) await api(`/api/kernels/${id}`, { method: 'DELETE' });
+
+  // The 4 GiB spec launched with 8 GiB from the dialog: what names the notebook's kernel (the
+  // toolbar, JupyterLab's kernel status, ours, the sidebar's card) says 8 GiB, and nothing 4 GiB.
+  result.step = 'grant above the spec';
+  await page.locator('.jp-LauncherCard', { hasText: 'New vGPU notebook' }).click();
+  const launch = page.locator('.orion-LaunchDialog');
+  await launch.locator('input[value="orion-1x4gi"]').check();
+  await launch.locator('input[name="memory"]').fill('8Gi');
+  await launch.locator('.jp-Dialog-footer .jp-mod-accept').click();
+  await launch.waitFor({ state: 'detached' });
+  await kernelIdle(page, /^Untitled\d*\.ipynb$/);
+  await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('GiB'));
+  await page.locator('.jp-SideBar .lm-TabBar-tab[data-id="orion-vgpu-panel"]').click();
+  await page.locator('#orion-vgpu-panel .orion-Panel-mine .orion-Kernel').waitFor();
+  // (the names change once the page has the kernel's allocation from the server)
+  await page.waitForFunction(() => [document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-KernelName'),
+    ...document.querySelectorAll('#jp-main-statusbar [title^="Change kernel"]')]
+    .every((node) => node && /8\sGiB/.test(node.textContent)));
+  result.grant_toolbar = await page.locator('.jp-NotebookPanel:visible .jp-KernelName').first().innerText();
+  result.grant_kernel_status = await page.locator('#jp-main-statusbar [title^="Change kernel for"]').innerText();
+  result.grant_status = await page.locator('.orion-StatusItem').innerText();
+  result.grant_card = await page.locator('#orion-vgpu-panel .orion-Panel-mine .orion-Kernel').innerText();
+  result.grant_page_text = await page.locator('body').innerText();
+  result.grant_sessions = (await api('/api/sessions')).body.map((s) => [s.path, s.kernel.name, s.kernel.id]);
+  await page.screenshot({ path: `${shots}/real-grant.png` });
+  // The toolbar's kernel name still opens JupyterLab's kernel picker.
+  await page.locator('.jp-NotebookPanel:visible .jp-KernelName').first().click();
+  const picker = page.locator('.jp-Dialog', { hasText: 'Select Kernel' });
+  await picker.waitFor();
+  result.grant_picker = await picker.locator('.jp-Dialog-header').innerText();
+  await picker.locator('.jp-Dialog-button', { hasText: 'Cancel' }).click();
+  await picker.waitFor({ state: 'detached' });
+  // After a reload the notebook comes back on its kernel, named by its grant again.
+  await page.reload();
+  await kernelIdle(page, /^Untitled\d*\.ipynb$/);
+  await page.waitForFunction(() => [document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-KernelName'),
+    ...document.querySelectorAll('#jp-main-statusbar [title^="Change kernel"]')]
+    .every((node) => node && /8\sGiB/.test(node.textContent)));
+  result.reload_toolbar = await page.locator('.jp-NotebookPanel:visible .jp-KernelName').first().innerText();
+  result.reload_kernel_status = await page.locator('#jp-main-statusbar [title^="Change kernel for"]').innerText();
   result.ok = true;
 } catch (error) {
   result.error = String(error);

@@ -73,9 +73,10 @@ try {
   await page.waitForFunction(() => document.querySelector('.orion-StatusItem')?.textContent.includes('GiB'));
   result.status_text = await status.innerText();
   result.status_tooltip = await status.getAttribute('title');
-  // The toolbar names the notebook's kernel once its session is connected.
+  // The toolbar names the notebook's kernel once its session is connected, by its grant (3 GiB, not
+  // the spec's 2 GiB) once the page has the kernel's allocation.
   const kernelName = notebook.locator('.jp-KernelName').first();
-  await page.waitForFunction((node) => !node.textContent.includes('No Kernel'), await kernelName.elementHandle());
+  await page.waitForFunction((node) => /3\sGiB/.test(node.textContent), await kernelName.elementHandle());
   result.kernel_name = await kernelName.innerText();
   result.sessions = await api('/api/sessions');
 

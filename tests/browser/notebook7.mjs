@@ -1,8 +1,10 @@
 // The orion-jupyter extension in Notebook 7 (`jupyter notebook`), in Debian's chromium: its plugins
 // activate on the tree and notebook pages (no status bar there), File > New offers "vGPU Notebook…",
 // the vGPU sidebar shows the notebook's kernel, and "New vGPU notebook…" opens the new notebook (in
-// a new tab, as Notebook 7 does) on the kernel it started. Every browser console error is collected;
-// those that come from the extension (its files, its plugins, its REST API) are told apart.
+// a new tab, as Notebook 7 does) on the kernel it started, the toolbar naming that kernel's grant;
+// then a full pool: the dialog's reason, the New menu's refused vGPU item, Stop's question.
+// Every browser console error is collected; those that come from the extension (its files, its
+// plugins, its REST API) are told apart.
 // Prints one JSON line. Usage: node notebook7.mjs BASE_URL TOKEN NOTEBOOK_PATH SCREENSHOT_DIR
 import { chromium } from 'playwright-core';
 
@@ -89,6 +91,10 @@ async function kernelRuns(pg, what) {
   result[`${what}_kernel_status`] = await kernelIdle(pg);
 }
 
+// Jupyter's REST API from inside `pg` (the token authenticates it; a GET needs no XSRF cookie).
+const api = (pg, path, init = {}) => pg.evaluate(async ({ path, init, token }) =>
+  (await fetch(path, { ...init, headers: { Authorization: `token ${token}` } })).json(), { path, init, token });
+
 const page = await context.newPage();
 try {
   result.step = 'tree';
@@ -136,26 +142,87 @@ try {
   await page.evaluate(() => { void window.jupyterapp.commands.execute('orion-jupyter:new-vgpu-notebook'); });
   await page.locator('.orion-LaunchDialog').waitFor();
   await page.locator('.orion-LaunchDialog input[value="orion-1x2gi"]').check();
+  await page.locator('.orion-LaunchDialog input[name="memory"]').fill('3Gi');  // more than the spec's 2 GiB
   const opened = context.waitForEvent('page', { timeout: 60000 });
   await page.locator('.orion-LaunchDialog .jp-Dialog-button.jp-mod-accept').click();
   const tab = await opened;
   await kernelRuns(tab, 'new_tab');
   result.new_tab = new URL(tab.url()).pathname;
   const kernelName = tab.locator('.jp-KernelName').first();
-  await tab.waitForFunction((node) => !node.textContent.includes('No Kernel'), await kernelName.elementHandle());
+  // (named by its grant once the page has the kernel's allocation from the server)
+  await tab.waitForFunction((node) => /3\sGiB/.test(node.textContent), await kernelName.elementHandle());
   result.new_tab_kernel_name = await kernelName.innerText();
   await tab.screenshot({ path: `${shots}/nb7-new.png` });
   result.sessions = await page.evaluate(async () =>
     (await (await fetch('/api/sessions')).json()).map((s) => ({ path: s.path, kernel: s.kernel.id, name: s.kernel.name })));
   result.kernels = await page.evaluate(async () => (await (await fetch('/api/kernels')).json()).length);
+
+  // A full pool (the two notebooks' kernels and two more, started over the REST API): the dialog
+  // says why and its Start is disabled; the tree's New menu's vGPU kernel item says why it cannot
+  // start, and makes no notebook and opens no tab; the sidebar's Stop asks first.
+  result.step = 'full pool';
+  for (let i = 0; i < 2; i++) {
+    result[`fill_${i}`] = (await api(page, '/orion/api/kernels', {
+      method: 'POST', body: JSON.stringify({ spec: 'orion-1x2gi' }) })).id ?? 'not started';
+  }
+  await page.evaluate(() => { void window.jupyterapp.commands.execute('orion-jupyter:new-vgpu-notebook'); });
+  const dialog = page.locator('.orion-LaunchDialog');
+  await dialog.locator('.orion-LaunchForm-blocked').waitFor();
+  result.blocked_text = await dialog.locator('.orion-LaunchForm-blocked').innerText();
+  const start = dialog.locator('.jp-Dialog-footer .jp-mod-accept');
+  result.start_disabled = await start.isDisabled();
+  await page.screenshot({ path: `${shots}/nb7-full-pool-dialog.png` });
+  await dialog.locator('.jp-Dialog-button', { hasText: 'Cancel' }).click();
+  await dialog.waitFor({ state: 'detached' });
+
+  result.step = 'refused new menu item';
+  const tree = await context.newPage();
+  await tree.goto(`${base}/tree?token=${token}`);
+  await tree.locator('.jp-DirListing').first().waitFor();
+  const untitled = async () => (await api(tree, '/api/contents')).content.map((c) => c.name)
+    .filter((n) => /^Untitled/.test(n)).sort();
+  result.untitled_before = await untitled();
+  const pages = context.pages().length;
+  await tree.locator('.jp-DropdownMenu .lm-MenuBar-itemLabel', { hasText: 'New' }).click();
+  await tree.locator('.lm-Menu:visible .lm-Menu-itemLabel', { hasText: 'Python 3 · 1 vGPU · 2 GiB' }).click();
+  const refusal = tree.locator('.jp-Dialog', { hasText: 'Could not start' });
+  await refusal.waitFor();
+  result.refusal_title = await refusal.locator('.jp-Dialog-header').innerText();
+  result.refusal = await refusal.locator('.jp-Dialog-body').evaluate((node) => ({
+    text: node.innerText, fits: node.scrollWidth <= node.clientWidth + 1,
+  }));
+  await tree.screenshot({ path: `${shots}/nb7-refused.png` });
+  await refusal.locator('.jp-Dialog-button', { hasText: 'Close' }).click();
+  await refusal.waitFor({ state: 'detached' });
+  await tree.waitForTimeout(1000);  // (a tab or a notebook that came late)
+  result.tabs_opened = context.pages().length - pages;
+  result.untitled_after = await untitled();
+
+  result.step = 'stop asks';
+  await page.evaluate(() => window.jupyterapp.commands.execute('orion-jupyter:show-vgpu-panel'));
+  const stop = panel.locator('.orion-Panel-mine .orion-Kernel', { hasText: 'no notebook' }).first()
+    .locator('button', { hasText: 'Stop' });
+  await stop.click();
+  const question = page.locator('.jp-Dialog', { hasText: 'Stop vGPU kernel' });
+  await question.waitFor();
+  result.stop_question = await question.locator('.jp-Dialog-body').innerText();
+  await page.screenshot({ path: `${shots}/nb7-stop.png` });
+  await question.locator('.jp-Dialog-button', { hasText: 'Cancel' }).click();
+  await question.waitFor({ state: 'detached' });
+  result.kernels_after_cancel = await page.evaluate(async () => (await (await fetch('/api/kernels')).json()).length);
   await page.waitForTimeout(1000); // late console errors
   result.ok = true;
 } catch (error) {
   result.error = String(error);
-  await page.screenshot({ path: `${shots}/nb7-failure.png` }).catch(() => {});
+  for (const [i, pg] of context.pages().entries()) {
+    await pg.screenshot({ path: `${shots}/nb7-failure-${i}.png` }).catch(() => {});
+  }
 } finally {
   await browser.close();
 }
-// The extension's own: from its files (…/@orion-jupyter/labextension/…), its plugins, its API.
-result.extension_errors = result.errors.filter((e) => /orion/i.test(`${e.text} ${e.where}`));
+// The extension's own: from its files (…/@orion-jupyter/labextension/…), its plugins, its API (but
+// the browser's line for the full pool's refusal, a 409 the page shows).
+const refused = (e) => /status of 409/.test(e.text) && /\/orion\/api\/kernels\b/.test(e.where);
+result.refusals_logged = result.errors.filter(refused).length;
+result.extension_errors = result.errors.filter((e) => /orion/i.test(`${e.text} ${e.where}`) && !refused(e));
 console.log(JSON.stringify(result));

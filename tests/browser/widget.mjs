@@ -1,8 +1,9 @@
-// Opens a notebook in JupyterLab (Debian's chromium, no browser download), runs all cells and
-// reports what the vGPU widget rendered. Usage: node widget.mjs BASE_URL TOKEN NOTEBOOK SCREENSHOT
+// Opens a notebook in JupyterLab, or in Notebook 7 (UI "notebook"), in Debian's chromium (no browser
+// download), runs its cells and reports what the vGPU widget rendered, and its chart while the
+// second cell runs. Usage: node widget.mjs BASE_URL TOKEN NOTEBOOK SCREENSHOT [lab|notebook]
 import { chromium } from 'playwright-core';
 
-const [base, token, notebook, screenshot] = process.argv.slice(2);
+const [base, token, notebook, screenshot, ui = 'lab'] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -13,16 +14,24 @@ const result = { ok: false };
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   page.setDefaultTimeout(90000);
-  await page.goto(`${base}/lab/tree/${notebook}?token=${token}`);
+  await page.goto(`${base}/${ui === 'lab' ? 'lab/tree' : 'notebooks'}/${notebook}?token=${token}`);
   await page.waitForSelector('.jp-NotebookPanel .jp-Cell');
-  // Wait until the notebook's kernel is connected and idle: the status bar's kernel item for it
-  // ("Change kernel for widget.ipynb") reads "<kernel display name> | Idle" (the toolbar's execution
-  // indicator starts as "idle" before any kernel connects, so it proves nothing). The cell's output
-  // below proves that the kernel runs code.
-  const kernelItem = page.locator('#jp-main-statusbar').getByTitle(`Change kernel for ${notebook.split('/').pop()}`,
-    { exact: true });
-  await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor();
-  result.kernel_item = (await kernelItem.innerText()).trim();
+  // Wait until the notebook's kernel is connected and idle (the toolbar's execution indicator starts
+  // as "idle" before any kernel connects, so it proves nothing): in JupyterLab the status bar's kernel
+  // item for it ("Change kernel for widget.ipynb") reads "<kernel display name> | Idle"; Notebook 7
+  // has no status bar, so its session context (window.jupyterapp) is asked. The cell's output below
+  // proves that the kernel runs code.
+  if (ui === 'lab') {
+    const kernelItem = page.locator('#jp-main-statusbar').getByTitle(
+      `Change kernel for ${notebook.split('/').pop()}`, { exact: true });
+    await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor();
+    result.kernel_item = (await kernelItem.innerText()).trim();
+  } else {
+    await page.waitForFunction(() => {
+      const context = window.jupyterapp?.shell.currentWidget?.sessionContext;
+      return context?.session?.kernel?.connectionStatus === 'connected' && context.kernelDisplayStatus === 'idle';
+    }, null, { polling: 100 });
+  }
   // Run the cell; on a loaded machine the first key press can land before the editor is live.
   const widget = page.locator('.jp-OutputArea-output .widget-vbox').first();
   for (let attempt = 1; ; attempt++) {
