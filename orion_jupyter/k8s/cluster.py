@@ -31,7 +31,7 @@ from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .pod_kernel import PodKernel
 from .pods import LaunchState, launch_state, trim_foreign_pod, trim_pod
-from .watch import SharedWatch
+from .watch import SharedWatch, stop_watches
 
 log = logging.getLogger("orion_jupyter.k8s")
 
@@ -124,10 +124,10 @@ class KubeCluster:
             watch.wait_synced(sync_timeout)
 
     def close(self) -> None:
-        for watch in self._watches():
-            watch.stop()
+        """Stop the watches and wait (a few seconds at most) until their threads have ended."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        stop_watches(self._watches())
 
     def _watches(self) -> list[SharedWatch]:
         dra = self.dra.watches if self.dra is not None else ()

@@ -15,11 +15,13 @@ it recovers.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ BACKOFF_JITTER = 0.2  # each delay is its nominal value times a random factor in
 FAILURES_TO_REPORT = 5  # consecutive failures that make a lasting failure (logged once, shown in the pool)
 STREAM_SUCCESS_SECONDS = 10.0  # a watch stream that lived this long counts as a success even if it was quiet
 TOMBSTONES = 256  # the last state of this many deleted objects is kept (why a kernel pod went)
+STOP_WAIT_SECONDS = 5.0  # how long stopping waits for watch threads (a request in flight ends at its timeout)
 
 
 class Backoff:
@@ -97,6 +100,7 @@ class SharedWatch:
 
     # -- reading -----------------------------------------------------------------------------
     def start(self) -> SharedWatch:
+        _started.add(self)
         self._thread.start()
         return self
 
@@ -149,13 +153,22 @@ class SharedWatch:
         return unsubscribe
 
     def stop(self) -> None:
+        """Ask the thread to end (it does at once, or after its request in flight; ``join`` waits for it)."""
         self._stopped.set()
         response = self._response
         if response is not None:
             try:
-                response.close()
+                # shutdown() wakes the thread blocked reading the stream; close() would wait until that read
+                # returned (the next event or bookmark); urllib3 before 2.3 has only close()
+                getattr(response, "shutdown", response.close)()
             except Exception:  # noqa: BLE001 - closing a half-dead socket may fail any way
                 pass
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a stopped watch's thread to end; True when it has (or never ran)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # -- the watch thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -240,6 +253,8 @@ class SharedWatch:
         self._response = response
         opened, delivered = time.monotonic(), False
         try:
+            if self._stopped.is_set():  # stopped while the request was under way: stop() saw no response to close
+                return
             for line in iter_resp_lines(response):
                 if self._stopped.is_set():
                     return
@@ -294,6 +309,28 @@ class SharedWatch:
                 listener(kind, obj)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(listener, kind, obj)
+
+
+def stop_watches(watches: list[SharedWatch], wait_seconds: float = STOP_WAIT_SECONDS) -> None:
+    """Stop ``watches`` and wait, ``wait_seconds`` in all at most, until their threads have ended."""
+    for watch in watches:
+        watch.stop()
+    deadline = time.monotonic() + wait_seconds
+    for watch in watches:
+        if not watch.join(max(0.0, deadline - time.monotonic())):
+            log.warning("%s watch still running %.0f s after it was stopped", watch.name, wait_seconds)
+
+
+# Every started watch while it runs or is referenced (a running thread holds its watch).
+_started: weakref.WeakSet[SharedWatch] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop every watch before the interpreter finalizes: a daemon thread still inside a client call then is
+    ended by pthread_exit, whose forced unwind through pydantic-core's Rust frames (the Kubernetes client
+    validates every call) aborts the process ("Fatal Python error: Aborted")."""
+    stop_watches(list(_started))
 
 
 def _short(err: BaseException, limit: int = 200) -> str:
