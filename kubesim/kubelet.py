@@ -5,7 +5,10 @@ namespace, a loopback pod IP); "fake" only reports Running+Ready (for large benc
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import functools
+import json
 import math
 import os
 import queue
@@ -17,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 
 from .scheduler import set_condition
 from .selectors import parse_quantity
@@ -126,8 +130,6 @@ class Kubelets:
         self._queue: queue.Queue = queue.Queue()
         self._secrets = threading.Condition()
         self._secret_generation = 0
-        self._dir_refs: dict[str, int] = {}
-        self._dir_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.stopping = False
         store.subscribers.append(self._on_change)
@@ -304,29 +306,66 @@ class Kubelets:
 
     # ------------------------------------------------------------ host directories we create
 
-    def acquire_dir(self, path: str) -> list[str]:
-        """mkdir -p ``path`` on the host; returns the directories this created (or shares with
-        another pod that created them) so release_dirs can remove them when nobody uses them."""
-        with self._dir_lock:
+    @staticmethod
+    def acquire_dir(path: str) -> list[str]:
+        """mkdir -p ``path`` on the host; returns the directories this created (or shares with another
+        pod that created them), for release_dirs. Counted across every simulated cluster of this machine:
+        a directory removed on the host detaches each mount on it in other mount namespaces (Linux 3.18+),
+        so one test process must never remove a mount point a pod of another one still uses."""
+        with _host_dir_refs() as refs:
             chain, p = [], os.path.abspath(path)
-            while p != "/" and (p in self._dir_refs or not os.path.exists(p)):
+            while p != "/" and (p in refs or not os.path.exists(p)):
                 chain.append(p)
                 p = os.path.dirname(p)
             os.makedirs(path, exist_ok=True)
+            mine = str(os.getpid())
             for c in chain:
-                self._dir_refs[c] = self._dir_refs.get(c, 0) + 1
+                refs.setdefault(c, {})[mine] = refs.get(c, {}).get(mine, 0) + 1
             return chain
 
-    def release_dirs(self, chain: list[str]) -> None:
-        with self._dir_lock:
+    @staticmethod
+    def release_dirs(chain: list[str]) -> None:
+        with _host_dir_refs() as refs:
+            mine = str(os.getpid())
             for c in chain:  # deepest first
-                self._dir_refs[c] -= 1
-                if self._dir_refs[c] == 0:
-                    del self._dir_refs[c]
-                    try:
-                        os.rmdir(c)
-                    except OSError:
-                        pass
+                users = refs.get(c, {})
+                users[mine] = users.get(mine, 0) - 1
+                if users[mine] <= 0:
+                    del users[mine]
+                if users:
+                    continue
+                refs.pop(c, None)
+                try:
+                    os.rmdir(c)
+                except OSError:
+                    pass
+
+
+HOST_DIR_REFS = os.path.join(tempfile.gettempdir(), "kubesim-host-dirs.json")
+
+
+@contextlib.contextmanager
+def _host_dir_refs() -> Iterator[dict[str, dict[str, int]]]:
+    """The host directories pods of this machine's simulated clusters use: {path: {pid: pods}}, under one
+    file lock; the counts of processes that are gone are dropped."""
+    with open(HOST_DIR_REFS + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(HOST_DIR_REFS) as f:
+                refs = json.load(f)
+        except (OSError, ValueError):
+            refs = {}
+        refs = {path: live for path, users in refs.items() if isinstance(users, dict)
+                and (live := {pid: n for pid, n in users.items() if _pid_alive(pid)})}
+        yield refs
+        partial = f"{HOST_DIR_REFS}.{os.getpid()}"
+        with open(partial, "w") as f:
+            json.dump(refs, f)
+        os.replace(partial, HOST_DIR_REFS)
+
+
+def _pid_alive(pid: str) -> bool:
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -422,11 +461,11 @@ class PodWorker:
         self.cancelled = threading.Event()
         self.deleting = False
         self.finished = False
+        self._dirs: list[list[str]] = []  # host directories made for this pod (mount points, working dir)
         self.evicted: str | None = None
         self.oom = False  # killed for exceeding its memory limit: reported as OOMKilled, exit code 137
         self.ip: str | None = None
         self._kill_timer: threading.Timer | None = None
-        self._dirs: list[list[str]] = []
         self._held: list = []  # status writes made while the node was down
         self.thread = threading.Thread(target=self._main, name=f"kubesim-pod-{self.name}", daemon=True)
 
@@ -796,11 +835,7 @@ class PodWorker:
         q = shlex.quote
         steps = []
         for src, target, readonly in mounts:
-            # another simulated cluster (this process's or another's) may remove a mount point it made
-            # between our mkdir and mount when its last pod using it ends: try again a few times
-            bind = f"mkdir -p {q(target)} && mount --bind {q(src)} {q(target)}"
-            steps.append(f"{{ n=0; until {bind} 2>/dev/null; do n=$((n+1)); if [ $n -ge 20 ]; then {bind} || exit 32; "
-                         "break; fi; done; }")
+            steps.append(f"mkdir -p {q(target)} && mount --bind {q(src)} {q(target)}")
             if readonly:
                 steps.append(f"mount -o remount,bind,ro {q(target)}")
         steps.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} && exec \"$@\"")

@@ -704,3 +704,21 @@ def test_readiness_probe_honours_its_period(sim_cluster, v1):
     assert _condition(running, "Ready").get("status") != "True"
     sim_cluster.wait_for("pods", NS, "probed", lambda p: _condition(p, "Ready").get("status") == "True", timeout=5)
     assert 0.7 < time.monotonic() - started < 1.6
+
+
+def test_a_mount_point_stays_while_another_process_pods_use_it(tmp_path):
+    """Host directories made for pods are counted across test processes: one process's last pod ending must
+    not remove a mount point another process's pod still uses (removing it detaches that pod's mount)."""
+    import subprocess
+
+    from kubesim.kubelet import Kubelets
+
+    target = str(tmp_path / "home" / "jovyan")
+    chain = Kubelets.acquire_dir(target)
+    assert chain == [target, str(tmp_path / "home")]
+    other = ("import sys; from kubesim.kubelet import Kubelets as K; "
+             "K.release_dirs(K.acquire_dir(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", other, target], check=True, cwd=os.getcwd())
+    assert os.path.isdir(target)  # still this process's pod's
+    Kubelets.release_dirs(chain)
+    assert not os.path.exists(tmp_path / "home")  # nobody uses it: gone
