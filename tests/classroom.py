@@ -104,6 +104,13 @@ def class_hub_with(hub_factory, sim_cluster, tmp_path: Path, broker_config: list
         print(broker.log.read_text(errors="replace")[-4000:])
 
 
+def culling_course(vgpus: int, idle: int, warning: int, keeps: int) -> list[str]:
+    """Broker config of course COURSE with a queue and quick idle culling (checked every 0.5 s)."""
+    return [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': {vgpus}, 'queue': True, 'cull_idle_seconds': {idle}, "
+            f"'cull_warning_seconds': {warning}, 'cull_max_keeps': {keeps}}}}}",
+            "c.Broker.cull_interval_seconds = 0.5", "c.Broker.queue_keepalive = 1.0"]
+
+
 def kernel_objects(cluster) -> dict[str, list[str]]:
     return {plural: [o["metadata"]["name"] for o in cluster.objects(plural, NS)]
             for plural in ("pods", "secrets", "networkpolicies")}

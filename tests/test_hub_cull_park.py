@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from orion_jupyter import snapshot
-from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, refused, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, class_hub_with, culling_course, pod_users, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
 
 STUDENTS = ["ann", "ben", "cat"]
@@ -27,9 +27,7 @@ CELL = ("import numpy as np\nx = 42\nrows = np.arange(1000)\ndef double(v):\n   
 
 @pytest.fixture
 def parking_hub(hub_factory, sim_cluster, tmp_path):
-    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 1, 'queue': True, 'cull_idle_seconds': {IDLE_SECONDS}, "
-              "'cull_warning_seconds': 6, 'cull_max_keeps': 0}}",
-              "c.Broker.cull_interval_seconds = 0.5", "c.Broker.queue_keepalive = 1.0"]
+    config = culling_course(vgpus=1, idle=IDLE_SECONDS, warning=6, keeps=0)
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS, "teacher"]) as hub_broker:
         yield hub_broker
 

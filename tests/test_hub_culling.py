@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, start_vgpu_kernel
+from tests.classroom import BROKER, class_hub_with, culling_course, pod_users, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
 
@@ -21,9 +21,7 @@ IDLE_SECONDS = 10
 
 @pytest.fixture
 def culling_hub(hub_factory, sim_cluster, tmp_path):
-    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 2, 'queue': True, 'cull_idle_seconds': {IDLE_SECONDS}, "
-              "'cull_warning_seconds': 8, 'cull_max_keeps': 1}}",
-              "c.Broker.cull_interval_seconds = 0.5", "c.Broker.queue_keepalive = 1.0"]
+    config = culling_course(vgpus=2, idle=IDLE_SECONDS, warning=8, keeps=1)
     with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=[*STUDENTS, "teacher"]) as hub_broker:
         yield hub_broker
 
