@@ -311,6 +311,7 @@ class BrokerView:
         self._last_pool = PoolSnapshot()
         self._rows: dict[str, dict[str, Any]] = {}
         self._budget_rows: list[dict[str, Any]] = []
+        self._parked_rows: list[dict[str, Any]] = []
         self.home = ""  # where kernel pods mount this user's server root, as the broker last said
 
     async def start(self) -> None:
@@ -359,7 +360,29 @@ class BrokerView:
         rows = body.get("kernels") or []
         self._rows = {row["pod"]: row for row in rows if row.get("pod")}
         self._budget_rows = (body.get("budgets") or []) if user is None else []
+        self._parked_rows = (body.get("parked") or []) if user is None else []
         return rows
+
+    def parked_rows(self) -> list[dict[str, Any]]:
+        """Per student, what the broker parked of theirs, as its class view last said (instructors)."""
+        return self._parked_rows
+
+    async def park_kernel(self, kernel_id: str) -> dict[str, Any]:
+        """Park a kernel (its owner, or an instructor: anyone's); the broker's refusal with its reason."""
+        return await self._ask_parking(f"api/kernels/{quote(kernel_id, safe='')}/park", {})
+
+    async def park_course(self, course: str) -> dict[str, Any]:
+        """An instructor parks every kernel of ``course``: ``{parked: [...], not_parked: [...]}``."""
+        return await self._ask_parking("api/class/park", {"course": course})
+
+    async def _ask_parking(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, answer = await self.client.call("POST", path, body)
+        message = (answer or {}).get("message") or f"the vGPU broker answered {code}"
+        if code >= 400 and isinstance(answer, dict) and answer.get("message"):
+            raise BrokerRefusal(code, message)  # not yours (404), or a park that failed, saying why (409, 507...)
+        if code not in (200, 201) or not isinstance(answer, dict):
+            raise BrokerError(message)
+        return answer
 
     def find_kernel(self, name: str) -> dict[str, Any] | None:
         return self._rows.get(name)

@@ -1,8 +1,9 @@
 """Idle culling parks in hub mode, through a real JupyterHub (issue 21's must-show): a course of one vGPU,
 ann's kernel holds variables and goes idle while ben waits in the queue; the broker parks ann's kernel
 into ann's own storage (her server root, /home/jovyan in kernel pods) and the freed vGPU goes to ben.
-An instructor parks one kernel and a whole course, `orion-jupyter broker --park-all` parks the rest
-(a student may do neither to others), the class view counts what the broker parked, and ann resumes
+An instructor parks one kernel and a whole course from the class view (through their own server, which
+asks the broker with their token), `orion-jupyter broker --park-all` parks the rest (a student may do
+neither to others), the class view counts what the broker parked, and ann resumes
 through her server's REST API with her variables back."""
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ async def test_culling_parks_into_the_students_storage_and_the_vgpu_goes_to_the_
     for path, body in (("api/class/park", {"course": COURSE}), ("api/park-all", {})):
         code, answer = await refused(hub.service_api(BROKER, "POST", path, body, token=tokens["ann"]))
         assert code == 403, path
+    # the same through ann's own server (its class view's Park): the broker decides with her token
+    code, answer = await refused(hub.server_api("ann", "POST", f"orion/api/class/kernels/{bens_id}/park", {}))
+    assert code == 404 and "of yours" in answer["message"]
+    code, answer = await refused(hub.server_api("ann", "POST", "orion/api/class/park", {"course": COURSE}))
+    assert code == 403 and "instructors" in answer["message"]
+    # the instructor parks ben's kernel from the class view, through the instructor's own server
     await hub.kernel_ws_execute("ben", bens_id, "y = [1, 2, 3]")
-    parked = await hub.service_api(BROKER, "POST", f"api/kernels/{bens_id}/park", {}, token=tokens["teacher"],
-                                   timeout=120)
+    parked = await hub.server_api("teacher", "POST", f"orion/api/class/kernels/{bens_id}/park", {}, timeout=120)
     assert parked["user"] == "ben" and parked["saved"] == ["y"] and parked["stopped"] is True
     assert snapshots_in_home(hub, "ben")[parked["snapshot"]]["owner"] == "ben"
 
@@ -92,11 +98,10 @@ async def test_culling_parks_into_the_students_storage_and_the_vgpu_goes_to_the_
     cat = (await start_vgpu_kernel(hub, "cat"))["id"]
     await exempt(hub, cat)
     await hub.kernel_ws_execute("cat", cat, "z = 'lab 3'")
-    code, answer = await refused(hub.service_api(BROKER, "POST", "api/class/park", {"course": "no such course"},
-                                                 token=tokens["teacher"]))
-    assert code == 404
-    course = await hub.service_api(BROKER, "POST", "api/class/park", {"course": COURSE}, token=tokens["teacher"],
-                                   timeout=120)
+    code, answer = await refused(hub.server_api("teacher", "POST", "orion/api/class/park",
+                                                {"course": "no such course"}))
+    assert code == 404 and "no such course" in answer["message"]
+    course = await hub.server_api("teacher", "POST", "orion/api/class/park", {"course": COURSE}, timeout=120)
     assert [(r["user"], r["kernel_id"]) for r in course["parked"]] == [("cat", cat)] and course["not_parked"] == []
     assert list(snapshots_in_home(hub, "cat")) == [course["parked"][0]["snapshot"]]
 
@@ -116,6 +121,7 @@ async def test_culling_parks_into_the_students_storage_and_the_vgpu_goes_to_the_
     view = await hub.service_api(BROKER, "GET", "api/class", token=tokens["teacher"])
     assert {r["user"]: r["snapshots"] for r in view["parked"]} == {"ann": 1, "ben": 1, "cat": 2}
     assert next(r for r in view["parked"] if r["user"] == "ann")["last_snapshot"] == parked_id
+    assert (await hub.server_api("teacher", "GET", "orion/api/class"))["parked"] == view["parked"]  # the sidebar's
     metrics = await hub.service_api(BROKER, "GET", "metrics", token=tokens["teacher"])
     for trigger in ("idle", "instructor", "course", "maintenance"):
         assert f'orion_jupyter_broker_parks_total{{outcome="ok",trigger="{trigger}"}} 1.0' in metrics, trigger

@@ -113,6 +113,15 @@ def test_labextension_in_jupyterlab(lab_server, tmp_path):
     assert result["bob_after_exempt"] == "Un-exempt"
     assert result["exempt_requests"] == [{"kernel_id": "k-bob", "exempt": True},
                                          {"kernel_id": "k-bob", "exempt": False}]
+    # Park beside Stop on each vGPU kernel, "Park all of" the course, and per student what was parked;
+    # Park asks first and shows the server's sentence when it refuses.
+    assert result["class_park_buttons"] == 4
+    assert result["class_course_parks"] == ["Park all of ai101"], result["class_course_parks"]
+    [count] = result["class_parked_counts"]  # ada's 2; eve's none is not shown
+    assert count.startswith("ada") and count.endswith("2 parked"), count
+    assert result["park_question"].startswith("Park bob's kernel?"), result["park_question"]
+    assert result["park_requests"] == ["k-bob"]
+    assert result["park_refusal"] == "kernel k-bob is running a cell; park it once it is idle", result["park_refusal"]
 
     # Stop in the sidebar asks first (Cancel keeps the kernel), then shuts the kernel down.
     assert result["stop_question"].startswith("Stop Untitled") and "variables and any running cell are lost" in \

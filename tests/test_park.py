@@ -102,14 +102,22 @@ def snapshot_extra(request, tmp_path):
 
 
 @pytest.fixture
-def jp_server_config(tmp_path, snapshot_extra):
-    return Config({
+def server_extra(request):
+    """Config sections a test adds (instructors, a course)."""
+    return getattr(request, "param", {})
+
+
+@pytest.fixture
+def jp_server_config(tmp_path, snapshot_extra, server_extra):
+    config = Config({
         "ServerApp": {"jpserver_extensions": {"orion_jupyter": True}, "identity_provider_class": TokenUsers},
         "VGPUProvisioner": {"cluster": "local"},
         "LocalPool": {**POOL, "state_file": str(tmp_path / "pool" / "slots.json")},
         "OrionJupyter": {"activity_report_interval": 0, "usage_sample_interval": 0},
         "Snapshots": snapshot_extra,
     })
+    config.merge(Config(server_extra))
+    return config
 
 
 @pytest.fixture
@@ -291,6 +299,38 @@ async def test_unknown_and_other_users_snapshots_answer_404(api, jp_serverapp):
     assert code == 400 and refused["field"] == "spec", refused
     code, deleted = await api("DELETE", f"snapshots/{sid}")
     assert code == 200 and not snapshot_folder().joinpath(sid).exists()
+
+
+@pytest.mark.parametrize("server_extra", [{"OrionJupyter": {"instructors": ["bob"]},
+                                           "VGPUProvisioner": {"course": "ai101"}}], indirect=True)
+async def test_an_instructor_parks_a_students_kernel_and_a_course_from_the_class_view(api, jp_serverapp):
+    first, second = await start(api), await start(api)
+    await run(jp_serverapp, first, "answer = 42")
+    teachers = await start(api, user="bob")
+    code, refused = await api("POST", f"class/kernels/{teachers}/park")  # alice is a student
+    assert code == 404 and teachers in jp_serverapp.kernel_manager, refused
+    code, refused = await api("POST", "class/park", {"course": "ai101"})
+    assert code == 403 and refused["message"] == "only instructors may park a course's kernels", refused
+    assert set(jp_serverapp.kernel_manager.list_kernel_ids()) == {first, second, teachers}
+
+    code, parked = await api("POST", f"class/kernels/{first}/park", user="bob")
+    assert code == 201 and parked["saved"] == ["answer"] and first not in jp_serverapp.kernel_manager, parked
+    assert snapshot_folder("alice").joinpath(parked["snapshot"], "manifest.json").exists()  # the student's own
+    for body in ({}, {"course": 3}, {"course": "ai101", "path": "/"}):
+        code, refused = await api("POST", "class/park", body, user="bob")
+        assert code == 400 and refused["field"] == "course", refused
+    code, refused = await api("POST", "class/park", {"course": "ai999"}, user="bob")
+    assert code == 404 and "ai999" in refused["message"], refused
+    assert set(jp_serverapp.kernel_manager.list_kernel_ids()) == {second, teachers}  # nothing parked
+
+    code, course = await api("POST", "class/park", {"course": "ai101"}, user="bob")
+    assert code == 200 and course["not_parked"] == [], course
+    assert sorted((p["user"], p["kernel_id"]) for p in course["parked"]) == sorted(
+        [("alice", second), ("bob", teachers)])
+    assert not jp_serverapp.kernel_manager.list_kernel_ids()
+    code, listing = await api("GET", "snapshots")
+    assert {s["id"] for s in listing["snapshots"]} == {parked["snapshot"]} | {
+        p["snapshot"] for p in course["parked"] if p["user"] == "alice"}
 
 
 async def test_corrupt_and_truncated_snapshots(api, jp_serverapp):

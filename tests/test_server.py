@@ -193,7 +193,7 @@ async def test_authentication_and_who_sees_what(api, jp_fetch, sim_cluster):
     pod = alices["vgpu"]["pod_name"]
 
     code, bob_view = await api("GET", "class", user="bob")
-    assert bob_view == {"kernels": [], "instructor": False, "budgets": []}
+    assert bob_view == {"kernels": [], "instructor": False, "budgets": [], "parked": []}
     code, _ = await api("GET", "allocations", user="bob")
     assert _["kernels"] == []
     code, _ = await api("GET", "events", user="bob", kernel=alices["id"])

@@ -126,6 +126,25 @@ export interface IClassKernel {
   waste_bytes?: number | null;
   /** Spared from idle culling (when the server says). */
   exempt?: boolean;
+  /** The course (hub group) the kernel runs for, where the server says. */
+  course?: string;
+}
+
+/** Per student, what the vGPU broker parked of theirs (hub mode, instructors). */
+export interface IParkedRow {
+  user: string;
+  snapshots: number;
+  bytes: number;
+  /** When the last one was parked (ISO-8601 UTC) and its id. */
+  last?: string | null;
+  last_snapshot?: string | null;
+}
+
+/** What POST class/park answers: what was parked, and what keeps running and why. */
+export interface ICourseParked {
+  course: string;
+  parked: { kernel_id: string; user: string; snapshot: string }[];
+  not_parked: { kernel_id: string; user: string; reason: string; message: string }[];
 }
 
 export interface IClass {
@@ -133,6 +152,8 @@ export interface IClass {
   instructor: boolean;
   /** Each student's vGPU-hour budget, for instructors (newer servers). */
   budgets?: IBudgetRow[];
+  /** Per student, the kernels the broker parked (hub mode; newer servers). */
+  parked?: IParkedRow[];
 }
 
 /** A launch progress message (GET events). */
@@ -297,6 +318,17 @@ export const cancelQueued = (kernelId: string): Promise<{ cancelled: string }> =
 
 export const stopClassPod = (pod: string): Promise<unknown> =>
   requestAPI(`class/${encodeURIComponent(pod)}`, { method: 'DELETE' });
+
+/** The class view's Park: the kernel's owner or an instructor (hub mode: the broker decides). */
+export const parkClassKernel = (kernelId: string): Promise<IParked> =>
+  requestAPI<IParked>(`class/kernels/${encodeURIComponent(kernelId)}/park`, {
+    method: 'POST',
+    body: '{}'
+  });
+
+/** Instructors: park every kernel of a course (the end of a lab). */
+export const parkCourse = (course: string): Promise<ICourseParked> =>
+  requestAPI<ICourseParked>('class/park', { method: 'POST', body: JSON.stringify({ course }) });
 
 /** One of this user's parked kernels (GET snapshots); `error` instead of the rest when unreadable. */
 export interface ISnapshot {

@@ -1,7 +1,8 @@
 // The "vGPU" sidebar: my vGPU kernels (with the memory they use, and "idle: stops at 10:42 · Keep"
 // when the server is about to stop one for being idle), my parked notebooks (Resume, Delete), the
 // pool, and for instructors the class,
-// sortable by waste, each kernel with Exempt (from idle stopping) and Stop. It shows the shared
+// sortable by waste, each kernel with Exempt (from idle stopping), Park and Stop, "Park all of
+// <course>", and per student the kernels parked. It shows the shared
 // model, which polls while the panel is shown.
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Kernel } from '@jupyterlab/services';
@@ -19,6 +20,7 @@ import {
   stopClassPod
 } from './api';
 import { renderBudgetLine, renderBudgetRows } from './budget';
+import { parkButton, renderCourseParks, renderParkedCounts } from './classpark';
 import { cullWarning } from './culling';
 import { Child, actionButton, h } from './dom';
 import {
@@ -47,6 +49,7 @@ export class VGPUPanel extends Widget {
   private readonly classBody = h('div', { class: 'orion-Panel-class' });
   private readonly budgetLine = h('div', { class: 'orion-Panel-budget' });
   private readonly classBudgets = h('div', { class: 'orion-Panel-budgets' });
+  private readonly classParks = h('div', { class: 'orion-Panel-classParks' });
   private readonly classOrder = h('select', {
     class: 'jp-mod-styled orion-Panel-classOrder',
     name: 'orion-class-order'
@@ -77,7 +80,7 @@ export class VGPUPanel extends Widget {
     );
     this.classOrder.onchange = () => this.render();
     this.classSection = section(trans.__('Class'), this.classBody, this.classOrder);
-    this.classSection.append(this.classBudgets);
+    this.classSection.append(this.classParks, this.classBudgets);
     this.parkedSection = section(trans.__('Parked notebooks'), this.parked);
     this.node.append(
       h('h2', { class: 'orion-Panel-title' }, trans.__('vGPU')),
@@ -127,6 +130,11 @@ export class VGPUPanel extends Widget {
     renderBudgetLine(this.budgetLine, model.budget, trans);
     this.classBudgets.replaceChildren(
       ...renderBudgetRows(shown?.budgets, !!shown?.instructor, model, trans)
+    );
+    const refresh = () => model.refresh();
+    this.classParks.replaceChildren(
+      ...renderCourseParks(shown?.kernels ?? [], !!shown?.instructor, refresh, trans),
+      ...renderParkedCounts(shown?.instructor ? shown.parked : [], trans)
     );
     this.classOrder.hidden = !shown?.kernels.length;
   }
@@ -192,8 +200,11 @@ export class VGPUPanel extends Widget {
         );
       const waste = wasteBytes(k);
       const label = k.label ?? formatAllocation(k.vgpus, k.memory_mib, null, trans);
+      // Instructors park any vGPU kernel of the class (hub mode: the broker decides, with their token).
+      const park =
+        (k.vgpus ?? 0) > 0 && parkButton(k, () => this.model.refresh(), trans);
       const tools = klass.instructor
-        ? h('span', { class: 'orion-Kernel-tools' }, this.exemptButton(k), stop)
+        ? h('span', { class: 'orion-Kernel-tools' }, this.exemptButton(k), park, stop)
         : stop;
       return card(k.kernel_id, k.user || trans.__('(no user)'), label, tools, [
         k.pod ?? trans.__('kernel %1', k.kernel_id),

@@ -136,7 +136,7 @@ class OrionJupyter(ExtensionApp, ClassSettings):
             self.state.kernels.start_checks.append(self.state.budgets.check)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(routes(r"/orion/api") + snapshot_routes(r"/orion/api"))
+        self.handlers.extend(snapshot_routes(r"/orion/api") + routes(r"/orion/api"))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         warm_kernel_manager(serverapp.kernel_manager)

@@ -269,7 +269,8 @@ class ClassHandler(OrionHandler):
             kernels.sort(key=lambda k: (k.get("waste_bytes") is None, -(k.get("waste_bytes") or 0),
                                         -(k.get("idle_seconds") or 0)))
         self.reply({"kernels": kernels, "instructor": instructor,
-                    "budgets": self.state.budget_rows() if instructor else []})
+                    "budgets": self.state.budget_rows() if instructor else [],
+                    "parked": view.parked_rows() if instructor and view.kind == "broker" else []})
 
 
 class ClassPodHandler(OrionHandler):

@@ -249,6 +249,23 @@ class SnapshotService:
         return {"snapshot": report["snapshot"], "saved": report["saved"], "not_saved": report["not_saved"],
                 "bytes": report["bytes"], "kernel_id": kernel_id, "stopped": True}
 
+    async def park_course(self, course: str) -> dict[str, Any]:
+        """Park every vGPU kernel of ``course`` this server runs (the end of a lab); one that fails keeps
+        running and says why. Its kernels' course is the provisioner's (c.VGPUProvisioner.course)."""
+        kernels = self.state.kernels
+        owners = {kernel_id: provisioner.user for kernel_id in list(self.kernel_manager.list_kernel_ids())
+                  if (provisioner := kernels.provisioner(kernel_id)) is not None and provisioner.course == course}
+        if not owners and course != self.state.settings.course:
+            raise SnapshotError("not_found", f'no course "{course[:80]}" on this server (its course: '
+                                             f'"{self.state.settings.course}")')
+        parked, not_parked = [], []
+        for kernel_id, owner in owners.items():
+            try:
+                parked.append({**await self.park(kernel_id, owner), "user": owner})
+            except SnapshotError as err:
+                not_parked.append({"kernel_id": kernel_id, "user": owner, "reason": err.reason, "message": str(err)})
+        return {"course": course, "parked": parked, "not_parked": not_parked}
+
     def forget_partial(self, folder: Path) -> None:
         """Remove what a park that died half-way left (a kernel killed while saving): it counts against the limit.
         A park begun less than ``timeout_seconds`` ago (its id says when) may be under way, here or by the
@@ -365,6 +382,50 @@ class ParkHandler(SnapshotHandler):
         await self.answer(self.snapshots.park(kernel_id, owner), 201)
 
 
+class BrokerParking(SnapshotHandler):
+    async def from_broker(self, work: Any, status: int) -> None:
+        """The broker's answer, or its refusal with its status and sentence (not yours, not an instructor, a
+        park that failed and why)."""
+        try:
+            self.reply(await work, status)
+        except Exception as err:
+            code = getattr(err, "status", None)
+            if not isinstance(code, int):
+                raise
+            self.refuse(code, str(err))
+
+
+class ClassParkHandler(ParkHandler, BrokerParking):
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        """The class view's Park: in hub mode the broker decides with this user's own token (the owner, or an
+        instructor: anyone's); in direct mode as ``kernels/{id}/park``."""
+        view = self.state.view
+        if view.kind != "broker":
+            return await super().post(kernel_id)
+        await self.from_broker(view.park_kernel(kernel_id), 201)
+
+
+class CourseParkHandler(BrokerParking):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """``{"course": "<course>"}``: an instructor parks every kernel of a course (the end of a lab)."""
+        body = self.json_body()
+        if body is None:
+            return
+        course = body.get("course")
+        if set(body) != {"course"} or not isinstance(course, str) or not course:
+            return self.refuse(400, 'send {"course": "<course>"}, the course whose kernels to park', field="course")
+        view = self.state.view
+        if view.kind == "broker":  # the broker decides who is an instructor
+            return await self.from_broker(view.park_course(course), 200)
+        if not self.is_instructor:
+            return self.refuse(403, "only instructors may park a course's kernels")
+        await self.answer(self.snapshots.park_course(course))
+
+
 class SnapshotsHandler(SnapshotHandler):
     @web.authenticated
     @authorized
@@ -418,6 +479,8 @@ class DeleteHandler(SnapshotHandler):
 def snapshot_routes(prefix: str) -> list[tuple[str, type]]:
     return [
         (rf"{prefix}/kernels/([^/]+)/park", ParkHandler),
+        (rf"{prefix}/class/park", CourseParkHandler),  # before the class view's class/{pod}
+        (rf"{prefix}/class/kernels/([^/]+)/park", ClassParkHandler),
         (rf"{prefix}/snapshots", SnapshotsHandler),
         (rf"{prefix}/snapshots/([^/]+)/resume", ResumeHandler),
         (rf"{prefix}/snapshots/([^/]+)", DeleteHandler),

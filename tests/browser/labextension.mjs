@@ -116,10 +116,14 @@ try {
   const GiB = 1024 ** 3;
   const pupil = (user, vgpus, memory_mib, memory_used, idle_seconds) => ({
     pod: `jupyter-${user}-k`, namespace: 'class', user, kernel_id: `k-${user}`, node: 'gpu-1', phase: 'Running',
-    reason: '', vgpus, memory_mib, idle_seconds, memory_used, memory_sampled_at: new Date().toISOString() });
-  await page.route('**/orion/api/class*', (route) => route.fulfill({ json: { instructor: true, kernels: [
+    reason: '', vgpus, memory_mib, idle_seconds, memory_used, memory_sampled_at: new Date().toISOString(),
+    course: 'ai101' });
+  const parked = [{ user: 'ada', snapshots: 2, bytes: 4096, last: null, last_snapshot: 's2' },
+    { user: 'eve', snapshots: 0, bytes: 0 }];
+  const classRoute = (url) => url.pathname.endsWith('/orion/api/class');
+  await page.route(classRoute, (route) => route.fulfill({ json: { instructor: true, kernels: [
     pupil('ada', 1, 4096, 3.5 * GiB, 30), pupil('bob', 2, 8192, 0.5 * GiB, 60),
-    pupil('cy', 1, 4096, null, 9000), pupil('di', 1, 4096, 3.5 * GiB, 600)] } }));
+    pupil('cy', 1, 4096, null, 9000), pupil('di', 1, 4096, 3.5 * GiB, 600)], parked } }));
   const order = panel.locator('select[name="orion-class-order"]');
   await order.waitFor();
   result.class_by_user = await panel.locator('.orion-Panel-class .orion-Kernel-name').allInnerTexts();
@@ -144,7 +148,29 @@ try {
   await bob.locator('.orion-ExemptButton').click();
   await bob.locator('.orion-ExemptButton', { hasText: /^Exempt$/ }).waitFor();
   await page.unroute(exemptRoute);
-  await page.unroute('**/orion/api/class*');
+  // Park beside Stop (asks first; the server's sentence on refusal), Park all of the course, the counts.
+  result.step = 'class park';
+  result.class_park_buttons = await panel.locator('.orion-Panel-class .orion-Kernel button', { hasText: /^Park$/ })
+    .count();
+  result.class_course_parks = await panel.locator('.orion-Panel-classParks button').allInnerTexts();
+  result.class_parked_counts = await panel.locator('.orion-ParkedCount').allInnerTexts();
+  result.park_requests = [];
+  const parkRoute = (url) => /\/orion\/api\/class\/kernels\/[^/]+\/park$/.test(url.pathname);
+  await page.route(parkRoute, (route) => {
+    result.park_requests.push(decodeURIComponent(new URL(route.request().url()).pathname.split('/').at(-2)));
+    return route.fulfill({ status: 409, json: { message: 'kernel k-bob is running a cell; park it once it is idle',
+                                                reason: 'busy' } });
+  });
+  await bob.locator('button', { hasText: /^Park$/ }).click();
+  const parkQuestion = page.locator('.jp-Dialog', { hasText: 'Park kernel' });
+  result.park_question = await parkQuestion.locator('.jp-Dialog-body').innerText();
+  await parkQuestion.locator('.jp-Dialog-button.jp-mod-accept', { hasText: 'Park' }).click();
+  const parkRefusal = page.locator('.jp-Dialog', { hasText: 'Could not park the kernel' });
+  result.park_refusal = await parkRefusal.locator('.jp-Dialog-body').innerText();
+  await parkRefusal.locator('.jp-Dialog-button').first().click();
+  await parkRefusal.waitFor({ state: 'detached' });
+  await page.unroute(parkRoute);
+  await page.unroute(classRoute);
 
   result.step = 'stop';
   await card.first().locator('button', { hasText: 'Stop' }).click();
