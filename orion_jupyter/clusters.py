@@ -44,7 +44,8 @@ def make_view(settings: Any, class_namespaces: Iterable[str] = ()) -> BackendVie
 
         return KubernetesView(_kube_clusters(settings, class_namespaces), settings.backend_model())
     if kind == "broker":
-        from .hubclient import BrokerClient, BrokerView
+        from .hubclient import BrokerClient
+        from .hubview import BrokerView
 
         return BrokerView(BrokerClient.shared(settings.broker_url, settings.broker_token), settings.backend_model())
     from .local import LocalPool, LocalView

@@ -12,6 +12,8 @@ from ..vgpu import VGPURequestError
 from .booking_api import booking_routes
 from .budget_api import budget_routes
 from .handlers import routes
+from .idle_api import idle_routes
+from .park_api import park_routes
 from .service import Broker
 
 
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if broker.park_all:
         return asyncio.run(park_all(broker))
     try:
-        asyncio.run(broker.serve(lambda prefix: routes(prefix) + budget_routes(prefix) + booking_routes(prefix)))
+        asyncio.run(broker.serve(lambda prefix: park_routes(prefix) + routes(prefix) + idle_routes(prefix)
+                                 + budget_routes(prefix) + booking_routes(prefix)))
     except VGPURequestError as err:  # a setting the broker cannot use: one line, not a traceback
         print(f"orion-jupyter broker: {err}", file=sys.stderr)
         return 2

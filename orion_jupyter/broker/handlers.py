@@ -5,21 +5,16 @@ POST   api/kernels            launch; answers a stream of JSON lines: {"queued"}
                               lines' "ticket" comes back for its place after its stream broke (core.places)
 GET    api/kernels            the caller's kernels
 DELETE api/kernels/{id}       stop one of the caller's kernels
-POST   api/kernels/{id}/keep  restart an idle kernel's clock (owner or instructor)
-POST   api/kernels/{id}/exempt  {"exempt": bool}: spare a kernel from idle culling (instructors)
-POST   api/kernels/{id}/park  save a kernel's variables to its user's storage, then stop it (owner or instructor)
 GET    api/queue              the caller's launches waiting in their course's queue (instructors: all)
 DELETE api/queue/{id}         take a waiting launch out of the queue
 GET    api/watch              a stream of JSON lines: the caller's kernels, then every change of one
 GET    api/pool               the pool
 GET    api/class              every kernel, budgets, and per student what the broker parked (instructors)
 DELETE api/class/{pod}        stop any kernel (instructors)
-POST   api/class/park         {"course": "<hub group>"}: park every kernel of a course, e.g. at the end of a lab
-                              (instructors)
-POST   api/park-all           park every kernel before maintenance (instructors, or the broker's own token:
-                              `orion-jupyter broker --park-all`)
-POST   api/pods/{pod}/report  last activity / memory in use of one of the caller's kernels
 GET    metrics                Prometheus (no user names): with a token, or directly from c.Broker.metrics_allow
+
+Beside it, served by app.py: idle culling (idle_api.py: keep, exempt, activity reports), parking
+(park_api.py), budgets (budget_api.py) and bookings (booking_api.py).
 
 No request body is read before its token is checked (the handlers stream their bodies, and prepare
 authenticates first); none larger than c.Broker.max_body_bytes is read at all.
@@ -28,7 +23,6 @@ authenticates first); none larger than c.Broker.max_body_bytes is read at all.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import re
@@ -43,7 +37,6 @@ from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
 from ..core.admission import KernelExists, Launch, Queued, Refused
-from ..core.idle import NotCullable
 from ..core.places import new_ticket
 from ..core.queue import Waiting
 from ..errors import KernelLaunchError
@@ -52,21 +45,16 @@ from ..k8s.pods import container_end_reason, container_exit_code
 from ..k8s.view import pod_summary, pod_user
 from ..launch import PodPlan
 from ..metrics import CLASS_REGISTRY, LAUNCHES, PENDING_LAUNCHES, QUEUE_WAIT, QUEUED
-from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_LAUNCHING, ANNOTATION_PARKED, ANNOTATION_USAGE
+from ..names import ANNOTATION_LAUNCHING, ANNOTATION_PARKED
 from ..protocols import ClaimRequest
-from ..snapshot import SnapshotError
 from ..vgpu import VGPURequestError, format_mib, short
 from ..wire import LINE_ERROR, LINE_PROGRESS, LINE_QUEUED, LINE_READY, TICKET, LaunchBody, parse_launch, ports_of
 from .service import Broker
 
-REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 MAX_GRACE = 3600  # seconds a stopped kernel may take to end
 
 
 HUB_ERRORS = (HTTPClientError, OSError, TimeoutError, ValueError)  # the hub down, slow or answering nonsense
-# A park's refusal (broker/parking.py) as an HTTP status: the kernel keeps running in every case.
-PARK_STATUS = {"unsupported": 409, "busy": 409, "location": 409, "bad_id": 409, "too_big": 413, "disk": 507,
-               "timeout": 504, "kernel": 502}
 
 
 @web.stream_request_body  # prepare (the token) runs before any of the body is read
@@ -359,85 +347,6 @@ class KernelHandler(BrokerHandler):
         return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-class KeepHandler(BrokerHandler):
-    async def post(self, kernel_id: str) -> None:
-        """Restart an idle kernel's clock (its owner or an instructor), at most the course's cull_max_keeps times."""
-        kernel = self.broker.culler.target.get_kernel(kernel_id)
-        if kernel is None or not (kernel.user == self.user or self.instructor):
-            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" of yours')
-        try:
-            self.reply(self.broker.culler.keep(kernel_id))
-        except NotCullable as err:
-            self.refuse(409, str(err))
-
-
-class ExemptHandler(BrokerHandler):
-    async def post(self, kernel_id: str) -> None:
-        """``{"exempt": true|false}``: an instructor spares a kernel from idle culling (or not any more)."""
-        if not self.instructor:
-            return self.refuse(403, "only instructors may exempt a kernel from being stopped when idle")
-        if self.broker.culler.target.get_kernel(kernel_id) is None:
-            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" in the class')
-        body = self.json_body()
-        if body is None:
-            return
-        if set(body) != {"exempt"} or not isinstance(body["exempt"], bool):
-            return self.refuse(400, 'send {"exempt": true} or {"exempt": false}', field="exempt")
-        self.reply(self.broker.culler.exempt(kernel_id, body["exempt"]))
-
-
-class ParkHandler(BrokerHandler):
-    async def post(self, kernel_id: str) -> None:
-        """Park one kernel (its owner's, or an instructor's for anyone's): its variables saved to its user's
-        storage, then stopped; a park that fails answers why and the kernel keeps running."""
-        kernel = self.broker.culler.target.get_kernel(kernel_id)
-        if kernel is None or not (kernel.user == self.user or self.instructor):
-            return self.refuse(404, f'no vGPU kernel "{short(kernel_id)}" of yours')
-        trigger = "owner" if kernel.user == self.user else "instructor"
-        try:
-            self.reply(await self.broker.parking.park(kernel_id, trigger, self.user), 201)
-        except SnapshotError as err:
-            self.refuse(PARK_STATUS.get(err.reason, 502), str(err), reason=err.reason, kernel_id=kernel_id)
-
-
-class ParkCourseHandler(BrokerHandler):
-    async def post(self) -> None:
-        """``{"course": "<hub group>"}``: an instructor parks every kernel of that course (the end of a lab)."""
-        if not self.instructor:
-            return self.refuse(403, "only instructors may park a course's kernels")
-        body = self.json_body()
-        if body is None:
-            return
-        course = body.get("course")
-        kernels = self.broker.culler.target
-        if set(body) != {"course"} or not isinstance(course, str) or not course:
-            return self.refuse(400, 'send {"course": "<hub group>"}, the course whose kernels to park', field="course")
-        ids = [k for k in kernels.kernel_ids() if kernels.kernels[k].course == course]
-        if not ids and course not in self.broker.courses:
-            return self.refuse(404, f'no course "{short(course)}" in this class (courses: '
-                                    f"{', '.join(sorted(self.broker.courses)) or 'none configured'})", field="course")
-        self.reply({"course": course, **await self.broker.parking.park_many(ids, "course", self.user)})
-
-
-class ParkAllHandler(BrokerHandler):
-    operator = False
-
-    async def prepare(self) -> None:
-        """An instructor's token, or the broker's own (the operator's `orion-jupyter broker --park-all`)."""
-        token, own = self.given_token(), self.broker.api_token
-        if token and own and hmac.compare_digest(token.encode(), own.encode()):
-            self._chunks, self.operator = [], True
-            return
-        await super().prepare()
-
-    async def post(self) -> None:
-        """Park every kernel the broker follows (before maintenance); what was not parked keeps running."""
-        if not (self.operator or self.instructor):
-            return self.refuse(403, "only instructors (or the broker's operator) may park every kernel")
-        by = "the broker's operator (maintenance)" if self.operator else f"{self.user} (maintenance)"
-        self.reply(await self.broker.parking.park_many(self.broker.culler.target.kernel_ids(), "maintenance", by))
-
-
 class WatchHandler(BrokerHandler):
     """The caller's kernels as they change, one JSON line each; a line every 30 s keeps proxies open."""
 
@@ -541,22 +450,6 @@ class ClassPodHandler(BrokerHandler):
         self.reply({"stopped": pod_name, "user": pod_user(pod)})
 
 
-class ReportHandler(BrokerHandler):
-    async def post(self, pod_name: str) -> None:
-        pod = self.broker.cluster.pod(pod_name)
-        if pod is None or pod_user(pod) != self.user:
-            return self.refuse(404, f'no kernel pod "{short(pod_name)}" of yours')
-        body = self.json_body()
-        if body is None:
-            return
-        annotations = {k: v for k, v in body.items() if k in REPORTABLE and isinstance(v, str) and len(v) < 1024}
-        if len(annotations) != len(body):
-            return self.refuse(400, f"only {', '.join(REPORTABLE)} may be reported, as short texts",
-                               field="annotations")
-        ok = await self.broker.cluster.annotate_pod(pod_name, annotations)
-        self.reply({"reported": ok})
-
-
 class MetricsHandler(BrokerHandler):
     async def prepare(self) -> None:
         """A hub token, unless the scraper connects directly from an allowed address (c.Broker.metrics_allow)."""
@@ -584,17 +477,11 @@ def routes(prefix: str) -> list:
     return [
         (rf"{base}/api/kernels", KernelsHandler),
         (rf"{base}/api/kernels/([0-9a-f-]{{36}})", KernelHandler),
-        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/keep", KeepHandler),
-        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/exempt", ExemptHandler),
-        (rf"{base}/api/kernels/([0-9a-f-]{{36}})/park", ParkHandler),
         (rf"{base}/api/queue", QueueHandler),
         (rf"{base}/api/queue/([0-9a-f-]{{36}})", QueuedHandler),
         (rf"{base}/api/watch", WatchHandler),
         (rf"{base}/api/pool", PoolHandler),
         (rf"{base}/api/class", ClassHandler),
-        (rf"{base}/api/class/park", ParkCourseHandler),
-        (rf"{base}/api/park-all", ParkAllHandler),
         (rf"{base}/api/class/([a-z0-9.-]+)", ClassPodHandler),
-        (rf"{base}/api/pods/([a-z0-9.-]+)/report", ReportHandler),
         (rf"{base}/metrics", MetricsHandler),
     ]
