@@ -66,6 +66,30 @@ async def test_the_index_follows_the_watch_events():
     assert set(index.kernels) == {"k-w"}
 
 
+async def test_who_follows_the_index_hears_an_event_after_the_index_applied_it():
+    """A release wakes the queue, whose head asks the index at once: the freed pod must already be gone from
+    it (the CI flake of session 5, where the broker heard DELETED before the index and the queue stalled)."""
+    cluster = Cluster([kernel_pod("p-a", "k-a", "ann", node="n1", phase="Running")])
+    index = KernelPodIndex(cluster)
+    seen, heard = [], []
+
+    def on_pod(kind, pod):
+        seen.append((kind, [h.user for h in index.holdings()]))
+
+    def broken(kind, pod):
+        heard.append(kind)
+        raise RuntimeError("one listener's bug")
+
+    stop = index.follow(broken, on_pod)
+    (listener,) = cluster.pods.listeners  # one subscription: the index's
+    listener("ADDED", kernel_pod("p-b", "k-b", "ben", node="n1", phase="Running"))
+    listener("DELETED", kernel_pod("p-a", "k-a", "ann", node="n1", phase="Running"))
+    assert seen == [("ADDED", ["ann", "ben"]), ("DELETED", ["ben"])] and heard == ["ADDED", "DELETED"]
+    stop()
+    listener("DELETED", kernel_pod("p-b", "k-b", "ben", node="n1", phase="Running"))
+    assert len(seen) == 2 and index.holdings() == []
+
+
 def test_cached_pods_share_their_names_and_keep_what_is_read():
     def parsed(i):
         pod = kernel_pod(f"p-{i}", f"k-{i}", "ann", node="n1", phase="Running")

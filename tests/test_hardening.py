@@ -193,7 +193,7 @@ async def test_huge_numbers_and_deep_json_are_400(api, sim_cluster):
 
 
 async def test_events_follow_a_launch_while_it_is_starting(api, sim_cluster):
-    sim_cluster.faults.schedule_delay = 1.0  # the pod waits a second for a node
+    sim_cluster.faults.schedule_delay = 4.0  # the pod waits for a node: time for a poll on a busy machine
     kernel_id = str(uuid.uuid4())
     launch = asyncio.ensure_future(api("POST", "kernels", {"spec": "orion-1x1gi", "kernel_id": kernel_id}))
     seen, codes = None, []

@@ -3,19 +3,24 @@
 Every decision (a launch, each queue head tried on a release) asks what every live kernel pod holds, whether
 a kernel id has a pod, and which are placed. Read from the watch cache, that is a scan of every pod (and a
 JSON parse of each one's request) per question: with thousands of pods in the namespace, most of the broker's
-CPU. Here each pod is read once per event instead. The index subscribes to the watch on the broker's loop
-before the first launch does, so for any event it is updated before a launch hears of it.
+CPU. Here each pod is read once per event instead. The broker hears of pod events through the index
+(:meth:`KernelPodIndex.follow`), after the index has applied them: a release wakes the queue, and the queue's
+head must then see the pod gone, whatever order the watch thread's callbacks reach the loop in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..core.ledger import Holding
 from ..k8s.cluster import KubeCluster
 from ..k8s.view import pod_course, pod_request, pod_user
 from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
+
+log = logging.getLogger("orion_jupyter.broker")
 
 
 class Entry(NamedTuple):
@@ -46,15 +51,36 @@ class KernelPodIndex:
         self.kernels: dict[str, set[str]] = {}
         self._live: dict[str, Holding] = {}
         self._following = False
+        self._then: list[Callable[[str, dict], None]] = []
+
+    def follow(self, *then: Callable[[str, dict], None]) -> Callable[[], None]:
+        """Follow the pod watch (on the running loop); each of ``then`` hears every later event after the index
+        has applied it. Returns what stops ``then`` hearing."""
+        self._follow()
+        self._then.extend(then)
+
+        def unfollow() -> None:
+            for listener in then:
+                if listener in self._then:
+                    self._then.remove(listener)
+        return unfollow
 
     def _follow(self) -> None:
         if self._following:
             return
         self._following = True
         # subscribed first, then read: an event between the two is applied again, to the same result
-        self.cluster.pods.subscribe(self.on_pod, asyncio.get_running_loop())
+        self.cluster.pods.subscribe(self._on_event, asyncio.get_running_loop())
         for pod in self.cluster.kernel_pods():
             self.on_pod("ADDED", pod)
+
+    def _on_event(self, kind: str, pod: dict) -> None:
+        self.on_pod(kind, pod)
+        for listener in list(self._then):
+            try:
+                listener(kind, pod)
+            except Exception:  # one listener's fault neither stops the index nor the others
+                log.exception("a pod event listener failed on %s %s", kind, pod["metadata"].get("name"))
 
     def on_pod(self, kind: str, pod: dict) -> None:
         name = pod["metadata"]["name"]

@@ -417,8 +417,7 @@ class Broker(Application, ClassSettings):
         self.setup()
         await self.cluster.ensure_started()
         loop = asyncio.get_running_loop()
-        unsubscribes = [self.cluster.pods.subscribe(self._on_pod, loop),
-                        self.cluster.pods.subscribe(self.waits.on_pod, loop)]
+        unsubscribes = [self.pods.index.follow(self._on_pod, self.waits.on_pod)]
         if self.cluster.others is not None:  # another team's pod gone frees room too
             unsubscribes.append(self.cluster.others.subscribe(
                 lambda kind, pod: self.queue.wake() if kind == "DELETED" else None, loop))

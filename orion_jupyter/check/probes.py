@@ -207,7 +207,7 @@ async def _talk_to_canary(report: Report, connection: dict[str, Any], launch: Ke
     kc.load_connection_info({**connection, "key": connection["key"].encode()})
     kc.start_channels()
     try:
-        reply = await kc.kernel_info(reply=True, timeout=30)
+        reply = await _connected(kc)
         info = reply["content"]
         version = (info.get("language_info") or {}).get("version", "?")
         implementation = f"{info.get('implementation', '?')} {info.get('implementation_version', '')}".rstrip()
@@ -229,6 +229,26 @@ async def _talk_to_canary(report: Report, connection: dict[str, Any], launch: Ke
         return False
     finally:
         kc.stop_channels()
+
+
+async def _connected(kc: AsyncKernelClient, timeout: float = 30) -> dict:
+    """kernel_info until its reply and an IOPub message both came: a SUB socket that joins late never sees what
+    the kernel published before it, so an execute sent earlier would wait for output that is already gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await kc.kernel_info(reply=True, timeout=max(deadline - time.monotonic(), 0.1))
+        try:
+            await kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the kernel answered on its shell port, but nothing came on IOPub in "
+                                   f"{timeout:g} s") from None
+            continue
+        while True:  # the rest of this request's IOPub messages: the execute's output starts on a clean channel
+            try:
+                await kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                return reply
 
 
 async def _run(kc: AsyncKernelClient, code: str, timeout: float = 30) -> str:

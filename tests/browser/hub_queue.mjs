@@ -10,6 +10,7 @@
 //      the notebook prints ORION_JUPYTER_USER).
 // Prints one JSON result line last. Usage: node hub_queue.mjs HUB_URL USER PASSWORD SPEC SCREENSHOT_DIR
 import { chromium } from 'playwright-core';
+import { kernelIdle } from './lab.mjs';
 
 const [hubUrl, user, password, spec, shots] = process.argv.slice(2);
 const prefix = `/user/${encodeURIComponent(user)}/`;
@@ -124,9 +125,7 @@ try {
   result.tab = await tab.innerText();
   // The notebook's session on a connected, idle kernel: the status bar's kernel item ("… | Idle";
   // the toolbar's execution indicator says "idle" before any kernel connects, so it proves nothing).
-  const kernelItem = page.locator('#jp-main-statusbar [title^="Change kernel for"]');
-  await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor({ timeout: 60000 });
-  result.kernel_item = await kernelItem.innerText();
+  result.kernel_item = await kernelIdle(page, /^Untitled\d*\.ipynb$/);
   result.kernel_status = await page.locator('.jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator')
     .getAttribute('data-status');
   mark('kernel_idle');
@@ -138,7 +137,7 @@ try {
   const output = notebook.locator('.jp-OutputArea-output').first();
   await output.waitFor({ timeout: 60000 });
   result.cell_output = (await output.innerText()).trim();
-  await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor({ timeout: 30000 });
+  await kernelIdle(page, /^Untitled\d*\.ipynb$/, 30000);
   mark('cell_ran');
   result.kernel_id = kernelId;
   result.sessions = (await api('api/sessions')).body.map((s) => ({ path: s.path, kernel: s.kernel?.id }));

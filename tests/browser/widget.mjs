@@ -2,6 +2,7 @@
 // download), runs its cells and reports what the vGPU widget rendered, and its chart while the
 // second cell runs. Usage: node widget.mjs BASE_URL TOKEN NOTEBOOK SCREENSHOT [lab|notebook]
 import { chromium } from 'playwright-core';
+import { kernelIdle } from './lab.mjs';
 
 const [base, token, notebook, screenshot, ui = 'lab'] = process.argv.slice(2);
 const browser = await chromium.launch({
@@ -22,10 +23,8 @@ try {
   // has no status bar, so its session context (window.jupyterapp) is asked. The cell's output below
   // proves that the kernel runs code.
   if (ui === 'lab') {
-    const kernelItem = page.locator('#jp-main-statusbar').getByTitle(
-      `Change kernel for ${notebook.split('/').pop()}`, { exact: true });
-    await kernelItem.filter({ hasText: /\| Idle$/ }).waitFor();
-    result.kernel_item = (await kernelItem.innerText()).trim();
+    const name = notebook.split('/').pop().replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    result.kernel_item = await kernelIdle(page, new RegExp(`(^|/)${name}$`));
   } else {
     await page.waitForFunction(() => {
       const context = window.jupyterapp?.shell.currentWidget?.sessionContext;
