@@ -19,7 +19,8 @@ students, each a quota of 12 or 13 vGPUs (250 in all) with its queue on. (``--qu
    p99 as the histogram's bucket bound), the target held against ``..._loop_busy_seconds`` (the same
    lateness less the time the loop's thread waited for a CPU: on this shared machine the simulated API
    server, the clients and the hub stand-in take the cores too) and, as a cross-check from outside,
-   GET metrics every 20 ms from another process (response time p99).
+   GET metrics every 100 ms from another process (response time p99; every 20 ms, as the other
+   sections probe, the scrapes alone cost the broker ~1.5 ms per launch of CPU while the burst grows its metrics).
 2. **20,000 pods in its watch.** Kernel pods of another 500 users (benchmarks.scale's, 1-2 vGPUs
    each, not the students') are created on 200 more nodes until the broker's pod watch holds 20,000;
    the broker's resident memory then (VmRSS) is the figure. Then 5 students per course launch at once
@@ -57,6 +58,7 @@ IDLE_SECONDS = 3.0
 CONNECT_TIMEOUT = 300.0  # a thousand connections at once: the broker accepts them in turn
 LAG_TARGET_MS = 50.0
 CPU_TARGET_MS = 10.0
+PROBE_SECONDS = 0.1  # the outside cross-check's GET metrics
 MEMORY_TARGET_MB = 300.0
 WATCH_NODE_PODS = 100  # pods per node of the watch's extra pods
 
@@ -209,13 +211,13 @@ def _burst(broker: BrokerProcess, cluster: Any, students: list[str], section: Se
     if any(r["outcome"] != "started" for r in warm):
         raise RuntimeError(f"warm-up launches did not start: {warm}\n{broker.log_tail()}")
     wait_until(lambda: not kernel_pods(cluster), 60, what="warm-up kernels gone")
-    poller = MetricsPoller(broker)  # idle first: what the broker's timers and this measuring cost it
+    poller = MetricsPoller(broker, PROBE_SECONDS)  # idle first: what the broker's timers and this measuring cost it
     idle_cpu, idle_started = broker.cpu(), time.perf_counter()
     time.sleep(IDLE_SECONDS)
     idle_rate = (broker.cpu() - idle_cpu) / (time.perf_counter() - idle_started)
     poller.stop()
     lag_before = lag_buckets(broker.port)
-    poller = MetricsPoller(broker)
+    poller = MetricsPoller(broker, PROBE_SECONDS)
     cpu_before, waited_before = broker.cpu(), run_delay(broker.proc.pid)
     started = time.perf_counter()
     try:
@@ -265,12 +267,13 @@ def _burst(broker: BrokerProcess, cluster: Any, students: list[str], section: Se
     section.row("  the loop's thread waiting for a CPU (runnable, not running; /proc schedstat)",
                 f"{waited:.1f} s of the {fmt_s(seconds)} (machine load {os.getloadavg()[0]:.1f} on "
                 f"{os.cpu_count()} cores)")
-    section.row("  cross-check: GET metrics from outside, every 20 ms",
+    section.row(f"  cross-check: GET metrics from outside, every {PROBE_SECONDS * 1000:g} ms",
                 f"p50 {fmt_ms(outside_ms.get('median', 0))}, p99 {fmt_ms(outside_ms.get('p99', 0))} "
                 f"(n={outside_ms.get('n', 0)})")
     section.row("broker CPU per launch (user + system, launch to stop, queue included; less its idle rate)",
                 f"{net * 1000 / n:.1f} ms ({cpu:.1f} s in all, {idle_rate * seconds:.1f} s of it idle: timers, "
-                "GET metrics every 20 ms)", f"<= {CPU_TARGET_MS:g} ms", net * 1000 / n <= CPU_TARGET_MS)
+                f"GET metrics every {PROBE_SECONDS * 1000:g} ms)", f"<= {CPU_TARGET_MS:g} ms",
+                net * 1000 / n <= CPU_TARGET_MS)
 
 
 def _watch(broker: BrokerProcess, cluster: Any, students: list[str], courses: dict[str, list[str]],

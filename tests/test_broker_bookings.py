@@ -39,7 +39,7 @@ GROUPS = {"teacher": ["AI_101", "instructors"], "ann": ["AI_101"], "bob": ["AI_1
 class FakeHub(HubClient):
     """The hub's answers: a token "token-<name>" is <name>'s; everyone runs a default server."""
 
-    async def identify(self, token: str) -> dict | None:
+    async def identify(self, token: str, fresh: bool = False) -> dict | None:
         name = token.removeprefix("token-")
         return {"kind": "user", "name": name, "scopes": ["access:services"]} if name in GROUPS else None
 

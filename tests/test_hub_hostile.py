@@ -270,3 +270,35 @@ async def test_an_instructor_removed_from_the_group_loses_the_class_view_promptl
     groups["teacher"] = []  # removed from the group in the hub
     clock[0] += 6
     assert await client.groups("teacher") == []
+
+
+async def test_a_token_owner_is_reused_briefly_and_a_revoked_token_stops_working(monkeypatch):
+    from tornado.httpclient import HTTPClientError
+
+    from orion_jupyter.broker import hub as hub_module
+    from orion_jupyter.broker.hub import HubClient
+
+    known = {"good": {"kind": "user", "name": "ann", "scopes": ["access:services"]}}
+    asked: list[str] = []
+
+    class Hub(HubClient):
+        async def _get(self, path, token=None):
+            asked.append(token)
+            if token not in known:
+                raise HTTPClientError(403)
+            return known[token]
+
+    clock = [100.0]
+    monkeypatch.setattr(hub_module.time, "monotonic", lambda: clock[0])
+    client = Hub("http://hub/api", "t", token_cache_seconds=30)
+    assert (await client.identify("good"))["name"] == "ann" and (await client.identify("good"))["name"] == "ann"
+    assert asked == ["good"]  # the second launch of a burst does not ask the hub again
+    assert await client.identify("guess") is None and await client.identify("guess") is None
+    assert asked == ["good", "guess", "guess"]  # what the hub refused is asked again, never kept
+    assert all(b"good" not in key for key in client._owners)  # kept by digest, not the token itself
+    assert (await client.identify("good", fresh=True))["name"] == "ann" and len(asked) == 4  # a stream's re-check
+    del known["good"]  # revoked in the hub
+    clock[0] += 29
+    assert (await client.identify("good"))["name"] == "ann" and len(asked) == 4
+    clock[0] += 2
+    assert await client.identify("good") is None and asked[-1] == "good"

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 from tornado import web
 from tornado.httpclient import HTTPClientError
@@ -102,9 +101,10 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
             return
         self.user, self.token = model["name"], token
 
-    async def may_use(self, token: str) -> dict[str, Any] | None:
-        """The hub's model of the token's owner when the token may use the broker, else None."""
-        model = await self.broker.hub.identify(token)
+    async def may_use(self, token: str, fresh: bool = False) -> dict[str, Any] | None:
+        """The hub's model of the token's owner when the token may use the broker, else None (``fresh``: asked
+        of the hub now, not as it answered lately)."""
+        model = await self.broker.hub.identify(token, fresh)
         allowed = {"access:services", f"access:services!service={self.broker.service_name}"}
         return model if model is not None and allowed & set(model.get("scopes") or []) else None
 
@@ -330,21 +330,11 @@ class KernelHandler(BrokerHandler):
             return self.refuse(400, f"grace {grace!r} is not a whole number of seconds from 0 to {MAX_GRACE}",
                                field="grace")
         names = [p["metadata"]["name"] for p in pods]
-        for name in names:
-            await self.broker.site.delete_kernel(name, int(grace))
-        left = [name for name in names if not await self._gone_or_going(name)]
+        left = [name for name in names if not await self.broker.site.delete_kernel(name, int(grace))]
         if left:
             return self.refuse(502, f"Kubernetes did not stop {', '.join(left)}; try again", stopped=[
                 name for name in names if name not in left])
         self.reply({"stopped": names})
-
-    async def _gone_or_going(self, name: str) -> bool:
-        cluster = self.broker.cluster
-        try:
-            pod = await cluster.request(cluster.core.read_namespaced_pod, name, cluster.namespace)
-        except ApiException as err:
-            return err.status == 404
-        return bool(pod["metadata"].get("deletionTimestamp"))
 
 
 class WatchHandler(BrokerHandler):
@@ -406,7 +396,7 @@ class WatchHandler(BrokerHandler):
     async def _still_allowed(self) -> bool:
         """The token still may use the broker, as the same user (the hub down: yes, until it answers)."""
         try:
-            model = await self.may_use(self.token)
+            model = await self.may_use(self.token, fresh=True)
         except HUB_ERRORS:
             return True
         return model is not None and model["name"] == self.user

@@ -3,26 +3,33 @@ which servers are running (for reaping kernels whose server is gone)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 log = logging.getLogger("orion_jupyter.broker")
+MAX_CACHED_TOKENS = 10_000
 
 
 class HubClient:
     """``cache_seconds``: how long a user's groups and servers are reused (an instructor removed from the
-    instructors group loses the class view within it)."""
+    instructors group keeps the class view that long); ``token_cache_seconds``: how long a token's owner is
+    (a revoked token still passes that long; JupyterHub's own HubAuth reuses it for 5 minutes)."""
 
-    def __init__(self, api_url: str, token: str, cache_seconds: float = 5.0):
+    def __init__(self, api_url: str, token: str, cache_seconds: float = 5.0, token_cache_seconds: float = 5.0):
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.cache_seconds = cache_seconds
+        self.token_cache_seconds = token_cache_seconds
         self._user_models: dict[str, tuple[float, dict[str, Any]]] = {}
+        # sha256 of a token -> (when, its owner's model); only tokens the hub knew, so guessing fills nothing
+        self._owners: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
 
     async def _get(self, path: str, token: str | None = None) -> Any:
         headers = {"Authorization": f"token {token or self.token}",
@@ -31,15 +38,27 @@ class HubClient:
         response = await AsyncHTTPClient().fetch(request)
         return json.loads(response.body or b"null")
 
-    async def identify(self, token: str) -> dict[str, Any] | None:
-        """The hub's model of a token's owner (name, scopes), or None when the hub does not know it."""
+    async def identify(self, token: str, fresh: bool = False) -> dict[str, Any] | None:
+        """The hub's model of a token's owner (name, scopes), or None when the hub does not know it (``fresh``:
+        asked now, never the answer kept)."""
+        key = hashlib.sha256(token.encode()).digest()
+        cached = self._owners.get(key)
+        if cached and not fresh and time.monotonic() - cached[0] < self.token_cache_seconds:
+            return cached[1]
         try:
             model = await self._get("user", token=token)
         except HTTPClientError as err:
             if err.code in (401, 403, 404):
+                self._owners.pop(key, None)
                 return None
             raise
-        return model if isinstance(model, dict) and model.get("kind", "user") == "user" else None
+        if not (isinstance(model, dict) and model.get("kind", "user") == "user"):
+            return None
+        self._owners[key] = (time.monotonic(), model)
+        self._owners.move_to_end(key)
+        while len(self._owners) > MAX_CACHED_TOKENS:
+            self._owners.popitem(last=False)
+        return model
 
     async def _user(self, name: str) -> dict[str, Any]:
         cached = self._user_models.get(name)

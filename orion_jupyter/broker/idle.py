@@ -31,6 +31,8 @@ from .parking import BrokerParking, KernelConnection
 from .pods import ClassPods
 
 log = logging.getLogger("orion_jupyter.broker")
+# a kernel not answering yet is retried at growing intervals up to this (ZeroMQ's default: every 100 ms)
+IOPUB_RECONNECT_MAX_MS = 5000
 STOPPED_BY_IDLE = "idle culling (broker)"
 EXECUTION_STATES = frozenset({"busy", "idle", "starting", "restarting", "autorestarting", "dead"})
 
@@ -161,6 +163,7 @@ class BrokerKernels:
         session = Session(key=key.encode(), signature_scheme="hmac-sha256")
         socket = zmq.asyncio.Context.instance().socket(zmq.SUB)
         socket.linger = 0
+        socket.reconnect_ivl_max = IOPUB_RECONNECT_MAX_MS
         socket.setsockopt(zmq.SUBSCRIBE, b"")
         if curve_serverkey:
             socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()

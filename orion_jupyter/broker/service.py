@@ -107,6 +107,9 @@ class Broker(Application, ClassSettings):
     hub_cache_seconds = Float(5.0, config=True,
                               help="Seconds a user's groups and servers, as the hub said them, are reused: an "
                                    "instructor removed from the instructors group loses the class view within it.")
+    hub_token_cache_seconds = Float(30.0, config=True,
+                                    help="Seconds the hub's answer to who a token belongs to is reused: a revoked "
+                                         "token stops working within it (JupyterHub's own HubAuth: 300).")
     max_body_bytes = Int(64 * 1024, config=True,
                          help="Largest request body the broker accepts (a launch is well under 1 KiB); a larger one "
                               "is refused before it is read, and no body is read before its token is checked.")
@@ -273,7 +276,7 @@ class Broker(Application, ClassSettings):
             entry.shape.image for entry in (*warm_config.pools, *warm_config.rosters))])
         self._released: OrderedDict[str, None] = OrderedDict()  # pods whose release the queue was told
         self.cull_listeners: set[Callable[[str], None]] = set()  # watch streams: a kernel's cull fields changed
-        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds)
+        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, self.hub_token_cache_seconds)
         try:
             api = api_client(self.settings.kubeconfig, self.settings.kube_context)
         except ConfigException as err:

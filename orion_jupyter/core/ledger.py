@@ -48,10 +48,11 @@ class Ledger:
         allow it with everything held now (raises VGPURequestError for the user's quota, CourseFull for the
         course's)."""
         with self._lock:
-            held = self._held(holding, running)
-            self.check_user(holding, held.values(), per_user)
+            held = self._held(holding, running).values()
+            self._check(holding, [h for h in held if h.user == holding.user], per_user or self.per_user, "you",
+                        "per user")
             if course and holding.course and holding.course in self.per_course:
-                in_course = [h for h in held.values() if h.course == holding.course]
+                in_course = [h for h in held if h.course == holding.course]
                 self._check(holding, in_course, self.per_course[holding.course], f"course {holding.course}",
                             "for the course", CourseFull)
             self.pending[holding.kernel_id] = holding
@@ -62,9 +63,11 @@ class Ledger:
         self._check(holding, mine, per_user or self.per_user, "you", "per user")
 
     def _held(self, holding: Holding, running: Iterable[Holding]) -> dict[str, Holding]:
-        held = {h.kernel_id: h for h in running}
-        held.update(self.pending)
-        held.pop(holding.kernel_id, None)
+        """Everything held but ``holding`` itself, each kernel once (a started launch is in both)."""
+        pending, own = self.pending, holding.kernel_id
+        held = {h.kernel_id: h for h in running if h.kernel_id not in pending}
+        held.update(pending)
+        held.pop(own, None)
         return held
 
     def release(self, kernel_id: str) -> None:

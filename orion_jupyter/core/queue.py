@@ -74,6 +74,8 @@ class LaunchQueue:
         self.clock = clock
         self._blocked: dict[str, float] = {}  # course -> since when its head has not fit (clock seconds)
         self.lines: dict[str, list[Waiting]] = {}
+        self._by_id: dict[str, Waiting] = {}  # who is in some line, by kernel id and by user (one each)
+        self._by_user: dict[str, Waiting] = {}
         self.releases: deque[float] = deque(maxlen=RECENT_RELEASES)  # monotonic times of recent releases
         self._pumping: asyncio.Task | None = None
         self._again = False
@@ -84,7 +86,7 @@ class LaunchQueue:
         return [w for line in self.lines.values() for w in line if user is None or w.user == user]
 
     def find(self, kernel_id: str) -> Waiting | None:
-        return next((w for w in self.waiting() if w.kernel_id == kernel_id), None)
+        return self._by_id.get(kernel_id)
 
     def ahead_in(self, course: str) -> int:
         return len(self.lines.get(course, ()))
@@ -108,14 +110,15 @@ class LaunchQueue:
 
     # -- joining and leaving --------------------------------------------------------------
     def join(self, waiting: Waiting) -> None:
-        mine = self.waiting(waiting.user)
-        if mine:
-            other = self.describe(mine[0])
+        mine = self._by_user.get(waiting.user)
+        if mine is not None:
+            other = self.describe(mine)
             raise KernelLaunchError(
                 "unschedulable", f"you already wait for a vGPU (position {other['position']} in course "
                                  f"{other['course']}, kernel {other['kernel_id']}); one launch may wait at a time: "
                                  "wait for it, or cancel it first")
         self.lines.setdefault(waiting.course, []).append(waiting)
+        self._by_id[waiting.kernel_id] = self._by_user[waiting.user] = waiting
         if self.order is not None:
             self.order(self.lines)
         self.changed()
@@ -127,6 +130,7 @@ class LaunchQueue:
         if waiting not in line:
             return False
         line.remove(waiting)
+        self._forget(waiting)
         if not line:
             self.lines.pop(waiting.course, None)
         if error is not None and not waiting.turn.done():
@@ -136,6 +140,10 @@ class LaunchQueue:
         self._tell(waiting.course)
         self.wake()
         return True
+
+    def _forget(self, waiting: Waiting) -> None:
+        self._by_id.pop(waiting.kernel_id, None)
+        self._by_user.pop(waiting.user, None)
 
     def cancel(self, kernel_id: str, by: str) -> bool:
         waiting = self.find(kernel_id)
@@ -180,6 +188,7 @@ class LaunchQueue:
                         self.unreserve(head.kernel_id)
                         continue
                     line.remove(head)  # not by index: a join may have re-sorted the line while admit ran
+                    self._forget(head)
                     if not skip:
                         self._blocked.pop(course, None)
                     if self._released_at is not None:

@@ -27,6 +27,7 @@ from ..errors import KernelLaunchError
 from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
 from ..pool import HeldByNode, PoolSnapshot, pool_from_held
 from ..protocols import WarmClaims
+from . import rest
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
 from .pod_kernel import PodKernel
@@ -62,6 +63,7 @@ class KubeCluster:
                  watch_dra: bool = False):
         self.api = api
         self.core = client.CoreV1Api(api)
+        self.rest = rest.Rest(api)
         self.namespace = namespace
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"orion-k8s-{namespace}")
         self.pods = SharedWatch(f"pods/{namespace}", self.core.list_namespaced_pod, namespace=namespace,
@@ -150,6 +152,10 @@ class KubeCluster:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    async def api_call(self, method: str, path: str, body: Any = None) -> dict:
+        """One JSON request of a kernel's own objects (k8s/rest.py: no client models, no per-call validation)."""
+        return await self.call(self.rest, method, path, body)
+
     async def request(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
         """A client call answered as a plain dict (no model building); the connection goes back to the pool."""
 
@@ -190,10 +196,10 @@ class KubeCluster:
         return self.pods.get(self.namespace, name)
 
     # -- API requests ------------------------------------------------------------------------
-    async def _create(self, fn: Callable[..., Any], body: dict, what: str) -> dict | None:
+    async def _create(self, path: str, body: dict, what: str) -> dict | None:
         for attempt in range(CREATE_RETRIES + 1):
             try:
-                return await self.request(fn, self.namespace, body)
+                return await self.api_call("POST", path, body)
             except ApiException as err:
                 if err.status == 409 and attempt > 0:
                     return None  # our earlier attempt did create it; the name is unique per launch
@@ -210,23 +216,28 @@ class KubeCluster:
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def delete_kernel_objects(self, name: str, grace_seconds: int = 0) -> None:
-        """Delete a kernel's Pod and Secret; one that is already gone is success."""
-        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy="Background")
-        for fn in (self.core.delete_namespaced_pod, self.core.delete_namespaced_secret):
+    async def delete_kernel_objects(self, name: str, grace_seconds: int = 0) -> bool:
+        """Delete a kernel's Pod and Secret; one that is already gone is success. True when the Pod is gone
+        or going (the API accepted its deletion, or it was not there)."""
+        options = rest.delete_options(grace_seconds, "Background")
+        pod_going = False
+        for what, path in (("Pod", rest.pods(self.namespace, name)), ("Secret", rest.secrets(self.namespace, name))):
             try:
-                await self.request(fn, name, self.namespace, body=options)
+                await self.api_call("DELETE", path, options)
+                pod_going = pod_going or what == "Pod"
             except ApiException as err:
                 if err.status != 404:
-                    log.error("deleting %s %s failed: %s", fn.__name__, name, _api_message(err))
+                    log.error("deleting %s %s failed: %s", what, name, _api_message(err))
+                else:
+                    pod_going = pod_going or what == "Pod"
             except HTTPError as err:
                 log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s",
-                          fn.__name__, name, err)
+                          what, name, err)
+        return pod_going
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
-            await self.request(self.core.delete_namespaced_pod, name, self.namespace,
-                               body=client.V1DeleteOptions(grace_period_seconds=grace_seconds))
+            await self.api_call("DELETE", rest.pods(self.namespace, name), rest.delete_options(grace_seconds))
         except ApiException as err:
             if err.status != 404:
                 log.error("deleting kernel pod %s failed: %s", name, _api_message(err))
@@ -235,8 +246,7 @@ class KubeCluster:
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> bool:
         try:
-            await self.request(self.core.patch_namespaced_pod, name, self.namespace,
-                               {"metadata": {"annotations": annotations}})
+            await self.api_call("PATCH", rest.pods(self.namespace, name), {"metadata": {"annotations": annotations}})
             return True
         except (ApiException, HTTPError) as err:
             log.warning("could not annotate kernel pod %s: %s", name, err)
@@ -300,9 +310,9 @@ class KubeCluster:
         try:
             if manifests.claim_template is not None:  # dra: made once per process, reused by every launch
                 await ensure_claim_template(self, manifests.claim_template)
-            await self._create(self.core.create_namespaced_secret, manifests.secret, "Secret")
+            await self._create(rest.secrets(self.namespace), manifests.secret, "Secret")
             created("secret")
-            pod = await self._create(self.core.create_namespaced_pod, manifests.pod, "Pod")
+            pod = await self._create(rest.pods(self.namespace), manifests.pod, "Pod")
             created("pod")
             owner_patch = asyncio.ensure_future(self._own_secret(pod or self.pod(name)))
             try:
@@ -327,8 +337,8 @@ class KubeCluster:
         if not pod or not pod.get("metadata", {}).get("uid"):
             return
         try:
-            await self.request(self.core.patch_namespaced_secret, pod["metadata"]["name"], self.namespace,
-                               secret_owner_patch(pod))
+            await self.api_call("PATCH", rest.secrets(self.namespace, pod["metadata"]["name"]),
+                                secret_owner_patch(pod))
         except (ApiException, HTTPError) as err:
             log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s",
                         pod["metadata"]["name"], err)

@@ -36,6 +36,7 @@ from ..names import (
 )
 from ..protocols import ClaimRequest
 from ..wire import host_ports
+from . import rest
 from .cluster import KubeCluster
 from .driver import pod_options
 from .hub_manifests import kernel_network_policy, selects, z2jh_username_label
@@ -82,18 +83,18 @@ class KernelPolicies:
         return policy
 
     async def create(self, policy: dict) -> None:
-        await self.cluster.request(self.api.create_namespaced_network_policy, self.cluster.namespace, policy)
+        await self.cluster.api_call("POST", rest.network_policies(self.cluster.namespace), policy)
 
     async def replace_spec(self, name: str, policy: dict) -> None:
         """The policy's spec written whole (a JSON patch ``replace``): a merge patch would keep the old
         ``matchLabels`` beside the new selector, and the two together select no pod at all."""
-        await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
-                                   [{"op": "replace", "path": "/spec", "value": policy["spec"]}])
+        await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
+                                    [{"op": "replace", "path": "/spec", "value": policy["spec"]}])
 
     async def check_selects(self, name: str, pod_labels: Mapping[str, str]) -> None:
         """Read the policy back: it must select the pod as labelled now, else KernelLaunchError (the caller
         deletes the pod rather than leave it open)."""
-        policy = await self.cluster.request(self.api.read_namespaced_network_policy, name, self.cluster.namespace)
+        policy = await self.cluster.api_call("GET", rest.network_policies(self.cluster.namespace, name))
         if not selects((policy.get("spec") or {}).get("podSelector") or {}, pod_labels):
             raise KernelLaunchError("api", f"the NetworkPolicy {name} does not select its kernel pod after the "
                                            "hand-over; the kernel is stopped rather than left open")
@@ -104,14 +105,14 @@ class KernelPolicies:
         if pod is None:
             return
         try:
-            await self.cluster.request(self.api.patch_namespaced_network_policy, name, self.cluster.namespace,
-                                       secret_owner_patch(pod))
+            await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
+                                        secret_owner_patch(pod))
         except ApiException as err:
             log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
 
     async def delete(self, name: str) -> None:
         try:
-            await self.cluster.request(self.api.delete_namespaced_network_policy, name, self.cluster.namespace)
+            await self.cluster.api_call("DELETE", rest.network_policies(self.cluster.namespace, name))
         except ApiException as err:
             if err.status != 404:
                 log.warning("could not delete the NetworkPolicy of %s: %s", name, err.reason)
@@ -142,16 +143,18 @@ class PodSite:
     async def launched(self, pod_name: str) -> None:
         """Its server is about to hear the kernel is ready: it is no longer an orphan if this process dies."""
         try:
-            await self.cluster.request(self.cluster.core.patch_namespaced_pod, pod_name, self.cluster.namespace,
-                                       {"metadata": {"annotations": {ANNOTATION_LAUNCHING: None}}})
+            await self.cluster.api_call("PATCH", rest.pods(self.cluster.namespace, pod_name),
+                                        {"metadata": {"annotations": {ANNOTATION_LAUNCHING: None}}})
         except ApiException as err:
             raise KernelLaunchError("api", f"Kubernetes refused to mark the kernel started: {err.reason}") from None
 
-    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> None:
-        """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success."""
-        await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
+    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> bool:
+        """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success. True when
+        the Pod is gone or going."""
+        pod_going = await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
         if self.policies is not None:
             await self.policies.delete(pod_name)
+        return pod_going
 
     async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
                    annotations: dict[str, str] | None = None) -> None:
@@ -199,8 +202,8 @@ class PodSite:
             if self.policies is not None:
                 await self.policies.replace_spec(name, self.policies.build(
                     name, kernel_label, user, ports, also_kernel_label=slug(warm_kernel_id, 63)))
-            pod = await self.cluster.request(self.cluster.core.patch_namespaced_pod, name, self.cluster.namespace,
-                                             {"metadata": claimed_metadata(ask, user, course)})
+            pod = await self.cluster.api_call("PATCH", rest.pods(self.cluster.namespace, name),
+                                              {"metadata": claimed_metadata(ask, user, course)})
             if self.policies is not None:
                 await self.policies.check_selects(name, (pod.get("metadata") or {}).get("labels") or {})
         except ApiException as err:

@@ -304,11 +304,25 @@ class SharedWatch:
     def _notify(self, kind: str, obj: dict) -> None:
         with self._lock:
             listeners = list(self._listeners)
+        on_loops: dict[asyncio.AbstractEventLoop, list[Listener]] = {}
         for loop, listener in listeners:
             if loop is None:
                 listener(kind, obj)
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(listener, kind, obj)
+            else:
+                on_loops.setdefault(loop, []).append(listener)
+        # one wake-up per loop and event, its listeners in the order they subscribed (a broker has one per
+        # launch in progress: a call_soon_threadsafe each was most of its watch thread's CPU)
+        for loop, group in on_loops.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_deliver, group, kind, obj)
+
+
+def _deliver(listeners: list[Listener], kind: str, obj: dict) -> None:
+    for listener in listeners:
+        try:
+            listener(kind, obj)
+        except Exception:  # one listener's fault reaches neither the others nor the watch
+            log.exception("a watch listener failed on %s %s", kind, (obj.get("metadata") or {}).get("name"))
 
 
 def stop_watches(watches: list[SharedWatch], wait_seconds: float = STOP_WAIT_SECONDS) -> None:
