@@ -1,6 +1,7 @@
 """core/bookings.py on its own (an injected clock, no cluster): each field checked and named, windows in the lab's
-time zone, the overlap arithmetic of the capacity check and its refusal with the reason, who may book, what a
-launch leaves to bookings not its own, and admission keeping a booking's vGPUs while the queue is long."""
+time zone, the overlap arithmetic of the capacity check and its refusal with the reason, kernels placed node by
+node, weekly bookings, who may book, what a launch leaves to bookings not its own, and admission keeping a
+booking's vGPUs while the queue is long."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from orion_jupyter.core.bookings import (
     BookingRules,
     Bookings,
     Hold,
+    NodeRoom,
+    Nodes,
     parse_booking,
     parse_static,
 )
@@ -330,3 +333,184 @@ def test_a_course_s_student_bookings_setting_is_checked(value):
     assert caught.value.field == "c.Broker.courses['AI_101'].student_bookings" and "most hours" in str(caught.value)
     assert BookingRules.parse({"AI_101": {"student_bookings": 1.5}, "ML 2": {"student_bookings": False}}, COURSES,
                               Quota(), BERLIN).student_hours == {"AI_101": 1.5}
+
+
+# -- node by node -------------------------------------------------------------------------------------------
+
+
+def nodes(*rooms: tuple[str, int, int], memory: dict[str, int] | None = None,
+          devices: dict[str, int] | None = None, unplaced: frozenset[str] = frozenset()) -> Nodes:
+    """Nodes (name, vGPUs offered, vGPUs free now); ``memory``: MiB of vGPU memory each offers (counted as a
+    resource, as HAMi's is); ``devices``: one device's memory per node."""
+    memory, devices = memory or {}, devices or {}
+
+    def room(name: str, offers: int, free: int) -> NodeRoom:
+        counted = {"mem": memory[name]} if name in memory else {}
+        return NodeRoom(name, {"gpu": offers, **counted}, {"gpu": free, **counted}, devices.get(name))
+
+    def needs(request: VGPURequest) -> dict[str, int]:
+        return {"gpu": request.count, **({"mem": request.memory_mib} if memory else {})}
+
+    return Nodes([room(*r) for r in rooms], needs, "gpu", "mem" if memory else None, unplaced)
+
+
+def test_a_shape_that_fits_the_pool_s_count_but_no_node_is_refused_naming_it_and_what_the_nodes_offer():
+    clock = Clock(MONDAY_8 + timedelta(hours=1))  # 09:00
+    two = {"vgpus": 2}
+    three = nodes(("n1", 4, 3), ("n2", 4, 3), ("n3", 4, 3))  # one vGPU held on each by other workloads
+    bookings = Bookings(rules(), clock)
+    with pytest.raises(BookingRefused) as caught:  # 8 of the 9 free vGPUs, but a node fits one kernel of two
+        bookings.add(book(start="09:00", end="10:00", count=4, **two), 12, [], held_outside=3, nodes=three)
+    message = str(caught.value)
+    assert caught.value.field == "count" and "cannot book 4 kernels of 2 vGPUs × 4 GiB for ML 2" in message, message
+    assert "at Mon 07 Dec 09:00 CET 1 kernel of 2 vGPUs × 4 GiB finds no node (a kernel runs on one node; the " \
+           "nodes offer n1: 3 vGPUs, n2: 3 vGPUs, n3: 3 vGPUs then)" in message, message
+    assert bookings.items == {}
+    assert bookings.add(book(start="09:00", end="10:00", count=4, **two), 12, [], held_outside=3).count == 4, \
+        "where the nodes are not visible the pool's count alone decides"
+    bookings = Bookings(rules(), clock)
+    assert bookings.add(book(start="09:00", end="10:00", count=3, **two), 12, [], 3, three).count == 3
+    # a later window: the nodes' whole allocatable (what runs now will have gone), beside the bookings then
+    assert bookings.add(book(start="10:00", end="11:00", count=3, vgpus=3), 12, [], 3, three).count == 3
+    with pytest.raises(BookingRefused) as caught:  # one vGPU left on each node: no room for a kernel of two
+        bookings.add(book("AI_101", start="10:30", end="11:00", **two), 12, [], 3, three)
+    assert "1 kernel of 2 vGPUs × 4 GiB finds no node beside 3 other kernels then (a kernel runs on one node; " \
+           "the nodes offer n1: 1 vGPU, n2: 1 vGPU, n3: 1 vGPU then)" in str(caught.value), str(caught.value)
+    # launches accepted but not on a node yet take room too (a window open now)
+    starting = [kernel("k1", "zed", "free", vgpus=3)]
+    with pytest.raises(BookingRefused):
+        Bookings(rules(), clock).add(book(start="09:00", end="10:00", vgpus=3, count=2), 12, starting, 0,
+                                     nodes(("n1", 4, 4), ("n2", 4, 4), unplaced=frozenset({"k1"})))
+    assert Bookings(rules(), clock).add(book(start="09:00", end="10:00", vgpus=3, count=2), 12, starting, 0,
+                                        nodes(("n1", 4, 4), ("n2", 4, 4))).count == 2  # k1 runs: its node counts it
+
+
+def test_memory_per_vgpu_and_counted_memory_are_placed_node_by_node():
+    clock = Clock()
+    big = {"memory": "40Gi"}
+    mixed = nodes(("small", 4, 4), ("large", 2, 2), devices={"small": 16 * 1024, "large": 80 * 1024})
+    bookings = Bookings(rules(), clock)
+    assert bookings.add(book(count=2, **big), 6, [], nodes=mixed).count == 2  # both on the large node
+    with pytest.raises(BookingRefused) as caught:
+        bookings.add(book("AI_101", start="10:00", end="12:00", **big), 6, [], nodes=mixed)
+    assert "1 kernel of 1 vGPU · 40 GiB finds no node beside 2 other kernels then" in str(caught.value)
+    assert "large: 0 vGPUs, small: devices of 16 GiB" in str(caught.value), str(caught.value)
+    hami = nodes(("n1", 4, 4), ("n2", 4, 4), memory={"n1": 8 * 1024, "n2": 8 * 1024})
+    bookings = Bookings(rules(), clock)
+    assert bookings.add(book(count=2, memory="6Gi"), 8, [], nodes=hami).count == 2  # one a node: 6 of 8 GiB
+    with pytest.raises(BookingRefused) as caught:  # vGPUs are left, memory is not
+        bookings.add(book("AI_101", start="10:00", end="12:00", memory="3Gi"), 8, [], nodes=hami)
+    assert "the nodes offer n1: 3 vGPUs · 2 GiB, n2: 3 vGPUs · 2 GiB then" in str(caught.value), str(caught.value)
+    assert bookings.add(book("AI_101", start="10:00", end="12:00", memory="2Gi", count=2), 8, [], nodes=hami)
+
+
+# -- weekly -------------------------------------------------------------------------------------------------
+
+TERM = {"repeat": "weekly", "until": "2027-02-23"}
+
+
+def weekly(course: str = "ML 2", count: int = 1, start: str = "2026-12-08T14:00", end: str = "2026-12-08T16:00",
+           **change) -> object:
+    spec = {"course": course, "vgpus": 1, "memory": "4Gi", "count": count, "start": start, "end": end, **TERM,
+            **change}
+    return parse_booking(spec, by="teacher", zone=BERLIN)
+
+
+@pytest.mark.parametrize(("change", "field", "says"), [
+    ({"repeat": "daily"}, "repeat", 'may be "weekly"'),
+    ({"repeat": 7}, "repeat", 'may be "weekly"'),
+    ({"repeat": None}, "repeat", 'may be "weekly"'),  # "until" alone
+    ({"until": None}, "until", 'like "2027-02-23"'),
+    ({"until": "end of term"}, "until", "not 'end of term'"),
+    ({"until": 20270223}, "until", "last date"),
+    ({"until": "2026-12-01"}, "until", "on or after the start's date (2026-12-08)"),
+    ({"until": "2027-12-10"}, "until", "at most 366 days from its start"),
+    ({"end": "2026-12-16T16:00"}, "end", "weekly booking's window lasts at most 7 days"),
+])
+def test_a_weekly_booking_s_fields_are_checked_and_named(change, field, says):
+    with pytest.raises(BookingError) as caught:
+        weekly(**change)
+    assert caught.value.field == field and says in str(caught.value), str(caught.value)
+    with pytest.raises(VGPURequestError) as caught:  # the config's too, one line naming the entry
+        parse_static([{"course": "ML 2", "vgpus": 1, "memory": "4Gi", "start": "2026-12-08T14:00",
+                       "end": "2026-12-08T16:00", **TERM, **change}], rules())
+    assert caught.value.field == f"c.Broker.bookings[0].{field}", caught.value.field
+
+
+def test_a_weekly_booking_is_open_on_each_occurrence_and_not_between():
+    lab = weekly(count=2, until="2027-04-06")  # across summer time (28 Mar 2027): still 14:00 in Berlin
+    assert len(lab.windows()) == 18 and lab.last_end == datetime(2027, 4, 6, 16, 0, tzinfo=BERLIN)
+    at = lambda *moment: datetime(*moment, tzinfo=BERLIN)  # noqa: E731
+    assert lab.open_at(at(2026, 12, 15, 14, 30)) and lab.open_at(at(2026, 12, 8, 14, 0))
+    assert lab.open_at(at(2027, 4, 6, 14, 0)) and lab.open_at(at(2027, 3, 30, 15, 59))
+    assert not lab.open_at(at(2026, 12, 15, 16, 0)) and not lab.open_at(at(2026, 12, 14, 14, 30))
+    assert not lab.open_at(at(2026, 12, 1, 14, 30)) and not lab.open_at(at(2027, 4, 13, 14, 30))
+    assert lab.window_at(at(2027, 3, 30, 15, 0)) == (at(2027, 3, 30, 14, 0), at(2027, 3, 30, 16, 0))
+    assert lab.as_dict()["schedule"] == "every Tue 14:00-16:00 until 2027-04-06"
+    assert lab.as_dict()["repeat"] == "weekly" and lab.as_dict()["until"] == "2027-04-06"
+    assert lab.describe(BERLIN) == "2 kernels of 1 vGPU · 4 GiB for ML 2, every Tue 14:00-16:00 until 2027-04-06"
+    assert "schedule" not in book().as_dict()
+    month = once("ML 2", "2026-12-08T09:00", "2027-01-07T09:00")  # once, for 30 days
+    assert month.open_at(at(2026, 12, 30, 12, 0)) and not month.open_at(at(2027, 1, 7, 9, 0))
+
+    clock = Clock()
+    bookings = Bookings(rules(), clock)
+    bookings.add(lab, 4, [])
+    stranger = kernel("new", "zed", "free")
+    assert bookings.hold(stranger, []) == Hold()  # Monday: no occurrence open
+    clock.now = at(2026, 12, 15, 14, 30)
+    assert bookings.hold(stranger, []) == Hold(vgpus=2) and bookings.unused([]) == {lab.id: 2}
+    clock.now = at(2026, 12, 16, 14, 30)  # Wednesday: kept for nobody, and still booked for next week
+    assert bookings.hold(stranger, []) == Hold() and bookings.prune() == [] and lab.id in bookings.items
+    clock.now = at(2027, 4, 6, 16, 0)
+    assert bookings.prune() == [lab]
+
+
+def once(course: str, start: str, end: str, count: int = 1) -> object:
+    return parse_booking({"course": course, "vgpus": 1, "memory": "4Gi", "count": count, "start": start, "end": end},
+                         by="teacher", zone=BERLIN)
+
+
+def test_a_weekly_booking_is_refused_naming_the_first_occurrence_that_cannot_be_honoured():
+    bookings = Bookings(rules(), Clock())
+    bookings.add(once("AI_101", "2026-12-22T15:00", "2026-12-22T16:00", count=2), 4, [])  # week 3 of the lab
+    with pytest.raises(BookingRefused) as caught:
+        bookings.add(weekly(count=3), 4, [])
+    message = str(caught.value)
+    assert "cannot book 3 kernels of 1 vGPU · 4 GiB for ML 2, every Tue 14:00-16:00 until 2027-02-23: its " \
+           "occurrence on Tue 22 Dec 2026 cannot be honoured: it needs 3 vGPUs, but at Tue 22 Dec 15:00 CET only " \
+           "2 of the pool's 4 are free (2 booked by AI_101)" in message, message
+    assert len(bookings.items) == 1
+    lab = bookings.add(weekly(count=2), 4, [])  # two fit beside it
+    with pytest.raises(BookingRefused) as caught:  # and the one-off is checked against every occurrence
+        bookings.add(once("free", "2027-01-12T13:00", "2027-01-12T14:30", count=3), 4, [])
+    assert "at Tue 12 Jan 14:00 CET only 2 of the pool's 4 are free (2 booked by ML 2)" in str(caught.value)
+    assert lab.id in bookings.items and len(bookings.items) == 2
+    with pytest.raises(BookingError) as caught:  # its last date more than a year ahead of now
+        bookings.add(weekly(start="2027-06-01T14:00", end="2027-06-01T16:00", until="2028-01-04"), 4, [])
+    assert caught.value.field == "until" and "at most 366 days ahead" in str(caught.value)
+
+
+def test_a_weekly_booking_survives_a_restart_and_an_old_state_without_repeats_still_loads():
+    clock = Clock(datetime(2027, 1, 4, 8, 0, tzinfo=BERLIN))  # the first occurrences have passed, not the last
+    lab = weekly(count=2)
+    first = Bookings(rules(), clock)
+    first.items[lab.id] = lab
+    saved = first.state()
+    assert saved["bookings"][0]["repeat"] == "weekly" and saved["bookings"][0]["until"] == "2027-02-23"
+    again = Bookings(rules(), clock)
+    again.restore(saved)
+    assert again.items == {lab.id: lab} and again.items[lab.id].open_at(datetime(2027, 1, 5, 15, 0, tzinfo=BERLIN))
+    old = {"bookings": [{"id": "b1", "by": "teacher", "course": "ML 2", "count": 1, "vgpus": 1, "memory": "4096Mi",
+                         "start": "2027-01-05T09:00:00+01:00", "end": "2027-01-05T10:00:00+01:00"}]}
+    older = Bookings(rules(), clock)
+    older.restore(old)
+    assert list(older.items) == ["b1"] and not older.items["b1"].repeat and older.items["b1"].weeks == 1
+
+
+def test_a_student_s_booking_does_not_repeat():
+    with pytest.raises(BookingForbidden) as caught:
+        rules().who_may_book(weekly("AI_101", user="ann", start="2026-12-08T14:00", end="2026-12-08T15:00"), "ann",
+                             ["AI_101"], False, "AI_101")
+    assert caught.value.field == "repeat" and "does not repeat" in str(caught.value)
+    rules().who_may_book(weekly("AI_101"), "teacher", ["AI_101"], True, "")

@@ -1,8 +1,9 @@
 """Bookings through the broker's REST API on the simulated cluster (the broker in this process, the hub's
 answers faked: who a token is and their groups; the rules are tests/test_bookings.py's): a booking honoured
 while the queue is long, one refused when the pool is booked, a student cannot book for another nor where
-the course does not allow it, bad input is named, the class view lists bookings, a restart keeps them,
-and a static booking that cannot be honoured stops the broker with one line."""
+the course does not allow it (nor repeat), bad input is named, the class view lists bookings (a weekly one
+with its schedule), a restart keeps them, a booking is placed node by node, and a static booking that cannot be
+honoured stops the broker with one line."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
+from kubesim.cluster import SimNode
+from kubesim.fixtures import GPU_NODE, running_cluster
 from orion_jupyter.broker import hub as hub_module
 from orion_jupyter.broker.app import main
 from orion_jupyter.broker.booking_api import booking_routes
@@ -175,6 +178,16 @@ async def test_who_may_book_bad_input_the_class_view_and_a_restart_keeps_booking
             assert code == 400 and body["field"] == field, (bad, body)
         code, body = await call(base, "ann", "POST", "api/bookings", {**shape, **window(hours=3)})
         assert code == 400 and body["field"] == "end" and "at most 2 hours" in body["message"], body
+        term = {"repeat": "weekly", "until": (datetime.now(BERLIN) + timedelta(days=21)).date().isoformat()}
+        code, body = await call(base, "ann", "POST", "api/bookings", {**shape, **window(30), **term})
+        assert code == 403 and body["field"] == "repeat" and "does not repeat" in body["message"], body
+        code, body = await call(base, "teacher", "POST", "api/bookings",
+                                {"course": "AI_101", **shape, **window(30), **term, "until": "soon"})
+        assert code == 400 and body["field"] == "until", body
+        code, lab = await call(base, "teacher", "POST", "api/bookings",
+                               {"course": "AI_101", **shape, **window(120), **term})
+        assert code == 201 and lab["booking"]["repeat"] == "weekly" and lab["booking"]["until"] == term["until"], lab
+        assert lab["booking"]["schedule"].startswith("every ") and term["until"] in lab["booking"]["schedule"], lab
         code, mine = await call(base, "ann", "POST", "api/bookings", {**shape, **window(30)})
         assert code == 201 and mine["booking"]["user"] == "ann" and mine["booking"]["course"] == "AI_101", mine
         code, course = await call(base, "teacher", "POST", "api/bookings",
@@ -183,12 +196,17 @@ async def test_who_may_book_bad_input_the_class_view_and_a_restart_keeps_booking
         assert (await call(base, "bob", "DELETE", f"api/bookings/{mine['booking']['id']}"))[0] == 404
         assert (await call(base, "ml0", "GET", "api/bookings"))[1]["bookings"] == []  # another course's
         seen = (await call(base, "bob", "GET", "api/bookings"))[1]["bookings"]
-        assert [b["id"] for b in seen] == [course["booking"]["id"]]  # his course's, not ann's own
+        assert [b["id"] for b in seen] == [course["booking"]["id"], lab["booking"]["id"]]  # his course's, not ann's
         assert (await call(base, "bob", "GET", "api/class"))[0] == 403
 
     async with running_broker(monkeypatch) as (_, base):  # a restarted broker keeps them (the state ConfigMap)
         code, view = await call(base, "teacher", "GET", "api/class")
-        assert sorted(b["id"] for b in view["bookings"]) == sorted([mine["booking"]["id"], course["booking"]["id"]])
+        assert sorted(b["id"] for b in view["bookings"]) == sorted([mine["booking"]["id"], course["booking"]["id"],
+                                                                    lab["booking"]["id"]])
+        weekly = next(b for b in view["bookings"] if b["id"] == lab["booking"]["id"])
+        assert weekly["schedule"] == lab["booking"]["schedule"] and weekly["open"] is False, weekly
+        code, body = await call(base, "teacher", "DELETE", f"api/bookings/{lab['booking']['id']}")
+        assert code == 200 and body["removed"]["repeat"] == "weekly", body
         code, body = await call(base, "ann", "DELETE", f"api/bookings/{mine['booking']['id']}")
         assert code == 200 and body["removed"]["id"] == mine["booking"]["id"]
         code, body = await call(base, "teacher", "DELETE", f"api/bookings/{course['booking']['id']}")
@@ -211,3 +229,24 @@ def test_static_bookings_are_checked_at_start_in_one_line(sim_cluster, tmp_path,
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "only 2 of the pool's 4 are free (2 booked by AI_101)" in err, err
+    config.write_text(config.read_text().replace("'count': 3", "'count': 1, 'repeat': 'daily'"))
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.Broker.bookings[1].repeat" in err and '"weekly"' in err, err
+
+
+@pytest.mark.timeout(240)
+async def test_a_booking_is_placed_node_by_node(monkeypatch):
+    """Two nodes of four vGPUs: two kernels of three fit (one a node); then a kernel of two does not, although
+    the pool has two vGPUs left: one is left on each node."""
+    nodes = [SimNode(f"gpu-{i}", allocatable=dict(GPU_NODE)) for i in (1, 2)]
+    with running_cluster(monkeypatch, nodes):
+        async with running_broker(monkeypatch) as (_, base):
+            code, body = await call(base, "teacher", "POST", "api/bookings",
+                                    {"course": "AI_101", "vgpus": 3, "memory": "1Gi", "count": 2, **window(30)})
+            assert code == 201, body
+            code, body = await call(base, "teacher", "POST", "api/bookings",
+                                    {"course": "AI_101", "vgpus": 2, "memory": "1Gi", **window(40)})
+            assert code == 409 and body["field"] == "count", body
+            assert "1 kernel of 2 vGPUs × 1 GiB finds no node beside 2 other kernels then (a kernel runs on one " \
+                   "node; the nodes offer gpu-1: 1 vGPU, gpu-2: 1 vGPU then)" in body["message"], body

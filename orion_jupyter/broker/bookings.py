@@ -1,6 +1,7 @@
-"""The broker's bookings (``core.bookings``) over its cluster: the pool they must fit, the kernels that
-cannot be taken back, the static ones of ``c.Broker.bookings`` and the API's kept in the state ConfigMap
-(so a restarted broker keeps them), and the queue and warm pools woken when a window opens or closes."""
+"""The broker's bookings (``core.bookings``) over its cluster: the pool they must fit (its count, and node by
+node where the nodes are visible), the kernels that cannot be taken back, the static ones of
+``c.Broker.bookings`` and the API's kept in the state ConfigMap (so a restarted broker keeps them), and the
+queue and warm pools woken when a window opens or closes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import logging
 from typing import Any
 
 from ..core.admission import Admission
-from ..core.bookings import Booking, BookingError, BookingForbidden, BookingRefused, Bookings
+from ..core.bookings import Booking, BookingError, BookingForbidden, BookingRefused, Bookings, NodeRoom, Nodes
 from ..core.warm import WarmKernels
 from ..k8s.state_store import Section
+from ..pool import PoolSnapshot, extended_limits
 from ..vgpu import VGPURequestError
 from .pods import ClassPods
 
@@ -31,25 +33,46 @@ class BrokerBookings:
         self._open: set[str] = set()  # ids of the bookings open at the last tick
         warm.booked = lambda request: bookings.warm_wanted(request, admission.in_use())
 
-    async def capacity(self) -> tuple[int, int]:
-        """The pool's vGPUs, and those held by other workloads on its nodes (what the broker cannot take back)."""
+    async def capacity(self) -> tuple[int, int, Nodes | None]:
+        """The pool's vGPUs, those held by other workloads on its nodes (what the broker cannot take back), and
+        the nodes (None where they are not visible: the count alone decides)."""
         pool = await self.pods.view.pool()
         total = pool.totals().get(self.pods.site.backend.count_resource)
         if total is None:
-            return 0, 0
-        ours = sum(h.vgpus for h in self.pods.holdings()) + sum(k.vgpus for k in self.warm.kernels.values() if k.ready)
-        return total.allocatable, max(total.allocated - ours, 0)
+            return 0, 0, None
+        warm_ready = [k.name for k in self.warm.kernels.values() if k.ready]
+        ours = sum(h.vgpus for h in self.pods.holdings()) + sum(self.warm.kernels[k].vgpus for k in warm_ready)
+        return total.allocatable, max(total.allocated - ours, 0), self.nodes(pool, warm_ready)
+
+    def nodes(self, pool: PoolSnapshot, warm_ready: list[str]) -> Nodes | None:
+        """Per node what it offers and what is free now, with the ready warm kernels' resources back (a booking
+        takes them); the launches not placed yet will take room somewhere."""
+        if not pool.visible:
+            return None
+        back: dict[str, dict[str, int]] = {}
+        for name in warm_ready:
+            pod = self.pods.cluster.pod(name)
+            node = ((pod or {}).get("spec") or {}).get("nodeName")
+            if pod is not None and node:
+                for resource, amount in extended_limits(pod).items():
+                    back.setdefault(node, {})[resource] = back.get(node, {}).get(resource, 0) + amount
+        rooms = [NodeRoom(node.name, {r: c.allocatable for r, c in node.resources.items()},
+                          {r: c.free + back.get(node.name, {}).get(r, 0) for r, c in node.resources.items()},
+                          node.device_memory_mib) for node in pool.nodes]
+        backend = self.pods.site.backend
+        unplaced = frozenset(h.kernel_id for h in self.admission.in_use() if not self.pods.index.placed(h.kernel_id))
+        return Nodes(rooms, backend.resources, backend.count_resource, backend.memory_resource, unplaced)
 
     async def book(self, booking: Booking) -> Booking:
         """Keep ``booking`` if it can be honoured (else BookingError / BookingRefused with the reason)."""
         refusal = self.bookings.rules.never_fits(booking, await self.pods.largest_node())
         if refusal is not None:
             raise refusal
-        pool, others = await self.capacity()
+        pool, others, nodes = await self.capacity()
         if not pool:
             raise BookingRefused("count", booking.count, "the broker sees no vGPUs in the pool now; try again when "
                                                          "its nodes are back")
-        self.bookings.add(booking, pool, self.admission.in_use(), others)
+        self.bookings.add(booking, pool, self.admission.in_use(), others, nodes)
         await self.save()
         self.tick()
         return booking
@@ -64,16 +87,17 @@ class BrokerBookings:
     async def start(self) -> None:
         """The static bookings (checked against the pool and each other: one line, exit 2), then the API's of
         an earlier broker."""
-        pool, _ = await self.capacity()
+        pool, _, nodes = await self.capacity()
+        as_written = nodes.idle() if nodes is not None else None  # like the count: nothing running is counted
         for booking in self.static:
-            if booking.end <= self.bookings.now():
+            if booking.last_end <= self.bookings.now():
                 log.info("c.Broker.bookings: %s has ended; skipped", booking.describe(self.bookings.rules.zone))
                 continue
             if not pool:  # the pool not seen (yet): the config is taken as written
                 self.bookings.items[booking.id] = booking
                 continue
             try:
-                self.bookings.add(booking, pool, [])
+                self.bookings.add(booking, pool, [], nodes=as_written)
             except BookingRefused as err:
                 raise BookingError(f"c.Broker.bookings[{booking.id.removeprefix('config-')}]", booking.count,
                                    f"c.Broker.bookings: {err}") from None
@@ -102,7 +126,8 @@ class BrokerBookings:
     def rows(self) -> list[dict[str, Any]]:
         """Every booking with whether it is open and how many of its kernels run (the class view)."""
         unused = self.bookings.unused(self.admission.in_use())
-        return [{**b.as_dict(), "open": b.id in unused, "in_use": b.count - unused[b.id] if b.id in unused else 0}
+        zone = self.bookings.rules.zone
+        return [{**b.as_dict(zone), "open": b.id in unused, "in_use": b.count - unused[b.id] if b.id in unused else 0}
                 for b in self.bookings.listed()]
 
     def visible(self, user: str, groups: list[str], instructor: bool) -> list[dict[str, Any]]:

@@ -214,7 +214,8 @@ class Broker(Application, ClassSettings):
     bookings = List(config=True,
                     help="Bookings kept from the config: [{'course': 'AI_101', 'vgpus': 1, 'memory': '4Gi', 'count': "
                          "10, 'start': '2026-12-08T09:00', 'end': '2026-12-08T11:00'}] (times without an offset are in "
-                         "lab_timezone; optional 'user': one student of the course). During the window the booked "
+                         "lab_timezone; optional 'user': one student of the course; optional 'repeat': 'weekly' with "
+                         "'until': '2027-02-23', the last date). During each window the booked "
                          "vGPUs are held back from others' launches and the course's (student's) launches of that "
                          "shape take them first. Instructors (of a course's hub group) book more through POST "
                          "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
