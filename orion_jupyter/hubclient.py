@@ -332,7 +332,8 @@ class BrokerDriver:
                 "compute": request.compute_percent, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
                 "kernel_spec_name": launch.kernel_spec_name, "key": launch.key,
                 "signature_scheme": launch.signature_scheme, "ports": {n: self._connection[n] for n in PORT_NAMES},
-                "cwd": launch.cwd, "image": launch.pod.image, **launch.curve_fields()}
+                "cwd": launch.cwd, "image": launch.pod.image, "own_storage": launch.own_storage or None,
+                **launch.curve_fields()}
         def on_queued(place: dict[str, Any]) -> None:
             PROGRESS.record(launch.kernel_id, queue_message(place), stage="queue",
                             queued={k: place.get(k) for k in ("position", "ahead", "estimate_seconds")})

@@ -56,6 +56,7 @@ class KernelLaunch:
     wait_for_capacity: bool = False
     orion_controller: str | None = None
     cwd: str = ""  # the notebook's folder, relative to the server's root ('' = the root)
+    own_storage: bool = False  # must mount the user's own storage (a resume reads its snapshot there): no pool kernel
     volumes: tuple[Mapping[str, Any], ...] = ()  # direct mode on Kubernetes: the user's storage (templated)
     volume_mounts: tuple[Mapping[str, Any], ...] = ()
     # CurveZMQ keys (Z85) when the kernel manager's transport_encryption asks for them; like ``key``, they

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
         if user:
             self.user = user
         request = self.resolve_request(kwargs.pop("vgpu", None))
+        own_storage = bool(kwargs.pop("orion_own_storage", False))
         backend = self.backend_model()  # invalid resource/env overrides fail here, before anything exists
         if self.driver is None:  # a restart keeps its driver (and, locally, its ports)
             self.driver = make_driver(self, self.parent, self.kernel_spec)
@@ -157,7 +159,8 @@ class VGPUProvisioner(KernelProvisionerBase, KernelSettings):  # type: ignore[mi
         try:
             kwargs = await super().pre_launch(**kwargs)  # the one place the spec's env templates are applied
             self.cwd = kwargs.get("cwd") or os.getcwd()
-            self.launch = self._launch_description(request, kwargs.get("env") or {}, kwargs.get("cwd"))
+            self.launch = replace(self._launch_description(request, kwargs.get("env") or {}, kwargs.get("cwd")),
+                                  own_storage=own_storage)
             return await self.driver.pre_launch(self.launch, kwargs)
         except KernelLaunchError as err:
             LAUNCHES_IN_PROGRESS.release(self.kernel_id)

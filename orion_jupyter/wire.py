@@ -67,7 +67,7 @@ SHELL_REQUESTS = frozenset({"execute_request", "complete_request", "inspect_requ
 # -- the broker's launch protocol ------------------------------------------------------------------
 LAUNCH_FIELDS = frozenset({"kernel_id", "vgpus", "memory", "compute", "server_name", "kernel_spec_name", "key",
                            "signature_scheme", "ports", "cwd", "image", "curve_publickey", "curve_secretkey",
-                           "ticket"})  # "ticket": see TICKET below
+                           "ticket", "own_storage"})  # "ticket": see TICKET below
 _KEY_RE = re.compile(r"^[A-Za-z0-9-]{16,128}$")
 _TICKET_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _Z85_RE = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
@@ -84,6 +84,7 @@ class LaunchBody:
     image: str | None
     curve: tuple[str, str] = ("", "")  # CurveZMQ (public, secret) keys, Z85; empty: plaintext
     ticket: str = ""  # a waiting launch coming back for its place (its queued lines' ticket); empty: a new launch
+    own_storage: bool = False  # the kernel must mount the user's own storage (a resume reads its snapshot there)
 
 
 def _text(body: dict, field: str, limit: int, default: str | None = None) -> str:
@@ -129,8 +130,12 @@ def parse_launch(body: dict[str, Any]) -> LaunchBody:
     ticket = _text(body, "ticket", 64, "")
     if ticket and not _TICKET_RE.match(ticket):
         raise VGPURequestError("ticket", None, 'field "ticket" must be the ticket of the launch\'s queued lines')
+    own_storage = body.get("own_storage", False)
+    if type(own_storage) is not bool:
+        raise VGPURequestError("own_storage", short(own_storage), 'field "own_storage" must be true or false')
     return LaunchBody(kernel_id, request, _text(body, "server_name", 255, ""), _text(body, "kernel_spec_name", 64, ""),
-                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve, ticket)
+                      key, tuple(ports[name] for name in PORT_NAMES), cwd.strip("/"), image, curve, ticket,
+                      own_storage)
 
 
 # The lines of POST api/kernels' answer: {"queued": place} while it waits, {"progress": text}..., then

@@ -92,8 +92,8 @@ def make(courses: dict[str, Quota], queue: tuple[str, ...] = (), per_user: Quota
     return Admission(cls, ledger, queue), cls
 
 
-def launch(kernel_id: str, user: str, group: str, request: VGPURequest = ONE) -> Launch:
-    return Launch(kernel_id, user, (group, "students"), request, "image:1")
+def launch(kernel_id: str, user: str, group: str, request: VGPURequest = ONE, own_storage: bool = False) -> Launch:
+    return Launch(kernel_id, user, (group, "students"), request, "image:1", own_storage=own_storage)
 
 
 async def decide(admission: Admission, item: Launch, lines: list | None = None):
@@ -190,6 +190,40 @@ async def test_the_own_roster_kernel_still_counts_against_the_users_own_quota():
     second = await decide(admission, launch("k2", "dan", "AI_101"))
     assert isinstance(second, Refused) and "for you" in str(second.error)
     assert admission.warm.reserved_for("k2") is None  # given back
+
+
+class RosterAndPool(OwnRoster):
+    """Each student's roster kernel (their storage mounted) and a pool's kernels (nobody's storage)."""
+
+    def __init__(self, own: dict[str, str], pool: list[str]):
+        super().__init__(own)
+        self.pool = list(pool)
+
+    def reserve(self, kernel_id, user, request, image, server_name, own_only=False, keep=0):
+        name = self.own.pop(user, None) or (self.pool.pop(0) if self.pool and not own_only else None)
+        if name is not None:
+            self.reserved[kernel_id] = name
+        return name
+
+
+async def test_a_resume_never_gets_a_pool_kernel_which_would_not_see_the_students_storage():
+    admission, cls = make({"AI_101": Quota(vgpus=1)}, queue=("AI_101",))
+    admission.warm = RosterAndPool({"dan": "roster-pod-dan"}, ["pool-1", "pool-2"])
+    resume = await decide(admission, launch("k1", "ann", "AI_101", own_storage=True))
+    assert isinstance(resume, Admitted) and resume.warm is None and admission.warm.pool == ["pool-1", "pool-2"]
+    cls.started(admission, resume.holding)
+    # waiting in line, then its turn: still a fresh pod, the pool's kernels left for the others
+    waiting = await decide(admission, launch("k2", "ben", "AI_101", own_storage=True))
+    assert isinstance(waiting, Queued) and waiting.waiting.own_storage
+    cls.gone(admission, "k1")
+    assert await asyncio.wait_for(waiting.waiting.turn, 5) is True
+    assert admission.warm.reserved_for("k2") is None and admission.warm.pool == ["pool-1", "pool-2"]
+    # the student's own roster kernel mounts their storage: a resume may take it; a plain launch takes the pool's
+    dan = await decide(admission, launch("k3", "dan", "AI_101", own_storage=True))
+    assert isinstance(dan, Admitted) and dan.warm == "roster-pod-dan"
+    plain, _ = make({}, queue=())
+    plain.warm = RosterAndPool({}, ["pool-1"])
+    assert (await decide(plain, launch("k4", "eve", "ML", own_storage=False))).warm == "pool-1"
 
 
 async def test_a_launch_larger_than_the_course_or_any_node_never_waits():

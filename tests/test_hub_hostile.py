@@ -302,3 +302,16 @@ async def test_a_token_owner_is_reused_briefly_and_a_revoked_token_stops_working
     assert (await client.identify("good"))["name"] == "ann" and len(asked) == 4
     clock[0] += 2
     assert await client.identify("good") is None and asked[-1] == "good"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, {"a": 1}])
+def test_a_launch_body_s_own_storage_is_true_or_false_only(value):
+    from orion_jupyter.vgpu import VGPURequestError
+    from orion_jupyter.wire import PORT_NAMES, parse_launch
+
+    body = {"kernel_id": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "vgpus": 1, "memory": "1Gi", "key": "k" * 32,
+            "ports": {name: 50_000 + i for i, name in enumerate(PORT_NAMES)}}
+    assert parse_launch(body).own_storage is False and parse_launch({**body, "own_storage": True}).own_storage
+    with pytest.raises(VGPURequestError) as caught:
+        parse_launch({**body, "own_storage": value})
+    assert caught.value.field == "own_storage" and "true or false" in str(caught.value)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from orion_jupyter.snapshot import HOME_FOLDER
-from tests.classroom import BROKER, COURSE, class_hub_with, pod_users, refused, start_vgpu_kernel
+from tests.classroom import BROKER, COURSE, NS, class_hub_with, pod_users, refused, start_vgpu_kernel
 from tests.helpers import eventually_async
 
 STUDENTS = ["ann", "ben"]
@@ -86,3 +86,36 @@ async def test_a_student_parks_and_resumes_in_hub_mode(park_hub, sim_cluster):
     assert await kernel_value(hub, "ann", resumed["kernel_id"], "[data.tolist(), shifted(1)]") == before
     assert await kernel_value(hub, "ann", resumed["kernel_id"], "float(np.sqrt(16.0))") == 4.0
     assert not folder.exists()
+
+
+@pytest.fixture
+def pooled_hub(hub_factory, sim_cluster, tmp_path):
+    """A warm pool of the spec's shape: its kernel started before anyone claimed it, so it mounts no student's
+    storage, where a resume must read its snapshot."""
+    config = [f"c.Broker.courses = {{{COURSE!r}: {{'vgpus': 3}}}}", "c.Broker.warm_interval = 0.5",
+              "c.Broker.warm_pools = [{'name': 'gpu-1x1gi', 'vgpus': 1, 'memory': '1Gi', 'size': 1}]"]
+    with class_hub_with(hub_factory, sim_cluster, tmp_path, config, users=["ann", "teacher"]) as hub_broker:
+        yield hub_broker
+
+
+@pytest.mark.timeout(300)
+async def test_a_resume_is_never_handed_a_pool_kernel(pooled_hub, sim_cluster):
+    hub, _broker = pooled_hub
+    await hub.wait_for_service(BROKER, "metrics")
+    await hub.start_server("ann")
+    ann = (await start_vgpu_kernel(hub, "ann", memory="2Gi"))["id"]  # no pool of 1 × 2 GiB: her own pod
+    await hub.kernel_ws_execute("ann", ann, "x = 41")
+    parked = await hub.server_api("ann", "POST", f"orion/api/kernels/{ann}/park", {})
+    assert parked["saved"] == ["x"], parked
+    pool = await eventually_async(lambda: hub.server_api("ann", "GET", "orion/api/pool"), timeout=60,
+                                  until=lambda p: p.get("warm", {}).get("gpu-1x1gi", {}).get("ready") == 1)
+    warm_pods = sorted(p["metadata"]["name"] for p in sim_cluster.objects("pods", NS)
+                       if "orion-jupyter.io/warm" in (p["metadata"].get("labels") or {}))
+    assert len(warm_pods) == 1, pool
+
+    # the spec's own shape (1 × 1 GiB, the pool's): a fresh pod with her storage, the pool's kernel left waiting
+    resumed = await hub.server_api("ann", "POST", f"orion/api/snapshots/{parked['snapshot']}/resume", {})
+    assert resumed["restored"] == ["x"] and resumed["not_restored"] == {}, resumed
+    assert await kernel_value(hub, "ann", resumed["kernel_id"], "x + 1") == 42
+    assert sorted(p["metadata"]["name"] for p in sim_cluster.objects("pods", NS)
+                  if "orion-jupyter.io/warm" in (p["metadata"].get("labels") or {})) == warm_pods

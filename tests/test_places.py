@@ -128,6 +128,7 @@ async def test_the_order_is_saved_and_a_restarted_broker_restores_it():
     for i, w in enumerate(joined):
         w.since = 1000.0 + i
         w.details["kernel_spec_name"] = "orion-1x1gi"
+        w.own_storage = w.user == "alice"  # a resume: never a pool's warm kernel, after a restart too
         queue.join(w)
         tickets[w.user] = new_ticket()
         places.hold(w, stream(), tickets[w.user])
@@ -143,6 +144,7 @@ async def test_the_order_is_saved_and_a_restarted_broker_restores_it():
     assert await places2.restore(exists=lambda kernel_id: kernel_id == "k-bob") == 2
     assert [(w.user, w.since, w.details) for w in queue2.waiting()] == [
         ("carol", 1000.0, {"kernel_spec_name": "orion-1x1gi"}), ("alice", 1001.0, {"kernel_spec_name": "orion-1x1gi"})]
+    assert [w.own_storage for w in queue2.waiting()] == [False, True]
     carol = queue2.find("k-carol")
     back = stream()
     assert places2.resume("k-carol", "carol", tickets["carol"], VGPURequest.parse(1, "1Gi"), back, print) is carol

@@ -155,7 +155,8 @@ class KernelsHandler(BrokerHandler):
         else:
             decision = await broker.admission.decide(
                 Launch(ask.kernel_id, self.user, tuple(self.groups), ask.request, image, ask.server_name,
-                       {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name}),
+                       {"memory": format_mib(ask.request.memory_mib), "kernel_spec_name": ask.kernel_spec_name},
+                       ask.own_storage),
                 self._queue_lines(ticket))
             if isinstance(decision, Queued):
                 broker.places.hold(decision.waiting, self.stream, ticket)

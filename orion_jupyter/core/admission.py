@@ -61,6 +61,7 @@ class Launch:
     image: str
     server_name: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)  # what a queue place shows: spec, memory
+    own_storage: bool = False  # never a pool's warm kernel (they mount no user's storage); the user's roster one
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class Admission:
             if not queues:
                 return Refused(refusal)
         waiting = Waiting(holding, launch.request, notify, image=launch.image, server_name=launch.server_name,
-                          details=dict(launch.details))
+                          details=dict(launch.details), own_storage=launch.own_storage)
         try:
             self.queue.join(waiting)
         except KernelLaunchError as err:
@@ -177,7 +178,8 @@ class Admission:
         hold = bookings.hold(holding, self.in_use(holding.kernel_id), self.warm.ready_of if self.warm else
                              lambda request: 0) if bookings is not None else Hold()
         if self.warm is not None and self.warm.reserve(holding.kernel_id, holding.user, launch.request, launch.image,
-                                                       launch.server_name, keep=hold.warm):
+                                                       launch.server_name, own_only=launch.own_storage,
+                                                       keep=hold.warm):
             return None
         if not await self.host.has_room(launch.request, holding.kernel_id, hold.vgpus):
             self.ledger.release(holding.kernel_id)

@@ -202,7 +202,7 @@ def _entry(waiting: Waiting, ticket_hash: str) -> dict[str, Any]:
     return {"kernel_id": holding.kernel_id, "user": holding.user, "course": holding.course, "vgpus": holding.vgpus,
             "memory_mib": holding.memory_mib, "request": waiting.request.as_dict(), "image": waiting.image,
             "server_name": waiting.server_name, "since": waiting.since, "details": waiting.details,
-            "ticket": ticket_hash}
+            "own_storage": waiting.own_storage, "ticket": ticket_hash}
 
 
 def _waiting(entry: Mapping[str, Any]) -> tuple[Waiting, str]:
@@ -213,7 +213,8 @@ def _waiting(entry: Mapping[str, Any]) -> tuple[Waiting, str]:
     waiting = Waiting(holding, VGPURequest(int(request["vgpus"]), int(request["memory_mib"]),
                                            None if compute is None else int(compute)),
                       _nobody, image=str(entry["image"]), server_name=str(entry["server_name"]),
-                      since=float(entry["since"]), details=dict(entry.get("details") or {}))
+                      since=float(entry["since"]), details=dict(entry.get("details") or {}),
+                      own_storage=entry.get("own_storage") is True)
     return waiting, str(entry["ticket"])
 
 

@@ -41,6 +41,7 @@ class Waiting:
     turn: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     details: dict[str, Any] = field(default_factory=dict)  # what the caller shows: spec, memory
     told: int = 0  # the position its stream was last told (0: none yet)
+    own_storage: bool = False  # as Launch.own_storage: never a pool's warm kernel
 
     @property
     def kernel_id(self) -> str:

@@ -201,8 +201,9 @@ class VGPUKernels:
         return StartPlan(spec_name, request, kernel_id)
 
     async def start(self, body: dict[str, Any], username: str, path: str | None = None,
-                    plan: StartPlan | None = None) -> dict[str, Any]:
-        """Check (unless ``plan`` already did), then start; nothing is created when a check fails."""
+                    plan: StartPlan | None = None, own_storage: bool = False) -> dict[str, Any]:
+        """Check (unless ``plan`` already did), then start; nothing is created when a check fails.
+        ``own_storage``: the kernel must mount the user's own storage (a resume), so never a pool's warm kernel."""
         path = checked_path(path)
         plan = plan or await self.plan(body, username)
         kernel_id = plan.kernel_id or str(uuid.uuid4())
@@ -214,7 +215,8 @@ class VGPUKernels:
         self.starting_paths[kernel_id] = path
         try:
             await ensure_async(self.kernel_manager.start_kernel(
-                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=plan.request, orion_user=username))
+                kernel_name=spec_name, path=path, kernel_id=kernel_id, vgpu=plan.request, orion_user=username,
+                orion_own_storage=own_storage))
         except Refused as refused:  # this server's kernel manager answers Jupyter's API; ours answers itself
             raise refused.error from None
         except BaseException:

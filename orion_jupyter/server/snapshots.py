@@ -329,7 +329,7 @@ class SnapshotService:
         spec = spec or kernel.get("spec")
         notebook = checked_path(kernel.get("path") if isinstance(kernel.get("path"), str) else None)
         if spec in vgpu_specs():  # as any launch: policy, quota, capacity (a full pool refuses)
-            kernel_id = (await self.state.kernels.start({"spec": spec}, owner, path=notebook))["id"]
+            kernel_id = (await self.state.kernels.start({"spec": spec}, owner, path=notebook, own_storage=True))["id"]
         elif spec in self.kernel_manager.kernel_spec_manager.find_kernel_specs():
             kernel_id = await ensure_async(self.kernel_manager.start_kernel(kernel_name=spec, path=notebook))
         else:
