@@ -119,3 +119,18 @@ async def test_a_resume_is_never_handed_a_pool_kernel(pooled_hub, sim_cluster):
     assert await kernel_value(hub, "ann", resumed["kernel_id"], "x + 1") == 42
     assert sorted(p["metadata"]["name"] for p in sim_cluster.objects("pods", NS)
                   if "orion-jupyter.io/warm" in (p["metadata"].get("labels") or {})) == warm_pods
+    await hub.server_api("ann", "DELETE", f"api/kernels/{resumed['kernel_id']}")
+
+    # a plain launch of the pool's shape is handed the pool's kernel: nowhere of hers to park it, so neither her
+    # server nor the broker (idle culling, instructors) parks it; it keeps running, nothing is written
+    plain = (await start_vgpu_kernel(hub, "ann"))["id"]
+    assert [k["pod"] for k in (await hub.server_api("ann", "GET", "orion/api/allocations"))["kernels"]
+            if k["kernel_id"] == plain] == warm_pods
+    await hub.kernel_ws_execute("ann", plain, "y = 1")
+    code, answer = await refused(hub.server_api("ann", "POST", f"orion/api/kernels/{plain}/park", {}))
+    assert code == 409 and "does not mount the snapshot storage" in answer["message"], answer
+    token = await hub.server_token("ann")
+    code, answer = await refused(hub.service_api(BROKER, "POST", f"api/kernels/{plain}/park", {}, token=token))
+    assert code == 409 and "warm pool" in answer["message"], answer
+    assert await kernel_value(hub, "ann", plain, "y") == 1
+    assert (await hub.server_api("ann", "GET", "orion/api/snapshots"))["snapshots"] == []

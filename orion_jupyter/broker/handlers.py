@@ -281,8 +281,9 @@ class KernelsHandler(BrokerHandler):
             return self.finish()
         LAUNCHES.labels("claimed" if claimed else "ready").inc()
         key, ports = (ready["key"], ports_of(ready["ports"])) if claimed else (ask.key, ask.ports)
+        own_storage = ready.pop("own_storage", True)  # a pool's warm kernel mounts nobody's storage
         broker.culler.target.watch(ask.kernel_id, ready["pod_name"], self.user, course, ask.request.count,
-                                   ready["ip"], key, ports, curve_serverkey=ask.curve[0])
+                                   ready["ip"], key, ports, curve_serverkey=ask.curve[0], own_storage=own_storage)
         self._line({LINE_READY: ready})
         self.finish()
 

@@ -50,6 +50,7 @@ class Observed:
     watcher: asyncio.Task | None = None
     connection: KernelConnection | None = None  # known for kernels this broker started or handed over
     parking_session: str = ""  # the session of the broker's park request now: its busy / idle is not activity
+    own_storage: bool = True  # its pod mounts its user's storage (not a pool's warm kernel): it can be parked
 
 
 class BrokerKernels:
@@ -125,12 +126,14 @@ class BrokerKernels:
             kernel.watcher.cancel()
 
     def watch(self, kernel_id: str, pod: str, user: str, course: str, vgpus: int, ip: str, key: str,
-              ports: tuple[int, ...], curve_serverkey: str = "") -> None:
+              ports: tuple[int, ...], curve_serverkey: str = "", own_storage: bool = True) -> None:
         """Follow a kernel this broker started or handed over: its iopub status messages (over CurveZMQ with
-        the kernel's public key when it encrypts); its connection is kept for parking it."""
+        the kernel's public key when it encrypts); its connection is kept for parking it (``own_storage``:
+        its pod mounts its user's storage, where a park writes)."""
         self.forget(kernel_id)
         kernel = self.kernels[kernel_id] = Observed(pod, user, course, vgpus,
-                                                    connection=KernelConnection(ip, key, tuple(ports), curve_serverkey))
+                                                    connection=KernelConnection(ip, key, tuple(ports), curve_serverkey),
+                                                    own_storage=own_storage)
         kernel.watcher = asyncio.ensure_future(self._follow(kernel_id, kernel, ip, key, iopub_port(ports),
                                                             curve_serverkey))
 

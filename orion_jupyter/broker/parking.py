@@ -153,6 +153,9 @@ class BrokerParking:
         if kernel.connection is None:
             return ("the broker holds no connection to this kernel (a broker before a restart started it); "
                     "it can only be stopped")
+        if not kernel.own_storage:
+            return ("this kernel came from a warm pool: its pod started before anyone claimed it and mounts no "
+                    "storage of its user's, so the broker has nowhere to park it; it can only be stopped")
         pod = self.pods.pod(kernel.pod)
         if pod is None or not pod_user(pod):
             return "the kernel's pod names no user"

@@ -172,7 +172,8 @@ class WarmKernels:
         pod = self.host.pod(name) or {}
         return {"pod_name": name, "ip": kernel.ip, "namespace": (pod.get("metadata") or {}).get("namespace"),
                 "node": (pod.get("spec") or {}).get("nodeName"), "claimed": True, "key": kernel.key,
-                "ports": dict(zip(PORT_NAMES, kernel.ports, strict=True))}
+                "ports": dict(zip(PORT_NAMES, kernel.ports, strict=True)),
+                "own_storage": bool(kernel.user)}  # a roster kernel mounts its student's storage, a pool's nobody's
 
     async def _tell(self, kernel: WarmKernel, env: dict[str, str], folder: str) -> None:
         """One silent execute_request on the kernel's shell channel: who claimed it, and where it works."""
