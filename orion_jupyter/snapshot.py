@@ -83,11 +83,11 @@ def user_part(user: str) -> str:
     return "u-" + hashlib.sha1(user.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _refuse_shared(path: Path, what: str) -> None:
+def _refuse_shared(path: Path, what: str, group_may_write: bool = False) -> None:
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise SnapshotError("location", f"{what} {path} is a link or not a folder; snapshots are not kept there")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if info.st_mode & (stat.S_IWOTH if group_may_write else stat.S_IWGRP | stat.S_IWOTH):
         raise SnapshotError("location", f"{what} {path} is writable by other users (a shared volume?); "
                                         "snapshots are pickle data and are kept only where you alone can write")
 
@@ -108,7 +108,8 @@ def _own_folder(path: Path, create: bool) -> bool:
 
 
 def user_folder(base: str | os.PathLike, user: str, create: bool = True) -> Path | None:
-    """``base``/<user>, private to this user; refused where other users can write ``base`` or its parent."""
+    """``base``/<user>, private to this user; refused where others can write ``base`` (its group too) or the
+    folder holding it (its group may)."""
     base = Path(base)
     if not base.is_absolute():
         raise SnapshotError("location", f"the snapshot location {base} is not an absolute path")
@@ -116,7 +117,9 @@ def user_folder(base: str | os.PathLike, user: str, create: bool = True) -> Path
         base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     elif not base.parent.exists():
         return None
-    _refuse_shared(base.parent, "the folder holding snapshots")
+    # The folder holding them may be group-writable: Kubernetes' fsGroup makes a volume's root rwxrwsr-x (a
+    # z2jh home). One who could rename the snapshot folders there cannot make theirs pass: ours must be ours.
+    _refuse_shared(base.parent, "the folder holding snapshots", group_may_write=True)
     if not _own_folder(base, create):
         return None
     folder = base / user_part(user)

@@ -511,3 +511,20 @@ async def test_without_park_idle_the_page_is_told_culling_stops(api, jp_serverap
     kernel_id = await start(api, GPU_SPEC)
     code, rows = await api("GET", "allocations")
     assert [r["cull_parks"] for r in rows["kernels"] if r["kernel_id"] == kernel_id] == [False]
+
+
+def test_the_folder_holding_snapshots_may_be_group_writable_as_a_kubernetes_volume_root_is(tmp_path):
+    from orion_jupyter import snapshot
+
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o2775)  # fsGroup's mode for a volume's root (z2jh's home of each user)
+    folder = snapshot.user_folder(home / snapshot.HOME_FOLDER, "ann")
+    assert folder == home / snapshot.HOME_FOLDER / "ann" and folder.stat().st_mode & 0o777 == 0o700  # setgid kept
+    home.chmod(0o777)  # anyone may write it: refused
+    with pytest.raises(snapshot.SnapshotError, match=f"{home} is writable by other users"):
+        snapshot.user_folder(home / snapshot.HOME_FOLDER, "ann")
+    home.chmod(0o2775)
+    (home / snapshot.HOME_FOLDER).chmod(0o770)  # the snapshot folder itself stays private
+    with pytest.raises(snapshot.SnapshotError, match="is writable by other users"):
+        snapshot.user_folder(home / snapshot.HOME_FOLDER, "ann")

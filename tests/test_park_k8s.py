@@ -160,12 +160,22 @@ async def park_refused_for_location(api, serverapp) -> dict:
     return refused
 
 
-@pytest.mark.parametrize("shared", ["group", "other"])
-async def test_a_shared_location_is_refused_and_the_kernel_keeps_running(api, jp_serverapp, storage, shared):
-    storage.chmod(0o770 if shared == "group" else 0o1777)  # a class-shared volume
+async def test_a_shared_location_is_refused_and_the_kernel_keeps_running(api, jp_serverapp, storage):
+    storage.chmod(0o1777)  # a class-shared volume anyone may write
     refused = await park_refused_for_location(api, jp_serverapp)
     assert f"{storage} is writable by other users" in refused["message"]
     assert list(storage.iterdir()) == []
+
+
+async def test_a_volume_root_its_group_may_write_holds_private_snapshot_folders(api, jp_serverapp, storage):
+    storage.chmod(0o2775)  # as Kubernetes' fsGroup leaves a volume's root (z2jh's homes)
+    code, kernel = await api("POST", "kernels", {"spec": SPEC})
+    assert code == 201, kernel
+    await run(jp_serverapp, kernel["id"], "x = 41")
+    code, parked = await api("POST", f"kernels/{kernel['id']}/park")
+    assert code == 201 and parked["saved"] == ["x"], parked
+    folders = [storage / HOME_FOLDER, *(storage / HOME_FOLDER).iterdir()]
+    assert all(folder.stat().st_mode & 0o077 == 0 for folder in folders), folders  # the user's alone
 
 
 @pytest.mark.parametrize("jp_server_config", ["no mount"], indirect=True)

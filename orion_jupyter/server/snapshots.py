@@ -55,8 +55,9 @@ class Snapshots(Configurable):
                        help="Folder of snapshots as this server sees it (one private folder per user inside it). "
                             "Local backend: default <Jupyter data folder>/orion-snapshots. Direct mode on Kubernetes: "
                             "the server's path of storage kernel pods mount (with kernel_location: both, or no "
-                            "snapshots). Hub mode: not used (<server root>/.orion-snapshots). Refused when other "
-                            "users can write it or the folder holding it (a class-shared volume).")
+                            "snapshots). Hub mode: not used (<server root>/.orion-snapshots). Refused when others "
+                            "can write it, or everyone the folder holding it (a class-shared volume); that folder's "
+                            "group may (fsGroup).")
     kernel_location = Unicode("", config=True,
                               help="Direct mode on Kubernetes: the same folder as location, inside kernel pods "
                                    "(mounted with c.VGPUProvisioner.volumes / volume_mounts), e.g. "
