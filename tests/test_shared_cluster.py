@@ -242,6 +242,21 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_resets():
         assert high.next() <= 30.0
 
 
+def test_the_other_pods_cache_leaves_this_namespaces_kernel_pods_to_the_pod_watch():
+    cluster = KubeCluster.__new__(KubeCluster)
+    cluster.namespace = NS
+    managed = {"app.kubernetes.io/managed-by": "orion-jupyter"}
+
+    def pod(namespace, labels):
+        return {"metadata": {"name": "p", "namespace": namespace, "uid": "u", "labels": labels},
+                "spec": {"nodeName": "n1", "containers": [{"resources": {"limits": {VGPU: "1"}}}]},
+                "status": {"phase": "Running"}}
+
+    assert cluster._foreign(pod(NS, managed)) is None  # ours: the pod watch caches it, once
+    assert cluster._foreign(pod(NS, {}))["spec"]["containers"][0]["resources"]["limits"] == {VGPU: "1"}
+    assert cluster._foreign(pod("class-ml202", managed)) is not None  # another class's broker: another team
+
+
 def test_close_ends_the_watch_threads(sim_cluster):
     cluster = KubeCluster(sim_cluster.api_client(), NS, watch_others=True)
     cluster.start()

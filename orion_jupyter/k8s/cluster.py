@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
-from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
+from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
 from ..pool import HeldByNode, PoolSnapshot, pool_from_held
 from ..protocols import WarmClaims
 from . import rest
@@ -74,7 +74,7 @@ class KubeCluster:
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
         # Every other pod that holds extended resources on a node (needs a cluster-wide read of pods).
         self.others = SharedWatch(
-            "pods/*", self.core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
+            "pods/*", self.core.list_pod_for_all_namespaces, keep=self._foreign,
             field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
         # dra backend: this project's ResourceClaims and the ResourceSlices (k8s/claims.py); see enable_dra
         self.dra: DraWatches | None = DraWatches(api, namespace) if watch_dra else None
@@ -93,6 +93,14 @@ class KubeCluster:
         self.pods.subscribe(self._remember_stops)
         self.held = HeldByNode()  # what the kernel pods hold per node, for the pool
         self.pods.subscribe(self.held.apply)
+
+    def _foreign(self, pod: dict) -> dict | None:
+        """Of any pod in the cluster, what the pool counts beside this namespace's kernel pods (those are the
+        pod watch's: kept here too, 20,000 of them would be cached twice and walked at every pool change)."""
+        meta = pod.get("metadata") or {}
+        if meta.get("namespace") == self.namespace and (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY:
+            return None
+        return trim_foreign_pod(pod)
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
