@@ -60,7 +60,8 @@ HUB_ERRORS = (HTTPClientError, OSError, TimeoutError, ValueError)  # the hub dow
 class BrokerHandler(JSONReplies, web.RequestHandler):
     user = ""
     token = ""
-    groups: list[str] = []
+    groups: list[str] | None = None  # the caller's hub groups (None: not asked yet, see needs_groups)
+    needs_groups = True  # asked of the hub before every request; else by load_groups() where needed
 
     @property
     def broker(self) -> Broker:
@@ -89,7 +90,7 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
             return
         try:
             model = await self.may_use(token)
-            if model is not None:
+            if model is not None and self.needs_groups:
                 self.groups = await self.broker.hub.groups(model["name"])
         except HUB_ERRORS as err:
             self.refuse(503, f"JupyterHub does not answer ({err}), so the broker cannot tell who you are; "
@@ -108,8 +109,19 @@ class BrokerHandler(JSONReplies, web.RequestHandler):
         allowed = {"access:services", f"access:services!service={self.broker.service_name}"}
         return model if model is not None and allowed & set(model.get("scopes") or []) else None
 
+    async def load_groups(self) -> bool:
+        """Ask the hub for the caller's groups now (a handler with needs_groups False); False: refused (503)."""
+        try:
+            self.groups = await self.broker.hub.groups(self.user)
+        except HUB_ERRORS as err:
+            self.refuse(503, f"JupyterHub does not answer ({err}); try again in a minute", reason="hub-unavailable")
+            return False
+        return True
+
     @property
     def instructor(self) -> bool:
+        if self.groups is None:
+            raise RuntimeError("the caller's groups were not asked of the hub (load_groups first)")
         return self.broker.is_instructor(self.user, self.groups)
 
     def own_pod(self, pod_name: str) -> dict | None:
@@ -323,8 +335,13 @@ class QueuedHandler(BrokerHandler):
 
 
 class KernelHandler(BrokerHandler):
+    needs_groups = False  # a student stopping their own kernel: whether they teach matters only for others'
+
     async def delete(self, kernel_id: str) -> None:
-        pods = [p for p in self.broker.pods.kernel_pods_of(kernel_id) if self.own_pod(p["metadata"]["name"])]
+        pods = self.broker.pods.kernel_pods_of(kernel_id)
+        if any(pod_user(p) != self.user for p in pods) and not await self.load_groups():
+            return
+        pods = [p for p in pods if pod_user(p) == self.user or self.instructor]
         if not pods:
             return self.refuse(404, f'no kernel "{short(kernel_id)}" of yours')
         grace = self.get_query_argument("grace", "0")
