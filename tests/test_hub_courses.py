@@ -91,3 +91,11 @@ async def test_courses_not_named_by_their_slug_keep_their_quota_and_queue(two_co
     code, lines = await asyncio.wait_for(ann_waits, 30)
     assert lines[-1]["error"]["reason"] == "cancelled", lines
     assert len(sim_cluster.objects("pods", NS)) == 2  # ben's and cem's
+
+    # an instructor stops cem's kernel through the broker's own API: it stays stopped, as from the class view
+    stopped = await hub.service_api(BROKER, "DELETE", f"api/kernels/{cem['kernel_id']}", token=tokens["teacher"])
+    assert len(stopped["stopped"]) == 1, stopped
+    await eventually_async(lambda: asyncio.sleep(0, len(sim_cluster.objects("pods", NS))), timeout=30,
+                           until=lambda pods: pods == 1)
+    code, [refusal] = await launch(hub, tokens["cem"], cem)  # its server restarting it: refused, says by whom
+    assert code == 409 and "teacher" in refusal["message"], refusal

@@ -349,7 +349,13 @@ class KernelHandler(BrokerHandler):
             return self.refuse(400, f"grace {grace!r} is not a whole number of seconds from 0 to {MAX_GRACE}",
                                field="grace")
         names = [p["metadata"]["name"] for p in pods]
-        left = [name for name in names if not await self.broker.site.delete_kernel(name, int(grace))]
+        site, left = self.broker.site, []
+        for pod, name in zip(pods, names, strict=True):
+            # an instructor stopping another's kernel: it stays stopped (its server's restart is refused)
+            going = await (site.delete_kernel(name, int(grace)) if pod_user(pod) == self.user
+                           else site.stop(name, self.user, int(grace)))
+            if not going:
+                left.append(name)
         if left:
             return self.refuse(502, f"Kubernetes did not stop {', '.join(left)}; try again", stopped=[
                 name for name in names if name not in left])

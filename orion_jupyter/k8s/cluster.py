@@ -261,11 +261,11 @@ class KubeCluster:
             return False
 
     async def stop_kernel(self, name: str, stopped_by: str, grace_seconds: int = 5,
-                          annotations: dict[str, str] | None = None) -> None:
+                          annotations: dict[str, str] | None = None) -> bool:
         """Stop a kernel pod for someone other than its own server: mark who stopped it (its restart is
         then refused with that name) and ``annotations`` (why), then delete Pod and Secret."""
         await self.annotate_pod(name, {**(annotations or {}), ANNOTATION_STOPPED_BY: stopped_by})
-        await self.delete_kernel_objects(name, grace_seconds=grace_seconds)
+        return await self.delete_kernel_objects(name, grace_seconds=grace_seconds)
 
     def _route_event(self, kind: str, event: dict) -> None:
         name = (event.get("involvedObject") or {}).get("name", "")

@@ -157,11 +157,13 @@ class PodSite:
         return pod_going
 
     async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
-                   annotations: dict[str, str] | None = None) -> None:
-        """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped."""
-        await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds, annotations)
+                   annotations: dict[str, str] | None = None) -> bool:
+        """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped.
+        True when the Pod is gone or going."""
+        pod_going = await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds, annotations)
         if self.policies is not None:
             await self.policies.delete(pod_name)
+        return pod_going
 
     async def sweep(self, grace_seconds: float) -> list[str]:
         """Delete what a launch that died before its pod existed left: its NetworkPolicy (created first, owned
