@@ -18,6 +18,7 @@ from typing import NamedTuple
 from ..core.ledger import Holding
 from ..k8s.cluster import KubeCluster
 from ..k8s.view import pod_course, pod_request, pod_user
+from ..k8s.watch import deliver
 from ..names import LABEL_KERNEL_ID, LABEL_WARM, TERMINAL_PHASES
 
 log = logging.getLogger("orion_jupyter.broker")
@@ -76,11 +77,7 @@ class KernelPodIndex:
 
     def _on_event(self, kind: str, pod: dict) -> None:
         self.on_pod(kind, pod)
-        for listener in list(self._then):
-            try:
-                listener(kind, pod)
-            except Exception:  # one listener's fault neither stops the index nor the others
-                log.exception("a pod event listener failed on %s %s", kind, pod["metadata"].get("name"))
+        deliver(list(self._then), kind, pod)  # one listener's fault neither stops the index nor the others
 
     def on_pod(self, kind: str, pod: dict) -> None:
         name = pod["metadata"]["name"]

@@ -314,10 +314,10 @@ class SharedWatch:
         # launch in progress: a call_soon_threadsafe each was most of its watch thread's CPU)
         for loop, group in on_loops.items():
             if not loop.is_closed():
-                loop.call_soon_threadsafe(_deliver, group, kind, obj)
+                loop.call_soon_threadsafe(deliver, group, kind, obj)
 
 
-def _deliver(listeners: list[Listener], kind: str, obj: dict) -> None:
+def deliver(listeners: list[Listener], kind: str, obj: dict) -> None:
     for listener in listeners:
         try:
             listener(kind, obj)
