@@ -14,8 +14,8 @@ from __future__ import annotations
 from ..core.bookings import parse_booking
 from ..errors import KernelLaunchError
 from ..vgpu import VGPURequestError, short
+from .api_auth import BrokerHandler
 from .bookings import refusal_status
-from .handlers import BrokerHandler
 
 
 class BookingsHandler(BrokerHandler):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..core.budgets import topup_hours
 from ..vgpu import VGPURequestError
-from .handlers import BrokerHandler
+from .api_auth import BrokerHandler
 
 USER_NAME = r"[^/]{1,255}"
 

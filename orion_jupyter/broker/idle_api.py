@@ -11,7 +11,7 @@ from ..core.idle import NotCullable
 from ..k8s.view import pod_user
 from ..names import ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE
 from ..vgpu import short
-from .handlers import BrokerHandler
+from .api_auth import BrokerHandler
 
 REPORTABLE = (ANNOTATION_LAST_ACTIVITY, ANNOTATION_USAGE)
 

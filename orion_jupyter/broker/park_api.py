@@ -11,7 +11,7 @@ import hmac
 
 from ..snapshot import SnapshotError
 from ..vgpu import short
-from .handlers import BrokerHandler
+from .api_auth import BrokerHandler
 
 # A park's refusal (broker/parking.py) as an HTTP status: the kernel keeps running in every case.
 PARK_STATUS = {"unsupported": 409, "busy": 409, "location": 409, "bad_id": 409, "too_big": 413, "disk": 507,
