@@ -31,7 +31,7 @@ def stream():
 
 
 def kept(room, store=None, grace=60.0):
-    queue = LaunchQueue(room.admit, room.unreserve)
+    queue = LaunchQueue(room.admit, room.unreserve, tell_every=0)  # moves told at once
     released = []
 
     def release(kernel_id):

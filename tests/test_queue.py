@@ -144,3 +144,19 @@ async def test_a_head_that_cannot_fit_blocks_those_behind_only_for_a_bounded_tim
     queue.released()
     await settle()
     assert room.admitted == ["k-b", "k-c", "k-big"] and big.turn.result() is True
+
+
+async def test_a_burst_of_moves_is_told_once_per_interval_and_a_newcomer_at_once():
+    room = Room(0)
+    queue = LaunchQueue(room.admit, room.unreserve, tell_every=0.2)
+    told: dict[str, list] = {user: [] for user in "abcd"}
+    ahead = [waiting(user, lines=told[user]) for user in "abcd"]
+    for w in ahead:
+        queue.join(w)
+    assert [[line["queued"]["position"] for line in told[user]] for user in "abcd"] == [[1], [2], [3], [4]]
+    room.free = 3
+    queue.released()  # a, b and c start: d moves from 4 to 1 in three steps
+    await settle()
+    assert room.admitted == ["k-a", "k-b", "k-c"] and told["d"] == [told["d"][0]]  # not yet
+    await asyncio.sleep(0.3)
+    assert [line["queued"]["position"] for line in told["d"]] == [4, 1]  # once, where it stands now

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..core.ledger import Holding
+from ..core.ledger import Held, Holding
 from ..k8s.cluster import KubeCluster
 from ..k8s.view import pod_course, pod_request, pod_user
 from ..k8s.watch import deliver
@@ -50,7 +50,7 @@ class KernelPodIndex:
         self.cluster = cluster
         self.pods: dict[str, Entry] = {}
         self.kernels: dict[str, set[str]] = {}
-        self._live: dict[str, Holding] = {}
+        self.live = Held()  # by pod name: what every live, claimed kernel pod holds
         self._following = False
         self._then: list[Callable[[str, dict], None]] = []
 
@@ -83,7 +83,7 @@ class KernelPodIndex:
         name = pod["metadata"]["name"]
         old = self.pods.pop(name, None)
         if old is not None:
-            self._live.pop(name, None)
+            self.live.pop(name)
             names = self.kernels.get(old.kernel_id)
             if names is not None:
                 names.discard(name)
@@ -94,12 +94,13 @@ class KernelPodIndex:
         entry = self.pods[name] = entry_of(pod)
         self.kernels.setdefault(entry.kernel_id, set()).add(name)
         if entry.holding is not None:
-            self._live[name] = entry.holding
+            self.live.put(name, entry.holding)
 
     # -- what admission asks -------------------------------------------------------------------------
-    def holdings(self) -> list[Holding]:
+    def holdings(self) -> Held:
+        """The live index itself (read it on the loop, between awaits)."""
         self._follow()
-        return list(self._live.values())
+        return self.live
 
     def pod_names(self, kernel_id: str) -> list[str]:
         self._follow()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ..core.ledger import Holding, Ledger
+from ..core.ledger import Held, Ledger
 from ..core.warm import WarmKernels
 from ..k8s.launcher import PodSite, SiteHost
 from ..k8s.view import KubernetesView
@@ -38,8 +38,9 @@ class ClassPods(SiteHost):
     def is_warm(self, pod_name: str) -> bool:
         return self.warm is not None and pod_name in self.warm.kernels
 
-    def holdings(self) -> list[Holding]:
-        """What every live, claimed kernel pod of the namespace holds (a warm kernel is nobody's until claimed)."""
+    def holdings(self) -> Held:
+        """What every live, claimed kernel pod of the namespace holds (a warm kernel is nobody's until claimed);
+        the pod index's own, kept up to date: read it between awaits."""
         return self.index.holdings()
 
     def kernel_exists(self, kernel_id: str) -> bool:

@@ -42,7 +42,7 @@ class KernelExists(VGPURequestError):
 class AdmissionHost(Protocol):
     """What admission reads of the cluster (the broker's shared watch caches)."""
 
-    def holdings(self) -> list[Holding]: ...  # what every live, claimed kernel pod holds now
+    def holdings(self) -> Iterable[Holding]: ...  # what every live, claimed kernel pod holds now (a Held: by user)
     def kernel_exists(self, kernel_id: str) -> bool: ...  # a kernel pod with this id
     def stopped_by(self, kernel_id: str) -> str | None: ...  # who stopped a kernel of this id, if anyone
     async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool: ...
@@ -189,7 +189,7 @@ class Admission:
     def in_use(self, but: str = "") -> list[Holding]:
         """Every kernel held or being started but the launch ``but`` (what bookings count as used)."""
         held = {h.kernel_id: h for h in self.host.holdings()}
-        held.update(self.ledger.pending)
+        held.update(self.ledger.pending.items())
         held.pop(but, None)
         return list(held.values())
 

@@ -9,7 +9,7 @@ so concurrent launches cannot all pass a quota only some of them fit.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..vgpu import VGPURequest, VGPURequestError, format_mib
@@ -22,6 +22,62 @@ class Holding:
     course: str
     vgpus: int
     memory_mib: int  # in all (vGPUs × memory per vGPU)
+
+
+class Held:
+    """Holdings by key (a pod's name, a kernel id), also found by user and by course without a scan: a
+    quota check at every release reads one user's and one course's, of thousands."""
+
+    def __init__(self, holdings: Iterable[tuple[str, Holding]] = ()):
+        self._items: dict[str, Holding] = {}
+        self._by_user: dict[str, dict[str, Holding]] = {}
+        self._by_course: dict[str, dict[str, Holding]] = {}
+        for key, holding in holdings:
+            self.put(key, holding)
+
+    @classmethod
+    def by_kernel(cls, holdings: Iterable[Holding]) -> Held:
+        return cls((h.kernel_id, h) for h in holdings)
+
+    def put(self, key: str, holding: Holding) -> None:
+        self.pop(key)
+        self._items[key] = holding
+        self._by_user.setdefault(holding.user, {})[key] = holding
+        self._by_course.setdefault(holding.course, {})[key] = holding
+
+    def pop(self, key: str) -> Holding | None:
+        holding = self._items.pop(key, None)
+        if holding is not None:
+            for index, group in ((self._by_user, holding.user), (self._by_course, holding.course)):
+                bucket = index[group]
+                del bucket[key]
+                if not bucket:
+                    del index[group]
+        return holding
+
+    def of_user(self, user: str) -> Iterable[Holding]:
+        return self._by_user.get(user, {}).values()
+
+    def of_course(self, course: str) -> Iterable[Holding]:
+        return self._by_course.get(course, {}).values()
+
+    def get(self, key: str) -> Holding | None:
+        return self._items.get(key)
+
+    def items(self) -> Iterable[tuple[str, Holding]]:
+        return self._items.items()
+
+    def keys(self) -> Iterable[str]:
+        return self._items.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator[Holding]:
+        return iter(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class CourseFull(VGPURequestError):
@@ -39,40 +95,43 @@ class Ledger:
     def __init__(self, per_user: Quota, per_course: dict[str, Quota]):
         self.per_user = per_user
         self.per_course = per_course
-        self.pending: dict[str, Holding] = {}
+        self.pending = Held()  # by kernel id: launches accepted and not finished
         self._lock = threading.Lock()  # direct mode: provisioners of several event loops (threads) share one
 
     def reserve(self, holding: Holding, running: Iterable[Holding], course: bool = True,
                 per_user: Quota | None = None) -> None:
         """Take ``holding`` if the user's (``per_user``, else the ledger's) and (``course``) the course's quotas
-        allow it with everything held now (raises VGPURequestError for the user's quota, CourseFull for the
-        course's)."""
+        allow it with everything held now (``running``: a :class:`Held` is read by user and course, anything
+        else indexed first); raises VGPURequestError for the user's quota, CourseFull for the course's."""
+        running = running if isinstance(running, Held) else Held.by_kernel(running)
         with self._lock:
-            held = self._held(holding, running).values()
-            self._check(holding, [h for h in held if h.user == holding.user], per_user or self.per_user, "you",
-                        "per user")
+            self._check(holding, self._held(holding, running.of_user(holding.user),
+                                            self.pending.of_user(holding.user)),
+                        per_user or self.per_user, "you", "per user")
             if course and holding.course and holding.course in self.per_course:
-                in_course = [h for h in held if h.course == holding.course]
+                in_course = self._held(holding, running.of_course(holding.course),
+                                       self.pending.of_course(holding.course))
                 self._check(holding, in_course, self.per_course[holding.course], f"course {holding.course}",
                             "for the course", CourseFull)
-            self.pending[holding.kernel_id] = holding
+            self.pending.put(holding.kernel_id, holding)
 
     def check_user(self, holding: Holding, running: Iterable[Holding], per_user: Quota | None = None) -> None:
         """The user's own quota alone (waiting cannot help a user who holds their share)."""
-        mine = [h for h in self._held(holding, running).values() if h.user == holding.user]
-        self._check(holding, mine, per_user or self.per_user, "you", "per user")
+        running = running if isinstance(running, Held) else Held.by_kernel(running)
+        self._check(holding, self._held(holding, running.of_user(holding.user), self.pending.of_user(holding.user)),
+                    per_user or self.per_user, "you", "per user")
 
-    def _held(self, holding: Holding, running: Iterable[Holding]) -> dict[str, Holding]:
-        """Everything held but ``holding`` itself, each kernel once (a started launch is in both)."""
-        pending, own = self.pending, holding.kernel_id
-        held = {h.kernel_id: h for h in running if h.kernel_id not in pending}
-        held.update(pending)
-        held.pop(own, None)
-        return held
+    def _held(self, holding: Holding, running: Iterable[Holding], pending: Iterable[Holding]) -> list[Holding]:
+        """Of one user's (or course's) holdings, everything held but ``holding`` itself, each kernel once (a
+        started launch is in both)."""
+        held = {h.kernel_id: h for h in running if h.kernel_id not in self.pending}
+        held.update((h.kernel_id, h) for h in pending)
+        held.pop(holding.kernel_id, None)
+        return list(held.values())
 
     def release(self, kernel_id: str) -> None:
         with self._lock:
-            self.pending.pop(kernel_id, None)
+            self.pending.pop(kernel_id)
 
     def __contains__(self, kernel_id: str) -> bool:
         return kernel_id in self.pending

@@ -26,6 +26,7 @@ from ..vgpu import VGPURequest
 from .ledger import Holding
 
 RECENT_RELEASES = 20
+TELL_EVERY = 0.5  # seconds: a line's moves are told at most this often (a burst of releases, one line each)
 
 
 @dataclass(eq=False)
@@ -63,8 +64,9 @@ class LaunchQueue:
     def __init__(self, admit: Callable[[Waiting], Awaitable[bool]], unreserve: Callable[[str], None],
                  handed_over: Callable[[float], None] = lambda seconds: None, head_max_wait: float = 120.0,
                  clock: Callable[[], float] = time.monotonic,
-                 order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None):
+                 order: Callable[[dict[str, list[Waiting]]], list[str]] | None = None, tell_every: float = TELL_EVERY):
         self.admit = admit
+        self.tell_every = tell_every  # 0: every move is told at once
         self.order = order  # sorts the lines in place, answers the courses in turn order (None: FCFS)
         self.describe_more: Callable[[Waiting, list[Waiting]], dict[str, Any]] | None = None  # e.g. p50/p80
         self.changed: Callable[[], None] = lambda: None  # who waits, or in what order, changed (core.places saves)
@@ -81,6 +83,7 @@ class LaunchQueue:
         self._pumping: asyncio.Task | None = None
         self._again = False
         self._released_at: float | None = None
+        self._telling: dict[str, asyncio.TimerHandle] = {}  # courses whose moves are told soon
 
     # -- who waits ------------------------------------------------------------------------
     def waiting(self, user: str | None = None) -> list[Waiting]:
@@ -102,8 +105,9 @@ class LaunchQueue:
         gaps = [b - a for a, b in zip(self.releases, list(self.releases)[1:], strict=False)]
         return round(position * statistics.median(gaps), 1)
 
-    def describe(self, waiting: Waiting) -> dict[str, Any]:
-        position = self.position(waiting)
+    def describe(self, waiting: Waiting, position: int = 0) -> dict[str, Any]:
+        """Where ``waiting`` stands (``position``: its place, when the caller knows it)."""
+        position = position or self.position(waiting)
         return {"kernel_id": waiting.kernel_id, "user": waiting.user, "course": waiting.course,
                 "position": position, "ahead": position - 1, "estimate_seconds": self.estimate(position),
                 "since": round(waiting.since, 3), "vgpus": waiting.holding.vgpus, **waiting.details,
@@ -123,7 +127,10 @@ class LaunchQueue:
         if self.order is not None:
             self.order(self.lines)
         self.changed()
-        self._tell(waiting.course)
+        position = self.position(waiting)
+        waiting.told = position
+        waiting.notify({"queued": self.describe(waiting, position)})  # the newcomer hears at once
+        self._tell(waiting.course)  # those the order moved, soon
 
     def leave(self, waiting: Waiting, error: KernelLaunchError | None = None) -> bool:
         """Take ``waiting`` out of line (its turn fails with ``error``, if given); False if it was not there."""
@@ -220,11 +227,19 @@ class LaunchQueue:
         return False
 
     def _tell(self, course: str) -> None:
-        """A line changed: those whose place in it moved hear it (the others at their next keepalive)."""
+        """A line changed: those whose place in it moved hear it within ``tell_every`` seconds, once however
+        often it moved meanwhile (the others at their next keepalive)."""
+        if self.tell_every <= 0:
+            self._tell_now(course)
+        elif course not in self._telling:
+            self._telling[course] = asyncio.get_running_loop().call_later(self.tell_every, self._tell_now, course)
+
+    def _tell_now(self, course: str) -> None:
+        self._telling.pop(course, None)
         for position, waiting in enumerate(self.lines.get(course, []), 1):
             if waiting.told != position:
                 waiting.told = position
-                waiting.notify({"queued": self.describe(waiting)})
+                waiting.notify({"queued": self.describe(waiting, position)})
 
 
 __all__ = ["LaunchQueue", "Waiting"]

@@ -90,6 +90,7 @@ class KubeCluster:
         self.stopped_by: dict[str, str] = {}
         self.warm: WarmClaims | None = None  # warm kernels a direct-mode server keeps here (server/warm.py)
         self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
+        self.secrets_owned: set[str] = set()  # kernels whose Secret this process made their pod's
         self.pods.subscribe(self._remember_stops)
         self.held = HeldByNode()  # what the kernel pods hold per node, for the pool
         self.pods.subscribe(self.held.apply)
@@ -226,22 +227,28 @@ class KubeCluster:
 
     async def delete_kernel_objects(self, name: str, grace_seconds: int = 0) -> bool:
         """Delete a kernel's Pod and Secret; one that is already gone is success. True when the Pod is gone
-        or going (the API accepted its deletion, or it was not there)."""
+        or going (the API accepted its deletion, or it was not there). A Secret this process made its pod's
+        goes with the pod (Kubernetes' garbage collector): one request, not two."""
         options = rest.delete_options(grace_seconds, "Background")
-        pod_going = False
-        for what, path in (("Pod", rest.pods(self.namespace, name)), ("Secret", rest.secrets(self.namespace, name))):
-            try:
-                await self.api_call("DELETE", path, options)
-                pod_going = pod_going or what == "Pod"
-            except ApiException as err:
-                if err.status != 404:
-                    log.error("deleting %s %s failed: %s", what, name, _api_message(err))
-                else:
-                    pod_going = pod_going or what == "Pod"
-            except HTTPError as err:
-                log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s",
-                          what, name, err)
+        pod_going = await self._delete("Pod", rest.pods(self.namespace, name), options)
+        if not (pod_going and name in self.secrets_owned):
+            await self._delete("Secret", rest.secrets(self.namespace, name), options)
+        self.secrets_owned.discard(name)
         return pod_going
+
+    async def _delete(self, what: str, path: str, options: dict) -> bool:
+        """True when it is gone or going."""
+        try:
+            await self.api_call("DELETE", path, options)
+            return True
+        except ApiException as err:
+            if err.status == 404:
+                return True
+            log.error("deleting %s %s failed: %s", what, path.rsplit("/", 1)[-1], _api_message(err))
+        except HTTPError as err:
+            log.error("deleting %s %s failed, API unreachable (`orion-jupyter gc` removes leftovers): %s",
+                      what, path.rsplit("/", 1)[-1], err)
+        return False
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
@@ -281,6 +288,7 @@ class KubeCluster:
     def _remember_stops(self, kind: str, pod: dict) -> None:
         if kind == "DELETED":
             name = pod.get("metadata", {}).get("name", "")
+            self.secrets_owned.discard(name)  # gone with its pod
             self._progress_routes.pop(name, None)
             self.last_event.pop(name, None)
         meta = pod.get("metadata", {})
@@ -347,6 +355,7 @@ class KubeCluster:
         try:
             await self.api_call("PATCH", rest.secrets(self.namespace, pod["metadata"]["name"]),
                                 secret_owner_patch(pod))
+            self.secrets_owned.add(pod["metadata"]["name"])
         except (ApiException, HTTPError) as err:
             log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s",
                         pod["metadata"]["name"], err)

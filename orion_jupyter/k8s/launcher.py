@@ -63,6 +63,12 @@ class KernelPolicies:
         self.cluster = cluster
         self.host_pod_labels = dict(host_pod_labels)
         self.api = client.NetworkingV1Api(cluster.api)
+        self.owned: set[str] = set()  # policies made their pod's: they go with it (the garbage collector)
+        cluster.pods.subscribe(self._pod_gone)
+
+    def _pod_gone(self, kind: str, pod: dict) -> None:
+        if kind == "DELETED":
+            self.owned.discard(pod["metadata"]["name"])
 
     def build(self, name: str, kernel_label: str, user: str, ports: Sequence[int], *,
               also_kernel_label: str | None = None) -> dict:
@@ -107,10 +113,16 @@ class KernelPolicies:
         try:
             await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
                                         secret_owner_patch(pod))
+            self.owned.add(name)
         except ApiException as err:
             log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, pod_going: bool = False) -> None:
+        """``pod_going``: its pod is gone or going, so a policy made the pod's goes with it (no request)."""
+        if pod_going and name in self.owned:
+            self.owned.discard(name)
+            return
+        self.owned.discard(name)
         try:
             await self.cluster.api_call("DELETE", rest.network_policies(self.cluster.namespace, name))
         except ApiException as err:
@@ -153,7 +165,7 @@ class PodSite:
         the Pod is gone or going."""
         pod_going = await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
         if self.policies is not None:
-            await self.policies.delete(pod_name)
+            await self.policies.delete(pod_name, pod_going)
         return pod_going
 
     async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
@@ -162,7 +174,7 @@ class PodSite:
         True when the Pod is gone or going."""
         pod_going = await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds, annotations)
         if self.policies is not None:
-            await self.policies.delete(pod_name)
+            await self.policies.delete(pod_name, pod_going)
         return pod_going
 
     async def sweep(self, grace_seconds: float) -> list[str]:
