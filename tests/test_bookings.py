@@ -1,7 +1,7 @@
-"""core/bookings.py on its own (an injected clock, no cluster): each field checked and named, windows in the lab's
-time zone, the overlap arithmetic of the capacity check and its refusal with the reason, kernels placed node by
-node, weekly bookings, who may book, what a launch leaves to bookings not its own, and admission keeping a
-booking's vGPUs while the queue is long."""
+"""core/bookings.py, booking_rules.py and booking_fit.py on their own (an injected clock, no cluster): each field
+checked and named, windows in the lab's time zone, the overlap arithmetic of the capacity check and its refusal
+with the reason, kernels placed node by node, weekly bookings, who may book, what a launch leaves to bookings not
+its own, and admission keeping a booking's vGPUs while the queue is long."""
 
 from __future__ import annotations
 
@@ -12,18 +12,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from orion_jupyter.core.admission import Admission, Admitted, Queued
-from orion_jupyter.core.bookings import (
+from orion_jupyter.core.booking_fit import NodeRoom, Nodes
+from orion_jupyter.core.booking_rules import (
     BookingError,
     BookingForbidden,
     BookingRefused,
     BookingRules,
-    Bookings,
-    Hold,
-    NodeRoom,
-    Nodes,
     parse_booking,
     parse_static,
 )
+from orion_jupyter.core.bookings import Bookings, Hold
 from orion_jupyter.core.ledger import Holding, Ledger, Quota
 from orion_jupyter.core.warm import WarmKernels
 from orion_jupyter.core.warm_config import WarmConfig

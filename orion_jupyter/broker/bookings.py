@@ -9,7 +9,9 @@ import logging
 from typing import Any
 
 from ..core.admission import Admission
-from ..core.bookings import Booking, BookingError, BookingForbidden, BookingRefused, Bookings, NodeRoom, Nodes
+from ..core.booking_fit import NodeRoom, Nodes
+from ..core.booking_rules import Booking, BookingError, BookingForbidden, BookingRefused
+from ..core.bookings import Bookings
 from ..core.warm import WarmKernels
 from ..k8s.state_store import Section
 from ..pool import PoolSnapshot, extended_limits
