@@ -1,7 +1,8 @@
-"""Booked kernels placed on the pool's nodes as the scheduler would: each kernel on one node, first fit with the
-largest shape first, over what each node offers or has free now, in the backend's resources (vGPUs, and vGPU
-memory where the backend counts it; a device's memory bounds one vGPU's). ``core.bookings`` asks it whether a
-booking finds nodes."""
+"""Kernels placed on the pool's nodes: each kernel on one node, first fit with the largest shape first, over what
+each node offers or has free now, in the backend's resources (vGPUs, and vGPU memory where the backend counts it;
+a device's memory bounds one vGPU's). ``core.bookings`` asks whether a booking finds nodes; admission asks
+whether a launch not of an open booking, wherever the scheduler puts it (the broker does not pick the node),
+leaves the booking's kernels not started yet their nodes (``Nodes.leaves_room``)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..vgpu import VGPURequest, format_mib
+from .ledger import Holding
 
 
 @dataclass(frozen=True)
 class NodeRoom:
-    """One node as the booking check counts it, in the backend's resources (``Nodes.needs``)."""
+    """One node as bookings count it, in the backend's resources (``Nodes.needs``)."""
 
     name: str
     offers: Mapping[str, int]  # allocatable: what a later window may use
-    free_now: Mapping[str, int]  # free now, with what the broker takes back (its ready warm kernels)
+    free_now: Mapping[str, int]  # free now (for a booking's check: with the ready warm kernels given back)
     device_memory_mib: int | None = None  # one device's memory: a vGPU on this node asks at most this
 
 
@@ -40,20 +42,75 @@ class Nodes:
         """First fit, largest shape first: ``kernels`` (shape, how many) onto ``spaces`` (per room, what is left;
         taken from); the shapes and how many of each found no node. O(shapes × nodes)."""
         missing = []
-        for request, left in sorted(kernels, key=lambda kernel: (kernel[0].count, kernel[0].memory_mib), reverse=True):
-            need = {resource: amount for resource, amount in self.needs(request).items() if amount}
+        for request, left in sorted(kernels, key=largest_first, reverse=True):
+            need = self._need(request)
             for room, space in zip(self.rooms, spaces, strict=True):
                 if not left:
                     break
-                if room.device_memory_mib and request.memory_mib > room.device_memory_mib:
-                    continue
-                taken = min([left, *(space.get(resource, 0) // amount for resource, amount in need.items())])
+                taken = min(left, self._room_for(room, space, request, need))
                 for resource, amount in need.items():
                     space[resource] -= taken * amount
                 left -= taken
             if left:
                 missing.append((request, left))
         return missing
+
+    def leaves_room(self, request: VGPURequest, kept: Sequence[tuple[VGPURequest, int]],
+                    landing: Sequence[tuple[VGPURequest, int]] = ()) -> bool:
+        """Whether a kernel of ``request`` may start beside ``kept`` (kernels to keep room for: open bookings' not
+        started yet) on what the nodes have free now. The scheduler, not the broker, picks its node, and those
+        of ``landing`` (kernels no node holds yet), so each is taken at worst: on a node where it fits but not
+        beside kept's packing, if there is one (the roomiest, as a spreading scheduler picks), and kept packed
+        again. True when, so, as many of ``kept`` still find a node as without it (all, unless kernels that
+        cannot be taken back crowd them already)."""
+        free = [dict(room.free_now) for room in self.rooms]
+        homeless = self._homeless_at_worst(kept, [*landing, (request, 1)], free)
+        return not homeless or homeless <= self._homeless_at_worst(kept, landing, free)
+
+    def landing(self, running: Iterable[Holding]) -> list[tuple[VGPURequest, int]]:
+        """The kernels of ``running`` that no node holds yet, as shapes: each will take room on some node."""
+        return [(VGPURequest(h.vgpus, h.memory_mib // h.vgpus), 1) for h in running
+                if h.vgpus and h.kernel_id in self.unplaced]
+
+    def _homeless_at_worst(self, kept: Sequence[tuple[VGPURequest, int]], landing: Sequence[tuple[VGPURequest, int]],
+                           free: list[dict[str, int]]) -> int:
+        """How many of ``kept`` find no node on ``free`` once ``landing`` are placed at worst (``leaves_room``).
+        O(landing × nodes), and a packing of kept (shapes × nodes) after each kernel that lands in its way."""
+        spaces = [dict(space) for space in free]
+
+        def packed() -> tuple[int, list[dict[str, int]]]:
+            """How many of ``kept`` find no node, and what is left of each node once they are placed."""
+            left_over = [dict(space) for space in spaces]
+            return sum(left for _, left in self.pack(kept, left_over)), left_over
+
+        homeless, left_over = packed()
+        for request, count in sorted(landing, key=largest_first, reverse=True):
+            need = self._need(request)
+            for _ in range(count):
+                worst, most = -1, (False, -1)
+                for i, (room, space) in enumerate(zip(self.rooms, spaces, strict=True)):
+                    if self._room_for(room, space, request, need):
+                        harm = not self._room_for(room, left_over[i], request, need), space.get(self.count_resource, 0)
+                        if harm > most:
+                            worst, most = i, harm
+                if worst < 0:  # it fits nowhere now: it waits on no node
+                    break
+                for resource, amount in need.items():
+                    spaces[worst][resource] -= amount
+                    left_over[worst][resource] -= amount
+                if most[0]:  # in kept's way: kept packed again around it
+                    homeless, left_over = packed()
+        return homeless
+
+    def _need(self, request: VGPURequest) -> dict[str, int]:
+        return {resource: amount for resource, amount in self.needs(request).items() if amount}
+
+    @staticmethod
+    def _room_for(room: NodeRoom, space: Mapping[str, int], request: VGPURequest, need: Mapping[str, int]) -> int:
+        """How many kernels of ``request`` (each taking ``need``) fit ``space`` (what is left of ``room``)."""
+        if room.device_memory_mib and request.memory_mib > room.device_memory_mib:
+            return 0
+        return min((space.get(resource, 0) // amount for resource, amount in need.items()), default=1 << 30)
 
     def offered(self, spaces: list[dict[str, int]], request: VGPURequest, most: int = 6) -> str:
         """'gpu-1: 3 vGPUs, gpu-2: 3 vGPUs' (the roomiest first), or that a device's memory is too small."""
@@ -73,6 +130,9 @@ class Nodes:
                          + (f" · {format_mib(memory)}" if memory is not None else ""))
         return ", ".join(parts) + (f" and {len(rows) - most} more" if len(rows) > most else "")
 
+
+def largest_first(kernel: tuple[VGPURequest, int]) -> tuple[int, int]:
+    return kernel[0].count, kernel[0].memory_mib
 
 
 __all__ = ["NodeRoom", "Nodes"]

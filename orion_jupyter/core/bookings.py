@@ -43,10 +43,16 @@ log = logging.getLogger("orion_jupyter.bookings")
 
 @dataclass(frozen=True)
 class Hold:
-    """What a launch must leave to bookings it is not one of: free vGPUs, and ready warm kernels of its shape."""
+    """What a launch must leave to bookings it is not one of: room for their kernels not started yet that no
+    warm kernel stands for (shape, how many), and ready warm kernels of its shape."""
 
-    vgpus: int = 0
+    kept: tuple[tuple[VGPURequest, int], ...] = ()
     warm: int = 0
+
+    @property
+    def vgpus(self) -> int:
+        """The vGPUs held back, where only the pool's count is known."""
+        return sum(request.count * count for request, count in self.kept)
 
 
 class Bookings:
@@ -116,10 +122,11 @@ class Bookings:
              warm_ready: Callable[[VGPURequest], int] = lambda request: 0) -> Hold:
         """What the launch ``holding`` must leave to the open bookings it is not one of. Warm kernels of a
         booked shape (``warm_ready``: how many a pool has, ready or starting) stand for the booking first:
-        their vGPUs are taken already, so only the rest is held back as free vGPUs."""
+        their vGPUs are taken already, so only the rest is kept room for."""
         running = [h for h in running if h.kernel_id != holding.kernel_id]
         unused = self.unused(running)
-        vgpus = warm = 0
+        kept: list[tuple[VGPURequest, int]] = []
+        warm = 0
         standing: dict[VGPURequest, int] = {}
         for booking in self.open():
             left = unused[booking.id]
@@ -129,10 +136,11 @@ class Bookings:
             standing[booking.request] = standing.get(booking.request, 0) + pre
             if booking.fits(holding):
                 continue
-            vgpus += (left - pre) * booking.request.count
+            if left > pre:
+                kept.append((booking.request, left - pre))
             if same_shape(booking.request, holding):
                 warm += pre
-        return Hold(vgpus, warm)
+        return Hold(tuple(kept), warm)
 
     def warm_wanted(self, request: VGPURequest, running: Iterable[Holding]) -> int:
         """Warm kernels of ``request``'s shape the open bookings want ready (their kernels not yet started)."""
@@ -195,16 +203,14 @@ class Bookings:
                   running: list[Holding], nodes: Nodes) -> str | None:
         """Whether ``booking``'s kernels and those of ``then`` (the other bookings open at a moment) can be
         placed on ``nodes``: for a window open now (``used``: the kernels counted toward them) their kernels
-        not running yet and the unplaced launches no booking counts, onto what is free now; later, all of
-        them onto what the nodes offer. None: they can; else what does not fit and what the nodes offer."""
+        not running yet and the kernels no node holds yet (a booking's too), onto what is free now; later, all
+        of them onto what the nodes offer. None: they can; else what does not fit and what the nodes offer."""
         def wanted(b: Booking) -> int:
             return b.count - len(used.get(b.id, ())) if used is not None else b.count
 
         others = [(b.request, wanted(b)) for b in then if wanted(b)]
         if used is not None:
-            counted = {k for ids in used.values() for k in ids}
-            others += [(VGPURequest(h.vgpus, h.memory_mib // h.vgpus), 1) for h in running
-                       if h.vgpus and h.kernel_id in nodes.unplaced and h.kernel_id not in counted]
+            others += nodes.landing(running)
         mine = (booking.request, wanted(booking))
         spaces = [dict(room.free_now if used is not None else room.offers) for room in nodes.rooms]
         left = [dict(space) for space in spaces]
