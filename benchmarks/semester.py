@@ -72,6 +72,9 @@ class Pool:
     async def shortage(self, request: VGPURequest) -> str:
         return "the pool is full"
 
+    def nodes(self) -> None:  # one pool, no nodes: the count decides (and no booking holds room)
+        return None
+
 
 def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 1.0

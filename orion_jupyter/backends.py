@@ -222,10 +222,15 @@ class Backend:
         """The GPU comes from a ResourceClaim (k8s/dra.py), not from extended resources."""
         return bool(self.dra_flavors)
 
+    @property
+    def counted_on_nodes(self) -> bool:
+        """Its kernels hold extended resources that each node counts (not dra, kai, Orion's remote mode)."""
+        return not (self.dra_flavors or self.kai is not None or self.remote)
+
     def resources(self, request: VGPURequest) -> dict[str, int]:
         """Extended-resource limits (requests must equal them); empty for a CPU-only kernel,
         and for the dra and kai backends (a claim, or annotations, carry the request)."""
-        if request.count == 0 or self.dra_flavors or self.kai is not None or self.remote:
+        if request.count == 0 or not self.counted_on_nodes:
             return {}
         limits = {self.count_resource: request.count}
         if self.memory_resource:

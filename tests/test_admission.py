@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from orion_jupyter.core.admission import Admission, Admitted, KernelExists, Launch, Queued, Refused
+from orion_jupyter.core.booking_fit import Nodes
 from orion_jupyter.core.ledger import CourseFull, Holding, Ledger, Quota
 from orion_jupyter.errors import KernelLaunchError
 from orion_jupyter.vgpu import VGPURequest, VGPURequestError
@@ -26,6 +27,7 @@ class FakeClass:
         self.largest = largest
         self.stopped: dict[str, str] = {}
         self.ledger: Ledger | None = None
+        self.placed: Nodes | None = None  # the nodes, where a test shows them (free room per node)
 
     def holdings(self) -> list[Holding]:
         return list(self.running)
@@ -44,6 +46,9 @@ class FakeClass:
 
     async def largest_node(self) -> int | None:
         return self.largest
+
+    def nodes(self) -> Nodes | None:
+        return self.placed
 
     async def shortage(self, request: VGPURequest) -> str:
         return f"no vGPU free: {sum(h.vgpus for h in self.running)} of {self.free} in use"

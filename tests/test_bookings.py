@@ -1,7 +1,7 @@
-"""core/bookings.py on its own (an injected clock, no cluster): each field checked and named, windows in the lab's
-time zone, the overlap arithmetic of the capacity check and its refusal with the reason, kernels placed node by
-node, weekly bookings, who may book, what a launch leaves to bookings not its own, and admission keeping a
-booking's vGPUs while the queue is long."""
+"""core/bookings.py, booking_rules.py and booking_fit.py on their own (an injected clock, no cluster): each field
+checked and named, windows in the lab's time zone, the overlap arithmetic of the capacity check and its refusal
+with the reason, kernels placed node by node, weekly bookings, who may book, what a launch leaves to bookings not
+its own, and admission keeping a booking's vGPUs while the queue is long."""
 
 from __future__ import annotations
 
@@ -11,19 +11,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from orion_jupyter.core.admission import Admission, Admitted, Queued
-from orion_jupyter.core.bookings import (
+from orion_jupyter.core.admission import Admission, Admitted, Queued, Refused
+from orion_jupyter.core.booking_fit import NodeRoom, Nodes
+from orion_jupyter.core.booking_rules import (
     BookingError,
     BookingForbidden,
     BookingRefused,
     BookingRules,
-    Bookings,
-    Hold,
-    NodeRoom,
-    Nodes,
     parse_booking,
     parse_static,
 )
+from orion_jupyter.core.bookings import Bookings, Hold
 from orion_jupyter.core.ledger import Holding, Ledger, Quota
 from orion_jupyter.core.warm import WarmKernels
 from orion_jupyter.core.warm_config import WarmConfig
@@ -144,18 +142,18 @@ def test_what_a_launch_leaves_to_bookings_not_its_own_and_the_warm_kernels_that_
     bookings.add(book("AI_101", start="09:00", end="11:00", count=2), 8, [])
     bookings.add(book("ML 2", start="09:00", end="11:00", count=1, user="eve"), 8, [])
     theirs, stranger = kernel("new", "ann", "AI_101"), kernel("new", "zed", "free")
-    assert bookings.hold(theirs, []) == Hold(vgpus=1)  # eve's kernel is held back from ann
-    assert bookings.hold(stranger, []) == Hold(vgpus=3)
-    assert bookings.hold(kernel("new", "eve", "ML 2"), []) == Hold(vgpus=2)
-    assert bookings.hold(kernel("new", "ann", "AI_101", vgpus=2), []) == Hold(vgpus=3)  # not the booked shape
+    assert bookings.hold(theirs, []) == Hold(((ONE, 1),))  # room for eve's kernel is kept from ann
+    assert bookings.hold(stranger, []) == Hold(((ONE, 1), (ONE, 2))) and bookings.hold(stranger, []).vgpus == 3
+    assert bookings.hold(kernel("new", "eve", "ML 2"), []) == Hold(((ONE, 2),))
+    assert bookings.hold(kernel("new", "ann", "AI_101", vgpus=2), []).vgpus == 3  # not the booked shape
     started = [kernel("k1", "bob", "AI_101")]
-    assert bookings.hold(stranger, started) == Hold(vgpus=2)
+    assert bookings.hold(stranger, started) == Hold(((ONE, 1), (ONE, 1)))
     assert bookings.serving(theirs, started) is not None
     assert bookings.serving(theirs, [*started, kernel("k2", "cy", "AI_101")]) is None  # both kernels run
     # two ready warm kernels of the shape stand for AI_101's booking: a stranger of that shape leaves them
-    assert bookings.hold(stranger, [], warm_ready=lambda request: 2) == Hold(vgpus=1, warm=2)
+    assert bookings.hold(stranger, [], warm_ready=lambda request: 2) == Hold(((ONE, 1),), warm=2)
     # eve's booking (a student's: the more specific) is stood for first: ann leaves that one warm kernel
-    assert bookings.hold(theirs, [], warm_ready=lambda request: 2) == Hold(vgpus=0, warm=1)
+    assert bookings.hold(theirs, [], warm_ready=lambda request: 2) == Hold(warm=1)
     assert bookings.warm_wanted(ONE, started) == 2  # AI_101's second kernel and eve's
     clock.now += timedelta(hours=2)  # the windows closed
     assert bookings.hold(stranger, []) == Hold() and bookings.prune() and bookings.items == {}
@@ -383,6 +381,15 @@ def test_a_shape_that_fits_the_pool_s_count_but_no_node_is_refused_naming_it_and
                                      nodes(("n1", 4, 4), ("n2", 4, 4), unplaced=frozenset({"k1"})))
     assert Bookings(rules(), clock).add(book(start="09:00", end="10:00", vgpus=3, count=2), 12, starting, 0,
                                         nodes(("n1", 4, 4), ("n2", 4, 4))).count == 2  # k1 runs: its node counts it
+    # and so does a booking's own launch not on a node yet: three kernels of three on nodes of four, four and two
+    ann = [kernel("a1", "ann", "AI_101", vgpus=3)]
+    spread = nodes(("n1", 4, 4), ("n2", 4, 4), ("n3", 4, 2), unplaced=frozenset({"a1"}))
+    bookings = Bookings(rules(), clock)
+    bookings.add(book("AI_101", start="09:00", end="10:00", vgpus=3), 10, ann, 0, spread)
+    with pytest.raises(BookingRefused) as caught:
+        bookings.add(book(start="09:00", end="10:00", vgpus=3, count=2), 10, ann, 0, spread)
+    assert "1 kernel of 3 vGPUs × 4 GiB finds no node beside 1 other kernels then" in str(caught.value), \
+        str(caught.value)
 
 
 def test_memory_per_vgpu_and_counted_memory_are_placed_node_by_node():
@@ -402,6 +409,53 @@ def test_memory_per_vgpu_and_counted_memory_are_placed_node_by_node():
         bookings.add(book("AI_101", start="10:00", end="12:00", memory="3Gi"), 8, [], nodes=hami)
     assert "the nodes offer n1: 3 vGPUs · 2 GiB, n2: 3 vGPUs · 2 GiB then" in str(caught.value), str(caught.value)
     assert bookings.add(book("AI_101", start="10:00", end="12:00", memory="2Gi", count=2), 8, [], nodes=hami)
+
+
+
+def test_a_launch_not_of_an_open_booking_leaves_its_kernels_a_node_wherever_the_scheduler_puts_it():
+    three, big = VGPURequest.parse(3, "4Gi"), VGPURequest.parse(1, "40Gi")
+    # five vGPUs free, three kept: by count one more fits, but on n2 it would leave no node with three
+    assert not nodes(("n1", 4, 2), ("n2", 4, 3)).leaves_room(ONE, [(three, 1)])
+    assert nodes(("n1", 4, 2), ("n2", 4, 4)).leaves_room(ONE, [(three, 1)])  # on either, one node keeps three
+    # launches accepted but on no node yet land somewhere too: three of them spread, the fourth breaks it
+    starting = [kernel(f"k{i}", "zed", "free") for i in range(3)]
+    landing = nodes(("n1", 4, 4), ("n2", 4, 4), unplaced=frozenset({"k0", "k1", "k2"})).landing(starting)
+    assert landing == [(ONE, 1)] * 3
+    assert not nodes(("n1", 4, 4), ("n2", 4, 4)).leaves_room(ONE, [(three, 1)], landing)
+    assert nodes(("n1", 4, 4), ("n2", 4, 4)).leaves_room(ONE, [(three, 1)], landing[:2])
+    # memory per vGPU: the one node whose devices hold a booked 40 GiB vGPU is kept
+    mixed = {"devices": {"small": 16 * 1024, "large": 80 * 1024}}
+    assert not nodes(("small", 4, 4), ("large", 1, 1), **mixed).leaves_room(ONE, [(big, 1)])
+    assert nodes(("small", 4, 4), ("large", 2, 2), **mixed).leaves_room(ONE, [(big, 1)])
+    # the kernels running now crowd the booking already (one of two finds no node): a launch that takes no room
+    # it could use still starts, one that takes more does not
+    assert nodes(("small", 4, 4), ("large", 1, 1), **mixed).leaves_room(VGPURequest.parse(4, "4Gi"), [(big, 2)])
+    assert not nodes(("small", 4, 4), ("large", 1, 1), **mixed).leaves_room(ONE, [(big, 2)])
+
+
+async def test_admission_keeps_an_open_booking_s_room_node_by_node_where_the_nodes_are_visible():
+    """Five vGPUs free of which three are booked for one kernel (AI_101): by count a 1-vGPU launch of another
+    course fits, but node by node it could take the one node with three free: refused, saying why; the booking's
+    own launch starts; where the nodes are not visible the count decides."""
+    host = FakeClass(free=5)
+    ledger = Ledger(Quota(), {"AI_101": Quota(), "free": Quota()})
+    host.ledger = ledger
+    bookings = Bookings(BookingRules(BERLIN, ledger.per_course, Quota(), {}), Clock(MONDAY_8 + timedelta(hours=1)))
+    bookings.add(book("AI_101", start="09:00", end="11:00", vgpus=3), 5, [])
+    admission = Admission(host, ledger, [], bookings=bookings)
+    host.placed = nodes(("n1", 4, 2), ("n2", 4, 3))
+    refused = await decide(admission, launch("z0", "zed", "free", ONE))
+    assert isinstance(refused, Refused) and refused.error.reason == "unschedulable", refused
+    assert "kept for open bookings' kernels not started yet (1 kernel of 3 vGPUs × 4 GiB)" in str(refused.error)
+    assert not ledger.pending  # nothing kept of the refused launch
+    host.placed = nodes(("n1", 4, 2), ("n2", 4, 4))  # four free on n2: wherever it runs, one node keeps three
+    assert isinstance(await decide(admission, launch("z1", "zed", "free", ONE)), Admitted)
+    admission.release("z1")
+    host.placed = nodes(("n1", 4, 2), ("n2", 4, 3))
+    assert isinstance(await decide(admission, launch("a0", "ann", "AI_101", VGPURequest.parse(3, "4Gi"))), Admitted)
+    admission.release("a0")
+    host.placed = None  # not visible: the count of five less the three booked
+    assert isinstance(await decide(admission, launch("z2", "zed", "free", ONE)), Admitted)
 
 
 # -- weekly -------------------------------------------------------------------------------------------------
@@ -459,7 +513,7 @@ def test_a_weekly_booking_is_open_on_each_occurrence_and_not_between():
     stranger = kernel("new", "zed", "free")
     assert bookings.hold(stranger, []) == Hold()  # Monday: no occurrence open
     clock.now = at(2026, 12, 15, 14, 30)
-    assert bookings.hold(stranger, []) == Hold(vgpus=2) and bookings.unused([]) == {lab.id: 2}
+    assert bookings.hold(stranger, []) == Hold(((ONE, 2),)) and bookings.unused([]) == {lab.id: 2}
     clock.now = at(2026, 12, 16, 14, 30)  # Wednesday: kept for nobody, and still booked for next week
     assert bookings.hold(stranger, []) == Hold() and bookings.prune() == [] and lab.id in bookings.items
     clock.now = at(2027, 4, 6, 16, 0)

@@ -102,12 +102,12 @@ def window(minutes_from_now: int = -5, hours: float = 1) -> dict[str, str]:
 
 
 class Launch:
-    """A launch of one 1-vGPU kernel by ``user``, its answer's lines read as they come."""
+    """A launch of one kernel of ``vgpus`` × 1 GiB by ``user``, its answer's lines read as they come."""
 
-    def __init__(self, base: str, user: str):
+    def __init__(self, base: str, user: str, vgpus: int = 1):
         self.user, self.kernel_id, self.lines = user, str(uuid.uuid4()), []
         ports = dict(zip(PORT_NAMES, (free_port() for _ in PORT_NAMES), strict=True))
-        body = {"kernel_id": self.kernel_id, "key": secrets.token_hex(16), "ports": ports, "vgpus": 1,
+        body = {"kernel_id": self.kernel_id, "key": secrets.token_hex(16), "ports": ports, "vgpus": vgpus,
                 "memory": "1Gi"}
         self.task = asyncio.ensure_future(AsyncHTTPClient().fetch(HTTPRequest(
             base + "api/kernels", "POST", headers={"Authorization": f"token token-{user}"}, body=json.dumps(body),
@@ -250,3 +250,24 @@ async def test_a_booking_is_placed_node_by_node(monkeypatch):
             assert code == 409 and body["field"] == "count", body
             assert "1 kernel of 2 vGPUs × 1 GiB finds no node beside 2 other kernels then (a kernel runs on one " \
                    "node; the nodes offer gpu-1: 1 vGPU, gpu-2: 1 vGPU then)" in body["message"], body
+
+
+@pytest.mark.timeout(240)
+async def test_an_open_booking_keeps_room_on_a_node_for_its_shape_not_only_a_count(monkeypatch):
+    """Two nodes of four vGPUs, a kernel of three booked for now. By count five 1-vGPU launches of others fit
+    (8 - 3), but the scheduler spreads them and would leave no node with three free: three start, the rest wait,
+    and the booked kernel still finds its node."""
+    nodes = [SimNode(f"gpu-{i}", allocatable=dict(GPU_NODE)) for i in (1, 2)]
+    with running_cluster(monkeypatch, nodes):
+        async with running_broker(monkeypatch) as (_, base):
+            code, body = await call(base, "teacher", "POST", "api/bookings",
+                                    {"course": "AI_101", "vgpus": 3, "memory": "1Gi", "count": 1, **window()})
+            assert code == 201, body
+            ml = [Launch(base, f"ml{i}") for i in range(5)]
+            await eventually_async(lambda: (sum(launch.ready for launch in ml), sum(launch.queued for launch in ml)),
+                                   timeout=120, until=lambda counts: counts == (3, 2))
+            ann = Launch(base, "ann", vgpus=3)
+            await eventually_async(lambda: ann.ready, timeout=120)
+            assert sum(launch.queued for launch in ml) == 2
+            for launch in ml:
+                launch.task.cancel()

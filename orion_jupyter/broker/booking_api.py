@@ -11,7 +11,7 @@ own course, where the course allows it (``student_bookings`` in c.Broker.courses
 
 from __future__ import annotations
 
-from ..core.bookings import parse_booking
+from ..core.booking_rules import parse_booking
 from ..errors import KernelLaunchError
 from ..vgpu import VGPURequestError, short
 from .api_auth import BrokerHandler

@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 from ..core.admission import Admission
-from ..core.bookings import Booking, BookingError, BookingForbidden, BookingRefused, Bookings, NodeRoom, Nodes
+from ..core.booking_fit import Nodes
+from ..core.booking_rules import Booking, BookingError, BookingForbidden, BookingRefused
+from ..core.bookings import Bookings
 from ..core.warm import WarmKernels
 from ..k8s.state_store import Section
-from ..pool import PoolSnapshot, extended_limits
 from ..vgpu import VGPURequestError
 from .pods import ClassPods
 
@@ -35,33 +36,15 @@ class BrokerBookings:
 
     async def capacity(self) -> tuple[int, int, Nodes | None]:
         """The pool's vGPUs, those held by other workloads on its nodes (what the broker cannot take back), and
-        the nodes (None where they are not visible: the count alone decides)."""
+        the nodes with the ready warm kernels' room given back (None where they are not visible: the count alone
+        decides)."""
         pool = await self.pods.view.pool()
         total = pool.totals().get(self.pods.site.backend.count_resource)
         if total is None:
             return 0, 0, None
         warm_ready = [k.name for k in self.warm.kernels.values() if k.ready]
         ours = sum(h.vgpus for h in self.pods.holdings()) + sum(self.warm.kernels[k].vgpus for k in warm_ready)
-        return total.allocatable, max(total.allocated - ours, 0), self.nodes(pool, warm_ready)
-
-    def nodes(self, pool: PoolSnapshot, warm_ready: list[str]) -> Nodes | None:
-        """Per node what it offers and what is free now, with the ready warm kernels' resources back (a booking
-        takes them); the launches not placed yet will take room somewhere."""
-        if not pool.visible:
-            return None
-        back: dict[str, dict[str, int]] = {}
-        for name in warm_ready:
-            pod = self.pods.cluster.pod(name)
-            node = ((pod or {}).get("spec") or {}).get("nodeName")
-            if pod is not None and node:
-                for resource, amount in extended_limits(pod).items():
-                    back.setdefault(node, {})[resource] = back.get(node, {}).get(resource, 0) + amount
-        rooms = [NodeRoom(node.name, {r: c.allocatable for r, c in node.resources.items()},
-                          {r: c.free + back.get(node.name, {}).get(r, 0) for r, c in node.resources.items()},
-                          node.device_memory_mib) for node in pool.nodes]
-        backend = self.pods.site.backend
-        unplaced = frozenset(h.kernel_id for h in self.admission.in_use() if not self.pods.index.placed(h.kernel_id))
-        return Nodes(rooms, backend.resources, backend.count_resource, backend.memory_resource, unplaced)
+        return total.allocatable, max(total.allocated - ours, 0), self.pods.nodes(warm_ready)
 
     async def book(self, booking: Booking) -> Booking:
         """Keep ``booking`` if it can be honoured (else BookingError / BookingRefused with the reason)."""

@@ -4,14 +4,16 @@ broker starts, hands over and deletes them. It is the host of admission and of w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ..core.booking_fit import NodeRoom, Nodes
 from ..core.ledger import Held, Ledger
 from ..core.warm import WarmKernels
 from ..k8s.launcher import PodSite, SiteHost
 from ..k8s.view import KubernetesView
 from ..names import slug
+from ..pool import extended_limits
 from ..vgpu import VGPURequest
 from .pod_index import KernelPodIndex
 
@@ -69,6 +71,28 @@ class ClassPods(SiteHost):
         unplaced = sum(h.vgpus for k, h in self.ledger.pending.items() if k != kernel_id and not self.index.placed(k))
         starting = self.warm.starting_vgpus() if self.warm is not None else 0
         return await self.view.has_room(request, self.site.backend, unplaced + starting + held_back)
+
+    def nodes(self, give_back: Iterable[str] = ()) -> Nodes | None:
+        """Per node what it offers and has free now (plus what the warm kernels ``give_back`` hold: a booking
+        takes them), and the kernels no node holds yet (they will take room somewhere); from the watch caches.
+        None where the nodes are not visible or count no kernel (dra, kai, Orion's remote mode)."""
+        backend = self.site.backend
+        pool = self.view.last_pool()
+        if not backend.counted_on_nodes or not pool.visible:
+            return None
+        back: dict[str, dict[str, int]] = {}
+        for name in give_back:
+            pod = self.cluster.pod(name)
+            node = ((pod or {}).get("spec") or {}).get("nodeName")
+            if pod is not None and node:
+                for resource, amount in extended_limits(pod).items():
+                    back.setdefault(node, {})[resource] = back.get(node, {}).get(resource, 0) + amount
+        rooms = [NodeRoom(node.name, {r: c.allocatable for r, c in node.resources.items()},
+                          {r: c.free + back.get(node.name, {}).get(r, 0) for r, c in node.resources.items()},
+                          node.device_memory_mib) for node in pool.nodes]
+        kernels = {h.kernel_id for h in self.holdings()} | set(self.ledger.pending.keys())
+        unplaced = frozenset(k for k in kernels if not self.index.placed(k))
+        return Nodes(rooms, backend.resources, backend.count_resource, backend.memory_resource, unplaced)
 
     async def roster_members(self, course: str) -> list[str]:
         return [user for user in await self.members(course) if not self.is_instructor(user, [])]

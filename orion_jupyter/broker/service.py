@@ -29,7 +29,8 @@ from traitlets.config import Application
 
 from ..config import KernelPolicy
 from ..core.admission import Admission
-from ..core.bookings import BookingRules, Bookings, parse_static
+from ..core.booking_rules import BookingRules, parse_static
+from ..core.bookings import Bookings
 from ..core.budgets import BudgetConfig, Budgets
 from ..core.fairshare import FairShare, check_seconds
 from ..core.idle import CullRules

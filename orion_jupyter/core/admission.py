@@ -13,7 +13,8 @@ The order of the decision, in one place (the broker's HTTP handler only translat
    launch of an open booking (``core.bookings``) with a kernel left: that capacity was kept for it;
 6. else the course's quota and the pool (a warm kernel of the shape, or room on a node) decide; a
    launch that does not fit waits in its course's queue when the course has one, else is refused.
-   What open bookings keep and do not use yet is held back from every launch not theirs.
+   What open bookings keep and do not use yet is held back from every launch not theirs: where the host
+   sees the nodes, room for their kernels node by node (``Nodes.leaves_room``), else a count of vGPUs.
 
 From the duplicate check to the reservation nothing awaits, so two launches of one id, or of one
 user against their quota, cannot both pass. A course is its exact hub group name everywhere here.
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from ..errors import KernelLaunchError, stopped_kernel
 from ..protocols import WarmClaims
 from ..vgpu import VGPURequest, VGPURequestError
+from .booking_fit import Nodes
 from .bookings import Bookings, Hold
 from .budgets import Budgets
 from .fairshare import FairShare
@@ -48,6 +50,7 @@ class AdmissionHost(Protocol):
     async def has_room(self, request: VGPURequest, kernel_id: str = "", held_back: int = 0) -> bool: ...
     async def largest_node(self) -> int | None: ...  # vGPUs of the largest node (None: unknown)
     async def shortage(self, request: VGPURequest) -> str: ...  # why the pool cannot serve it now
+    def nodes(self) -> Nodes | None: ...  # free room per node now, from its caches (None: not visible)
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,14 @@ class Admission:
                                                        launch.server_name, own_only=launch.own_storage,
                                                        keep=hold.warm):
             return None
-        if not await self.host.has_room(launch.request, holding.kernel_id, hold.vgpus):
+        nodes = self.host.nodes() if hold.kept else None  # visible: the booked kernels' room node by node
+        if not await self.host.has_room(launch.request, holding.kernel_id, hold.vgpus if nodes is None else 0):
             self.ledger.release(holding.kernel_id)
             return KernelLaunchError("unschedulable", await self.host.shortage(launch.request))
+        if nodes is not None and not nodes.leaves_room(launch.request, hold.kept,
+                                                       nodes.landing(self.in_use(holding.kernel_id))):
+            self.ledger.release(holding.kernel_id)
+            return KernelLaunchError("unschedulable", kept_for_bookings(hold))
         return None
 
     def in_use(self, but: str = "") -> list[Holding]:
@@ -217,3 +225,11 @@ class Admission:
         self.ledger.release(kernel_id)
         if self.warm is not None:
             self.warm.unreserve(kernel_id)
+
+
+def kept_for_bookings(hold: Hold) -> str:
+    """Why a launch waits for room the open bookings keep on the nodes."""
+    kernels = ", ".join(f"{count} kernel{'s' if count != 1 else ''} of {request.describe()}"
+                        for request, count in hold.kept)
+    return (f"The free vGPUs are kept for open bookings' kernels not started yet ({kernels}): wherever this kernel "
+            "ran, fewer of them would find a node. Try again when they have started or their window has closed.")
