@@ -139,3 +139,66 @@ def test_the_pool_summed_per_node_from_events_is_the_pool_summed_per_pod():
     assert pool_from_held(nodes, held, foreign).as_dict() == pool_from_cluster(nodes, now, foreign).as_dict()
     assert pool_from_held(nodes, held).totals()["virtaitech.com/gpu"].allocated == 3
     assert pool_from_held(nodes, held, foreign).totals()["virtaitech.com/gpu"].allocated == 6  # b is ours, not theirs
+
+
+async def _site_with_kernel_objects(sim, name: str, owned: bool):
+    """A PodSite on the simulated cluster with a kernel's NetworkPolicy, Secret and Pod, made the pod's
+    (as a launch makes them) when ``owned``; the API requests it sends from then on are counted."""
+    from orion_jupyter.backends import get_backend
+    from orion_jupyter.k8s import rest
+    from orion_jupyter.k8s.client import api_client
+    from orion_jupyter.k8s.cluster import KubeCluster
+    from orion_jupyter.k8s.launcher import KernelPolicies, PodSite
+
+    cluster = KubeCluster(api_client(sim.kubeconfig_path), "default", watch_nodes=False)
+    await cluster.ensure_started()
+    policies = KernelPolicies(cluster, {"app": "jupyterhub", "component": "hub"})
+    site = PodSite(cluster, get_backend("orion"), pod_settings=lambda image: None, policies=policies)
+    await policies.create(policies.build(name, "k-1", "ann", (50000, 50001, 50002, 50003, 50004)))
+    await cluster.api_call("POST", rest.secrets("default"), {"apiVersion": "v1", "kind": "Secret",
+                                                             "metadata": {"name": name}, "data": {}})
+    pod = await cluster.api_call("POST", rest.pods("default"), {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "orion-jupyter",
+                                              "orion-jupyter.io/kernel-id": "k-1"}},
+        "spec": {"containers": [{"name": "kernel", "image": "python"}]}})
+    if owned:
+        await cluster._own_secret(pod)
+        for _ in range(100):  # the pod in the watch cache: the policy is made its pod's from there
+            if cluster.pod(name) is not None:
+                break
+            await asyncio.sleep(0.05)
+        await policies.owned_by_pod(name)
+    sent = []
+    counted = cluster.rest
+
+    def counting(method, path, body=None):
+        sent.append((method, path.split("/")[-2]))
+        return counted(method, path, body)
+
+    cluster.rest = counting
+    return site, sent
+
+
+async def _gone(sim, plural: str, name: str) -> bool:
+    for _ in range(100):
+        if sim.get(plural, "default", name) is None:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_stop_is_one_request_when_the_secret_and_policy_are_the_pods_and_three_when_not(sim_cluster):
+    site, sent = await _site_with_kernel_objects(sim_cluster, "orion-kernel-owned", owned=True)
+    assert await site.delete_kernel("orion-kernel-owned") is True
+    assert sent == [("DELETE", "pods")]  # the Secret and the NetworkPolicy go with the pod
+    assert await _gone(sim_cluster, "secrets", "orion-kernel-owned")
+    assert await _gone(sim_cluster, "networkpolicies", "orion-kernel-owned")
+    assert not site.cluster.secrets_owned and not site.policies.owned
+
+    site, sent = await _site_with_kernel_objects(sim_cluster, "orion-kernel-alone", owned=False)
+    assert await site.stop("orion-kernel-alone", "instructor", grace_seconds=0) is True
+    assert [what for what in sent if what[0] == "DELETE"] == [
+        ("DELETE", "pods"), ("DELETE", "secrets"), ("DELETE", "networkpolicies")]
+    assert sim_cluster.get("secrets", "default", "orion-kernel-alone") is None
+    assert sim_cluster.get("networkpolicies", "default", "orion-kernel-alone") is None

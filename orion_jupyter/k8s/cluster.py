@@ -230,8 +230,9 @@ class KubeCluster:
         or going (the API accepted its deletion, or it was not there). A Secret this process made its pod's
         goes with the pod (Kubernetes' garbage collector): one request, not two."""
         options = rest.delete_options(grace_seconds, "Background")
+        owned = name in self.secrets_owned  # read first: the pod's DELETED event forgets it
         pod_going = await self._delete("Pod", rest.pods(self.namespace, name), options)
-        if not (pod_going and name in self.secrets_owned):
+        if not (pod_going and owned):
             await self._delete("Secret", rest.secrets(self.namespace, name), options)
         self.secrets_owned.discard(name)
         return pod_going

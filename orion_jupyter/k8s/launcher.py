@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -117,12 +117,11 @@ class KernelPolicies:
         except ApiException as err:
             log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
 
-    async def delete(self, name: str, pod_going: bool = False) -> None:
-        """``pod_going``: its pod is gone or going, so a policy made the pod's goes with it (no request)."""
-        if pod_going and name in self.owned:
-            self.owned.discard(name)
-            return
+    async def delete(self, name: str, goes_with_pod: bool = False) -> None:
+        """``goes_with_pod``: the policy is its pod's and the pod is gone or going: no request."""
         self.owned.discard(name)
+        if goes_with_pod:
+            return
         try:
             await self.cluster.api_call("DELETE", rest.network_policies(self.cluster.namespace, name))
         except ApiException as err:
@@ -163,18 +162,21 @@ class PodSite:
     async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> bool:
         """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success. True when
         the Pod is gone or going."""
-        pod_going = await self.cluster.delete_kernel_objects(pod_name, grace_seconds)
-        if self.policies is not None:
-            await self.policies.delete(pod_name, pod_going)
-        return pod_going
+        return await self._with_policy(pod_name, self.cluster.delete_kernel_objects(pod_name, grace_seconds))
 
     async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
                    annotations: dict[str, str] | None = None) -> bool:
         """Stop a kernel for someone other than its server (an instructor, the idle rule): it stays stopped.
         True when the Pod is gone or going."""
-        pod_going = await self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds, annotations)
+        return await self._with_policy(pod_name, self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds,
+                                                                          annotations))
+
+    async def _with_policy(self, pod_name: str, pod_deleted: Awaitable[bool]) -> bool:
+        """Delete the pod (``pod_deleted``), then its NetworkPolicy unless that goes with the pod."""
+        owned = self.policies is not None and pod_name in self.policies.owned  # read before the DELETED event
+        pod_going = await pod_deleted
         if self.policies is not None:
-            await self.policies.delete(pod_name, pod_going)
+            await self.policies.delete(pod_name, pod_going and owned)
         return pod_going
 
     async def sweep(self, grace_seconds: float) -> list[str]:
