@@ -170,13 +170,13 @@ async def _site_with_kernel_objects(sim, name: str, owned: bool):
             await asyncio.sleep(0.05)
         await policies.owned_by_pod(name)
     sent = []
-    counted = cluster.rest
+    counted = cluster.rest.request
 
-    def counting(method, path, body=None):
+    async def counting(method, path, body=None, answer=True):
         sent.append((method, path.split("/")[-2]))
-        return counted(method, path, body)
+        return await counted(method, path, body, answer)
 
-    cluster.rest = counting
+    cluster.rest.request = counting
     return site, sent
 
 

@@ -11,10 +11,14 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+import aiohttp
+from tornado.httpclient import HTTPClientError
+
+from ..loop_sessions import LoopSessions
 
 log = logging.getLogger("orion_jupyter.broker")
 MAX_CACHED_TOKENS = 10_000
+TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
 class HubClient:
@@ -30,13 +34,22 @@ class HubClient:
         self._user_models: dict[str, tuple[float, dict[str, Any]]] = {}
         # sha256 of a token -> (when, its owner's model); only tokens the hub knew, so guessing fills nothing
         self._owners: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        # kept-alive connections: a launch asks the hub twice (who the token is, their groups and servers)
+        self.sessions = LoopSessions(lambda: aiohttp.ClientSession(timeout=TIMEOUT, trust_env=False))
 
     async def _get(self, path: str, token: str | None = None) -> Any:
+        """GET ``path`` of the hub's API; an error status raises HTTPClientError (its ``code``), the hub not
+        answering OSError or TimeoutError, a body not JSON ValueError."""
         headers = {"Authorization": f"token {token or self.token}",
                    "Accept": "application/jupyterhub-pagination+json, application/json"}
-        request = HTTPRequest(f"{self.api_url}/{path.lstrip('/')}", headers=headers, request_timeout=15)
-        response = await AsyncHTTPClient().fetch(request)
-        return json.loads(response.body or b"null")
+        try:
+            async with self.sessions.get().get(f"{self.api_url}/{path.lstrip('/')}", headers=headers) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    raise HTTPClientError(response.status, response.reason)
+        except aiohttp.ClientError as err:
+            raise OSError(f"the hub's API at {self.api_url}: {err or type(err).__name__}") from None
+        return json.loads(body or b"null")
 
     async def identify(self, token: str, fresh: bool = False) -> dict[str, Any] | None:
         """The hub's model of a token's owner (name, scopes), or None when the hub does not know it (``fresh``:

@@ -466,6 +466,8 @@ class Broker(Application, ClassSettings):
                 unsubscribe()
             self.culler.stop()
             server.stop()
+            await self.hub.sessions.aclose()
+            await self.cluster.rest.sessions.aclose()
 
 
 __all__ = ["Broker"]

@@ -137,6 +137,7 @@ class KubeCluster:
     def close(self) -> None:
         """Stop the watches and wait (a few seconds at most) until their threads have ended."""
         self._closed = True
+        self.rest.sessions.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         stop_watches(self._watches())
 
@@ -161,9 +162,13 @@ class KubeCluster:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    async def api_call(self, method: str, path: str, body: Any = None) -> dict:
-        """One JSON request of a kernel's own objects (k8s/rest.py: no client models, no per-call validation)."""
-        return await self.call(self.rest, method, path, body)
+    async def api_call(self, method: str, path: str, body: Any = None, *, answer: bool = True) -> dict:
+        """One JSON request of a kernel's own objects (k8s/rest.py: no client models, no per-call validation;
+        on the loop, or on a thread behind a proxy and after close); ``answer`` False: the object the API
+        server sends back is not parsed ({}), where nobody reads it."""
+        if self.rest.direct and not self._closed:
+            return await self.rest.request(method, path, body, answer)
+        return await self.call(self.rest.blocking, method, path, body, answer)
 
     async def request(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
         """A client call answered as a plain dict (no model building); the connection goes back to the pool."""
@@ -205,10 +210,10 @@ class KubeCluster:
         return self.pods.get(self.namespace, name)
 
     # -- API requests ------------------------------------------------------------------------
-    async def _create(self, path: str, body: dict, what: str) -> dict | None:
+    async def _create(self, path: str, body: dict, what: str, answer: bool = True) -> dict | None:
         for attempt in range(CREATE_RETRIES + 1):
             try:
-                return await self.api_call("POST", path, body)
+                return await self.api_call("POST", path, body, answer=answer)
             except ApiException as err:
                 if err.status == 409 and attempt > 0:
                     return None  # our earlier attempt did create it; the name is unique per launch
@@ -240,7 +245,7 @@ class KubeCluster:
     async def _delete(self, what: str, path: str, options: dict) -> bool:
         """True when it is gone or going."""
         try:
-            await self.api_call("DELETE", path, options)
+            await self.api_call("DELETE", path, options, answer=False)
             return True
         except ApiException as err:
             if err.status == 404:
@@ -253,7 +258,8 @@ class KubeCluster:
 
     async def delete_pod(self, name: str, grace_seconds: int) -> None:
         try:
-            await self.api_call("DELETE", rest.pods(self.namespace, name), rest.delete_options(grace_seconds))
+            await self.api_call("DELETE", rest.pods(self.namespace, name), rest.delete_options(grace_seconds),
+                                answer=False)
         except ApiException as err:
             if err.status != 404:
                 log.error("deleting kernel pod %s failed: %s", name, _api_message(err))
@@ -262,7 +268,8 @@ class KubeCluster:
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> bool:
         try:
-            await self.api_call("PATCH", rest.pods(self.namespace, name), {"metadata": {"annotations": annotations}})
+            await self.api_call("PATCH", rest.pods(self.namespace, name), {"metadata": {"annotations": annotations}},
+                                answer=False)
             return True
         except (ApiException, HTTPError) as err:
             log.warning("could not annotate kernel pod %s: %s", name, err)
@@ -327,7 +334,7 @@ class KubeCluster:
         try:
             if manifests.claim_template is not None:  # dra: made once per process, reused by every launch
                 await ensure_claim_template(self, manifests.claim_template)
-            await self._create(rest.secrets(self.namespace), manifests.secret, "Secret")
+            await self._create(rest.secrets(self.namespace), manifests.secret, "Secret", answer=False)
             created("secret")
             pod = await self._create(rest.pods(self.namespace), manifests.pod, "Pod")
             created("pod")
@@ -355,7 +362,7 @@ class KubeCluster:
             return
         try:
             await self.api_call("PATCH", rest.secrets(self.namespace, pod["metadata"]["name"]),
-                                secret_owner_patch(pod))
+                                secret_owner_patch(pod), answer=False)
             self.secrets_owned.add(pod["metadata"]["name"])
         except (ApiException, HTTPError) as err:
             log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s",

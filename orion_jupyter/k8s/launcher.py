@@ -89,13 +89,13 @@ class KernelPolicies:
         return policy
 
     async def create(self, policy: dict) -> None:
-        await self.cluster.api_call("POST", rest.network_policies(self.cluster.namespace), policy)
+        await self.cluster.api_call("POST", rest.network_policies(self.cluster.namespace), policy, answer=False)
 
     async def replace_spec(self, name: str, policy: dict) -> None:
         """The policy's spec written whole (a JSON patch ``replace``): a merge patch would keep the old
         ``matchLabels`` beside the new selector, and the two together select no pod at all."""
         await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
-                                    [{"op": "replace", "path": "/spec", "value": policy["spec"]}])
+                                    [{"op": "replace", "path": "/spec", "value": policy["spec"]}], answer=False)
 
     async def check_selects(self, name: str, pod_labels: Mapping[str, str]) -> None:
         """Read the policy back: it must select the pod as labelled now, else KernelLaunchError (the caller
@@ -112,7 +112,7 @@ class KernelPolicies:
             return
         try:
             await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
-                                        secret_owner_patch(pod))
+                                        secret_owner_patch(pod), answer=False)
             self.owned.add(name)
         except ApiException as err:
             log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
@@ -123,7 +123,7 @@ class KernelPolicies:
         if goes_with_pod:
             return
         try:
-            await self.cluster.api_call("DELETE", rest.network_policies(self.cluster.namespace, name))
+            await self.cluster.api_call("DELETE", rest.network_policies(self.cluster.namespace, name), answer=False)
         except ApiException as err:
             if err.status != 404:
                 log.warning("could not delete the NetworkPolicy of %s: %s", name, err.reason)
@@ -155,7 +155,7 @@ class PodSite:
         """Its server is about to hear the kernel is ready: it is no longer an orphan if this process dies."""
         try:
             await self.cluster.api_call("PATCH", rest.pods(self.cluster.namespace, pod_name),
-                                        {"metadata": {"annotations": {ANNOTATION_LAUNCHING: None}}})
+                                        {"metadata": {"annotations": {ANNOTATION_LAUNCHING: None}}}, answer=False)
         except ApiException as err:
             raise KernelLaunchError("api", f"Kubernetes refused to mark the kernel started: {err.reason}") from None
 
