@@ -5,6 +5,10 @@ and a restarted broker's budget meter, fair share and queue order continue from 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import secrets
+import uuid
 
 import pytest
 from kubernetes import client
@@ -21,6 +25,7 @@ from tests.test_budgets import Clock, FakePods, config, kernel
 from tests.test_queue import Room, waiting
 
 NS = "default"
+LABELS = {"app.kubernetes.io/managed-by": "orion-jupyter-broker"}
 
 
 @pytest.fixture
@@ -32,27 +37,38 @@ def kube(sim_cluster):
         cluster.close()
 
 
-async def test_writes_check_the_resource_version_and_keep_the_other_sections(kube, sim_cluster):
-    first, second = ConfigMapStore(kube, NS, "orion-broker-state"), ConfigMapStore(kube, NS, "orion-broker-state")
+async def test_each_section_has_its_own_configmap_written_with_resource_version_checks(kube, sim_cluster, caplog):
+    first, second = (ConfigMapStore(kube, NS, "orion-broker-state", LABELS),
+                     ConfigMapStore(kube, NS, "orion-broker-state", LABELS))
     assert await first.load("budgets") is None
     await first.save("budgets", {"used": {"user:ann": 1.5}})
     assert await second.load("budgets") == {"used": {"user:ann": 1.5}}
-    await first.save("fairshare", {"use": {"course:ai101": [10.0, 1.0]}})  # second's resourceVersion is stale now
+    await first.save("fairshare", {"use": {"course:ai101": [10.0, 1.0]}})  # its own ConfigMap: nobody's is stale
+    await first.save("budgets", {"used": {"user:ann": 1.75}})  # second's budgets are stale now
     await second.save("budgets", {"used": {"user:ann": 2.0}})
-    assert second.conflicts == 1
+    assert (first.conflicts, second.conflicts) == (0, 1)
+    assert "written or deleted by another writer" in caplog.text  # not silently
     third = ConfigMapStore(kube, NS, "orion-broker-state")
     assert await third.load("budgets") == {"used": {"user:ann": 2.0}}
-    assert await third.load("fairshare") == {"use": {"course:ai101": [10.0, 1.0]}}  # not lost to the stale write
-    stored = client.CoreV1Api(sim_cluster.api_client()).read_namespaced_config_map("orion-broker-state", NS)
-    stale = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="orion-broker-state", resource_version="1"),
+    assert await third.load("fairshare") == {"use": {"course:ai101": [10.0, 1.0]}}
+    assert {c["metadata"]["name"]: c["metadata"]["labels"] for c in sim_cluster.objects("configmaps", NS)} == {
+        "orion-broker-state-budgets": LABELS, "orion-broker-state-fairshare": LABELS}
+    api = client.CoreV1Api(sim_cluster.api_client())
+    stale = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="orion-broker-state-budgets", resource_version="1"),
                                data={"budgets": "{}"})
     with pytest.raises(ApiException) as caught:  # kubesim refuses a stale replace as the API server does
-        client.CoreV1Api(sim_cluster.api_client()).replace_namespaced_config_map("orion-broker-state", NS, stale)
-    assert caught.value.status == 409 and stored.data["budgets"] == '{"used":{"user:ann":2.0}}'
-    with pytest.raises(ApiException) as caught:
-        client.CoreV1Api(sim_cluster.api_client()).create_namespaced_config_map(NS, client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="too-big"), data={"x": "0" * 1_048_577}))
-    assert caught.value.status == 422
+        api.replace_namespaced_config_map("orion-broker-state-budgets", NS, stale)
+    assert caught.value.status == 409
+    with pytest.raises(ApiException) as caught:  # and a stale delete
+        api.delete_namespaced_config_map("orion-broker-state-budgets", NS, body=client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version="1")))
+    assert caught.value.status == 409 and await third.load("budgets") == {"used": {"user:ann": 2.0}}
+    for data, binary in (({"x": "0" * 1_048_577}, None), (None, {"x": base64.b64encode(b"0" * 1_048_577).decode()}),
+                         ({"x": ""}, {"x": ""}), (None, {"x": "not base64!"})):
+        with pytest.raises(ApiException) as caught:  # too big (binaryData decoded), a key twice, not base64
+            api.create_namespaced_config_map(NS, client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(name="refused"), data=data, binary_data=binary))
+        assert caught.value.status == 422
 
 
 async def test_a_restarted_broker_continues_budgets_and_fair_share_from_the_configmap(kube):
