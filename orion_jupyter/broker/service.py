@@ -221,9 +221,11 @@ class Broker(Application, ClassSettings):
                          "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
                          "most hours one of theirs may last.")
     state_configmap = Unicode("orion-broker-state", config=True,
-                              help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups, fair-share memory, bookings and the queue's order, so a restarted "
-                                   "broker continues them.")
+                              help="The name of the broker's state in the kernel namespace: budgets' use, "
+                                   "top-ups, fair-share memory, bookings and the queue's order, each in the "
+                                   "ConfigMap '<name>-<section>' (gzipped; a big one split over parts), so a "
+                                   "restarted broker continues them. A section an earlier version kept in the "
+                                   "ConfigMap '<name>' is read from there and moved.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")

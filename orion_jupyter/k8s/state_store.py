@@ -82,10 +82,9 @@ def _binary(configmap: dict, key: str) -> bytes:
         raise StateUnreadable(f"ConfigMap {configmap['metadata']['name']} has no base64 {key!r}") from None
 
 
-def pack(state: dict[str, Any]) -> bytes:
-    """The section's JSON, gzipped (mtime 0: the same state packs to the same bytes)."""
-    text = json.dumps(state, separators=(",", ":"), sort_keys=True)
-    return gzip.compress(text.encode(), compresslevel=6, mtime=0)
+def pack(text: bytes) -> bytes:
+    """A section's JSON gzipped (mtime 0: the same state packs to the same bytes); ~25 ms a MB."""
+    return gzip.compress(text, compresslevel=6, mtime=0)
 
 
 def decode(head: dict, parts: Sequence[dict]) -> dict[str, Any] | None:
@@ -196,14 +195,15 @@ class ConfigMapStore:
 
     # -- writing --------------------------------------------------------------------------------
     async def save(self, section: str, state: dict[str, Any]) -> None:
-        packed = pack(state)
-        chunks = [packed[i:i + self.part_bytes] for i in range(0, len(packed), self.part_bytes)] \
-            if len(packed) > self.part_bytes else []
-        if len(chunks) > MAX_PARTS:
-            log.warning("ConfigMap %s: section %s is %d bytes gzipped, over %d parts of %d; not saved",
-                        head_name(self.name, section), section, len(packed), MAX_PARTS, self.part_bytes)
-            return
-        async with self._writing.setdefault(section, asyncio.Lock()):
+        text = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()  # the state as it is now
+        async with self._writing.setdefault(section, asyncio.Lock()):  # a section's saves in the order made
+            packed = await asyncio.get_running_loop().run_in_executor(None, pack, text)  # off the event loop
+            chunks = [packed[i:i + self.part_bytes] for i in range(0, len(packed), self.part_bytes)] \
+                if len(packed) > self.part_bytes else []
+            if len(chunks) > MAX_PARTS:
+                log.warning("ConfigMap %s: section %s is %d bytes gzipped, over %d parts of %d; not saved",
+                            head_name(self.name, section), section, len(packed), MAX_PARTS, self.part_bytes)
+                return
             if section not in self.heads:
                 await self._read_head(section)
             generation = secrets.token_hex(6) if chunks else ""
