@@ -156,16 +156,25 @@ class Interleaving:
     def __init__(self, cluster: KubeCluster):
         self.cluster, self.core = cluster, cluster.core
         self.steps: dict[tuple[str, str], list] = {}
+        self.lost_answers: set[tuple[str, str]] = set()
 
     def before(self, call: str, name: str, step) -> None:
         self.steps.setdefault((call, name), []).append(step)
+
+    def lose_answer(self, call: str, name: str) -> None:
+        """The next such request is done, but its answer is a gateway timeout."""
+        self.lost_answers.add((call, name))
 
     async def request(self, fn, *args, **kwargs):
         name = args[1]["metadata"]["name"] if fn.__name__.startswith("create") else args[0]
         steps = self.steps.get((fn.__name__, name))
         if steps:
             await steps.pop(0)()
-        return await self.cluster.request(fn, *args, **kwargs)
+        answer = await self.cluster.request(fn, *args, **kwargs)
+        if (fn.__name__, name) in self.lost_answers:
+            self.lost_answers.discard((fn.__name__, name))
+            raise ApiException(status=504, reason="Gateway Timeout")
+        return answer
 
 
 async def test_a_university_queue_of_3000_waiting_is_saved_and_restored_whole(kube, sim_cluster):
@@ -285,3 +294,11 @@ async def test_conflicting_writers_and_failed_writes_never_lose_the_last_good_st
             await mine.save("queue", {"blob": secrets.token_hex(1500)})
         assert set(configmaps(sim_cluster)) == kept
         assert await ConfigMapStore(kube, NS, "state").load("queue") == latest["state"]
+
+    cluster.lose_answer("replace_namespaced_config_map", "state-queue")  # written, but the answer is lost
+    lost = {"blob": secrets.token_hex(1500)}
+    with pytest.raises(ApiException):
+        await mine.save("queue", lost)
+    assert await ConfigMapStore(kube, NS, "state").load("queue") == lost  # its parts were kept, the old ones went
+    assert set(configmaps(sim_cluster)) == {"state-queue", *(f"state-queue-{mine.heads['queue'].generation}-{i}"
+                                                             for i in range(mine.heads["queue"].parts))}

@@ -11,7 +11,8 @@ the parts of the head a write replaced are deleted after it.
 Two writers of one section (an old broker still running): the stale one's replace is refused; it reads
 the newer head, warns, and writes its own state over it, deleting the other's parts. After 3 conflicting
 writes in a row it gives up that save (warning), the newer state left whole. A write that fails deletes
-the parts it made and leaves the last good head and its parts as they were.
+the parts it made and leaves the last good head and its parts as they were (one whose answer was lost
+but which the API server took is found by reading the head again).
 
 The first layout kept every section as a JSON key of the one ConfigMap ``name``: a section without a head
 is read from there, and its key removed once its head is written (the ConfigMap too once empty).
@@ -206,22 +207,36 @@ class ConfigMapStore:
                 return
             if section not in self.heads:
                 await self._read_head(section)
-            generation = secrets.token_hex(6) if chunks else ""
+            generation = secrets.token_hex(6)  # names this write, whether it has parts or not
             await self._write_parts(section, generation, chunks)
             try:
                 replaced = await self._write_head(section, generation, chunks, packed)
             except BaseException:
-                await self._delete_parts(section, generation, len(chunks))
+                await self._after_failed_head(section, generation, len(chunks))
                 raise
             if replaced is None:
                 log.warning("ConfigMap %s: section %s not saved after %d conflicting writes",
                             head_name(self.name, section), section, TRIES)
                 await self._delete_parts(section, generation, len(chunks))
                 return
-            if replaced.parts:
-                await self._delete_parts(section, replaced.generation, replaced.parts)
+            await self._delete_parts(section, replaced.generation, replaced.parts)
             if section in self.legacy:
                 await self._forget_legacy(section)
+
+    async def _after_failed_head(self, section: str, generation: str, count: int) -> None:
+        """A head write failed, perhaps after the API server took it (a timeout): the head is read again; the
+        parts of whichever write it no longer names are deleted (none if it cannot be read)."""
+        tried = self.heads[section]
+        try:
+            await self._read_head(section)
+        except Exception as err:  # noqa: BLE001 - the parts stay: a head may name them
+            log.warning("ConfigMap %s: not read after a failed write (%s); its new parts are left",
+                        head_name(self.name, section), err)
+            return
+        if self.heads[section].generation == generation:  # it was written after all
+            await self._delete_parts(section, tried.generation, tried.parts)
+        else:
+            await self._delete_parts(section, generation, count)
 
     async def _write_parts(self, section: str, generation: str, chunks: list[bytes]) -> None:
         """Each chunk created as a part of ``generation``; if one fails, those made are deleted."""
