@@ -1,6 +1,7 @@
-"""The broker's state in a ConfigMap of the simulated cluster: written with resourceVersion checks (a stale
-writer re-reads and keeps the other sections), too-large data refused by the API server as Kubernetes does,
-and a restarted broker's budget meter, fair share and queue order continue from it."""
+"""The broker's state in ConfigMaps of the simulated cluster, one (or a head and its parts) per section:
+written with resourceVersion checks (a stale writer re-reads and warns), too-large data refused by the API
+server as Kubernetes does, a university-sized queue kept whole, a reader never mixing two writes, the old
+one-ConfigMap layout migrated, and a restarted broker's budget meter, fair share and queue order continuing."""
 
 from __future__ import annotations
 
