@@ -121,6 +121,7 @@ class ConfigMapStore:
         self.part_bytes = part_bytes
         self.heads: dict[str, Head] = {}  # per section, the head last read or written
         self.legacy: set[str] = set()  # sections the first layout's ConfigMap may still hold
+        self._legacy_data: dict[str, str] | None = None  # that ConfigMap's data, read once for every section
         self.conflicts = 0
         self._writing: dict[str, asyncio.Lock] = {}
 
@@ -183,7 +184,9 @@ class ConfigMapStore:
 
     async def _load_legacy(self, section: str) -> dict[str, Any] | None:
         """``section`` as the first layout kept it (a JSON key of the ConfigMap ``name``)."""
-        text = ((await self._get(self.name) or {}).get("data") or {}).get(section)
+        if self._legacy_data is None:
+            self._legacy_data = dict((await self._get(self.name) or {}).get("data") or {})
+        text = self._legacy_data.get(section)
         if not text:
             self.legacy.discard(section)
             return None
