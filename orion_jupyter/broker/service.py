@@ -431,6 +431,11 @@ class Broker(Application, ClassSettings):
         await self.places.restore(self.pods.kernel_exists)  # the queue an earlier broker kept, before anyone new
         await self.warm.adopt_or_clean()
         await self.booked.start()
+        if self.fair is not None:  # what an earlier broker kept, before anyone asks (or tops up)
+            self.fair.restore(await self.state_store.load("fairshare") or {})
+        await self.parking.start()
+        if self.budget_meter is not None:
+            await self.budget_meter.start()
         heap.started()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
@@ -443,11 +448,8 @@ class Broker(Application, ClassSettings):
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
         if self.fair is not None:
-            self.fair.restore(await self.state_store.load("fairshare") or {})
             timers.append(PeriodicCallback(self.save_fair_share, 30_000))
-        await self.parking.start()
         if self.budget_meter is not None:
-            await self.budget_meter.start()
             timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))
