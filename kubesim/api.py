@@ -472,13 +472,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds {grace!r}") from None
 
     def _delete(self, plural: str, namespace: str | None, name: str, body: object) -> None:
-        if isinstance(body, dict):
-            uid = (body.get("preconditions") or {}).get("uid")
-            current = self.store.require(plural, namespace, name)
-            if uid and uid != current["metadata"]["uid"]:
-                raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, "
-                                                f'UID in object meta: {current["metadata"]["uid"]}')
-        obj = self.store.delete(plural, namespace, name, self._grace(body))
+        preconditions = (body.get("preconditions") or {}) if isinstance(body, dict) else {}
+        with self.store.lock:  # the preconditions hold for the object deleted
+            current = self.store.require(plural, namespace, name)["metadata"]
+            for field, words in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+                if preconditions.get(field) and preconditions[field] != current[field]:
+                    raise ApiError(409, "Conflict", f"Precondition failed: {words} in precondition: "
+                                                    f"{preconditions[field]}, {words} in object meta: {current[field]}")
+            obj = self.store.delete(plural, namespace, name, self._grace(body))
         if plural == "pods":
             self._send(200, obj)
         else:

@@ -270,28 +270,39 @@ def default_and_validate_secret(secret: dict) -> None:
         secret["data"] = data
     causes = validate_metadata("Secret", secret)
     for key in data:
-        if not _CONFIG_KEY.match(key) or len(key) > 253:
-            causes.append((
-                f"data[{key}]", "FieldValueInvalid",
-                f'Invalid value: "{key}": '
-                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
-            ))
+        causes += _key_causes("data", key)
     if causes:
         raise invalid("Secret", name, causes)
 
 
+def _key_causes(field: str, key: str) -> list[tuple[str, str, str]]:
+    if _CONFIG_KEY.match(key) and len(key) <= 253:
+        return []
+    return [(f"{field}[{key}]", "FieldValueInvalid", f'Invalid value: "{key}": '
+             "a valid config key must consist of alphanumeric characters, '-', '_' or '.'")]
+
+
 def validate_configmap(configmap: dict) -> None:
-    """Keys as a Secret's, values strings, at most 1 MiB of data (what the API server checks)."""
+    """Keys as a Secret's (in `data` or `binaryData`, not both), values strings (`binaryData`: base64), at most
+    1 MiB of values (`binaryData` decoded), what the API server checks."""
     name = configmap["metadata"]["name"]
     causes = validate_metadata("ConfigMap", configmap)
     data = configmap.get("data") or {}
     for key, value in data.items():
-        if not _CONFIG_KEY.match(key) or len(key) > 253:
-            causes.append((f"data[{key}]", "FieldValueInvalid", f'Invalid value: "{key}": '
-                           "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+        causes += _key_causes("data", key)
         if not isinstance(value, str):
             causes.append((f"data[{key}]", "FieldValueInvalid", "Invalid value: a ConfigMap's values are strings"))
-    if sum(len(k) + len(str(v).encode()) for k, v in data.items()) > CONFIG_MAP_LIMIT:
+    binary = configmap.get("binaryData") or {}
+    size = sum(len(str(v).encode()) for v in data.values())
+    for key, value in binary.items():
+        causes += _key_causes("binaryData", key)
+        if key in data:
+            causes.append((f"binaryData[{key}]", "FieldValueDuplicate", "duplicate of key present in data"))
+        try:
+            size += len(base64.b64decode(value, validate=True))
+        except (TypeError, ValueError):
+            causes.append((f"binaryData[{key}]", "FieldValueInvalid", "Invalid value: not base64 (binaryData)"))
+    if size > CONFIG_MAP_LIMIT:
         causes.append(("data", "FieldValueTooLong", f"Too long: must have at most {CONFIG_MAP_LIMIT} bytes"))
     if causes:
         raise invalid("ConfigMap", name, causes)

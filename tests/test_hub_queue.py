@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from orion_jupyter.k8s.state_store import decode, head_name, part_names
 from tests.classroom import BROKER, COURSE, NS, SPEC, class_hub_with, kernel_objects, start_vgpu_kernel
 from tests.helpers import eventually_async
 from tests.hub import HubHTTPError
@@ -126,10 +127,13 @@ async def launch_through_a_restart(hub, user: str, kernel_id: str) -> tuple[int,
 
 
 def kept_places(sim_cluster) -> list[str]:
-    """The users of the queue's places as the broker's state ConfigMap keeps them, in order."""
-    state = next((c for c in sim_cluster.objects("configmaps", NS) if c["metadata"]["name"] == "orion-broker-state"),
-                 None)
-    return [p["user"] for p in json.loads(((state or {}).get("data") or {}).get("queue") or "{}").get("places", [])]
+    """The users of the queue's places as the broker's state ConfigMaps keep them, in order."""
+    found = {c["metadata"]["name"]: c for c in sim_cluster.objects("configmaps", NS)}
+    head = found.get(head_name("orion-broker-state", "queue"))
+    if head is None:
+        return []
+    state = decode(head, [found[name] for name in part_names("orion-broker-state", "queue", head)])
+    return [p["user"] for p in (state or {}).get("places", [])]
 
 
 @pytest.mark.timeout(420)

@@ -222,9 +222,11 @@ class Broker(Application, ClassSettings):
                          "api/bookings; students too where c.Broker.courses[group]['student_bookings'] gives the "
                          "most hours one of theirs may last.")
     state_configmap = Unicode("orion-broker-state", config=True,
-                              help="The ConfigMap in the kernel namespace where the broker keeps budgets' use, "
-                                   "top-ups, fair-share memory, bookings and the queue's order, so a restarted "
-                                   "broker continues them.")
+                              help="The name of the broker's state in the kernel namespace: budgets' use, "
+                                   "top-ups, fair-share memory, bookings and the queue's order, each in the "
+                                   "ConfigMap '<name>-<section>' (gzipped; a big one split over parts), so a "
+                                   "restarted broker continues them. A section an earlier version kept in the "
+                                   "ConfigMap '<name>' is read from there and moved.")
     lease_name = Unicode("orion-broker", config=True,
                          help="The broker's Lease (coordination.k8s.io) in the kernel namespace; it owns the "
                               "kernel pods.")
@@ -430,6 +432,11 @@ class Broker(Application, ClassSettings):
         await self.places.restore(self.pods.kernel_exists)  # the queue an earlier broker kept, before anyone new
         await self.warm.adopt_or_clean()
         await self.booked.start()
+        if self.fair is not None:  # what an earlier broker kept, before anyone asks (or tops up)
+            self.fair.restore(await self.state_store.load("fairshare") or {})
+        await self.parking.start()
+        if self.budget_meter is not None:
+            await self.budget_meter.start()
         heap.started()
         address = urlparse(self.url)
         server = web.Application(routes(self.prefix), broker=self).listen(
@@ -442,11 +449,8 @@ class Broker(Application, ClassSettings):
             timers.append(PeriodicCallback(self.warm.tick, self.warm_interval * 1000))
             self.warm.wake()
         if self.fair is not None:
-            self.fair.restore(await self.state_store.load("fairshare") or {})
             timers.append(PeriodicCallback(self.save_fair_share, 30_000))
-        await self.parking.start()
         if self.budget_meter is not None:
-            await self.budget_meter.start()
             timers.append(PeriodicCallback(self.budget_meter.meter, self.budget_meter.budgets.config.interval * 1000))
         if self.reap_interval > 0:
             timers.append(PeriodicCallback(self.reap, self.reap_interval * 1000))

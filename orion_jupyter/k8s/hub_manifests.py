@@ -58,9 +58,9 @@ BROKER_RULES = KERNEL_RULES + [
     # The broker's Lease: the owner of the kernel pods (they go when the broker's Lease goes) and who leads.
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "update", "patch", "delete"]},
-    # The broker's state that outlives it (budgets' use, fair-share memory): one ConfigMap, replaced with
-    # resourceVersion checks.
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "update"]},
+    # The broker's state that outlives it (budgets' use, fair-share memory, the queue): a ConfigMap per
+    # section, replaced with resourceVersion checks; delete: the parts of a big section a newer write replaced.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "update", "delete"]},
     # Users' storage (z2jh's claim-{username}), mounted into their kernel pods.
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]},
 ]
