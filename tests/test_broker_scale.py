@@ -194,7 +194,7 @@ async def test_a_stop_is_one_request_when_the_secret_and_policy_are_the_pods_and
     assert sent == [("DELETE", "pods")]  # the Secret and the NetworkPolicy go with the pod
     assert await _gone(sim_cluster, "secrets", "orion-kernel-owned")
     assert await _gone(sim_cluster, "networkpolicies", "orion-kernel-owned")
-    assert not site.cluster.secrets_owned and not site.policies.owned
+    assert not site.cluster.goes_with_pod
 
     site, sent = await _site_with_kernel_objects(sim_cluster, "orion-kernel-alone", owned=False)
     assert await site.stop("orion-kernel-alone", "instructor", grace_seconds=0) is True

@@ -90,7 +90,9 @@ class KubeCluster:
         self.stopped_by: dict[str, str] = {}
         self.warm: WarmClaims | None = None  # warm kernels a direct-mode server keeps here (server/warm.py)
         self.gone_uids: OrderedDict[str, None] = OrderedDict()  # kernel pods deleted lately
-        self.secrets_owned: set[str] = set()  # kernels whose Secret this process made their pod's
+        # kernel name -> what this process made its pod's ("Secret", "NetworkPolicy"): Kubernetes' garbage
+        # collector deletes those with the pod, no request of ours needed
+        self.goes_with_pod: dict[str, set[str]] = {}
         self.pods.subscribe(self._remember_stops)
         self.held = HeldByNode()  # what the kernel pods hold per node, for the pool
         self.pods.subscribe(self.held.apply)
@@ -235,11 +237,10 @@ class KubeCluster:
         or going (the API accepted its deletion, or it was not there). A Secret this process made its pod's
         goes with the pod (Kubernetes' garbage collector): one request, not two."""
         options = rest.delete_options(grace_seconds, "Background")
-        owned = name in self.secrets_owned  # read first: the pod's DELETED event forgets it
+        owned = "Secret" in self.goes_with_pod.get(name, ())  # read first: the pod's DELETED event forgets it
         pod_going = await self._delete("Pod", rest.pods(self.namespace, name), options)
         if not (pod_going and owned):
             await self._delete("Secret", rest.secrets(self.namespace, name), options)
-        self.secrets_owned.discard(name)
         return pod_going
 
     async def _delete(self, what: str, path: str, options: dict) -> bool:
@@ -296,7 +297,7 @@ class KubeCluster:
     def _remember_stops(self, kind: str, pod: dict) -> None:
         if kind == "DELETED":
             name = pod.get("metadata", {}).get("name", "")
-            self.secrets_owned.discard(name)  # gone with its pod
+            self.goes_with_pod.pop(name, None)  # gone with its pod
             self._progress_routes.pop(name, None)
             self.last_event.pop(name, None)
         meta = pod.get("metadata", {})
@@ -363,7 +364,7 @@ class KubeCluster:
         try:
             await self.api_call("PATCH", rest.secrets(self.namespace, pod["metadata"]["name"]),
                                 secret_owner_patch(pod), answer=False)
-            self.secrets_owned.add(pod["metadata"]["name"])
+            self.goes_with_pod.setdefault(pod["metadata"]["name"], set()).add("Secret")
         except (ApiException, HTTPError) as err:
             log.warning("could not make Secret %s owned by its pod (cleanup still deletes it): %s",
                         pod["metadata"]["name"], err)

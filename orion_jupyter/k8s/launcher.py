@@ -63,12 +63,6 @@ class KernelPolicies:
         self.cluster = cluster
         self.host_pod_labels = dict(host_pod_labels)
         self.api = client.NetworkingV1Api(cluster.api)
-        self.owned: set[str] = set()  # policies made their pod's: they go with it (the garbage collector)
-        cluster.pods.subscribe(self._pod_gone)
-
-    def _pod_gone(self, kind: str, pod: dict) -> None:
-        if kind == "DELETED":
-            self.owned.discard(pod["metadata"]["name"])
 
     def build(self, name: str, kernel_label: str, user: str, ports: Sequence[int], *,
               also_kernel_label: str | None = None) -> dict:
@@ -113,13 +107,12 @@ class KernelPolicies:
         try:
             await self.cluster.api_call("PATCH", rest.network_policies(self.cluster.namespace, name),
                                         secret_owner_patch(pod), answer=False)
-            self.owned.add(name)
+            self.cluster.goes_with_pod.setdefault(name, set()).add("NetworkPolicy")
         except ApiException as err:
             log.warning("could not make the NetworkPolicy %s owned by its pod: %s", name, err.reason)
 
     async def delete(self, name: str, goes_with_pod: bool = False) -> None:
         """``goes_with_pod``: the policy is its pod's and the pod is gone or going: no request."""
-        self.owned.discard(name)
         if goes_with_pod:
             return
         try:
@@ -173,10 +166,12 @@ class PodSite:
 
     async def _with_policy(self, pod_name: str, pod_deleted: Awaitable[bool]) -> bool:
         """Delete the pod (``pod_deleted``), then its NetworkPolicy unless that goes with the pod."""
-        owned = self.policies is not None and pod_name in self.policies.owned  # read before the DELETED event
+        owned = self.cluster.goes_with_pod.get(pod_name, set())  # read before the pod's DELETED event forgets it
         pod_going = await pod_deleted
+        if pod_going:
+            self.cluster.goes_with_pod.pop(pod_name, None)
         if self.policies is not None:
-            await self.policies.delete(pod_name, pod_going and owned)
+            await self.policies.delete(pod_name, pod_going and "NetworkPolicy" in owned)
         return pod_going
 
     async def sweep(self, grace_seconds: float) -> list[str]:
