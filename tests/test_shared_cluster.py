@@ -217,18 +217,21 @@ async def test_a_lasting_watch_failure_is_logged_once_and_shown_in_the_pool(pool
         async def warnings():
             return (await pool_api())[1]["warnings"]
 
-        shown = await eventually_async(warnings, timeout=15, until=lambda w: w)
-        assert len(shown) == 1 and shown[0].startswith(f"pods/{NS} watch failing since ")
-        assert "attempts; last error: 503 Service Unavailable: simulated failure (503)" in shown[0]
+        # two watches read the namespace's pods: its kernels, and the rest (other workloads, for the pool)
+        watches = {f"pods/{NS}", f"pods/{NS} (not kernels)"}
+        shown = await eventually_async(warnings, timeout=15, until=lambda w: len(w) == 2)
+        assert sorted(w.split(" watch failing since ")[0] for w in shown) == sorted(watches), shown
+        assert all("attempts; last error: 503 Service Unavailable: simulated failure (503)" in w for w in shown)
         await asyncio.sleep(1.0)
         # backoff, not a retry every 50 ms: the stream's drop, then requests 0.05, 0.1, 0.2, 0.4, 0.8, 1.6 s apart
         attempts = sum(1 for r in sim_cluster.requests if r.namespace == NS and r.resource == "pods")
-        assert 4 <= attempts <= 6, attempts
+        assert 2 * 4 <= attempts <= 2 * 6, attempts
         sim_cluster.faults.clear()
         await eventually_async(warnings, timeout=15, until=lambda w: w == [])
-    failing = [r for r in caplog.records if r.levelno == logging.ERROR and "watch failing since" in r.getMessage()]
-    assert len(failing) == 1 and failing[0].getMessage().startswith(f"pods/{NS} watch failing since")
-    assert any(f"pods/{NS} watch works again" in r.getMessage() for r in caplog.records)
+    failing = [r.getMessage().split(" watch failing since")[0] for r in caplog.records
+               if r.levelno == logging.ERROR and "watch failing since" in r.getMessage()]
+    assert sorted(failing) == sorted(watches)  # once each
+    assert all(any(f"{watch} watch works again" in r.getMessage() for r in caplog.records) for watch in watches)
 
 
 def test_backoff_doubles_to_its_cap_with_jitter_and_resets():
@@ -242,19 +245,26 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_resets():
         assert high.next() <= 30.0
 
 
-def test_the_other_pods_cache_leaves_this_namespaces_kernel_pods_to_the_pod_watch():
-    cluster = KubeCluster.__new__(KubeCluster)
-    cluster.namespace = NS
+def test_the_other_pods_watches_leave_this_namespaces_kernel_pods_to_the_pod_watch(sim_cluster):
+    """The API server leaves them out: each of their events is read once, by the pod watch."""
     managed = {"app.kubernetes.io/managed-by": "orion-jupyter"}
-
-    def pod(namespace, labels):
-        return {"metadata": {"name": "p", "namespace": namespace, "uid": "u", "labels": labels},
-                "spec": {"nodeName": "n1", "containers": [{"resources": {"limits": {VGPU: "1"}}}]},
-                "status": {"phase": "Running"}}
-
-    assert cluster._foreign(pod(NS, managed)) is None  # ours: the pod watch caches it, once
-    assert cluster._foreign(pod(NS, {}))["spec"]["containers"][0]["resources"]["limits"] == {VGPU: "1"}
-    assert cluster._foreign(pod("class-ml202", managed)) is not None  # another class's broker: another team
+    for name, namespace, labels in (("ours", NS, managed), ("theirs", NS, {}), ("other-class", OTHERS, managed)):
+        limits = {VGPU: "1"}
+        sim_cluster.create_object("pods", namespace, {"metadata": {"name": name, "labels": labels}, "spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "python", "command": ["sleep", "600"],
+                                                      "resources": {"limits": limits, "requests": dict(limits)}}]}})
+    cluster = KubeCluster(sim_cluster.api_client(), NS, watch_others=True)
+    cluster.start()
+    try:
+        def names(items):
+            return sorted(p["metadata"]["name"] for p in items)
+        eventually(lambda: names(cluster.others.items()) == ["other-class", "theirs"], timeout=20,
+                   message=lambda: names(cluster.others.items()))
+        assert names(cluster.kernel_pods()) == ["ours"] and cluster.others.lists >= 1
+    finally:
+        cluster.close()
+        for name, namespace in (("ours", NS), ("theirs", NS), ("other-class", OTHERS)):
+            sim_cluster.delete_object("pods", namespace, name)
 
 
 def test_close_ends_the_watch_threads(sim_cluster):

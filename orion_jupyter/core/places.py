@@ -54,13 +54,19 @@ class Place:
     ticket_hash: str
     stream: asyncio.Future | None = None  # resolved when the stream that follows it lets go; None: nobody
     expiry: asyncio.TimerHandle | None = None  # when a place nobody follows is given up
+    saved: dict[str, Any] | None = None  # what is saved of it (made once: nothing of it changes)
+
+    def entry(self) -> dict[str, Any]:
+        if self.saved is None:
+            self.saved = _entry(self.waiting, self.ticket_hash)
+        return self.saved
 
 
 class KeptPlaces:
     """The queue's places by kernel id; ``queue.changed`` is set to save them."""
 
     def __init__(self, queue: LaunchQueue, release: Callable[[str], None], store: Store | None = None,
-                 grace: float = 60.0, save_delay: float = 0.5):
+                 grace: float = 60.0, save_delay: float = 1.0):
         self.queue = queue
         self.release = release  # gives back what a launch reserved (admission.release)
         self.store = store
@@ -153,8 +159,7 @@ class KeptPlaces:
         """Every kept place, in the order it is served: those whose turn came, then each line in order."""
         in_line = [w for line in self.queue.lines.values() for w in line]
         turned = [p.waiting for p in self.places.values() if p.waiting.turn.done() and not p.waiting.turn.exception()]
-        return {"places": [_entry(w, self.places[w.kernel_id].ticket_hash) for w in [*turned, *in_line]
-                           if w.kernel_id in self.places]}
+        return {"places": [self.places[w.kernel_id].entry() for w in [*turned, *in_line] if w.kernel_id in self.places]}
 
     def changed(self) -> None:
         """The queue or its places changed: saved a moment later (one save for many changes)."""

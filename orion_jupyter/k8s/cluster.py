@@ -53,6 +53,45 @@ def _api_message(err: ApiException) -> str:
         return str(err.reason)
 
 
+class OtherPods:
+    """Every pod but this namespace's kernel pods (the pod watch's), as the pool counts them: two watches, so
+    that the API server leaves this namespace's kernel pods out (each of their events was parsed here a second
+    time only to be dropped): the other namespaces' pods, and this one's not managed by this project."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str):
+        running = "status.phase!=Succeeded,status.phase!=Failed"
+        self.watches = [
+            SharedWatch("pods/*", core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
+                        field_selector=f"metadata.namespace!={namespace},{running}"),
+            SharedWatch(f"pods/{namespace} (not kernels)", core.list_namespaced_pod, namespace=namespace,
+                        keep=trim_foreign_pod, field_selector=running,
+                        label_selector=f"{LABEL_MANAGED_BY}!={MANAGED_BY}")]
+
+    @property
+    def lists(self) -> int:
+        """How many times every one of them has listed (0: one has not yet)."""
+        return min(watch.lists for watch in self.watches)
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        return tuple(watch.version for watch in self.watches)
+
+    def items(self) -> list[dict]:
+        return [pod for watch in self.watches for pod in watch.items()]
+
+    def subscribe(self, listener: Callable[[str, dict], None], loop: asyncio.AbstractEventLoop | None = None
+                  ) -> Callable[[], None]:
+        unsubscribes = [watch.subscribe(listener, loop) for watch in self.watches]
+
+        def unsubscribe() -> None:
+            for each in unsubscribes:
+                each()
+        return unsubscribe
+
+    def __len__(self) -> int:
+        return sum(len(watch) for watch in self.watches)
+
+
 class KubeCluster:
     """Shared watches and API calls for one namespace of one cluster."""
 
@@ -73,9 +112,7 @@ class KubeCluster:
                                   field_selector="involvedObject.kind=Pod", keep=None)
         self.nodes = SharedWatch("nodes", self.core.list_node) if watch_nodes else None
         # Every other pod that holds extended resources on a node (needs a cluster-wide read of pods).
-        self.others = SharedWatch(
-            "pods/*", self.core.list_pod_for_all_namespaces, keep=self._foreign,
-            field_selector="status.phase!=Succeeded,status.phase!=Failed") if watch_others else None
+        self.others = OtherPods(self.core, namespace) if watch_others else None
         # dra backend: this project's ResourceClaims and the ResourceSlices (k8s/claims.py); see enable_dra
         self.dra: DraWatches | None = DraWatches(api, namespace) if watch_dra else None
         self._pool_cache: tuple[tuple[int, int, int], PoolSnapshot] | None = None
@@ -96,14 +133,6 @@ class KubeCluster:
         self.pods.subscribe(self._remember_stops)
         self.held = HeldByNode()  # what the kernel pods hold per node, for the pool
         self.pods.subscribe(self.held.apply)
-
-    def _foreign(self, pod: dict) -> dict | None:
-        """Of any pod in the cluster, what the pool counts beside this namespace's kernel pods (those are the
-        pod watch's: kept here too, 20,000 of them would be cached twice and walked at every pool change)."""
-        meta = pod.get("metadata") or {}
-        if meta.get("namespace") == self.namespace and (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY:
-            return None
-        return trim_foreign_pod(pod)
 
     @classmethod
     def shared(cls, api: client.ApiClient, namespace: str, *, watch_nodes: bool = True,
@@ -145,7 +174,8 @@ class KubeCluster:
 
     def _watches(self) -> list[SharedWatch]:
         dra = self.dra.watches if self.dra is not None else ()
-        return [w for w in (self.pods, self.events, self.nodes, self.others, *dra) if w is not None]
+        others = self.others.watches if self.others is not None else ()
+        return [w for w in (self.pods, self.events, self.nodes, *others, *dra) if w is not None]
 
     def enable_dra(self) -> DraWatches:
         """The DRA watches (claims, slices), added to a cluster made without them; started if it runs."""
