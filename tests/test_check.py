@@ -184,7 +184,7 @@ def test_hub_mode(cluster, capsys):
     hub_cluster(cluster)
     code, out = check(capsys, "--hub", "--service-account", "orion-broker")
     assert code == 0, out
-    assert f"✔ service account orion-broker may do all 28 things the broker needs in namespace {NS}" in out
+    assert f"✔ service account orion-broker may do all 29 things the broker needs in namespace {NS}" in out
     assert "✔ single-user servers (service account default) can neither create pods nor read Secrets" in out
     # kubesim stores NetworkPolicies but does not enforce them: the probe says so
     assert "‼ NetworkPolicy is not enforced: a pod outside the policy reached a fenced port" in out

@@ -207,7 +207,7 @@ class KernelsHandler(BrokerHandler):
         try:
             await broker.site.launched(name)  # before its server hears of it: never an orphan it uses
         except KernelLaunchError:
-            await broker.site.delete_kernel(name)
+            await broker.site.delete_kernel(name, collector=False)
             raise
         return {"pod_name": name, "ip": kernel.ip, "namespace": broker.namespace,
                 "node": ((broker.cluster.pod(name) or {}).get("spec") or {}).get("nodeName")}

@@ -262,12 +262,13 @@ class KubeCluster:
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def delete_kernel_objects(self, name: str, grace_seconds: int = 0) -> bool:
+    async def delete_kernel_objects(self, name: str, grace_seconds: int = 0, *, collector: bool = True) -> bool:
         """Delete a kernel's Pod and Secret; one that is already gone is success. True when the Pod is gone
         or going (the API accepted its deletion, or it was not there). A Secret this process made its pod's
-        goes with the pod (Kubernetes' garbage collector): one request, not two."""
+        goes with the pod, a moment later (Kubernetes' garbage collector): one request, not two; ``collector``
+        False: deleted now all the same (a failed launch leaves nothing when it says so)."""
         options = rest.delete_options(grace_seconds, "Background")
-        owned = "Secret" in self.goes_with_pod.get(name, ())  # read first: the pod's DELETED event forgets it
+        owned = collector and "Secret" in self.goes_with_pod.get(name, ())  # read first: DELETED forgets it
         pod_going = await self._delete("Pod", rest.pods(self.namespace, name), options)
         if not (pod_going and owned):
             await self._delete("Secret", rest.secrets(self.namespace, name), options)
@@ -383,7 +384,7 @@ class KubeCluster:
             log.info("kernel pod %s ready at %s after %.2f s", name, state.ip, time.monotonic() - started)
             return PodKernel(self, name, state.ip)
         except BaseException:
-            await asyncio.shield(self.delete_kernel_objects(name))
+            await asyncio.shield(self.delete_kernel_objects(name, collector=False))
             raise
         finally:
             waiter.close()

@@ -152,10 +152,11 @@ class PodSite:
         except ApiException as err:
             raise KernelLaunchError("api", f"Kubernetes refused to mark the kernel started: {err.reason}") from None
 
-    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0) -> bool:
+    async def delete_kernel(self, pod_name: str, grace_seconds: int = 0, *, collector: bool = True) -> bool:
         """A kernel's Pod, Secret and (hub mode) NetworkPolicy; what is already gone is success. True when
-        the Pod is gone or going."""
-        return await self._with_policy(pod_name, self.cluster.delete_kernel_objects(pod_name, grace_seconds))
+        the Pod is gone or going. ``collector`` False: what would go with the pod is deleted now."""
+        return await self._with_policy(pod_name, self.cluster.delete_kernel_objects(
+            pod_name, grace_seconds, collector=collector), collector)
 
     async def stop(self, pod_name: str, stopped_by: str, grace_seconds: int = 5,
                    annotations: dict[str, str] | None = None) -> bool:
@@ -164,9 +165,9 @@ class PodSite:
         return await self._with_policy(pod_name, self.cluster.stop_kernel(pod_name, stopped_by, grace_seconds,
                                                                           annotations))
 
-    async def _with_policy(self, pod_name: str, pod_deleted: Awaitable[bool]) -> bool:
+    async def _with_policy(self, pod_name: str, pod_deleted: Awaitable[bool], collector: bool = True) -> bool:
         """Delete the pod (``pod_deleted``), then its NetworkPolicy unless that goes with the pod."""
-        owned = self.cluster.goes_with_pod.get(pod_name, set())  # read before the pod's DELETED event forgets it
+        owned = self.cluster.goes_with_pod.get(pod_name, set()) if collector else set()  # read before DELETED
         pod_going = await pod_deleted
         if pod_going:
             self.cluster.goes_with_pod.pop(pod_name, None)
@@ -255,7 +256,7 @@ class PodSite:
                 progress=None if progress is None else lambda message: loop.call_soon_threadsafe(progress, message))
         except (KernelLaunchError, ApiException) as err:
             if self.policies is not None:
-                await self.delete_kernel(name)
+                await self.delete_kernel(name, collector=False)
             if isinstance(err, KernelLaunchError):
                 raise
             raise KernelLaunchError("api", f"Kubernetes refused the launch: {err.reason}") from None
