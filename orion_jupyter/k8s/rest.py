@@ -16,7 +16,6 @@ client (k8s/watch.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import should_bypass_proxies
@@ -98,7 +98,7 @@ class Rest:
             err = ApiException(status=status, reason=reason)
             err.body, err.headers = data.decode(errors="replace"), headers
             raise err
-        return json.loads(data or b"{}") if answer else {}
+        return orjson.loads(data or b"{}") if answer else {}
 
     async def _send(self, method: str, path: str, body: Any, fresh: bool) -> tuple[int, str, Any, bytes]:
         if fresh or time.monotonic() - self._auth_at > AUTH_SECONDS:  # a refresh hook may run a program
@@ -124,7 +124,7 @@ class Rest:
             data = response.data
             if not 200 <= response.status <= 299:
                 raise ApiException(http_resp=response)
-            return json.loads(data or b"{}") if answer else {}
+            return orjson.loads(data or b"{}") if answer else {}
         finally:
             response.release_conn()
 
@@ -135,7 +135,7 @@ class Rest:
 
     # -- both ----------------------------------------------------------------------------------
     def _request_parts(self, method: str, body: Any, credentials: dict[str, str]) -> tuple[dict[str, str],
-                                                                                             str | None]:
+                                                                                             bytes | None]:
         headers = {"Accept": "application/json", **self.api.default_headers, **credentials}
         if self.api.cookie:
             headers["Cookie"] = self.api.cookie
@@ -143,7 +143,7 @@ class Rest:
             return headers, None
         headers["Content-Type"] = (JSON_PATCH if isinstance(body, list) else STRATEGIC_MERGE_PATCH) \
             if method == "PATCH" else "application/json"
-        return headers, json.dumps(body)
+        return headers, orjson.dumps(body)
 
     def _credentials(self, fresh: bool) -> dict[str, str]:
         """The configuration's auth headers, as the client would add them (its refresh hook runs here)."""

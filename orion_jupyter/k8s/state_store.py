@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from kubernetes.client.exceptions import ApiException
 
 from .cluster import KubeCluster
@@ -199,7 +200,7 @@ class ConfigMapStore:
 
     # -- writing --------------------------------------------------------------------------------
     async def save(self, section: str, state: dict[str, Any]) -> None:
-        text = json.dumps(state, separators=(",", ":")).encode()  # the state as it is now
+        text = orjson.dumps(state)  # the state as it is now
         async with self._writing.setdefault(section, asyncio.Lock()):  # a section's saves in the order made
             packed = await asyncio.get_running_loop().run_in_executor(None, pack, text)  # off the event loop
             chunks = [packed[i:i + self.part_bytes] for i in range(0, len(packed), self.part_bytes)] \

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -219,7 +220,7 @@ class SharedWatch:
     def _relist(self) -> None:
         response = self._list_fn(_preload_content=False, _request_timeout=30, **self._selectors)
         self.lists += 1
-        body = json.loads(response.data)
+        body = orjson.loads(response.data)
         keep = self._keep or (lambda obj: obj)
         fresh = {object_key(obj): kept for obj in body.get("items", []) if (kept := keep(obj)) is not None}
         with self._lock:
@@ -258,7 +259,7 @@ class SharedWatch:
             for line in iter_resp_lines(response):
                 if self._stopped.is_set():
                     return
-                self._apply(json.loads(line))
+                self._apply(orjson.loads(line))
                 if not delivered:
                     delivered = True
                     self._succeeded()
