@@ -190,15 +190,21 @@ async def _gone(sim, plural: str, name: str) -> bool:
 
 async def test_a_stop_is_one_request_when_the_secret_and_policy_are_the_pods_and_three_when_not(sim_cluster):
     site, sent = await _site_with_kernel_objects(sim_cluster, "orion-kernel-owned", owned=True)
-    assert await site.delete_kernel("orion-kernel-owned") is True
-    assert sent == [("DELETE", "pods")]  # the Secret and the NetworkPolicy go with the pod
-    assert await _gone(sim_cluster, "secrets", "orion-kernel-owned")
-    assert await _gone(sim_cluster, "networkpolicies", "orion-kernel-owned")
-    assert not site.cluster.goes_with_pod
+    try:
+        assert await site.delete_kernel("orion-kernel-owned") is True
+        assert sent == [("DELETE", "pods")]  # the Secret and the NetworkPolicy go with the pod
+        assert await _gone(sim_cluster, "secrets", "orion-kernel-owned")
+        assert await _gone(sim_cluster, "networkpolicies", "orion-kernel-owned")
+        assert not site.cluster.goes_with_pod
+    finally:
+        site.cluster.close()  # its watches end with the test
 
     site, sent = await _site_with_kernel_objects(sim_cluster, "orion-kernel-alone", owned=False)
-    assert await site.stop("orion-kernel-alone", "instructor", grace_seconds=0) is True
-    assert [what for what in sent if what[0] == "DELETE"] == [
-        ("DELETE", "pods"), ("DELETE", "secrets"), ("DELETE", "networkpolicies")]
-    assert sim_cluster.get("secrets", "default", "orion-kernel-alone") is None
-    assert sim_cluster.get("networkpolicies", "default", "orion-kernel-alone") is None
+    try:
+        assert await site.stop("orion-kernel-alone", "instructor", grace_seconds=0) is True
+        assert [what for what in sent if what[0] == "DELETE"] == [
+            ("DELETE", "pods"), ("DELETE", "secrets"), ("DELETE", "networkpolicies")]
+        assert sim_cluster.get("secrets", "default", "orion-kernel-alone") is None
+        assert sim_cluster.get("networkpolicies", "default", "orion-kernel-alone") is None
+    finally:
+        site.cluster.close()
