@@ -100,34 +100,41 @@ class Ledger:
 
     def reserve(self, holding: Holding, running: Iterable[Holding], course: bool = True,
                 per_user: Quota | None = None) -> None:
-        """Take ``holding`` if the user's (``per_user``, else the ledger's) and (``course``) the course's quotas
-        allow it with everything held now (``running``: a :class:`Held` is read by user and course, anything
-        else indexed first); raises VGPURequestError for the user's quota, CourseFull for the course's."""
+        """Take ``holding`` if (``course``) the course's and the user's (``per_user``, else the ledger's) quotas
+        allow it with everything held now (``running``: a :class:`Held` is read by course and user, anything
+        else indexed first); raises CourseFull for the course's quota, VGPURequestError for the user's. The
+        course first: a queue's heads are tried at every release, and most find their course full."""
         running = running if isinstance(running, Held) else Held.by_kernel(running)
         with self._lock:
-            self._check(holding, self._held(holding, running.of_user(holding.user),
-                                            self.pending.of_user(holding.user)),
-                        per_user or self.per_user, "you", "per user")
             if course and holding.course and holding.course in self.per_course:
-                in_course = self._held(holding, running.of_course(holding.course),
-                                       self.pending.of_course(holding.course))
+                in_course = self._totals(holding, running.of_course(holding.course),
+                                         self.pending.of_course(holding.course))
                 self._check(holding, in_course, self.per_course[holding.course], f"course {holding.course}",
                             "for the course", CourseFull)
+            self.check_user(holding, running, per_user)
             self.pending.put(holding.kernel_id, holding)
 
     def check_user(self, holding: Holding, running: Iterable[Holding], per_user: Quota | None = None) -> None:
         """The user's own quota alone (waiting cannot help a user who holds their share)."""
         running = running if isinstance(running, Held) else Held.by_kernel(running)
-        self._check(holding, self._held(holding, running.of_user(holding.user), self.pending.of_user(holding.user)),
+        self._check(holding, self._totals(holding, running.of_user(holding.user), self.pending.of_user(holding.user)),
                     per_user or self.per_user, "you", "per user")
 
-    def _held(self, holding: Holding, running: Iterable[Holding], pending: Iterable[Holding]) -> list[Holding]:
+    def _totals(self, holding: Holding, running: Iterable[Holding], pending: Iterable[Holding]) -> tuple[int, int, int]:
         """Of one user's (or course's) holdings, everything held but ``holding`` itself, each kernel once (a
-        started launch is in both)."""
-        held = {h.kernel_id: h for h in running if h.kernel_id not in self.pending}
-        held.update((h.kernel_id, h) for h in pending)
-        held.pop(holding.kernel_id, None)
-        return list(held.values())
+        started launch is in both): (kernels, vGPUs, memory MiB)."""
+        own, accepted = holding.kernel_id, self.pending
+        seen: set[str] = set()
+        kernels = vgpus = memory = 0
+        for h in pending:
+            if h.kernel_id != own:
+                seen.add(h.kernel_id)
+                kernels, vgpus, memory = kernels + 1, vgpus + h.vgpus, memory + h.memory_mib
+        for h in running:
+            if h.kernel_id != own and h.kernel_id not in seen and h.kernel_id not in accepted:
+                seen.add(h.kernel_id)
+                kernels, vgpus, memory = kernels + 1, vgpus + h.vgpus, memory + h.memory_mib
+        return kernels, vgpus, memory
 
     def release(self, kernel_id: str) -> None:
         with self._lock:
@@ -137,22 +144,20 @@ class Ledger:
         return kernel_id in self.pending
 
     @staticmethod
-    def _check(holding: Holding, held: Iterable[Holding], quota: Quota, whose: str, per: str,
+    def _check(holding: Holding, totals: tuple[int, int, int], quota: Quota, whose: str, per: str,
                error: type[VGPURequestError] = VGPURequestError) -> None:
-        held = list(held)
-        if quota.kernels and len(held) + 1 > quota.kernels:
+        kernels, vgpus, memory = totals
+        if quota.kernels and kernels + 1 > quota.kernels:
             raise error(
-                "kernels", len(held) + 1,
-                f"one more kernel would make {len(held) + 1} for {whose} at once, CPU-only ones included; the class "
+                "kernels", kernels + 1,
+                f"one more kernel would make {kernels + 1} for {whose} at once, CPU-only ones included; the class "
                 f"allows {quota.kernels} {per}: shut down a kernel you no longer use (Kernel > Shut Down Kernel)")
-        vgpus = sum(h.vgpus for h in held)
         if quota.vgpus and vgpus + holding.vgpus > quota.vgpus:
             raise error(
                 "vgpus", holding.vgpus,
                 f"{holding.vgpus} more vGPU{'s' if holding.vgpus != 1 else ''} would make {vgpus + holding.vgpus} for "
                 f"{whose} at once ({vgpus} held now); the limit is {quota.vgpus} {per}: stop a kernel you no "
                 "longer use" + (", or try again when a classmate's ends" if error is CourseFull else " first"))
-        memory = sum(h.memory_mib for h in held)
         if quota.memory_mib and memory + holding.memory_mib > quota.memory_mib:
             raise error(
                 "memory", holding.memory_mib,
