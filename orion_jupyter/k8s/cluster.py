@@ -24,14 +24,15 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..errors import KernelLaunchError
-from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
+from ..names import ANNOTATION_STOPPED_BY, LABEL_KERNEL_ID, MANAGED_SELECTOR
 from ..pool import HeldByNode, PoolSnapshot, pool_from_held
 from ..protocols import WarmClaims
 from . import rest
 from .claims import DraWatches, ensure_claim_template, launch_judge
 from .manifests import KernelManifests, secret_owner_patch
+from .others import OtherPods
 from .pod_kernel import PodKernel
-from .pods import LaunchState, launch_state, trim_foreign_pod, trim_pod
+from .pods import LaunchState, launch_state, trim_pod
 from .watch import SharedWatch, stop_watches
 
 log = logging.getLogger("orion_jupyter.k8s")
@@ -51,45 +52,6 @@ def _api_message(err: ApiException) -> str:
         return json.loads(err.body).get("message") or err.reason
     except (TypeError, ValueError, AttributeError):
         return str(err.reason)
-
-
-class OtherPods:
-    """Every pod but this namespace's kernel pods (the pod watch's), as the pool counts them: two watches, so
-    that the API server leaves this namespace's kernel pods out (each of their events was parsed here a second
-    time only to be dropped): the other namespaces' pods, and this one's not managed by this project."""
-
-    def __init__(self, core: client.CoreV1Api, namespace: str):
-        running = "status.phase!=Succeeded,status.phase!=Failed"
-        self.watches = [
-            SharedWatch("pods/*", core.list_pod_for_all_namespaces, keep=trim_foreign_pod,
-                        field_selector=f"metadata.namespace!={namespace},{running}"),
-            SharedWatch(f"pods/{namespace} (not kernels)", core.list_namespaced_pod, namespace=namespace,
-                        keep=trim_foreign_pod, field_selector=running,
-                        label_selector=f"{LABEL_MANAGED_BY}!={MANAGED_BY}")]
-
-    @property
-    def lists(self) -> int:
-        """How many times every one of them has listed (0: one has not yet)."""
-        return min(watch.lists for watch in self.watches)
-
-    @property
-    def version(self) -> tuple[int, ...]:
-        return tuple(watch.version for watch in self.watches)
-
-    def items(self) -> list[dict]:
-        return [pod for watch in self.watches for pod in watch.items()]
-
-    def subscribe(self, listener: Callable[[str, dict], None], loop: asyncio.AbstractEventLoop | None = None
-                  ) -> Callable[[], None]:
-        unsubscribes = [watch.subscribe(listener, loop) for watch in self.watches]
-
-        def unsubscribe() -> None:
-            for each in unsubscribes:
-                each()
-        return unsubscribe
-
-    def __len__(self) -> int:
-        return sum(len(watch) for watch in self.watches)
 
 
 class KubeCluster:
