@@ -61,9 +61,6 @@ class Held:
     def of_course(self, course: str) -> Iterable[Holding]:
         return self._by_course.get(course, {}).values()
 
-    def get(self, key: str) -> Holding | None:
-        return self._items.get(key)
-
     def items(self) -> Iterable[tuple[str, Holding]]:
         return self._items.items()
 

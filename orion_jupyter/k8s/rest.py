@@ -32,7 +32,7 @@ from urllib3.exceptions import HTTPError
 from ..loop_sessions import LoopSessions
 
 AUTH_SECONDS = 10.0  # in-cluster tokens rotate hourly; exec-plugin tokens live minutes at least
-CONNECTIONS = 16  # per event loop, as many as the cluster's thread pool has threads
+CONNECTIONS = 16  # per event loop: a burst of launches waits for a kept connection, never opens hundreds
 TIMEOUT = aiohttp.ClientTimeout(total=300, connect=30)
 JSON_PATCH = "application/json-patch+json"  # a list of operations
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"  # an object, as the client sends one

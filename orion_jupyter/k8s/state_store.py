@@ -65,16 +65,21 @@ def part_name(name: str, section: str, generation: str, index: int) -> str:
     return f"{name}-{section}-{generation}-{index}"
 
 
-def part_names(name: str, section: str, head: dict) -> list[str]:
-    """The parts ``head`` (a head ConfigMap as read) names, in order (none: the state is in the head)."""
-    data = head.get("data") or {}
+def part_count(data: dict) -> int:
+    """How many parts a head's ``data`` names; raises StateUnreadable."""
     try:
         count = int(data.get("parts", "0"))
-    except ValueError:
+    except (TypeError, ValueError):
         raise StateUnreadable(f"its part count {data.get('parts')!r} is not a number") from None
     if not 0 <= count <= MAX_PARTS:
         raise StateUnreadable(f"its part count {count} is not between 0 and {MAX_PARTS}")
-    return [part_name(name, section, str(data.get("generation", "")), i) for i in range(count)]
+    return count
+
+
+def part_names(name: str, section: str, head: dict) -> list[str]:
+    """The parts ``head`` (a head ConfigMap as read) names, in order (none: the state is in the head)."""
+    data = head.get("data") or {}
+    return [part_name(name, section, str(data.get("generation", "")), i) for i in range(part_count(data))]
 
 
 def _binary(configmap: dict, key: str) -> bytes:
@@ -158,9 +163,11 @@ class ConfigMapStore:
             self.legacy.add(section)
             return None
         data = found.get("data") or {}
-        parts = data.get("parts", "0")
-        self.heads[section] = Head(found["metadata"]["resourceVersion"], str(data.get("generation", "")),
-                                   int(parts) if str(parts).isdigit() else 0)
+        try:
+            parts = part_count(data)
+        except StateUnreadable:
+            parts = 0  # nothing of it to delete after a write over it; load says why it is not read
+        self.heads[section] = Head(found["metadata"]["resourceVersion"], str(data.get("generation", "")), parts)
         return found
 
     async def load(self, section: str) -> dict[str, Any] | None:
